@@ -1,0 +1,296 @@
+"""The project's own MNIST classifier: the feature extractor behind every sample-quality metric.
+
+FID was defined on Inception-v3 features (Heusel et al. 2017), but Inception was trained on
+ImageNet photographs and knows nothing about handwritten digits. For MNIST the usual practice is a
+*classifier-FID*: the same Fréchet distance, computed on the penultimate layer of a small CNN
+trained on MNIST itself. This module defines that CNN, trains it reproducibly (seeded, on CPU, in a
+few minutes) and loads the committed weights (``mnistdiff/assets/classifier.pt``, verified against
+the SHA-256 in ``classifier.json``), so that nothing is ever downloaded and every reader gets the
+same numbers.
+
+Architecture (input ``(N, 1, 28, 28)`` in [-1, 1])::
+
+    [conv3×3 → BN → ReLU] × 2, 32 ch  → maxpool   28 → 14
+    [conv3×3 → BN → ReLU] × 2, 64 ch  → maxpool   14 → 7
+    conv3×3 → BN → ReLU, 64 ch        → maxpool    7 → 3
+    flatten 576 → linear 128 → BN → ReLU          = features(x), (N, 128)
+    dropout → linear 10                           = forward(x), logits (N, 10)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MNISTClassifier",
+    "ClassifierWeightsError",
+    "CLASSIFIER_PATH",
+    "CLASSIFIER_META_PATH",
+    "FEATURE_DIM",
+    "load_classifier",
+    "train_classifier",
+    "evaluate_accuracy",
+    "sha256_file",
+]
+
+ASSET_DIR = Path(__file__).resolve().parent / "assets"
+CLASSIFIER_PATH = ASSET_DIR / "classifier.pt"
+CLASSIFIER_META_PATH = ASSET_DIR / "classifier.json"
+FEATURE_DIM = 128
+
+RETRAIN_HINT = (
+    "Restore the committed file with `git checkout -- mnistdiff/assets/classifier.pt mnistdiff/assets/classifier.json` "
+    "or retrain it with `python scripts/train_classifier.py` (a few minutes on CPU)."
+)
+
+
+class ClassifierWeightsError(RuntimeError):
+    """The classifier's weight file is missing, corrupt or does not match its sidecar JSON."""
+
+
+def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class MNISTClassifier(nn.Module):
+    """A small VGG-style CNN (≈ 140 k parameters, ≈ 0.6 MB in float32).
+
+    ``forward(x)``: ``(N, 1, 28, 28)`` in [-1, 1] → logits ``(N, 10)``.
+    ``features(x)``: the same input → penultimate activations ``(N, 128)`` (after BN and ReLU),
+    the embedding used for classifier-FID, KID and precision/recall.
+    """
+
+    def __init__(self, width: int = 32, feature_dim: int = FEATURE_DIM, dropout: float = 0.3) -> None:
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            *_conv_block(1, w), *_conv_block(w, w), nn.MaxPool2d(2),  # 28 → 14
+            *_conv_block(w, 2 * w), *_conv_block(2 * w, 2 * w), nn.MaxPool2d(2),  # 14 → 7
+            *_conv_block(2 * w, 2 * w), nn.MaxPool2d(2),  # 7 → 3
+            nn.Flatten(),
+        )
+        self.fc = nn.Sequential(
+            nn.Linear(2 * w * 3 * 3, feature_dim, bias=False), nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(feature_dim, 10)
+
+    @staticmethod
+    def _check(x: torch.Tensor) -> None:
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+            raise ValueError(
+                f"MNISTClassifier expects images of shape (N, 1, 28, 28) in [-1, 1], got {tuple(x.shape)}; "
+                "use mnistdiff.metrics.prepare_images to convert uint8 / 32×32 / (N, H, W) inputs"
+            )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features ``(N, 128)`` of images ``(N, 1, 28, 28)`` in [-1, 1]."""
+        self._check(x)
+        return self.fc(self.body(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, 10)`` of images ``(N, 1, 28, 28)`` in [-1, 1]."""
+        return self.head(self.dropout(self.features(x)))
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_LOADED: dict[tuple[str, str], MNISTClassifier] = {}
+
+
+def load_classifier(
+    device: str | torch.device | None = None,
+    path: str | Path | None = None,
+    meta_path: str | Path | None = None,
+) -> MNISTClassifier:
+    """The committed classifier in eval mode on ``device`` (default: CUDA if present, else CPU).
+
+    The weight file's SHA-256 is checked against ``classifier.json`` before it is read (with
+    ``torch.load(..., weights_only=True)``); a missing, corrupt or mismatched file raises
+    :class:`ClassifierWeightsError` saying how to restore it. The model is cached per
+    (path, device), so repeated calls are free. Its parameters are frozen (``requires_grad=False``).
+    """
+    if device is None:
+        from .profiles import default_device
+
+        device = default_device()
+    device = torch.device(device)
+    path = Path(path) if path is not None else CLASSIFIER_PATH
+    meta_path = Path(meta_path) if meta_path is not None else path.with_suffix(".json")
+    key = (str(path.resolve()), str(device))
+    if key in _LOADED:
+        return _LOADED[key]
+    if not path.is_file():
+        raise ClassifierWeightsError(f"classifier weights {path} are missing. {RETRAIN_HINT}")
+    if not meta_path.is_file():
+        raise ClassifierWeightsError(f"classifier sidecar {meta_path} (with the weights' SHA-256) is missing. {RETRAIN_HINT}")
+    try:
+        meta = json.loads(meta_path.read_text())
+        expected = meta["sha256"]
+    except (ValueError, KeyError) as err:
+        raise ClassifierWeightsError(f"classifier sidecar {meta_path} is unreadable or has no 'sha256' ({err}). {RETRAIN_HINT}") from err
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ClassifierWeightsError(
+            f"classifier weights {path} are corrupt or do not belong to {meta_path}: "
+            f"SHA-256 {actual[:16]}… ≠ expected {str(expected)[:16]}…. {RETRAIN_HINT}"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = MNISTClassifier(**meta.get("arch", {}))
+        model.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001 - any failure here means an unusable file
+        raise ClassifierWeightsError(f"classifier weights {path} could not be loaded ({err}). {RETRAIN_HINT}") from err
+    model.eval().requires_grad_(False).to(device)
+    _LOADED[key] = model
+    return model
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: MNISTClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of ``model`` on ``images`` ``(N, 1, 28, 28)`` in [-1, 1] with ``labels`` ``(N,)``."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        logits = model(images[i : i + batch_size].to(device))
+        correct += int((logits.argmax(1).cpu() == labels[i : i + batch_size]).sum())
+    model.train(was_training)
+    return correct / len(images)
+
+
+def _atomic_write_bytes(target: Path, write: Callable[[str], None]) -> None:
+    """Write via a temporary file in the same folder, then ``os.replace`` it onto ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def train_classifier(
+    *,
+    epochs: int = 4,
+    batch_size: int = 128,
+    max_lr: float = 4e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    out_path: str | Path | None = CLASSIFIER_PATH,
+    data_dir: str | Path | None = None,
+    subset: int | None = None,
+    device: str | torch.device = "cpu",
+    num_threads: int | None = None,
+    log: Callable[[str], None] | None = print,
+) -> tuple[MNISTClassifier, dict]:
+    """Train the classifier from scratch, reproducibly, and (optionally) write weights + sidecar.
+
+    Adam with a one-cycle learning-rate schedule (Smith & Topin 2019), cross-entropy loss, no data
+    augmentation, the 28×28 digits (the 32×32 tensors of :func:`mnistdiff.data.load_mnist` with the
+    2-pixel padding cropped). Everything is seeded (``torch.manual_seed(seed)`` and a seeded
+    generator for the shuffling) and deterministic algorithms are requested, so on CPU with the same
+    thread count and torch version two runs give bit-identical weights.
+
+    When ``out_path`` is not None, the state dict is written atomically (temp file + ``os.replace``)
+    and a JSON sidecar ``out_path.with_suffix('.json')`` records its SHA-256, the test accuracy,
+    the seed, the hyper-parameters, the torch version and the training time in seconds.
+
+    Returns ``(model in eval mode, metadata dict)``.
+    """
+    from .data import load_mnist
+
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    t0 = time.perf_counter()
+    try:
+        train = load_mnist("train", data_dir=data_dir)
+        if subset is not None:
+            train = train.subset(subset, seed=seed)
+        test = load_mnist("test", data_dir=data_dir)
+        x_train = train.images[:, :, 2:30, 2:30].contiguous()
+        y_train = train.labels
+        x_test = test.images[:, :, 2:30, 2:30].contiguous()
+        y_test = test.labels
+
+        model = MNISTClassifier().to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=max_lr, weight_decay=weight_decay)
+        steps_per_epoch = math.ceil(len(x_train) / batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=epochs * steps_per_epoch)
+        gen = torch.Generator().manual_seed(seed)
+        for epoch in range(epochs):
+            model.train()
+            perm = torch.randperm(len(x_train), generator=gen)
+            total, n = 0.0, 0
+            for i in range(steps_per_epoch):
+                idx = perm[i * batch_size : (i + 1) * batch_size]
+                xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(idx)
+                n += len(idx)
+            acc = evaluate_accuracy(model, x_test, y_test)
+            if log is not None:
+                log(f"epoch {epoch + 1}/{epochs}: train loss {total / n:.4f}, test accuracy {acc:.4%} "
+                    f"({time.perf_counter() - t0:.0f} s)")
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+    seconds = time.perf_counter() - t0
+    model.eval().cpu()
+    test_acc = evaluate_accuracy(model, x_test, y_test)
+    meta = {
+        "test_accuracy": test_acc,
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "max_lr": max_lr,
+        "weight_decay": weight_decay,
+        "subset": subset,
+        "optimizer": "Adam + OneCycleLR, no augmentation",
+        "arch": {"width": 32, "feature_dim": FEATURE_DIM, "dropout": 0.3},
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "torch_version": torch.__version__,
+        "num_threads": torch.get_num_threads(),
+        "device": str(device),
+        "seconds": round(seconds, 1),
+    }
+    if out_path is not None:
+        out_path = Path(out_path)
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        _atomic_write_bytes(out_path, lambda tmp: torch.save(state, tmp))
+        meta["sha256"] = sha256_file(out_path)
+        meta["size_bytes"] = out_path.stat().st_size
+        meta_path = out_path.with_suffix(".json")
+        text = json.dumps(meta, indent=2) + "\n"
+        _atomic_write_bytes(meta_path, lambda tmp: Path(tmp).write_text(text))
+        _LOADED.clear()
+    return model, meta

@@ -1,0 +1,145 @@
+"""Denoising diffusion probabilistic models (Ho, Jain & Abbeel 2020): forward process, loss, ancestral sampler.
+
+Every function takes the network ``model(x_t, t) → ε̂`` and a :class:`~mnistdiff.schedules.NoiseSchedule`
+explicitly; nothing here holds state. Shapes: images ``(B, C, H, W)``, timesteps ``(B,)`` int64.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .schedules import NoiseSchedule, extract
+
+__all__ = [
+    "q_sample",
+    "predict_x0_from_eps",
+    "predict_eps_from_x0",
+    "q_posterior",
+    "p_mean_variance",
+    "p_sample",
+    "p_sample_loop",
+    "diffusion_loss",
+]
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def q_sample(sched: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Sample q(x_t | x_0) in one shot (Ho eq. 4):  x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε."""
+    return extract(sched.sqrt_alphas_cumprod, t, x0.ndim) * x0 + extract(
+        sched.sqrt_one_minus_alphas_cumprod, t, x0.ndim
+    ) * noise
+
+
+def predict_x0_from_eps(sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Invert eq. 4 for x_0:  x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t = √(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε."""
+    return extract(sched.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - extract(
+        sched.sqrt_recipm1_alphas_cumprod, t, x_t.ndim
+    ) * eps
+
+
+def predict_eps_from_x0(sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """Invert eq. 4 for ε:  ε = (x_t − √ᾱ_t x_0) / √(1 − ᾱ_t)."""
+    return (x_t - extract(sched.sqrt_alphas_cumprod, t, x_t.ndim) * x0) / extract(
+        sched.sqrt_one_minus_alphas_cumprod, t, x_t.ndim
+    )
+
+
+def q_posterior(
+    sched: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, variance and log-variance of q(x_{t−1} | x_t, x_0) (Ho eq. 6–7).
+
+    μ̃_t = (√ᾱ_{t−1} β_t / (1 − ᾱ_t)) x_0 + (√α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)) x_t,   β̃_t = (1 − ᾱ_{t−1}) β_t / (1 − ᾱ_t).
+    """
+    mean = extract(sched.posterior_mean_coef1, t, x_t.ndim) * x0 + extract(sched.posterior_mean_coef2, t, x_t.ndim) * x_t
+    var = extract(sched.posterior_variance, t, x_t.ndim)
+    log_var = extract(sched.posterior_log_variance_clipped, t, x_t.ndim)
+    return mean, var, log_var
+
+
+def p_mean_variance(
+    model: Denoiser, sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True
+) -> dict[str, torch.Tensor]:
+    """p_θ(x_{t−1} | x_t): plug the network's x̂_0 (clipped to [−1, 1]) into the posterior.
+
+    Returns ``mean``, ``variance`` (β̃_t, the "fixed small" choice, so that DDIM with η = 1 over every
+    step is the same sampler), ``log_variance``, ``pred_x0`` and ``eps``.
+    """
+    eps = model(x_t, t).float()
+    x0 = predict_x0_from_eps(sched, x_t, t, eps)
+    if clip_denoised:
+        x0 = x0.clamp(-1.0, 1.0)
+    mean, var, log_var = q_posterior(sched, x0, x_t, t)
+    return {"mean": mean, "variance": var, "log_variance": log_var, "pred_x0": x0, "eps": eps}
+
+
+@torch.no_grad()
+def p_sample(
+    model: Denoiser,
+    sched: NoiseSchedule,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    clip_denoised: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ancestral step (Ho Algorithm 2, line 4): x_{t−1} = μ_θ(x_t, t) + σ_t z, with no noise at t = 0.
+
+    Returns ``(x_{t−1}, x̂_0)``.
+    """
+    out = p_mean_variance(model, sched, x_t, t, clip_denoised)
+    if noise is None:
+        noise = torch.randn_like(x_t)
+    nonzero = (t != 0).float().reshape(-1, *([1] * (x_t.ndim - 1)))
+    return out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise, out["pred_x0"]
+
+
+@torch.no_grad()
+def p_sample_loop(
+    model: Denoiser,
+    sched: NoiseSchedule,
+    shape: tuple[int, ...],
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    x_T: torch.Tensor | None = None,
+    return_intermediates: bool = False,
+    keep_every: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+    """Ancestral sampling over all T timesteps (Ho Algorithm 2): x_T ~ N(0, I), then t = T−1 … 0.
+
+    ``generator`` makes the noise reproducible (it lives on ``device``). With ``return_intermediates``
+    also returns ``[(t, x_t), …]`` every ``keep_every`` steps (default T/10), plus the final x_0 as t = −1.
+    """
+    T = sched.num_timesteps
+    sched = sched.to(device)
+    x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator, device=device)
+    keep_every = keep_every or max(T // 10, 1)
+    frames: list[tuple[int, torch.Tensor]] = [(T, x.cpu())] if return_intermediates else []
+    for i in tqdm(range(T - 1, -1, -1), desc="DDPM sampling", disable=not progress, leave=False):
+        t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+        noise = torch.randn(x.shape, generator=generator, device=device)
+        x, _ = p_sample(model, sched, x, t, noise)
+        if return_intermediates and i % keep_every == 0 and i > 0:
+            frames.append((i, x.cpu()))
+    if return_intermediates:
+        frames.append((0, x.cpu()))
+        return x, frames
+    return x
+
+
+def diffusion_loss(
+    model: Denoiser, sched: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor | None = None, noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L_simple (Ho eq. 14): E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖², t ~ U{0, …, T−1}."""
+    if t is None:
+        t = torch.randint(0, sched.num_timesteps, (x0.shape[0],), device=x0.device)
+    if noise is None:
+        noise = torch.randn_like(x0)
+    x_t = q_sample(sched, x0, t, noise)
+    return F.mse_loss(model(x_t, t).float(), noise)

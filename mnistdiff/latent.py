@@ -1,0 +1,55 @@
+"""Latent diffusion (Rombach et al. 2022): run DDPM/DDIM on a frozen VAE's latents.
+
+The VAE's latents are rescaled by a scale factor s = 1/std(z) computed over the encoded training
+set (Rombach et al. §4.3.2, "we rescale the latents … by the component-wise standard deviation"),
+so that the diffusion model sees unit-variance inputs, as its noise schedule assumes. The factor is
+stored with the latent-diffusion checkpoint, so a sampler always decodes with the right one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .vae import VAE
+
+__all__ = ["LatentCodec", "encode_dataset", "compute_latent_scale"]
+
+
+@torch.no_grad()
+def encode_dataset(vae: VAE, images: torch.Tensor, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and standard deviations of ``images`` (N, 1, 32, 32) → two (N, c, 4, 4) tensors."""
+    vae.eval()
+    means, stds = [], []
+    for chunk in images.split(batch_size):
+        post = vae.encode(chunk)
+        means.append(post.mean.float())
+        stds.append(post.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def compute_latent_scale(latents: torch.Tensor) -> float:
+    """s = 1 / std(z) over all latent entries (N, c, h, w) — one number, as in Stable Diffusion's 0.18215."""
+    std = latents.float().std().item()
+    if not std > 0:
+        raise ValueError("latents have zero spread: is the VAE trained?")
+    return 1.0 / std
+
+
+@dataclass
+class LatentCodec:
+    """A frozen VAE plus its latent scale: images (B, 1, 32, 32) ↔ scaled latents (B, c, 4, 4)."""
+
+    vae: VAE
+    scale: float
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        post = self.vae.encode(x)
+        return (post.sample() if sample else post.mode()) * self.scale
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Unscale and decode; the result is clamped to [−1, 1]."""
+        return self.vae.decode(z / self.scale).float().clamp(-1.0, 1.0)

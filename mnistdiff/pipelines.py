@@ -1,0 +1,239 @@
+"""Train and load each model from its config: what the command line and the notebooks both call.
+
+``train_ddpm``, ``train_vae`` and ``train_ldm`` build a :class:`~mnistdiff.train.TrainTask` from a run
+config and hand it to :func:`~mnistdiff.train.fit`; ``load_ddpm``, ``load_vae`` and ``load_ldm`` rebuild
+the models from a checkpoint's sidecar config and verify it on the way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoints import CheckpointError, load_checkpoint, sha256_file
+from .config import DDPMRunConfig, LDMRunConfig, VAERunConfig, from_dict, to_dict
+from .data import load_mnist
+from .ddpm import diffusion_loss
+from .experiment import Experiment
+from .latent import LatentCodec, compute_latent_scale, encode_dataset
+from .sampling import frames_grid, generate
+from .schedules import NoiseSchedule
+from .train import TrainResult, TrainTask, fit
+from .unet import UNet
+from .vae import VAE, vae_loss
+from .viz import latent_scatter, save_grid, save_image
+
+__all__ = [
+    "DiffusionModel",
+    "train_ddpm",
+    "train_vae",
+    "train_ldm",
+    "load_ddpm",
+    "load_vae",
+    "load_ldm",
+    "make_diffusion_loss",
+]
+
+
+@dataclass
+class DiffusionModel:
+    """A trained ε-network with its schedule; ``codec`` is set for latent diffusion."""
+
+    unet: UNet
+    schedule: NoiseSchedule
+    config: DDPMRunConfig | LDMRunConfig
+    meta: dict[str, Any]
+    codec: LatentCodec | None = None
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        c = self.unet.config
+        return (c.in_channels, c.image_size, c.image_size)
+
+    def sample(self, num_samples: int, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        """:func:`~mnistdiff.sampling.generate` with this model's shape and decoder."""
+        decode = self.codec.decode if self.codec is not None else None
+        return generate(self.unet, self.schedule, num_samples, shape=self.sample_shape, decode=decode, **kwargs)
+
+
+def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None):
+    """The ε-prediction loss for a batch; for latents (``scale`` given) the batch holds [μ, σ] and z = s·(μ + σε)."""
+
+    def loss_fn(model: nn.Module, batch: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        if scale is not None:
+            mean, std = batch.chunk(2, dim=1)
+            eps_z = torch.randn(mean.shape, generator=gen, device=batch.device)
+            batch = (mean + std * eps_z) * scale
+        t = torch.randint(0, sched.num_timesteps, (batch.shape[0],), generator=gen, device=batch.device)
+        noise = torch.randn(batch.shape, generator=gen, device=batch.device)
+        return diffusion_loss(model, sched, batch, t, noise)
+
+    return loss_fn
+
+
+def _data(cfg_train, data_dir: str | Path | None, device: torch.device):
+    train = load_mnist("train", data_dir).subset(cfg_train.subset, cfg_train.seed)
+    test = load_mnist("test", data_dir).subset(cfg_train.eval_size, cfg_train.seed)
+    return train.to(device), test.to(device)
+
+
+def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, decode=None, ddim_steps: int = 50):
+    """Epoch samples by DDIM (fast); final samples and denoising steps by full DDPM."""
+
+    def sample_fn(model: nn.Module, folder: Path, tag: str) -> None:
+        x, _ = generate(model, sched, n, shape=shape, mode="ddim", ddim_steps=min(ddim_steps, sched.num_timesteps),
+                        seed=seed, device=device, decode=decode)
+        save_grid(x, Path(folder) / f"{tag}.png")
+
+    def final_fn(model: nn.Module, exp: Experiment) -> dict[str, Any]:
+        import time
+
+        t0 = time.perf_counter()
+        x, frames = generate(model, sched, n, shape=shape, mode="ddpm", seed=seed, device=device, decode=decode,
+                             return_intermediates=True)
+        seconds = time.perf_counter() - t0
+        save_grid(x, exp.sub("final_samples") / "ddpm_grid.png")
+        steps = exp.sub("denoising_steps")
+        save_image(frames_grid(frames), steps / "progression.png")
+        for t, xt in frames:
+            save_grid(xt, steps / f"step_{t:04d}.png")
+        return {"ddpm_sampling_seconds": round(seconds, 2), "ddpm_samples": n}
+
+    return sample_fn, final_fn
+
+
+def train_ddpm(
+    cfg: DDPMRunConfig, *, out: str | Path = "experiments", device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None, resume: str | Path | None = None, progress: bool = True, compile: bool = False,
+) -> TrainResult:
+    """Train a pixel-space DDPM (Ho et al. 2020) and return the EMA model and its experiment folder."""
+    device = torch.device(device)
+    torch.manual_seed(cfg.train.seed)
+    model = UNet(cfg.unet)
+    sched = NoiseSchedule.from_config(cfg.diffusion).to(device)
+    train, test = _data(cfg.train, data_dir, device)
+    sample_fn, final_fn = _diffusion_samplers(sched, (1, 32, 32), cfg.train.seed, cfg.train.num_samples, device)
+    task = TrainTask("ddpm", model, make_diffusion_loss(sched), train.images, test.images, cfg.train, to_dict(cfg),
+                     sample_fn=sample_fn, final_fn=final_fn)
+    exp = Experiment(resume) if resume else Experiment.create(out, "ddpm")
+    return fit(task, exp, device=device, resume=resume is not None, progress=progress, compile=compile)
+
+
+def train_vae(
+    cfg: VAERunConfig, *, out: str | Path = "experiments", device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None, resume: str | Path | None = None, progress: bool = True, compile: bool = False,
+) -> TrainResult:
+    """Train the VAE (Kingma & Welling 2013) with loss = reconstruction + kl_weight·KL."""
+    device = torch.device(device)
+    torch.manual_seed(cfg.train.seed)
+    model = VAE(cfg.vae)
+    train, test = _data(cfg.train, data_dir, device)
+    n = cfg.train.num_samples
+    shown = test.images[:n]
+
+    def loss_fn(m: nn.Module, batch: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        ls = cfg.vae.latent_size
+        noise = torch.randn((batch.shape[0], cfg.vae.latent_channels, ls, ls), generator=gen, device=batch.device)
+        return vae_loss(m, batch, cfg.kl_weight, noise)[0]
+
+    def sample_fn(m: nn.Module, folder: Path, tag: str) -> None:
+        with torch.no_grad():
+            recon = m.decode(m.encode(shown).mode()).clamp(-1, 1)
+        save_grid(torch.cat([shown, recon]), Path(folder) / f"{tag}_reconstructions.png", nrow=min(n, 16))
+
+    def final_fn(m: nn.Module, exp: Experiment) -> dict[str, Any]:
+        with torch.no_grad():
+            recon = m.decode(m.encode(shown).mode()).clamp(-1, 1)
+            gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+            ls = cfg.vae.latent_size
+            prior = m.decode(torch.randn((n, cfg.vae.latent_channels, ls, ls), generator=gen, device=device)).clamp(-1, 1)
+            mse = float((m.decode(m.encode(test.images).mode()).clamp(-1, 1) - test.images).pow(2).mean())
+        save_grid(torch.cat([shown, recon]), exp.sub("final_samples") / "reconstructions.png", nrow=min(n, 16))
+        save_grid(prior, exp.sub("final_samples") / "prior_samples.png")
+        means, _ = encode_dataset(m, test.images)
+        latent_scatter(means, test.labels, exp.sub("latent_space") / "latent_pca.png")
+        latent_scatter(means.flatten(1)[:, :2], test.labels, exp.sub("latent_space") / "latent_dims_0_1.png",
+                       title="VAE latents: coordinates 0 and 1", project=False)
+        return {"test_reconstruction_mse": round(mse, 6)}
+
+    task = TrainTask("vae", model, loss_fn, train.images, test.images, cfg.train, to_dict(cfg),
+                     sample_fn=sample_fn, final_fn=final_fn)
+    exp = Experiment(resume) if resume else Experiment.create(out, "vae")
+    return fit(task, exp, device=device, resume=resume is not None, progress=progress, compile=compile)
+
+
+def train_ldm(
+    cfg: LDMRunConfig, vae_checkpoint: str | Path, *, out: str | Path = "experiments",
+    device: str | torch.device = "cpu", data_dir: str | Path | None = None, resume: str | Path | None = None,
+    progress: bool = True, compile: bool = False,
+) -> TrainResult:
+    """Train a DDPM on the frozen VAE's scaled latents (Rombach et al. 2022)."""
+    device = torch.device(device)
+    vae, _, _ = load_vae(vae_checkpoint, device)
+    if cfg.unet.in_channels != vae.config.latent_channels or cfg.unet.image_size != vae.config.latent_size:
+        raise CheckpointError(
+            f"the latent UNet expects {cfg.unet.in_channels}×{cfg.unet.image_size}² inputs but the VAE makes "
+            f"{vae.config.latent_channels}×{vae.config.latent_size}² latents"
+        )
+    torch.manual_seed(cfg.train.seed)
+    train, test = _data(cfg.train, data_dir, device)
+    mean_tr, std_tr = encode_dataset(vae, train.images)
+    mean_te, std_te = encode_dataset(vae, test.images)
+    scale = compute_latent_scale(mean_tr)
+    codec = LatentCodec(vae, scale)
+    sched = NoiseSchedule.from_config(cfg.diffusion).to(device)
+    shape = (cfg.unet.in_channels, cfg.unet.image_size, cfg.unet.image_size)
+    sample_fn, final_fn = _diffusion_samplers(sched, shape, cfg.train.seed, cfg.train.num_samples, device, codec.decode)
+    model = UNet(cfg.unet)
+    vae_sha = sha256_file(vae_checkpoint)
+    task = TrainTask(
+        "ldm", model, make_diffusion_loss(sched, scale), torch.cat([mean_tr, std_tr], 1), torch.cat([mean_te, std_te], 1),
+        cfg.train, to_dict(cfg), sample_fn=sample_fn, final_fn=final_fn,
+        extra_state={"latent_scale": scale}, extra_sidecar={"latent_scale": scale, "vae_sha256": vae_sha},
+    )
+    exp = Experiment(resume) if resume else Experiment.create(out, "ldm")
+    return fit(task, exp, device=device, resume=resume is not None, progress=progress, compile=compile)
+
+
+def _load_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {path} does not fit the model its sidecar describes: {err}") from err
+
+
+def load_ddpm(path: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
+    """Load a DDPM checkpoint (EMA weights) written by :func:`train_ddpm`; verified, weights only."""
+    state, meta = load_checkpoint(path, kind="ddpm", map_location=device)
+    cfg = from_dict(DDPMRunConfig, meta["config"])
+    unet = UNet(cfg.unet)
+    _load_state(unet, state, path)
+    return DiffusionModel(unet.to(device).eval(), NoiseSchedule.from_config(cfg.diffusion), cfg, meta)
+
+
+def load_vae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, VAERunConfig, dict[str, Any]]:
+    """Load a VAE checkpoint written by :func:`train_vae`."""
+    state, meta = load_checkpoint(path, kind="vae", map_location=device)
+    cfg = from_dict(VAERunConfig, meta["config"])
+    vae = VAE(cfg.vae)
+    _load_state(vae, state, path)
+    return vae.to(device).eval(), cfg, meta
+
+
+def load_ldm(vae_path: str | Path, unet_path: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
+    """Load a latent-diffusion UNet and the VAE it was trained on; refuses a VAE other than that one."""
+    state, meta = load_checkpoint(unet_path, kind="ldm", map_location=device)
+    vae, _, _ = load_vae(vae_path, device)
+    if meta.get("vae_sha256") and sha256_file(vae_path) != meta["vae_sha256"]:
+        raise CheckpointError(
+            f"{unet_path} was trained on a different VAE than {vae_path} (SHA-256 differs): pass the VAE checkpoint it was trained with"
+        )
+    cfg = from_dict(LDMRunConfig, meta["config"])
+    unet = UNet(cfg.unet)
+    _load_state(unet, state, unet_path)
+    return DiffusionModel(unet.to(device).eval(), NoiseSchedule.from_config(cfg.diffusion), cfg, meta,
+                          codec=LatentCodec(vae, float(state["latent_scale"])))

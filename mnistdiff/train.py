@@ -1,0 +1,291 @@
+"""One training loop for every model (DDPM, VAE, latent diffusion).
+
+What it does for each step: draw a batch from a seeded permutation of data that stays on the
+device, compute the model's loss (bf16 autocast on CUDA), clip gradients, step AdamW (fused on
+CUDA) and a warm-up + cosine learning-rate schedule, and update the EMA weights.
+
+What it guarantees:
+
+* every epoch ends with an atomic, resumable checkpoint ``checkpoints/last.pt`` (model, EMA,
+  optimiser, scheduler, epoch, step, data order and RNG states); ``resume=True`` continues from it,
+  and on CPU an interrupted-and-resumed run ends with the same weights as an uninterrupted one;
+* Ctrl-C or SIGTERM saves a resumable checkpoint at the current step, then raises
+  :class:`TrainingInterrupted`;
+* a NaN or infinite loss raises :class:`TrainingDiverged` naming the step, and the last good
+  checkpoint stays the latest.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .ema import make_ema
+from .experiment import Experiment, device_info
+from .unet import count_parameters
+
+__all__ = ["TrainTask", "TrainResult", "fit", "TrainingInterrupted", "TrainingDiverged", "lr_lambda"]
+
+LossFn = Callable[[nn.Module, torch.Tensor, "torch.Generator | None"], torch.Tensor]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was stopped by Ctrl-C / SIGTERM after saving a resumable checkpoint."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainTask:
+    """What to train: a model, its loss, its data and how to show samples.
+
+    ``loss_fn(model, batch, generator) → scalar``; ``train_data``/``eval_data``: (N, …) tensors;
+    ``sample_fn(ema_model, folder, tag)`` writes sample images for an epoch (optional);
+    ``extra_state``: tensors and numbers saved in the final checkpoint (e.g. the latent scale).
+    """
+
+    kind: str
+    model: nn.Module
+    loss_fn: LossFn
+    train_data: torch.Tensor
+    eval_data: torch.Tensor
+    train_config: TrainConfig
+    run_config: dict[str, Any]
+    sample_fn: Callable[[nn.Module, Any, str], None] | None = None
+    final_fn: Callable[[nn.Module, Experiment], dict[str, Any]] | None = None
+    extra_state: dict[str, Any] = field(default_factory=dict)
+    extra_sidecar: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """The trained EMA model, the per-epoch history and where everything was written."""
+
+    ema_model: nn.Module
+    history: list[dict[str, float]]
+    experiment: Experiment
+    checkpoint: Any
+    seconds: float
+
+
+def lr_lambda(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to 10 % of the peak at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@contextmanager
+def _stop_flag() -> Iterator[dict[str, int]]:
+    """Turn SIGINT/SIGTERM into a flag checked between steps (main thread only)."""
+    flag = {"signal": 0}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        flag["signal"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "perm_gen": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["perm_gen"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def _eval_loss(task: TrainTask, model: nn.Module, seed: int, batch_size: int, amp: Any) -> float:
+    """Mean loss over ``eval_data`` with fixed noise (a generator seeded per call), so epochs are comparable."""
+    model.eval()
+    gen = torch.Generator(device=task.eval_data.device).manual_seed(seed + 12345)
+    total, count = 0.0, 0
+    for chunk in task.eval_data.split(batch_size):
+        with amp():
+            loss = task.loss_fn(model, chunk, gen)
+        total += float(loss) * chunk.shape[0]
+        count += chunk.shape[0]
+    model.train()
+    return total / max(count, 1)
+
+
+def fit(
+    task: TrainTask,
+    experiment: Experiment,
+    *,
+    device: torch.device | str = "cpu",
+    resume: bool = False,
+    progress: bool = True,
+    compile: bool = False,
+    amp: bool | None = None,
+) -> TrainResult:
+    """Train ``task`` in ``experiment``'s folder and return the EMA model.
+
+    ``amp`` (default: on for CUDA) uses bf16 autocast and channels_last; ``compile`` wraps the
+    model in ``torch.compile``. Raises :class:`TrainingInterrupted` or :class:`TrainingDiverged`.
+    """
+    cfg = task.train_config
+    device = torch.device(device)
+    use_amp = (device.type == "cuda") if amp is None else amp
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+    model = task.model.to(device)
+    if use_amp and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(cfg.seed)
+    perm_gen = torch.Generator().manual_seed(cfg.seed)
+    train = task.train_data.to(device)
+    n = train.shape[0]
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = n // bs
+    total_steps = steps_per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
+    )
+    warmup = min(cfg.warmup_steps, max(total_steps // 10, 1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, total_steps))
+    ema = make_ema(model, cfg.ema_decay)
+    step_model = torch.compile(model) if compile else model
+
+    history: list[dict[str, float]] = []
+    start_epoch, start_step, perm = 0, 0, None
+    loss_sum, loss_count, elapsed = 0.0, 0, 0.0
+    if resume:
+        if not experiment.last_checkpoint.is_file():
+            raise CheckpointError(f"nothing to resume: {experiment.last_checkpoint} does not exist")
+        state, meta = load_checkpoint(
+            experiment.last_checkpoint, kind=f"{task.kind}-resume",
+            expect_config=task.run_config, map_location=device,
+        )
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], perm_gen)
+        start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        perm = state["perm"] if start_step > 0 else None
+        loss_sum, loss_count = float(state["loss_sum"]), int(state["loss_count"])
+        history = list(meta.get("history", []))
+        elapsed = float(meta.get("seconds", 0.0))
+        experiment.log(f"# resumed at epoch {start_epoch + 1}, step {start_step}")
+    else:
+        experiment.write_config(task.run_config, {"kind": task.kind, "parameters": count_parameters(model)})
+        experiment.log("epoch\ttrain_loss\teval_loss\tlr\tseconds")
+
+    def save_resumable(epoch: int, step: int, perm_now: torch.Tensor | None) -> None:
+        save_checkpoint(
+            experiment.last_checkpoint,
+            {
+                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "rng": _rng_state(perm_gen), "epoch": epoch, "step": step,
+                "perm": perm_now if perm_now is not None else torch.empty(0, dtype=torch.long),
+                "loss_sum": loss_sum, "loss_count": loss_count,
+            },
+            kind=f"{task.kind}-resume", config=task.run_config,
+            extra={"epoch": epoch, "step": step, "history": history, "seconds": elapsed + time.perf_counter() - t0},
+        )
+
+    t0 = time.perf_counter()
+    check_every = 1 if device.type == "cpu" else 50
+    model.train()
+    with _stop_flag() as flag:
+        for epoch in range(start_epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
+            if perm is None:
+                perm = torch.randperm(n, generator=perm_gen)
+            pending: list[torch.Tensor] = []
+            bar = tqdm(range(start_step, steps_per_epoch), desc=f"{task.kind} epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not progress, leave=False)
+            for step in bar:
+                if flag["signal"]:
+                    save_resumable(epoch, step, perm)
+                    raise TrainingInterrupted(
+                        f"training stopped by signal {flag['signal']} at epoch {epoch + 1}, step {step}; "
+                        f"resume with --resume {experiment.path}"
+                    )
+                batch = train[perm[step * bs:(step + 1) * bs].to(device)]
+                with autocast():
+                    loss = task.loss_fn(step_model, batch, None)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                pending.append(loss.detach().float())
+                if len(pending) >= check_every or step == steps_per_epoch - 1:
+                    values = torch.stack(pending).cpu()
+                    bad = (~torch.isfinite(values)).nonzero()
+                    if len(bad):
+                        bad_step = step - len(pending) + 1 + int(bad[0])
+                        raise TrainingDiverged(
+                            f"loss became {values[int(bad[0])].item()} at epoch {epoch + 1}, step {bad_step}; "
+                            f"stopped. The last good checkpoint ({experiment.last_checkpoint}) is kept as the latest: "
+                            "lower --lr or check the data, then --resume"
+                        )
+                    loss_sum += float(values.sum())
+                    loss_count += len(values)
+                    pending.clear()
+                    if progress:
+                        bar.set_postfix(loss=f"{values[-1].item():.4f}")
+                opt.step()
+                sched.step()
+                ema.update_parameters(model)
+            train_loss = loss_sum / max(loss_count, 1)
+            eval_loss = _eval_loss(task, ema.module, cfg.seed, bs, autocast)
+            seconds = time.perf_counter() - t_epoch
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "eval_loss": eval_loss,
+                            "lr": sched.get_last_lr()[0], "seconds": seconds})
+            experiment.log(f"{epoch + 1}\t{train_loss:.6f}\t{eval_loss:.6f}\t{sched.get_last_lr()[0]:.3e}\t{seconds:.2f}")
+            loss_sum, loss_count, perm, start_step = 0.0, 0, None, 0
+            save_resumable(epoch + 1, 0, None)
+            if task.sample_fn is not None and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs):
+                task.sample_fn(ema.module, experiment.sub("epoch_samples"), f"epoch_{epoch + 1:03d}")
+    seconds = elapsed + time.perf_counter() - t0
+    ema_model = ema.module.eval()
+    images_seen = steps_per_epoch * bs * cfg.epochs
+    metrics: dict[str, Any] = {
+        "kind": task.kind, "parameters": count_parameters(model), "epochs": cfg.epochs,
+        "training_seconds": round(seconds, 2), "train_images_per_second": round(images_seen / max(seconds, 1e-9), 1),
+        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "final_eval_loss": history[-1]["eval_loss"] if history else None,
+        **device_info(device),
+    }
+    if task.final_fn is not None:
+        metrics.update(task.final_fn(ema_model, experiment))
+    from .viz import plot_loss_curves  # local import: matplotlib only when training
+
+    plot_loss_curves(history, experiment.path / "loss_curves.png")
+    experiment.write_metrics(metrics)
+    ckpt = save_checkpoint(
+        experiment.model_checkpoint,
+        {"model": ema_model.state_dict(), **task.extra_state},
+        kind=task.kind, config=task.run_config,
+        extra={"seconds": round(seconds, 2), "metrics": metrics, "history": history, **task.extra_sidecar},
+    )
+    return TrainResult(ema_model, history, experiment, ckpt, seconds)

@@ -1,0 +1,210 @@
+"""The ε-prediction UNet (Ho et al. 2020, appendix B; improved-diffusion's layout).
+
+It maps a noisy input ``x_t`` (B, C, H, W) and integer timesteps ``t`` (B,) to a tensor of the
+same shape as ``x_t``. It knows nothing of noise schedules: ``t`` only enters through the
+sinusoidal embedding (Vaswani et al. 2017), added to every residual block.
+One class serves 1×32×32 pixels and 2×4×4 VAE latents; :class:`~mnistdiff.config.UNetConfig`
+sets widths, depth and where self-attention sits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import UNetConfig
+
+__all__ = ["timestep_embedding", "ResBlock", "AttentionBlock", "UNet", "count_parameters"]
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of timesteps: (B,) → (B, dim).
+
+    emb[:, i] = cos(t·ω_i) for i < dim/2 and sin(t·ω_i) after, with ω_i = max_period^(−i/(dim/2)).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → SiLU → conv, add the projected time embedding, GroupNorm → SiLU → dropout → conv, plus skip.
+
+    (B, in_ch, H, W), (B, emb_dim) → (B, out_ch, H, W). The last conv starts at zero, so each block
+    starts as the identity (improved-diffusion).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the H·W positions, with a residual connection.
+
+    (B, C, H, W) → (B, C, H, W); softmax(QKᵀ/√d)V via ``F.scaled_dot_product_attention``
+    (flash / memory-efficient kernels on a GPU).
+    """
+
+    def __init__(self, channels: int, num_heads: int, groups: int) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"channels {channels} must be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (B, heads, HW, d)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3×3 convolution: (B, C, H, W) → (B, C, H/2, W/2)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2 then a 3×3 convolution: (B, C, H, W) → (B, C, 2H, 2W)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _Level(nn.Module):
+    """Residual blocks (each optionally followed by attention) of one resolution."""
+
+    def __init__(self, blocks: list[ResBlock], attns: list[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attns = nn.ModuleList(attns)
+
+
+class UNet(nn.Module):
+    """ε_θ(x_t, t): (B, C, S, S) and (B,) int64 → (B, C, S, S).
+
+    Encoder: ``num_res_blocks`` residual blocks per level (width ``base_channels × mult``), attention
+    where the feature map is in ``attention_resolutions``, a stride-2 conv between levels. Middle:
+    ResBlock–attention–ResBlock. Decoder: mirror image with ``num_res_blocks + 1`` blocks per level,
+    each fed the matching encoder activation by concatenation (the skip connections).
+    """
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or UNetConfig()
+        self.config = cfg
+        ch0, g = cfg.base_channels, cfg.norm_groups
+        emb_dim = 4 * ch0
+        self.time_mlp = nn.Sequential(nn.Linear(ch0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
+
+        def attn(ch: int, res: int) -> nn.Module:
+            return AttentionBlock(ch, cfg.num_heads, g) if res in cfg.attention_resolutions else nn.Identity()
+
+        skip_chs = [ch0]
+        ch, res = ch0, cfg.image_size
+        self.down_levels = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        for i, mult in enumerate(cfg.channel_mults):
+            blocks, attns = [], []
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(ch, ch0 * mult, emb_dim, g, cfg.dropout))
+                ch = ch0 * mult
+                attns.append(attn(ch, res))
+                skip_chs.append(ch)
+            self.down_levels.append(_Level(blocks, attns))
+            last = i == len(cfg.channel_mults) - 1
+            self.downsamples.append(nn.Identity() if last else Downsample(ch))
+            if not last:
+                skip_chs.append(ch)
+                res //= 2
+
+        self.mid1 = ResBlock(ch, ch, emb_dim, g, cfg.dropout)
+        self.mid_attn = AttentionBlock(ch, cfg.num_heads, g)
+        self.mid2 = ResBlock(ch, ch, emb_dim, g, cfg.dropout)
+
+        self.up_levels = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        for i, mult in reversed(list(enumerate(cfg.channel_mults))):
+            blocks, attns = [], []
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResBlock(ch + skip_chs.pop(), ch0 * mult, emb_dim, g, cfg.dropout))
+                ch = ch0 * mult
+                attns.append(attn(ch, res))
+            self.up_levels.append(_Level(blocks, attns))
+            self.upsamples.append(Upsample(ch) if i > 0 else nn.Identity())
+            if i > 0:
+                res *= 2
+
+        self.norm_out = nn.GroupNorm(g, ch)
+        self.conv_out = _zero(nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels or x.shape[-1] != self.config.image_size:
+            raise ValueError(
+                f"UNet expects (B, {self.config.in_channels}, {self.config.image_size}, {self.config.image_size}), "
+                f"got {tuple(x.shape)}"
+            )
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        h = self.conv_in(x)
+        skips = [h]
+        for level, down in zip(self.down_levels, self.downsamples):
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(h, emb))
+                skips.append(h)
+            if not isinstance(down, nn.Identity):
+                h = down(h)
+                skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for level, up in zip(self.up_levels, self.upsamples):
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(torch.cat([h, skips.pop()], dim=1), emb))
+            h = up(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,122 @@
+"""A small convolutional VAE (Kingma & Welling 2013): 1×32×32 images ↔ 2×4×4 latents.
+
+The encoder outputs the mean and log-variance of a diagonal Gaussian q(z | x); the decoder maps a
+latent back to an image in [−1, 1] (up to clamping). The loss is the negative ELBO with a weight on
+the KL term, as in latent diffusion's first stage (Rombach et al. 2022): a small ``kl_weight`` gives
+a near-deterministic autoencoder whose latent space is still smooth enough to diffuse in.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import VAEConfig
+
+__all__ = ["DiagonalGaussian", "Encoder", "Decoder", "VAE", "vae_loss"]
+
+
+class DiagonalGaussian:
+    """N(μ, diag(σ²)) from a (B, 2C, h, w) tensor split into μ and log σ² (clamped to [−30, 20])."""
+
+    def __init__(self, params: torch.Tensor) -> None:
+        self.mean, logvar = params.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The reparameterisation trick (Kingma & Welling eq. 10): z = μ + σ ⊙ ε, ε ~ N(0, I)."""
+        if noise is None:
+            noise = torch.randn_like(self.mean)
+        return self.mean + self.std * noise
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL(q ‖ N(0, I)) per example, summed over latent dims (Kingma & Welling appendix B): ½ Σ(μ² + σ² − 1 − log σ²)."""
+        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).flatten(1).sum(1)
+
+
+def _block(in_ch: int, out_ch: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.GroupNorm(groups, out_ch), nn.SiLU(),
+        nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.GroupNorm(groups, out_ch), nn.SiLU(),
+    )
+
+
+class Encoder(nn.Module):
+    """(B, C, 32, 32) → (B, 2·latent_channels, 4, 4): conv blocks, each followed by a stride-2 conv."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, cfg.base_channels, 3, padding=1)]
+        ch = cfg.base_channels
+        for mult in cfg.channel_mults:
+            out = cfg.base_channels * mult
+            layers += [_block(ch, out, cfg.norm_groups), nn.Conv2d(out, out, 3, stride=2, padding=1)]
+            ch = out
+        layers += [_block(ch, ch, cfg.norm_groups), nn.Conv2d(ch, 2 * cfg.latent_channels, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """(B, latent_channels, 4, 4) → (B, C, 32, 32): conv blocks, each followed by ×2 nearest upsampling."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        mults = list(reversed(cfg.channel_mults))
+        ch = cfg.base_channels * mults[0]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, ch, 3, padding=1), _block(ch, ch, cfg.norm_groups)]
+        for mult in mults:
+            out = cfg.base_channels * mult
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), _block(ch, out, cfg.norm_groups)]
+            ch = out
+        layers += [nn.Conv2d(ch, cfg.in_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class VAE(nn.Module):
+    """Encoder + decoder. ``encode(x)`` → :class:`DiagonalGaussian`; ``decode(z)`` → (B, C, 32, 32)."""
+
+    def __init__(self, config: VAEConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or VAEConfig()
+        self.encoder = Encoder(self.config)
+        self.decoder = Decoder(self.config)
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        if x.ndim != 4 or x.shape[1:] != (self.config.in_channels, self.config.image_size, self.config.image_size):
+            raise ValueError(
+                f"VAE expects (B, {self.config.in_channels}, {self.config.image_size}, {self.config.image_size}), got {tuple(x.shape)}"
+            )
+        return DiagonalGaussian(self.encoder(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
+        """Reconstruct ``x`` through a posterior sample: returns ``(x̂, q(z|x))``."""
+        posterior = self.encode(x)
+        return self.decode(posterior.sample(noise)), posterior
+
+
+def vae_loss(
+    model: VAE, x: torch.Tensor, kl_weight: float, noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """−ELBO with a weighted KL: mean over the batch of ‖x − x̂‖² (summed over pixels) + kl_weight · KL.
+
+    The squared error is a Gaussian log-likelihood up to constants. Returns ``(loss, parts)`` with
+    ``parts = {"recon": …, "kl": …}`` (per-example means, detached).
+    """
+    recon, posterior = model(x, noise)
+    rec = F.mse_loss(recon.float(), x, reduction="none").flatten(1).sum(1).mean()
+    kl = posterior.kl().mean()
+    return rec + kl_weight * kl, {"recon": rec.detach(), "kl": kl.detach()}

@@ -1,0 +1,431 @@
+"""The published book (issue 4): builds offline with warnings as errors, and reads right.
+
+The first tests check the pieces of :mod:`mnistdiff.book` on small inputs. The rest build the
+book from a temporary copy of ``book/`` (with the repository's ``results/``) exactly as the README
+command does, then open pages in headless Chromium from ``file://`` with no network: the index
+and the six chapters exist, math is typeset by the vendored MathJax (its fonts load), every image
+loads, no internal link or anchor is broken, no page loads anything from the network, and widget
+views are gone. A screenshot of a chapter is kept under ``artifacts/book/``.
+
+Chromium is required (CI installs Debian's ``chromium``): without it these tests fail, they do
+not skip.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from mnistdiff import book as B
+
+REPO = Path(__file__).resolve().parent.parent
+BOOK = REPO / "book"
+RESULTS = REPO / "results"
+ARTIFACTS = REPO / "artifacts" / "book"
+
+
+# ------------------------------------------------------------------------------------------
+# Pieces: tables from JSON, timings, widgets, the API list, MathJax
+# ------------------------------------------------------------------------------------------
+
+
+def test_list_of_flat_dicts_is_one_table_with_columns():
+    md = B.render_json([{"steps": 10, "fid": 5.123456}, {"steps": 20, "fid": 3.0, "seconds": 2}])
+    lines = md.strip().splitlines()
+    assert lines[0] == "| steps | fid | seconds |"
+    assert lines[2] == "| 10 | 5.123 | — |"
+    assert lines[3] == "| 20 | 3 | 2 |"
+
+
+def test_flat_dict_is_a_key_value_table():
+    md = B.render_json({"fid": 1.5, "device": "cuda", "ok": True}, "eval")
+    assert md.startswith("#### eval\n")
+    assert "| key | value |" in md and "| fid | 1.5 |" in md and "| device | cuda |" in md and "| ok | yes |" in md
+
+
+def test_nested_dict_is_one_row_per_name():
+    md = B.render_json({"ddpm": {"fid": 1.0, "kid": 0.001}, "ldm": {"fid": 2.0, "recall": 0.5}})
+    lines = md.strip().splitlines()
+    assert lines[0] == "| name | fid | kid | recall |"
+    assert lines[2] == "| ddpm | 1 | 0.001 | — |"
+    assert lines[3] == "| ldm | 2 | — | 0.5 |"
+
+
+def test_mixed_dict_gets_scalars_then_each_container():
+    data = {"profile": "full", "device": "H100", "notebooks": {"01_unet": 12.0}, "sweep": [{"steps": 5, "fid": 9}]}
+    md = B.render_json(data, "f")
+    assert "| profile | full |" in md and "| 01_unet | 12 |" in md and "| steps | fid |" in md
+    assert "f › notebooks" in md and "f › sweep" in md
+    assert md.index("| profile | full |") < md.index("f › notebooks")
+
+
+def test_values_are_formatted_and_escaped():
+    assert B.format_value(123456.7) == "123457"
+    assert B.format_value(0.000123456) == "0.0001235"
+    assert B.format_value(None) == "—"
+    assert B.format_value("a|b") == "a\\|b"
+
+
+def _write(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_results_page_shows_profiles_devices_and_every_number(tmp_path):
+    _write(tmp_path / "smoke" / "course_times.json", {"profile": "smoke", "device": "cpu", "notebooks": {"01_unet": 3.5}})
+    _write(tmp_path / "full" / "evaluation.json", {"device": "NVIDIA H100", "ddpm": {"fid": 1.25}, "ldm": {"fid": 2.5}})
+    md = B.results_markdown(tmp_path)
+    assert md.index("Profile `full`") < md.index("Profile `smoke`")  # full first
+    assert "| full | NVIDIA H100 |" in md and "| smoke | cpu |" in md
+    # the one table with every number: one column per profile
+    assert "| file | result | full | smoke |" in md
+    assert "| evaluation | ddpm › fid | 1.25 | — |" in md
+    assert "| course_times | notebooks › 01_unet | — | 3.5 |" in md
+    assert "`results/full/evaluation.json`" in md and "`results/smoke/course_times.json`" in md
+
+
+def test_results_page_without_results_says_so(tmp_path):
+    assert "No results have been recorded yet" in B.results_markdown(tmp_path / "nothing")
+
+
+def test_results_page_refuses_invalid_json(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        B.results_markdown(tmp_path)
+
+
+def test_course_times_table(tmp_path):
+    _write(tmp_path / "full" / "course_times.json", {"profile": "full", "device": "H100", "notebooks": {"01_unet": 30, "02_ddpm": 754.4}})
+    _write(tmp_path / "smoke" / "course_times.json", {"profile": "smoke", "device": "cpu", "notebooks": {"01_unet": 4.2}})
+    md = B.course_times_markdown(tmp_path)
+    assert "| chapter | full (H100) | smoke (cpu) |" in md
+    assert "| `01_unet` | 30 s | 4.2 s |" in md
+    assert "| `02_ddpm` | 12 min 34 s | — |" in md
+    assert "| **total** | 13 min 04 s | 4.2 s |" in md
+    assert "No timings" in B.course_times_markdown(tmp_path / "none")
+
+
+def _widget_nb(with_fallback: bool) -> dict:
+    outputs = [
+        {"output_type": "display_data", "metadata": {}, "data": {B.WIDGET_VIEW: {"model_id": "x"}, "text/plain": "IntSlider()"}}
+    ]
+    if with_fallback:
+        outputs.append({"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBOR", "text/plain": "<Figure>"}})
+    return {
+        "cells": [{"cell_type": "code", "source": "w", "metadata": {}, "outputs": outputs, "execution_count": 1}],
+        "metadata": {"widgets": {B.WIDGET_STATE: {"state": {}}}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def test_widget_view_is_dropped_when_the_cell_has_a_static_fallback():
+    nb = _widget_nb(with_fallback=True)
+    assert B.strip_widget_outputs(nb) == 1
+    outs = nb["cells"][0]["outputs"]
+    assert [list(o["data"]) for o in outs] == [["image/png", "text/plain"]]
+    assert "widgets" not in nb["metadata"]
+
+
+def test_widget_view_without_fallback_becomes_a_note():
+    nb = _widget_nb(with_fallback=False)
+    assert B.strip_widget_outputs(nb) == 1
+    (out,) = nb["cells"][0]["outputs"]
+    assert B.WIDGET_VIEW not in out["data"] and "interactive widget" in out["data"]["text/markdown"]
+
+
+def test_api_list_covers_every_module_of_the_package():
+    modules = {p.stem for p in (REPO / "mnistdiff").glob("*.py")} | {
+        p.parent.name for p in (REPO / "mnistdiff").glob("*/__init__.py")
+    }
+    public = {m for m in modules if not m.startswith("_") and m not in {"book", "assets"}}
+    unlisted = sorted(public - set(B.API_MODULES))
+    assert not unlisted, f"add these modules to mnistdiff.book.API_MODULES: {unlisted}"
+    assert len(set(B.API_MODULES)) == len(B.API_MODULES)
+
+
+def test_api_pages_in_list_order_and_toc_expanded():
+    pages, missing = B.api_pages()
+    present = [m for m in B.API_MODULES if m not in missing]
+    index = pages["api/index.rst"]
+    positions = [index.index(f"   mnistdiff.{m}\n") for m in present]
+    assert positions == sorted(positions)
+    for m in present:
+        assert f".. automodule:: mnistdiff.{m}" in pages[f"api/mnistdiff.{m}.rst"]
+    toc = B.expand_api_toc((BOOK / "_toc.yml").read_text(), present)
+    assert toc is not None and "glob" not in toc
+    assert [line.split("api/")[1] for line in toc.splitlines() if "file: api/mnistdiff." in line] == [
+        f"mnistdiff.{m}" for m in present
+    ]
+
+
+def test_a_listed_module_that_fails_to_import_fails_the_build(monkeypatch):
+    monkeypatch.setattr(B, "_module_exists", lambda name: True)
+    with pytest.raises(ImportError):
+        B.api_pages(("no_such_module_here",))
+
+
+def test_build_command_treats_warnings_as_errors_and_executes_nothing():
+    cmd = B.build_command(BOOK)
+    assert "--warningiserror" in cmd and "build" in cmd
+    assert re.search(r'execute_notebooks:\s*"?off"?', (BOOK / "_config.yml").read_text())
+
+
+def test_toc_lists_the_six_chapters_in_order():
+    chapters = re.findall(r"file:\s*chapters/(\S+)", (BOOK / "_toc.yml").read_text())
+    assert tuple(chapters) == B.CHAPTERS
+
+
+def test_mathjax_is_vendored_and_small():
+    config = (BOOK / "_config.yml").read_text()
+    match = re.search(r"mathjax_path:\s*(\S+)", config)
+    assert match, "book/_config.yml must set mathjax_path (served from the book, not a CDN)"
+    assert not match.group(1).startswith(("http:", "https:", "//"))
+    root = BOOK / "_vendor"
+    assert (root / match.group(1)).is_file()
+    fonts = list((root / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
+    assert len(fonts) >= 20
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert size < 2_500_000, f"vendored MathJax is {size} bytes"
+    assert not (BOOK / "_static").exists(), (
+        "jupyter-book adds every .js/.css under book/_static to every page: keep MathJax in book/_vendor"
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# The built book
+# ------------------------------------------------------------------------------------------
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail(
+        "headless Chromium is required to check the rendered book (Debian: apt-get install -y chromium); "
+        "it was not found on PATH",
+        pytrace=False,
+    )
+
+
+def _run_chromium(args: list[str], timeout: float = 120) -> str:
+    with tempfile.TemporaryDirectory(prefix="mnistdiff-chromium-") as profile:
+        cmd = [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            *args,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"chromium failed ({proc.returncode}): {proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The book built from a copy of ``book/`` by the README command; returns the html folder."""
+    present = sorted(p.stem for p in (BOOK / "chapters").glob("*.ipynb"))
+    missing = [c for c in B.CHAPTERS if c not in present]
+    assert not missing, f"book/chapters lacks {missing} (written by python -m mnistdiff course)"
+    root = tmp_path_factory.mktemp("book")
+    copy = root / "book"
+    shutil.copytree(BOOK, copy, ignore=shutil.ignore_patterns("_build", "_generated", "api", "results.md", ".ipynb_checkpoints"))
+    results = RESULTS if RESULTS.is_dir() else root / "no-results"
+    cmd = [sys.executable, "-m", "mnistdiff.book", "--book", str(copy), "--results", str(results)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"book build failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-12000:]}"
+    print(proc.stdout.strip().splitlines()[-1])
+    html_dir = copy / "_build" / "html"
+    assert (html_dir / "index.html").is_file()
+    return html_dir
+
+
+def _chapter_pages(html_dir: Path) -> list[Path]:
+    names = sorted(set(B.CHAPTERS) | {p.stem for p in (BOOK / "chapters").glob("*.ipynb")})
+    return [html_dir / "chapters" / f"{n}.html" for n in names]
+
+
+def test_index_chapters_and_pages_exist(built):
+    for page in ["index.html", "intro.html", "results.html", "references.html", "api/index.html"]:
+        assert (built / page).is_file(), page
+    for page in _chapter_pages(built):
+        assert page.is_file(), f"chapter page missing: {page.relative_to(built)}"
+    _, missing = B.api_pages()
+    for m in B.API_MODULES:
+        if m not in missing:
+            assert (built / "api" / f"mnistdiff.{m}.html").is_file(), m
+            assert f'id="module-mnistdiff.{m}"' in (built / "api" / f"mnistdiff.{m}.html").read_text()
+    # the results page was generated from the JSON files at build time
+    results_html = (built / "results.html").read_text()
+    for path in sorted(RESULTS.glob("*/*.json")) if RESULTS.is_dir() else []:
+        assert f"results/{path.parent.name}/{path.name}" in results_html, path
+    refs = (built / "references.html").read_text()
+    for arxiv in ["2006.11239", "2010.02502", "2102.09672", "1312.6114", "2112.10752", "1802.03426",
+                  "1706.08500", "1801.01401", "1904.06991"]:
+        assert arxiv in refs, arxiv
+    assert "CC BY-SA 3.0" in refs
+
+
+class _Links(HTMLParser):
+    ATTRS = {"a": "href", "link": "href", "script": "src", "img": "src", "source": "src", "iframe": "src", "area": "href"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.urls: list[tuple[str, str]] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        d = dict(attrs)
+        for key in ("id", "name") if tag == "a" else ("id",):
+            if d.get(key):
+                self.ids.add(d[key])
+        attr = self.ATTRS.get(tag)
+        if attr and d.get(attr) is not None:
+            self.urls.append((tag, d[attr]))
+
+
+def _parse(path: Path, cache: dict) -> _Links:
+    if path not in cache:
+        parser = _Links()
+        parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+        cache[path] = parser
+    return cache[path]
+
+
+def test_no_internal_link_is_broken_and_nothing_loads_from_the_network(built):
+    cache: dict = {}
+    pages = [p for p in built.rglob("*.html") if "_static" not in p.relative_to(built).parts]
+    broken, external_assets, checked = [], [], 0
+    for page in pages:
+        for tag, url in _parse(page, cache).urls:
+            parts = urlsplit(url)
+            if parts.scheme in ("http", "https") or url.startswith("//"):
+                if tag != "a":  # a script, style sheet or image from the network: breaks offline
+                    external_assets.append(f"{page.relative_to(built)}: <{tag}> {url}")
+                continue
+            if parts.scheme in ("mailto", "data", "javascript", "tel") or url in ("", "#"):
+                continue
+            checked += 1
+            target = page if not parts.path else (page.parent / unquote(parts.path)).resolve()
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                broken.append(f"{page.relative_to(built)}: {url} (no file)")
+                continue
+            if parts.fragment and target.suffix == ".html":
+                if unquote(parts.fragment) not in _parse(target, cache).ids:
+                    broken.append(f"{page.relative_to(built)}: {url} (no anchor)")
+    assert checked > 50
+    assert not external_assets, "\n".join(external_assets)
+    assert not broken, f"{len(broken)} broken links:\n" + "\n".join(broken[:50])
+
+
+def test_widget_views_are_stripped(built):
+    for page in _chapter_pages(built):
+        text = page.read_text()
+        assert "application/vnd.jupyter.widget-view+json" not in text, page.name
+        assert "application/vnd.jupyter.widget-state+json" not in text, page.name
+        assert "require.js" not in text and "html-manager" not in text, page.name
+
+
+# Appended to a copy of a page: waits for MathJax and the fonts, then writes what it found.
+_CHECK_JS = """
+<script>
+window.addEventListener('load', async () => {
+  const out = {};
+  try {
+    if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+      await MathJax.startup.promise; out.mathjax = MathJax.version;
+    }
+    if (document.fonts) { await document.fonts.ready; }
+  } catch (e) { out.error = String(e); }
+  out.math = document.querySelectorAll('.math').length;
+  out.mjx = document.querySelectorAll('mjx-container').length;
+  out.merror = document.querySelectorAll('mjx-merror').length;
+  out.images = Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);
+  out.fonts = Array.from(document.fonts || []).filter(f => f.family.indexOf('MJX') >= 0).map(f => [f.family, f.status]);
+  const pre = document.createElement('pre');
+  pre.id = 'mnistdiff-book-check';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+def _browser_check(page: Path) -> dict:
+    probe = page.with_name(page.stem + ".mnistdiff-check.html")
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _CHECK_JS + "</body>"), encoding="utf-8")
+    try:
+        dom = _run_chromium(["--virtual-time-budget=30000", "--dump-dom", probe.as_uri()])
+    finally:
+        probe.unlink()
+    match = re.search(r'<pre id="mnistdiff-book-check">(.*?)</pre>', dom, re.S)
+    assert match, f"{page.name}: the page's check script did not run (DOM: {dom[:500]!r})"
+    return json.loads(html.unescape(match.group(1)))
+
+
+def test_math_is_typeset_and_images_load_in_chromium(built):
+    pages = [built / "intro.html", *_chapter_pages(built)]
+    report = {}
+    for page in pages:
+        r = _browser_check(page)
+        name = str(page.relative_to(built))
+        report[name] = {k: r.get(k) for k in ("mathjax", "math", "mjx", "merror")} | {"images": len(r["images"])}
+        assert "error" not in r, f"{name}: {r['error']}"
+        if r["math"]:
+            assert r.get("mathjax"), f"{name}: has math but MathJax did not load (raw TeX shows)"
+            assert r["mjx"] >= r["math"], f"{name}: {r['math']} math elements, {r['mjx']} typeset"
+            assert r["merror"] == 0, f"{name}: MathJax reported {r['merror']} TeX errors"
+            statuses = dict(r["fonts"])
+            assert "error" not in statuses.values(), f"{name}: MathJax fonts failed: {r['fonts']}"
+            assert "loaded" in statuses.values(), f"{name}: no MathJax font loaded: {r['fonts']}"
+        not_loaded = [src for src, complete, width in r["images"] if not (complete and width > 0)]
+        assert not not_loaded, f"{name}: images that did not load: {not_loaded}"
+        if page.parent.name == "chapters":
+            assert r["images"], f"{name}: a chapter without a single figure (were its outputs stored?)"
+    print("\n".join(f"{k}: {v}" for k, v in report.items()))
+    assert report["intro.html"]["mjx"] > 0
+    assert sum(v["mjx"] for k, v in report.items() if k.startswith("chapters")) > 0, "no chapter has typeset math"
+
+
+def test_screenshot_of_a_chapter(built, capsys):
+    from PIL import Image
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    chapter = B.CHAPTERS[0]
+    shot = ARTIFACTS / f"{chapter}.png"
+    if shot.exists():
+        shot.unlink()
+    page = built / "chapters" / f"{chapter}.html"
+    _run_chromium(["--virtual-time-budget=30000", "--window-size=1280,1600", f"--screenshot={shot}", page.as_uri()])
+    assert shot.is_file(), "chromium wrote no screenshot"
+    with Image.open(shot) as im:
+        assert im.size == (1280, 1600)
+        lo, hi = im.convert("L").getextrema()
+        assert hi - lo > 100, "the screenshot is blank"
+    with capsys.disabled():  # shown even when pytest captures output
+        print(f"\n[book] screenshot of the rendered chapter: {shot}")
