@@ -28,6 +28,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,7 @@ __all__ = [
     "course_times_markdown",
     "api_pages",
     "strip_widget_outputs",
+    "offline_html_outputs",
     "write_generated",
     "expand_api_toc",
     "build_command",
@@ -84,6 +86,7 @@ API_MODULES: tuple[str, ...] = (
     "latent",
     "ema",
     "checkpoints",
+    "pretrained",
     "train",
     "experiment",
     "pipelines",
@@ -93,6 +96,7 @@ API_MODULES: tuple[str, ...] = (
     "metrics",
     "classifier",
     "umap_eval",
+    "course",
     "cli",
 )
 
@@ -545,6 +549,29 @@ def strip_widget_outputs(nb: dict) -> int:
     return removed
 
 
+# matplotlib's HTML animations (``FuncAnimation.to_jshtml()``) link Font Awesome 4's style sheet
+# from a CDN for their buttons' icons. Offline that link fails; the book theme already ships
+# Font Awesome (as JavaScript that also knows the old ``fa fa-play`` names), so the link is dropped.
+_CDN_FONT_AWESOME = re.compile(r"<link\b[^>]*href=[\"']https?://[^\"']*font-awesome[^\"']*[\"'][^>]*>\s*", re.I)
+
+
+def offline_html_outputs(nb: dict) -> int:
+    """Drop CDN style-sheet links that offline pages cannot load from HTML outputs; return how many."""
+    dropped = 0
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []) or []:
+            data = out.get("data", {})
+            if "text/html" not in data:
+                continue
+            text = data["text/html"]
+            joined = "".join(text) if isinstance(text, list) else str(text)
+            cleaned, n = _CDN_FONT_AWESOME.subn("", joined)
+            if n:
+                data["text/html"] = cleaned
+                dropped += n
+    return dropped
+
+
 def _on_source_read(app: Any, docname: str, source: list[str]) -> None:
     if not str(app.env.doc2path(docname)).endswith(".ipynb"):
         return
@@ -553,7 +580,7 @@ def _on_source_read(app: Any, docname: str, source: list[str]) -> None:
     except (json.JSONDecodeError, TypeError):
         return  # not ours to judge: myst-nb reports an unreadable notebook itself
     had_state = isinstance(nb, dict) and "widgets" in nb.get("metadata", {})
-    if strip_widget_outputs(nb) or had_state:
+    if strip_widget_outputs(nb) + offline_html_outputs(nb) or had_state:
         source[0] = json.dumps(nb, ensure_ascii=False)
 
 

@@ -146,6 +146,13 @@ def test_widget_view_without_fallback_becomes_a_note():
     assert B.WIDGET_VIEW not in out["data"] and "interactive widget" in out["data"]["text/markdown"]
 
 
+def test_cdn_font_awesome_link_of_html_animations_is_dropped():
+    html_out = '<link rel="stylesheet"\nhref="https://maxcdn.bootstrapcdn.com/font-awesome/4.4.0/css/font-awesome.min.css">\n<div>frames</div>'
+    nb = {"cells": [{"cell_type": "code", "outputs": [{"output_type": "display_data", "data": {"text/html": [html_out]}}]}]}
+    assert B.offline_html_outputs(nb) == 1
+    assert nb["cells"][0]["outputs"][0]["data"]["text/html"] == "<div>frames</div>"
+
+
 def test_api_list_covers_every_module_of_the_package():
     modules = {p.stem for p in (REPO / "mnistdiff").glob("*.py")} | {
         p.parent.name for p in (REPO / "mnistdiff").glob("*/__init__.py")

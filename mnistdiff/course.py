@@ -1,0 +1,77 @@
+"""Run the whole course: execute the six notebooks in order, store their outputs, time each.
+
+``python -m mnistdiff course --profile full`` on a GPU machine produces the executed chapters the
+book shows (``book/chapters/``); ``--inplace`` refreshes the stored outputs in ``notebooks/`` that
+nbval compares against. Times go to ``results/<profile>/course_times.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .checkpoints import atomic_write_text
+from .profiles import ENV_VAR, profile_name
+
+__all__ = ["NOTEBOOKS", "run_course", "notebook_path"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NOTEBOOKS = ("01_unet", "02_ddpm", "03_ddim", "04_vae", "05_latent_diffusion", "06_umap_evaluation")
+
+
+def notebook_path(name: str) -> Path:
+    """``"2"``, ``"02"`` or ``"02_ddpm"`` → ``notebooks/02_ddpm.ipynb``."""
+    for nb in NOTEBOOKS:
+        if name in (nb, nb[:2], nb[:2].lstrip("0"), f"{nb}.ipynb"):
+            return NOTEBOOK_DIR / f"{nb}.ipynb"
+    raise ValueError(f"unknown notebook {name!r}; choose from {', '.join(NOTEBOOKS)}")
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def run_course(
+    profile: str | None = None,
+    notebooks: list[str] | None = None,
+    output_dir: str | Path | None = None,
+    inplace: bool = False,
+    timeout: int = 3600,
+) -> dict[str, float]:
+    """Execute notebooks top to bottom in fresh kernels; returns seconds per notebook."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    prof = profile_name(profile)
+    os.environ[ENV_VAR] = prof  # the kernels inherit it
+    out_dir = NOTEBOOK_DIR if inplace else Path(output_dir or REPO_ROOT / "book" / "chapters")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [notebook_path(n) for n in notebooks] if notebooks else [NOTEBOOK_DIR / f"{n}.ipynb" for n in NOTEBOOKS]
+    times: dict[str, float] = {}
+    print(f"running {len(paths)} notebooks, profile {prof}, on {_device_name()}")
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        t0 = time.perf_counter()
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
+        times[path.stem] = round(time.perf_counter() - t0, 1)
+        atomic_write_text(out_dir / path.name, nbformat.writes(nb) + "\n")
+        print(f"  {path.stem:<22} {times[path.stem]:8.1f} s  → {out_dir / path.name}")
+    total = round(sum(times.values()), 1)
+    print(f"  {'total':<22} {total:8.1f} s")
+    results = REPO_ROOT / "results" / prof / "course_times.json"
+    record = {"profile": prof, "device": _device_name(), "notebooks": times, "total_seconds": total}
+    if results.exists() and notebooks:
+        previous = json.loads(results.read_text())
+        if previous.get("device") == record["device"]:
+            record["notebooks"] = {**previous.get("notebooks", {}), **times}
+            record["total_seconds"] = round(sum(record["notebooks"].values()), 1)
+    atomic_write_text(results, json.dumps(record, indent=2) + "\n")
+    return times
