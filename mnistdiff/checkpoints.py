@@ -3,21 +3,31 @@
 A checkpoint is two files: ``NAME.pt`` (tensors only: state dicts and RNG states, loaded with
 ``torch.load(weights_only=True)`` so a file can never run code) and ``NAME.json``, its sidecar:
 format version, model kind, config, the ``.pt``'s SHA-256, git commit, device, training time and
-metrics. Both are written atomically (temporary file, fsync, rename): an interrupted write, or a
-full disk, leaves the previous checkpoint intact.
+metrics.
+
+Writing is atomic: both files are first written in full to temporary files in the same folder
+(and fsynced), and only then renamed over the old ones. An interrupted write, or a full disk,
+therefore leaves the previous checkpoint intact and no temporary file behind. The two renames
+are not one atomic step; with ``keep_previous=True`` (what training does for ``last.pt``) the
+previous verified pair is kept as ``NAME.prev.pt``/``NAME.prev.json`` (hard links, no copy) and
+``load_checkpoint(..., fallback=True)`` falls back to it if a crash between the renames left the
+newest pair inconsistent.
 
 Loading checks, in order: both files exist, the format version, the kind (a VAE where a UNet is
-expected is refused), the config (if the caller expects one), the SHA-256, then that the tensors
-fit the model exactly. Each failure raises :class:`CheckpointError` saying what was expected.
+expected is refused), the config (if the caller expects one), the SHA-256, then that the file
+holds only tensors. Each failure raises :class:`CheckpointError` saying what was expected and
+what to do.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -28,12 +38,14 @@ import torch
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
+    "CheckpointIntegrityError",
     "atomic_write_bytes",
     "atomic_write_text",
     "save_checkpoint",
     "read_sidecar",
     "load_checkpoint",
     "sidecar_path",
+    "previous_path",
     "git_commit",
     "sha256_file",
 ]
@@ -46,8 +58,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, of the wrong kind or config, or that could not be written."""
 
 
+class CheckpointIntegrityError(CheckpointError):
+    """A checkpoint whose files are missing, unreadable or do not match each other (truncated, half-written)."""
+
+
 def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where ``save_checkpoint(..., keep_previous=True)`` keeps the pair it replaced: ``NAME.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -58,8 +80,9 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The repository's HEAD commit, or None outside a git checkout."""
+    """The repository's HEAD commit, or None outside a git checkout (looked up once per process)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=5, check=True
@@ -69,35 +92,137 @@ def git_commit() -> str | None:
         return None
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, then ``os.replace``.
+def _unlink_quiet(path: str | Path | None) -> None:
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
-    On any error (a full disk included) the temporary file is removed and ``path`` keeps its old content.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable (best effort: not every platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """Write ``data`` to a new temporary file next to ``path`` (fsynced); return its name. Cleans up on error."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    return tmp
+
+
+def _write_error(path: Path, err: OSError) -> CheckpointError:
+    """A :class:`CheckpointError` for a failed write of ``path``, saying what is left and what to do."""
+    if path.exists():
+        left = f"the previous {path.name} is intact (it still loads) and no temporary file was left behind"
+    else:
+        left = f"nothing was written ({path.name} did not exist before) and no temporary file was left behind"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CheckpointError(
+            f"ran out of disk space while writing {path}; {left}. Free some space and run again "
+            "(training runs continue with --resume)."
+        )
+    return CheckpointError(f"could not write {path} ({err.strerror or err}); {left}. Check the folder and run again.")
+
+
+def _ensure_folder(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot create the folder {path.parent} for {path.name} ({err.strerror or err}): "
+                              "choose a writable location") from err
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, then ``os.replace``.
+
+    On any error (a full disk included) the temporary file is removed and ``path`` keeps its old
+    content; an ``OSError`` is raised as a :class:`CheckpointError` that says so.
+    """
+    path = Path(path)
+    _ensure_folder(path)
+    tmp = None
+    try:
+        tmp = _write_temp(path, data)
         os.replace(tmp, path)
     except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise CheckpointError(
-                f"ran out of disk space while writing {path}; the previous version of {path.name} (if any) is "
-                "intact. Free some space and run again (with --resume to continue training)."
-            ) from err
+        _unlink_quiet(tmp)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from err
         raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# SHA-256 of the pairs this process wrote, so that keep_previous need not re-hash its own files.
+_WRITTEN: dict[str, tuple[str, int, int]] = {}
+
+
+def _pair_consistent(path: Path) -> bool:
+    """True if ``path`` and its sidecar exist and agree (the sidecar's SHA-256 is the file's)."""
+    side = sidecar_path(path)
+    try:
+        meta = json.loads(side.read_text())
+        st = path.stat()
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or not meta.get("sha256") or meta.get("bytes") not in (None, st.st_size):
+        return False
+    cached = _WRITTEN.get(str(path.resolve()))
+    if cached is not None and cached == (meta["sha256"], st.st_size, st.st_mtime_ns):
+        return True
+    try:
+        return sha256_file(path) == meta["sha256"]
+    except OSError:
+        return False
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    """Make ``dest`` a hard link to ``src`` (a copy where links are not supported), atomically."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    _unlink_quiet(tmp)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+
+
+def _keep_previous(path: Path) -> None:
+    """Keep the current (verified) pair of ``path`` as ``NAME.prev.pt``/``.json``; best effort."""
+    if not _pair_consistent(path):
+        return  # never replace a good previous pair with a broken current one
+    prev = previous_path(path)
+    try:
+        _link_or_copy(path, prev)
+        _link_or_copy(sidecar_path(path), sidecar_path(prev))
+    except OSError:
+        pass  # the current pair is still intact; only the safety copy is missing
 
 
 def save_checkpoint(
@@ -107,28 +232,59 @@ def save_checkpoint(
     kind: str,
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    keep_previous: bool = False,
 ) -> Path:
     """Save ``tensors`` (state dicts, tensors, numbers) to ``path`` and write its JSON sidecar.
 
     ``kind`` names the model ("ddpm", "vae", "ldm", "classifier", …) and ``config`` its config dict;
-    ``extra`` adds fields to the sidecar (device, seconds, metrics, epoch …). Returns ``path``.
+    ``extra`` adds fields to the sidecar (device, seconds, metrics, epoch …). Both files are written
+    to temporary files first and renamed only when both are complete: a failure (a full disk
+    included) raises :class:`CheckpointError` and leaves the previous checkpoint intact.
+    ``keep_previous`` keeps the replaced pair as ``NAME.prev.pt`` (see :func:`load_checkpoint`'s
+    ``fallback``). Returns ``path``.
     """
     path = Path(path)
+    side = sidecar_path(path)
     buf = io.BytesIO()
     torch.save(tensors, buf)
     data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": kind,
         "config": config,
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": digest,
         "bytes": len(data),
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
         **(extra or {}),
     }
-    atomic_write_bytes(path, data)
-    atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
+    _ensure_folder(path)
+    tmp_pt = tmp_json = None
+    try:
+        tmp_pt = _write_temp(path, data)
+        tmp_json = _write_temp(side, text.encode("utf-8"))
+        if keep_previous:
+            _keep_previous(path)
+        # From here on only renames: the new .pt, then its sidecar (a crash in between is what
+        # keep_previous/fallback are for).
+        os.replace(tmp_pt, path)
+        tmp_pt = None
+        os.replace(tmp_json, side)
+        tmp_json = None
+    except BaseException as err:
+        _unlink_quiet(tmp_pt)
+        _unlink_quiet(tmp_json)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from err
+        raise
+    _fsync_dir(path.parent)
+    try:
+        st = path.stat()
+        _WRITTEN[str(path.resolve())] = (digest, st.st_size, st.st_mtime_ns)
+    except OSError:
+        pass
     return path
 
 
@@ -137,13 +293,21 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     side = sidecar_path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (pass the .pt file a training run wrote)")
+        raise CheckpointIntegrityError(
+            f"checkpoint {path} does not exist or is not a file: pass the .pt file a training run wrote "
+            "(<experiment>/checkpoints/model.pt)"
+        )
     if not side.is_file():
-        raise CheckpointError(f"checkpoint {path} has no sidecar {side.name}: it was not written by mnistdiff, or is incomplete")
+        raise CheckpointIntegrityError(
+            f"checkpoint {path} has no sidecar {side.name} next to it: it was not written by mnistdiff, or the "
+            f"write was interrupted. Copy the .pt together with its .json, or retrain."
+        )
     try:
         meta = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"sidecar {side} is unreadable or not JSON ({err})") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointIntegrityError(
+            f"sidecar {side} is unreadable or not JSON ({err}): restore it with its .pt, or retrain"
+        ) from err
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {meta.get('format_version') if isinstance(meta, dict) else '?'}, "
@@ -163,21 +327,10 @@ def _diff_config(expected: dict[str, Any], found: dict[str, Any], prefix: str = 
     return diffs
 
 
-def load_checkpoint(
-    path: str | Path,
-    *,
-    kind: str | tuple[str, ...] | None = None,
-    expect_config: dict[str, Any] | None = None,
-    map_location: str | torch.device = "cpu",
+def _load_one(
+    path: Path, kinds: tuple[str, ...] | None, expect_config: dict[str, Any] | None, map_location: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Verify and load a checkpoint: returns ``(tensors, sidecar)``.
-
-    ``kind``: the model kind(s) accepted; ``expect_config``: a config dict the checkpoint must match
-    (only the keys given are compared). Raises :class:`CheckpointError` on any mismatch.
-    """
-    path = Path(path)
     meta = read_sidecar(path)
-    kinds = (kind,) if isinstance(kind, str) else kind
     if kinds is not None and meta.get("kind") not in kinds:
         raise CheckpointError(
             f"checkpoint {path} holds a {meta.get('kind')!r} model, expected {' or '.join(map(repr, kinds))}: "
@@ -187,16 +340,60 @@ def load_checkpoint(
         found = meta.get("config") or {}
         diffs = _diff_config(expect_config, {k: found.get(k) for k in expect_config})
         if diffs:
-            raise CheckpointError(f"checkpoint {path} has an incompatible config: " + "; ".join(diffs))
-    digest = sha256_file(path)
-    if digest != meta.get("sha256"):
+            raise CheckpointError(
+                f"checkpoint {path} has an incompatible config: " + "; ".join(diffs)
+                + ". Use the settings it was trained with, or another checkpoint."
+            )
+    try:
+        digest = sha256_file(path)
         size = path.stat().st_size
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated: its SHA-256 does not match the sidecar "
+    except OSError as err:
+        raise CheckpointIntegrityError(f"checkpoint {path} cannot be read ({err.strerror or err}): check its permissions") from err
+    if digest != meta.get("sha256"):
+        what = "truncated" if isinstance(meta.get("bytes"), int) and size < meta["bytes"] else "corrupt"
+        raise CheckpointIntegrityError(
+            f"checkpoint {path} is {what}: its SHA-256 does not match the one in its sidecar "
             f"({size} bytes on disk, {meta.get('bytes')} expected). Use another checkpoint or retrain."
         )
     try:
         tensors = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"checkpoint {path} could not be read safely ({err})") from err
+        raise CheckpointError(
+            f"checkpoint {path} was refused: torch.load(weights_only=True) found something other than tensors "
+            f"and plain values in it ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            "A checkpoint may only hold weights; use one written by mnistdiff."
+        ) from err
+    if not isinstance(tensors, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(tensors).__name__}, expected a dict of state dicts")
     return tensors, meta
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    kind: str | tuple[str, ...] | None = None,
+    expect_config: dict[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+    fallback: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify and load a checkpoint: returns ``(tensors, sidecar)``.
+
+    ``kind``: the model kind(s) accepted; ``expect_config``: a config dict the checkpoint must match
+    (only the keys given are compared). Raises :class:`CheckpointError` on any mismatch.
+    ``fallback``: if ``path`` fails its integrity checks (missing or unreadable sidecar, SHA-256
+    mismatch) use ``NAME.prev.pt`` instead when that one verifies; the sidecar returned then has
+    ``"loaded_from"`` and ``"fallback_reason"`` set.
+    """
+    path = Path(path)
+    kinds = (kind,) if isinstance(kind, str) else (tuple(kind) if kind is not None else None)
+    try:
+        return _load_one(path, kinds, expect_config, map_location)
+    except CheckpointIntegrityError as err:
+        prev = previous_path(path)
+        if not fallback or not prev.is_file():
+            raise
+        try:
+            tensors, meta = _load_one(prev, kinds, expect_config, map_location)
+        except CheckpointError as err2:
+            raise CheckpointIntegrityError(f"{err} The previous checkpoint {prev} is unusable too: {err2}") from err
+        return tensors, {**meta, "loaded_from": str(prev), "fallback_reason": str(err)}

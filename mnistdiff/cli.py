@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -38,27 +39,35 @@ class ArgError(Exception):
 
 
 def _positive(name: str, value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ArgError(f"--{name} must be positive, got {value}")
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ArgError(f"--{name} must be a positive number, got {value}")
 
 
 def _readable_file(path: str, what: str) -> Path:
     p = Path(path)
     if not p.is_file():
-        raise ArgError(f"{what} {path} does not exist or is not a file")
+        raise ArgError(f"{what} {path} does not exist or is not a file: check the path")
     if not os.access(p, os.R_OK):
-        raise ArgError(f"{what} {path} is not readable (check its permissions)")
+        raise ArgError(f"{what} {path} is not readable: check its permissions (chmod u+r)")
+    try:
+        with open(p, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise ArgError(f"{what} {path} cannot be read ({err.strerror or err}): check its permissions") from err
     return p
 
 
-def _writable_dir(path: str) -> Path:
+def _writable_dir(path: str, option: str = "--out") -> Path:
     """The folder itself if it exists, else its nearest existing parent, must be writable."""
     p = Path(path).resolve()
     probe = p
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ArgError(f"output folder {path} is not writable ({probe} does not accept new files); choose another --out")
+        raise ArgError(
+            f"output folder {path} is not writable ({probe} does not accept new files): choose another {option} "
+            "or fix its permissions"
+        )
     return p
 
 
@@ -83,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         for name, (_, typ) in MODEL_OPTIONS[model].items():
             p.add_argument(f"--{name}", type=typ, default=None)
         p.add_argument("--out", default="experiments", help="experiments root (a new <timestamp>-<model>/ inside)")
-        p.add_argument("--resume", default=None, metavar="EXPERIMENT_DIR", help="continue an interrupted run")
+        p.add_argument("--resume", default=None, metavar="EXPERIMENT_DIR", help="continue an interrupted run from its checkpoints/last.pt (its settings are read from the run)")
         p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         _add_common(p)
@@ -149,12 +158,12 @@ def _device(name: str | None) -> str:
     return name
 
 
-def _train_config(args: argparse.Namespace):
+def _train_config(args: argparse.Namespace, base: Any = None):
+    """The run config: ``base`` (a resumed run's own config) or the profile's, with the options given applied."""
     from .config import ConfigError
     from .profiles import PROFILES
 
-    prof = PROFILES[args.profile]
-    cfg = getattr(prof, args.model)
+    cfg = base if base is not None else getattr(PROFILES[args.profile], args.model)
     train_kw = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
     for name in ("epochs", "lr", "batch_size", "sample_every", "subset"):
         _positive(name, train_kw.get(name))
@@ -185,9 +194,12 @@ def _check_sampling(args: argparse.Namespace, timesteps: int) -> None:
     if args.batch_size is not None:
         _positive("batch_size", args.batch_size)
     if not 0.0 <= args.eta <= 1.0:
-        raise ArgError(f"--eta must be in [0, 1], got {args.eta}")
+        raise ArgError(f"--eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like noise), got {args.eta}")
     if args.mode == "ddim" and args.ddim_steps > timesteps:
-        raise ArgError(f"--ddim_steps {args.ddim_steps} is larger than the model's {timesteps} timesteps")
+        raise ArgError(
+            f"--ddim_steps {args.ddim_steps} is larger than the model's {timesteps} timesteps: "
+            f"use at most {timesteps}"
+        )
 
 
 def _sidecar_timesteps(path: Path, kinds: tuple[str, ...]) -> int:
@@ -198,23 +210,80 @@ def _sidecar_timesteps(path: Path, kinds: tuple[str, ...]) -> int:
     except CheckpointError as err:
         raise ArgError(str(err)) from err
     if meta.get("kind") not in kinds:
-        raise ArgError(f"{path} holds a {meta.get('kind')!r} model, expected {' or '.join(kinds)}")
-    return int(meta["config"]["diffusion"]["timesteps"])
+        raise ArgError(
+            f"{path} holds a {meta.get('kind')!r} model, expected a {' or '.join(map(repr, kinds))} checkpoint: "
+            f"pass the model.pt that `train {kinds[0]}` wrote"
+        )
+    try:
+        return int(meta["config"]["diffusion"]["timesteps"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArgError(f"the sidecar of {path} has no diffusion.timesteps: it is damaged; retrain the model") from err
+
+
+def _resume_base(args: argparse.Namespace):
+    """The config a run to be resumed was started with, read from its last.pt sidecar (checked, nothing loaded)."""
+    from .checkpoints import CheckpointError, previous_path, read_sidecar
+    from .config import ConfigError, DDPMRunConfig, LDMRunConfig, VAERunConfig, from_dict
+
+    last = Path(args.resume, "checkpoints", "last.pt")
+    if not last.is_file():
+        raise ArgError(
+            f"--resume {args.resume}: no checkpoints/last.pt there to resume from (pass the experiment folder a "
+            "training run printed, e.g. experiments/<timestamp>-<model>)"
+        )
+    try:
+        meta = read_sidecar(last)
+    except CheckpointError as err:
+        try:  # a crash between writing last.pt and its sidecar: training falls back to last.prev.pt
+            meta = read_sidecar(previous_path(last))
+        except CheckpointError:
+            raise ArgError(str(err)) from err
+    want = f"{args.model}-resume"
+    if meta.get("kind") != want:
+        raise ArgError(
+            f"--resume {args.resume} holds a {str(meta.get('kind')).removesuffix('-resume')!r} training run, "
+            f"expected a {args.model!r} one: resume it with `train {str(meta.get('kind')).removesuffix('-resume')}`"
+        )
+    cls = {"ddpm": DDPMRunConfig, "vae": VAERunConfig, "ldm": LDMRunConfig}[args.model]
+    try:
+        return from_dict(cls, meta.get("config") or {})
+    except (ConfigError, TypeError) as err:
+        raise ArgError(f"the config stored in {last}'s sidecar is not valid ({err}): start a new run") from err
+
+
+def _config_diffs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _config_diffs(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}: the run has {x!r}, the options give {y!r}")
+    return out
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import pipelines
 
-    cfg = _train_config(args)
+    base = _resume_base(args) if args.resume else None
+    cfg = _train_config(args, base)
+    if base is not None:
+        from .config import to_dict
+
+        diffs = _config_diffs(to_dict(base), to_dict(cfg))
+        if diffs:
+            raise ArgError(
+                "--resume continues a run with the settings it was started with, but " + "; ".join(diffs)
+                + ". Drop those options (they are read from the run), or start a new run."
+            )
     device = _device(args.device)
     if args.resume:
-        if not Path(args.resume, "checkpoints", "last.pt").is_file():
-            raise ArgError(f"--resume {args.resume}: no checkpoints/last.pt there to resume from")
-        _writable_dir(args.resume)
+        _writable_dir(args.resume, "--resume folder")
     else:
         _writable_dir(args.out)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise ArgError(f"--data_dir {args.data_dir} is not a folder")
+        raise ArgError(f"--data_dir {args.data_dir} is not a folder: pass the folder holding the four MNIST "
+                       "files (or <dir>/MNIST/raw/), or leave it out to use the shipped copy")
     kw = dict(out=args.out, device=device, data_dir=args.data_dir, resume=args.resume, progress=not args.quiet,
               compile=args.compile)
     if args.model == "ldm":
@@ -237,7 +306,8 @@ def _sidecar_kind(path: Path, kind: str) -> None:
     except CheckpointError as err:
         raise ArgError(str(err)) from err
     if found != kind:
-        raise ArgError(f"{path} holds a {found!r} model, expected a {kind!r} checkpoint")
+        raise ArgError(f"{path} holds a {found!r} model, expected a {kind!r} checkpoint: pass the model.pt that "
+                       f"`train {kind}` wrote")
 
 
 def _load_for_sampling(args: argparse.Namespace, ckpt: Path, vae: str | None, device: str):
@@ -276,6 +346,7 @@ def _cmd_umap(args: argparse.Namespace) -> int:
     ckpt = _readable_file(args.checkpoint, "checkpoint")
     if args.vae:
         _readable_file(args.vae, "VAE checkpoint")
+        _sidecar_kind(Path(args.vae), "vae")
     timesteps = _sidecar_timesteps(ckpt, ("ldm",) if args.vae else ("ddpm",))
     _check_sampling(args, timesteps)
     _positive("real", args.real)
@@ -331,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"train": _cmd_train, "sample": _cmd_sample, "umap": _cmd_umap, "evaluate": _cmd_evaluate,
                 "course": _cmd_course}
     from .checkpoints import CheckpointError
+    from .config import ConfigError
     from .data import MNISTDataError
     from .train import TrainingDiverged, TrainingInterrupted
 
@@ -338,12 +410,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except ArgError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
-    except (CheckpointError, MNISTDataError, TrainingDiverged) as err:
+    except (CheckpointError, MNISTDataError, TrainingDiverged, ConfigError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 1
     except TrainingInterrupted as err:
         print(f"{parser.prog}: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except KeyboardInterrupt as err:
+        print(f"{parser.prog}: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130
+    except OSError as err:  # e.g. a full disk while writing sample images
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"{parser.prog}: error: {err.strerror or err}{where}. Checkpoints are written atomically, so the "
+              "last one is intact: fix the cause and run again (training runs continue with --resume)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

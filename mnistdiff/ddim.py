@@ -101,7 +101,8 @@ def ddim_sample_loop(
 ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
     """Sample with DDIM over ``timesteps`` (default :func:`ddim_timesteps` ``(T, ddim_steps)``).
 
-    Returns x_0 (B, C, H, W); with ``return_intermediates`` also ``[(t, x_t), …]`` after every step.
+    Returns x_0 (B, C, H, W); with ``return_intermediates`` also ``[(T, x_T), …, (0, x_0)]``: one frame after
+    every step, labelled as in :func:`~mnistdiff.ddpm.p_sample_loop` (the step at t is labelled t_prev + 1).
     """
     T = sched.num_timesteps
     steps = timesteps if timesteps is not None else ddim_timesteps(T, ddim_steps)
@@ -116,5 +117,7 @@ def ddim_sample_loop(
         noise = torch.randn(x.shape, generator=generator, device=device) if eta > 0 else None
         x, _ = ddim_step(sched, x, eps, t, t_prev, eta, noise)
         if return_intermediates:
-            frames.append((max(t_prev, 0), x.cpu()))
+            # labelled like p_sample_loop's frames: the state after the step at t is t_prev + 1 (the clean x_0 is 0),
+            # so the last two frames do not both get label 0
+            frames.append((t_prev + 1, x.cpu()))
     return (x, frames) if return_intermediates else x

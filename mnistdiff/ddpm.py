@@ -114,7 +114,8 @@ def p_sample_loop(
     """Ancestral sampling over all T timesteps (Ho Algorithm 2): x_T ~ N(0, I), then t = T−1 … 0.
 
     ``generator`` makes the noise reproducible (it lives on ``device``). With ``return_intermediates``
-    also returns ``[(t, x_t), …]`` every ``keep_every`` steps (default T/10), plus the final x_0 as t = −1.
+    also returns ``[(t, x_t), …]`` every ``keep_every`` steps (default T/10), plus the final x_0 as t = 0
+    (the state after the step at timestep i is labelled i; x_T is labelled T).
     """
     T = sched.num_timesteps
     sched = sched.to(device)

@@ -8,7 +8,8 @@ Layout::
     performance_metrics.txt  time, throughput, parameters, device (GPU name, peak memory, utilisation)
     epoch_samples/           samples every ``sample_every`` epochs
     final_samples/           samples from the final EMA weights
-    checkpoints/             last.pt (resumable) and model.pt (EMA weights), each with a JSON sidecar
+    checkpoints/             last.pt (resumable; last.prev.pt the one before it) and model.pt (EMA
+                             weights), each with a JSON sidecar
     denoising_steps/         (DDPM, LDM) the reverse process of a few samples
     latent_space/            (VAE) 2-D scatter plots of the latents, coloured by digit
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .checkpoints import atomic_write_text
+from .checkpoints import CheckpointError, atomic_write_text
 
 __all__ = ["Experiment", "device_info"]
 
@@ -86,8 +87,15 @@ class Experiment:
         atomic_write_text(self.path / "config.txt", json.dumps(body, indent=2, default=str) + "\n")
 
     def log(self, line: str) -> None:
-        with open(self.path / "training_log.txt", "a") as f:
-            f.write(line.rstrip("\n") + "\n")
+        path = self.path / "training_log.txt"
+        try:
+            with open(path, "a") as f:
+                f.write(line.rstrip("\n") + "\n")
+        except OSError as err:
+            raise CheckpointError(
+                f"could not append to {path} ({err.strerror or err}); the checkpoints are unaffected. "
+                "Free some space (or fix the folder's permissions) and continue with --resume."
+            ) from err
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         lines = [f"{k}: {v}" for k, v in metrics.items()]

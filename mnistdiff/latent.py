@@ -31,8 +31,9 @@ def encode_dataset(vae: VAE, images: torch.Tensor, batch_size: int = 1024) -> tu
 
 def compute_latent_scale(latents: torch.Tensor) -> float:
     """s = 1 / std(z) over all latent entries (N, c, h, w) — one number, as in Stable Diffusion's 0.18215."""
-    std = latents.float().std().item()
-    if not std > 0:
+    z = latents.double()  # float64: float32 rounding gives a constant tensor a spurious ~1e-8 spread
+    std = z.std().item()
+    if not std > 1e-6 * z.abs().max().item():
         raise ValueError("latents have zero spread: is the VAE trained?")
     return 1.0 / std
 

@@ -576,17 +576,18 @@ def evaluate_npz(
     if not path.is_file():
         raise FileNotFoundError(f"samples file {path} does not exist (expected an .npz with key 'samples')")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if "samples" not in data.files:
-                raise ValueError(
-                    f"{path} has no array 'samples' (it has {sorted(data.files)}); expected key 'samples' "
-                    "holding uint8 images of shape (N, 1, 32, 32), e.g. np.savez(path, samples=to_uint8(x).numpy())"
-                )
-            samples = data["samples"]
-    except ValueError:
-        raise
-    except Exception as err:  # noqa: BLE001 - zip/pickle errors etc.
+        data = np.load(path, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - zip/pickle/format errors
         raise ValueError(f"cannot read {path} as an .npz file with key 'samples' ({err})") from err
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is a single .npy array, expected an .npz archive with key 'samples' (np.savez(path, samples=...))")
+    with data:
+        if "samples" not in data.files:
+            raise ValueError(
+                f"{path} has no array 'samples' (it has {sorted(data.files)}); expected key 'samples' "
+                "holding uint8 images of shape (N, 1, 32, 32), e.g. np.savez(path, samples=to_uint8(x).numpy())"
+            )
+        samples = data["samples"]
     if n is not None:
         if n < 1:
             raise ValueError(f"n must be ≥ 1, got {n}")

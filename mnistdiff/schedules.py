@@ -6,7 +6,7 @@ Indexing follows improved-diffusion: timesteps ``t = 0 … T−1``; ``alphas_cum
 
 * cosine (Nichol & Dhariwal 2021, eq. 17):  ᾱ(t) = f(t)/f(0),  f(t) = cos²(((t/T + s)/(1 + s))·π/2),
   s = 0.008, with β_t = 1 − ᾱ(t+1)/ᾱ(t) clipped at 0.999 so the last step stays finite;
-* linear (Ho et al. 2020): β from 1e-4 to 0.02, rescaled by 1000/T.
+* linear (Ho et al. 2020): β from 1e-4 to 0.02, rescaled by 1000/T (and clipped at 0.999 for T ≤ 20).
 """
 
 from __future__ import annotations
@@ -29,10 +29,16 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> t
     return torch.tensor(betas, dtype=torch.float64)
 
 
-def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """β_t of Ho et al. (2020), rescaled to ``timesteps`` steps, float64 of shape ``(T,)``."""
+def linear_betas(
+    timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02, max_beta: float = 0.999
+) -> torch.Tensor:
+    """β_t of Ho et al. (2020), rescaled to ``timesteps`` steps, float64 of shape ``(T,)``.
+
+    Clipped at ``max_beta`` like the cosine schedule: for T ≤ 20 the rescaled end 0.02·1000/T reaches 1,
+    which would make ᾱ zero (or α negative) and x̂_0 infinite.
+    """
     scale = 1000 / timesteps
-    return torch.linspace(scale * beta_start, scale * beta_end, timesteps, dtype=torch.float64)
+    return torch.linspace(scale * beta_start, scale * beta_end, timesteps, dtype=torch.float64).clamp(max=max_beta)
 
 
 def make_betas(kind: str, timesteps: int) -> torch.Tensor:

@@ -7,12 +7,19 @@ CUDA) and a warm-up + cosine learning-rate schedule, and update the EMA weights.
 What it guarantees:
 
 * every epoch ends with an atomic, resumable checkpoint ``checkpoints/last.pt`` (model, EMA,
-  optimiser, scheduler, epoch, step, data order and RNG states); ``resume=True`` continues from it,
-  and on CPU an interrupted-and-resumed run ends with the same weights as an uninterrupted one;
-* Ctrl-C or SIGTERM saves a resumable checkpoint at the current step, then raises
-  :class:`TrainingInterrupted`;
+  optimiser, scheduler, epoch, step, data order and RNG states; the pair it replaced is kept as
+  ``last.prev.pt``); ``resume=True`` continues from it, and on CPU an interrupted-and-resumed run
+  ends with the same weights as an uninterrupted one (the restored RNG states win over every seed
+  set before; the epoch's sample images draw from a forked RNG, so they never shift the training
+  noise);
+* Ctrl-C or SIGTERM saves a resumable checkpoint at the current step (or keeps the epoch's, when
+  the signal comes between epochs), then raises :class:`TrainingInterrupted`; a second Ctrl-C
+  stops at once without saving (the last epoch's checkpoint is kept);
 * a NaN or infinite loss raises :class:`TrainingDiverged` naming the step, and the last good
   checkpoint stays the latest.
+
+Steps are counted from 1 over the whole run: step ``s`` is batch ``b`` of epoch ``e`` with
+``s = (e - 1)·steps_per_epoch + b``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -41,7 +49,11 @@ LossFn = Callable[[nn.Module, torch.Tensor, "torch.Generator | None"], torch.Ten
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training was stopped by Ctrl-C / SIGTERM after saving a resumable checkpoint."""
+    """Training was stopped by Ctrl-C / SIGTERM after saving a resumable checkpoint; ``signum`` is the signal."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 class TrainingDiverged(RuntimeError):
@@ -91,13 +103,20 @@ def lr_lambda(step: int, warmup: int, total: int) -> float:
 
 @contextmanager
 def _stop_flag() -> Iterator[dict[str, int]]:
-    """Turn SIGINT/SIGTERM into a flag checked between steps (main thread only)."""
+    """Turn SIGINT/SIGTERM into a flag checked between steps (main thread only).
+
+    A second SIGINT (Ctrl-C pressed twice) raises ``KeyboardInterrupt`` at once, without saving.
+    """
     flag = {"signal": 0}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum: int, _frame: Any) -> None:
+        if flag["signal"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt(
+                "second Ctrl-C: stopped without saving; the last epoch's checkpoint (checkpoints/last.pt) is kept"
+            )
         flag["signal"] = signum
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -137,6 +156,13 @@ def _eval_loss(task: TrainTask, model: nn.Module, seed: int, batch_size: int, am
     return total / max(count, 1)
 
 
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def fit(
     task: TrainTask,
     experiment: Experiment,
@@ -151,9 +177,17 @@ def fit(
 
     ``amp`` (default: on for CUDA) uses bf16 autocast and channels_last; ``compile`` wraps the
     model in ``torch.compile``. Raises :class:`TrainingInterrupted` or :class:`TrainingDiverged`.
+    SIGINT/SIGTERM are caught from the start of this call (before anything is written).
     """
+    with _stop_flag() as flag:
+        return _fit(task, experiment, flag, torch.device(device), resume, progress, compile, amp)
+
+
+def _fit(
+    task: TrainTask, experiment: Experiment, flag: dict[str, int], device: torch.device, resume: bool,
+    progress: bool, compile: bool, amp: bool | None,
+) -> TrainResult:
     cfg = task.train_config
-    device = torch.device(device)
     use_amp = (device.type == "cuda") if amp is None else amp
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
     model = task.model.to(device)
@@ -173,35 +207,50 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, total_steps))
     ema = make_ema(model, cfg.ema_decay)
     step_model = torch.compile(model) if compile else model
+    last = experiment.last_checkpoint
+    resume_cmd = (f"python -m mnistdiff train {task.kind}{' <vae checkpoint>' if task.kind == 'ldm' else ''} "
+                  f"--resume {experiment.path}")
 
     history: list[dict[str, float]] = []
     start_epoch, start_step, perm = 0, 0, None
     loss_sum, loss_count, elapsed = 0.0, 0, 0.0
+    saved_epoch: int | None = None  # epoch of the newest checkpoint in last.pt (for messages)
     if resume:
-        if not experiment.last_checkpoint.is_file():
-            raise CheckpointError(f"nothing to resume: {experiment.last_checkpoint} does not exist")
+        if not last.is_file():
+            raise CheckpointError(
+                f"nothing to resume: {last} does not exist (the run was stopped before its first checkpoint); "
+                "start a new run instead"
+            )
         state, meta = load_checkpoint(
-            experiment.last_checkpoint, kind=f"{task.kind}-resume",
-            expect_config=task.run_config, map_location=device,
+            last, kind=f"{task.kind}-resume", expect_config=task.run_config, map_location=device, fallback=True,
         )
+        if "loaded_from" in meta:
+            warnings.warn(f"{meta['fallback_reason']} Resuming from the previous checkpoint {meta['loaded_from']}.",
+                          RuntimeWarning, stacklevel=2)
+            experiment.log(f"# {last} failed verification; resuming from {meta['loaded_from']}")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        # The restored RNG states win over every seed set before (model init, torch.manual_seed above).
         _set_rng_state(state["rng"], perm_gen)
         start_epoch, start_step = int(state["epoch"]), int(state["step"])
-        perm = state["perm"] if start_step > 0 else None
+        perm = state["perm"] if state["perm"].numel() else None
         loss_sum, loss_count = float(state["loss_sum"]), int(state["loss_count"])
         history = list(meta.get("history", []))
         elapsed = float(meta.get("seconds", 0.0))
-        experiment.log(f"# resumed at epoch {start_epoch + 1}, step {start_step}")
+        saved_epoch = start_epoch
+        experiment.log(f"# resumed at epoch {start_epoch + 1}, step {start_epoch * steps_per_epoch + start_step + 1}")
     else:
         experiment.write_config(task.run_config, {"kind": task.kind, "parameters": count_parameters(model)})
         experiment.log("epoch\ttrain_loss\teval_loss\tlr\tseconds")
 
+    t0 = time.perf_counter()
+
     def save_resumable(epoch: int, step: int, perm_now: torch.Tensor | None) -> None:
+        nonlocal saved_epoch
         save_checkpoint(
-            experiment.last_checkpoint,
+            last,
             {
                 "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": _rng_state(perm_gen), "epoch": epoch, "step": step,
@@ -210,62 +259,102 @@ def fit(
             },
             kind=f"{task.kind}-resume", config=task.run_config,
             extra={"epoch": epoch, "step": step, "history": history, "seconds": elapsed + time.perf_counter() - t0},
+            keep_previous=True,
+        )
+        saved_epoch = epoch
+
+    def kept() -> str:
+        if saved_epoch is None:
+            return "no checkpoint had been written yet (it diverged in its first epoch)"
+        return (f"the last good checkpoint {last} (after epoch {saved_epoch}) is kept as the latest and still "
+                "verifies")
+
+    pending: list[torch.Tensor] = []
+    pending_start = 0  # global step (1-based) of pending[0]
+
+    def flush() -> float | None:
+        """Check the pending losses (one GPU sync) and add them up; raise on NaN/inf. Returns the last loss."""
+        nonlocal loss_sum, loss_count
+        if not pending:
+            return None
+        values = torch.stack(pending).cpu()
+        pending.clear()
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            g = pending_start + i
+            e, b = (g - 1) // steps_per_epoch + 1, (g - 1) % steps_per_epoch + 1
+            raise TrainingDiverged(
+                f"loss became {values[i].item()} at step {g} (epoch {e}, batch {b} of {steps_per_epoch}); training "
+                f"stopped and {kept()}. Lower the learning rate (--lr, now {cfg.lr:g}) or check the data, and "
+                f"start a new run (resuming with the same settings would retry from that checkpoint: {resume_cmd})"
+            )
+        loss_sum += float(values.sum())
+        loss_count += len(values)
+        return float(values[-1])
+
+    def interrupted(where: str) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            f"training stopped by {_signal_name(flag['signal'])} {where}; a resumable checkpoint is in {last}. "
+            f"Continue with: {resume_cmd}",
+            flag["signal"],
         )
 
-    t0 = time.perf_counter()
     check_every = 1 if device.type == "cpu" else 50
+    rng_devices = [device] if device.type == "cuda" else []
     model.train()
-    with _stop_flag() as flag:
-        for epoch in range(start_epoch, cfg.epochs):
-            t_epoch = time.perf_counter()
-            if perm is None:
-                perm = torch.randperm(n, generator=perm_gen)
-            pending: list[torch.Tensor] = []
-            bar = tqdm(range(start_step, steps_per_epoch), desc=f"{task.kind} epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not progress, leave=False)
-            for step in bar:
-                if flag["signal"]:
-                    save_resumable(epoch, step, perm)
-                    raise TrainingInterrupted(
-                        f"training stopped by signal {flag['signal']} at epoch {epoch + 1}, step {step}; "
-                        f"resume with --resume {experiment.path}"
-                    )
-                batch = train[perm[step * bs:(step + 1) * bs].to(device)]
-                with autocast():
-                    loss = task.loss_fn(step_model, batch, None)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                pending.append(loss.detach().float())
-                if len(pending) >= check_every or step == steps_per_epoch - 1:
-                    values = torch.stack(pending).cpu()
-                    bad = (~torch.isfinite(values)).nonzero()
-                    if len(bad):
-                        bad_step = step - len(pending) + 1 + int(bad[0])
-                        raise TrainingDiverged(
-                            f"loss became {values[int(bad[0])].item()} at epoch {epoch + 1}, step {bad_step}; "
-                            f"stopped. The last good checkpoint ({experiment.last_checkpoint}) is kept as the latest: "
-                            "lower --lr or check the data, then --resume"
-                        )
-                    loss_sum += float(values.sum())
-                    loss_count += len(values)
-                    pending.clear()
-                    if progress:
-                        bar.set_postfix(loss=f"{values[-1].item():.4f}")
-                opt.step()
-                sched.step()
-                ema.update_parameters(model)
-            train_loss = loss_sum / max(loss_count, 1)
-            eval_loss = _eval_loss(task, ema.module, cfg.seed, bs, autocast)
-            seconds = time.perf_counter() - t_epoch
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, "eval_loss": eval_loss,
-                            "lr": sched.get_last_lr()[0], "seconds": seconds})
-            experiment.log(f"{epoch + 1}\t{train_loss:.6f}\t{eval_loss:.6f}\t{sched.get_last_lr()[0]:.3e}\t{seconds:.2f}")
-            loss_sum, loss_count, perm, start_step = 0.0, 0, None, 0
-            save_resumable(epoch + 1, 0, None)
-            if task.sample_fn is not None and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs):
+    for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.perf_counter()
+        if perm is None:
+            perm = torch.randperm(n, generator=perm_gen)
+        bar = tqdm(range(start_step, steps_per_epoch), desc=f"{task.kind} epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False)
+        for step in bar:
+            g = epoch * steps_per_epoch + step + 1
+            if flag["signal"]:
+                flush()  # never save weights that a NaN has already reached
+                save_resumable(epoch, step, perm)
+                raise interrupted(f"at step {g} (epoch {epoch + 1}, batch {step + 1} of {steps_per_epoch})")
+            if not pending:
+                pending_start = g
+            batch = train[perm[step * bs:(step + 1) * bs].to(device)]
+            with autocast():
+                loss = task.loss_fn(step_model, batch, None)
+            pending.append(loss.detach().float())
+            if len(pending) >= check_every or step == steps_per_epoch - 1:
+                shown = flush()
+                if progress and shown is not None:
+                    bar.set_postfix(loss=f"{shown:.4f}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            ema.update_parameters(model)
+        flush()
+        train_loss = loss_sum / max(loss_count, 1)
+        eval_loss = _eval_loss(task, ema.module, cfg.seed, bs, autocast)
+        if not math.isfinite(eval_loss):
+            raise TrainingDiverged(
+                f"the EMA model's eval loss became {eval_loss} after epoch {epoch + 1} (step "
+                f"{(epoch + 1) * steps_per_epoch}); training stopped and {kept()}. Lower --lr (now {cfg.lr:g}) "
+                "or check the data, and start a new run"
+            )
+        seconds = time.perf_counter() - t_epoch
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "eval_loss": eval_loss,
+                        "lr": sched.get_last_lr()[0], "seconds": seconds})
+        experiment.log(f"{epoch + 1}\t{train_loss:.6f}\t{eval_loss:.6f}\t{sched.get_last_lr()[0]:.3e}\t{seconds:.2f}")
+        loss_sum, loss_count, perm, start_step = 0.0, 0, None, 0
+        save_resumable(epoch + 1, 0, None)
+        if flag["signal"]:
+            raise interrupted(f"after epoch {epoch + 1}")
+        if task.sample_fn is not None and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs):
+            # A forked RNG: sampling must not shift the training noise (or a resumed run would differ).
+            with torch.random.fork_rng(devices=rng_devices):
                 task.sample_fn(ema.module, experiment.sub("epoch_samples"), f"epoch_{epoch + 1:03d}")
+    if flag["signal"]:
+        raise interrupted(f"after the last epoch, before the final samples and {experiment.model_checkpoint.name}")
     seconds = elapsed + time.perf_counter() - t0
     ema_model = ema.module.eval()
     images_seen = steps_per_epoch * bs * cfg.epochs
@@ -277,7 +366,8 @@ def fit(
         **device_info(device),
     }
     if task.final_fn is not None:
-        metrics.update(task.final_fn(ema_model, experiment))
+        with torch.random.fork_rng(devices=rng_devices):
+            metrics.update(task.final_fn(ema_model, experiment))
     from .viz import plot_loss_curves  # local import: matplotlib only when training
 
     plot_loss_curves(history, experiment.path / "loss_curves.png")

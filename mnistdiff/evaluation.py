@@ -1,0 +1,530 @@
+"""Evaluate every generator the course builds, and write the results file the book reads.
+
+Chapter 6 asks one question of each way the course has of making a digit: how close are its
+samples to real MNIST? The generators are
+
+* the pixel-space DDPM with ancestral sampling over all ``T`` steps (Ho et al. 2020);
+* DDIM with the same network at each step count of ``profile.ddim_step_sweep``, deterministic
+  (η = 0) and stochastic (η = 1) (Song et al. 2020);
+* latent diffusion, sampled with DDPM and with DDIM (η = 0, ``profile.ddim_steps`` steps)
+  (Rombach et al. 2022);
+* the VAE on its own: decoded draws from its prior ``N(0, I)`` (Kingma & Welling 2013), and its
+  reconstructions of real training images — the best that latent diffusion, which can only emit
+  what the decoder can draw, could reach.
+
+Each is scored with :func:`mnistdiff.metrics.evaluate` (classifier-FID, KID, precision/recall,
+confidence, class balance, distance to the nearest training image), timed (seconds per sample), and
+— with :func:`mnistdiff.umap_eval.umap_evaluation` — placed on a UMAP of real digits with a k-NN
+two-sample accuracy. Every metric depends on the sample count, so the results always carry the
+real-vs-real floor at the same count (:func:`mnistdiff.metrics.real_floor`; for the k-NN
+accuracies, held-out real test images against real training images).
+
+The results go to ``results/<profile>/evaluation.json`` (or under ``$MNISTDIFF_RESULTS_DIR``),
+written atomically, with this layout::
+
+    {"profile": "smoke", "device": "CPU (2 cores)", "n_samples": 200, "seed": 0, ...,
+     "floor": {"fid": ..., "kid": ..., "knn_accuracy_umap": ..., ...},
+     "generators": {"ddpm": {"label": ..., "fid": ..., ..., "seconds_per_sample": ...}, ...},
+     "class_histograms": {"real (floor)": {"0": ..., ..., "9": ...}, "ddpm": {...}, ...}}
+
+Every entry of ``floor`` and ``generators`` is a flat mapping of scalars, so the book's results
+page renders ``generators`` as one table with a row per generator.
+
+Typical use (what the notebook does, step by step)::
+
+    specs = course_generators(ddpm=ddpm, ldm=ldm, vae=vae, profile=PROFILE, device=DEVICE)
+    samples = draw_samples(specs, PROFILE.eval_samples, seed=0, device=DEVICE)
+    scores = score_samples(samples, seed=0, device=DEVICE)
+    floor = real_floor(PROFILE.eval_samples, seed=0, device=DEVICE)
+    results = build_results(PROFILE.name, DEVICE, PROFILE.eval_samples, floor, scores)
+    write_results(results)
+
+or all of it at once with :func:`run_evaluation`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .checkpoints import atomic_write_text
+from .data import load_mnist
+from .profiles import Profile, default_device
+
+__all__ = [
+    "GeneratorSpec",
+    "Samples",
+    "course_generators",
+    "draw_samples",
+    "score_samples",
+    "real_floor",
+    "umap_reference_sets",
+    "build_results",
+    "results_dir",
+    "results_path",
+    "write_results",
+    "read_results",
+    "results_table",
+    "device_name",
+    "run_evaluation",
+    "TABLE_COLUMNS",
+    "FLOOR_NAME",
+]
+
+#: The name of the real-vs-real reference, in tables and in ``class_histograms``.
+FLOOR_NAME = "real (floor)"
+
+#: The columns of :func:`results_table`: ``(key, header, format)``.
+TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("fid", "FID ↓", "{:.2f}"),
+    ("kid", "KID ↓", "{:.4f}"),
+    ("precision", "precision ↑", "{:.3f}"),
+    ("recall", "recall ↑", "{:.3f}"),
+    ("confidence", "confidence ↑", "{:.3f}"),
+    ("class_entropy", "class entropy (bits)", "{:.3f}"),
+    ("nn_train_distance", "NN-train dist.", "{:.2f}"),
+    ("knn_accuracy_umap", "k-NN acc. UMAP", "{:.3f}"),
+    ("knn_accuracy_pixels", "k-NN acc. pixels", "{:.3f}"),
+    ("knn_accuracy_features", "k-NN acc. features", "{:.3f}"),
+    ("seconds_per_sample", "s / sample", "{:.2e}"),
+)
+
+#: The metrics copied from :func:`mnistdiff.metrics.evaluate` into the results file (all scalars).
+_METRIC_KEYS = (
+    "fid", "kid", "kid_std", "precision", "recall", "confidence", "class_entropy", "class_max_deviation",
+    "nn_train_distance", "nn_train_distance_min",
+)
+_UMAP_KEYS = ("knn_accuracy_umap", "knn_accuracy_pixels", "knn_accuracy_features")
+
+Sampler = Callable[[int, int], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------
+# the generators
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """One way of making digits: a name, a description, and ``draw(n, seed)``.
+
+    ``draw(n, seed)`` returns ``n`` images ``(n, 1, 32, 32)`` in [-1, 1] on the CPU, the same ones
+    for the same seed. ``space`` is ``"pixel"``, ``"latent"`` or ``"vae"``; ``sampler`` is
+    ``"ddpm"``, ``"ddim"``, ``"prior"`` or ``"reconstruction"``; ``steps`` is the number of
+    network (or decoder) evaluations per sample and ``eta`` DDIM's η (None where it means nothing).
+    """
+
+    name: str
+    label: str
+    space: str
+    sampler: str
+    steps: int | None
+    eta: float | None
+    draw: Sampler = field(repr=False, compare=False)
+
+    def describe(self) -> dict[str, Any]:
+        """The scalar description stored with the generator's metrics."""
+        return {"label": self.label, "space": self.space, "sampler": self.sampler, "steps": self.steps, "eta": self.eta}
+
+
+def _diffusion_sampler(model: Any, device: torch.device, **kwargs: Any) -> Sampler:
+    def draw(n: int, seed: int) -> torch.Tensor:
+        images, _ = model.sample(n, seed=seed, device=device, **kwargs)
+        return images
+
+    return draw
+
+
+def _vae_prior_sampler(vae: torch.nn.Module, device: torch.device, batch_size: int = 1024) -> Sampler:
+    @torch.no_grad()
+    def draw(n: int, seed: int) -> torch.Tensor:
+        cfg = vae.config
+        gen = torch.Generator(device=device).manual_seed(seed)
+        z = torch.randn((n, cfg.latent_channels, cfg.latent_size, cfg.latent_size), generator=gen, device=device)
+        vae.eval()
+        return torch.cat([vae.decode(c).float().clamp(-1, 1).cpu() for c in z.split(batch_size)])
+
+    return draw
+
+
+def _vae_reconstruction_sampler(vae: torch.nn.Module, device: torch.device, batch_size: int = 1024) -> Sampler:
+    @torch.no_grad()
+    def draw(n: int, seed: int) -> torch.Tensor:
+        # the same n training images as real_floor(n, seed=seed): the floor, passed through the VAE
+        real = load_mnist("train").subset(n, seed=seed).images
+        vae.eval()
+        out = [vae.decode(vae.encode(c.to(device)).mode()).float().clamp(-1, 1).cpu() for c in real.split(batch_size)]
+        return torch.cat(out)
+
+    return draw
+
+
+def course_generators(
+    *,
+    ddpm: Any | None,
+    ldm: Any | None,
+    vae: torch.nn.Module | None,
+    profile: Profile,
+    device: torch.device | str | None = None,
+    ddim_steps: Sequence[int] | None = None,
+    etas: Sequence[float] = (0.0, 1.0),
+    ldm_ddim_steps: int | None = None,
+) -> list[GeneratorSpec]:
+    """Every generator of the course, in the order the tables show them.
+
+    ``ddpm``: the pixel-space :class:`~mnistdiff.pipelines.DiffusionModel`; ``ldm``: the latent one
+    (with its ``codec``); ``vae``: the VAE. Any of them may be None to leave its generators out.
+    ``ddim_steps`` (default ``profile.ddim_step_sweep``, capped at the model's T) and ``etas`` span
+    the DDIM grid; latent diffusion's DDIM uses ``ldm_ddim_steps`` (default ``profile.ddim_steps``)
+    with η = 0. Names: ``ddpm``, ``ddim_<S>_eta<η>``, ``ldm_ddpm``, ``ldm_ddim_<S>``, ``vae_prior``,
+    ``vae_reconstruction``.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    specs: list[GeneratorSpec] = []
+    if ddpm is not None:
+        T = ddpm.schedule.num_timesteps
+        specs.append(GeneratorSpec("ddpm", f"DDPM, {T} steps", "pixel", "ddpm", T, None,
+                                   _diffusion_sampler(ddpm, device, mode="ddpm")))
+        sweep = [s for s in (ddim_steps if ddim_steps is not None else profile.ddim_step_sweep) if s <= T]
+        for eta in etas:
+            for steps in sweep:
+                specs.append(GeneratorSpec(
+                    f"ddim_{steps}_eta{eta:g}", f"DDIM, {steps} steps, η = {eta:g}", "pixel", "ddim", steps, float(eta),
+                    _diffusion_sampler(ddpm, device, mode="ddim", ddim_steps=steps, eta=float(eta)),
+                ))
+    if ldm is not None:
+        T = ldm.schedule.num_timesteps
+        steps = min(ldm_ddim_steps or profile.ddim_steps, T)
+        specs.append(GeneratorSpec("ldm_ddpm", f"latent diffusion, DDPM, {T} steps", "latent", "ddpm", T, None,
+                                   _diffusion_sampler(ldm, device, mode="ddpm")))
+        specs.append(GeneratorSpec(f"ldm_ddim_{steps}", f"latent diffusion, DDIM, {steps} steps, η = 0", "latent",
+                                   "ddim", steps, 0.0, _diffusion_sampler(ldm, device, mode="ddim", ddim_steps=steps)))
+    if vae is not None:
+        specs.append(GeneratorSpec("vae_prior", "VAE, decoded N(0, I) draws", "vae", "prior", 1, None,
+                                   _vae_prior_sampler(vae, device)))
+        specs.append(GeneratorSpec("vae_reconstruction", "VAE reconstructions of the floor's real images", "vae",
+                                   "reconstruction", 1, None, _vae_reconstruction_sampler(vae, device)))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"generator names must be unique, got {names}")
+    return specs
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling and scoring
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Samples:
+    """One generator's output: its spec, the images ``(n, 1, 32, 32)`` in [-1, 1] (CPU) and the wall time."""
+
+    spec: GeneratorSpec
+    images: torch.Tensor
+    seconds: float
+
+    @property
+    def seconds_per_sample(self) -> float:
+        return self.seconds / max(int(self.images.shape[0]), 1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def draw_samples(
+    specs: Sequence[GeneratorSpec],
+    n: int,
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    verbose: bool = True,
+) -> dict[str, Samples]:
+    """Draw ``n`` samples from each generator with the same ``seed``, timing each (wall clock).
+
+    The time includes decoding (latent diffusion, VAE) and the copy to the CPU, i.e. what a user
+    waits for. Returns name → :class:`Samples`, in the order of ``specs``. With ``verbose``, prints
+    one line per generator.
+    """
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    device = torch.device(device) if device is not None else default_device()
+    out: dict[str, Samples] = {}
+    for spec in specs:
+        _sync(device)
+        t0 = time.perf_counter()
+        images = spec.draw(n, seed)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        if tuple(images.shape) != (n, 1, 32, 32):
+            raise ValueError(f"generator {spec.name} returned shape {tuple(images.shape)}, expected ({n}, 1, 32, 32)")
+        out[spec.name] = Samples(spec, images.detach().float().cpu(), seconds)
+        if verbose:
+            print(f"  {spec.label:<48} {n} samples in {seconds:7.2f} s")
+    return out
+
+
+def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: float(metrics[k]) for k in _METRIC_KEYS if k in metrics}
+
+
+def _histogram(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {str(d): float(p) for d, p in enumerate(metrics.get("class_histogram", []))}
+
+
+def score_samples(
+    samples: Mapping[str, Samples],
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    verbose: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """:func:`mnistdiff.metrics.evaluate` for each generator's samples, plus its description and timing.
+
+    Returns name → a flat dict: the spec's ``label``, ``space``, ``sampler``, ``steps``, ``eta``;
+    the scalar metrics (``fid``, ``kid``, ``kid_std``, ``precision``, ``recall``, ``confidence``,
+    ``class_entropy``, ``class_max_deviation``, ``nn_train_distance``, ``nn_train_distance_min``);
+    ``class_histogram`` (a list of 10 fractions, moved out by :func:`build_results`);
+    ``sampling_seconds`` and ``seconds_per_sample``.
+    """
+    from .metrics import evaluate
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, s in samples.items():
+        t0 = time.perf_counter()
+        m = evaluate(s.images, seed=seed, device=device)
+        entry = {**s.spec.describe(), **_scalar_metrics(m), "class_histogram": list(m["class_histogram"]),
+                 "sampling_seconds": s.seconds, "seconds_per_sample": s.seconds_per_sample}
+        out[name] = entry
+        if verbose:
+            print(f"  {s.spec.label:<48} FID {entry['fid']:8.2f}   ({time.perf_counter() - t0:.1f} s)")
+    return out
+
+
+def real_floor(n: int, *, seed: int = 0, device: torch.device | str | None = None) -> dict[str, Any]:
+    """The real-vs-real floor at ``n`` samples: :func:`mnistdiff.metrics.real_floor` (``n`` real
+    training images scored like a generator), with its ``class_histogram``."""
+    from .metrics import real_floor as _floor
+
+    m = _floor(n, seed=seed, device=device)
+    return {**_scalar_metrics(m), "class_histogram": list(m["class_histogram"])}
+
+
+def umap_reference_sets(
+    n_real: int, n_floor: int, *, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The real images for the UMAP evaluation, disjoint from every generator's inputs.
+
+    Returns ``(real_images, real_labels, floor_images)``: ``n_real`` *test* images (the UMAP is
+    fitted on part of them; the rest are the held-out real points every set is compared with) and
+    the ``n_floor`` *training* images of :func:`real_floor` (the real-vs-real reference, scored in
+    the UMAP exactly like a generator). The VAE reconstructions are of those same training images,
+    never of the test images, so no reconstruction sits on top of its own original in the map.
+    """
+    test = load_mnist("test").subset(n_real, seed=seed)
+    floor = load_mnist("train").subset(n_floor, seed=seed)
+    return test.images, test.labels, floor.images
+
+
+# ----------------------------------------------------------------------------------------------
+# the results file
+# ----------------------------------------------------------------------------------------------
+
+
+def device_name(device: torch.device | str | None = None) -> str:
+    """A readable name of the device: the GPU's model, or ``CPU (<cores> cores)``."""
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalars: floats rounded to 6 significant digits, NaN/inf → None."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else float(f"{value:.6g}")
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value
+
+
+def build_results(
+    profile: str,
+    device: torch.device | str | None,
+    n_samples: int,
+    floor: Mapping[str, Any],
+    generators: Mapping[str, Mapping[str, Any]],
+    *,
+    umap_scores: Mapping[str, Mapping[str, float]] | None = None,
+    floor_umap_name: str | None = None,
+    seed: int = 0,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble the results file's dict (see the module docstring for its layout).
+
+    ``floor``: :func:`real_floor`'s dict; ``generators``: :func:`score_samples`'s. ``umap_scores``:
+    the scores of :func:`mnistdiff.umap_eval.umap_evaluation` (name → ``knn_accuracy_*``); the
+    entry named ``floor_umap_name`` holds the real-vs-real reference and goes into ``floor``, the
+    others into their generators. Class histograms move to ``class_histograms`` (so every entry of
+    ``generators`` is a flat row of scalars). ``extra``: more top-level fields (e.g. timings).
+    """
+    umap_scores = dict(umap_scores or {})
+    floor_entry = {k: v for k, v in floor.items() if k != "class_histogram"}
+    hist = {FLOOR_NAME: _histogram(floor)}
+    if floor_umap_name is not None and floor_umap_name in umap_scores:
+        real_scores = umap_scores.pop(floor_umap_name)
+        floor_entry.update({k: real_scores[k] for k in _UMAP_KEYS if k in real_scores})
+    gens: dict[str, dict[str, Any]] = {}
+    for name, entry in generators.items():
+        row = {k: v for k, v in entry.items() if k != "class_histogram"}
+        if name in umap_scores:
+            row.update({k: umap_scores[name][k] for k in _UMAP_KEYS if k in umap_scores[name]})
+        # keep the timing last, as the schema shows it
+        for key in ("sampling_seconds", "seconds_per_sample"):
+            if key in row:
+                row[key] = row.pop(key)
+        gens[name] = row
+        hist[name] = _histogram(entry)
+    unknown = set(umap_scores) - set(generators)
+    if unknown:
+        raise ValueError(f"UMAP scores for unknown generators: {sorted(unknown)}")
+    results = {
+        "profile": profile,
+        "device": device_name(device),
+        "n_samples": int(n_samples),
+        "seed": int(seed),
+        "torch": torch.__version__.split("+")[0],
+        "date": _dt.date.today().isoformat(),
+        **dict(extra or {}),
+        "floor": floor_entry,
+        "generators": gens,
+        "class_histograms": hist,
+    }
+    return _clean(results)
+
+
+def results_dir() -> Path:
+    """``$MNISTDIFF_RESULTS_DIR`` if set, else ``results/`` at the repository root."""
+    env = os.environ.get("MNISTDIFF_RESULTS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "results"
+
+
+def results_path(profile: str | Profile) -> Path:
+    """``<results_dir>/<profile>/evaluation.json``."""
+    name = profile.name if isinstance(profile, Profile) else str(profile)
+    return results_dir() / name / "evaluation.json"
+
+
+def write_results(results: Mapping[str, Any], path: str | Path | None = None) -> Path:
+    """Write ``results`` as indented JSON to ``path`` (default :func:`results_path` of its profile).
+
+    The file is written to a temporary sibling and renamed into place, so a reader never sees half
+    a file. Refuses a dict without ``profile``, ``device``, ``n_samples``, ``floor`` or
+    ``generators``. Returns the path.
+    """
+    missing = [k for k in ("profile", "device", "n_samples", "floor", "generators") if k not in results]
+    if missing:
+        raise ValueError(f"results lack {missing}; build them with build_results()")
+    path = Path(path) if path is not None else results_path(results["profile"])
+    text = json.dumps(_clean(dict(results)), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    atomic_write_text(path, text)
+    return path
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Read a results file written by :func:`write_results`."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return fmt.format(value)
+
+
+def results_table(
+    results: Mapping[str, Any], columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS
+) -> str:
+    """A Markdown table of ``results``: the real floor first, then one row per generator.
+
+    ``columns``: ``(key, header, format)`` triples (default :data:`TABLE_COLUMNS`); a column no row
+    has is left out, a missing value shows as ``—``.
+    """
+    rows = [(f"**{FLOOR_NAME}**", results["floor"])]
+    rows += [(g.get("label", name), g) for name, g in results["generators"].items()]
+    cols = [c for c in columns if any(c[0] in r for _, r in rows)]
+    lines = [
+        "| generator | " + " | ".join(h for _, h, _ in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for label, row in rows:
+        lines.append(f"| {label} | " + " | ".join(_fmt(row.get(k), f) for k, _, f in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# everything at once
+# ----------------------------------------------------------------------------------------------
+
+
+def run_evaluation(
+    profile: str | Profile | None = None,
+    *,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    n: int | None = None,
+    umap: bool = True,
+    path: str | Path | None = None,
+    write: bool = True,
+) -> tuple[dict[str, Any], Any]:
+    """Load (or train) the profile's models, evaluate every generator, and write the results file.
+
+    ``n`` defaults to ``profile.eval_samples``; with ``umap`` the UMAP figure and k-NN accuracies
+    are computed too (``profile.umap_real`` real test images). Returns ``(results, figure or None)``.
+    """
+    from .metrics import reference_features
+    from .pretrained import get_ddpm, get_ldm, get_vae
+    from .profiles import get_profile
+
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    device = torch.device(device) if device is not None else default_device()
+    n = n or prof.eval_samples
+    t0 = time.perf_counter()
+    ddpm = get_ddpm(prof, device=device, progress=False)
+    ldm = get_ldm(prof, device=device, progress=False)
+    vae, _ = get_vae(prof, device=device, progress=False)
+    specs = course_generators(ddpm=ddpm, ldm=ldm, vae=vae, profile=prof, device=device)
+    samples = draw_samples(specs, n, seed=seed, device=device)
+    reference_features(device)
+    scores = score_samples(samples, seed=seed, device=device)
+    floor = real_floor(n, seed=seed, device=device)
+    fig, umap_scores, floor_name = None, None, None
+    if umap:
+        from .umap_eval import umap_evaluation
+
+        real, labels, floor_images = umap_reference_sets(prof.umap_real, n, seed=seed)
+        floor_name = FLOOR_NAME
+        generated = {floor_name: floor_images, **{k: s.images for k, s in samples.items()}}
+        fig, umap_scores = umap_evaluation(real, labels, generated, seed=seed, device=device, ncols=4)
+    results = build_results(prof.name, device, n, floor, scores, umap_scores=umap_scores, floor_umap_name=floor_name,
+                            seed=seed, extra={"seconds_total": time.perf_counter() - t0})
+    if write:
+        write_results(results, path)
+    return results, fig

@@ -1,0 +1,436 @@
+"""Interactive explorers for the notebooks (ipywidgets), each with a static fallback.
+
+Every public function here does two things, in this order:
+
+1. it **displays a static fallback** — a small PNG frame strip drawn with matplotlib, or an HTML
+   animation (``matplotlib.animation`` → ``to_jshtml()``) — so that the cell shows something in a
+   non-interactive view: the rendered book, GitHub's notebook preview, ``nbconvert`` to HTML;
+2. it **returns an ipywidgets object** (an :class:`Explorer`): a slider (or two) above an image.
+   As the last expression of a cell, Jupyter displays it below the fallback. The book strips the
+   widget view and keeps the fallback (:func:`mnistdiff.book.strip_widget_outputs`).
+
+Nothing needs a browser to be built: the image is an ``ipywidgets.Image`` holding PNG bytes that
+are recomputed in Python when a slider moves, so the widgets build and update headless (under
+``nbclient``/``nbval`` and in the tests). Expensive content (DDIM samples) is precomputed once;
+cheap content (one ``q_sample``, one VAE decode) is computed on every slider move.
+
+Public API (images are ``(N, 1, H, W)`` or ``(1, H, W)`` tensors in [−1, 1]):
+
+* :func:`timestep_explorer` ``(image, schedule, frames=8)`` — slide t and watch q(x_t | x_0) (chapter 2);
+* :func:`denoising_player` ``(frames)`` — step through a sampling trajectory ``[(t, x_t), …]`` (chapter 2);
+* :func:`ddim_explorer` ``(model, steps_options, etas, seed, device)`` — DDIM steps × η (chapter 3);
+* :func:`latent_walk` ``(vae, z_a, z_b, frames=8, scale=1.0)`` — interpolate two latents (chapter 4);
+* :func:`image_slider` ``(images, captions)`` — the generic building block: a slider over any frames;
+* :func:`frame_strip_png` / :func:`animation_html` — the two kinds of static fallback.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Callable, Sequence
+
+import ipywidgets
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+from .viz import grid_array
+
+__all__ = [
+    "Explorer",
+    "render_png",
+    "frame_strip_png",
+    "animation_html",
+    "image_slider",
+    "timestep_explorer",
+    "denoising_player",
+    "ddim_explorer",
+    "latent_walk",
+    "interpolate",
+]
+
+Render = Callable[..., tuple[torch.Tensor, str]]
+
+
+# ----------------------------------------------------------------------------------------------
+# rendering helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _batch(images: torch.Tensor) -> torch.Tensor:
+    """(H, W), (1, H, W) or (N, 1, H, W) → (N, 1, H, W) float on the CPU."""
+    x = images.detach().float().cpu()
+    if x.ndim == 2:
+        x = x[None, None]
+    elif x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"expected an image (1, H, W) or a batch (N, 1, H, W), got shape {tuple(images.shape)}")
+    return x
+
+
+def render_png(images: torch.Tensor, nrow: int = 8, zoom: int = 3) -> bytes:
+    """PNG bytes of a grid of images in [−1, 1], enlarged ``zoom``× with nearest-neighbour (crisp pixels)."""
+    arr = grid_array(_batch(images), nrow=nrow)
+    img = PILImage.fromarray(arr, mode="L")
+    if zoom != 1:
+        img = img.resize((img.width * zoom, img.height * zoom), PILImage.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _figure(width: float, height: float):
+    """A matplotlib Figure *not* registered with pyplot (so the inline backend never shows it twice)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def frame_strip_png(
+    frames: Sequence[torch.Tensor], captions: Sequence[str], title: str | None = None,
+    nrow: int = 8, panel: float = 1.05, dpi: int = 80,
+) -> bytes:
+    """A left-to-right strip of ``frames`` (each an image or a small batch shown as a grid), captioned.
+
+    Returns PNG bytes (a small figure: ``panel`` inches per frame at ``dpi``).
+    """
+    if len(frames) != len(captions):
+        raise ValueError(f"{len(frames)} frames but {len(captions)} captions")
+    if not frames:
+        raise ValueError("no frames to draw")
+    arrays = [grid_array(_batch(f), nrow=nrow) for f in frames]
+    aspect = arrays[0].shape[0] / arrays[0].shape[1]
+    n = len(arrays)
+    fig = _figure(panel * n, panel * aspect + 0.45 + (0.25 if title else 0))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, arr, cap in zip(axes, arrays, captions):
+        ax.imshow(arr, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(cap, fontsize=7)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.2)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def animation_html(
+    frames: Sequence[torch.Tensor], captions: Sequence[str], nrow: int = 8, interval: int = 300, size: float = 2.6,
+    dpi: int = 60,
+) -> str:
+    """An HTML/JavaScript animation of ``frames`` (``FuncAnimation.to_jshtml()``): plays with no kernel.
+
+    Each frame is stored as a PNG inside the HTML, so keep ``frames`` few and small.
+    """
+    from matplotlib.animation import FuncAnimation
+
+    if len(frames) != len(captions):
+        raise ValueError(f"{len(frames)} frames but {len(captions)} captions")
+    arrays = [grid_array(_batch(f), nrow=nrow) for f in frames]
+    aspect = arrays[0].shape[0] / arrays[0].shape[1]
+    fig = _figure(size, size * aspect + 0.3)
+    ax = fig.add_axes((0, 0, 1, 1 - 0.3 / (size * aspect + 0.3)))
+    ax.axis("off")
+    im = ax.imshow(arrays[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    text = fig.text(0.5, 0.99, captions[0], ha="center", va="top", fontsize=8)
+
+    def update(i: int):
+        im.set_data(arrays[i])
+        text.set_text(captions[i])
+        return im, text
+
+    anim = FuncAnimation(fig, update, frames=len(arrays), interval=interval, blit=False)
+    fig.set_dpi(dpi)
+    return anim.to_jshtml(fps=max(1, round(1000 / interval)), default_mode="once")
+
+
+def _show(fallback: bytes | str) -> None:
+    """Display a static fallback: PNG bytes as an image, a string as HTML."""
+    from IPython.display import HTML, Image, display
+
+    display(Image(data=fallback, format="png") if isinstance(fallback, bytes) else HTML(fallback))
+
+
+# ----------------------------------------------------------------------------------------------
+# the widget
+# ----------------------------------------------------------------------------------------------
+
+
+class Explorer(ipywidgets.VBox):
+    """An ``ipywidgets.VBox``: controls (sliders) above an image and a caption, recomputed by
+    ``render`` whenever a control moves.
+
+    ``render(*values) → (images (N, 1, H, W) in [−1, 1], caption HTML)`` is called with the controls'
+    values in order. Attributes: ``controls`` (the sliders), ``image`` (an ``ipywidgets.Image`` with
+    PNG bytes), ``caption`` (``ipywidgets.HTML``), ``fallback`` (the static fallback that was
+    displayed before it: PNG bytes or HTML), ``renders`` (how many times it was drawn).
+    ``move(i, value)`` moves control ``i`` as a user would.
+    """
+
+    def __init__(
+        self, controls: Sequence[ipywidgets.ValueWidget], render: Render, *, nrow: int = 8, zoom: int = 3,
+        fallback: bytes | str | None = None,
+    ) -> None:
+        image = ipywidgets.Image(format="png")
+        caption = ipywidgets.HTML()
+        super().__init__(children=[*controls, image, caption])
+        self.controls = list(controls)
+        self.render = render
+        self.image, self.caption = image, caption
+        self.nrow, self.zoom = nrow, zoom
+        self.fallback = fallback
+        self.renders = 0
+        for c in self.controls:
+            c.observe(self._refresh, names="value")
+        self._refresh()
+
+    @property
+    def values(self) -> tuple[Any, ...]:
+        """The controls' current values, in order."""
+        return tuple(c.value for c in self.controls)
+
+    def _refresh(self, _change: Any = None) -> None:
+        images, caption = self.render(*self.values)
+        self.image.value = render_png(images, self.nrow, self.zoom)
+        self.caption.value = caption
+        self.renders += 1
+
+    def move(self, index: int, value: Any) -> None:
+        """Move control ``index`` to ``value``; the image and caption update, as in the browser."""
+        self.controls[index].value = value
+
+
+def _slider(n: int, description: str, value: int = 0):
+    w = ipywidgets
+    return w.IntSlider(value=value, min=0, max=max(n - 1, 0), step=1, description=description,
+                       continuous_update=True, readout=False, layout=w.Layout(width="420px"))
+
+
+def image_slider(
+    images: Sequence[torch.Tensor], captions: Sequence[str], *, description: str = "frame", value: int = 0,
+    nrow: int = 8, zoom: int = 3, fallback: str = "strip", title: str | None = None, show: bool = True,
+) -> Explorer:
+    """A slider over precomputed frames (each an image or a batch shown as a grid), captioned.
+
+    ``fallback``: ``"strip"`` (PNG frame strip), ``"animation"`` (HTML animation) or ``"none"``;
+    it is displayed first when ``show`` (and kept in ``Explorer.fallback``).
+    """
+    if len(images) != len(captions) or not images:
+        raise ValueError(f"need as many captions as frames (≥ 1), got {len(images)} frames, {len(captions)} captions")
+    frames = [_batch(x) for x in images]
+    fb = _make_fallback(fallback, frames, list(captions), nrow, title)
+    if show and fb is not None:
+        _show(fb)
+    return Explorer([_slider(len(frames), description, value)],
+                    lambda i: (frames[i], captions[i]), nrow=nrow, zoom=zoom, fallback=fb)
+
+
+def _make_fallback(kind: str, frames: list[torch.Tensor], captions: list[str], nrow: int,
+                   title: str | None) -> bytes | str | None:
+    if kind == "strip":
+        return frame_strip_png(frames, [c.replace("<br>", "\n") for c in captions], title=title, nrow=nrow)
+    if kind == "animation":
+        return animation_html(frames, [c.replace("<br>", "  ") for c in captions], nrow=nrow)
+    if kind == "none":
+        return None
+    raise ValueError(f"fallback must be 'strip', 'animation' or 'none', got {kind!r}")
+
+
+def _strip_tags(html: str) -> str:
+    import re
+
+    return re.sub(r"<[^>]+>", "", html)
+
+
+# ----------------------------------------------------------------------------------------------
+# chapter 2: the forward process and the reverse trajectory
+# ----------------------------------------------------------------------------------------------
+
+
+def timestep_explorer(
+    image: torch.Tensor, schedule, frames: int = 8, *, seed: int = 0, zoom: int = 4, show: bool = True,
+) -> Explorer:
+    """Slide t from 0 to T−1 and watch x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε for one digit (Ho et al. eq. 4).
+
+    ``image``: (1, 32, 32) in [−1, 1]; ``schedule``: a :class:`~mnistdiff.schedules.NoiseSchedule`.
+    The noise ε is drawn once (``seed``), so the slider shows the same noise taking over. The caption
+    gives ᾱ_t and the signal and noise coefficients. The fallback is a strip of ``frames`` evenly
+    spaced timesteps.
+    """
+    x0 = _batch(image)[:1]
+    T = schedule.num_timesteps
+    ab = schedule.alphas_cumprod.double().cpu()
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+
+    def x_t(t: int) -> torch.Tensor:
+        a = ab[t]
+        return (a.sqrt() * x0.double() + (1 - a).sqrt() * eps.double()).float()
+
+    def caption(t: int) -> str:
+        a = float(ab[t])
+        return (f"t = {t}<br>ᾱ<sub>t</sub> = {a:.4f} &nbsp; √ᾱ<sub>t</sub> = {a ** 0.5:.3f} &nbsp; "
+                f"√(1−ᾱ<sub>t</sub>) = {(1 - a) ** 0.5:.3f}")
+
+    ts = np.linspace(0, T - 1, max(frames, 2)).round().astype(int).tolist()
+    fb = frame_strip_png([x_t(t) for t in ts], [f"t={t}\nᾱ={float(ab[t]):.3f}" for t in ts],
+                         title="q(x_t | x_0): the same digit and the same noise as t grows")
+    if show:
+        _show(fb)
+    w = ipywidgets
+    slider = w.IntSlider(value=0, min=0, max=T - 1, step=1, description="t", continuous_update=True,
+                         layout=w.Layout(width="420px"))
+    return Explorer([slider], lambda t: (x_t(t), caption(t)), nrow=1, zoom=zoom, fallback=fb)
+
+
+def denoising_player(
+    frames: Sequence[tuple[int, torch.Tensor]], *, count: int = 8, max_frames: int = 12, zoom: int = 3,
+    fallback: str = "animation", show: bool = True,
+) -> Explorer:
+    """Step through a sampling trajectory ``[(t, x_t (N, 1, H, W)), …]`` (as returned with
+    ``return_intermediates=True``) for its first ``count`` samples.
+
+    At most ``max_frames`` evenly spaced frames are kept (always the first and the last). The
+    fallback is an HTML animation that plays x_T → x_0 (or a strip with ``fallback="strip"``).
+    """
+    if not frames:
+        raise ValueError("no frames: sample with return_intermediates=True")
+    picks = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
+    kept = [(int(frames[i][0]), _batch(frames[i][1])[:count]) for i in picks]
+    T = kept[0][0]
+    captions = [("x_T (pure noise)" if k == 0 else ("x_0 (the sample)" if k == len(kept) - 1 else f"x_t, t = {t}"))
+                .replace("x_T", f"x_{T}") for k, (t, _) in enumerate(kept)]
+    return image_slider([x for _, x in kept], captions, description="step", nrow=count, zoom=zoom,
+                        fallback=fallback, show=show)
+
+
+# ----------------------------------------------------------------------------------------------
+# chapter 3: DDIM steps and η
+# ----------------------------------------------------------------------------------------------
+
+
+def ddim_explorer(
+    model, steps_options: Sequence[int], etas: Sequence[float] = (0.0, 0.5, 1.0), seed: int = 0,
+    device: str | torch.device = "cpu", *, num_samples: int = 4, samples: dict[tuple[int, float], torch.Tensor] | None = None,
+    zoom: int = 3, show: bool = True,
+) -> Explorer:
+    """Two sliders, DDIM steps S and η, over samples precomputed from one seed (the same x_T for all).
+
+    ``model``: a :class:`~mnistdiff.pipelines.DiffusionModel` (pixel or latent: it decodes). All
+    ``len(steps_options) × len(etas)`` settings are sampled once with ``num_samples`` samples each,
+    so the sliders respond instantly and nothing runs in the browser; pass ``samples`` (a dict
+    ``(steps, eta) → (N, 1, 32, 32)``) to reuse results you already have. The fallback is a PNG
+    table: one row per η, one column per number of steps. The returned explorer's ``samples``
+    attribute holds every precomputed batch, keyed by ``(steps, eta)``.
+    """
+    steps_options = [int(s) for s in steps_options]
+    etas = [float(e) for e in etas]
+    if not steps_options or not etas:
+        raise ValueError("need at least one steps option and one eta")
+    cache: dict[tuple[int, float], torch.Tensor] = {}
+    for s in steps_options:
+        for e in etas:
+            if samples is not None and (s, e) in samples:
+                cache[(s, e)] = _batch(samples[(s, e)])[:num_samples]
+            else:
+                x, _ = model.sample(num_samples, mode="ddim", ddim_steps=s, eta=e, seed=seed, device=device)
+                cache[(s, e)] = x
+    fb = _ddim_table_png(cache, steps_options, etas, num_samples)
+    if show:
+        _show(fb)
+    w = ipywidgets
+    steps_slider = w.SelectionSlider(options=steps_options, value=steps_options[-1], description="steps S",
+                                     continuous_update=True, layout=w.Layout(width="420px"))
+    eta_slider = w.SelectionSlider(options=etas, value=etas[0], description="η",
+                                   continuous_update=True, layout=w.Layout(width="420px"))
+
+    def render(s: int, e: float) -> tuple[torch.Tensor, str]:
+        what = "deterministic" if e == 0 else "stochastic"
+        return cache[(s, e)], f"DDIM, S = {s} steps, η = {e:g} ({what}); seed {seed}"
+
+    explorer = Explorer([steps_slider, eta_slider], render, nrow=num_samples, zoom=zoom, fallback=fb)
+    explorer.samples = cache  # (steps, eta) → (num_samples, 1, 32, 32), for numbers next to the figure
+    return explorer
+
+
+def _ddim_table_png(cache: dict[tuple[int, float], torch.Tensor], steps: list[int], etas: list[float], n: int) -> bytes:
+    arrays = {k: grid_array(v, nrow=n) for k, v in cache.items()}
+    h, w_ = next(iter(arrays.values())).shape
+    cell = 0.28 * n
+    fig = _figure(0.6 + cell * len(steps), 0.4 + cell * h / w_ * len(etas) + 0.15 * len(etas))
+    axes = fig.subplots(len(etas), len(steps), squeeze=False)
+    for i, e in enumerate(etas):
+        for j, s in enumerate(steps):
+            ax = axes[i][j]
+            ax.imshow(arrays[(s, e)], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"S = {s}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"η = {e:g}", fontsize=8)
+    fig.tight_layout(pad=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# chapter 4: walking between two latents
+# ----------------------------------------------------------------------------------------------
+
+
+def interpolate(z_a: torch.Tensor, z_b: torch.Tensor, w: float, mode: str = "linear") -> torch.Tensor:
+    """(1 − w)·z_a + w·z_b, or spherical interpolation (``mode="slerp"``, Shoemake 1985) on the flattened tensors."""
+    if mode == "linear":
+        return (1 - w) * z_a + w * z_b
+    if mode != "slerp":
+        raise ValueError(f"mode must be 'linear' or 'slerp', got {mode!r}")
+    a, b = z_a.flatten().double(), z_b.flatten().double()
+    cos = torch.clamp((a @ b) / (a.norm() * b.norm()).clamp_min(1e-12), -1.0, 1.0)
+    theta = torch.arccos(cos)
+    if float(theta) < 1e-6:
+        return (1 - w) * z_a + w * z_b
+    out = (torch.sin((1 - w) * theta) * a + torch.sin(w * theta) * b) / torch.sin(theta)
+    return out.reshape(z_a.shape).to(z_a.dtype)
+
+
+def latent_walk(
+    vae, z_a: torch.Tensor, z_b: torch.Tensor, frames: int = 8, scale: float = 1.0, *, mode: str = "linear",
+    zoom: int = 4, show: bool = True,
+) -> Explorer:
+    """Slide the weight w from 0 to 1 and decode z(w) = (1 − w) z_a + w z_b live through the VAE.
+
+    ``vae``: a :class:`~mnistdiff.vae.VAE` (anything with ``decode``); ``z_a``, ``z_b``: latents of
+    shape (C, h, w) or (1, C, h, w). ``scale`` is the latent scale factor s of latent diffusion: the
+    latents are given *scaled* (z·s, what the diffusion model sees) and decoded as ``decode(z / s)``;
+    leave it at 1.0 for raw VAE latents (e.g. posterior means). ``mode="slerp"`` interpolates on
+    the sphere instead. The fallback is a strip of ``frames`` evenly spaced weights.
+    """
+    if z_a.shape != z_b.shape:
+        raise ValueError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    za = z_a if z_a.ndim == 4 else z_a[None]
+    zb = z_b if z_b.ndim == 4 else z_b[None]
+    try:
+        device = next(vae.parameters()).device
+    except (AttributeError, StopIteration):
+        device = za.device
+    za, zb = za.detach().float().to(device), zb.detach().float().to(device)
+
+    @torch.no_grad()
+    def decode(w: float) -> torch.Tensor:
+        z = interpolate(za, zb, float(w), mode)
+        return vae.decode(z / scale).float().clamp(-1, 1).cpu()
+
+    ws = np.linspace(0, 1, max(frames, 2)).tolist()
+    fb = frame_strip_png([decode(w) for w in ws], [f"w={w:.2f}" for w in ws],
+                         title=f"decoding (1−w)·z_a + w·z_b ({mode})" if mode == "linear" else "decoding slerp(z_a, z_b; w)")
+    if show:
+        _show(fb)
+    wd = ipywidgets
+    slider = wd.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.01, description="w", continuous_update=True,
+                            readout_format=".2f", layout=wd.Layout(width="420px"))
+    return Explorer([slider], lambda w: (decode(w), f"w = {w:.2f}: z = {1 - w:.2f}·z_a + {w:.2f}·z_b"
+                                         if mode == "linear" else f"w = {w:.2f} (slerp)"),
+                    nrow=1, zoom=zoom, fallback=fb)

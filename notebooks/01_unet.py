@@ -1,0 +1,392 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.0
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 1. The UNet: a network that sees noise and time
+#
+# A diffusion model turns noise into digits by calling **one network many times**. At every call
+# the network receives a noisy image $x_t$ and the noise level $t$, and answers with its guess of
+# the noise $\epsilon$ that was mixed in. So before any diffusion maths, we need a network with
+# three properties:
+#
+# 1. **output shape = input shape** — it predicts a noise image, pixel for pixel;
+# 2. **it knows $t$** — the same blurry blob means "almost done" at $t = 10$ and "just started" at $t = 900$;
+# 3. **it sees both fine detail and the whole digit** — a stroke's edge is local, but whether it
+#    belongs to a 3 or an 8 is global.
+#
+# The UNet of Ho et al. ([arXiv:2006.11239](https://arxiv.org/abs/2006.11239), appendix B), itself
+# a descendant of Ronneberger et al.'s segmentation UNet
+# ([arXiv:1505.04597](https://arxiv.org/abs/1505.04597)), does all three: an encoder that halves
+# the resolution, a decoder that doubles it back, **skip connections** that hand the decoder the
+# encoder's fine detail, and a **sinusoidal embedding** of $t$ added to every residual block.
+#
+# **Learning goals.** After this chapter you can
+#
+# - write the sinusoidal timestep embedding and explain why nearby timesteps get similar codes;
+# - read a residual block with time conditioning and a self-attention block, equation by equation;
+# - trace a tensor through the UNet, block by block, and count where its parameters live;
+# - explain why the network's last layer starts at zero.
+#
+# **Run time.** smoke profile, 2-core CPU: about 15 s; full profile, GPU: see the
+# [results page](../results.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mnistdiff.config import UNetConfig
+from mnistdiff.data import load_mnist
+from mnistdiff.profiles import default_device, get_profile
+from mnistdiff.unet import AttentionBlock, Downsample, ResBlock, UNet, Upsample, count_parameters, timestep_embedding
+from mnistdiff.viz import show_grid
+
+PROFILE = get_profile()
+DEVICE = default_device()
+SEED = 0
+torch.manual_seed(SEED)
+print(f"profile: {PROFILE.name}, device: {DEVICE}")
+
+# %% [markdown]
+# ## The data the network will see
+#
+# MNIST's 28×28 digits are padded to 32×32 (so the resolution can be halved several times) and
+# scaled from $[0, 255]$ to $[-1, 1]$: $x = 2u/255 - 1$. The range matters: the noise we will add
+# is $\mathcal N(0, I)$, and pure noise and a clean digit should have comparable scale.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+train = load_mnist("train")
+pixels = train.images.double()
+print("images:", tuple(train.images.shape), train.images.dtype)
+print(f"range: [{pixels.min().item():.1f}, {pixels.max().item():.1f}]   mean: {pixels.mean().item():.4f}   "
+      f"std: {pixels.std().item():.4f}")
+print("images per digit:", torch.bincount(train.labels, minlength=10).tolist())
+
+# %%
+show_grid(train.images[:32], nrow=16, title="MNIST training images, padded to 32×32")
+plt.show()
+
+# %% [markdown]
+# Most pixels are background ($-1$), hence the mean near $-0.8$. The network will have to learn
+# that sparse, stroke-shaped structure.
+#
+# ## Telling the network the time: sinusoidal embeddings
+#
+# An integer $t$ fed in as one number would be a poor input: one scalar channel, hard for a network
+# to resolve finely. Instead we borrow the Transformer's positional encoding (Vaswani et al.,
+# [arXiv:1706.03762](https://arxiv.org/abs/1706.03762), §3.5): map $t$ to $d$ numbers, cosines and
+# sines at geometrically spaced frequencies,
+#
+# $$
+# \mathrm{emb}(t) = \big[\cos(t\,\omega_0), \dots, \cos(t\,\omega_{d/2-1}),\;
+#                        \sin(t\,\omega_0), \dots, \sin(t\,\omega_{d/2-1})\big],
+# \qquad \omega_i = P^{-i/(d/2)},\; P = 10\,000 .
+# $$
+#
+# Low-index dimensions oscillate quickly (they tell $t = 41$ from $t = 42$), high-index ones slowly
+# (they tell "early" from "late"). This layout — all cosines, then all sines — is the one of
+# improved-diffusion (Nichol & Dhariwal, [arXiv:2102.09672](https://arxiv.org/abs/2102.09672));
+# Vaswani et al. interleave them, which is the same embedding up to a permutation of dimensions.
+# Here it is, written from the equation:
+
+
+# %%
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """(B,) integer timesteps → (B, dim): cosines then sines at frequencies ω_i = P^(−i/(dim/2))."""
+    half = dim // 2
+    omega = max_period ** (-torch.arange(half, dtype=torch.float64) / half)  # ω_0 = 1 … ω_{d/2−1} ≈ 1/P
+    angles = t.double()[:, None] * omega[None, :]  # (B, d/2)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).float()
+
+
+t = torch.arange(0, 1000)
+torch.testing.assert_close(sinusoidal_embedding(t, 32), timestep_embedding(t, 32), rtol=0, atol=1e-4)
+print("our embedding matches mnistdiff.unet.timestep_embedding")
+
+# %% [markdown]
+# (The tolerance is absolute because the package computes in float32: at $t = 999$ the angle is
+# about $10^3$ radians, and float32 rounds it by a few $10^{-5}$.) A few values, for the record:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+torch.set_printoptions(precision=4, sci_mode=False)
+print(timestep_embedding(torch.tensor([0, 1, 50]), 8))
+
+# %% [markdown]
+# At $t = 0$ every cosine is 1 and every sine 0. Below, the embedding of every timestep of the
+# full-profile model ($T = 1000$ steps, $d = 32$ dimensions, the UNet's `base_channels`): each
+# row of the heatmap is one $t$. On the right, the cosine similarity between the codes of two
+# timesteps: it is high near the diagonal, so **nearby timesteps look alike to the network** and
+# it can share what it learns between them.
+
+# %%
+T_FULL, D_FULL = 1000, UNetConfig().base_channels
+ts = torch.arange(T_FULL)
+emb = timestep_embedding(ts, D_FULL)
+unit = F.normalize(emb, dim=1)
+
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+im = axes[0].imshow(emb.numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+axes[0].set(xlabel="embedding dimension", ylabel="timestep t", title="emb(t): cosines | sines")
+fig.colorbar(im, ax=axes[0])
+for i in (0, 3, 6, 10, 15):
+    axes[1].plot(ts, emb[:, i], lw=1, label=f"dim {i}: ω = {10_000 ** (-i / 16):.2g}")
+axes[1].set(xlabel="timestep t", title="a few cosine dimensions", xlim=(0, 300))
+axes[1].legend(fontsize=7, loc="lower right")
+im = axes[2].imshow((unit @ unit.T).numpy(), cmap="viridis", interpolation="nearest")
+axes[2].set(xlabel="t", ylabel="t′", title="cosine similarity of emb(t), emb(t′)")
+fig.colorbar(im, ax=axes[2])
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Inside the UNet, a small MLP turns this fixed code into a learned one,
+# $e_t = W_2\,\mathrm{SiLU}(W_1\,\mathrm{emb}(t))$ with $4d$ dimensions, and every residual block
+# reads $e_t$.
+#
+# ## The residual block: where time enters
+#
+# Each residual block maps $(x, e_t)$ to a feature map of the same size (Ho et al., appendix B; the
+# layout of improved-diffusion):
+#
+# $$
+# h = \mathrm{Conv}_1\big(\mathrm{SiLU}(\mathrm{GN}_1(x))\big) + W_e\,\mathrm{SiLU}(e_t),
+# \qquad
+# \mathrm{out} = \mathrm{skip}(x) + \mathrm{Conv}_2\big(\mathrm{Dropout}(\mathrm{SiLU}(\mathrm{GN}_2(h)))\big).
+# $$
+#
+# The time embedding is projected to one number per channel and **added to every pixel** of that
+# channel — a per-channel bias that depends on $t$. GN is group normalisation (Wu & He,
+# [arXiv:1803.08494](https://arxiv.org/abs/1803.08494)), which, unlike batch norm, does not mix the
+# examples of a batch (their noise levels differ); $\mathrm{skip}$ is a 1×1 convolution when the
+# channel count changes, else the identity. In code, using a block's own layers:
+
+
+# %%
+def resblock_forward(block: ResBlock, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """The equations above, step by step: (B, C_in, H, W), (B, 4d) → (B, C_out, H, W)."""
+    h = block.conv1(F.silu(block.norm1(x)))
+    h = h + block.emb(F.silu(e))[:, :, None, None]  # one bias per channel, broadcast over H, W
+    h = block.conv2(block.dropout(F.silu(block.norm2(h))))
+    return block.skip(x) + h
+
+
+block = ResBlock(in_ch=32, out_ch=64, emb_dim=128, groups=8)
+torch.nn.init.normal_(block.conv2.weight, std=0.05)  # (it starts at zero: see below)
+x, e = torch.randn(2, 32, 16, 16), torch.randn(2, 128)
+torch.testing.assert_close(resblock_forward(block, x, e), block(x, e))
+print("our residual block matches mnistdiff.unet.ResBlock:", tuple(block(x, e).shape))
+
+# %% [markdown]
+# ## Self-attention: letting distant pixels talk
+#
+# Convolutions only see a small neighbourhood. At the low resolutions (16×16 and 8×8 in the full
+# model) the UNet adds multi-head self-attention over all $H W$ positions, so that the top of a
+# digit can inform its bottom. Each position's feature vector is projected to a query, key and
+# value ($q, k, v \in \mathbb R^{d_h}$ per head) and (Vaswani et al., eq. 1)
+#
+# $$
+# \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\Big(\frac{Q K^\top}{\sqrt{d_h}}\Big) V,
+# \qquad \mathrm{out} = x + W_o\,\mathrm{Attention}(Q, K, V).
+# $$
+#
+# The package calls PyTorch's fused `scaled_dot_product_attention`; here it is with explicit
+# matrices:
+
+
+# %%
+def attention_forward(block: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """Multi-head self-attention over the H·W positions, with the residual: (B, C, H, W) → same."""
+    b, c, hgt, wid = x.shape
+    heads = block.num_heads
+    qkv = block.qkv(block.norm(x)).reshape(b, 3, heads, c // heads, hgt * wid)
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # each (B, heads, d_h, HW)
+    weights = torch.softmax(q.transpose(-1, -2) @ k / (c // heads) ** 0.5, dim=-1)  # (B, heads, HW, HW)
+    out = (v @ weights.transpose(-1, -2)).reshape(b, c, hgt, wid)  # each position: a weighted mean of values
+    return x + block.proj(out)
+
+
+attn = AttentionBlock(channels=64, num_heads=4, groups=8)
+torch.nn.init.normal_(attn.proj.weight, std=0.05)
+x = torch.randn(2, 64, 8, 8)
+torch.testing.assert_close(attention_forward(attn, x), attn(x), rtol=1e-4, atol=1e-5)
+print("our attention matches mnistdiff.unet.AttentionBlock:", tuple(attn(x).shape))
+
+# %% [markdown]
+# ## The whole UNet, block by block
+#
+# Now the package's `UNet`, which stacks these blocks. For the **full-profile configuration**
+# (`UNetConfig()`: 32 base channels, multipliers 1-2-2, two residual blocks per level, attention at
+# 16×16 and 8×8), we attach a forward hook to every block and record what comes out. The table is
+# the same on every machine and in every profile: building this network and running one image
+# through it takes a fraction of a second on a CPU.
+
+# %%
+def block_table(model: UNet, x: torch.Tensor, t: torch.Tensor) -> list[dict]:
+    """Run ``model`` once, recording each block's input/output shape and parameter count via forward hooks."""
+    kinds = (ResBlock, AttentionBlock, Downsample, Upsample)
+    rows, hooks = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, kinds) or name in ("conv_in", "conv_out"):
+            def hook(mod, inputs, output, name=name):
+                rows.append({"block": name, "type": type(mod).__name__, "in": tuple(inputs[0].shape[1:]),
+                             "out": tuple(output.shape[1:]), "params": count_parameters(mod)})
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x, t)
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows
+
+
+full_unet = UNet(UNetConfig())
+rows = block_table(full_unet, torch.randn(1, 1, 32, 32), torch.tensor([500]))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def shape(s: tuple) -> str:
+    return "×".join(map(str, s))
+
+
+print(f"{'block':<24}{'type':<15}{'input C×H×W':>14}{'output C×H×W':>14}{'parameters':>12}")
+for r in rows:
+    print(f"{r['block']:<24}{r['type']:<15}{shape(r['in']):>14}{shape(r['out']):>14}{r['params']:>12,}")
+rest = {"time_mlp": full_unet.time_mlp, "norm_out": full_unet.norm_out}
+for name, module in rest.items():
+    print(f"{name:<24}{type(module).__name__:<15}{'':>14}{'':>14}{count_parameters(module):>12,}")
+total = sum(r["params"] for r in rows) + sum(count_parameters(m) for m in rest.values())
+print(f"{'total':<24}{'':<15}{'':>14}{'':>14}{total:>12,}")
+assert total == count_parameters(full_unet)
+
+# %% [markdown]
+# Read it top to bottom and you can see the "U":
+#
+# - **encoder** (`down_levels`): 32×32 → 16×16 → 8×8, with channels 32 → 64 → 64;
+# - **middle**: residual block, attention, residual block at 8×8;
+# - **decoder** (`up_levels`): back up to 32×32. Its residual blocks take *more* input channels than
+#   the encoder's (e.g. 128 = 64 + 64): each one concatenates the matching encoder activation — a
+#   **skip connection** — which is also why the decoder holds most of the parameters.
+#
+# The figure draws the same table: each dot is a block at its resolution (dot area ∝ parameters,
+# colour = channels), and each grey arc is a skip connection from the encoder activation it carries
+# to the decoder block that consumes it.
+
+# %%
+def skip_pairs(rows: list[dict]) -> list[tuple[int, int]]:
+    """(encoder row, decoder row) pairs, replaying the order in which the UNet pushes and pops skips."""
+    stack, pairs = [], []
+    for i, r in enumerate(rows):
+        name = r["block"]
+        nxt = rows[i + 1]["block"] if i + 1 < len(rows) else ""
+        if name == "conv_in" or name.startswith("downsamples"):
+            stack.append(i)
+        elif name.startswith("down_levels"):
+            followed_by_attention = nxt == name.replace(".blocks.", ".attns.")
+            if ".attns." in name or not followed_by_attention:  # pushed after the block's attention, if any
+                stack.append(i)
+        elif name.startswith("up_levels") and ".blocks." in name:
+            pairs.append((stack.pop(), i))  # each decoder block pops the latest encoder activation
+    assert not stack, "every skip activation is consumed"
+    return pairs
+
+
+pairs = skip_pairs(rows)
+res = np.array([r["out"][1] for r in rows])
+chans = np.array([r["out"][0] for r in rows])
+params = np.array([r["params"] for r in rows])
+fig, ax = plt.subplots(figsize=(11, 3.6))
+for a, b in pairs:
+    xs = np.linspace(a, b, 50)
+    ax.plot(xs, np.log2(res[a]) + 0.35 * np.sin(np.pi * (xs - a) / (b - a)), color="0.75", lw=0.8, zorder=0)
+sc = ax.scatter(np.arange(len(rows)), np.log2(res), s=12 + params / 600, c=chans, cmap="viridis", zorder=1,
+                edgecolor="k", linewidth=0.4)
+ax.set_yticks(np.log2([8, 16, 32]), ["8×8", "16×16", "32×32"])
+ax.set_xticks(np.arange(len(rows)), [r["type"].replace("Block", "").replace("Conv2d", "conv") for r in rows],
+              rotation=90, fontsize=7)
+ax.set(ylabel="resolution", title="The full-profile UNet in execution order (area ∝ parameters; arcs = skip connections)",
+       ylim=(2.6, 5.6))
+fig.colorbar(sc, ax=ax, label="channels", pad=0.01)
+fig.tight_layout()
+plt.show()
+print(f"{len(pairs)} skip connections")
+
+# %% [markdown]
+# ## The model of this profile
+#
+# The notebooks train the UNet of the current profile. The `smoke` profile (for CPUs and CI) keeps
+# the architecture but shrinks it — 8 base channels, two levels, one block per level — so that it
+# trains in seconds; the `full` profile is the table above.
+
+# %%
+model = UNet(PROFILE.ddpm.unet).to(DEVICE)
+print(PROFILE.ddpm.unet)
+print(f"{PROFILE.name} UNet: {count_parameters(model):,} parameters")
+
+# %% [markdown]
+# ## Why the last layer starts at zero
+#
+# The final convolution, and the last convolution of every residual block and attention block,
+# are **initialised to zero** (improved-diffusion's choice). So at initialisation each residual block
+# is exactly the identity, $\mathrm{out} = \mathrm{skip}(x)$, and the whole network predicts
+# $\hat\epsilon = 0$ for every input. That is a sensible start: the loss is then
+# $\mathbb E\,\|\epsilon\|^2 = 1$ per pixel, and training only has to learn a *correction*; the
+# signal flows through the skips instead of being scrambled by random deep layers.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+x_t = torch.randn(4, 1, 32, 32, device=DEVICE)
+t = torch.tensor([0, 10, 50, 99], device=DEVICE)
+with torch.no_grad():
+    eps_hat = model(x_t, t)
+print("input:", tuple(x_t.shape), " timesteps:", tuple(t.shape), " output:", tuple(eps_hat.shape))
+print("max |ε̂| at initialisation:", eps_hat.abs().max().item())
+
+# %% [markdown]
+# The interface is all the next chapters need: **noisy images and their timesteps in, a noise
+# prediction of the same shape out**. One call of the profile's network on a batch costs:
+
+# %%
+x_batch = torch.randn(PROFILE.num_samples, 1, 32, 32, device=DEVICE)
+t_batch = torch.zeros(PROFILE.num_samples, dtype=torch.long, device=DEVICE)
+with torch.no_grad():
+    model(x_batch, t_batch)  # warm-up
+    start = time.perf_counter()
+    for _ in range(5):
+        model(x_batch, t_batch)
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+print(f"{(time.perf_counter() - start) / 5 * 1e3:.1f} ms per forward pass of {PROFILE.num_samples} images on {DEVICE}")
+
+# %% [markdown]
+# ## What we learned, and what comes next
+#
+# - The **sinusoidal embedding** turns $t$ into a vector in which nearby timesteps are similar;
+#   an MLP turns it into the per-channel biases that every residual block adds.
+# - A **residual block** is norm → SiLU → conv, plus the time bias, twice, plus a skip; an
+#   **attention block** lets all positions of a low-resolution feature map exchange information.
+# - The **UNet** halves the resolution on the way down and doubles it on the way up; **skip
+#   connections** carry fine detail across, and the decoder, which reads them, holds most of the
+#   parameters.
+# - **Zero-initialised** output layers make the untrained network predict $\hat\epsilon = 0$.
+#
+# The network is a function $\epsilon_\theta(x_t, t)$ that knows nothing about noise schedules. In
+# [chapter 2](02_ddpm.ipynb) we define the process that creates $x_t$ from a digit, train this
+# network to undo it, and sample new digits with it.

@@ -1,0 +1,416 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.0
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 5. Latent diffusion: diffusing codes instead of pixels
+#
+# Chapter 4 ended with a VAE that compresses a digit into 32 numbers and decodes them back well —
+# but whose prior $\mathcal N(0, I)$ is a poor guide to where the codes of real digits lie. Chapters 2
+# and 3 built a model that is very good at exactly that: learning a distribution and sampling from
+# it. **Latent diffusion** (Rombach et al., *High-Resolution Image Synthesis with Latent Diffusion
+# Models*, [arXiv:2112.10752](https://arxiv.org/abs/2112.10752)) combines the two: freeze the
+# autoencoder, train a diffusion model on its codes, and decode only once, at the very end.
+#
+# $$
+# \underbrace{x \xrightarrow{\;E\;} z_0}_{\text{training data}} \qquad
+# \underbrace{z_T \sim \mathcal N(0, I) \xrightarrow{\;\epsilon_\theta,\ T \text{ steps}\;} z_0 \xrightarrow{\;D\;} \tilde x}_{\text{sampling}}
+# $$
+#
+# Every denoising step now works on a $2 \times 4 \times 4$ tensor instead of a $1 \times 32 \times 32$
+# image; the perceptual detail is the decoder's job, and the diffusion model only has to learn
+# which codes are digits.
+#
+# **Learning goals.** After this chapter you can
+#
+# - explain why the codes must be **rescaled** before diffusion, and compute the scale factor $s$;
+# - write the encoding and decoding that wrap a diffusion model in latent space, and its training loss;
+# - sample with DDPM and DDIM in latent space and follow a trajectory through the decoder;
+# - say what latent diffusion gains (cost per step) and what bounds it (the decoder's quality).
+#
+# **Run time.** smoke profile, 2-core CPU: about 30 s (including training the smoke VAE if
+# chapter 4 has not, and the smoke latent model); full profile, GPU: see the
+# [results page](../results.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
+
+# %%
+import time
+
+T_START = time.perf_counter()
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mnistdiff.config import DDPMRunConfig, LDMRunConfig, VAEConfig
+from mnistdiff.data import load_mnist
+from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset
+from mnistdiff.pipelines import make_diffusion_loss
+from mnistdiff.pretrained import get_ldm, get_vae
+from mnistdiff.profiles import default_device, get_profile
+from mnistdiff.sampling import frames_grid, generate
+from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.unet import UNet, count_parameters
+from mnistdiff.viz import plot_loss_curves, show_grid
+
+PROFILE = get_profile()
+DEVICE = default_device()
+SEED = 0
+torch.manual_seed(SEED)
+print(f"profile: {PROFILE.name}, device: {DEVICE}")
+
+# %% [markdown]
+# ## The same diffusion model, on a different space
+#
+# Nothing about DDPM cares what its data are. Rombach et al. (eq. 2) simply replace the image $x$
+# in Ho et al.'s loss by its code $z = E(x)$:
+#
+# $$
+# L_{\mathrm{LDM}} = \mathbb E_{E(x),\, \epsilon \sim \mathcal N(0, I),\, t}
+# \Big[\big\lVert \epsilon - \epsilon_\theta(z_t, t) \big\rVert_2^2\Big],
+# \qquad z_t = \sqrt{\bar\alpha_t}\, z_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon .
+# $$
+#
+# The network $\epsilon_\theta$ is the UNet of chapter 1, configured for $2 \times 4 \times 4$
+# inputs: two resolution levels ($4 \to 2$) instead of three, and more channels, because each of
+# its 16 positions carries more information than a pixel does. The full profile's two networks:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+vae_cfg, ldm_unet_cfg, pixel_unet_cfg = VAEConfig(), LDMRunConfig().unet, DDPMRunConfig().unet
+latent_shape = (vae_cfg.latent_channels, vae_cfg.latent_size, vae_cfg.latent_size)
+print("VAE latent:          ", latent_shape)
+print("latent UNet input:   ", (ldm_unet_cfg.in_channels, ldm_unet_cfg.image_size, ldm_unet_cfg.image_size))
+print("pixel UNet input:    ", (pixel_unet_cfg.in_channels, pixel_unet_cfg.image_size, pixel_unet_cfg.image_size))
+print(f"latent UNet: {count_parameters(UNet(ldm_unet_cfg)):,} parameters; "
+      f"pixel UNet: {count_parameters(UNet(pixel_unet_cfg)):,} parameters")
+
+# %% [markdown]
+# The latent UNet has *more* parameters — but a convolution's cost is its parameters times the
+# number of positions it slides over, 16 instead of 1024. Counting the floating-point operations of
+# one denoising step (one network call, per sample) makes the point:
+
+
+# %%
+def mflops_per_sample(model: torch.nn.Module, shape: tuple[int, ...], *extra: torch.Tensor) -> float:
+    """Floating-point operations of one forward pass on one sample, in millions (torch's FLOP counter)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *shape), *extra)
+    return counter.get_total_flops() / 1e6
+
+
+t0 = torch.zeros(1, dtype=torch.long)
+pixel_step = mflops_per_sample(UNet(pixel_unet_cfg), (1, 32, 32), t0)
+latent_step = mflops_per_sample(UNet(ldm_unet_cfg), latent_shape, t0)
+from mnistdiff.vae import VAE  # noqa: E402  (only for counting the decoder)
+
+decoder = mflops_per_sample(VAE(vae_cfg).decoder, latent_shape)
+print(f"one step, pixel UNet:  {pixel_step:7.1f} MFLOP per sample")
+print(f"one step, latent UNet: {latent_step:7.1f} MFLOP per sample  ({pixel_step / latent_step:.0f}× cheaper)")
+print(f"decoding once:         {decoder:7.1f} MFLOP per sample  (paid once, not at every step)")
+
+# %% [markdown]
+# ## The frozen first stage
+#
+# The VAE is trained first and then frozen: the diffusion model never changes it. `get_vae` loads
+# the one chapter 4 trained (or trains it now, if this notebook runs on its own).
+
+# %%
+vae, vae_meta = get_vae(device=DEVICE, progress=False)
+vae.requires_grad_(False)
+print(f"VAE: {count_parameters(vae):,} parameters, latent {vae.config.latent_channels}×{vae.config.latent_size}×"
+      f"{vae.config.latent_size}")
+
+# %% [markdown]
+# ## What the codes look like
+#
+# The diffusion model is trained on the codes of the training images, exactly the images its
+# training run uses. Let us encode them and look at their distribution, channel by channel. Recall
+# from chapter 4 that with its tiny KL weight the VAE is under almost no pressure to produce codes
+# of unit scale.
+
+# %%
+train = load_mnist("train").subset(PROFILE.ldm.train.subset, PROFILE.ldm.train.seed)
+means, stds = encode_dataset(vae, train.images.to(DEVICE))
+means, stds = means.cpu(), stds.cpu()
+print(f"{len(train):,} training codes of shape {tuple(means.shape[1:])}")
+for c in range(means.shape[1]):
+    print(f"  channel {c}: mean {means[:, c].mean().item():+.3f}, std {means[:, c].std().item():.3f}; "
+          f"posterior σ median {stds[:, c].median().item():.4f}")
+print(f"  all entries: std {means.std().item():.3f}")
+
+# %% [markdown]
+# ## The latent scale factor
+#
+# Why should the scale of the codes matter? Look at the forward process,
+# $z_t = \sqrt{\bar\alpha_t}\, z_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$. Its **signal-to-noise ratio**
+#
+# $$
+# \mathrm{SNR}(t) = \frac{\bar\alpha_t \operatorname{Var}(z_0)}{1 - \bar\alpha_t}
+# $$
+#
+# depends on the data's variance. The noise schedule was designed for data of about unit scale
+# (images in $[-1, 1]$): it destroys information at a chosen pace, and at $t = T-1$ nothing of
+# $z_0$ is left, so sampling can start from $\mathcal N(0, I)$. Codes with standard deviation
+# $\sigma_z$ shift the whole $\log \mathrm{SNR}$ curve by $2 \log \sigma_z$: with $\sigma_z = 5$,
+# the steps that should remove the last detail would still see 25 times too much signal, and $z_T$
+# would still remember $z_0$. Rombach et al. (§4.3.2 and appendix G) therefore **rescale the
+# codes** by one factor computed from the data before training,
+#
+# $$
+# s = \frac{1}{\hat\sigma_z}, \qquad
+# \hat\sigma_z^2 = \frac{1}{NJ - 1} \sum_{i=1}^{N} \sum_{j=1}^{J} \big(z_{ij} - \bar z\big)^2 ,
+# $$
+#
+# over all $J = 32$ entries of all $N$ training codes (Stable Diffusion's well-known $s = 0.18215$ is
+# this number for its autoencoder). The diffusion model sees $s \cdot z$, which has unit variance.
+# From the definition:
+
+
+# %%
+def latent_scale(codes: torch.Tensor) -> float:
+    """s = 1 / σ̂_z, σ̂_z the sample standard deviation of all entries of the codes (N, C, h, w)."""
+    z = codes.double().flatten()
+    return 1.0 / torch.sqrt(((z - z.mean()) ** 2).sum() / (z.numel() - 1)).item()
+
+
+scale = latent_scale(means)
+torch.testing.assert_close(scale, compute_latent_scale(means), rtol=1e-5, atol=0)
+print(f"s = {scale:.4f}   (matches mnistdiff.latent.compute_latent_scale)")
+
+# %% [markdown]
+# The histograms below show every entry of the codes, channel by channel, before (top) and after
+# (bottom) scaling, next to the standard normal that the diffusion model's noise comes from. The
+# scale fixes the spread, not the shape: the codes are neither centred exactly nor Gaussian — they
+# do not have to be; the diffusion model learns their real distribution. Right: the log-SNR of the
+# forward process for unscaled and scaled codes, and for the pixel images of chapter 2.
+
+# %%
+grid = np.linspace(-4, 4, 200)
+normal_pdf = np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi)
+C = means.shape[1]
+fig = plt.figure(figsize=(3.2 * C + 4.2, 5.2))
+gs = fig.add_gridspec(2, C + 1, width_ratios=[1] * C + [1.3])
+for row, (codes, name) in enumerate(((means, "z"), (means * scale, "s·z"))):
+    for c in range(C):
+        v = codes[:, c].flatten().numpy()
+        ax = fig.add_subplot(gs[row, c])
+        ax.hist(v, bins=60, range=(-4, 4), density=True, alpha=0.7, color=f"C{c}")
+        ax.plot(grid, normal_pdf, "k--", lw=1, label="N(0, 1)")
+        ax.set_title(f"{name}, channel {c}: mean {v.mean():+.2f}, std {v.std():.2f}", fontsize=9)
+        ax.set_yticks([])
+        if c == 0:
+            ax.legend(fontsize=8, loc="upper left")
+sched = NoiseSchedule.from_config(PROFILE.ldm.diffusion)
+abar = sched.alphas_cumprod.double()
+ax = fig.add_subplot(gs[:, C])
+for var, label, style in ((train.images.var().item(), "pixels (chapter 2)", ":"),
+                          (means.var().item(), f"codes z (std {means.std().item():.2f})", "--"),
+                          (1.0, "scaled codes s·z", "-")):
+    ax.plot(torch.log10(abar * var / (1 - abar)).numpy(), style, label=label)
+ax.axhline(0, color="0.6", lw=0.8)
+ax.set(xlabel="timestep t", ylabel="log₁₀ SNR(t)", title="signal-to-noise ratio of z_t", ylim=(-6, 5))
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Encoding and decoding around the diffusion model
+#
+# With $s$ fixed, the two maps between images and the diffusion model's space are one line each.
+# Encoding takes the posterior **mean** (for a deterministic code of a given image); decoding
+# undoes the scale and calls the decoder:
+#
+# $$
+# \mathcal E(x) = s \cdot \mu_\phi(x), \qquad \mathcal D(z) = \operatorname{clip}_{[-1, 1]}\!\big(D(z / s)\big).
+# $$
+
+
+# %%
+@torch.no_grad()
+def encode(x: torch.Tensor) -> torch.Tensor:
+    """Images (B, 1, 32, 32) → scaled codes s·μ(x), (B, C, 4, 4)."""
+    return vae.encode(x).mean * scale
+
+
+@torch.no_grad()
+def decode(z: torch.Tensor) -> torch.Tensor:
+    """Scaled codes (B, C, 4, 4) → images D(z / s) clipped to [−1, 1]."""
+    return vae.decode(z / scale).clamp(-1.0, 1.0)
+
+
+codec = LatentCodec(vae, scale)
+x = load_mnist("test").images[: PROFILE.num_samples].to(DEVICE)
+torch.testing.assert_close(encode(x), codec.encode(x))
+torch.testing.assert_close(decode(encode(x)), codec.decode(codec.encode(x)))
+print("our encode/decode match mnistdiff.latent.LatentCodec")
+
+# %% [markdown]
+# ## Training the latent diffusion model
+#
+# Training is chapter 2's loop with one change at the start of each batch: the code is drawn from
+# the posterior, $z_0 = s\,(\mu + \sigma \odot \epsilon_z)$ — the reparameterisation of chapter 4 —
+# rather than taken at its mean, so that the model also learns the small neighbourhood of each code
+# the decoder accepts. `get_ldm` loads `checkpoints/<profile>/ldm.pt` if it was trained on *this*
+# VAE (it stores the VAE file's SHA-256 and the scale) and trains it otherwise, with
+# `mnistdiff.pipelines.train_ldm`.
+
+# %%
+ldm = get_ldm(device=DEVICE, progress=False)
+cfg = PROFILE.ldm
+print(f"{cfg.train.epochs} epochs on {cfg.train.subset or 60_000:,} codes, batch {cfg.train.batch_size}, "
+      f"T = {ldm.schedule.num_timesteps} ({cfg.diffusion.schedule} schedule)")
+print(f"{count_parameters(ldm.unet):,} parameters; trained in {ldm.meta['seconds']:.0f} s on {ldm.meta['metrics']['device']}")
+torch.testing.assert_close(ldm.codec.scale, scale, rtol=1e-4, atol=0)
+print(f"the checkpoint's scale factor {ldm.codec.scale:.4f} is the one we computed")
+plot_loss_curves(ldm.meta["history"])
+plt.show()
+
+# %% [markdown]
+# The training objective, written out: draw the code, a timestep and the noise from one seeded
+# generator, noise the code, and score the network's noise prediction. With the same generator it
+# gives exactly the loss of `mnistdiff.pipelines.make_diffusion_loss`, on which the model above
+# was trained:
+
+
+# %%
+def ldm_loss(unet: torch.nn.Module, sched, mean: torch.Tensor, std: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """L_LDM on a batch of posteriors (μ, σ): z_0 = s(μ + σ ε_z), z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε, ‖ε − ε_θ(z_t, t)‖²."""
+    z0 = scale * (mean + std * torch.randn(mean.shape, generator=gen, device=mean.device))
+    t = torch.randint(0, sched.num_timesteps, (mean.shape[0],), generator=gen, device=mean.device)
+    eps = torch.randn(z0.shape, generator=gen, device=mean.device)
+    abar = sched.alphas_cumprod.to(mean.device)[t].view(-1, 1, 1, 1)
+    z_t = abar.sqrt() * z0 + (1 - abar).sqrt() * eps
+    return (ldm.unet(z_t, t) - eps).pow(2).mean()
+
+
+batch_mean, batch_std = means[:256].to(DEVICE), stds[:256].to(DEVICE)
+with torch.no_grad():
+    ours = ldm_loss(ldm.unet, ldm.schedule, batch_mean, batch_std, torch.Generator(device=DEVICE).manual_seed(SEED))
+    package = make_diffusion_loss(ldm.schedule.to(DEVICE), scale)(
+        ldm.unet, torch.cat([batch_mean, batch_std], 1), torch.Generator(device=DEVICE).manual_seed(SEED))
+torch.testing.assert_close(ours, package, rtol=1e-4, atol=1e-6)
+print(f"our L_LDM matches make_diffusion_loss: {ours.item():.4f} on {len(batch_mean)} training codes "
+      "(an untrained network scores ≈ 1)")
+
+# %% [markdown]
+# ## Sampling: denoise in latent space, decode once
+#
+# Sampling is chapter 2's ancestral sampler (or chapter 3's DDIM) on $2 \times 4 \times 4$ tensors,
+# followed by one call of the decoder:
+#
+# $$
+# z_T \sim \mathcal N(0, I), \qquad z_{t-1} \sim p_\theta(z_{t-1} \mid z_t) \ \ (t = T, \dots, 1),
+# \qquad \tilde x = D(z_0 / s).
+# $$
+#
+# We run the package's sampler *without* a decoder, so we get the codes themselves, and decode them
+# with our `decode`. `ldm.sample` does the same in one call; with the same seed it returns the same
+# digits:
+
+# %%
+start = time.perf_counter()
+z0, latent_frames = generate(ldm.unet, ldm.schedule, PROFILE.num_samples, shape=ldm.sample_shape, mode="ddpm",
+                             seed=SEED, device=DEVICE, return_intermediates=True)
+ddpm_images = decode(z0.to(DEVICE)).cpu()
+ddpm_seconds = time.perf_counter() - start
+images, frames = ldm.sample(PROFILE.num_samples, mode="ddpm", seed=SEED, device=DEVICE, return_intermediates=True)
+torch.testing.assert_close(ddpm_images, images)
+print(f"decode(DDPM codes) equals ldm.sample: {PROFILE.num_samples} samples in {ddpm_seconds:.2f} s "
+      f"({ldm.schedule.num_timesteps} steps)")
+
+start = time.perf_counter()
+ddim_images, _ = ldm.sample(PROFILE.num_samples, mode="ddim", ddim_steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE)
+print(f"DDIM: {PROFILE.num_samples} samples in {time.perf_counter() - start:.2f} s ({PROFILE.ddim_steps} steps, η = 0)")
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+show_grid(ddpm_images, nrow=8, title=f"latent diffusion, DDPM ({ldm.schedule.num_timesteps} steps)", ax=axes[0])
+show_grid(ddim_images, nrow=8, title=f"latent diffusion, DDIM ({PROFILE.ddim_steps} steps)", ax=axes[1])
+plt.show()
+
+# %% [markdown]
+# ## A trajectory, through the decoder
+#
+# What does the diffusion model see while it samples? Below, one trajectory from $t = T$ (left) to
+# $t = 0$ (right): the two latent channels as $4 \times 4$ images (colour: value of each entry),
+# and what the decoder makes of the current code at each step. Early codes are noise, and the
+# decoder renders them as a vague average digit; the digit's identity settles surprisingly early,
+# and the last steps only refine it.
+
+# %%
+picks = np.linspace(0, len(latent_frames) - 1, min(11, len(latent_frames))).round().astype(int)
+fig, axes = plt.subplots(C + 1, len(picks), figsize=(1.05 * len(picks), 1.15 * (C + 1)))
+lim = float(max(latent_frames[i][1][0].abs().max() for i in picks))
+for col, i in enumerate(picks):
+    t, z = latent_frames[i]
+    for c in range(C):
+        axes[c, col].imshow(z[0, c].numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    axes[C, col].imshow(frames[i][1][0, 0].numpy(), cmap="gray", vmin=-1, vmax=1)
+    axes[0, col].set_title(f"t = {t}", fontsize=8)
+for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+for c in range(C):
+    axes[c, 0].set_ylabel(f"z, ch. {c}", fontsize=8)
+axes[C, 0].set_ylabel("D(z / s)", fontsize=8)
+fig.tight_layout(pad=0.2)
+plt.show()
+
+# %% [markdown]
+# The same decoded progression for several samples (rows), $t = T \to 0$ left to right:
+
+# %%
+plt.figure(figsize=(8, 6))
+plt.imshow(frames_grid(frames), cmap="gray", vmin=0, vmax=255)
+plt.axis("off")
+plt.title("latent DDPM trajectories, decoded through the VAE")
+plt.show()
+
+# %% [markdown]
+# ## Do the generated codes look like real codes?
+#
+# A simple check of the diffusion model on its own terms, before any decoding: the per-channel
+# mean and standard deviation of generated codes against those of the (scaled) training codes.
+# Chapter 6 compares the decoded digits with real ones properly.
+
+# %%
+n_check = PROFILE.eval_samples
+z_gen, _ = generate(ldm.unet, ldm.schedule, n_check, shape=ldm.sample_shape, mode="ddim",
+                    ddim_steps=PROFILE.ddim_steps, seed=SEED + 1, device=DEVICE)
+real_codes = means * scale
+print(f"{'':12}{'real (scaled) codes':>26}{f'{n_check} generated codes':>28}")
+for c in range(C):
+    r, g = real_codes[:, c], z_gen[:, c]
+    print(f"channel {c}:  mean {r.mean().item():+.3f}  std {r.std().item():.3f}      "
+          f"mean {g.mean().item():+.3f}  std {g.std().item():.3f}")
+
+# %% [markdown]
+# ## What we learned, and what comes next
+#
+# - **Latent diffusion** is DDPM/DDIM unchanged, run on the codes of a frozen autoencoder; the
+#   decoder is called once per sample, at the end.
+# - A step in latent space is **far cheaper** than a step in pixel space (here, by the FLOP count
+#   above), because the network slides over 16 positions instead of 1024.
+# - The codes must be **rescaled** to unit variance, $s = 1/\hat\sigma_z$, so that the noise
+#   schedule's signal-to-noise ratios mean what they were designed to mean; the factor is stored
+#   with the model, and encoding and decoding are $s\,\mu_\phi(x)$ and $D(z/s)$.
+# - Latent diffusion can only produce what the **decoder can draw**: its samples are at best as good
+#   as the VAE's reconstructions.
+#
+# [Chapter 6](06_umap_evaluation.ipynb) puts numbers on all of this: it evaluates every generator
+# of the course — DDPM, DDIM at several step counts, latent diffusion, the VAE's prior and its
+# reconstructions — against real digits, next to the real-vs-real floor.
+
+# %%
+print(f"chapter 5 ran in {time.perf_counter() - T_START:.0f} s ({PROFILE.name} profile, {DEVICE})")

@@ -1,0 +1,147 @@
+"""The throughput benchmark (issue 6) runs on a CPU at tiny sizes and writes valid JSON.
+
+Not a timed test: the figures a CPU gives mean nothing. It runs ``benchmarks/bench_throughput.py
+--quick --device cpu`` once in a subprocess (smoke-sized models, a few steps, 2 images; well under a
+minute) and checks that the JSON holds every planned figure, each with the device's name, that the
+figures this CPU can measure were measured, and that the rest say why they were skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "bench_throughput.py"
+
+TRAIN_MODES = ("fp32_eager", "bf16_cl_eager", "bf16_cl_compile")
+SAMPLE_MODES = ("fp32_eager", "bf16_cl_eager", "bf16_cl_compile", "bf16_cl_cudagraphs")
+
+
+def _no_nan(value: str) -> float:
+    raise ValueError(f"the JSON holds {value}, which is not valid JSON")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "nested" / "benchmark.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert out.is_file(), "the benchmark wrote no JSON"
+    doc = json.loads(out.read_text(), parse_constant=_no_nan)
+    return doc, proc.stdout
+
+
+def test_json_names_the_device_at_the_top_and_on_every_figure(run):
+    doc, _ = run
+    assert doc["device"] == "cpu"
+    assert doc["device_name"].startswith("CPU")
+    assert doc["profile"] == "smoke" and doc["quick"] is True
+    assert doc["results"], "no figures"
+    for e in doc["results"]:
+        assert e["device_name"] == doc["device_name"], e
+        assert e["device"] == "cpu", e
+
+
+def test_every_mode_of_both_models_is_planned(run):
+    doc, _ = run
+    names = {e["name"] for e in doc["results"]}
+    s = doc["settings"]
+    for model in ("ours", "diffusers"):
+        for mode in TRAIN_MODES:
+            bs = s["base_batch"] if mode == "fp32_eager" else s["large_batch"]
+            assert f"train/{model}/{mode}/b{bs}/package" in names
+        for mode in SAMPLE_MODES:
+            assert f"sample/{model}/{mode}/ddim50/generate" in names
+    assert {"ema/ours/package", "ema/ours/proposed"} <= names
+    assert any(n.endswith("/proposed") and n.startswith("train/ours/") for n in names)
+    assert any(n.endswith("/loop_cpu_schedule") for n in names)
+
+
+def test_every_figure_is_measured_or_skipped_with_a_reason(run):
+    doc, _ = run
+    for e in doc["results"]:
+        assert e["status"] in ("ok", "skipped"), e
+        if e["status"] == "skipped":
+            assert e["reason"], e
+        elif e["kind"] in ("train", "sample"):
+            ips = e["images_per_second"]
+            assert isinstance(ips, float) and math.isfinite(ips) and ips > 0, e
+            assert e["timed_seconds"] > 0 and e["compile_seconds"] >= 0, e
+        elif e["kind"] == "ema":
+            assert e["ms_per_update"] > 0 and e["tensors"] > 0, e
+
+
+def test_cpu_measures_the_eager_modes_of_our_unet_and_skips_compiled_ones(run):
+    doc, _ = run
+    by_name = {e["name"]: e for e in doc["results"]}
+    s = doc["settings"]
+    for name in (f"train/ours/fp32_eager/b{s['base_batch']}/package", f"train/ours/bf16_cl_eager/b{s['large_batch']}/package",
+                 f"train/ours/bf16_cl_eager/b{s['large_batch']}/proposed", "sample/ours/fp32_eager/ddim50/generate",
+                 "sample/ours/bf16_cl_eager/ddim50/generate", "sample/ours/bf16_cl_eager/ddim50/loop_cpu_schedule",
+                 "ema/ours/package", "ema/ours/proposed"):
+        assert by_name[name]["status"] == "ok", by_name[name]
+    for e in doc["results"]:
+        if e.get("mode") in ("bf16_cl_compile", "bf16_cl_cudagraphs"):
+            assert e["status"] == "skipped" and ("CUDA" in e["reason"] or "diffusers" in e["reason"]), e
+    assert by_name["train/ours/fp32_eager/b8/package"]["batch_size"] == 8
+    assert by_name["sample/ours/fp32_eager/ddim50/generate"]["num_images"] == 2
+
+
+def test_diffusers_is_measured_when_installed_and_skipped_with_the_install_hint_otherwise(run):
+    doc, _ = run
+    try:
+        import diffusers  # noqa: F401
+        installed = True
+    except Exception:  # noqa: BLE001
+        installed = False
+    eager = [e for e in doc["results"] if e["model"] == "diffusers" and e["mode"] in ("fp32_eager", "bf16_cl_eager")]
+    assert eager
+    for e in eager:
+        if installed:
+            assert e["status"] == "ok", e
+        else:
+            assert e["status"] == "skipped" and "pip install" in e["reason"], e
+    if installed:
+        # the smoke twin of the course configuration is exactly as large as our smoke UNet
+        assert doc["models"]["diffusers"]["parameters"] == doc["models"]["ours"]["parameters"] == 44_969
+
+
+def test_summary_reference_and_targets(run):
+    doc, _ = run
+    summ = doc["summary"]
+    assert summ["device_name"] == doc["device_name"]
+    assert summ["failed"] == 0 and summ["measured"] + summ["skipped"] == summ["planned"] == len(doc["results"])
+    assert summ["best_train_ours_images_per_second"] > 0 and summ["best_sample_ours_images_per_second"] > 0
+    assert summ["meets_train_target"] is None  # targets are judged on a GPU at full sizes only
+    ref = doc["reference"]
+    assert ref["train_fp32_eager_b128_images_per_second"] == 2016
+    assert ref["train_bf16_cl_compile_b512_images_per_second"] == 9890
+    assert doc["targets"]["train_images_per_second"] == 30_000
+    assert doc["targets"]["sample_ddim50_images_per_second"] == 5_000
+    assert doc["models"]["ours"]["class"] == "mnistdiff.unet.UNet"
+    assert doc["models"]["ours"]["forward_gflops_per_image"] > 0
+
+
+def test_every_printed_figure_carries_the_device_name(run):
+    doc, stdout = run
+    name = doc["device_name"]
+    for e in doc["results"]:
+        lines = [line for line in stdout.splitlines() if line.startswith(f"[{name}] {e['name']}:")]
+        assert lines, f"no printed line for {e['name']}"
+
+
+def test_the_book_can_render_the_json(run):
+    from mnistdiff.book import render_json
+
+    doc, _ = run
+    md = render_json(doc, "benchmark")
+    assert "images_per_second" in md and doc["device_name"] in md

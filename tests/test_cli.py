@@ -1,0 +1,268 @@
+"""The command line end to end on CPU with tiny settings: train each model once (module-scoped), sample each
+mode from the DDPM and the latent model, check both folder layouts, determinism, and argument errors.
+
+Everything runs in-process through ``mnistdiff.cli.main`` (one subprocess checks the ``python -m`` entry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnistdiff.cli import main
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--profile", "smoke", "--subset", "64", "--epochs", "1", "--batch_size", "32", "--quiet", "--device", "cpu"]
+T = 20
+NUM = 4  # samples per sample command
+INDIVIDUAL = 2
+DDIM_STEPS = 5
+
+
+def _one(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    assert len(found) == 1, f"expected one {pattern} in {folder}, found {found}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Train the DDPM, the VAE and the latent model once; returns their experiment folders."""
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "experiments"
+    assert main(["train", "ddpm", *TINY, "--timesteps", str(T), "--out", str(out)]) == 0
+    assert main(["train", "vae", *TINY, "--out", str(out)]) == 0
+    vae_exp = _one(out, "*-vae")
+    vae_ckpt = vae_exp / "checkpoints" / "model.pt"
+    assert main(["train", "ldm", str(vae_ckpt), *TINY, "--timesteps", str(T), "--out", str(out)]) == 0
+    return {"root": root, "ddpm": _one(out, "*-ddpm"), "vae": vae_exp, "ldm": _one(out, "*-ldm")}
+
+
+def _sample_args(runs, model: str) -> list[str]:
+    ckpt = str(runs[model] / "checkpoints" / "model.pt")
+    if model == "ldm":
+        return ["sample", "ldm", str(runs["vae"] / "checkpoints" / "model.pt"), ckpt]
+    return ["sample", "ddpm", ckpt]
+
+
+def _sample(runs, model: str, mode: str, name: str, seed: int = 0) -> Path:
+    out = runs["root"] / "samples" / name
+    args = [*_sample_args(runs, model), "--mode", mode, "--ddim_steps", str(DDIM_STEPS), "--num_samples", str(NUM),
+            "--individual", str(INDIVIDUAL), "--seed", str(seed), "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def samples(runs):
+    """One sample folder per (model, mode)."""
+    return {(m, mode): _sample(runs, m, mode, f"{m}-{mode}") for m in ("ddpm", "ldm") for mode in ("ddpm", "ddim")}
+
+
+# ----------------------------------------------------------------------------- experiment folders
+
+COMMON = ["config.txt", "training_log.txt", "loss_curves.png", "performance_metrics.txt"]
+DIRS = ["epoch_samples", "final_samples", "checkpoints"]
+EXTRA = {"ddpm": ["denoising_steps"], "ldm": ["denoising_steps"], "vae": ["latent_space"]}
+
+
+@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm"])
+def test_experiment_layout(runs, model):
+    exp = runs[model]
+    assert exp.name.endswith(f"-{model}")
+    for name in COMMON:
+        assert (exp / name).is_file() and (exp / name).stat().st_size > 0, name
+    for name in DIRS + EXTRA[model]:
+        assert (exp / name).is_dir(), name
+        assert any((exp / name).iterdir()), f"{name}/ is empty"
+    for other in {"denoising_steps", "latent_space"} - set(EXTRA[model]):
+        assert not (exp / other).exists()
+    for name in ("model.pt", "model.json", "last.pt", "last.json"):
+        assert (exp / "checkpoints" / name).is_file(), name
+    assert (exp / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (exp / "epoch_samples").iterdir())[0].startswith("epoch_001")
+
+
+@pytest.mark.parametrize("model", ["ddpm", "ldm"])
+def test_denoising_steps(runs, model):
+    steps = runs[model] / "denoising_steps"
+    names = sorted(p.name for p in steps.glob("step_*.png"))
+    # x_T, every T/10 = 2 steps, and x_0
+    assert names == [f"step_{t:04d}.png" for t in range(0, T + 1, 2)]
+    assert (steps / "progression.png").is_file()
+    assert (runs[model] / "final_samples" / "ddpm_grid.png").is_file()
+
+
+def test_vae_outputs(runs):
+    exp = runs["vae"]
+    assert {p.name for p in (exp / "latent_space").glob("*.png")} == {"latent_pca.png", "latent_dims_0_1.png"}
+    assert {p.name for p in (exp / "final_samples").glob("*.png")} == {"reconstructions.png", "prior_samples.png"}
+    metrics = (exp / "performance_metrics.txt").read_text()
+    mse = float(metrics.split("test_reconstruction_mse:")[1].split()[0])
+    assert 0 <= mse < 4  # images in [−1, 1]
+
+
+@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm"])
+def test_config_records_the_overrides(runs, model):
+    body = json.loads((runs[model] / "config.txt").read_text())
+    cfg = body["config"]
+    assert body["kind"] == model and body["parameters"] > 0
+    assert cfg["train"]["subset"] == 64 and cfg["train"]["epochs"] == 1 and cfg["train"]["batch_size"] == 32
+    if model != "vae":
+        assert cfg["diffusion"]["timesteps"] == T
+        assert cfg["unet"]["base_channels"] == (8 if model == "ddpm" else 16)  # the smoke profile's
+    side = json.loads((runs[model] / "checkpoints" / "model.json").read_text())
+    assert side["kind"] == model and side["config"] == cfg
+
+
+@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm"])
+def test_training_log_and_metrics(runs, model):
+    lines = (runs[model] / "training_log.txt").read_text().strip().splitlines()
+    assert lines[0].split("\t") == ["epoch", "train_loss", "eval_loss", "lr", "seconds"]
+    assert len(lines) == 2
+    fields = lines[1].split("\t")
+    assert fields[0] == "1"
+    assert all(math.isfinite(float(v)) for v in fields[1:])
+    metrics = dict(line.split(": ", 1) for line in (runs[model] / "performance_metrics.txt").read_text().splitlines())
+    assert metrics["kind"] == model and metrics["epochs"] == "1"
+    assert float(metrics["training_seconds"]) > 0 and int(metrics["parameters"]) > 0
+
+
+def test_ldm_checkpoint_records_latent_scale_and_vae(runs):
+    side = json.loads((runs["ldm"] / "checkpoints" / "model.json").read_text())
+    vae_ckpt = runs["vae"] / "checkpoints" / "model.pt"
+    assert side["latent_scale"] > 0 and math.isfinite(side["latent_scale"])
+    assert side["vae_sha256"] == hashlib.sha256(vae_ckpt.read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- sample folders
+
+
+@pytest.mark.parametrize("model", ["ddpm", "ldm"])
+@pytest.mark.parametrize("mode", ["ddpm", "ddim"])
+def test_sample_folder(samples, model, mode):
+    out = samples[(model, mode)]
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "grid.pdf").read_bytes()[:5] == b"%PDF-"
+    with np.load(out / "samples.npz") as npz:
+        x = npz["samples"]
+    assert x.dtype == np.uint8 and x.shape == (NUM, 1, 32, 32)
+    assert x.std() > 0  # not a constant image
+    info = json.loads((out / "info.json").read_text())
+    assert info["mode"] == mode and info["num_samples"] == NUM and info["seed"] == 0
+    dirs = sorted(p.name for p in out.glob("sample_*"))
+    assert dirs == [f"sample_{i:03d}" for i in range(INDIVIDUAL)]
+    for d in dirs:
+        assert (out / d / "final.pdf").read_bytes()[:5] == b"%PDF-"
+        assert (out / d / "progression.pdf").is_file()
+        steps = sorted(p.name for p in (out / d / "steps").glob("*.pdf"))
+        if mode == "ddpm":
+            assert steps == [f"step_{t:04d}.pdf" for t in range(0, T + 1, 2)]
+        else:  # x_T, then one frame per DDIM step, the last being x_0
+            assert len(steps) == DDIM_STEPS + 1
+            assert steps[0] == "step_0000.pdf" and steps[-1] == f"step_{T:04d}.pdf"
+
+
+def test_samples_are_deterministic(runs, samples):
+    """Same checkpoint and seed → identical samples.npz; another seed → different samples."""
+    again = _sample(runs, "ldm", "ddim", "ldm-ddim-again", seed=0)
+    other = _sample(runs, "ldm", "ddim", "ldm-ddim-seed1", seed=1)
+    with np.load(samples[("ldm", "ddim")] / "samples.npz") as a, np.load(again / "samples.npz") as b, \
+            np.load(other / "samples.npz") as c:
+        assert np.array_equal(a["samples"], b["samples"])
+        assert not np.array_equal(a["samples"], c["samples"])
+
+
+def test_ddpm_samples_deterministic(runs, samples):
+    again = _sample(runs, "ddpm", "ddim", "ddpm-ddim-again", seed=0)
+    with np.load(samples[("ddpm", "ddim")] / "samples.npz") as a, np.load(again / "samples.npz") as b:
+        assert np.array_equal(a["samples"], b["samples"])
+
+
+def test_sample_modes_differ(samples):
+    """DDPM and DDIM sampling are different samplers: the same seed gives different images."""
+    with np.load(samples[("ddpm", "ddpm")] / "samples.npz") as a, np.load(samples[("ddpm", "ddim")] / "samples.npz") as b:
+        assert not np.array_equal(a["samples"], b["samples"])
+
+
+# ----------------------------------------------------------------------------- argument errors (exit 2, nothing written)
+
+
+def _exit_code(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as err:
+        main(args)
+    return err.value.code
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--timesteps", "0"], "--timesteps must be positive"),
+        (["--timesteps", "1"], "timesteps must be at least 2"),
+        (["--base_channels", "12"], "norm_groups"),
+        (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "nope"], "--device"),
+    ],
+)
+def test_train_bad_arguments_exit_2(tmp_path, capsys, extra, message):
+    out = tmp_path / "exp"
+    assert _exit_code(["train", "ddpm", "--profile", "smoke", "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_train_ldm_rejects_non_vae_checkpoint(runs, tmp_path, capsys):
+    ddpm_ckpt = runs["ddpm"] / "checkpoints" / "model.pt"
+    assert _exit_code(["train", "ldm", str(ddpm_ckpt), "--profile", "smoke", "--out", str(tmp_path / "x")]) == 2
+    assert "expected a 'vae' checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--ddim_steps", str(T + 1)], "larger than the model's 20 timesteps"),
+        (["--ddim_steps", "0"], "--ddim_steps must be positive"),
+        (["--eta", "1.5"], "--eta must be in [0, 1]"),
+        (["--num_samples", "0"], "--num_samples must be positive"),
+    ],
+)
+def test_sample_bad_arguments_exit_2(runs, tmp_path, capsys, extra, message):
+    out = tmp_path / "s"
+    assert _exit_code([*_sample_args(runs, "ddpm"), "--out", str(out), "--device", "cpu", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_sample_missing_checkpoint_exit_2(tmp_path, capsys):
+    assert _exit_code(["sample", "ddpm", str(tmp_path / "none.pt"), "--out", str(tmp_path / "s")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_sample_wrong_kind_exit_2(runs, tmp_path, capsys):
+    """A VAE checkpoint passed as a DDPM, and a DDPM passed as the LDM's VAE, are refused by kind."""
+    vae_ckpt = str(runs["vae"] / "checkpoints" / "model.pt")
+    ddpm_ckpt = str(runs["ddpm"] / "checkpoints" / "model.pt")
+    assert _exit_code(["sample", "ddpm", vae_ckpt, "--out", str(tmp_path / "a")]) == 2
+    assert "'vae'" in capsys.readouterr().err
+    assert _exit_code(["sample", "ldm", ddpm_ckpt, str(runs["ldm"] / "checkpoints" / "model.pt"),
+                       "--out", str(tmp_path / "b")]) == 2
+    assert "expected a 'vae' checkpoint" in capsys.readouterr().err
+
+
+def test_python_m_entry_point_reports_bad_argument(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mnistdiff", "train", "vae", "--kl_weight", "-1", "--out", str(tmp_path / "e")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "kl_weight" in proc.stderr
+    assert not (tmp_path / "e").exists()
