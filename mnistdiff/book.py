@@ -96,6 +96,7 @@ API_MODULES: tuple[str, ...] = (
     "metrics",
     "classifier",
     "umap_eval",
+    "evaluation",
     "course",
     "cli",
 )
@@ -504,12 +505,18 @@ def write_generated(book_dir: Path = BOOK_DIR, results_dir: Path | None = None) 
 # --------------------------------------------------------------------------------------------
 
 
+# The text/plain of a widget is its Python repr, ``IntSlider(value=0, max=7)`` or
+# ``interactive(children=(...))``; a tqdm bar's is the bar itself (``100%|####| 10/10 [...]``).
+_WIDGET_REPR = re.compile(r"^\s*[A-Za-z_][\w.]*\(.*\)\s*$", re.S)
+
+
 def strip_widget_outputs(nb: dict) -> int:
     """Remove ipywidget views from a notebook (nbformat 4 dict, changed in place); return how many.
 
     A widget view needs a live kernel, or its saved state plus JavaScript from a CDN; a static,
     offline book can show neither. Where the cell has another rich output (an image, HTML, an
-    animation) the view is dropped; where it has none, the view is replaced by a short note.
+    animation) the view is dropped; where it has none, its text is kept if it is more than the
+    widget's Python repr (a tqdm progress bar), else the view is replaced by a short note.
     The notebook's saved widget state is removed too, so no page loads widget JavaScript.
     """
     removed = 0
@@ -529,9 +536,16 @@ def strip_widget_outputs(nb: dict) -> int:
                 continue
             removed += 1
             other = {k: v for k, v in data.items() if k != WIDGET_VIEW and k != "text/plain"}
+            text = data.get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else str(text)
             if other:  # the same output carries a fallback: keep that
                 kept.append({**out, "data": other})
-            elif not has_fallback:
+            elif has_fallback:
+                continue
+            elif text.strip() and not _WIDGET_REPR.match(text):
+                # a progress bar (tqdm) or another widget whose text says what it showed
+                kept.append({**out, "data": {"text/plain": text}})
+            else:
                 kept.append(
                     {
                         "output_type": "display_data",
@@ -642,11 +656,28 @@ def _on_config_inited(app: Any, config: Any) -> None:
             config.external_toc_path = str(generated)
 
 
+def _on_html_page_context(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    # sphinx-thebe (loaded by Jupyter Book even with thebe off) registers its inline
+    # configuration script twice, which throws "THEBE_JS_URL has already been declared" on
+    # every page; keep each script once.
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for script in scripts:
+        key = (str(getattr(script, "filename", script) or ""), json.dumps(getattr(script, "attributes", {}), sort_keys=True, default=str))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    scripts[:] = unique  # in place: extensions that run later (MathJax) append to this same list
+
+
 def setup(app: Any) -> dict[str, Any]:
     """Sphinx extension: generate the results/API pages before the table of contents is read."""
     app.add_config_value("mnistdiff_results_dir", "", "env")
     app.connect("config-inited", _on_config_inited, priority=400)  # before sphinx_external_toc (900)
     app.connect("source-read", _on_source_read)
+    app.connect("html-page-context", _on_html_page_context, priority=100)  # before handlers that return a template
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
 
 

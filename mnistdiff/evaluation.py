@@ -67,6 +67,7 @@ __all__ = [
     "score_samples",
     "real_floor",
     "umap_reference_sets",
+    "umap_compare",
     "build_results",
     "results_dir",
     "results_path",
@@ -203,14 +204,14 @@ def course_generators(
     if ldm is not None:
         T = ldm.schedule.num_timesteps
         steps = min(ldm_ddim_steps or profile.ddim_steps, T)
-        specs.append(GeneratorSpec("ldm_ddpm", f"latent diffusion, DDPM, {T} steps", "latent", "ddpm", T, None,
+        specs.append(GeneratorSpec("ldm_ddpm", f"LDM, DDPM, {T} steps", "latent", "ddpm", T, None,
                                    _diffusion_sampler(ldm, device, mode="ddpm")))
-        specs.append(GeneratorSpec(f"ldm_ddim_{steps}", f"latent diffusion, DDIM, {steps} steps, η = 0", "latent",
+        specs.append(GeneratorSpec(f"ldm_ddim_{steps}", f"LDM, DDIM, {steps} steps, η = 0", "latent",
                                    "ddim", steps, 0.0, _diffusion_sampler(ldm, device, mode="ddim", ddim_steps=steps)))
     if vae is not None:
-        specs.append(GeneratorSpec("vae_prior", "VAE, decoded N(0, I) draws", "vae", "prior", 1, None,
+        specs.append(GeneratorSpec("vae_prior", "VAE prior samples", "vae", "prior", 1, None,
                                    _vae_prior_sampler(vae, device)))
-        specs.append(GeneratorSpec("vae_reconstruction", "VAE reconstructions of the floor's real images", "vae",
+        specs.append(GeneratorSpec("vae_reconstruction", "VAE reconstructions", "vae",
                                    "reconstruction", 1, None, _vae_reconstruction_sampler(vae, device)))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -333,6 +334,37 @@ def umap_reference_sets(
     test = load_mnist("test").subset(n_real, seed=seed)
     floor = load_mnist("train").subset(n_floor, seed=seed)
     return test.images, test.labels, floor.images
+
+
+def umap_compare(
+    samples: Mapping[str, Samples],
+    real_images: torch.Tensor,
+    real_labels: torch.Tensor | None,
+    floor_images: torch.Tensor,
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    ncols: int = 4,
+) -> tuple[Any, dict[str, dict[str, float]]]:
+    """:func:`mnistdiff.umap_eval.umap_evaluation` of every generator and of the real floor.
+
+    The UMAP is fitted on part of ``real_images`` (see :func:`umap_reference_sets`); the rest are
+    held out and compared, in the map, in pixel space and in classifier-feature space, with
+    ``floor_images`` (real training images, the real-vs-real floor) and with each generator's
+    samples. Panels are titled with the generators' labels. Returns ``(figure, scores)`` with
+    ``scores`` keyed by generator name and by :data:`FLOOR_NAME`.
+    """
+    from .umap_eval import umap_evaluation
+
+    by_label = {FLOOR_NAME: floor_images}
+    names = {FLOOR_NAME: FLOOR_NAME}
+    for name, s in samples.items():
+        if s.spec.label in by_label:
+            raise ValueError(f"two generators share the label {s.spec.label!r}")
+        by_label[s.spec.label] = s.images
+        names[s.spec.label] = name
+    fig, scores = umap_evaluation(real_images, real_labels, by_label, seed=seed, device=device, ncols=ncols)
+    return fig, {names[label]: v for label, v in scores.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -515,16 +547,12 @@ def run_evaluation(
     reference_features(device)
     scores = score_samples(samples, seed=seed, device=device)
     floor = real_floor(n, seed=seed, device=device)
-    fig, umap_scores, floor_name = None, None, None
+    fig, umap_scores = None, None
     if umap:
-        from .umap_eval import umap_evaluation
-
         real, labels, floor_images = umap_reference_sets(prof.umap_real, n, seed=seed)
-        floor_name = FLOOR_NAME
-        generated = {floor_name: floor_images, **{k: s.images for k, s in samples.items()}}
-        fig, umap_scores = umap_evaluation(real, labels, generated, seed=seed, device=device, ncols=4)
-    results = build_results(prof.name, device, n, floor, scores, umap_scores=umap_scores, floor_umap_name=floor_name,
-                            seed=seed, extra={"seconds_total": time.perf_counter() - t0})
+        fig, umap_scores = umap_compare(samples, real, labels, floor_images, seed=seed, device=device)
+    results = build_results(prof.name, device, n, floor, scores, umap_scores=umap_scores, floor_umap_name=FLOOR_NAME,
+                            seed=seed, extra={"umap_real": prof.umap_real, "seconds_total": time.perf_counter() - t0})
     if write:
         write_results(results, path)
     return results, fig

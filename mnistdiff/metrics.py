@@ -222,7 +222,7 @@ def frechet_distance(f1: ArrayLike, f2: ArrayLike) -> float:
 
 def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     d = x.shape[1]
-    return (x @ y.T / d + 1.0) ** 3
+    return (x @ y.T / d + 1.0) ** 2
 
 
 def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
@@ -416,30 +416,39 @@ def class_statistics(probs: ArrayLike) -> dict[str, Any]:
 # evaluation against the test set
 # ----------------------------------------------------------------------------------------------
 
-_REF_CACHE: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+_REF_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 _FLOOR_CACHE: dict[tuple, dict] = {}
 
 
-def reference_features(device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classifier features ``(10000, 128)`` and probabilities ``(10000, 10)`` of the MNIST test set,
-    computed once per process (and device) and cached."""
-    from .classifier import CLASSIFIER_PATH
-    from .data import load_mnist
-
-    device = _resolve_device(device)
-    key = (str(CLASSIFIER_PATH), str(device))
-    if key not in _REF_CACHE:
-        _REF_CACHE[key] = classifier_features(load_mnist("test").images, device=device)
-    return _REF_CACHE[key]
-
-
 def _subset_rows(n_total: int, n: int | None, seed: int) -> torch.Tensor | None:
+    """A seeded choice of ``n`` of ``n_total`` rows (None: all of them)."""
     if n is None or n >= n_total:
         return None
     if n < 2:
         raise ValueError(f"reference size must be ≥ 2, got {n}")
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n_total, generator=g)[:n]
+
+
+def reference_features(
+    device: str | torch.device | None = None, n_ref: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classifier features ``(n_ref, 128)`` and probabilities ``(n_ref, 10)`` of the MNIST test set
+    (all 10 000 images, or a seeded subset of ``n_ref``), computed once per process and cached.
+
+    A subset's features are computed from the subset's images (not sliced from the full set), so a
+    result never depends on what was computed earlier in the process.
+    """
+    from .classifier import CLASSIFIER_PATH
+    from .data import load_mnist
+
+    device = _resolve_device(device)
+    test = load_mnist("test").images
+    idx = _subset_rows(test.shape[0], n_ref, seed)
+    key = (str(CLASSIFIER_PATH), str(device), None if idx is None else (n_ref, seed))
+    if key not in _REF_CACHE:
+        _REF_CACHE[key] = classifier_features(test if idx is None else test[idx], device=device)
+    return _REF_CACHE[key]
 
 
 def _evaluate_features(
@@ -453,10 +462,7 @@ def _evaluate_features(
     kid_subsets: int,
     k: int,
 ) -> dict[str, Any]:
-    ref_f, _ = reference_features(device)
-    idx = _subset_rows(ref_f.shape[0], n_ref, seed)
-    if idx is not None:
-        ref_f = ref_f[idx]
+    ref_f, _ = reference_features(device, n_ref, seed)
     n = feats.shape[0]
     if n <= k:
         raise ValueError(f"need more than k = {k} samples for precision/recall, got {n}")

@@ -56,61 +56,58 @@ def _store(result_ckpt: Path, dest: Path) -> None:
     os.replace(tmp_json, dest.with_suffix(".json"))
 
 
-def _prepare(kind: str, profile: Profile, expected: dict, retrain: bool) -> tuple[Path, bool]:
-    path = checkpoint_path(kind, profile)
-    try:
-        ok = not retrain and _usable(path, expected)
-    except CheckpointError as err:
-        print(f"[mnistdiff] ignoring unusable {path}: {err}")
-        ok = False
-    return path, ok
+def _load_else_train(kind: str, prof: Profile, expected: dict, retrain: bool, train, load):
+    """Return ``load(path)`` for the stored checkpoint if it matches ``expected`` and verifies; else train, store, load."""
+    path = checkpoint_path(kind, prof)
+    if not retrain:
+        try:
+            if _usable(path, expected):
+                print(f"[mnistdiff] loading {path}")
+                return load(path)
+        except CheckpointError as err:  # corrupt, half-copied, trained on another VAE…
+            print(f"[mnistdiff] not using {path}: {err}")
+    print(f"[mnistdiff] no usable {prof.name} {kind} checkpoint at {path}: training one now")
+    result = train(out=checkpoint_dir(prof) / "runs")
+    _store(result.checkpoint, path)
+    return load(path)
+
+
+def _resolve(profile: str | Profile | None, device: str | torch.device | None) -> tuple[Profile, str | torch.device]:
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    return prof, device or default_device()
 
 
 def get_ddpm(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
              retrain: bool = False, progress: bool = True) -> DiffusionModel:
     """The profile's pixel-space DDPM: load ``checkpoints/<profile>/ddpm.pt``, else train and store it."""
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    device = device or default_device()
-    path, ok = _prepare("ddpm", prof, to_dict(prof.ddpm), retrain)
-    if not ok:
-        print(f"[mnistdiff] no {prof.name} DDPM checkpoint at {path}: training one now")
-        result = train_ddpm(prof.ddpm, out=checkpoint_dir(prof) / "runs", device=device, progress=progress)
-        _store(result.checkpoint, path)
-    else:
-        print(f"[mnistdiff] loading {path}")
-    return load_ddpm(path, device)
+    prof, device = _resolve(profile, device)
+    return _load_else_train(
+        "ddpm", prof, to_dict(prof.ddpm), retrain,
+        lambda out: train_ddpm(prof.ddpm, out=out, device=device, progress=progress),
+        lambda path: load_ddpm(path, device),
+    )
 
 
 def get_vae(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
             retrain: bool = False, progress: bool = True) -> tuple[VAE, dict]:
     """The profile's VAE and its sidecar: load ``checkpoints/<profile>/vae.pt``, else train and store it."""
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    device = device or default_device()
-    path, ok = _prepare("vae", prof, to_dict(prof.vae), retrain)
-    if not ok:
-        print(f"[mnistdiff] no {prof.name} VAE checkpoint at {path}: training one now")
-        result = train_vae(prof.vae, out=checkpoint_dir(prof) / "runs", device=device, progress=progress)
-        _store(result.checkpoint, path)
-    else:
-        print(f"[mnistdiff] loading {path}")
-    vae, _, meta = load_vae(path, device)
+    prof, device = _resolve(profile, device)
+    vae, _, meta = _load_else_train(
+        "vae", prof, to_dict(prof.vae), retrain,
+        lambda out: train_vae(prof.vae, out=out, device=device, progress=progress),
+        lambda path: load_vae(path, device),
+    )
     return vae, meta
 
 
 def get_ldm(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
             retrain: bool = False, progress: bool = True) -> DiffusionModel:
     """The profile's latent diffusion model (with its VAE), loading or training each as needed."""
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    device = device or default_device()
+    prof, device = _resolve(profile, device)
     get_vae(prof, device=device, progress=progress)
     vae_path = checkpoint_path("vae", prof)
-    path, ok = _prepare("ldm", prof, to_dict(prof.ldm), retrain)
-    if ok:
-        try:
-            return load_ldm(vae_path, path, device)
-        except CheckpointError as err:  # e.g. trained on another VAE
-            print(f"[mnistdiff] retraining {path}: {err}")
-    print(f"[mnistdiff] no usable {prof.name} latent-diffusion checkpoint at {path}: training one now")
-    result = train_ldm(prof.ldm, vae_path, out=checkpoint_dir(prof) / "runs", device=device, progress=progress)
-    _store(result.checkpoint, path)
-    return load_ldm(vae_path, path, device)
+    return _load_else_train(
+        "ldm", prof, to_dict(prof.ldm), retrain,
+        lambda out: train_ldm(prof.ldm, vae_path, out=out, device=device, progress=progress),
+        lambda path: load_ldm(vae_path, path, device),
+    )

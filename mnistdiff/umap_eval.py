@@ -15,6 +15,11 @@ map; fitting separate UMAPs makes the maps incomparable. The sound protocol, use
    optionally, the classifier features, because a 2-D embedding can hide (or invent) differences.
 
 The real-vs-real floor of the accuracy is 0.5 up to sampling noise (about ±0.5/√n).
+
+A caveat the numbers make visible: ``transform`` places every new point near its nearest fitted
+real images, so even pure noise lands *on* the real map (its 2-D accuracy stays well below 1 while
+the pixel and feature accuracies are 1.0). A UMAP picture can show missing or over-represented
+regions (mode collapse, class imbalance) but cannot prove that samples look real.
 """
 
 from __future__ import annotations

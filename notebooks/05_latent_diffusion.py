@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.0
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -62,6 +62,7 @@ from mnistdiff.profiles import default_device, get_profile
 from mnistdiff.sampling import frames_grid, generate
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.unet import UNet, count_parameters
+from mnistdiff.vae import VAE
 from mnistdiff.viz import plot_loss_curves, show_grid
 
 PROFILE = get_profile()
@@ -113,8 +114,6 @@ def mflops_per_sample(model: torch.nn.Module, shape: tuple[int, ...], *extra: to
 t0 = torch.zeros(1, dtype=torch.long)
 pixel_step = mflops_per_sample(UNet(pixel_unet_cfg), (1, 32, 32), t0)
 latent_step = mflops_per_sample(UNet(ldm_unet_cfg), latent_shape, t0)
-from mnistdiff.vae import VAE  # noqa: E402  (only for counting the decoder)
-
 decoder = mflops_per_sample(VAE(vae_cfg).decoder, latent_shape)
 print(f"one step, pixel UNet:  {pixel_step:7.1f} MFLOP per sample")
 print(f"one step, latent UNet: {latent_step:7.1f} MFLOP per sample  ({pixel_step / latent_step:.0f}× cheaper)")
@@ -129,8 +128,8 @@ print(f"decoding once:         {decoder:7.1f} MFLOP per sample  (paid once, not 
 # %%
 vae, vae_meta = get_vae(device=DEVICE, progress=False)
 vae.requires_grad_(False)
-print(f"VAE: {count_parameters(vae):,} parameters, latent {vae.config.latent_channels}×{vae.config.latent_size}×"
-      f"{vae.config.latent_size}")
+print(f"VAE: {sum(p.numel() for p in vae.parameters()):,} parameters, {count_parameters(vae)} of them trainable; "
+      f"latent {vae.config.latent_channels}×{vae.config.latent_size}×{vae.config.latent_size}")
 
 # %% [markdown]
 # ## What the codes look like
@@ -292,7 +291,7 @@ def ldm_loss(unet: torch.nn.Module, sched, mean: torch.Tensor, std: torch.Tensor
     eps = torch.randn(z0.shape, generator=gen, device=mean.device)
     abar = sched.alphas_cumprod.to(mean.device)[t].view(-1, 1, 1, 1)
     z_t = abar.sqrt() * z0 + (1 - abar).sqrt() * eps
-    return (ldm.unet(z_t, t) - eps).pow(2).mean()
+    return (unet(z_t, t) - eps).pow(2).mean()
 
 
 batch_mean, batch_std = means[:256].to(DEVICE), stds[:256].to(DEVICE)
@@ -315,20 +314,36 @@ print(f"our L_LDM matches make_diffusion_loss: {ours.item():.4f} on {len(batch_m
 # \qquad \tilde x = D(z_0 / s).
 # $$
 #
-# We run the package's sampler *without* a decoder, so we get the codes themselves, and decode them
-# with our `decode`. `ldm.sample` does the same in one call; with the same seed it returns the same
-# digits:
+# The package's sampler `mnistdiff.sampling.generate` takes the decoder as an argument and calls it
+# on the final code (and on the intermediate codes it saves). We hand it *our* `decode`, wrapped so
+# that it also keeps every code it is given — that way we can look at the codes themselves. With
+# the same seed, the digits equal those of `ldm.sample`, which decodes with the checkpoint's codec:
+
 
 # %%
+def sample_with_codes(n: int, **kwargs) -> tuple[torch.Tensor, list, list[torch.Tensor]]:
+    """Sample n digits with our decode; returns (images, decoded frames, codes).
+
+    codes[0] is the final z_0; codes[1:] are the saved intermediate codes, in the order of the frames.
+    """
+    codes: list[torch.Tensor] = []
+
+    def decode_keeping_codes(z: torch.Tensor) -> torch.Tensor:
+        codes.append(z.detach().cpu())
+        return decode(z)
+
+    images, frames = generate(ldm.unet, ldm.schedule, n, shape=ldm.sample_shape, seed=SEED, device=DEVICE,
+                              batch_size=n, decode=decode_keeping_codes, **kwargs)
+    return images, frames, codes
+
+
 start = time.perf_counter()
-z0, latent_frames = generate(ldm.unet, ldm.schedule, PROFILE.num_samples, shape=ldm.sample_shape, mode="ddpm",
-                             seed=SEED, device=DEVICE, return_intermediates=True)
-ddpm_images = decode(z0.to(DEVICE)).cpu()
+ddpm_images, frames, codes = sample_with_codes(PROFILE.num_samples, mode="ddpm", return_intermediates=True)
 ddpm_seconds = time.perf_counter() - start
-images, frames = ldm.sample(PROFILE.num_samples, mode="ddpm", seed=SEED, device=DEVICE, return_intermediates=True)
-torch.testing.assert_close(ddpm_images, images)
-print(f"decode(DDPM codes) equals ldm.sample: {PROFILE.num_samples} samples in {ddpm_seconds:.2f} s "
-      f"({ldm.schedule.num_timesteps} steps)")
+package_images, _ = ldm.sample(PROFILE.num_samples, mode="ddpm", seed=SEED, device=DEVICE)
+torch.testing.assert_close(ddpm_images, package_images)
+print(f"our decode around the sampler equals ldm.sample: {PROFILE.num_samples} samples in {ddpm_seconds:.2f} s "
+      f"({ldm.schedule.num_timesteps} DDPM steps)")
 
 start = time.perf_counter()
 ddim_images, _ = ldm.sample(PROFILE.num_samples, mode="ddim", ddim_steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE)
@@ -343,20 +358,20 @@ plt.show()
 # ## A trajectory, through the decoder
 #
 # What does the diffusion model see while it samples? Below, one trajectory from $t = T$ (left) to
-# $t = 0$ (right): the two latent channels as $4 \times 4$ images (colour: value of each entry),
-# and what the decoder makes of the current code at each step. Early codes are noise, and the
-# decoder renders them as a vague average digit; the digit's identity settles surprisingly early,
-# and the last steps only refine it.
+# $t = 0$ (right): the two latent channels as $4 \times 4$ images (colour: the value of each entry),
+# and what the decoder makes of the current code. Early codes are noise, which the decoder renders
+# as a vague average digit; as the noise is removed, the code moves to where the digits are.
 
 # %%
-picks = np.linspace(0, len(latent_frames) - 1, min(11, len(latent_frames))).round().astype(int)
+picks = np.linspace(0, len(frames) - 1, min(11, len(frames))).round().astype(int)
+trajectory = codes[1:]  # the codes behind the decoded frames
+lim = float(max(trajectory[i][0].abs().max() for i in picks))
 fig, axes = plt.subplots(C + 1, len(picks), figsize=(1.05 * len(picks), 1.15 * (C + 1)))
-lim = float(max(latent_frames[i][1][0].abs().max() for i in picks))
 for col, i in enumerate(picks):
-    t, z = latent_frames[i]
+    t, decoded = frames[i]
     for c in range(C):
-        axes[c, col].imshow(z[0, c].numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-    axes[C, col].imshow(frames[i][1][0, 0].numpy(), cmap="gray", vmin=-1, vmax=1)
+        axes[c, col].imshow(trajectory[i][0, c].numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    axes[C, col].imshow(decoded[0, 0].numpy(), cmap="gray", vmin=-1, vmax=1)
     axes[0, col].set_title(f"t = {t}", fontsize=8)
 for ax in axes.flat:
     ax.set_xticks([])
@@ -368,7 +383,7 @@ fig.tight_layout(pad=0.2)
 plt.show()
 
 # %% [markdown]
-# The same decoded progression for several samples (rows), $t = T \to 0$ left to right:
+# The same decoded progression for several samples (rows), $t = T \to 0$ from left to right:
 
 # %%
 plt.figure(figsize=(8, 6))
@@ -380,20 +395,24 @@ plt.show()
 # %% [markdown]
 # ## Do the generated codes look like real codes?
 #
-# A simple check of the diffusion model on its own terms, before any decoding: the per-channel
-# mean and standard deviation of generated codes against those of the (scaled) training codes.
-# Chapter 6 compares the decoded digits with real ones properly.
+# A check of the diffusion model on its own terms, before any decoding: the statistics of
+# generated codes against those of the scaled training codes it learned from. One detail deserves
+# a look. An image sampler clips its running estimate $\hat x_0$ to the pixel range $[-1, 1]$ at
+# every step (chapter 2); codes have no such range — a good fraction of the scaled codes' entries
+# lie outside $[-1, 1]$ — so the generated codes should reach as far as the real ones do.
+# Chapter 6 then compares the decoded digits with real ones.
 
 # %%
 n_check = PROFILE.eval_samples
-z_gen, _ = generate(ldm.unet, ldm.schedule, n_check, shape=ldm.sample_shape, mode="ddim",
-                    ddim_steps=PROFILE.ddim_steps, seed=SEED + 1, device=DEVICE)
-real_codes = means * scale
-print(f"{'':12}{'real (scaled) codes':>26}{f'{n_check} generated codes':>28}")
+_, _, generated = sample_with_codes(n_check, mode="ddim", ddim_steps=PROFILE.ddim_steps)
+z_gen, z_real = generated[0], means * scale
+print(f"{'':10}{'real scaled codes':>40}{f'{n_check} generated codes (DDIM)':>44}")
 for c in range(C):
-    r, g = real_codes[:, c], z_gen[:, c]
-    print(f"channel {c}:  mean {r.mean().item():+.3f}  std {r.std().item():.3f}      "
-          f"mean {g.mean().item():+.3f}  std {g.std().item():.3f}")
+    r, g = z_real[:, c], z_gen[:, c]
+    print(f"channel {c}:  mean {r.mean().item():+.3f}  std {r.std().item():.3f}  max |z| {r.abs().max().item():5.2f}"
+          f"      mean {g.mean().item():+.3f}  std {g.std().item():.3f}  max |z| {g.abs().max().item():5.2f}")
+print(f"entries outside [-1, 1]: real {(z_real.abs() > 1).float().mean().item():.1%}, "
+      f"generated {(z_gen.abs() > 1).float().mean().item():.1%}")
 
 # %% [markdown]
 # ## What we learned, and what comes next

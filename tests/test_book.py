@@ -7,20 +7,23 @@ and the six chapters exist, math is typeset by the vendored MathJax (its fonts l
 loads, no internal link or anchor is broken, no page loads anything from the network, and widget
 views are gone. A screenshot of a chapter is kept under ``artifacts/book/``.
 
-Chromium is required (CI installs Debian's ``chromium``): without it these tests fail, they do
-not skip.
+Chromium is required (CI installs Debian's ``chromium``), driven over the DevTools protocol on a
+pipe; without it these tests fail, they do not skip.
 """
 
 from __future__ import annotations
 
-import html
+import base64
+import fcntl
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -146,6 +149,14 @@ def test_widget_view_without_fallback_becomes_a_note():
     assert B.WIDGET_VIEW not in out["data"] and "interactive widget" in out["data"]["text/markdown"]
 
 
+def test_progress_bar_widget_keeps_its_text():
+    nb = _widget_nb(with_fallback=False)
+    bar = "100%|##########| 10/10 [00:01<00:00,  9.5it/s]"
+    nb["cells"][0]["outputs"][0]["data"]["text/plain"] = bar
+    B.strip_widget_outputs(nb)
+    assert nb["cells"][0]["outputs"][0]["data"] == {"text/plain": bar}
+
+
 def test_cdn_font_awesome_link_of_html_animations_is_dropped():
     html_out = '<link rel="stylesheet"\nhref="https://maxcdn.bootstrapcdn.com/font-awesome/4.4.0/css/font-awesome.min.css">\n<div>frames</div>'
     nb = {"cells": [{"cell_type": "code", "outputs": [{"output_type": "display_data", "data": {"text/html": [html_out]}}]}]}
@@ -228,26 +239,167 @@ def _chromium() -> str:
     )
 
 
-def _run_chromium(args: list[str], timeout: float = 120) -> str:
-    with tempfile.TemporaryDirectory(prefix="mnistdiff-chromium-") as profile:
-        cmd = [
-            _chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--hide-scrollbars",
-            f"--user-data-dir={profile}",
-            *args,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"chromium failed ({proc.returncode}): {proc.stderr[-3000:]}"
-    return proc.stdout
+class DevTools:
+    """Headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``).
+
+    No network port and nothing but the standard library. Each check waits for what it asked
+    (the load event, then a promise in the page), so the result does not depend on timing.
+    """
+
+    def __init__(self, timeout: float = 120.0) -> None:
+        self.timeout = timeout
+        self.profile = tempfile.mkdtemp(prefix="mnistdiff-chromium-")
+        self.log = open(os.path.join(self.profile, "stderr.log"), "w+")
+        cmd_r, cmd_w = os.pipe()  # we write commands; Chromium reads them on its fd 3
+        evt_r, evt_w = os.pipe()  # Chromium writes replies and events on its fd 4
+
+        def child_fds() -> None:
+            a = fcntl.fcntl(cmd_r, fcntl.F_DUPFD, 10)
+            b = fcntl.fcntl(evt_w, fcntl.F_DUPFD, 10)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        self.proc = subprocess.Popen(
+            [
+                _chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--hide-scrollbars",
+                f"--user-data-dir={self.profile}",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            preexec_fn=child_fds,
+            close_fds=False,  # fds 3 and 4 must reach Chromium; Python's own fds are not inheritable
+        )
+        os.close(cmd_r)
+        os.close(evt_w)
+        self.w, self.r = cmd_w, evt_r
+        self.buf = b""
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def _read(self, deadline: float) -> dict:
+        while b"\0" not in self.buf:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.r], [], [], max(left, 0))
+            if not ready:
+                raise TimeoutError(f"no answer from Chromium in {self.timeout} s; stderr: {self.stderr()}")
+            chunk = os.read(self.r, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f"Chromium closed the DevTools pipe; stderr: {self.stderr()}")
+            self.buf += chunk
+        msg, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def stderr(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-3000:]
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self.next_id += 1
+        msg: dict = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        data = json.dumps(msg).encode() + b"\0"
+        while data:
+            data = data[os.write(self.w, data):]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._read(deadline)
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_event(self, method: str, session: str, match=lambda params: True) -> dict:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            for i, ev in enumerate(self.events):
+                if ev.get("method") == method and ev.get("sessionId") == session and match(ev.get("params", {})):
+                    return self.events.pop(i)
+            self.events.append(self._read(deadline))
+
+    def open(self, url: str, width: int = 1280, height: int = 1600) -> str:
+        """A new tab showing ``url`` after its load event; returns its session id."""
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            self.send(f"{domain}.enable", session=session)
+        self.send("Page.setLifecycleEventsEnabled", {"enabled": True}, session=session)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=session,
+        )
+        nav = self.send("Page.navigate", {"url": url}, session=session)
+        if nav.get("errorText"):
+            raise RuntimeError(f"{url}: {nav['errorText']}")
+        # the load event of this navigation (not of the tab's initial about:blank)
+        self.wait_event("Page.lifecycleEvent", session, lambda p: p.get("name") == "load" and p.get("loaderId") == nav.get("loaderId"))
+        return session
+
+    def evaluate(self, session: str, expression: str):
+        result = self.send(
+            "Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True}, session=session
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def errors(self, session: str) -> list[str]:
+        """Uncaught JavaScript exceptions and failed loads (Chromium's log errors) of the page so far.
+
+        (``console.error`` calls are left out: the theme uses one for a harmless notice.)
+        """
+        out = []
+        for ev in [e for e in self.events if e.get("sessionId") == session]:
+            p = ev.get("params", {})
+            if ev.get("method") == "Runtime.exceptionThrown":
+                d = p.get("exceptionDetails", {})
+                out.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')} ({d.get('url', '')})")
+            elif ev.get("method") == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+                e = p["entry"]
+                out.append(f"{e.get('source')}: {e.get('text')} {e.get('url', '')}")
+        return out
+
+    def screenshot(self, session: str, path: Path) -> None:
+        data = self.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
+        path.write_bytes(base64.b64decode(data))
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+        except Exception:
+            pass
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.w)
+        os.close(self.r)
+        self.log.close()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chrome = DevTools()
+    yield chrome
+    chrome.close()
 
 
 @pytest.fixture(scope="module")
@@ -358,66 +510,55 @@ def test_widget_views_are_stripped(built):
         assert "require.js" not in text and "html-manager" not in text, page.name
 
 
-# Appended to a copy of a page: waits for MathJax and the fonts, then writes what it found.
+# Run in each page after its load event: waits for MathJax and its fonts, reports what it found.
 _CHECK_JS = """
-<script>
-window.addEventListener('load', async () => {
+(async () => {
   const out = {};
   try {
     if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
       await MathJax.startup.promise; out.mathjax = MathJax.version;
     }
-    void document.body.offsetHeight;  // lay the typeset math out, so its fonts start loading
-    if (document.fonts) {
-      if (document.querySelector('mjx-container')) {
-        // MathJax's main and italic TeX fonts, from the book's own files: fails if they do not load
-        for (const f of ['16px MJXTEX', '16px MJXTEX-I']) {
-          try { await document.fonts.load(f); } catch (e) { out.font_error = String(e); }
-        }
-      }
-      await document.fonts.ready;
-    }
   } catch (e) { out.error = String(e); }
+  void document.body.offsetHeight;  // lay the typeset math out, so its fonts start loading
+  if (document.fonts) {
+    if (document.querySelector('mjx-container')) {
+      // MathJax's main and italic TeX fonts, from the book's own files: fails if they do not load
+      for (const f of ['16px MJXTEX', '16px MJXTEX-I']) {
+        try { await document.fonts.load(f); } catch (e) { out.font_error = String(e); }
+      }
+    }
+    await document.fonts.ready;
+  }
   out.math = document.querySelectorAll('.math').length;
   out.mjx = document.querySelectorAll('mjx-container').length;
   out.merror = document.querySelectorAll('mjx-merror').length;
   out.images = Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);
   out.fonts = Array.from(document.fonts || []).filter(f => f.family.indexOf('MJX') >= 0).map(f => [f.family, f.status]);
-  const pre = document.createElement('pre');
-  pre.id = 'mnistdiff-book-check';
-  pre.textContent = JSON.stringify(out);
-  document.body.appendChild(pre);
-});
-</script>
+  return out;
+})()
 """
 
 
-def _browser_check(page: Path) -> dict:
-    probe = page.with_name(page.stem + ".mnistdiff-check.html")
-    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _CHECK_JS + "</body>"), encoding="utf-8")
-    try:
-        for attempt in range(2):  # a second try only if Chromium itself did not deliver (busy CI machine)
-            try:
-                dom = _run_chromium(["--virtual-time-budget=30000", "--dump-dom", probe.as_uri()])
-            except (AssertionError, subprocess.TimeoutExpired) as exc:
-                dom = f"chromium: {exc}"
-            match = re.search(r'<pre id="mnistdiff-book-check">(.*?)</pre>', dom, re.S)
-            if match:
-                return json.loads(html.unescape(match.group(1)))
-    finally:
-        probe.unlink()
-    pytest.fail(f"{page.name}: the page's check script did not report (output: {dom[:1500]!r})")
+def _browser_check(browser: DevTools, page: Path, screenshot: Path | None = None) -> dict:
+    session = browser.open(page.as_uri())
+    result = browser.evaluate(session, _CHECK_JS)
+    result["page_errors"] = browser.errors(session)
+    if screenshot is not None:
+        browser.screenshot(session, screenshot)
+    browser.send("Target.closeTarget", {"targetId": browser.send("Target.getTargetInfo", session=session)["targetInfo"]["targetId"]})
+    return result
 
 
-def test_math_is_typeset_and_images_load_in_chromium(built):
-    pages = [built / "intro.html", *_chapter_pages(built)]
+def test_math_is_typeset_and_images_load_in_chromium(built, browser):
+    pages = [built / "intro.html", built / "results.html", built / "references.html", *_chapter_pages(built)]
     report = {}
     for page in pages:
-        r = _browser_check(page)
+        r = _browser_check(browser, page)
         name = str(page.relative_to(built))
         report[name] = {k: r.get(k) for k in ("mathjax", "math", "mjx", "merror")} | {"images": len(r["images"])}
         assert "error" not in r, f"{name}: {r['error']}"
         assert "font_error" not in r, f"{name}: MathJax fonts: {r['font_error']}"
+        assert not r["page_errors"], f"{name}: the page reported errors: {r['page_errors']}"
         if r["math"]:
             assert r.get("mathjax"), f"{name}: has math but MathJax did not load (raw TeX shows)"
             assert r["mjx"] >= r["math"], f"{name}: {r['math']} math elements, {r['mjx']} typeset"
@@ -434,7 +575,7 @@ def test_math_is_typeset_and_images_load_in_chromium(built):
     assert sum(v["mjx"] for k, v in report.items() if k.startswith("chapters")) > 0, "no chapter has typeset math"
 
 
-def test_screenshot_of_a_chapter(built, capsys):
+def test_screenshot_of_a_chapter(built, browser, capsys):
     from PIL import Image
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -442,12 +583,12 @@ def test_screenshot_of_a_chapter(built, capsys):
     shot = ARTIFACTS / f"{chapter}.png"
     if shot.exists():
         shot.unlink()
-    page = built / "chapters" / f"{chapter}.html"
-    _run_chromium(["--virtual-time-budget=30000", "--window-size=1280,1600", f"--screenshot={shot}", page.as_uri()])
+    r = _browser_check(browser, built / "chapters" / f"{chapter}.html", screenshot=shot)
     assert shot.is_file(), "chromium wrote no screenshot"
     with Image.open(shot) as im:
         assert im.size == (1280, 1600)
         lo, hi = im.convert("L").getextrema()
         assert hi - lo > 100, "the screenshot is blank"
+    assert r["mjx"] == r["math"]  # taken after MathJax finished
     with capsys.disabled():  # shown even when pytest captures output
         print(f"\n[book] screenshot of the rendered chapter: {shot}")
