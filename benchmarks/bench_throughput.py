@@ -90,7 +90,7 @@ TARGETS = {
 
 TRAIN_MODES = ("fp32_eager", "bf16_cl_eager", "bf16_cl_compile")
 SAMPLE_MODES = ("fp32_eager", "bf16_cl_eager", "bf16_cl_compile", "bf16_cl_cudagraphs")
-MODELS = ("ours", "diffusers")
+MODELS = ("ours", "ours_gn32", "diffusers")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,6 +126,26 @@ def diffusers_available() -> tuple[bool, str]:
     return True, ""
 
 
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 that returns its input's dtype (improved-diffusion's GroupNorm32).
+
+    Under bf16 autocast ``nn.GroupNorm`` returns float32, so the SiLU after it, the activations
+    saved for backward and the next convolution's input cast all move float32; this returns bf16.
+    ``ours_gn32`` is our UNet with every GroupNorm swapped for this one (same weights and state dict),
+    to measure the suggested ``unet.py`` change.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+def use_groupnorm32(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if type(m) is nn.GroupNorm:
+            m.__class__ = GroupNorm32
+    return model
+
+
 class DiffusersEps(nn.Module):
     """diffusers' ``UNet2DModel`` as a ``model(x_t, t) → ε̂`` callable, the signature mnistdiff's code expects."""
 
@@ -139,11 +159,13 @@ class DiffusersEps(nn.Module):
 
 def build_model(name: str, quick: bool) -> tuple[nn.Module, dict[str, Any]]:
     """A fresh model and a flat description of it (class, config, parameters)."""
-    if name == "ours":
+    if name in ("ours", "ours_gn32"):
         cfg: UNetConfig = (SMOKE if quick else FULL).ddpm.unet
         model = UNet(cfg)
-        return model, {"class": "mnistdiff.unet.UNet", "config": json.dumps(to_dict(cfg)),
-                       "profile": "smoke" if quick else "full"}
+        if name == "ours_gn32":
+            model = use_groupnorm32(model)
+        return model, {"class": "mnistdiff.unet.UNet" + (" with GroupNorm32" if name == "ours_gn32" else ""),
+                       "config": json.dumps(to_dict(cfg)), "profile": "smoke" if quick else "full"}
     if name == "diffusers":
         from diffusers import UNet2DModel
 
@@ -633,6 +655,14 @@ class Bench:
         ranked: list[tuple[int, dict[str, Any]]] = []
         for model in models:
             ours = model == "ours"
+            if model == "ours_gn32":  # only where autocast is on (in float32 it is our UNet exactly)
+                for mode in train_modes:
+                    if mode != "fp32_eager":
+                        ranked.append((3 if mode == fast_train else 4, train(model, mode)))
+                for mode in sample_modes:
+                    if mode != "fp32_eager":
+                        ranked.append((3 if mode == fast_sample else 4, sample(model, mode)))
+                continue
             for mode in train_modes:
                 headline = mode in ("fp32_eager", fast_train)
                 rank = (0 if headline else 2) if ours else (1 if mode == "fp32_eager" else 4 if "compile" in mode else 3)
@@ -757,7 +787,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--out", default=None,
                    help="JSON file (default results/full/benchmark.json, or results/smoke/benchmark.json with --quick)")
-    p.add_argument("--models", default="ours,diffusers", help="comma list of: ours, diffusers (skipped if not installed)")
+    p.add_argument("--models", default="ours,diffusers",
+                   help="comma list of: ours, ours_gn32 (our UNet with float32-computed, bf16-returning GroupNorm), "
+                        "diffusers (skipped if not installed)")
     p.add_argument("--train-modes", default=",".join(TRAIN_MODES), help=f"comma list of: {', '.join(TRAIN_MODES)}")
     p.add_argument("--sample-modes", default=",".join(SAMPLE_MODES), help=f"comma list of: {', '.join(SAMPLE_MODES)}")
     p.add_argument("--base-batch", type=int, default=None, help="batch of fp32_eager training (default 128; quick 8)")

@@ -149,6 +149,20 @@ def format_value(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+LONG_LIST = 12  # scalar lists longer than this (loss curves, per-epoch values) are summarised
+
+
+def _summarize(values: Sequence[Any]) -> str:
+    """A long list of scalars in one cell: its length, ends and (for numbers) range."""
+    if len(values) <= LONG_LIST:
+        return ", ".join(format_value(v) for v in values)
+    text = f"{len(values)} values: {format_value(values[0])}, {format_value(values[1])}, …, {format_value(values[-1])}"
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) == len(values):
+        text += f" (min {format_value(min(numbers))}, max {format_value(max(numbers))})"
+    return text
+
+
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(format_value(h) for h in header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -173,7 +187,8 @@ def render_json(data: Any, title: str = "", level: int = 4) -> str:
     * a dict of name → flat dict → one table, one row per name;
     * a dict mixing scalars and containers → a key/value table of the scalars, then each
       container under its own heading (recursively);
-    * a list of scalars → a one-column table; a scalar → a line of text.
+    * a list of scalars → a one-column table (a summary line when longer than
+      :data:`LONG_LIST`); a scalar → a line of text.
     """
     heading = f"{'#' * min(level, 6)} {title}\n\n" if title else ""
     if _is_scalar(data):
@@ -185,10 +200,12 @@ def render_json(data: Any, title: str = "", level: int = 4) -> str:
             cols = _columns(data)
             return heading + _table(cols, ([item.get(c) for c in cols] for item in data))
         if all(_is_scalar(item) for item in data):
+            if len(data) > LONG_LIST:
+                return f"{heading}{_summarize(data)}\n"
             return heading + _table(["value"], ([item] for item in data))
         parts = [heading] if heading else []
         for i, item in enumerate(data):
-            parts.append(render_json(item, f"{title} [{i}]" if title else f"[{i}]", level + 1))
+            parts.append(render_json(item, f"{title} [{i}]" if title else f"[{i}]", level + 1 if title else level))
         return "\n".join(parts)
     if isinstance(data, Mapping):
         if not data:
@@ -202,7 +219,7 @@ def render_json(data: Any, title: str = "", level: int = 4) -> str:
         parts = [heading + (_table(["key", "value"], scalars.items()) if scalars else "")]
         for key, value in data.items():
             if not _is_scalar(value):
-                parts.append(render_json(value, f"{title} › {key}" if title else str(key), level + 1))
+                parts.append(render_json(value, f"{title} › {key}" if title else str(key), level + 1 if title else level))
         return "\n".join(p for p in parts if p)
     return f"{heading}{format_value(data)}\n"
 
@@ -217,7 +234,7 @@ def _flatten(data: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...
             out.extend(_flatten(value, (*path, str(key))))
     elif isinstance(data, list):
         if data and all(_is_scalar(v) for v in data):
-            return [(path, ", ".join(format_value(v) for v in data))]
+            return [(path, _summarize(data))]
         for i, item in enumerate(data):
             label = f"[{i}]"
             if isinstance(item, Mapping):
@@ -335,7 +352,8 @@ def results_markdown(results_dir: Path) -> str:
         files = results[profile]
         out += [f"### Profile `{profile}`", "", f"Device: {_device_text(files)}.", ""]
         for stem, data in files.items():
-            out.append(render_json(data, f"`results/{profile}/{stem}.json`", level=4))
+            out += [f"#### {stem}", "", f"From `results/{profile}/{stem}.json`.", ""]
+            out.append(render_json(data, "", level=5))
     return "\n".join(out)
 
 

@@ -30,13 +30,17 @@ written atomically, with this layout::
 Every entry of ``floor`` and ``generators`` is a flat mapping of scalars, so the book's results
 page renders ``generators`` as one table with a row per generator.
 
-Typical use (what the notebook does, step by step)::
+Typical use (what chapter 6 does, step by step)::
 
+    n = PROFILE.eval_samples
     specs = course_generators(ddpm=ddpm, ldm=ldm, vae=vae, profile=PROFILE, device=DEVICE)
-    samples = draw_samples(specs, PROFILE.eval_samples, seed=0, device=DEVICE)
+    samples = draw_samples(specs, n, seed=0, device=DEVICE)
     scores = score_samples(samples, seed=0, device=DEVICE)
-    floor = real_floor(PROFILE.eval_samples, seed=0, device=DEVICE)
-    results = build_results(PROFILE.name, DEVICE, PROFILE.eval_samples, floor, scores)
+    floor = real_floor(n, seed=0, device=DEVICE)
+    real, labels, floor_images = umap_reference_sets(PROFILE.umap_real, n, seed=0)
+    fig, umap_scores = umap_compare(samples, real, labels, floor_images, seed=0, device=DEVICE)
+    results = build_results(PROFILE.name, DEVICE, n, floor, scores, umap_scores=umap_scores,
+                            floor_umap_name=FLOOR_NAME)
     write_results(results)
 
 or all of it at once with :func:`run_evaluation`.
@@ -83,19 +87,20 @@ __all__ = [
 #: The name of the real-vs-real reference, in tables and in ``class_histograms``.
 FLOOR_NAME = "real (floor)"
 
-#: The columns of :func:`results_table`: ``(key, header, format)``.
-TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("fid", "FID ↓", "{:.2f}"),
-    ("kid", "KID ↓", "{:.4f}"),
-    ("precision", "precision ↑", "{:.3f}"),
-    ("recall", "recall ↑", "{:.3f}"),
-    ("confidence", "confidence ↑", "{:.3f}"),
-    ("class_entropy", "class entropy (bits)", "{:.3f}"),
-    ("nn_train_distance", "NN-train dist.", "{:.2f}"),
-    ("knn_accuracy_umap", "k-NN acc. UMAP", "{:.3f}"),
-    ("knn_accuracy_pixels", "k-NN acc. pixels", "{:.3f}"),
-    ("knn_accuracy_features", "k-NN acc. features", "{:.3f}"),
-    ("seconds_per_sample", "s / sample", "{:.2e}"),
+#: The columns of :func:`results_table`: ``(key, header, format, factor)``; a value is shown as
+#: ``format.format(value * factor)``.
+TABLE_COLUMNS: tuple[tuple[str, str, str, float], ...] = (
+    ("fid", "FID ↓", "{:.2f}", 1.0),
+    ("kid", "KID ↓", "{:.4f}", 1.0),
+    ("precision", "precision ↑", "{:.3f}", 1.0),
+    ("recall", "recall ↑", "{:.3f}", 1.0),
+    ("confidence", "confidence ↑", "{:.3f}", 1.0),
+    ("class_entropy", "class entropy (bits)", "{:.2f}", 1.0),
+    ("nn_train_distance", "NN-train distance", "{:.2f}", 1.0),
+    ("knn_accuracy_umap", "k-NN acc. UMAP", "{:.3f}", 1.0),
+    ("knn_accuracy_pixels", "k-NN acc. pixels", "{:.3f}", 1.0),
+    ("knn_accuracy_features", "k-NN acc. features", "{:.3f}", 1.0),
+    ("seconds_per_sample", "ms / sample", "{:.4g}", 1e3),
 )
 
 #: The metrics copied from :func:`mnistdiff.metrics.evaluate` into the results file (all scalars).
@@ -385,7 +390,7 @@ def _clean(value: Any) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
         return value
     if isinstance(value, float):
-        return None if not math.isfinite(value) else float(f"{value:.6g}")
+        return None if not math.isfinite(value) else float(f"{value:.6g}") + 0.0  # + 0.0: no "-0.0"
     if isinstance(value, Mapping):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -483,31 +488,31 @@ def read_results(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def _fmt(value: Any, fmt: str) -> str:
+def _fmt(value: Any, fmt: str, factor: float = 1.0) -> str:
     if value is None:
         return "—"
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    return fmt.format(value)
+    return fmt.format(value * factor)
 
 
 def results_table(
-    results: Mapping[str, Any], columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS
+    results: Mapping[str, Any], columns: Sequence[tuple[str, str, str, float]] = TABLE_COLUMNS
 ) -> str:
     """A Markdown table of ``results``: the real floor first, then one row per generator.
 
-    ``columns``: ``(key, header, format)`` triples (default :data:`TABLE_COLUMNS`); a column no row
+    ``columns``: ``(key, header, format, factor)`` (default :data:`TABLE_COLUMNS`); a column no row
     has is left out, a missing value shows as ``—``.
     """
     rows = [(f"**{FLOOR_NAME}**", results["floor"])]
     rows += [(g.get("label", name), g) for name, g in results["generators"].items()]
     cols = [c for c in columns if any(c[0] in r for _, r in rows)]
     lines = [
-        "| generator | " + " | ".join(h for _, h, _ in cols) + " |",
+        "| generator | " + " | ".join(c[1] for c in cols) + " |",
         "|---|" + "---:|" * len(cols),
     ]
     for label, row in rows:
-        lines.append(f"| {label} | " + " | ".join(_fmt(row.get(k), f) for k, _, f in cols) + " |")
+        lines.append(f"| {label} | " + " | ".join(_fmt(row.get(key), fmt, factor) for key, _, fmt, factor in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -222,7 +222,7 @@ def frechet_distance(f1: ArrayLike, f2: ArrayLike) -> float:
 
 def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     d = x.shape[1]
-    return (x @ y.T / d + 1.0) ** 2
+    return (x @ y.T / d + 1.0) ** 3
 
 
 def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:

@@ -144,10 +144,10 @@ fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
 im = axes[0].imshow(emb.numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
 axes[0].set(xlabel="embedding dimension", ylabel="timestep t", title="emb(t): cosines | sines")
 fig.colorbar(im, ax=axes[0])
-for i in (0, 3, 6, 10, 15):
-    axes[1].plot(ts, emb[:, i], lw=1, label=f"dim {i}: ω = {10_000 ** (-i / 16):.2g}")
-axes[1].set(xlabel="timestep t", title="a few cosine dimensions", xlim=(0, 300))
-axes[1].legend(fontsize=7, loc="lower right")
+for i in (2, 5, 8, 12):
+    axes[1].plot(ts, emb[:, i], lw=1.2, label=f"dim {i}: ω = {10_000 ** (-i / (D_FULL // 2)):.2g}")
+axes[1].set(xlabel="timestep t", title="a few cosine dimensions: fast to slow")
+axes[1].legend(fontsize=7, loc="lower left")
 im = axes[2].imshow((unit @ unit.T).numpy(), cmap="viridis", interpolation="nearest")
 axes[2].set(xlabel="t", ylabel="t′", title="cosine similarity of emb(t), emb(t′)")
 fig.colorbar(im, ax=axes[2])
@@ -314,7 +314,8 @@ params = np.array([r["params"] for r in rows])
 fig, ax = plt.subplots(figsize=(11, 3.6))
 for a, b in pairs:
     xs = np.linspace(a, b, 50)
-    ax.plot(xs, np.log2(res[a]) + 0.35 * np.sin(np.pi * (xs - a) / (b - a)), color="0.75", lw=0.8, zorder=0)
+    height = 0.08 + 0.4 * (b - a) / len(rows)  # longer skips arc higher
+    ax.plot(xs, np.log2(res[a]) + height * np.sin(np.pi * (xs - a) / (b - a)), color="0.7", lw=0.8, zorder=0)
 sc = ax.scatter(np.arange(len(rows)), np.log2(res), s=12 + params / 600, c=chans, cmap="viridis", zorder=1,
                 edgecolor="k", linewidth=0.4)
 ax.set_yticks(np.log2([8, 16, 32]), ["8×8", "16×16", "32×32"])

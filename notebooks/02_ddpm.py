@@ -45,6 +45,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from matplotlib.ticker import MaxNLocator
 
 from mnistdiff.data import load_mnist
 from mnistdiff.ddpm import diffusion_loss, p_mean_variance, p_sample, q_posterior, q_sample
@@ -252,7 +253,8 @@ print(f"ready in {time.perf_counter() - start:.1f} s; trained for {model.meta.ge
 history = model.meta["history"]
 for h in history:
     print(f"epoch {h['epoch']:>3}: train loss {h['train_loss']:.4f}, eval loss (EMA weights) {h['eval_loss']:.4f}")
-plot_loss_curves(history)
+fig = plot_loss_curves(history)
+fig.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
 plt.show()
 
 # %% [markdown]
@@ -371,18 +373,20 @@ plt.show()
 #
 # ### Watching a digit appear
 #
-# `frames` holds $x_t$ every $T/10$ steps. Each row below is one sample, from pure noise on the
-# left to the final image on the right: the coarse shape is decided early, the strokes sharpen
-# last.
+# `frames` holds $x_t$ every $T/10$ steps. Each row below is one sample (the first four), from
+# pure noise on the left to the final image on the right: the coarse shape is decided early, the
+# strokes sharpen last.
 
 # %%
 picks = torch.linspace(0, len(frames) - 1, min(11, len(frames))).round().long().tolist()
-rows = torch.cat([torch.stack([frames[j][1][i] for j in picks]) for i in range(min(6, PROFILE.num_samples))])
-fig, ax = plt.subplots(figsize=(0.75 * len(picks), 0.75 * 6 + 0.4))
-ax.imshow(grid_array(rows, nrow=len(picks)), cmap="gray", vmin=0, vmax=255)
-ax.set_xticks([(34 * k + 18) for k in range(len(picks))], [f"t={frames[j][0]}" for j in picks], fontsize=7)
+n_rows = min(4, PROFILE.num_samples)
+rows = torch.cat([torch.stack([frames[j][1][i] for j in picks]) for i in range(n_rows)])
+strip = grid_array(rows, nrow=len(picks))  # (rows·34, columns·34) pixels
+fig, ax = plt.subplots(figsize=(strip.shape[1] * 1.5 / 100, strip.shape[0] * 1.5 / 100 + 0.5))
+ax.imshow(strip, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+ax.set_xticks([34 * k + 18 for k in range(len(picks))], [f"t={frames[j][0]}" for j in picks], fontsize=7)
 ax.set_yticks([])
-ax.set_title("denoising: x_T (left) → x_0 (right)")
+ax.set_title("denoising: x_T (left) → x_0 (right)", fontsize=10)
 fig.tight_layout()
 plt.show()
 

@@ -1,7 +1,6 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -302,21 +301,25 @@ display(Markdown(evaluation.results_table(results)))
 
 # %%
 gens = results["generators"]
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 1.25]})
 for eta, marker in ((0.0, "o-"), (1.0, "s--")):
-    pts = sorted((g["steps"], g["fid"]) for g in gens.values() if g["sampler"] == "ddim" and g["space"] == "pixel"
-                 and g["eta"] == eta)
+    pts = sorted((g["steps"], g["fid"]) for g in gens.values()
+                 if g["sampler"] == "ddim" and g["space"] == "pixel" and g["eta"] == eta)
     ax1.plot(*zip(*pts), marker, label=f"DDIM, η = {eta:g}")
 ax1.axhline(gens["ddpm"]["fid"], color="C2", lw=1, label=f"DDPM, {gens['ddpm']['steps']} steps")
 ax1.axhline(results["floor"]["fid"], color="k", ls=":", lw=1, label="real floor")
 ax1.set(xscale="log", xlabel="sampling steps", ylabel="FID", title="DDIM: steps and η")
+ax1.set_xticks(PROFILE.ddim_step_sweep, [str(s) for s in PROFILE.ddim_step_sweep])
+ax1.minorticks_off()
 ax1.legend(fontsize=8)
-for name, g in gens.items():
-    ax2.scatter(g["seconds_per_sample"], g["fid"], color={"pixel": "C0", "latent": "C1", "vae": "C2"}[g["space"]])
-    ax2.annotate(g["label"], (g["seconds_per_sample"], g["fid"]), fontsize=7, xytext=(3, 2), textcoords="offset points")
-ax2.axhline(results["floor"]["fid"], color="k", ls=":", lw=1)
+markers = {"pixel": "o", "latent": "s", "vae": "^"}
+for i, g in enumerate(gens.values()):
+    ax2.scatter(g["seconds_per_sample"], g["fid"], marker=markers[g["space"]], color=plt.cm.tab20(i % 20), s=40,
+                label=g["label"])
+ax2.axhline(results["floor"]["fid"], color="k", ls=":", lw=1, label="real floor")
 ax2.set(xscale="log", xlabel=f"seconds per sample ({results['device']})", ylabel="FID",
-        title="quality vs cost (blue: pixels, orange: latents, green: VAE)")
+        title="quality vs cost (○ pixels, □ latents, △ VAE)")
+ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
 fig.tight_layout()
 plt.show()
 

@@ -2,19 +2,21 @@
 # The one prepared script for a lent GPU (issue 6): benchmark, train DDPM + VAE + LDM, evaluate.
 #
 #   OUT=/some/dir bash scripts/gpu_run.sh             # on the GPU machine, from the repository root
-#   OUT=/tmp/gpu_out QUICK=1 bash scripts/gpu_run.sh  # CPU check of the script at tiny sizes (≈ 3 min)
+#   OUT=/tmp/gpu_out QUICK=1 bash scripts/gpu_run.sh  # CPU check of the script at tiny sizes (≈ 2-4 min)
 #   (--quick does the same as QUICK=1)
 #
 # Sized for one device call (≤ 600 s; a session has 15 min of device time, the machine's start
-# included): the whole run stops itself after TOTAL_BUDGET seconds (570 on a GPU). Stages, in order:
+# included): the whole run stops itself after TOTAL_BUDGET seconds (560 on a GPU). Stages, in order:
 #
 #   info           nvidia-smi, torch/CUDA/cuDNN/Triton versions, the GPU's name; installs carried wheels
 #   bench          benchmarks/bench_throughput.py at full sizes (its own --time-budget; JSON after every figure)
 #   classifier     only if mnistdiff/assets/classifier.pt is missing: scripts/train_classifier.py (GPU)
-#   ddpm, vae      python -m mnistdiff train ddpm|vae --profile full <fast settings> [--compile]
-#   ldm            python -m mnistdiff train ldm checkpoints/full/vae.pt <fast settings>
-#   sample_*       python -m mnistdiff sample ... 10,000 images, DDIM-50
-#   evaluate_*     python -m mnistdiff evaluate samples.npz
+#   vae            python -m mnistdiff train vae --profile full <fast settings>
+#   ldm            python -m mnistdiff train ldm checkpoints/full/vae.pt --profile full <fast settings>
+#   sample_ldm     python -m mnistdiff sample ldm ... 10,000 images, DDIM-50;  evaluate_ldm: ... evaluate
+#   ddpm           python -m mnistdiff train ddpm --profile full <fast settings> --compile
+#                  (last of the three: it is the largest, and gets the time left less its evaluation's)
+#   sample_ddpm    python -m mnistdiff sample ddpm ... 10,000 images, DDIM-50; evaluate_ddpm: ... evaluate
 #
 # After each training stage the final model.pt + .json are copied to checkpoints/full/{ddpm,vae,ldm}.*
 # (QUICK: to a scratch folder, never into the repository). Each stage is timed and logged; a failed or
@@ -32,8 +34,9 @@
 #   $OUT/classifier.tar.gz           only when the classifier had to be trained here
 #
 # Settings (environment variables; defaults in brackets are GPU / QUICK):
-#   TOTAL_BUDGET [570 / 420] s        BENCH_BUDGET [170 / 150] s     STAGES [info,bench,classifier,ddpm,vae,ldm,eval]
+#   TOTAL_BUDGET [560 / 420] s        BENCH_BUDGET [170 / 150] s     STAGES [info,bench,classifier,ddpm,vae,ldm,eval]
 #   DDPM_ARGS, VAE_ARGS, LDM_ARGS     training options (GPU defaults below: the proposed "fast full" profile)
+#   DDPM_BATCH [1024]: the DDPM's batch, also the benchmark's large training batch (shared compile cache)
 #   DDPM_COMPILE [1] VAE_COMPILE [0] LDM_COMPILE [0]    add --compile (GPU only)
 #   EVAL_SAMPLES [10000 / 32]  SAMPLE_BATCH [2000 / 32]  DDIM_STEPS [50 / 5]
 #   BENCH_ARGS                        extra benchmark options    WHEELS_DIR [.whl]: wheels to install first
@@ -47,14 +50,14 @@ QUICK=${QUICK:-0}
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "gpu_run.sh: unknown argument $arg (use --quick or QUICK=1)" >&2; exit 2 ;;
   esac
 done
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
-OUT=${OUT:-$REPO/gpu_out}
+OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=${WORK:-$(mktemp -d /tmp/mnistdiff-gpu-run.XXXXXX)}
@@ -82,7 +85,7 @@ if [ "$QUICK" = 1 ]; then
   BENCH_CMD=(benchmarks/bench_throughput.py --quick --device cpu --models ours --train-modes fp32_eager
              --sample-modes fp32_eager --no-proposed)
 else
-  TOTAL_BUDGET=${TOTAL_BUDGET:-570}
+  TOTAL_BUDGET=${TOTAL_BUDGET:-560}
   BENCH_BUDGET=${BENCH_BUDGET:-170}
   DEVICE=${DEVICE:-cuda}
   CKPT_DIR=${CKPT_DIR:-$REPO/checkpoints/full}
@@ -99,11 +102,12 @@ else
   SAMPLE_BATCH=${SAMPLE_BATCH:-2000}
   DDIM_STEPS=${DDIM_STEPS:-50}
   # ours and diffusers (if importable), every training mode at batch 128 and at the DDPM run's batch
-  # (its compilation then hits inductor's on-disk cache when the DDPM trains: ~1 min saved), 4096 if
-  # time is left; sampling 10k images in batches of 5000, without the plain-compile mode (the
-  # CUDA-graph mode compiles too)
-  BENCH_CMD=(benchmarks/bench_throughput.py --device "$DEVICE" --train-batch "$DDPM_BATCH"
-             --extra-train-batches 4096 --sample-modes fp32_eager,bf16_cl_eager,bf16_cl_cudagraphs
+  # (its compilation then hits inductor's on-disk cache when the DDPM trains: ~1 min saved); if time
+  # is left, batch 4096 and ours_gn32 (the GroupNorm32 lever). Sampling: 10k images in batches of
+  # 5000, without the plain-compile mode (the CUDA-graph mode compiles too).
+  BENCH_CMD=(benchmarks/bench_throughput.py --device "$DEVICE" --models ours,diffusers,ours_gn32
+             --train-batch "$DDPM_BATCH" --extra-train-batches 4096
+             --sample-modes fp32_eager,bf16_cl_eager,bf16_cl_cudagraphs
              --sample-batch 5000)
 fi
 STAGES=${STAGES:-info,bench,classifier,ddpm,vae,ldm,eval}

@@ -73,6 +73,12 @@ def test_mixed_dict_gets_scalars_then_each_container():
     assert md.index("| profile | full |") < md.index("f › notebooks")
 
 
+def test_long_lists_are_summarised():
+    md = B.render_json({"loss": [float(i) for i in range(100, 0, -1)], "lr": 0.001}, "train")
+    assert "100 values: 100, 99, …, 1 (min 1, max 100)" in md
+    assert md.count("\n|") < 10
+
+
 def test_values_are_formatted_and_escaped():
     assert B.format_value(123456.7) == "123457"
     assert B.format_value(0.000123456) == "0.0001235"
@@ -254,8 +260,8 @@ class DevTools:
         evt_r, evt_w = os.pipe()  # Chromium writes replies and events on its fd 4
 
         def child_fds() -> None:
-            a = fcntl.fcntl(cmd_r, fcntl.F_DUPFD, 10)
-            b = fcntl.fcntl(evt_w, fcntl.F_DUPFD, 10)
+            a = fcntl.fcntl(cmd_r, fcntl.F_DUPFD_CLOEXEC, 10)
+            b = fcntl.fcntl(evt_w, fcntl.F_DUPFD_CLOEXEC, 10)
             os.dup2(a, 3)
             os.dup2(b, 4)
 

@@ -246,8 +246,9 @@ def test_precision_recall_golden_cases():
 def test_precision_recall_hand_computed_1d():
     # k = 2; radii of the real points (2nd-nearest other real point): 0→3, 1→2, 3→3, 6→4, 10→7
     real = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]])
-    fake = np.array([[4.5], [20.0], [16.9], [-3.5], [-2.9]])
-    # fake inside a real ball: 4.5 (|4.5−3| ≤ 3), 16.9 (|16.9−10| ≤ 7), −2.9 (|−2.9−0| ≤ 3) → 3/5
+    fake = np.array([[4.5], [20.0], [17.0], [-3.5], [-2.9]])
+    # fake inside a real ball: 4.5 (|4.5−3| ≤ 3), 17 (|17−10| = 7, on the boundary: the ball is
+    # closed), −2.9 (|−2.9−0| ≤ 3) → 3/5
     # every real point lies within 7.4 of −2.9 or 8 of 4.5 (fake radii) → recall 1
     assert metrics.precision_recall(real, fake, k=2) == (0.6, 1.0)
 
