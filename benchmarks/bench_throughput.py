@@ -8,6 +8,8 @@ Models: mnistdiff's ε-UNet (``mnistdiff.unet.UNet`` with the ``full`` profile's
 parameters) and, when ``diffusers`` is installed (``pip install -e ".[bench]"``), the diffusers
 ``UNet2DModel`` in the Hugging Face course's MNIST configuration (also 1,707,009 parameters). With
 ``--quick`` both shrink to the ``smoke`` sizes (44,969 parameters each) so that CI can run this on a CPU.
+``--models ours_gn32`` adds our UNet with a GroupNorm that returns bf16 under autocast (a suggested
+``unet.py`` change), in the autocast modes only.
 
 What is timed is the code users run:
 

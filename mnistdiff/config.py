@@ -37,7 +37,7 @@ def _positive(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """The ε-prediction UNet: ``in_channels``×``image_size``² → same shape.
+    """The ε-prediction UNet: ``in_channels`` × ``image_size`` × ``image_size`` → same shape.
 
     ``channel_mults`` gives one resolution level each (the image is halved between levels);
     ``attention_resolutions`` lists the feature-map sizes (in pixels) that get self-attention.
@@ -87,7 +87,7 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """The VAE: ``in_channels``×32×32 → ``latent_channels``×4×4 (three halvings)."""
+    """The VAE: ``in_channels`` × 32 × 32 → ``latent_channels`` × 4 × 4 (three halvings)."""
 
     in_channels: int = 1
     image_size: int = 32
@@ -162,7 +162,7 @@ class VAERunConfig:
 
 @dataclass(frozen=True)
 class LDMRunConfig:
-    """Latent diffusion: a UNet on the VAE's ``latent_channels``×4×4 latents."""
+    """Latent diffusion: a UNet on the VAE's ``latent_channels`` × 4 × 4 latents."""
 
     unet: UNetConfig = field(
         default_factory=lambda: UNetConfig(

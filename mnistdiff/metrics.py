@@ -396,7 +396,7 @@ def class_statistics(probs: ArrayLike) -> dict[str, Any]:
 
     Returns ``confidence`` (mean max-softmax probability), ``class_histogram`` (fraction of samples
     predicted as each digit, a list of 10), ``class_entropy`` (entropy of that histogram in bits;
-    log₂ 10 ≈ 3.32 for a uniform one) and ``class_max_deviation`` (max |fraction − 0.1|).
+    log₂ 10 ≈ 3.32 for a uniform one) and ``class_max_deviation`` (max ``|fraction − 0.1|``).
     """
     p = torch.as_tensor(probs).detach().float().cpu()
     if p.ndim != 2 or p.shape[1] != 10 or p.shape[0] == 0:

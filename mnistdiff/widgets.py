@@ -70,7 +70,7 @@ def _batch(images: torch.Tensor) -> torch.Tensor:
 
 
 def render_png(images: torch.Tensor, nrow: int = 8, zoom: int = 3) -> bytes:
-    """PNG bytes of a grid of images in [−1, 1], enlarged ``zoom``× with nearest-neighbour (crisp pixels)."""
+    """PNG bytes of a grid of images in [−1, 1], enlarged ``zoom`` times with nearest-neighbour (crisp pixels)."""
     arr = grid_array(_batch(images), nrow=nrow)
     img = PILImage.fromarray(arr, mode="L")
     if zoom != 1:
@@ -89,52 +89,63 @@ def _figure(width: float, height: float):
 
 def frame_strip_png(
     frames: Sequence[torch.Tensor], captions: Sequence[str], title: str | None = None,
-    nrow: int = 8, panel: float = 1.05, dpi: int = 80,
+    nrow: int = 8, panel_px: int = 84, max_width_px: int = 1000,
 ) -> bytes:
     """A left-to-right strip of ``frames`` (each an image or a small batch shown as a grid), captioned.
 
-    Returns PNG bytes (a small figure: ``panel`` inches per frame at ``dpi``).
+    Each frame is enlarged by a whole factor (pixels stay square and crisp) to about ``panel_px``
+    pixels wide; frames wrap onto more rows when the strip would be wider than ``max_width_px``.
+    Returns PNG bytes.
     """
     if len(frames) != len(captions):
         raise ValueError(f"{len(frames)} frames but {len(captions)} captions")
     if not frames:
         raise ValueError("no frames to draw")
     arrays = [grid_array(_batch(f), nrow=nrow) for f in frames]
-    aspect = arrays[0].shape[0] / arrays[0].shape[1]
-    n = len(arrays)
-    fig = _figure(panel * n, panel * aspect + 0.45 + (0.25 if title else 0))
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax, arr, cap in zip(axes, arrays, captions):
+    h, w = arrays[0].shape
+    zoom = max(1, round(panel_px / w))
+    ncols = max(1, min(len(arrays), max_width_px // (w * zoom + 8)))
+    nrows = -(-len(arrays) // ncols)
+    dpi, cap_px, title_px = 100, 26, (22 if title else 0)
+    cell_w, cell_h = w * zoom + 8, h * zoom + cap_px
+    fig = _figure(ncols * cell_w / dpi, (nrows * cell_h + title_px) / dpi)
+    for k, (arr, cap) in enumerate(zip(arrays, captions)):
+        r, c = divmod(k, ncols)
+        left = (c * cell_w + 4) / (ncols * cell_w)
+        bottom = 1 - (title_px + r * cell_h + cap_px + h * zoom) / (nrows * cell_h + title_px)
+        ax = fig.add_axes((left, bottom, w * zoom / (ncols * cell_w), h * zoom / (nrows * cell_h + title_px)))
         ax.imshow(arr, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(cap, fontsize=7)
+        ax.set_title(cap, fontsize=7, pad=2)
         ax.axis("off")
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.2)
+        fig.suptitle(title, fontsize=9, y=1 - 4 / (nrows * cell_h + title_px), va="top")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
 
 
 def animation_html(
-    frames: Sequence[torch.Tensor], captions: Sequence[str], nrow: int = 8, interval: int = 300, size: float = 2.6,
-    dpi: int = 60,
+    frames: Sequence[torch.Tensor], captions: Sequence[str], nrow: int = 8, interval: int = 300, zoom: int = 2,
 ) -> str:
     """An HTML/JavaScript animation of ``frames`` (``FuncAnimation.to_jshtml()``): plays with no kernel.
 
-    Each frame is stored as a PNG inside the HTML, so keep ``frames`` few and small.
+    Frames are drawn ``zoom`` times their size in pixels, each stored as a PNG inside the HTML: keep
+    them few and small.
     """
     from matplotlib.animation import FuncAnimation
 
     if len(frames) != len(captions):
         raise ValueError(f"{len(frames)} frames but {len(captions)} captions")
+    if not frames:
+        raise ValueError("no frames to animate")
     arrays = [grid_array(_batch(f), nrow=nrow) for f in frames]
-    aspect = arrays[0].shape[0] / arrays[0].shape[1]
-    fig = _figure(size, size * aspect + 0.3)
-    ax = fig.add_axes((0, 0, 1, 1 - 0.3 / (size * aspect + 0.3)))
+    h, w = arrays[0].shape
+    dpi, cap_px = 100, 20
+    fig = _figure(w * zoom / dpi, (h * zoom + cap_px) / dpi)
+    ax = fig.add_axes((0, 0, 1, h * zoom / (h * zoom + cap_px)))
     ax.axis("off")
     im = ax.imshow(arrays[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    text = fig.text(0.5, 0.99, captions[0], ha="center", va="top", fontsize=8)
+    text = fig.text(0.5, 1 - 3 / (h * zoom + cap_px), captions[0], ha="center", va="top", fontsize=8)
 
     def update(i: int):
         im.set_data(arrays[i])
@@ -142,7 +153,6 @@ def animation_html(
         return im, text
 
     anim = FuncAnimation(fig, update, frames=len(arrays), interval=interval, blit=False)
-    fig.set_dpi(dpi)
     return anim.to_jshtml(fps=max(1, round(1000 / interval)), default_mode="once")
 
 
@@ -275,7 +285,7 @@ def timestep_explorer(
 
     ts = np.linspace(0, T - 1, max(frames, 2)).round().astype(int).tolist()
     fb = frame_strip_png([x_t(t) for t in ts], [f"t={t}\nᾱ={float(ab[t]):.3f}" for t in ts],
-                         title="q(x_t | x_0): the same digit and the same noise as t grows")
+                         title=r"$q(x_t \mid x_0)$: the same digit and the same noise as $t$ grows")
     if show:
         _show(fb)
     w = ipywidgets

@@ -118,8 +118,9 @@ print(f"parameters: {count_parameters(full_vae):,} = encoder {count_parameters(f
 # with $\beta = 2\sigma_x^2$. The weight $\beta$ (`kl_weight`) sets the trade-off: a large $\beta$
 # pulls every code towards $\mathcal N(0, I)$ (easy to sample, blurry to decode); a tiny one leaves
 # an almost ordinary autoencoder (sharp reconstructions, codes anywhere). Latent diffusion chooses
-# the tiny one — Rombach et al. (§3 and appendix G) use a "KL-reg" of about $10^{-6}$, and so do we —
-# because the diffusion model, not the prior, will take care of sampling. Two pieces of the loss
+# the tiny one — Rombach et al. (§3) impose only a "slight KL-penalty", weighted $10^{-6}$ in their
+# released autoencoders, and so do we — because the diffusion model, not the prior, will take care
+# of sampling. Two pieces of the loss
 # need care: drawing $z$ so that gradients flow, and computing the KL.
 #
 # ## The reparameterisation trick

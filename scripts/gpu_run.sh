@@ -269,11 +269,12 @@ if torch.cuda.is_available():
                 multiprocessors=p.multi_processor_count, memory_gib=round(p.total_memory / 2**30, 1))
 else:
     info["device_name"] = "CPU (" + (platform.processor() or platform.machine()) + f", {torch.get_num_threads()} threads)"
-for mod in ("triton", "diffusers", "numpy", "torchvision", "matplotlib", "sklearn", "nbclient"):
+from importlib import metadata  # versions without importing (fast)
+for dist in ("triton", "diffusers", "numpy", "torchvision", "matplotlib", "scikit-learn", "nbclient"):
     try:
-        info[mod] = __import__(mod).__version__
-    except Exception as err:
-        info[mod] = f"not importable ({type(err).__name__})"
+        info[dist] = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        info[dist] = "not installed"
 print(json.dumps(info, indent=2))
 json.dump(info, open(sys.argv[1], "w"), indent=2)
 PYEOF
@@ -294,7 +295,7 @@ if want info; then
       log "wheel install failed: the diffusers comparison will be skipped"
     fi
   fi
-  run_stage info 60 0 bash -c info_cmd || true
+  run_stage info 120 0 bash -c info_cmd || true
   refresh
 fi
 

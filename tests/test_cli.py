@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from mnistdiff.cli import main
+from mnistdiff.profiles import SMOKE
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +119,7 @@ def test_config_records_the_overrides(runs, model):
     assert cfg["train"]["subset"] == 64 and cfg["train"]["epochs"] == 1 and cfg["train"]["batch_size"] == 32
     if model != "vae":
         assert cfg["diffusion"]["timesteps"] == T
-        assert cfg["unet"]["base_channels"] == (8 if model == "ddpm" else 16)  # the smoke profile's
+        assert cfg["unet"]["base_channels"] == getattr(SMOKE, model).unet.base_channels  # the profile's, not overridden
     side = json.loads((runs[model] / "checkpoints" / "model.json").read_text())
     assert side["kind"] == model and side["config"] == cfg
 
