@@ -1,8 +1,10 @@
 """Exponential moving average of the weights, via ``torch.optim.swa_utils.AveragedModel``.
 
-θ_EMA ← d·θ_EMA + (1 − d)·θ with a warm-up d_n = min(decay, (1 + n)/(10 + n)) (the schedule of
-TensorFlow's ExponentialMovingAverage with num_updates), so that the random initial weights are
-forgotten within the first few hundred steps instead of lingering for ~1/(1 − decay) steps.
+θ_EMA ← d·θ_EMA + (1 − d)·θ with a warm-up d_n = min(decay, (1 + n)/(10 + n)), where n is the
+number of updates averaged so far (the schedule of TensorFlow's ExponentialMovingAverage with
+num_updates). ``AveragedModel`` copies the weights on the first update, so the (k+1)-th update uses
+d_k. The warm-up lets the random initial weights be forgotten within the first few hundred steps
+instead of lingering for ~1/(1 − decay) steps.
 Sampling uses the EMA weights (Ho et al. 2020, appendix B).
 """
 

@@ -210,7 +210,12 @@ def umap_evaluation(
         else:
             ax.scatter(real_emb[:, 0], real_emb[:, 1], c="0.75", s=size, linewidths=0, rasterized=True)
         ax.scatter(emb[:, 0], emb[:, 1], c="black", s=max(2.0, size), linewidths=0, alpha=0.8, rasterized=True)
-        title = name if s is None else f"{name}\nk-NN acc: UMAP {s['knn_accuracy_umap']:.2f}, pixels {s['knn_accuracy_pixels']:.2f}"
+        if s is None:
+            title = f"{name}: reference"
+        else:
+            title = f"{name}\nk-NN acc: UMAP {s['knn_accuracy_umap']:.2f}, pixels {s['knn_accuracy_pixels']:.2f}"
+            if "knn_accuracy_features" in s:
+                title += f", features {s['knn_accuracy_features']:.2f}"
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
