@@ -185,6 +185,7 @@ def _atomic_write_bytes(target: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights are meant to be shared
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

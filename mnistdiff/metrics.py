@@ -11,7 +11,9 @@ penultimate features ``φ(x) ∈ R^128`` of :class:`mnistdiff.classifier.MNISTCl
   precision is the fraction of generated samples that fall inside some real sample's k-NN ball,
   recall the fraction of real samples inside some generated sample's k-NN ball.
 * **confidence and class histogram** — mean max-softmax probability, and the fraction of samples
-  predicted as each digit (≈ 10 % each for a good unconditional model).
+  predicted as each digit (≈ 10 % each for a good unconditional model). Confidence alone proves
+  little: the classifier calls uniform noise a single digit with > 99 % confidence, so read it
+  together with FID/precision and the histogram.
 * **nearest-training-image distance** — L2 distance in pixel space ([0, 1] pixel units, 28×28)
   from each sample to its nearest training image: a memorisation check (0 = a copied digit).
 
@@ -403,7 +405,7 @@ def class_statistics(probs: ArrayLike) -> dict[str, Any]:
         raise ValueError(f"probs must have shape (N, 10) with N ≥ 1, got {tuple(p.shape)}")
     hist = torch.bincount(p.argmax(1), minlength=10).double() / p.shape[0]
     nz = hist[hist > 0]
-    entropy = float(-(nz * nz.log2()).sum())
+    entropy = float(-(nz * nz.log2()).sum()) + 0.0  # + 0.0 turns −0.0 into 0.0
     return {
         "confidence": float(p.max(1).values.double().mean()),
         "class_histogram": [float(h) for h in hist],

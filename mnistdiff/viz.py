@@ -40,7 +40,7 @@ def show_grid(images: torch.Tensor, nrow: int = 8, title: str | None = None, ax:
     if ax is None:
         rows = max(1, (images.shape[0] + nrow - 1) // nrow)
         _, ax = plt.subplots(figsize=(min(nrow, images.shape[0]) * 0.6 + 0.4, rows * 0.6 + 0.5))
-    ax.imshow(grid_array(images, nrow), cmap="gray", vmin=0, vmax=255)
+    ax.imshow(grid_array(images, nrow), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.axis("off")
     if title:
         ax.set_title(title)

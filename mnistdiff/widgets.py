@@ -365,24 +365,27 @@ def ddim_explorer(
 
 
 def _ddim_table_png(cache: dict[tuple[int, float], torch.Tensor], steps: list[int], etas: list[float], n: int) -> bytes:
+    """A table of sample grids, one row per η and one column per number of steps, at a whole zoom."""
     arrays = {k: grid_array(v, nrow=n) for k, v in cache.items()}
-    h, w_ = next(iter(arrays.values())).shape
-    cell = 0.28 * n
-    fig = _figure(0.6 + cell * len(steps), 0.4 + cell * h / w_ * len(etas) + 0.15 * len(etas))
-    axes = fig.subplots(len(etas), len(steps), squeeze=False)
+    h, w = next(iter(arrays.values())).shape
+    zoom = max(1, round(150 / w))
+    left_px, top_px, gap = 46, 22, 8
+    cell_w, cell_h = w * zoom + gap, h * zoom + gap
+    width, height = left_px + len(steps) * cell_w, top_px + len(etas) * cell_h
+    fig = _figure(width / 100, height / 100)
     for i, e in enumerate(etas):
         for j, s in enumerate(steps):
-            ax = axes[i][j]
+            x0, y0 = left_px + j * cell_w, top_px + i * cell_h
+            ax = fig.add_axes((x0 / width, 1 - (y0 + h * zoom) / height, w * zoom / width, h * zoom / height))
             ax.imshow(arrays[(s, e)], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(f"S = {s}", fontsize=8)
+                ax.set_title(f"S = {s}", fontsize=8, pad=3)
             if j == 0:
                 ax.set_ylabel(f"η = {e:g}", fontsize=8)
-    fig.tight_layout(pad=0.3)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
+    fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
 
 

@@ -31,7 +31,7 @@
 #
 # - write the forward process $q(x_t \mid x_0)$ and compute it in one shot for any $t$;
 # - compare the linear and cosine noise schedules and say why the cosine one suits small images;
-# - derive the training loss $L_\text{simple}$ and the reverse step from the Gaussian posterior;
+# - write the training loss $L_\text{simple}$ and derive the reverse step from the Gaussian posterior;
 # - sample digits with Algorithm 2 and watch them emerge from noise.
 #
 # **Run time.** smoke profile, 2-core CPU: about 60 s (of which about 35 s train the smoke
@@ -131,7 +131,8 @@ cos1000, lin1000 = NoiseSchedule.make("cosine", 1000), NoiseSchedule.make("linea
 print(f"{'t':>5} {'ᾱ_t cosine':>12} {'ᾱ_t linear':>12}")
 for t in (0, 99, 249, 499, 749, 899, 999):
     print(f"{t:>5} {cos1000.alphas_cumprod[t].item():>12.6f} {lin1000.alphas_cumprod[t].item():>12.6f}")
-print(f"last step: β_999 = {cos1000.betas[-1].item():.6f} (clipped), ᾱ_999 = {cos1000.alphas_cumprod[-1].item():.3e} (cosine)")
+print(f"last step of the cosine schedule: β_999 = {cos1000.betas[-1].item():.6f} (clipped), "
+      f"ᾱ_999 = {cos1000.alphas_cumprod[-1].item():.3e}")
 
 # %% [markdown]
 # Halfway through, the linear schedule has kept $\bar\alpha = 0.08$ of the signal's variance and at
@@ -219,7 +220,9 @@ timestep_explorer(digit, schedule, frames=PROFILE.widget_frames, seed=SEED)
 # with eq. 4; regress the noise. In code, with the chapter-1 UNet:
 
 # %%
-def loss_inline(model: UNet, sched: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def loss_inline(
+    model: UNet, sched: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
+) -> torch.Tensor:
     """L_simple for a batch: mean over pixels and examples of (ε − ε_θ(x_t, t))²."""
     return F.mse_loss(model(q_sample_inline(sched, x0, t, eps), t), eps)
 

@@ -163,8 +163,8 @@ print(f"  all entries: std {means.std().item():.3f}")
 # $z_0$ is left, so sampling can start from $\mathcal N(0, I)$. Codes with standard deviation
 # $\sigma_z$ shift the whole $\log \mathrm{SNR}$ curve by $2 \log \sigma_z$: with $\sigma_z = 5$,
 # the steps that should remove the last detail would still see 25 times too much signal, and $z_T$
-# would still remember $z_0$. Rombach et al. (§4.3.2) therefore **rescale the codes** by a factor
-# computed from the data before training,
+# would still remember $z_0$. Rombach et al. (§4.3.2 and appendix G) therefore **rescale the
+# codes** by one factor computed from the data before training,
 #
 # $$
 # s = \frac{1}{\hat\sigma_z}, \qquad

@@ -343,7 +343,7 @@ def test_metrics_separate_good_from_bad(eval_real, real_batch):
         assert bad["fid"] > 10 * max(eval_real["fid"], 1.0)
         assert bad["kid"] > 10 * max(eval_real["kid"], 1e-3)
     assert e_noise["fid"] > e_blur["fid"]
-    assert e_noise["precision"] < 0.05 and e_noise["recall"] < 0.05
+    assert e_noise["precision"] < 0.2 and e_noise["recall"] < 0.05
     assert e_noise["nn_train_distance"] > 2 * eval_real["nn_train_distance"] + 5
     assert e_blur["confidence"] < eval_real["confidence"]
     # a single-class batch: precise but with poor recall and a collapsed histogram
