@@ -44,7 +44,6 @@ import copy
 import dataclasses
 import gc
 import json
-import math
 import os
 import platform
 import sys

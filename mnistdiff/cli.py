@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default="experiments", help="experiments root (a new <timestamp>-<model>/ inside)")
         p.add_argument("--resume", default=None, metavar="EXPERIMENT_DIR", help="continue an interrupted run from its checkpoints/last.pt (its settings are read from the run)")
         p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+        p.add_argument("--compile_mode", default=None, metavar="MODE",
+                       help="with --compile: a torch.compile mode, e.g. max-autotune-no-cudagraphs or reduce-overhead")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         _add_common(p)
 
@@ -142,6 +144,9 @@ def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
     p.add_argument("--num_samples", type=int, default=num_samples)
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast", choices=("off", "amp", "compile", "cudagraphs"), default="off",
+                   help="run the network in bf16 autocast + channels_last (amp), also torch.compile'd (compile) "
+                        "or compiled with CUDA graphs (cudagraphs); off: float32, as trained (default)")
 
 
 def _device(name: str | None) -> str:
@@ -285,7 +290,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ArgError(f"--data_dir {args.data_dir} is not a folder: pass the folder holding the four MNIST "
                        "files (or <dir>/MNIST/raw/), or leave it out to use the shipped copy")
     kw = dict(out=args.out, device=device, data_dir=args.data_dir, resume=args.resume, progress=not args.quiet,
-              compile=args.compile)
+              compile=(args.compile_mode or True) if args.compile else False)
     if args.model == "ldm":
         _readable_file(args.vae_checkpoint, "VAE checkpoint")
         _sidecar_kind(Path(args.vae_checkpoint), "vae")
@@ -334,9 +339,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     model = _load_for_sampling(args, ckpt, vae, device)
     images, frames = model.sample(args.num_samples, mode=args.mode, ddim_steps=args.ddim_steps, eta=args.eta,
                                   seed=args.seed, device=device, batch_size=args.batch_size,
-                                  return_intermediates=args.individual > 0, progress=True)
+                                  return_intermediates=args.individual > 0, progress=True, fast=args.fast)
     info = {"checkpoint": str(ckpt), "vae_checkpoint": vae, "mode": args.mode, "ddim_steps": args.ddim_steps,
-            "eta": args.eta, "seed": args.seed}
+            "eta": args.eta, "seed": args.seed, "fast": args.fast}
     paths = write_sample_folder(out, images, frames, nrow=args.nrow, individual=args.individual, info=info)
     print(f"samples: {paths['grid_png']}  ({args.num_samples} images, {paths['npz']})")
     return 0

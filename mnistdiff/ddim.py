@@ -110,12 +110,13 @@ def ddim_sample_loop(
         raise ValueError(f"timesteps must decrease strictly within [0, {T - 1}], got {steps}")
     x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator, device=device)
     frames: list[tuple[int, torch.Tensor]] = [(T, x.cpu())] if return_intermediates else []
+    host_sched = sched.to("cpu")  # ddim_step reads ᾱ_t as Python floats: from the CPU, not one GPU sync each
     for i, t in enumerate(tqdm(steps, desc=f"DDIM-{len(steps)} sampling", disable=not progress, leave=False)):
         t_prev = steps[i + 1] if i + 1 < len(steps) else -1
         t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
         eps = model(x, t_batch).float()
         noise = torch.randn(x.shape, generator=generator, device=device) if eta > 0 else None
-        x, _ = ddim_step(sched, x, eps, t, t_prev, eta, noise)
+        x, _ = ddim_step(host_sched, x, eps, t, t_prev, eta, noise)
         if return_intermediates:
             # labelled like p_sample_loop's frames: the state after the step at t is t_prev + 1 (the clean x_0 is 0),
             # so the last two frames do not both get label 0

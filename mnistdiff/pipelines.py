@@ -108,7 +108,7 @@ def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, 
 
 def train_ddpm(
     cfg: DDPMRunConfig, *, out: str | Path = "experiments", device: str | torch.device = "cpu",
-    data_dir: str | Path | None = None, resume: str | Path | None = None, progress: bool = True, compile: bool = False,
+    data_dir: str | Path | None = None, resume: str | Path | None = None, progress: bool = True, compile: bool | str = False,
 ) -> TrainResult:
     """Train a pixel-space DDPM (Ho et al. 2020) and return the EMA model and its experiment folder."""
     device = torch.device(device)
@@ -125,7 +125,7 @@ def train_ddpm(
 
 def train_vae(
     cfg: VAERunConfig, *, out: str | Path = "experiments", device: str | torch.device = "cpu",
-    data_dir: str | Path | None = None, resume: str | Path | None = None, progress: bool = True, compile: bool = False,
+    data_dir: str | Path | None = None, resume: str | Path | None = None, progress: bool = True, compile: bool | str = False,
 ) -> TrainResult:
     """Train the VAE (Kingma & Welling 2013) with loss = reconstruction + kl_weight·KL."""
     device = torch.device(device)
@@ -169,7 +169,7 @@ def train_vae(
 def train_ldm(
     cfg: LDMRunConfig, vae_checkpoint: str | Path, *, out: str | Path = "experiments",
     device: str | torch.device = "cpu", data_dir: str | Path | None = None, resume: str | Path | None = None,
-    progress: bool = True, compile: bool = False,
+    progress: bool = True, compile: bool | str = False,
 ) -> TrainResult:
     """Train a DDPM on the frozen VAE's scaled latents (Rombach et al. 2022)."""
     device = torch.device(device)

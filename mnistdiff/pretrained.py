@@ -39,10 +39,19 @@ def checkpoint_path(kind: str, profile: str | Profile | None = None) -> Path:
 
 
 def _usable(path: Path, expected: dict) -> bool:
-    """True if ``path`` exists with a sidecar whose config equals ``expected``; raises on a corrupt sidecar."""
+    """True if ``path`` exists and its sidecar describes the same model as ``expected``.
+
+    Everything but the ``train`` section must match (architecture, schedule, kind): how long or
+    with which learning rate a checkpoint was trained is provenance, recorded in its sidecar and
+    shown by the notebooks, not compatibility. Raises on a corrupt sidecar.
+    """
     if not path.exists():
         return False
-    return read_sidecar(path).get("config") == json.loads(json.dumps(expected))
+    found = dict(read_sidecar(path).get("config") or {})
+    wanted = json.loads(json.dumps(expected))
+    found.pop("train", None)
+    wanted.pop("train", None)
+    return found == wanted
 
 
 def _store(result_ckpt: Path, dest: Path) -> None:

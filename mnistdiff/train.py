@@ -170,13 +170,14 @@ def fit(
     device: torch.device | str = "cpu",
     resume: bool = False,
     progress: bool = True,
-    compile: bool = False,
+    compile: bool | str = False,
     amp: bool | None = None,
 ) -> TrainResult:
     """Train ``task`` in ``experiment``'s folder and return the EMA model.
 
     ``amp`` (default: on for CUDA) uses bf16 autocast and channels_last; ``compile`` wraps the
-    model in ``torch.compile``. Raises :class:`TrainingInterrupted` or :class:`TrainingDiverged`.
+    model in ``torch.compile`` (``True``, or a mode such as ``"max-autotune-no-cudagraphs"``).
+    Raises :class:`TrainingInterrupted` or :class:`TrainingDiverged`.
     SIGINT/SIGTERM are caught from the start of this call (before anything is written).
     """
     with _stop_flag() as flag:
@@ -185,7 +186,7 @@ def fit(
 
 def _fit(
     task: TrainTask, experiment: Experiment, flag: dict[str, int], device: torch.device, resume: bool,
-    progress: bool, compile: bool, amp: bool | None,
+    progress: bool, compile: bool | str, amp: bool | None,
 ) -> TrainResult:
     cfg = task.train_config
     use_amp = (device.type == "cuda") if amp is None else amp
@@ -206,7 +207,10 @@ def _fit(
     warmup = min(cfg.warmup_steps, max(total_steps // 10, 1))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, total_steps))
     ema = make_ema(model, cfg.ema_decay)
-    step_model = torch.compile(model) if compile else model
+    if compile:
+        step_model = torch.compile(model, mode=None if compile in (True, "default") else str(compile))
+    else:
+        step_model = model
     last = experiment.last_checkpoint
     resume_cmd = (f"python -m mnistdiff train {task.kind}{' <vae checkpoint>' if task.kind == 'ldm' else ''} "
                   f"--resume {experiment.path}")
@@ -307,6 +311,8 @@ def _fit(
         t_epoch = time.perf_counter()
         if perm is None:
             perm = torch.randperm(n, generator=perm_gen)
+        # One copy per epoch: a CPU slice copied every step is a blocking copy that waits for the GPU.
+        perm_dev = perm.to(device)
         bar = tqdm(range(start_step, steps_per_epoch), desc=f"{task.kind} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
         for step in bar:
@@ -317,7 +323,7 @@ def _fit(
                 raise interrupted(f"at step {g} (epoch {epoch + 1}, batch {step + 1} of {steps_per_epoch})")
             if not pending:
                 pending_start = g
-            batch = train[perm[step * bs:(step + 1) * bs].to(device)]
+            batch = train[perm_dev[step * bs:(step + 1) * bs]]
             with autocast():
                 loss = task.loss_fn(step_model, batch, None)
             pending.append(loss.detach().float())

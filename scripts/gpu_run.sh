@@ -89,8 +89,9 @@ else
   BENCH_BUDGET=${BENCH_BUDGET:-170}
   DEVICE=${DEVICE:-cuda}
   CKPT_DIR=${CKPT_DIR:-$REPO/checkpoints/full}
-  # The proposed "fast full" training settings (see benchmarks/README.md); keep them equal to
-  # mnistdiff/profiles.py's FULL so that the notebooks accept these checkpoints.
+  # The proposed "fast full" training settings (see benchmarks/README.md); keep them equal to the
+  # run configs' defaults in mnistdiff/config.py (= profiles.FULL) so that the notebooks accept these
+  # checkpoints (summary.json says, per checkpoint, whether they do).
   DDPM_BATCH=${DDPM_BATCH:-1024}
   DDPM_ARGS=${DDPM_ARGS:---profile full --epochs 20 --batch_size $DDPM_BATCH --lr 2e-3 --sample_every 5}
   VAE_ARGS=${VAE_ARGS:---profile full --epochs 15 --batch_size 512 --lr 5e-4 --sample_every 5}
