@@ -119,6 +119,9 @@ def _write_temp(path: Path, data: bytes) -> str:
     """Write ``data`` to a new temporary file next to ``path`` (fsynced); return its name. Cleans up on error."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

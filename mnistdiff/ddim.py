@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .ddpm import Denoiser
+from .ddpm import Denoiser, clip_x0
 from .schedules import NoiseSchedule
 
 __all__ = ["ddim_timesteps", "ddim_sigma", "ddim_step", "ddim_sample_loop"]
@@ -58,7 +58,7 @@ def ddim_step(
     t_prev: int,
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
-    clip_denoised: bool = True,
+    clip_denoised: bool | float = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM update from timestep ``t`` to ``t_prev`` (< t; −1 means the clean image), eq. 12.
 
@@ -72,7 +72,7 @@ def ddim_step(
     x, e = x_t.double(), eps.double()
     x0 = (x - (1 - a_t) ** 0.5 * e) / a_t**0.5
     if clip_denoised:
-        x0 = x0.clamp(-1.0, 1.0)
+        x0 = clip_x0(x0, clip_denoised)
         e = (x - a_t**0.5 * x0) / (1 - a_t) ** 0.5
     sigma = ddim_sigma(a_t, a_prev, eta)
     direction = max(1 - a_prev - sigma**2, 0.0) ** 0.5 * e
@@ -97,9 +97,12 @@ def ddim_sample_loop(
     x_T: torch.Tensor | None = None,
     timesteps: list[int] | None = None,
     return_intermediates: bool = False,
+    clip_denoised: bool | float = True,
     progress: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
     """Sample with DDIM over ``timesteps`` (default :func:`ddim_timesteps` ``(T, ddim_steps)``).
+
+    ``clip_denoised`` bounds each x̂_0 (:func:`~mnistdiff.ddpm.clip_x0`): [−1, 1] for pixels, the stored range for latents.
 
     Returns x_0 (B, C, H, W); with ``return_intermediates`` also ``[(T, x_T), …, (0, x_0)]``: one frame after
     every step, labelled as in :func:`~mnistdiff.ddpm.p_sample_loop` (the step at t is labelled t_prev + 1).
@@ -116,7 +119,7 @@ def ddim_sample_loop(
         t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
         eps = model(x, t_batch).float()
         noise = torch.randn(x.shape, generator=generator, device=device) if eta > 0 else None
-        x, _ = ddim_step(host_sched, x, eps, t, t_prev, eta, noise)
+        x, _ = ddim_step(host_sched, x, eps, t, t_prev, eta, noise, clip_denoised)
         if return_intermediates:
             # labelled like p_sample_loop's frames: the state after the step at t is t_prev + 1 (the clean x_0 is 0),
             # so the last two frames do not both get label 0

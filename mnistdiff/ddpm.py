@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .schedules import NoiseSchedule, extract
 
 __all__ = [
+    "clip_x0",
     "q_sample",
     "predict_x0_from_eps",
     "predict_eps_from_x0",
@@ -26,6 +27,16 @@ __all__ = [
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def clip_x0(x0: torch.Tensor, clip_denoised: bool | float) -> torch.Tensor:
+    """Clip a predicted x̂_0 to the data range: ``True`` → [−1, 1] (pixels), a number c → [−c, c]
+    (latents, whose range is stored with the checkpoint), ``False``/``None`` → unchanged."""
+    if clip_denoised is True:
+        return x0.clamp(-1.0, 1.0)
+    if clip_denoised:
+        return x0.clamp(-float(clip_denoised), float(clip_denoised))
+    return x0
 
 
 def q_sample(sched: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -63,17 +74,16 @@ def q_posterior(
 
 
 def p_mean_variance(
-    model: Denoiser, sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True
+    model: Denoiser, sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, clip_denoised: bool | float = True
 ) -> dict[str, torch.Tensor]:
-    """p_θ(x_{t−1} | x_t): plug the network's x̂_0 (clipped to [−1, 1]) into the posterior.
+    """p_θ(x_{t−1} | x_t): plug the network's x̂_0 (clipped by :func:`clip_x0`) into the posterior.
 
     Returns ``mean``, ``variance`` (β̃_t, the "fixed small" choice, so that DDIM with η = 1 over every
     step is the same sampler), ``log_variance``, ``pred_x0`` and ``eps``.
     """
     eps = model(x_t, t).float()
     x0 = predict_x0_from_eps(sched, x_t, t, eps)
-    if clip_denoised:
-        x0 = x0.clamp(-1.0, 1.0)
+    x0 = clip_x0(x0, clip_denoised)
     mean, var, log_var = q_posterior(sched, x0, x_t, t)
     return {"mean": mean, "variance": var, "log_variance": log_var, "pred_x0": x0, "eps": eps}
 
@@ -85,7 +95,7 @@ def p_sample(
     x_t: torch.Tensor,
     t: torch.Tensor,
     noise: torch.Tensor | None = None,
-    clip_denoised: bool = True,
+    clip_denoised: bool | float = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One ancestral step (Ho Algorithm 2, line 4): x_{t−1} = μ_θ(x_t, t) + σ_t z, with no noise at t = 0.
 
@@ -109,9 +119,12 @@ def p_sample_loop(
     x_T: torch.Tensor | None = None,
     return_intermediates: bool = False,
     keep_every: int | None = None,
+    clip_denoised: bool | float = True,
     progress: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
     """Ancestral sampling over all T timesteps (Ho Algorithm 2): x_T ~ N(0, I), then t = T−1 … 0.
+
+    ``clip_denoised`` bounds each x̂_0 (see :func:`clip_x0`): [−1, 1] for pixels, the stored range for latents.
 
     ``generator`` makes the noise reproducible (it lives on ``device``). With ``return_intermediates``
     also returns ``[(t, x_t), …]`` every ``keep_every`` steps (default T/10), plus the final x_0 as t = 0
@@ -125,7 +138,7 @@ def p_sample_loop(
     for i in tqdm(range(T - 1, -1, -1), desc="DDPM sampling", disable=not progress, leave=False):
         t = torch.full((shape[0],), i, device=device, dtype=torch.long)
         noise = torch.randn(x.shape, generator=generator, device=device)
-        x, _ = p_sample(model, sched, x, t, noise)
+        x, _ = p_sample(model, sched, x, t, noise, clip_denoised)
         if return_intermediates and i % keep_every == 0 and i > 0:
             frames.append((i, x.cpu()))
     if return_intermediates:

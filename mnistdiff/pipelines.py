@@ -48,6 +48,8 @@ class DiffusionModel:
     config: DDPMRunConfig | LDMRunConfig
     meta: dict[str, Any]
     codec: LatentCodec | None = None
+    clip_denoised: bool | float = True
+
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -57,6 +59,7 @@ class DiffusionModel:
     def sample(self, num_samples: int, **kwargs: Any) -> tuple[torch.Tensor, Any]:
         """:func:`~mnistdiff.sampling.generate` with this model's shape and decoder."""
         decode = self.codec.decode if self.codec is not None else None
+        kwargs.setdefault("clip_denoised", self.clip_denoised)
         return generate(self.unet, self.schedule, num_samples, shape=self.sample_shape, decode=decode, **kwargs)
 
 
@@ -81,12 +84,13 @@ def _data(cfg_train, data_dir: str | Path | None, device: torch.device):
     return train.to(device), test.to(device)
 
 
-def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, decode=None, ddim_steps: int = 50):
+def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, decode=None, ddim_steps: int = 50,
+                        clip: bool | float = True):
     """Epoch samples by DDIM (fast); final samples and denoising steps by full DDPM."""
 
     def sample_fn(model: nn.Module, folder: Path, tag: str) -> None:
         x, _ = generate(model, sched, n, shape=shape, mode="ddim", ddim_steps=min(ddim_steps, sched.num_timesteps),
-                        seed=seed, device=device, decode=decode)
+                        seed=seed, device=device, decode=decode, clip_denoised=clip)
         save_grid(x, Path(folder) / f"{tag}.png")
 
     def final_fn(model: nn.Module, exp: Experiment) -> dict[str, Any]:
@@ -94,7 +98,7 @@ def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, 
 
         t0 = time.perf_counter()
         x, frames = generate(model, sched, n, shape=shape, mode="ddpm", seed=seed, device=device, decode=decode,
-                             return_intermediates=True)
+                             return_intermediates=True, clip_denoised=clip)
         seconds = time.perf_counter() - t0
         save_grid(x, exp.sub("final_samples") / "ddpm_grid.png")
         steps = exp.sub("denoising_steps")
@@ -184,16 +188,21 @@ def train_ldm(
     mean_tr, std_tr = encode_dataset(vae, train.images)
     mean_te, std_te = encode_dataset(vae, test.images)
     scale = compute_latent_scale(mean_tr)
+    # Scaled latents are not confined to [−1, 1] (unit std, tails to ±4.5): x̂_0 is clipped to the
+    # range the training codes actually span instead, which keeps the first, ill-conditioned steps finite.
+    clip = float((mean_tr * scale).abs().max())
     codec = LatentCodec(vae, scale)
     sched = NoiseSchedule.from_config(cfg.diffusion).to(device)
     shape = (cfg.unet.in_channels, cfg.unet.image_size, cfg.unet.image_size)
-    sample_fn, final_fn = _diffusion_samplers(sched, shape, cfg.train.seed, cfg.train.num_samples, device, codec.decode)
+    sample_fn, final_fn = _diffusion_samplers(sched, shape, cfg.train.seed, cfg.train.num_samples, device, codec.decode,
+                                              clip=clip)
     model = UNet(cfg.unet)
     vae_sha = sha256_file(vae_checkpoint)
     task = TrainTask(
         "ldm", model, make_diffusion_loss(sched, scale), torch.cat([mean_tr, std_tr], 1), torch.cat([mean_te, std_te], 1),
         cfg.train, to_dict(cfg), sample_fn=sample_fn, final_fn=final_fn,
-        extra_state={"latent_scale": scale}, extra_sidecar={"latent_scale": scale, "vae_sha256": vae_sha},
+        extra_state={"latent_scale": scale, "latent_clip": clip},
+        extra_sidecar={"latent_scale": scale, "latent_clip": clip, "vae_sha256": vae_sha},
     )
     exp = Experiment(resume) if resume else Experiment.create(out, "ldm")
     return fit(task, exp, device=device, resume=resume is not None, progress=progress, compile=compile)
@@ -236,4 +245,5 @@ def load_ldm(vae_path: str | Path, unet_path: str | Path, device: str | torch.de
     unet = UNet(cfg.unet)
     _load_state(unet, state, unet_path)
     return DiffusionModel(unet.to(device).eval(), NoiseSchedule.from_config(cfg.diffusion), cfg, meta,
-                          codec=LatentCodec(vae, float(state["latent_scale"])))
+                          codec=LatentCodec(vae, float(state["latent_scale"])),
+                          clip_denoised=float(state["latent_clip"]) if "latent_clip" in state else True)

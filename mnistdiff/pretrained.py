@@ -38,6 +38,14 @@ def checkpoint_path(kind: str, profile: str | Profile | None = None) -> Path:
     return checkpoint_dir(profile) / f"{kind}.pt"
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (what notebooks print, and the book shows)."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _usable(path: Path, expected: dict) -> bool:
     """True if ``path`` exists and its sidecar describes the same model as ``expected``.
 
@@ -71,11 +79,11 @@ def _load_else_train(kind: str, prof: Profile, expected: dict, retrain: bool, tr
     if not retrain:
         try:
             if _usable(path, expected):
-                print(f"[mnistdiff] loading {path}")
+                print(f"[mnistdiff] loading {_shown(path)}")
                 return load(path)
         except CheckpointError as err:  # corrupt, half-copied, trained on another VAE…
-            print(f"[mnistdiff] not using {path}: {err}")
-    print(f"[mnistdiff] no usable {prof.name} {kind} checkpoint at {path}: training one now")
+            print(f"[mnistdiff] not using {_shown(path)}: {err}")
+    print(f"[mnistdiff] no usable {prof.name} {kind} checkpoint at {_shown(path)}: training one now")
     result = train(out=checkpoint_dir(prof) / "runs")
     _store(result.checkpoint, path)
     return load(path)

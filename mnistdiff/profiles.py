@@ -47,7 +47,7 @@ _SMOKE_DIFFUSION = DiffusionConfig(timesteps=100)
 SMOKE = Profile(
     name="smoke",
     ddpm=DDPMRunConfig(
-        unet=UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(16,), num_heads=2),
+        unet=UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,), num_heads=2),
         diffusion=_SMOKE_DIFFUSION,
         train=_SMOKE_TRAIN,
     ),
@@ -65,7 +65,7 @@ SMOKE = Profile(
     ),
     num_samples=16,
     ddim_steps=20,
-    eval_samples=200,
+    eval_samples=128,
     umap_real=1000,
     ddim_step_sweep=(5, 10, 20),
     widget_frames=6,

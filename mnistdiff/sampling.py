@@ -90,10 +90,13 @@ def generate(
     return_intermediates: bool = False,
     progress: bool = False,
     fast: str = "off",
+    clip_denoised: bool | float = True,
 ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]] | None]:
-    """Draw ``num_samples`` samples → ``(images (N, 1, 32, 32) in [−1, 1] on CPU, frames or None)``.
+    """Draw ``num_samples`` samples → ``(images (N, 1, 32, 32) in [−1, 1] on CPU, frames or None)``
+    (latents, unbounded, when the model works in a latent space and no ``decode`` is given).
 
-    ``shape`` is one sample's shape in the model's space (pixels, or latents with ``decode`` given).
+    ``shape`` is one sample's shape in the model's space (pixels, or latents with ``decode`` given);
+    ``clip_denoised`` bounds x̂_0 in that space (True: [−1, 1] for pixels; a number c: [−c, c] for latents).
     ``frames`` (with ``return_intermediates``) are the first batch's ``[(t, x_t), …]``, decoded.
     ``fast`` (``"amp"``, ``"compile"``, ``"cudagraphs"``; default ``"off"``: float32 as trained) runs the
     network through :class:`FastDenoiser`, in batches as equal as possible (few shapes to compile).
@@ -116,16 +119,17 @@ def generate(
         want = return_intermediates and start == 0
         if mode == "ddpm":
             res = p_sample_loop(model, sched, (n, *shape), generator=gen, device=device,
-                                return_intermediates=want, progress=progress)
+                                return_intermediates=want, clip_denoised=clip_denoised, progress=progress)
         else:
             res = ddim_sample_loop(model, sched, (n, *shape), ddim_steps=ddim_steps, eta=eta, generator=gen,
-                                   device=device, return_intermediates=want, progress=progress)
+                                   device=device, return_intermediates=want, clip_denoised=clip_denoised,
+                                   progress=progress)
         x, fr = res if want else (res, None)
         if decode is not None:
             x = decode(x)
             if fr is not None:
                 fr = [(t, decode(f.to(device)).cpu()) for t, f in fr]
-        outs.append(x.float().clamp(-1, 1).cpu())
+        outs.append(x.float().cpu())  # pixels are already in [−1, 1] (x̂_0 clipped; the decoder clamps)
         frames = fr if fr is not None else frames
     return torch.cat(outs), frames
 

@@ -83,7 +83,8 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (B, heads, HW, d)
+        # (B, heads, HW, d), contiguous: SDPA's fast CPU kernels need it (non-contiguous falls back to a slow path)
+        q, k, v = (qkv[:, i].transpose(-1, -2).contiguous() for i in range(3))
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(-1, -2).reshape(b, c, h, w)
         return x + self.proj(out)

@@ -398,7 +398,7 @@ plt.show()
 # slider steps through the frames):
 
 # %%
-denoising_player(frames, count=min(8, PROFILE.num_samples))
+denoising_player(frames, count=min(4, PROFILE.num_samples))
 
 # %% [markdown]
 # ## What we learned, and what comes next

@@ -32,7 +32,7 @@
 # - read a VAE's reconstructions, its latent space and its prior samples — and explain why a VAE
 #   tuned for sharp reconstructions makes poor samples on its own, which is why chapter 5 exists.
 #
-# **Run time.** smoke profile, 2-core CPU: about 35 s (including training the smoke VAE);
+# **Run time.** smoke profile, 2-core CPU: about 25 s (including training the smoke VAE);
 # full profile, GPU: see the [results page](../results.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 
 # %%

@@ -32,7 +32,7 @@
 # - measure the overlap of two sets with a **k-NN two-sample test** (0.5 = indistinguishable);
 # - rank the course's generators by quality and speed, and write the results file the book reads.
 #
-# **Run time.** smoke profile, 2-core CPU: about 80 s (UMAP's first use compiles code with numba);
+# **Run time.** smoke profile, 2-core CPU: about 6 min, most of it sampling the pixel-space models;
 # full profile, GPU: see the [results page](../results.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 
 # %%
