@@ -48,6 +48,7 @@ __all__ = [
     "previous_path",
     "git_commit",
     "sha256_file",
+    "config_diffs",
 ]
 
 FORMAT_VERSION = 1
@@ -319,14 +320,15 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _diff_config(expected: dict[str, Any], found: dict[str, Any], prefix: str = "") -> list[str]:
+def config_diffs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted.key, a's value, b's value)`` for every setting where two nested config dicts differ (tuples = lists)."""
     diffs = []
-    for key in sorted(set(expected) | set(found)):
-        e, f = expected.get(key), found.get(key)
-        if isinstance(e, dict) and isinstance(f, dict):
-            diffs += _diff_config(e, f, f"{prefix}{key}.")
-        elif (list(e) if isinstance(e, tuple) else e) != (list(f) if isinstance(f, tuple) else f):
-            diffs.append(f"{prefix}{key}: expected {e!r}, checkpoint has {f!r}")
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            diffs += config_diffs(x, y, f"{prefix}{key}.")
+        elif (list(x) if isinstance(x, tuple) else x) != (list(y) if isinstance(y, tuple) else y):
+            diffs.append((f"{prefix}{key}", x, y))
     return diffs
 
 
@@ -341,7 +343,8 @@ def _load_one(
         )
     if expect_config is not None:
         found = meta.get("config") or {}
-        diffs = _diff_config(expect_config, {k: found.get(k) for k in expect_config})
+        diffs = [f"{k}: expected {e!r}, checkpoint has {f!r}"
+                 for k, e, f in config_diffs(expect_config, {k: found.get(k) for k in expect_config})]
         if diffs:
             raise CheckpointError(
                 f"checkpoint {path} has an incompatible config: " + "; ".join(diffs)

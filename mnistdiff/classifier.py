@@ -19,7 +19,6 @@ Architecture (input ``(N, 1, 28, 28)`` in [-1, 1])::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .checkpoints import sha256_file
 
 __all__ = [
     "MNISTClassifier",
@@ -102,15 +103,6 @@ class MNISTClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, 10)`` of images ``(N, 1, 28, 28)`` in [-1, 1]."""
         return self.head(self.dropout(self.features(x)))
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _LOADED: dict[tuple[str, str], MNISTClassifier] = {}

@@ -256,17 +256,6 @@ def _resume_base(args: argparse.Namespace):
         raise ArgError(f"the config stored in {last}'s sidecar is not valid ({err}): start a new run") from err
 
 
-def _config_diffs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _config_diffs(x, y, f"{prefix}{key}.")
-        elif x != y:
-            out.append(f"{prefix}{key}: the run has {x!r}, the options give {y!r}")
-    return out
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import pipelines
 
@@ -275,7 +264,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if base is not None:
         from .config import to_dict
 
-        diffs = _config_diffs(to_dict(base), to_dict(cfg))
+        from .checkpoints import config_diffs
+
+        diffs = [f"{k}: the run has {x!r}, the options give {y!r}" for k, x, y in config_diffs(to_dict(base), to_dict(cfg))]
         if diffs:
             raise ArgError(
                 "--resume continues a run with the settings it was started with, but " + "; ".join(diffs)

@@ -27,7 +27,8 @@ __all__ = ["ddim_timesteps", "ddim_sigma", "ddim_step", "ddim_sample_loop"]
 
 
 def ddim_timesteps(num_timesteps: int, ddim_steps: int) -> list[int]:
-    """``ddim_steps`` timesteps from T−1 down to 0, evenly spaced ("trailing": the first is T−1).
+    """``ddim_steps`` timesteps evenly spaced from T−1 down to 0 (Lin et al. 2023's "linspace" spacing;
+    like their "trailing" one it starts at T−1, so sampling starts from almost pure noise).
 
     >>> ddim_timesteps(1000, 5)
     [999, 749, 500, 250, 0]

@@ -49,7 +49,7 @@ SMOKE = Profile(
     ddpm=DDPMRunConfig(
         unet=UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,), num_heads=2),
         diffusion=_SMOKE_DIFFUSION,
-        train=_SMOKE_TRAIN,
+        train=dataclasses.replace(_SMOKE_TRAIN, epochs=6, sample_every=3),
     ),
     vae=VAERunConfig(
         vae=VAEConfig(base_channels=8),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
 from PIL import Image
@@ -82,6 +83,7 @@ def plot_loss_curves(history: list[dict[str, float]], path: str | Path | None = 
         ax.plot(epochs, [h["eval_loss"] for h in history], "s--", label="eval (EMA)")
         if all(h["train_loss"] > 0 for h in history):
             ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()

@@ -212,10 +212,9 @@ class Explorer(ipywidgets.VBox):
         self.controls[index].value = value
 
 
-def _slider(n: int, description: str, value: int = 0):
-    w = ipywidgets
-    return w.IntSlider(value=value, min=0, max=max(n - 1, 0), step=1, description=description,
-                       continuous_update=True, readout=False, layout=w.Layout(width="420px"))
+def _slider(n: int, description: str, value: int = 0) -> ipywidgets.IntSlider:
+    return ipywidgets.IntSlider(value=value, min=0, max=max(n - 1, 0), step=1, description=description,
+                                continuous_update=True, readout=False, layout=ipywidgets.Layout(width="420px"))
 
 
 def image_slider(
@@ -246,12 +245,6 @@ def _make_fallback(kind: str, frames: list[torch.Tensor], captions: list[str], n
     if kind == "none":
         return None
     raise ValueError(f"fallback must be 'strip', 'animation' or 'none', got {kind!r}")
-
-
-def _strip_tags(html: str) -> str:
-    import re
-
-    return re.sub(r"<[^>]+>", "", html)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,9 +281,8 @@ def timestep_explorer(
                          title=r"$q(x_t \mid x_0)$: the same digit and the same noise as $t$ grows")
     if show:
         _show(fb)
-    w = ipywidgets
-    slider = w.IntSlider(value=0, min=0, max=T - 1, step=1, description="t", continuous_update=True,
-                         layout=w.Layout(width="420px"))
+    slider = ipywidgets.IntSlider(value=0, min=0, max=T - 1, step=1, description="t", continuous_update=True,
+                                  layout=ipywidgets.Layout(width="420px"))
     return Explorer([slider], lambda t: (x_t(t), caption(t)), nrow=1, zoom=zoom, fallback=fb)
 
 
@@ -349,11 +341,10 @@ def ddim_explorer(
     fb = _ddim_table_png(cache, steps_options, etas, num_samples)
     if show:
         _show(fb)
-    w = ipywidgets
-    steps_slider = w.SelectionSlider(options=steps_options, value=steps_options[-1], description="steps S",
-                                     continuous_update=True, layout=w.Layout(width="420px"))
-    eta_slider = w.SelectionSlider(options=etas, value=etas[0], description="η",
-                                   continuous_update=True, layout=w.Layout(width="420px"))
+    steps_slider = ipywidgets.SelectionSlider(options=steps_options, value=steps_options[-1], description="steps S",
+                                              continuous_update=True, layout=ipywidgets.Layout(width="420px"))
+    eta_slider = ipywidgets.SelectionSlider(options=etas, value=etas[0], description="η", continuous_update=True,
+                                            layout=ipywidgets.Layout(width="420px"))
 
     def render(s: int, e: float) -> tuple[torch.Tensor, str]:
         what = "deterministic" if e == 0 else "stochastic"
@@ -441,9 +432,11 @@ def latent_walk(
                          title=f"decoding (1−w)·z_a + w·z_b ({mode})" if mode == "linear" else "decoding slerp(z_a, z_b; w)")
     if show:
         _show(fb)
-    wd = ipywidgets
-    slider = wd.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.01, description="w", continuous_update=True,
-                            readout_format=".2f", layout=wd.Layout(width="420px"))
-    return Explorer([slider], lambda w: (decode(w), f"w = {w:.2f}: z = {1 - w:.2f}·z_a + {w:.2f}·z_b"
-                                         if mode == "linear" else f"w = {w:.2f} (slerp)"),
-                    nrow=1, zoom=zoom, fallback=fb)
+    slider = ipywidgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.01, description="w", continuous_update=True,
+                                    readout_format=".2f", layout=ipywidgets.Layout(width="420px"))
+
+    def render(w: float) -> tuple[torch.Tensor, str]:
+        what = f"z = {1 - w:.2f}·z_a + {w:.2f}·z_b" if mode == "linear" else "spherical interpolation"
+        return decode(w), f"w = {w:.2f}: {what}"
+
+    return Explorer([slider], render, nrow=1, zoom=zoom, fallback=fb)

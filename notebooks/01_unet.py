@@ -38,7 +38,7 @@
 # - trace a tensor through the UNet, block by block, and count where its parameters live;
 # - explain why the network's last layer starts at zero.
 #
-# **Run time.** smoke profile, 2-core CPU: about 15 s; full profile, GPU: see the
+# **Run time.** smoke profile, 2-core CPU: about 11 s; full profile, GPU: see the
 # [results page](../results.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 
 # %%
@@ -144,7 +144,7 @@ fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
 im = axes[0].imshow(emb.numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
 axes[0].set(xlabel="embedding dimension", ylabel="timestep t", title="emb(t): cosines | sines")
 fig.colorbar(im, ax=axes[0])
-for i in (2, 5, 8, 12):
+for i in (4, 7, 10, 13):
     axes[1].plot(ts, emb[:, i], lw=1.2, label=f"dim {i}: ω = {10_000 ** (-i / (D_FULL // 2)):.2g}")
 axes[1].set(xlabel="timestep t", title="a few cosine dimensions: fast to slow")
 axes[1].legend(fontsize=7, loc="lower left")
@@ -333,8 +333,8 @@ print(f"{len(pairs)} skip connections")
 # ## The model of this profile
 #
 # The notebooks train the UNet of the current profile. The `smoke` profile (for CPUs and CI) keeps
-# the architecture but shrinks it — 8 base channels, two levels, one block per level — so that it
-# trains in seconds; the `full` profile is the table above.
+# the architecture but shrinks it — fewer channels, one residual block per level (its configuration
+# is printed below) — so that it trains in seconds; the `full` profile is the table above.
 
 # %%
 model = UNet(PROFILE.ddpm.unet).to(DEVICE)

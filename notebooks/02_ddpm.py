@@ -34,8 +34,8 @@
 # - write the training loss $L_\text{simple}$ and derive the reverse step from the Gaussian posterior;
 # - sample digits with Algorithm 2 and watch them emerge from noise.
 #
-# **Run time.** smoke profile, 2-core CPU: about 60 s (of which about 35 s train the smoke
-# model when no checkpoint exists); full profile, GPU: see the [results page](../results.md).
+# **Run time.** smoke profile, 2-core CPU: about 20 s, of which about 8 s train the smoke model
+# when no checkpoint exists; full profile, GPU: see the [results page](../results.md).
 # *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 
 # %%
@@ -243,14 +243,16 @@ print(f"L_simple of the untrained network: {ours.item():.4f} (= mean ε², since
 #
 # `get_ddpm` loads this profile's trained model from `checkpoints/<profile>/ddpm.pt`, or trains it
 # with the package's training loop (AdamW, warm-up and cosine learning-rate decay, gradient clipping,
-# an exponential moving average of the weights) and stores it. In the `smoke` profile that is two
-# epochs on 1,024 images: enough to see the machinery work, not enough for good digits. The full
-# profile trains for 100 epochs on all 60,000 images on a GPU.
+# an exponential moving average of the weights) and stores it. The `smoke` profile trains for a few
+# epochs on a small subset (printed below): enough to see the machinery work, not enough for good
+# digits. The full profile trains for 100 epochs on all 60,000 images on a GPU.
 
 # %%
 start = time.perf_counter()
 model = get_ddpm(device=DEVICE, progress=False)
-print(f"ready in {time.perf_counter() - start:.1f} s; trained for {model.meta.get('seconds', float('nan')):.0f} s")
+train_cfg = model.config.train
+print(f"ready in {time.perf_counter() - start:.1f} s; trained for {model.meta.get('seconds', float('nan')):.0f} s: "
+      f"{train_cfg.epochs} epochs on {train_cfg.subset or 60_000:,} images, batch size {train_cfg.batch_size}")
 
 # %%
 history = model.meta["history"]
@@ -371,8 +373,8 @@ show_grid(samples, nrow=8, title=f"DDPM samples ({PROFILE.name} profile, T = {T}
 plt.show()
 
 # %% [markdown]
-# *(In the `smoke` profile, with two epochs of training on 1,024 images, expect blobs with a
-# stroke-like texture rather than digits; the full profile's samples are in the book.)*
+# *(The `smoke` model is trained for seconds: expect noise, or at best blobs with a stroke-like
+# texture, rather than digits. The full profile's samples are in the book.)*
 #
 # ### Watching a digit appear
 #
