@@ -316,7 +316,12 @@ print(f"our L_LDM matches make_diffusion_loss: {ours.item():.4f} on {len(batch_m
 # The package's sampler `mnistdiff.sampling.generate` takes the decoder as an argument and calls it
 # on the final code (and on the intermediate codes it saves). We hand it *our* `decode`, wrapped so
 # that it also keeps every code it is given — that way we can look at the codes themselves. With
-# the same seed, the digits equal those of `ldm.sample`, which decodes with the checkpoint's codec:
+# the same seed, the digits equal those of `ldm.sample`, which decodes with the checkpoint's codec.
+# One more argument matters: `clip_denoised`. A pixel sampler clips its running estimate $\hat x_0$
+# to $[-1, 1]$; scaled codes have unit spread and tails well beyond $\pm 1$, so the latent sampler
+# clips $\hat x_0$ to $\pm c$, where $c = \max |s \cdot z|$ over the training codes, stored with the
+# checkpoint (`ldm.clip_denoised`). Some clipping is still needed: at $t = T-1$ the estimate
+# $\hat x_0$ is divided by $\sqrt{\bar\alpha_{T-1}}$ (chapter 3), and unclipped codes blow up.
 
 
 # %%
@@ -332,6 +337,7 @@ def sample_with_codes(n: int, **kwargs) -> tuple[torch.Tensor, list, list[torch.
         return decode(z)
 
     images, frames = generate(ldm.unet, ldm.schedule, n, shape=ldm.sample_shape, seed=SEED, device=DEVICE,
+                              clip_denoised=ldm.clip_denoised,
                               batch_size=n, decode=decode_keeping_codes, **kwargs)
     return images, frames, codes
 
@@ -398,7 +404,8 @@ plt.show()
 # generated codes against those of the scaled training codes it learned from. One detail deserves
 # a look. An image sampler clips its running estimate $\hat x_0$ to the pixel range $[-1, 1]$ at
 # every step (chapter 2); codes have no such range — a good fraction of the scaled codes' entries
-# lie outside $[-1, 1]$ — so the generated codes should reach as far as the real ones do.
+# lie outside $[-1, 1]$ — which is why the latent sampler clips at the stored $\pm c$ instead, so
+# that the generated codes can reach as far as the real ones do.
 # Chapter 6 then compares the decoded digits with real ones.
 
 # %%
