@@ -112,7 +112,11 @@ def test_diffusers_is_measured_when_installed_and_skipped_with_the_install_hint_
             assert e["status"] == "skipped" and "pip install" in e["reason"], e
     if installed:
         # the smoke twin of the course configuration is exactly as large as our smoke UNet
-        assert doc["models"]["diffusers"]["parameters"] == doc["models"]["ours"]["parameters"] == 44_969
+        from mnistdiff.profiles import SMOKE
+        from mnistdiff.unet import UNet, count_parameters
+
+        smoke = count_parameters(UNet(SMOKE.ddpm.unet))
+        assert doc["models"]["diffusers"]["parameters"] == doc["models"]["ours"]["parameters"] == smoke
 
 
 def test_summary_reference_and_targets(run):
