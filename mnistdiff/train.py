@@ -351,6 +351,10 @@ def _fit(
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "eval_loss": eval_loss,
                         "lr": sched.get_last_lr()[0], "seconds": seconds})
         experiment.log(f"{epoch + 1}\t{train_loss:.6f}\t{eval_loss:.6f}\t{sched.get_last_lr()[0]:.3e}\t{seconds:.2f}")
+        if device.type == "cuda":  # what the seed watched from a second screen session
+            info = device_info(device)
+            experiment.log(f"# {info['gpu_name']}: peak memory {info['peak_memory_mib']} MiB, "
+                           f"utilisation {info['gpu_utilization_percent']} %")
         loss_sum, loss_count, perm, start_step = 0.0, 0, None, 0
         save_resumable(epoch + 1, 0, None)
         if flag["signal"]:
