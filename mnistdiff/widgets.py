@@ -87,6 +87,15 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100)
 
 
+def _frame_arrays(frames: Sequence[torch.Tensor], captions: Sequence[str], nrow: int) -> list[np.ndarray]:
+    """One uint8 grid per frame, after checking there are frames and one caption each."""
+    if len(frames) != len(captions):
+        raise ValueError(f"{len(frames)} frames but {len(captions)} captions")
+    if not frames:
+        raise ValueError("no frames to draw")
+    return [grid_array(_batch(f), nrow=nrow) for f in frames]
+
+
 def frame_strip_png(
     frames: Sequence[torch.Tensor], captions: Sequence[str], title: str | None = None,
     nrow: int = 8, panel_px: int = 84, max_width_px: int = 1000,
@@ -97,11 +106,7 @@ def frame_strip_png(
     pixels wide; frames wrap onto more rows when the strip would be wider than ``max_width_px``.
     Returns PNG bytes.
     """
-    if len(frames) != len(captions):
-        raise ValueError(f"{len(frames)} frames but {len(captions)} captions")
-    if not frames:
-        raise ValueError("no frames to draw")
-    arrays = [grid_array(_batch(f), nrow=nrow) for f in frames]
+    arrays = _frame_arrays(frames, captions, nrow)
     h, w = arrays[0].shape
     zoom = max(1, round(panel_px / w))
     ncols = max(1, min(len(arrays), max_width_px // (w * zoom + 8)))
@@ -134,11 +139,7 @@ def animation_html(
     """
     from matplotlib.animation import FuncAnimation
 
-    if len(frames) != len(captions):
-        raise ValueError(f"{len(frames)} frames but {len(captions)} captions")
-    if not frames:
-        raise ValueError("no frames to animate")
-    arrays = [grid_array(_batch(f), nrow=nrow) for f in frames]
+    arrays = _frame_arrays(frames, captions, nrow)
     h, w = arrays[0].shape
     dpi, cap_px = 100, 20
     fig = _figure(w * zoom / dpi, (h * zoom + cap_px) / dpi)
