@@ -354,10 +354,12 @@ diffs = [f"{section}.{k}: profile {expected[section].get(k)!r}, trained {v!r}"
          for k, v in found[section].items() if expected.get(section, {}).get(k) != v]
 diffs += [f"{k}: profile {expected.get(k)!r}, trained {v!r}" for k, v in found.items()
           if not isinstance(v, dict) and expected.get(k) != v]
-res = {"kind": kind, "profile": profile, "matches": not diffs, "differences": diffs}
+usable = not [d for d in diffs if not d.startswith("train.")]  # pretrained._usable ignores the train section
+res = {"kind": kind, "profile": profile, "matches": not diffs, "usable_by_notebooks": usable, "differences": diffs}
 json.dump(res, open(out, "w"), indent=2)
 print(f"[gpu_run] {kind}: config {'equals' if not diffs else 'differs from'} profiles.{profile.upper()}"
-      + ("" if not diffs else ": " + "; ".join(diffs) + " (the notebooks load a checkpoint only when they are equal)"))
+      + ("" if not diffs else ": " + "; ".join(diffs))
+      + f" — the notebooks {'will' if usable else 'will NOT'} load it (architecture and schedule must match)")
 PYEOF
   pack_checkpoint "$kind"
 }
