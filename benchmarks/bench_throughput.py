@@ -17,15 +17,15 @@ What is timed is the code users run:
   permutation of MNIST held on the device, the loss of :func:`mnistdiff.pipelines.make_diffusion_loss`,
   ``zero_grad``/``backward``, gradient clipping, the loss check every 50 steps, AdamW (fused on CUDA),
   the warm-up + cosine learning-rate schedule and the EMA of :func:`mnistdiff.ema.make_ema`
-  (``step=package``). ``step=proposed`` is the same step with two changes suggested for
-  ``train.py``/``ema.py`` (the permutation kept on the device, and one fused ``torch._foreach_lerp_``
-  EMA update with its decay computed on the host), so that their effect is measured too.
+  (one fused ``torch._foreach_lerp_`` update, its decay computed on the host). The benchmark's
+  :class:`Trainer` mirrors ``fit`` line by line; keep the two in step.
   Per-epoch work (evaluation loss, checkpoints, sample grids) is not in these figures; a real run's
   ``performance_metrics.txt`` has the whole-run figure.
 * sampling: :func:`mnistdiff.sampling.generate` with DDIM-50 (``mnistdiff.ddim.ddim_sample_loop``),
   N images in batches, the images copied back to the CPU at the end. Faster modes wrap the network
   (bf16 autocast, channels_last, ``torch.compile``, CUDA graphs through ``mode="reduce-overhead"``);
-  the sampler itself is the package's.
+  the sampler itself is the package's, and the wrapper is :class:`mnistdiff.sampling.FastDenoiser`
+  (what ``python -m mnistdiff sample --fast`` uses).
 
 Modes: ``fp32_eager`` (batch 128, the reference's setting), ``bf16_cl_eager`` (bf16 autocast and
 channels_last at a large batch), ``bf16_cl_compile`` (plus ``torch.compile``), and for sampling
@@ -50,7 +50,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing the package
@@ -62,11 +62,10 @@ from torch import nn  # noqa: E402
 from mnistdiff.checkpoints import atomic_write_text, git_commit  # noqa: E402
 from mnistdiff.config import TrainConfig, UNetConfig, to_dict  # noqa: E402
 from mnistdiff.data import load_mnist  # noqa: E402
-from mnistdiff.ddim import ddim_sample_loop  # noqa: E402
-from mnistdiff.ema import ema_decay_at, make_ema  # noqa: E402
+from mnistdiff.ema import make_ema  # noqa: E402
 from mnistdiff.pipelines import make_diffusion_loss  # noqa: E402
 from mnistdiff.profiles import FULL, SMOKE  # noqa: E402
-from mnistdiff.sampling import generate  # noqa: E402
+from mnistdiff.sampling import FastDenoiser, generate  # noqa: E402
 from mnistdiff.schedules import NoiseSchedule  # noqa: E402
 from mnistdiff.train import lr_lambda  # noqa: E402
 from mnistdiff.unet import UNet, count_parameters  # noqa: E402
@@ -197,51 +196,21 @@ def forward_gflops(model: nn.Module) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------------
-# The training step (mirrors mnistdiff.train.fit) and the proposed EMA
+# The training step (mirrors mnistdiff.train.fit)
 # ------------------------------------------------------------------------------------------------
 
 
-class ForeachEMA:
-    """The EMA of :func:`mnistdiff.ema.make_ema` (same decay warm-up) in one fused update, no device sync.
-
-    ``torch._foreach_lerp_(ema, current, 1 − d_n)`` with d_n = min(decay, (1 + n)/(10 + n)) computed
-    on the host from a Python counter. This is what the suggested ``ema.py`` patch does inside an
-    ``AveragedModel`` subclass (which keeps the checkpoint format); here it only has to be timed.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.module = copy.deepcopy(model)
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.decay = decay
-        self.updates = 0
-        self._ema = [t for t in (*self.module.parameters(), *self.module.buffers()) if t.is_floating_point()]
-
-    @torch.no_grad()
-    def update_parameters(self, model: nn.Module) -> None:
-        current = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-        if self.updates == 0:
-            torch._foreach_copy_(self._ema, current)
-        else:
-            torch._foreach_lerp_(self._ema, current, 1.0 - float(ema_decay_at(self.updates, self.decay)))
-        self.updates += 1
-
-
 class Trainer:
-    """One training step of :func:`mnistdiff.train.fit`, step for step (``variant="package"``).
-
-    ``variant="proposed"`` keeps the permutation on the device (fit copies a slice of a CPU
-    permutation to the GPU every step, a blocking copy that synchronises the device) and uses
-    :class:`ForeachEMA` (fit's AveragedModel runs ~7 small kernels per tensor and reads
-    ``n_averaged`` on the host every step, another synchronisation).
+    """One training step of :func:`mnistdiff.train.fit`, step for step: the permutation copied to the
+    device once per epoch, the package's EMA, the NaN check every 50 steps on CUDA.
     """
 
     CHECK_EVERY_CUDA = 50  # fit checks the loss for NaN every 50 steps on CUDA, every step on CPU
 
     def __init__(self, model: nn.Module, sched: NoiseSchedule, data: torch.Tensor, *, batch_size: int,
                  device: torch.device, amp: bool, channels_last: bool, compile_mode: str | None,
-                 variant: str, cfg: TrainConfig) -> None:
-        self.device, self.variant, self.cfg = device, variant, cfg
+                 cfg: TrainConfig) -> None:
+        self.device, self.cfg = device, cfg
         model = model.to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -255,7 +224,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      fused=device.type == "cuda")
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_lambda(s, warmup, total))
-        self.ema = make_ema(model, cfg.ema_decay) if variant == "package" else ForeachEMA(model, cfg.ema_decay)
+        self.ema = make_ema(model, cfg.ema_decay)
         if compile_mode is None:
             self.step_model = model
         elif compile_mode == "default":
@@ -274,12 +243,10 @@ class Trainer:
 
     def step(self) -> None:
         if self.perm is None or self.pos >= self.steps_per_epoch:
-            self.perm = torch.randperm(self.n, generator=self.perm_gen)
-            if self.variant == "proposed":
-                self.perm = self.perm.to(self.device)  # once per epoch instead of once per step
+            self.perm = torch.randperm(self.n, generator=self.perm_gen).to(self.device)  # once per epoch, as fit
             self.pos = 0
         s, bs = self.pos, self.bs
-        batch = self.train[self.perm[s * bs:(s + 1) * bs].to(self.device)]
+        batch = self.train[self.perm[s * bs:(s + 1) * bs]]
         with self.autocast():
             loss = self.loss_fn(self.step_model, batch, None)
         self.pending.append(loss.detach().float())
@@ -304,44 +271,8 @@ class Trainer:
 # ------------------------------------------------------------------------------------------------
 
 
-class _Autocast(nn.Module):
-    def __init__(self, model: nn.Module, device_type: str, amp: bool) -> None:
-        super().__init__()
-        self.model, self.device_type, self.amp = model, device_type, amp
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.model(x, t).float()
-
-
-class FastDenoiser(nn.Module):
-    """``model(x_t, t) → ε̂`` (float32) run in bf16 autocast / channels_last / compiled / CUDA-graphed.
-
-    The sampler (:func:`mnistdiff.ddim.ddim_sample_loop`) is unchanged: only the network call is
-    faster. With ``compile_mode="reduce-overhead"`` torch.compile replays CUDA graphs; each call is
-    marked as a new step, and the sampler consumes each ε̂ before the next call overwrites it.
-    """
-
-    def __init__(self, model: nn.Module, *, device_type: str, amp: bool, channels_last: bool,
-                 compile_mode: str | None) -> None:
-        super().__init__()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.inner = _Autocast(model, device_type, amp)
-        self.channels_last = channels_last
-        self.cudagraphs = compile_mode == "reduce-overhead"
-        fn: Callable = self.inner
-        if compile_mode is not None:
-            fn = torch.compile(self.inner, mode=None if compile_mode == "default" else compile_mode, dynamic=False)
-        object.__setattr__(self, "_fn", fn)  # not a submodule: the weights are registered once, via inner
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        return self._fn(x, t)
-
+#: mode → ``fast`` of :class:`mnistdiff.sampling.FastDenoiser` (the ``sample --fast`` option)
+FAST_FOR_MODE = {"bf16_cl_eager": "amp", "bf16_cl_compile": "compile", "bf16_cl_cudagraphs": "cudagraphs"}
 
 MODE_SETTINGS = {  # mode → (bf16 autocast, channels_last, compile mode)
     "fp32_eager": (False, False, None),
@@ -489,7 +420,7 @@ class Bench:
         model = self.model(e["model"])
         cfg = dataclasses.replace(FULL.ddpm.train, batch_size=e["batch_size"])
         tr = Trainer(model, self.sched.to(self.device), self.data(), batch_size=e["batch_size"], device=self.device,
-                     amp=amp, channels_last=channels_last, compile_mode=compile_mode, variant=e["step"], cfg=cfg)
+                     amp=amp, channels_last=channels_last, compile_mode=compile_mode, cfg=cfg)
         e["batch_size"] = tr.bs
         # Warm-up (compilation happens in the first step); the first step is timed on its own.
         sync(self.device)
@@ -525,30 +456,17 @@ class Bench:
         del tr, model
 
     def measure_sample(self, e: dict[str, Any]) -> None:
-        amp, channels_last, compile_mode = MODE_SETTINGS[e["mode"]]
-        e["compile"] = compile_mode
+        compile_mode = e["compile"] = MODE_SETTINGS[e["mode"]][2]
         model = self.model(e["model"]).to(self.device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        net: nn.Module = model
-        if e["mode"] != "fp32_eager":
-            net = FastDenoiser(model, device_type=self.device.type, amp=amp, channels_last=channels_last,
-                               compile_mode=compile_mode)
+        net = model if e["mode"] == "fp32_eager" else FastDenoiser(model, self.device.type, FAST_FOR_MODE[e["mode"]])
         n, bs, steps = e["num_images"], e["batch_size"], e["ddim_steps"]
-        cpu_sched = self.sched  # the schedule on the CPU: ᾱ read without a device sync (proposed)
 
-        def run(num: int, ddim_steps: int) -> torch.Tensor:
-            if e["sampler"] == "generate":
-                x, _ = generate(net, self.sched, num, shape=(1, 32, 32), mode="ddim", ddim_steps=ddim_steps, seed=0,
-                                device=self.device, batch_size=bs)
-                return x
-            gen = torch.Generator(device=self.device).manual_seed(0)
-            outs = []
-            for start in range(0, num, bs):
-                x = ddim_sample_loop(net, cpu_sched, (min(bs, num - start), 1, 32, 32), ddim_steps=ddim_steps,
-                                     generator=gen, device=self.device)
-                outs.append(x.float().clamp(-1, 1).cpu())
-            return torch.cat(outs)
+        def run(num: int, ddim_steps: int, net: nn.Module = net) -> torch.Tensor:
+            x, _ = generate(net, self.sched, num, shape=(1, 32, 32), mode="ddim", ddim_steps=ddim_steps, seed=0,
+                            device=self.device, batch_size=bs)
+            return x
 
         # Warm-up at the timed batch size (no recompilation later): a few DDIM steps; compiled modes
         # twice (compilation, then CUDA-graph recording) so that the second call is a steady-state one.
@@ -588,7 +506,7 @@ class Bench:
         model = self.model("ours").to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        ema = make_ema(model, 0.999) if e["step"] == "package" else ForeachEMA(model, 0.999)
+        ema = make_ema(model, 0.999)
         for _ in range(3):
             ema.update_parameters(model)
         sync(self.device)
@@ -649,8 +567,7 @@ class Bench:
         fast_train = fastest(train_modes, ("bf16_cl_compile", "bf16_cl_eager", "fp32_eager"))
         fast_sample = fastest(sample_modes, ("bf16_cl_cudagraphs", "bf16_cl_compile", "bf16_cl_eager", "fp32_eager"))
         # (priority, entry), run in priority order so that a time budget cuts the extras:
-        # 0: our UNet in the reference's setting and in its fastest modes, the proposed variants
-        #    (their compilation hits inductor's cache of the package variant's) and the EMA;
+        # 0: our UNet in the reference's setting and in its fastest modes, and the EMA;
         # 1: diffusers' eager fp32 figures; 2: our remaining modes; 3: diffusers' remaining eager
         #    modes and extra batch sizes; 4: diffusers' compiled modes (the reference needed 85 s).
         ranked: list[tuple[int, dict[str, Any]]] = []
@@ -672,22 +589,13 @@ class Bench:
                 headline = mode in ("fp32_eager", fast_sample)
                 rank = (0 if headline else 2) if ours else (1 if mode == "fp32_eager" else 3 if mode == "bf16_cl_eager" else 4)
                 ranked.append((rank, sample(model, mode)))
-            if ours and not a.no_proposed:  # the suggested changes, in the fastest mode this device runs
-                pt = fastest([m for m in train_modes if self.runnable(m)], ("bf16_cl_compile", "bf16_cl_eager", "fp32_eager"))
-                ps = fastest([m for m in sample_modes if self.runnable(m)],
-                             ("bf16_cl_cudagraphs", "bf16_cl_compile", "bf16_cl_eager", "fp32_eager"))
-                if pt:
-                    ranked.append((0, train(model, pt, "proposed")))
-                if ps:
-                    ranked.append((0, sample(model, ps, "loop_cpu_schedule")))
             if ours and fast_train and fast_train != "fp32_eager":
                 for bs in a.extra_train_batches:
                     e = train(model, fast_train)
                     e.update(name=f"train/{model}/{fast_train}/b{bs}/package", batch_size=bs)
                     ranked.append((3, e))
         if not a.no_ema and "ours" in models:
-            for step in ("package", "proposed"):
-                ranked.append((0, {"name": f"ema/ours/{step}", "kind": "ema", "model": "ours", "step": step}))
+            ranked.append((0, {"name": "ema/ours/package", "kind": "ema", "model": "ours", "step": "package"}))
         if a.course:
             ranked.append((5, {"name": "course/full", "kind": "course", "model": None, "profile": "full"}))
         return [e for _, e in sorted(ranked, key=lambda item: item[0])]  # stable: ties keep their order
@@ -810,7 +718,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-images", type=int, default=None,
                    help="MNIST training images held on the device (default all 60000; quick 512)")
     p.add_argument("--cpu-compile", action="store_true", help="also run the torch.compile modes on a CPU (slow)")
-    p.add_argument("--no-proposed", action="store_true", help="skip the proposed training step / sampler variants")
     p.add_argument("--no-ema", action="store_true", help="skip the EMA update micro-benchmark")
     p.add_argument("--course", action="store_true",
                    help='also time the whole course: mnistdiff.course.run_course(profile="full") (long; off by default)')

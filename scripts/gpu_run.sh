@@ -83,7 +83,7 @@ if [ "$QUICK" = 1 ]; then
   DDIM_STEPS=${DDIM_STEPS:-5}
   # the benchmark's own test (tests/test_benchmarks.py) covers every mode; here: that the stage runs
   BENCH_CMD=(benchmarks/bench_throughput.py --quick --device cpu --models ours --train-modes fp32_eager
-             --sample-modes fp32_eager --no-proposed)
+             --sample-modes fp32_eager)
 else
   TOTAL_BUDGET=${TOTAL_BUDGET:-560}
   BENCH_BUDGET=${BENCH_BUDGET:-170}

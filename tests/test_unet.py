@@ -231,7 +231,6 @@ def test_numerically_stable_for_extreme_inputs(models, scale):
 
 def test_constant_input_is_finite(models):
     """A constant image has zero variance per group: GroupNorm's eps must keep the output finite."""
-    cfg = CONFIGS["lat-b16-m12-a2"]
     with torch.no_grad():
         out = models["lat-b16-m12-a2"](torch.full((2, 2, 4, 4), 0.3), torch.tensor([0, 999]))
     assert torch.isfinite(out).all()
