@@ -2,12 +2,14 @@
 """Throughput benchmark: training images/s and DDIM-50 sampling images/s, on one device, in one run.
 
     python benchmarks/bench_throughput.py                       # GPU, full sizes → results/full/benchmark.json
+    python benchmarks/bench_throughput.py --device cpu          # CPU, book sizes → results/book/benchmark.json
     python benchmarks/bench_throughput.py --quick --device cpu  # tiny sizes, < 1 min → results/smoke/benchmark.json
 
-Models: mnistdiff's ε-UNet (``mnistdiff.unet.UNet`` with the ``full`` profile's config, 1,707,009
-parameters) and, when ``diffusers`` is installed (``pip install -e ".[bench]"``), the diffusers
-``UNet2DModel`` in the Hugging Face course's MNIST configuration (also 1,707,009 parameters). With
-``--quick`` both shrink to the ``smoke`` sizes (71,033 parameters each) so that CI can run this on a CPU.
+Models: mnistdiff's ε-UNet (``mnistdiff.unet.UNet`` with the profile's config) and, when ``diffusers``
+is installed (``pip install -e ".[bench]"``), its diffusers ``UNet2DModel`` twin at the same parameter
+count (:data:`DIFFUSERS_TWINS`): on a GPU the ``full`` profile (1,707,009 parameters each, the Hugging
+Face course's MNIST configuration), on a CPU the ``book`` profile (627,433 each, at the book's batch of
+128), with ``--quick`` the ``smoke`` sizes (71,033 each) so that CI can run this on a CPU.
 ``--models ours_gn32`` adds our UNet with a GroupNorm that returns bf16 under autocast (a suggested
 ``unet.py`` change), in the autocast modes only.
 
@@ -27,8 +29,9 @@ What is timed is the code users run:
   the sampler itself is the package's, and the wrapper is :class:`mnistdiff.sampling.FastDenoiser`
   (what ``python -m mnistdiff sample --fast`` uses).
 
-Modes: ``fp32_eager`` (batch 128, the reference's setting), ``bf16_cl_eager`` (bf16 autocast and
-channels_last at a large batch), ``bf16_cl_compile`` (plus ``torch.compile``), and for sampling
+Modes: ``fp32_eager`` (batch 128, the reference's setting), ``bf16_eager`` (bf16 autocast, what the
+book profile's CPU probe picks on AMX machines), ``bf16_cl_eager`` (bf16 autocast and channels_last at a
+large batch), ``bf16_cl_compile`` (plus ``torch.compile``), and for sampling
 ``bf16_cl_cudagraphs`` (``torch.compile(mode="reduce-overhead")``). Warm-up iterations are excluded,
 the device is synchronised around every timed region, and compilation time is reported separately
 (``compile_seconds``: the first warm-up call minus a steady-state call). Every figure is printed
@@ -63,8 +66,9 @@ from mnistdiff.checkpoints import atomic_write_text, git_commit  # noqa: E402
 from mnistdiff.config import TrainConfig, UNetConfig, to_dict  # noqa: E402
 from mnistdiff.data import load_mnist  # noqa: E402
 from mnistdiff.ema import make_ema  # noqa: E402
+from mnistdiff.experiment import device_name  # noqa: E402
 from mnistdiff.pipelines import make_diffusion_loss  # noqa: E402
-from mnistdiff.profiles import FULL, SMOKE  # noqa: E402
+from mnistdiff.profiles import FULL, PROFILES  # noqa: E402
 from mnistdiff.sampling import FastDenoiser, generate  # noqa: E402
 from mnistdiff.schedules import NoiseSchedule  # noqa: E402
 from mnistdiff.train import lr_lambda  # noqa: E402
@@ -88,7 +92,7 @@ TARGETS = {
     "ddpm_vae_ldm_total_gpu_seconds": 300,
 }
 
-TRAIN_MODES = ("fp32_eager", "bf16_cl_eager", "bf16_cl_compile")
+TRAIN_MODES = ("fp32_eager", "bf16_eager", "bf16_cl_eager", "bf16_cl_compile")
 SAMPLE_MODES = ("fp32_eager", "bf16_cl_eager", "bf16_cl_compile", "bf16_cl_cudagraphs")
 MODELS = ("ours", "ours_gn32", "diffusers")
 
@@ -96,21 +100,6 @@ MODELS = ("ours", "ours_gn32", "diffusers")
 # ------------------------------------------------------------------------------------------------
 # Devices and models
 # ------------------------------------------------------------------------------------------------
-
-
-def device_name(device: torch.device) -> str:
-    """``torch.cuda.get_device_name`` on CUDA; the CPU's model name and torch's thread count on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {name} ({torch.get_num_threads()} threads)"
 
 
 def sync(device: torch.device) -> None:
@@ -157,28 +146,38 @@ class DiffusersEps(nn.Module):
         return self.unet(x, t, return_dict=False)[0]
 
 
-def build_model(name: str, quick: bool) -> tuple[nn.Module, dict[str, Any]]:
-    """A fresh model and a flat description of it (class, config, parameters)."""
+#: diffusers ``UNet2DModel`` twins of each profile's UNet, at the same parameter count
+DIFFUSERS_TWINS: dict[str, dict[str, Any]] = {
+    # the smoke-sized twin of the course configuration (71,033 parameters, like SMOKE's UNet)
+    "smoke": dict(sample_size=32, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16, 16),
+                  down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                  up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=8),
+    # the book profile's UNet (627,433 parameters: widths 24/48/48, one block per level, attention at 8×8)
+    "book": dict(sample_size=32, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(24, 48, 48),
+                 down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                 up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=8),
+    # the Hugging Face course's MNIST configuration (1,707,009 parameters, like FULL's UNet)
+    "full": dict(sample_size=32, in_channels=1, out_channels=1, layers_per_block=2, block_out_channels=(32, 64, 64),
+                 down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                 up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")),
+}
+
+
+def build_model(name: str, profile: str) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh model of ``profile``'s size and a flat description of it (class, config, parameters)."""
     if name in ("ours", "ours_gn32"):
-        cfg: UNetConfig = (SMOKE if quick else FULL).ddpm.unet
+        cfg: UNetConfig = PROFILES[profile].ddpm.unet
         model = UNet(cfg)
         if name == "ours_gn32":
             model = use_groupnorm32(model)
         return model, {"class": "mnistdiff.unet.UNet" + (" with GroupNorm32" if name == "ours_gn32" else ""),
-                       "config": json.dumps(to_dict(cfg)), "profile": "smoke" if quick else "full"}
+                       "config": json.dumps(to_dict(cfg)), "profile": profile}
     if name == "diffusers":
         from diffusers import UNet2DModel
 
-        if quick:  # the smoke-sized twin of the course configuration (71,033 parameters, like SMOKE's UNet)
-            kw = dict(sample_size=32, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16, 16),
-                      down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                      up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=8)
-        else:  # the Hugging Face course's MNIST configuration (1,707,009 parameters)
-            kw = dict(sample_size=32, in_channels=1, out_channels=1, layers_per_block=2, block_out_channels=(32, 64, 64),
-                      down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-                      up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+        kw = DIFFUSERS_TWINS[profile]
         model = DiffusersEps(UNet2DModel(**kw))
-        return model, {"class": "diffusers.UNet2DModel", "config": json.dumps(kw), "profile": "smoke" if quick else "full"}
+        return model, {"class": "diffusers.UNet2DModel", "config": json.dumps(kw), "profile": profile}
     raise ValueError(f"unknown model {name!r}")
 
 
@@ -276,6 +275,7 @@ FAST_FOR_MODE = {"bf16_cl_eager": "amp", "bf16_cl_compile": "compile", "bf16_cl_
 
 MODE_SETTINGS = {  # mode → (bf16 autocast, channels_last, compile mode)
     "fp32_eager": (False, False, None),
+    "bf16_eager": (True, False, None),
     "bf16_cl_eager": (True, True, None),
     "bf16_cl_compile": (True, True, "default"),
     "bf16_cl_cudagraphs": (True, True, "reduce-overhead"),
@@ -290,6 +290,7 @@ MODE_SETTINGS = {  # mode → (bf16 autocast, channels_last, compile mode)
 @dataclasses.dataclass
 class Settings:
     quick: bool
+    profile: str
     device: torch.device
     base_batch: int
     large_batch: int
@@ -320,7 +321,7 @@ class Bench:
         self.doc: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "benchmark": "mnistdiff throughput (benchmarks/bench_throughput.py)",
-            "profile": "smoke" if settings.quick else "full",
+            "profile": settings.profile,
             "quick": settings.quick,
             "device": str(self.device),
             "device_name": self.device_name,
@@ -374,7 +375,7 @@ class Bench:
 
     def model(self, name: str) -> nn.Module:
         torch.manual_seed(0)
-        model, info = build_model(name, self.s.quick)
+        model, info = build_model(name, self.s.profile)
         if name not in self.models_info:
             info["parameters"] = count_parameters(model)
             info["forward_gflops_per_image"] = forward_gflops(model)
@@ -564,7 +565,7 @@ class Bench:
         def fastest(modes: list[str], order: tuple[str, ...]) -> str | None:
             return next((m for m in order if m in modes), None)
 
-        fast_train = fastest(train_modes, ("bf16_cl_compile", "bf16_cl_eager", "fp32_eager"))
+        fast_train = fastest(train_modes, ("bf16_cl_compile", "bf16_cl_eager", "bf16_eager", "fp32_eager"))
         fast_sample = fastest(sample_modes, ("bf16_cl_cudagraphs", "bf16_cl_compile", "bf16_cl_eager", "fp32_eager"))
         # (priority, entry), run in priority order so that a time budget cuts the extras:
         # 0: our UNet in the reference's setting and in its fastest modes, and the EMA;
@@ -643,6 +644,11 @@ class Bench:
                 b = best(kind, model)
                 out[f"best_{kind}_{model}_images_per_second"] = b["images_per_second"] if b else None
                 out[f"best_{kind}_{model}_name"] = b["name"] if b else None
+        ours, twin = out["best_train_ours_images_per_second"], None
+        twin_eager = [e for e in ok if e["kind"] == "train" and e["model"] == "diffusers" and e["mode"] == "fp32_eager"]
+        if twin_eager:
+            twin = twin_eager[0]["images_per_second"]
+        out["train_ours_best_over_diffusers_fp32_eager"] = round(ours / twin, 2) if ours and twin else None
         on_gpu = self.device.type == "cuda" and not self.s.quick
         bt, bs = out["best_train_ours_images_per_second"], out["best_sample_ours_images_per_second"]
         out["meets_train_target"] = (bt >= TARGETS["train_images_per_second"]) if (on_gpu and bt) else None
@@ -691,6 +697,9 @@ def describe(e: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", choices=tuple(PROFILES), default=None,
+                   help="model sizes: our UNet of that profile and its diffusers twin (default: full on CUDA, book on "
+                        "a CPU; smoke with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (smoke-sized models, a few steps, 2 images): checks that the benchmark runs")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
@@ -733,16 +742,24 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    profile = args.profile or ("smoke" if q else "full" if device.type == "cuda" else "book")
+    # defaults per size: (GPU-sized full, a CPU-sized book run at the book's batch, tiny quick)
+    book = profile == "book"
 
-    def pick(value: Any, full: Any, quick: Any) -> Any:
-        return value if value is not None else (quick if q else full)
+    def pick(value: Any, full: Any, quick: Any, book_value: Any = None) -> Any:
+        if value is not None:
+            return value
+        if q:
+            return quick
+        return book_value if book and book_value is not None else full
 
+    bs = PROFILES["book"].ddpm.train.batch_size
     s = Settings(
-        quick=q, device=device,
-        base_batch=pick(args.base_batch, 128, 8), large_batch=pick(args.train_batch, 2048, 16),
-        warmup_steps=pick(args.warmup_steps, 10, 1), min_steps=pick(args.min_steps, 20, 2),
-        min_seconds=pick(args.min_seconds, 3.0, 0.0), max_steps=args.max_steps,
-        sample_images=pick(args.sample_images, 10_000, 2), sample_batch=pick(args.sample_batch, 5000, 2),
+        quick=q, profile=profile, device=device,
+        base_batch=pick(args.base_batch, 128, 8, bs), large_batch=pick(args.train_batch, 2048, 16, bs),
+        warmup_steps=pick(args.warmup_steps, 10, 1, 3), min_steps=pick(args.min_steps, 20, 2, 10),
+        min_seconds=pick(args.min_seconds, 3.0, 0.0, 5.0), max_steps=args.max_steps,
+        sample_images=pick(args.sample_images, 10_000, 2, 128), sample_batch=pick(args.sample_batch, 5000, 2, 128),
         ddim_steps=args.ddim_steps, data_images=pick(args.data_images, None, 512),
         train_compile_mode=args.train_compile_mode, cpu_compile=args.cpu_compile, time_budget=args.time_budget,
     )
@@ -765,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if args.out is None:
-        args.out = str(REPO_ROOT / "results" / ("smoke" if s.quick else "full") / "benchmark.json")
+        args.out = str(REPO_ROOT / "results" / s.profile / "benchmark.json")
     Bench(args, s).run()
     return 0
 

@@ -101,7 +101,7 @@ API_MODULES: tuple[str, ...] = (
 )
 
 #: Profiles in the order the tables show them; others follow alphabetically.
-PROFILE_ORDER: tuple[str, ...] = ("full", "smoke")
+PROFILE_ORDER: tuple[str, ...] = ("book", "full", "smoke")
 
 #: Top-level keys that describe where a result file came from (shown above its tables).
 PROVENANCE_KEYS: tuple[str, ...] = ("profile", "device", "device_name", "gpu", "torch", "git_commit", "date")
@@ -310,8 +310,8 @@ def results_markdown(results_dir: Path) -> str:
     if not results:
         out += [
             "```{note}",
-            "No results have been recorded yet. Run `python -m mnistdiff course --profile full` "
-            "(GPU) or `--profile smoke` (CPU) and build the book again.",
+            "No results have been recorded yet. Run `python -m mnistdiff course --profile book` "
+            "(any machine, with the committed checkpoints) and build the book again.",
             "```",
             "",
         ]
@@ -340,8 +340,9 @@ def results_markdown(results_dir: Path) -> str:
     out += [
         "## All results",
         "",
-        "One row per number, one column per profile (`full`: the seed's settings on a GPU; "
-        "`smoke`: tiny models on a CPU, for checking the code, not for quality).",
+        "One row per number, one column per profile (`book`: the models this book is executed with, "
+        "trained in under an hour on two CPU cores; `full`: the reference settings on a GPU; "
+        "`smoke`: tiny models for checking the code, not for quality).",
         "",
         _table(["file", "result", *profiles], ([f, r, *(vals.get(p) for p in profiles)] for (f, r), vals in rows.items())),
     ]

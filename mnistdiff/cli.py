@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 __all__ = ["main", "build_parser"]
 
+PROFILE_NAMES = ("smoke", "book", "full")  # mnistdiff.profiles.PROFILES (not imported here: it imports torch)
+
 TRAIN_OPTIONS = {  # option → (type, help); defaults come from the profile's config
     "epochs": (int, "training epochs"),
     "lr": (float, "peak learning rate (AdamW, warm-up then cosine decay)"),
@@ -80,13 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mnistdiff", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a model (ddpm, vae, ldm)")
+    train = sub.add_parser("train", help="train a model (ddpm, vae, ldm), or all three of a profile")
     tsub = train.add_subparsers(dest="model", required=True)
+    p = tsub.add_parser("all", help="train a profile's DDPM, VAE and LDM in order into checkpoints/<profile>/ "
+                                    "(resumable: run it again to continue)")
+    p.add_argument("--profile", choices=tuple(PROFILE_NAMES), default="book", help="which profile (default book)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_common(p)
     for model in ("ddpm", "vae", "ldm"):
         p = tsub.add_parser(model, help=f"train the {model.upper()}")
         if model == "ldm":
             p.add_argument("vae_checkpoint", help="the VAE checkpoint (model.pt) whose latents to diffuse in")
-        p.add_argument("--profile", choices=("smoke", "full"), default="full", help="settings to start from (default full)")
+        p.add_argument("--profile", choices=tuple(PROFILE_NAMES), default="full",
+                       help="settings to start from (default full)")
         for name, (typ, help_) in TRAIN_OPTIONS.items():
             p.add_argument(f"--{name}", type=typ, default=None, help=help_)
         for name, (_, typ) in MODEL_OPTIONS[model].items():
@@ -129,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None)
 
     course = sub.add_parser("course", help="execute the six notebooks in order and store their outputs")
-    course.add_argument("--profile", choices=("smoke", "full"), default=None)
+    course.add_argument("--profile", choices=tuple(PROFILE_NAMES), default=None)
     course.add_argument("--notebooks", nargs="*", default=None, help="names or numbers (default: all six)")
     course.add_argument("--output-dir", default=None, help="where executed notebooks go (default book/chapters)")
     course.add_argument("--inplace", action="store_true", help="store outputs back into notebooks/ (nbval references)")
@@ -256,8 +264,20 @@ def _resume_base(args: argparse.Namespace):
         raise ArgError(f"the config stored in {last}'s sidecar is not valid ({err}): start a new run") from err
 
 
+def _cmd_train_all(args: argparse.Namespace) -> int:
+    from .pretrained import train_all
+
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise ArgError(f"--data_dir {args.data_dir} is not a folder: pass the folder holding the four MNIST files")
+    train_all(args.profile, device=_device(args.device), data_dir=args.data_dir, progress=not args.quiet)
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import pipelines
+
+    if args.model == "all":
+        return _cmd_train_all(args)
 
     base = _resume_base(args) if args.resume else None
     cfg = _train_config(args, base)

@@ -26,6 +26,9 @@ __all__ = [
 ]
 
 
+PRECISIONS = ("fp32", "bf16", "bf16_cl", "auto")
+
+
 class ConfigError(ValueError):
     """An invalid setting; the message names the setting and what it must be."""
 
@@ -112,7 +115,13 @@ class VAEConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run: optimiser, schedule of the learning rate, EMA, data and logging."""
+    """One training run: optimiser, schedule of the learning rate, EMA, data, precision and logging.
+
+    ``precision``: ``fp32``; ``bf16`` (autocast); ``bf16_cl`` (autocast and channels_last); ``auto``: on a
+    CPU, the fastest of those three measured by a short probe on the run's own model and batch
+    (:func:`mnistdiff.train.choose_precision`; bf16 only where the CPU has native bf16), on CUDA ``bf16_cl``;
+    ``None`` (the default): ``bf16_cl`` on CUDA, ``fp32`` on a CPU.
+    """
 
     epochs: int = 100
     lr: float = 1e-3
@@ -126,10 +135,13 @@ class TrainConfig:
     ema_decay: float = 0.999
     num_samples: int = 64
     eval_size: int = 2000
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "lr", "batch_size", "sample_every", "num_samples", "eval_size"):
             _positive(name, getattr(self, name))
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.subset is not None:
             _positive("subset", self.subset)
         if not 0 <= self.ema_decay < 1:

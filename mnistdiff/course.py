@@ -31,11 +31,10 @@ def notebook_path(name: str) -> Path:
 
 
 def _device_name() -> str:
-    import torch
+    from .experiment import device_name
+    from .profiles import default_device
 
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({os.cpu_count()} cores)"
+    return device_name(default_device())
 
 
 def run_course(

@@ -70,6 +70,7 @@ __all__ = [
     "draw_samples",
     "score_samples",
     "real_floor",
+    "floors_for",
     "umap_reference_sets",
     "umap_compare",
     "build_results",
@@ -90,6 +91,7 @@ FLOOR_NAME = "real (floor)"
 #: The columns of :func:`results_table`: ``(key, header, format, factor)``; a value is shown as
 #: ``format.format(value * factor)``.
 TABLE_COLUMNS: tuple[tuple[str, str, str, float], ...] = (
+    ("n", "n", "{:d}", 1),
     ("fid", "FID ↓", "{:.2f}", 1.0),
     ("kid", "KID ↓", "{:.4f}", 1.0),
     ("precision", "precision ↑", "{:.3f}", 1.0),
@@ -135,10 +137,15 @@ class GeneratorSpec:
     steps: int | None
     eta: float | None
     draw: Sampler = field(repr=False, compare=False)
+    max_samples: int | None = None  # draw at most this many (the 1000-step samplers on a CPU); None: all asked for
 
     def describe(self) -> dict[str, Any]:
         """The scalar description stored with the generator's metrics."""
         return {"label": self.label, "space": self.space, "sampler": self.sampler, "steps": self.steps, "eta": self.eta}
+
+    def count(self, n: int) -> int:
+        """How many samples this generator draws when ``n`` are asked for."""
+        return n if self.max_samples is None else min(n, self.max_samples)
 
 
 def _diffusion_sampler(model: Any, device: torch.device, **kwargs: Any) -> Sampler:
@@ -190,7 +197,7 @@ def course_generators(
     (with its ``codec``); ``vae``: the VAE. Any of them may be None to leave its generators out.
     ``ddim_steps`` (default ``profile.ddim_step_sweep``, capped at the model's T) and ``etas`` span
     the DDIM grid; latent diffusion's DDIM uses ``ldm_ddim_steps`` (default ``profile.ddim_steps``)
-    with η = 0. Names: ``ddpm``, ``ddim_<S>_eta<η>``, ``ldm_ddpm``, ``ldm_ddim_<S>``, ``vae_prior``,
+    with η = 0. The two ancestral (T-step) samplers draw at most ``profile.ancestral_samples``. Names: ``ddpm``, ``ddim_<S>_eta<η>``, ``ldm_ddpm``, ``ldm_ddim_<S>``, ``vae_prior``,
     ``vae_reconstruction``.
     """
     device = torch.device(device) if device is not None else default_device()
@@ -198,7 +205,7 @@ def course_generators(
     if ddpm is not None:
         T = ddpm.schedule.num_timesteps
         specs.append(GeneratorSpec("ddpm", f"DDPM, {T} steps", "pixel", "ddpm", T, None,
-                                   _diffusion_sampler(ddpm, device, mode="ddpm")))
+                                   _diffusion_sampler(ddpm, device, mode="ddpm"), profile.ancestral_samples))
         sweep = [s for s in (ddim_steps if ddim_steps is not None else profile.ddim_step_sweep) if s <= T]
         for eta in etas:
             for steps in sweep:
@@ -210,7 +217,7 @@ def course_generators(
         T = ldm.schedule.num_timesteps
         steps = min(ldm_ddim_steps or profile.ddim_steps, T)
         specs.append(GeneratorSpec("ldm_ddpm", f"LDM, DDPM, {T} steps", "latent", "ddpm", T, None,
-                                   _diffusion_sampler(ldm, device, mode="ddpm")))
+                                   _diffusion_sampler(ldm, device, mode="ddpm"), profile.ancestral_samples))
         specs.append(GeneratorSpec(f"ldm_ddim_{steps}", f"LDM, DDIM, {steps} steps, η = 0", "latent",
                                    "ddim", steps, 0.0, _diffusion_sampler(ldm, device, mode="ddim", ddim_steps=steps)))
     if vae is not None:
@@ -255,7 +262,7 @@ def draw_samples(
     device: torch.device | str | None = None,
     verbose: bool = True,
 ) -> dict[str, Samples]:
-    """Draw ``n`` samples from each generator with the same ``seed``, timing each (wall clock).
+    """Draw ``n`` samples (``spec.count(n)``) from each generator with the same ``seed``, timing each (wall clock).
 
     The time includes decoding (latent diffusion, VAE) and the copy to the CPU, i.e. what a user
     waits for. Returns name → :class:`Samples`, in the order of ``specs``. With ``verbose``, prints
@@ -266,16 +273,17 @@ def draw_samples(
     device = torch.device(device) if device is not None else default_device()
     out: dict[str, Samples] = {}
     for spec in specs:
+        k = spec.count(n)
         _sync(device)
         t0 = time.perf_counter()
-        images = spec.draw(n, seed)
+        images = spec.draw(k, seed)
         _sync(device)
         seconds = time.perf_counter() - t0
-        if tuple(images.shape) != (n, 1, 32, 32):
-            raise ValueError(f"generator {spec.name} returned shape {tuple(images.shape)}, expected ({n}, 1, 32, 32)")
+        if tuple(images.shape) != (k, 1, 32, 32):
+            raise ValueError(f"generator {spec.name} returned shape {tuple(images.shape)}, expected ({k}, 1, 32, 32)")
         out[spec.name] = Samples(spec, images.detach().float().cpu(), seconds)
         if verbose:
-            print(f"  {spec.label:<48} {n} samples in {seconds:7.2f} s")
+            print(f"  {spec.label:<48} {k} samples in {seconds:7.2f} s")
     return out
 
 
@@ -308,7 +316,8 @@ def score_samples(
     for name, s in samples.items():
         t0 = time.perf_counter()
         m = evaluate(s.images, seed=seed, device=device)
-        entry = {**s.spec.describe(), **_scalar_metrics(m), "class_histogram": list(m["class_histogram"]),
+        entry = {**s.spec.describe(), "n": int(s.images.shape[0]), **_scalar_metrics(m),
+                 "class_histogram": list(m["class_histogram"]),
                  "sampling_seconds": s.seconds, "seconds_per_sample": s.seconds_per_sample}
         out[name] = entry
         if verbose:
@@ -322,7 +331,16 @@ def real_floor(n: int, *, seed: int = 0, device: torch.device | str | None = Non
     from .metrics import real_floor as _floor
 
     m = _floor(n, seed=seed, device=device)
-    return {**_scalar_metrics(m), "class_histogram": list(m["class_histogram"])}
+    return {"n": int(n), **_scalar_metrics(m), "class_histogram": list(m["class_histogram"])}
+
+
+def floors_for(scores: Mapping[str, Mapping[str, Any]], n: int, *, seed: int = 0,
+               device: torch.device | str | None = None) -> dict[str, dict[str, Any]]:
+    """The real floor at every sample count in ``scores`` other than ``n`` (the main floor's), keyed by ``str(n)``:
+    a generator scored on fewer samples is compared with the floor at its own count."""
+    counts = sorted({int(e["n"]) for e in scores.values() if "n" in e} - {int(n)})
+    return {str(k): {key: v for key, v in real_floor(k, seed=seed, device=device).items() if key != "class_histogram"}
+            for k in counts}
 
 
 def umap_reference_sets(
@@ -378,11 +396,10 @@ def umap_compare(
 
 
 def device_name(device: torch.device | str | None = None) -> str:
-    """A readable name of the device: the GPU's model, or ``CPU (<cores> cores)``."""
-    device = torch.device(device) if device is not None else default_device()
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({os.cpu_count()} cores)"
+    """A readable name of the device (:func:`mnistdiff.experiment.device_name`): the GPU's model, or the CPU's."""
+    from .experiment import device_name as _name
+
+    return _name(torch.device(device) if device is not None else default_device())
 
 
 def _clean(value: Any) -> Any:
@@ -411,6 +428,7 @@ def build_results(
     floor_umap_name: str | None = None,
     seed: int = 0,
     extra: Mapping[str, Any] | None = None,
+    other_floors: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Assemble the results file's dict (see the module docstring for its layout).
 
@@ -419,6 +437,7 @@ def build_results(
     entry named ``floor_umap_name`` holds the real-vs-real reference and goes into ``floor``, the
     others into their generators. Class histograms move to ``class_histograms`` (so every entry of
     ``generators`` is a flat row of scalars). ``extra``: more top-level fields (e.g. timings).
+    ``other_floors`` (:func:`floors_for`): the floor at the other sample counts, stored as ``floors``.
     """
     umap_scores = dict(umap_scores or {})
     floor_entry = {k: v for k, v in floor.items() if k != "class_histogram"}
@@ -449,6 +468,7 @@ def build_results(
         "date": _dt.date.today().isoformat(),
         **dict(extra or {}),
         "floor": floor_entry,
+        **({"floors": {str(k): dict(v) for k, v in other_floors.items()}} if other_floors else {}),
         "generators": gens,
         "class_histograms": hist,
     }
@@ -505,6 +525,7 @@ def results_table(
     has is left out, a missing value shows as ``—``.
     """
     rows = [(f"**{FLOOR_NAME}**", results["floor"])]
+    rows += [(f"**{FLOOR_NAME}, n = {k}**", f) for k, f in results.get("floors", {}).items()]
     rows += [(g.get("label", name), g) for name, g in results["generators"].items()]
     cols = [c for c in columns if any(c[0] in r for _, r in rows)]
     lines = [

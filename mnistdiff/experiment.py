@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -27,10 +28,36 @@ import torch
 
 from .checkpoints import CheckpointError, atomic_write_text
 
-__all__ = ["Experiment", "device_info"]
+__all__ = ["Experiment", "device_info", "cpu_name", "device_name"]
 
 SUBDIRS = ("epoch_samples", "final_samples", "checkpoints")
 EXTRA_SUBDIRS = {"ddpm": ("denoising_steps",), "ldm": ("denoising_steps",), "vae": ("latent_space",)}
+
+
+def cpu_name() -> str:
+    """The CPU as ``lscpu`` names it, with family/model and its bf16 features, e.g.
+    ``Intel(R) Xeon(R) Processor (family 6 model 207; avx512_bf16 amx_bf16)``."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    bf16 = " ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no native bf16"
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']} model {fields['model']}; {bf16})"
+    return name
+
+
+def device_name(device: torch.device | str) -> str:
+    """``torch.cuda.get_device_name`` on CUDA; on a CPU :func:`cpu_name` and torch's thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def device_info(device: torch.device | str) -> dict[str, Any]:
@@ -46,6 +73,7 @@ def device_info(device: torch.device | str) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - needs pynvml; optional
             info["gpu_utilization_percent"] = None
     else:
+        info["cpu_name"] = cpu_name()
         info["cpu_threads"] = torch.get_num_threads()
     return info
 

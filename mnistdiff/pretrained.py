@@ -22,7 +22,7 @@ from .pipelines import DiffusionModel, load_ddpm, load_ldm, load_vae, train_ddpm
 from .profiles import Profile, default_device, get_profile
 from .vae import VAE
 
-__all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_vae", "get_ldm", "REPO_ROOT"]
+__all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_vae", "get_ldm", "train_all", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,3 +128,56 @@ def get_ldm(profile: str | Profile | None = None, *, device: str | torch.device 
         lambda out: train_ldm(prof.ldm, vae_path, out=out, device=device, progress=progress),
         lambda path: load_ldm(vae_path, path, device),
     )
+
+
+def _unfinished_run(runs: Path, kind: str, expected: dict) -> Path | None:
+    """The newest run of ``kind`` under ``runs`` that stopped before its final checkpoint, with the same config."""
+    wanted = json.loads(json.dumps(expected))
+    for run in sorted(runs.glob(f"*-{kind}"), reverse=True):
+        last = run / "checkpoints" / "last.pt"
+        if (run / "checkpoints" / "model.pt").exists() or not last.exists():
+            continue
+        try:
+            if read_sidecar(last).get("config") == wanted:
+                return run
+        except CheckpointError:
+            continue
+    return None
+
+
+def train_all(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
+              data_dir: str | Path | None = None, progress: bool = True) -> dict[str, float]:
+    """Train the profile's DDPM, VAE and LDM in that order into ``checkpoints/<profile>/``; resumable.
+
+    A model whose stored checkpoint already has exactly the profile's config (training settings
+    included) is skipped; a run that was stopped (Ctrl-C, SIGTERM, a session's end) is resumed from
+    its ``last.pt`` in ``checkpoints/<profile>/runs/``; anything else starts afresh. So running the same
+    command again finishes the job. Returns training seconds per model (as recorded in the sidecars).
+    """
+    prof, device = _resolve(profile, device)
+    runs = checkpoint_dir(prof) / "runs"
+    seconds: dict[str, float] = {}
+    for kind in ("ddpm", "vae", "ldm"):
+        cfg = getattr(prof, kind)
+        expected = to_dict(cfg)
+        dest = checkpoint_path(kind, prof)
+        if dest.exists() and read_sidecar(dest).get("config") == json.loads(json.dumps(expected)):
+            print(f"[mnistdiff] {_shown(dest)} is trained with the {prof.name} settings: skipping")
+        else:
+            resume = _unfinished_run(runs, kind, expected)
+            if resume is not None:
+                print(f"[mnistdiff] resuming {_shown(resume)}")
+            print(f"[mnistdiff] training the {prof.name} {kind}")
+            kw = dict(out=runs, device=device, data_dir=data_dir, resume=resume, progress=progress)
+            if kind == "ddpm":
+                result = train_ddpm(cfg, **kw)
+            elif kind == "vae":
+                result = train_vae(cfg, **kw)
+            else:
+                result = train_ldm(cfg, checkpoint_path("vae", prof), **kw)
+            _store(result.checkpoint, dest)
+            print(f"[mnistdiff] stored {_shown(dest)} ({result.seconds / 60:.1f} min of training)")
+        seconds[kind] = float(read_sidecar(dest).get("seconds", 0.0))
+    print("[mnistdiff] training minutes: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items())
+          + f"; total {sum(seconds.values()) / 60:.1f}")
+    return seconds

@@ -1,8 +1,12 @@
-"""The one profile switch: ``MNISTDIFF_PROFILE=smoke|full``.
+"""The one profile switch: ``MNISTDIFF_PROFILE=smoke|book|full``.
 
-``full`` is the seed's defaults, meant for a GPU. ``smoke`` keeps every code path but shrinks
-models, data and sample counts so that all six notebooks run in a few minutes on two CPU cores.
-Without the variable the profile is ``full`` when CUDA is available and ``smoke`` otherwise.
+* ``book``: what the published book is executed with. Its three models train together in under an
+  hour on two CPU cores (``python -m mnistdiff train all --profile book``) and its checkpoints are
+  committed, so every chapter loads them in seconds on any machine. The default.
+* ``full``: the reference settings (the dataclass defaults), meant for a GPU.
+* ``smoke``: every code path, tiny models and sample counts; all six notebooks run in a few
+  minutes on two CPU cores. The test suite (nbval) uses it; its models draw blobs, not digits.
+
 This module is the only place that reads the variable.
 """
 
@@ -16,7 +20,7 @@ import torch
 
 from .config import DDPMRunConfig, DiffusionConfig, LDMRunConfig, TrainConfig, UNetConfig, VAEConfig, VAERunConfig
 
-__all__ = ["Profile", "PROFILES", "get_profile", "profile_name", "default_device"]
+__all__ = ["Profile", "PROFILES", "DEFAULT_PROFILE", "get_profile", "profile_name", "default_device"]
 
 ENV_VAR = "MNISTDIFF_PROFILE"
 
@@ -35,6 +39,7 @@ class Profile:
     umap_real: int = 10_000  # real images the UMAP is fitted on
     ddim_step_sweep: tuple[int, ...] = (10, 20, 50, 100)
     widget_frames: int = 8
+    ancestral_samples: int | None = None  # the T-step ancestral samplers draw at most this many (None: eval_samples)
 
 
 FULL = Profile(name="full", ddpm=DDPMRunConfig(), vae=VAERunConfig(), ldm=LDMRunConfig())
@@ -71,7 +76,35 @@ SMOKE = Profile(
     widget_frames=6,
 )
 
-PROFILES = {"smoke": SMOKE, "full": FULL}
+# The book profile: found by measurement on a 2-core CPU (benchmarks/README.md, "The book profile").
+BOOK = Profile(
+    name="book",
+    ddpm=DDPMRunConfig(
+        unet=UNetConfig(base_channels=24, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,)),
+        train=TrainConfig(epochs=4, lr=2e-3, batch_size=128, warmup_steps=200, sample_every=1, num_samples=16,
+                          eval_size=1000, precision="auto"),
+    ),
+    vae=VAERunConfig(
+        vae=VAEConfig(base_channels=32),
+        train=TrainConfig(epochs=3, lr=1e-3, batch_size=128, warmup_steps=100, sample_every=1, num_samples=16,
+                          eval_size=2000, precision="auto"),
+    ),
+    ldm=LDMRunConfig(
+        unet=UNetConfig(in_channels=2, image_size=4, base_channels=32, channel_mults=(1, 2), attention_resolutions=(4, 2)),
+        train=TrainConfig(epochs=10, lr=2e-3, batch_size=256, warmup_steps=200, sample_every=2, num_samples=16,
+                          eval_size=2000, precision="auto"),
+    ),
+    num_samples=64,
+    ddim_steps=50,
+    eval_samples=2000,
+    umap_real=10_000,
+    ddim_step_sweep=(10, 20, 50),
+    widget_frames=8,
+    ancestral_samples=200,
+)
+
+PROFILES = {"smoke": SMOKE, "book": BOOK, "full": FULL}
+DEFAULT_PROFILE = "book"
 
 
 def default_device() -> torch.device:
@@ -80,8 +113,8 @@ def default_device() -> torch.device:
 
 
 def profile_name(name: str | None = None) -> str:
-    """The profile's name: ``name`` if given, else ``$MNISTDIFF_PROFILE``, else full on CUDA / smoke on CPU."""
-    chosen = name or os.environ.get(ENV_VAR) or ("full" if torch.cuda.is_available() else "smoke")
+    """The profile's name: ``name`` if given, else ``$MNISTDIFF_PROFILE``, else ``book`` (committed checkpoints)."""
+    chosen = name or os.environ.get(ENV_VAR) or DEFAULT_PROFILE
     if chosen not in PROFILES:
         raise ValueError(f"{ENV_VAR} must be one of {sorted(PROFILES)}, got {chosen!r}")
     return chosen

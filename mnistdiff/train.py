@@ -24,6 +24,7 @@ Steps are counted from 1 over the whole run: step ``s`` is batch ``b`` of epoch 
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import threading
@@ -37,13 +38,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, load_checkpoint, previous_path, read_sidecar, save_checkpoint
 from .config import TrainConfig
 from .ema import make_ema
-from .experiment import Experiment, device_info
+from .experiment import Experiment, cpu_name, device_info
 from .unet import count_parameters
 
-__all__ = ["TrainTask", "TrainResult", "fit", "TrainingInterrupted", "TrainingDiverged", "lr_lambda"]
+__all__ = [
+    "TrainTask", "TrainResult", "fit", "TrainingInterrupted", "TrainingDiverged", "lr_lambda", "choose_precision",
+    "resolve_precision",
+]
 
 LossFn = Callable[[nn.Module, torch.Tensor, "torch.Generator | None"], torch.Tensor]
 
@@ -99,6 +103,86 @@ def lr_lambda(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = min((step - warmup) / max(total - warmup, 1), 1.0)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _cpu_has_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX-512 bf16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _autocast(precision: str, device: torch.device) -> Callable[[], Any]:
+    if precision == "fp32":
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def choose_precision(task: "TrainTask", device: torch.device, steps: int = 4, warmup: int = 2) -> dict[str, float]:
+    """Time a few training steps of ``task`` in each precision (fp32, bf16, bf16_cl) on a copy of its model.
+
+    Returns images/s per precision. bf16 is tried only where the CPU has native bf16 (else it is
+    emulated and slower, pytorch #86550). Nothing of the run changes: the model is copied and the
+    global RNG state is restored afterwards, so the training that follows is the same whatever the probe saw.
+    """
+    candidates = ["fp32"] + (["bf16", "bf16_cl"] if device.type != "cpu" or _cpu_has_bf16() else [])
+    bs = min(task.train_config.batch_size, task.train_data.shape[0])
+    batch = task.train_data[:bs].to(device)
+    speeds: dict[str, float] = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for precision in candidates:
+            model = copy.deepcopy(task.model).to(device)
+            x = batch
+            if precision == "bf16_cl" and batch.ndim == 4:
+                model, x = model.to(memory_format=torch.channels_last), batch.contiguous(memory_format=torch.channels_last)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            autocast = _autocast(precision, device)
+            t0 = 0.0
+            for i in range(warmup + steps):
+                if i == warmup:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    t0 = time.perf_counter()
+                with autocast():
+                    loss = task.loss_fn(model, x, None)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            speeds[precision] = round(steps * bs / (time.perf_counter() - t0), 1)
+    return speeds
+
+
+def resolve_precision(task: "TrainTask", device: torch.device, amp: bool | None) -> tuple[str, dict[str, float]]:
+    """The precision a run trains in, and the probe's speeds when ``auto`` measured them.
+
+    ``amp`` given (True/False) wins: bf16 autocast (channels_last on CUDA) or fp32. Else the config's
+    ``precision``; ``None`` means bf16_cl on CUDA and fp32 on a CPU; ``auto`` probes on a CPU.
+    """
+    if amp is not None:
+        return ("bf16_cl" if device.type == "cuda" else "bf16") if amp else "fp32", {}
+    precision = task.train_config.precision
+    if precision is None:
+        return ("bf16_cl" if device.type == "cuda" else "fp32"), {}
+    if precision != "auto":
+        return precision, {}
+    if device.type == "cuda":
+        return "bf16_cl", {}
+    speeds = choose_precision(task, device)
+    return max(speeds, key=speeds.__getitem__), speeds
+
+
+def _started_precision(last: Any) -> str | None:
+    """The precision recorded in a resumable checkpoint's sidecar (or its predecessor's), if any."""
+    for path in (last, previous_path(last)):
+        try:
+            found = read_sidecar(path).get("precision")
+        except CheckpointError:
+            continue
+        return str(found) if found else None
+    return None
 
 
 @contextmanager
@@ -175,8 +259,8 @@ def fit(
 ) -> TrainResult:
     """Train ``task`` in ``experiment``'s folder and return the EMA model.
 
-    ``amp`` (default: on for CUDA) uses bf16 autocast and channels_last; ``compile`` wraps the
-    model in ``torch.compile`` (``True``, or a mode such as ``"max-autotune-no-cudagraphs"``).
+    ``amp`` (default: the config's ``precision``, see :func:`resolve_precision`) forces bf16 autocast
+    (True) or float32 (False); ``compile`` wraps the model in ``torch.compile`` (``True``, or a mode such as ``"max-autotune-no-cudagraphs"``).
     Raises :class:`TrainingInterrupted` or :class:`TrainingDiverged`.
     SIGINT/SIGTERM are caught from the start of this call (before anything is written).
     """
@@ -189,10 +273,13 @@ def _fit(
     progress: bool, compile: bool | str, amp: bool | None,
 ) -> TrainResult:
     cfg = task.train_config
-    use_amp = (device.type == "cuda") if amp is None else amp
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+    last = experiment.last_checkpoint
+    started = _started_precision(last) if resume else None
+    # A resumed run keeps the precision it started in (and so resumes bit-exactly); a new one resolves it.
+    precision, speeds = (started, {}) if started else resolve_precision(task, device, amp)
+    autocast = _autocast(precision, device)
     model = task.model.to(device)
-    if use_amp and device.type == "cuda":
+    if precision == "bf16_cl":
         model = model.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.seed)
     perm_gen = torch.Generator().manual_seed(cfg.seed)
@@ -207,11 +294,13 @@ def _fit(
     warmup = min(cfg.warmup_steps, max(total_steps // 10, 1))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, total_steps))
     ema = make_ema(model, cfg.ema_decay)
+    if speeds:
+        experiment.log(f"# precision probe ({cpu_name()}): " + ", ".join(f"{k} {v} img/s" for k, v in speeds.items())
+                       + f"; training in {precision}")
     if compile:
         step_model = torch.compile(model, mode=None if compile in (True, "default") else str(compile))
     else:
         step_model = model
-    last = experiment.last_checkpoint
     resume_cmd = (f"python -m mnistdiff train {task.kind}{' <vae checkpoint>' if task.kind == 'ldm' else ''} "
                   f"--resume {experiment.path}")
 
@@ -262,7 +351,8 @@ def _fit(
                 "loss_sum": loss_sum, "loss_count": loss_count,
             },
             kind=f"{task.kind}-resume", config=task.run_config,
-            extra={"epoch": epoch, "step": step, "history": history, "seconds": elapsed + time.perf_counter() - t0},
+            extra={"epoch": epoch, "step": step, "history": history, "seconds": elapsed + time.perf_counter() - t0,
+                   "precision": precision},
             keep_previous=True,
         )
         saved_epoch = epoch
@@ -372,7 +462,7 @@ def _fit(
         "kind": task.kind, "parameters": count_parameters(model), "epochs": cfg.epochs,
         "training_seconds": round(seconds, 2), "train_images_per_second": round(images_seen / max(seconds, 1e-9), 1),
         "final_train_loss": history[-1]["train_loss"] if history else None,
-        "final_eval_loss": history[-1]["eval_loss"] if history else None,
+        "final_eval_loss": history[-1]["eval_loss"] if history else None, "precision": precision,
         **device_info(device),
     }
     if task.final_fn is not None:

@@ -196,11 +196,15 @@ plt.show()
 # ## Scores, next to the floor
 #
 # Every generator's samples go through `mnistdiff.metrics.evaluate`; the floor is the same
-# evaluation of $N$ real training digits (`mnistdiff.metrics.real_floor`).
+# evaluation of $N$ real training digits (`mnistdiff.metrics.real_floor`). Where the profile draws
+# fewer samples from the slow 1000-step samplers (`PROFILE.ancestral_samples`), their row carries its
+# own $n$ and is read against the floor at that $n$: every metric here depends on the sample count.
 
 # %%
 floor = evaluation.real_floor(N, seed=SEED, device=DEVICE)
 scores = evaluation.score_samples(samples, seed=SEED, device=DEVICE)
+# a generator drawn on fewer samples (the 1000-step samplers) is compared with the floor at its own n
+other_floors = evaluation.floors_for(scores, N, seed=SEED, device=DEVICE)
 
 # %% [markdown]
 # ## UMAP: a map of real digits
@@ -286,7 +290,7 @@ plt.show()
 # %%
 results = evaluation.build_results(
     PROFILE.name, DEVICE, N, floor, scores, umap_scores=umap_scores, floor_umap_name=evaluation.FLOOR_NAME,
-    seed=SEED, extra={"umap_real": PROFILE.umap_real},
+    seed=SEED, extra={"umap_real": PROFILE.umap_real}, other_floors=other_floors,
 )
 path = evaluation.write_results(results)
 print("wrote", path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)

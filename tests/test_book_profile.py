@@ -1,0 +1,131 @@
+"""The book profile, `train all`, and the run-time precision choice."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from mnistdiff.cli import PROFILE_NAMES, main
+from mnistdiff.config import ConfigError, TrainConfig, UNetConfig
+from mnistdiff.experiment import Experiment, cpu_name
+from mnistdiff.pipelines import make_diffusion_loss
+from mnistdiff.pretrained import checkpoint_path, train_all
+from mnistdiff.profiles import BOOK, DEFAULT_PROFILE, PROFILES, SMOKE, get_profile
+from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.train import TrainTask, choose_precision, fit, resolve_precision
+from mnistdiff.unet import UNet
+
+
+def test_profiles_and_cli_agree():
+    assert tuple(PROFILES) == PROFILE_NAMES
+    assert DEFAULT_PROFILE == "book"
+
+
+def test_default_profile_is_book(monkeypatch):
+    monkeypatch.delenv("MNISTDIFF_PROFILE", raising=False)
+    assert get_profile().name == "book"
+
+
+def test_book_profile_keeps_the_seed_shapes():
+    assert (BOOK.ddpm.unet.in_channels, BOOK.ddpm.unet.image_size) == (1, 32)
+    assert (BOOK.vae.vae.latent_channels, BOOK.vae.vae.latent_size) == (2, 4)
+    assert (BOOK.ldm.unet.in_channels, BOOK.ldm.unet.image_size) == (2, 4)
+    assert BOOK.ancestral_samples is not None and BOOK.ancestral_samples < BOOK.eval_samples
+
+
+def test_precision_is_validated():
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig(precision="fp16")
+
+
+def _task(precision: str | None = None) -> TrainTask:
+    torch.manual_seed(0)
+    cfg = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(), num_heads=1)
+    sched = NoiseSchedule.make("cosine", 20)
+    data = torch.rand(16, 1, 32, 32) * 2 - 1
+    train = TrainConfig(epochs=2, batch_size=8, lr=1e-3, warmup_steps=1, sample_every=5, num_samples=2,
+                        eval_size=8, precision=precision)
+    return TrainTask("ddpm", UNet(cfg), make_diffusion_loss(sched), data, data[:8], train,
+                     {"kind": "ddpm", "precision": precision})
+
+
+def test_default_precision_is_fp32_on_cpu():
+    assert resolve_precision(_task(None), torch.device("cpu"), None) == ("fp32", {})
+    assert resolve_precision(_task("bf16"), torch.device("cpu"), None) == ("bf16", {})
+    assert resolve_precision(_task("bf16"), torch.device("cpu"), False) == ("fp32", {})
+
+
+def test_probe_changes_nothing_and_picks_a_measured_mode():
+    task = _task("auto")
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    chosen, speeds = resolve_precision(task, torch.device("cpu"), None)
+    assert chosen in speeds and speeds[chosen] == max(speeds.values())
+    assert "fp32" in speeds and all(v > 0 for v in speeds.values())
+    assert torch.equal(torch.get_rng_state(), rng)
+    for k, v in task.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert set(choose_precision(task, torch.device("cpu"))) == {"fp32"}
+
+
+def test_run_records_and_resumes_in_its_precision(tmp_path):
+    task = _task("bf16")
+    exp = Experiment.create(tmp_path, "ddpm")
+    fit(task, exp, progress=False)
+    side = json.loads(exp.last_checkpoint.with_suffix(".json").read_text())
+    assert side["precision"] == "bf16"
+    assert json.loads((exp.path / "checkpoints" / "model.json").read_text())["metrics"]["precision"] == "bf16"
+
+
+def test_cpu_name_names_the_model():
+    name = cpu_name()
+    assert name and ("bf16" in name or "no native bf16" in name or "model" not in name)
+
+
+def _tiny(name: str = "tiny"):
+    train = dict(epochs=1, subset=64, batch_size=32, eval_size=32, num_samples=2, sample_every=1, warmup_steps=1)
+    return dataclasses.replace(
+        SMOKE, name=name,
+        ddpm=dataclasses.replace(SMOKE.ddpm, train=dataclasses.replace(SMOKE.ddpm.train, **train)),
+        vae=dataclasses.replace(SMOKE.vae, train=dataclasses.replace(SMOKE.vae.train, **train)),
+        ldm=dataclasses.replace(SMOKE.ldm, train=dataclasses.replace(SMOKE.ldm.train, **train)),
+    )
+
+
+@pytest.mark.slow
+def test_train_all_trains_skips_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MNISTDIFF_CHECKPOINT_DIR", str(tmp_path))
+    prof = _tiny()
+    seconds = train_all(prof, device="cpu", progress=False)
+    assert set(seconds) == {"ddpm", "vae", "ldm"}
+    for kind in seconds:
+        assert checkpoint_path(kind, prof).exists() and checkpoint_path(kind, prof).with_suffix(".json").exists()
+    ddpm_bytes = checkpoint_path("ddpm", prof).read_bytes()
+
+    # a second call finds all three trained with these settings and trains nothing
+    capsys.readouterr()
+    train_all(prof, device="cpu", progress=False)
+    out = capsys.readouterr().out
+    assert out.count("skipping") == 3 and "training the" not in out
+
+    # a run stopped before its final checkpoint is resumed, not restarted
+    run = next((tmp_path / "tiny" / "runs").glob("*-ddpm"))
+    for f in (run / "checkpoints").glob("model.*"):
+        f.unlink()
+    for f in (checkpoint_path("ddpm", prof), checkpoint_path("ddpm", prof).with_suffix(".json")):
+        f.unlink()
+    train_all(prof, device="cpu", progress=False)
+    out = capsys.readouterr().out
+    assert "resuming" in out and run.name in out
+    assert checkpoint_path("ddpm", prof).read_bytes() == ddpm_bytes  # CPU: the resumed run ends identical
+
+
+def test_train_all_rejects_an_unknown_profile(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "all", "--profile", "huge"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -1,0 +1,113 @@
+"""The committed book-profile checkpoints still draw digits.
+
+Each committed model samples a small batch on the CPU (64 samples, DDIM-20, η = 0, seed 0) and the
+project's classifier must find digits in them: mean confidence ≥ ``MIN_CONFIDENCE`` and at least
+``MIN_CLASSES`` distinct predicted digits. A change that breaks the trained weights (the UNet's
+layout, the schedule, the sampler, the VAE's decoder, a checkpoint's bytes) fails here.
+
+The thresholds were calibrated on the trained models and on blobs (benchmarks/README.md, "CI
+checkpoint test"): the trained book models clear them with room, while the smoke profile's blobs,
+a model with random weights and pure noise all fail them; the last three are tested below, so the
+check can fail.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mnistdiff.checkpoints import load_checkpoint, read_sidecar
+from mnistdiff.config import to_dict
+from mnistdiff.metrics import class_statistics, classifier_features
+from mnistdiff.pipelines import DiffusionModel, load_ddpm, load_ldm, load_vae
+from mnistdiff.pretrained import checkpoint_path
+from mnistdiff.profiles import BOOK, SMOKE
+from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.unet import UNet
+
+MIN_CONFIDENCE = 0.9
+MIN_CLASSES = 8
+N, STEPS = 64, 20
+
+
+def digit_check(images: torch.Tensor) -> dict:
+    """Confidence and distinct predicted classes of ``images`` (N, 1, 32, 32) in [−1, 1]."""
+    _, probs = classifier_features(images, device="cpu")
+    stats = class_statistics(probs)
+    stats["distinct_classes"] = int(probs.argmax(1).unique().numel())
+    return stats
+
+
+def looks_like_digits(stats: dict) -> bool:
+    return stats["confidence"] >= MIN_CONFIDENCE and stats["distinct_classes"] >= MIN_CLASSES
+
+
+def _committed(kind: str):
+    path = checkpoint_path(kind, BOOK)
+    if not path.exists():
+        pytest.fail(f"{path} is not committed: run `python -m mnistdiff train all --profile book` and commit it")
+    return path
+
+
+def _sample(model: DiffusionModel) -> torch.Tensor:
+    images, _ = model.sample(N, mode="ddim", ddim_steps=STEPS, eta=0.0, seed=0, device="cpu")
+    return images
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "vae", "ldm"])
+def test_committed_checkpoint_is_the_book_profiles(kind):
+    """The committed file was trained with exactly the book profile's settings, and verifies."""
+    path = _committed(kind)
+    assert read_sidecar(path)["config"] == json.loads(json.dumps(to_dict(getattr(BOOK, kind))))
+    load_checkpoint(path, kind=kind)  # SHA-256 and size checked against the sidecar
+
+
+def test_book_ddpm_draws_digits():
+    stats = digit_check(_sample(load_ddpm(_committed("ddpm"))))
+    assert looks_like_digits(stats), stats
+
+
+def test_book_ldm_draws_digits():
+    model = load_ldm(_committed("vae"), _committed("ldm"))
+    stats = digit_check(_sample(model))
+    assert looks_like_digits(stats), stats
+
+
+def test_book_vae_reconstructs_digits():
+    from mnistdiff.data import load_mnist
+
+    vae, _, _ = load_vae(_committed("vae"))
+    real = load_mnist("test").subset(N, seed=0).images
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(real).mode()).clamp(-1, 1)
+    stats = digit_check(recon)
+    assert looks_like_digits(stats), stats
+
+
+# ---- the check can fail: what is not a digit does not pass it ----------------------------------
+
+
+def test_pure_noise_fails_the_check():
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.rand((N, 1, 32, 32), generator=gen) * 2 - 1
+    assert not looks_like_digits(digit_check(noise))
+
+
+def test_untrained_network_fails_the_check():
+    torch.manual_seed(0)
+    unet = UNet(BOOK.ddpm.unet)
+    for p in unet.conv_out.parameters():  # the zero-initialised output layer would predict ε = 0 everywhere
+        torch.nn.init.normal_(p, std=0.02)
+    model = DiffusionModel(unet.eval(), NoiseSchedule.from_config(BOOK.ddpm.diffusion), BOOK.ddpm, {})
+    assert not looks_like_digits(digit_check(_sample(model)))
+
+
+@pytest.mark.slow
+def test_smoke_blobs_fail_the_check():
+    from mnistdiff.pretrained import get_ddpm
+
+    model = get_ddpm(SMOKE, device="cpu", progress=False)  # trains the smoke DDPM (about 20 s) unless stored
+    stats = digit_check(_sample(model))
+    assert not looks_like_digits(stats), stats
