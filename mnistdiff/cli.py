@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 __all__ = ["main", "build_parser"]
 
+from .config import DEFAULT_ETA  # noqa: E402 - config imports no torch
+
 PROFILE_NAMES = ("smoke", "book", "full")  # mnistdiff.profiles.PROFILES (not imported here: it imports torch)
 
 TRAIN_OPTIONS = {  # option → (type, help); defaults come from the profile's config
@@ -148,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
     p.add_argument("--mode", choices=("ddpm", "ddim"), default="ddim")
     p.add_argument("--ddim_steps", type=int, default=50)
-    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--eta", type=float, default=DEFAULT_ETA,
+                   help=f"DDIM noise: 0 deterministic, 1 DDPM-like (default {DEFAULT_ETA:g}; see chapter 3)")
     p.add_argument("--num_samples", type=int, default=num_samples)
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)

@@ -23,10 +23,17 @@ __all__ = [
     "to_dict",
     "from_dict",
     "ConfigError",
+    "DEFAULT_ETA",
 ]
 
 
 PRECISIONS = ("fp32", "bf16", "bf16_cl", "auto")
+
+#: DDIM's η where nobody chooses one (``sampling.generate``, ``python -m mnistdiff sample``): 1, the
+#: stochastic sampler. On the book profile's briefly trained network, deterministic DDIM (η = 0)
+#: leaves grainy backgrounds and skews the digit classes (chapter 3, "Why η = 0 is fragile"); η = 1
+#: corrects each step's error with fresh noise. ``ddim.ddim_sample_loop`` keeps the paper's η = 0.
+DEFAULT_ETA = 1.0
 
 
 class ConfigError(ValueError):

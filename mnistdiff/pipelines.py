@@ -49,7 +49,7 @@ class DiffusionModel:
     meta: dict[str, Any]
     codec: LatentCodec | None = None
     clip_denoised: bool | float = True
-
+    fast: str = "off"  # how ``sample`` runs the network by default (``generate``'s ``fast``)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -60,6 +60,7 @@ class DiffusionModel:
         """:func:`~mnistdiff.sampling.generate` with this model's shape and decoder."""
         decode = self.codec.decode if self.codec is not None else None
         kwargs.setdefault("clip_denoised", self.clip_denoised)
+        kwargs.setdefault("fast", self.fast)
         return generate(self.unet, self.schedule, num_samples, shape=self.sample_shape, decode=decode, **kwargs)
 
 

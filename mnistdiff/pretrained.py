@@ -89,6 +89,19 @@ def _load_else_train(kind: str, prof: Profile, expected: dict, retrain: bool, tr
     return load(path)
 
 
+def _with_sampling_mode(model: DiffusionModel, prof: Profile, device) -> DiffusionModel:
+    """Set ``model.fast`` from the profile: ``auto`` measures fp32 against bf16 autocast here and keeps the faster."""
+    if prof.sample_fast == "auto":
+        from .sampling import choose_fast
+
+        model.fast, speeds = choose_fast(model.unet, model.sample_shape, device)
+        print(f"[mnistdiff] sampling network: {'bf16 autocast' if model.fast == 'amp' else 'float32'} "
+              f"(measured here: " + ", ".join(f"{k} {v:.0f} calls/s" for k, v in speeds.items()) + ")")
+    else:
+        model.fast = prof.sample_fast
+    return model
+
+
 def _resolve(profile: str | Profile | None, device: str | torch.device | None) -> tuple[Profile, str | torch.device]:
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     return prof, device or default_device()
@@ -98,11 +111,12 @@ def get_ddpm(profile: str | Profile | None = None, *, device: str | torch.device
              retrain: bool = False, progress: bool = True) -> DiffusionModel:
     """The profile's pixel-space DDPM: load ``checkpoints/<profile>/ddpm.pt``, else train and store it."""
     prof, device = _resolve(profile, device)
-    return _load_else_train(
+    model = _load_else_train(
         "ddpm", prof, to_dict(prof.ddpm), retrain,
         lambda out: train_ddpm(prof.ddpm, out=out, device=device, progress=progress),
         lambda path: load_ddpm(path, device),
     )
+    return _with_sampling_mode(model, prof, device)
 
 
 def get_vae(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
@@ -123,11 +137,12 @@ def get_ldm(profile: str | Profile | None = None, *, device: str | torch.device 
     prof, device = _resolve(profile, device)
     get_vae(prof, device=device, progress=progress)
     vae_path = checkpoint_path("vae", prof)
-    return _load_else_train(
+    model = _load_else_train(
         "ldm", prof, to_dict(prof.ldm), retrain,
         lambda out: train_ldm(prof.ldm, vae_path, out=out, device=device, progress=progress),
         lambda path: load_ldm(vae_path, path, device),
     )
+    return _with_sampling_mode(model, prof, device)
 
 
 def _unfinished_run(runs: Path, kind: str, expected: dict) -> Path | None:

@@ -40,6 +40,7 @@ class Profile:
     ddim_step_sweep: tuple[int, ...] = (10, 20, 50, 100)
     widget_frames: int = 8
     ancestral_samples: int | None = None  # the T-step ancestral samplers draw at most this many (None: eval_samples)
+    sample_fast: str = "off"  # how notebooks run the sampling network: off (fp32), amp, or auto (measured)
 
 
 FULL = Profile(name="full", ddpm=DDPMRunConfig(), vae=VAERunConfig(), ldm=LDMRunConfig())
@@ -100,7 +101,8 @@ BOOK = Profile(
     umap_real=10_000,
     ddim_step_sweep=(10, 20, 50),
     widget_frames=8,
-    ancestral_samples=200,
+    ancestral_samples=100,
+    sample_fast="auto",
 )
 
 PROFILES = {"smoke": SMOKE, "book": BOOK, "full": FULL}

@@ -38,8 +38,8 @@
 # - trace a tensor through the UNet, block by block, and count where its parameters live;
 # - explain why the network's last layer starts at zero.
 #
-# **Run time.** smoke profile, 2-core CPU: about 11 s; full profile, GPU: see the
-# [results page](../results.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
+# **Run time.** a few seconds on any machine; every chapter's measured time is in the
+# [introduction](../intro.md) and on the [results page](../results.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 
 # %%
 import time

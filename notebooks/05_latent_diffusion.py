@@ -38,9 +38,8 @@
 # - sample with DDPM and DDIM in latent space and follow a trajectory through the decoder;
 # - say what latent diffusion gains (cost per step) and what bounds it (the decoder's quality).
 #
-# **Run time.** smoke profile, 2-core CPU: about 30 s (including training the smoke VAE if
-# chapter 4 has not, and the smoke latent model); full profile, GPU: see the
-# [results page](../results.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
+# **Run time.** about a minute on two CPU cores with the committed `book` checkpoints; measured
+# times in the [introduction](../intro.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 
 # %%
 import time

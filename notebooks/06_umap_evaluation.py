@@ -32,8 +32,9 @@
 # - measure the overlap of two sets with a **k-NN two-sample test** (0.5 = indistinguishable);
 # - rank the course's generators by quality and speed, and write the results file the book reads.
 #
-# **Run time.** smoke profile, 2-core CPU: about 6 min, most of it sampling the pixel-space models;
-# full profile, GPU: see the [results page](../results.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
+# **Run time.** about a quarter of an hour on two CPU cores with the `book` profile (2,000 samples
+# per generator, 100 for the 1000-step samplers), most of it sampling the pixel-space model;
+# measured times in the [introduction](../intro.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 
 # %%
 import time
@@ -330,14 +331,16 @@ plt.show()
 # %% [markdown]
 # ## Reading the results
 #
-# A few things to look for — in the full profile's numbers especially (the smoke profile's models
-# train for seconds, so its numbers only show that the machinery works):
+# A few things to look for (under the smoke profile, whose models train for seconds, the numbers
+# only show that the machinery works):
 #
 # - **Against the floor.** A generator is good when its FID and KID are close to the floor's, its
 #   precision and recall close to the floor's, and its k-NN accuracies close to 0.5.
-# - **DDIM steps.** FID falls as steps are added and levels off; deterministic DDIM ($\eta = 0$)
-#   usually does better than stochastic ($\eta = 1$) at few steps, because the noise injected at each
-#   step must be removed again by the few steps that follow.
+# - **DDIM steps and $\eta$.** FID falls as steps are added and levels off. For a well-trained
+#   network deterministic DDIM ($\eta = 0$) usually does better than stochastic ($\eta = 1$) at few
+#   steps, because the noise injected at each step must be removed again by the few steps that
+#   follow; for this book's briefly trained network $\eta = 1$ can win instead, because the fresh noise
+#   also corrects the network's errors (chapter 3, section 7). Compare the two rows at equal steps.
 # - **Latent diffusion** is much cheaper per sample; its quality is bounded by the **VAE
 #   reconstructions** row, and its gap to that row is what the latent diffusion model itself loses.
 # - **The VAE prior** shows, in numbers, what chapter 4 showed in pictures.
