@@ -64,6 +64,18 @@ T = PROFILE.ddpm.diffusion.timesteps
 print(f"profile: {PROFILE.name}, device: {DEVICE}, T = {T} timesteps, {PROFILE.ddpm.diffusion.schedule} schedule")
 
 # %% [markdown]
+# **Where this chapter ends.** Digits drawn by the model it trains: this profile's trained DDPM
+# (loaded, or trained if it is missing), sampled with chapter 3's fast sampler, DDIM with
+# `PROFILE.ddim_steps` steps and the package's default $\eta$. Section 4 draws them with the
+# 1000-step sampler this chapter derives; chapter 6 measures how close they are to real digits.
+
+# %%
+preview = get_ddpm(device=DEVICE, progress=False)
+show_grid(preview.sample(32, mode="ddim", ddim_steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE)[0], nrow=16,
+          title=f"the trained DDPM ({PROFILE.name} profile), DDIM-{PROFILE.ddim_steps}")
+plt.show()
+
+# %% [markdown]
 # ## 1. The forward process
 #
 # At step $t$ we shrink the image a little and add a little noise, with a variance $\beta_t$ from a

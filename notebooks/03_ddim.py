@@ -56,6 +56,20 @@ torch.manual_seed(SEED)
 print(f"profile: {PROFILE.name}, device: {DEVICE}")
 
 # %% [markdown]
+# **Where this chapter ends.** Chapter 2's network, sampled in `PROFILE.ddim_steps` steps instead of
+# 1000 (top: the package's default $\eta = 1$; bottom: the deterministic $\eta = 0$, from the same noise;
+# section 7 explains the difference):
+
+# %%
+preview = get_ddpm(device=DEVICE, progress=False)
+fig, axes = plt.subplots(2, 1, figsize=(8, 2.6))
+for ax, eta in zip(axes, (1.0, 0.0)):
+    x, _ = preview.sample(16, mode="ddim", ddim_steps=PROFILE.ddim_steps, eta=eta, seed=SEED, device=DEVICE)
+    show_grid(x, nrow=16, ax=ax, title=f"DDIM-{PROFILE.ddim_steps}, η = {eta:g}")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
 # The trained DDPM of chapter 2 (loaded from `checkpoints/<profile>/ddpm.pt`, or trained now if
 # this notebook runs first):
 

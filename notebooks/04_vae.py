@@ -61,6 +61,20 @@ torch.manual_seed(SEED)
 print(f"profile: {PROFILE.name}, device: {DEVICE}")
 
 # %% [markdown]
+# **Where this chapter ends.** Test digits (top) and what this profile's trained VAE makes of them
+# after squeezing each into 32 numbers (bottom). Its *prior* samples, decoded from random codes,
+# are another matter: "Samples from the prior" below shows why they do not look like digits, and
+# chapter 5 fixes it.
+
+# %%
+preview_vae, _ = get_vae(device=DEVICE, progress=False)
+shown = load_mnist("test").subset(16, seed=SEED).images.to(DEVICE)
+with torch.no_grad():
+    recon = preview_vae.decode(preview_vae.encode(shown).mode()).clamp(-1, 1)
+show_grid(torch.cat([shown, recon]).cpu(), nrow=16, title=f"test digits and their reconstructions ({PROFILE.name} profile)")
+plt.show()
+
+# %% [markdown]
 # ## From pixels to a code, and back
 #
 # An **autoencoder** is two networks trained together: an encoder $E$ that maps an image $x$ to a

@@ -70,6 +70,17 @@ torch.manual_seed(SEED)
 print(f"profile: {PROFILE.name}, device: {DEVICE}")
 
 # %% [markdown]
+# **Where this chapter ends.** Digits from diffusion in the VAE's 2×4×4 latent space: this profile's
+# trained latent model (loaded, or trained if missing), DDIM with `PROFILE.ddim_steps` steps and the
+# package's default $\eta$, each latent decoded by chapter 4's VAE.
+
+# %%
+preview = get_ldm(device=DEVICE, progress=False)
+show_grid(preview.sample(32, mode="ddim", ddim_steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE)[0], nrow=16,
+          title=f"latent diffusion ({PROFILE.name} profile), DDIM-{PROFILE.ddim_steps}, decoded")
+plt.show()
+
+# %% [markdown]
 # ## The same diffusion model, on a different space
 #
 # Nothing about DDPM cares what its data are. Rombach et al. (eq. 2) simply replace the image $x$

@@ -48,6 +48,7 @@ import torch
 from IPython.display import Markdown, display
 
 from mnistdiff import evaluation
+from mnistdiff.config import DEFAULT_ETA
 from mnistdiff.data import load_mnist
 from mnistdiff.metrics import classifier_features, frechet_distance, reference_features
 from mnistdiff.pretrained import REPO_ROOT, get_ddpm, get_ldm
@@ -246,7 +247,7 @@ other_floors = evaluation.floors_for(scores, N, seed=SEED, device=DEVICE)
 # is 0.5 when the sets cannot be told apart (up to noise of about $\pm 0.5/\sqrt{m}$) and 1 when they
 # are fully separable. Written with a distance matrix, and checked against
 # `mnistdiff.umap_eval.knn_two_sample_accuracy` on the classifier features of real digits against
-# DDPM samples:
+# samples of the package's default sampler (DDIM, `PROFILE.ddim_steps` steps, η = `DEFAULT_ETA`):
 
 
 # %%
@@ -261,12 +262,14 @@ def knn_accuracy(a: torch.Tensor, b: torch.Tensor, k: int = 5) -> float:
     return correct.mean().item()
 
 
-m = min(N, 1000)  # the distance matrix is (2m)²
+default = samples[f"ddim_{PROFILE.ddim_steps}_eta{DEFAULT_ETA:g}"]  # the package's default sampler
+m = min(N, 1000, len(default.images))  # equal sets; the distance matrix is (2m)²
 real_t = torch.from_numpy(real_feats[:m]).float()
-ddpm_feats = classifier_features(samples["ddpm"].images[:m], device=DEVICE)[0]
-ours = knn_accuracy(real_t, ddpm_feats)
-torch.testing.assert_close(ours, knn_two_sample_accuracy(real_t, ddpm_feats, k=5, seed=SEED), rtol=0, atol=1e-12)
-print(f"k-NN accuracy, {m} real digits vs {m} DDPM samples, classifier features: {ours:.3f}   (matches mnistdiff.umap_eval)")
+gen_feats = classifier_features(default.images[:m], device=DEVICE)[0]
+ours = knn_accuracy(real_t, gen_feats)
+torch.testing.assert_close(ours, knn_two_sample_accuracy(real_t, gen_feats, k=5, seed=SEED), rtol=0, atol=1e-12)
+print(f"k-NN accuracy, {m} real digits vs {m} samples of {default.spec.label}, classifier features: {ours:.3f}"
+      "   (matches mnistdiff.umap_eval)")
 
 # %% [markdown]
 # Now the map. Each panel shows the real digits the UMAP was fitted on, coloured by class, and in
@@ -311,7 +314,7 @@ for eta, marker in ((0.0, "o-"), (1.0, "s--")):
     pts = sorted((g["steps"], g["fid"]) for g in gens.values()
                  if g["sampler"] == "ddim" and g["space"] == "pixel" and g["eta"] == eta)
     ax1.plot(*zip(*pts), marker, label=f"DDIM, η = {eta:g}")
-ax1.axhline(gens["ddpm"]["fid"], color="C2", lw=1, label=f"DDPM, {gens['ddpm']['steps']} steps")
+ax1.axhline(gens["ddpm"]["fid"], color="C2", lw=1, label=f"DDPM, {gens['ddpm']['steps']} steps (n = {gens['ddpm']['n']})")
 ax1.axhline(results["floor"]["fid"], color="k", ls=":", lw=1, label="real floor")
 ax1.set(xscale="log", xlabel="sampling steps", ylabel="FID", title="DDIM: steps and η")
 ax1.set_xticks(PROFILE.ddim_step_sweep, [str(s) for s in PROFILE.ddim_step_sweep])

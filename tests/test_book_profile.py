@@ -129,3 +129,24 @@ def test_train_all_rejects_an_unknown_profile(capsys):
         main(["train", "all", "--profile", "huge"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_ancestral_samplers_draw_fewer_and_get_their_own_floor():
+    from mnistdiff import evaluation
+
+    def draw(n: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand((n, 1, 32, 32), generator=g) * 2 - 1
+
+    specs = [evaluation.GeneratorSpec("slow", "slow", "pixel", "ddpm", 1000, None, draw, max_samples=12),
+             evaluation.GeneratorSpec("fast", "fast", "pixel", "ddim", 10, 0.0, draw)]
+    samples = evaluation.draw_samples(specs, 40, seed=0, device="cpu", verbose=False)
+    assert samples["slow"].images.shape[0] == 12 and samples["fast"].images.shape[0] == 40
+    scores = {name: {"n": int(s.images.shape[0])} for name, s in samples.items()}
+    floors = evaluation.floors_for(scores, 40, device="cpu")
+    assert list(floors) == ["12"] and floors["12"]["n"] == 12
+    assert floors["12"]["fid"] == pytest.approx(evaluation.real_floor(12, device="cpu")["fid"])
+    results = evaluation.build_results("tiny", "cpu", 40, evaluation.real_floor(40, device="cpu"),
+                                       {"slow": {"label": "slow", "n": 12, "fid": 1.0}}, other_floors=floors)
+    table = evaluation.results_table(results)
+    assert "real (floor), n = 12" in table and "| n |" in table.replace("| generator | n |", "| n |")
