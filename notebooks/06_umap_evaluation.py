@@ -32,7 +32,7 @@
 # - measure the overlap of two sets with a **k-NN two-sample test** (0.5 = indistinguishable);
 # - rank the course's generators by quality and speed, and write the results file the book reads.
 #
-# **Run time.** about a quarter of an hour on two CPU cores with the `book` profile (2,000 samples
+# **Run time.** about 20 minutes on two CPU cores with the `book` profile (2,000 samples
 # per generator, 100 for the 1000-step samplers), most of it sampling the pixel-space model;
 # measured times in the [introduction](../intro.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 
