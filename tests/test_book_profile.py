@@ -72,18 +72,33 @@ def test_probe_changes_nothing_and_picks_a_measured_mode():
         assert set(choose_precision(task, torch.device("cpu"))) == {"fp32"}
 
 
-def test_run_records_and_resumes_in_its_precision(tmp_path):
+def test_run_records_its_precision_and_a_resume_reads_it_back(tmp_path):
+    from mnistdiff.train import _started_precision
+
     task = _task("bf16")
     exp = Experiment.create(tmp_path, "ddpm")
     fit(task, exp, progress=False)
     side = json.loads(exp.last_checkpoint.with_suffix(".json").read_text())
     assert side["precision"] == "bf16"
     assert json.loads((exp.path / "checkpoints" / "model.json").read_text())["metrics"]["precision"] == "bf16"
+    assert _started_precision(exp.last_checkpoint) == "bf16"  # what fit(resume=True) trains in
+    assert _started_precision(tmp_path / "missing" / "last.pt") is None
 
 
-def test_cpu_name_names_the_model():
+def test_cpu_name_matches_proc_cpuinfo():
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        pytest.skip("no /proc/cpuinfo on this system")
+    lines = info.read_text().splitlines()
+    model = next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("model name"))
+    flags = set(next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags")))
     name = cpu_name()
-    assert name and ("bf16" in name or "no native bf16" in name or "model" not in name)
+    assert name.startswith(model)
+    assert ("amx_bf16" in name) == ("amx_bf16" in flags)
+    assert ("avx512_bf16" in name) == ("avx512_bf16" in flags)
+    assert ("no native bf16" in name) == (not flags & {"amx_bf16", "avx512_bf16"})
 
 
 def _tiny(name: str = "tiny"):
