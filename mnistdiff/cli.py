@@ -32,8 +32,8 @@ TRAIN_OPTIONS = {  # option → (type, help); defaults come from the profile's c
     "seed": (int, "random seed (data order, noise, initial weights)"),
 }
 MODEL_OPTIONS = {
-    "ddpm": {"timesteps": ("diffusion", int), "base_channels": ("unet", int)},
-    "ldm": {"timesteps": ("diffusion", int), "base_channels": ("unet", int)},
+    "ddpm": {"timesteps": ("diffusion", int), "min_snr_gamma": ("diffusion", float), "base_channels": ("unet", int)},
+    "ldm": {"timesteps": ("diffusion", int), "min_snr_gamma": ("diffusion", float), "base_channels": ("unet", int)},
     "vae": {"kl_weight": (None, float), "base_channels": ("vae", int), "latent_channels": ("vae", int)},
 }
 
@@ -189,7 +189,7 @@ def _train_config(args: argparse.Namespace, base: Any = None):
         value = getattr(args, name)
         if value is None:
             continue
-        if name in ("timesteps", "base_channels", "latent_channels"):
+        if name in ("timesteps", "base_channels", "latent_channels", "min_snr_gamma"):
             _positive(name, value)
         if section is None:
             top[name] = value

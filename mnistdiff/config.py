@@ -83,14 +83,21 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The noise schedule: ``timesteps`` T and its kind (``cosine`` or ``linear``)."""
+    """The noise schedule: ``timesteps`` T and its kind (``cosine`` or ``linear``), and the loss weighting.
+
+    ``min_snr_gamma``: ``None`` trains on L_simple (Ho eq. 14); a number γ weights each timestep's
+    ε-loss by min(SNR_t, γ) / SNR_t (min-SNR-γ, Hang et al. 2023; :func:`mnistdiff.ddpm.min_snr_weight`).
+    """
 
     timesteps: int = 1000
     schedule: str = "cosine"
+    min_snr_gamma: float | None = None
 
     def __post_init__(self) -> None:
         if self.timesteps < 2:
             raise ConfigError(f"timesteps must be at least 2, got {self.timesteps}")
+        if self.min_snr_gamma is not None:
+            _positive("min_snr_gamma", self.min_snr_gamma)
         if self.schedule not in ("cosine", "linear"):
             raise ConfigError(f"schedule must be 'cosine' or 'linear', got {self.schedule!r}")
 

@@ -23,6 +23,7 @@ __all__ = [
     "p_mean_variance",
     "p_sample",
     "p_sample_loop",
+    "min_snr_weight",
     "diffusion_loss",
 ]
 
@@ -147,13 +148,35 @@ def p_sample_loop(
     return x
 
 
+def min_snr_weight(sched: NoiseSchedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The min-SNR-γ weight of the ε-loss at timesteps ``t`` (Hang et al. 2023, eq. 9 for ε-prediction): ``(B,)``.
+
+    w_t = min(SNR_t, γ) / SNR_t with SNR_t = ᾱ_t / (1 − ᾱ_t): 1 where the image is mostly noise
+    (SNR_t ≤ γ), γ / SNR_t → 0 as t → 0. In x_0 terms ‖ε − ε̂‖² = SNR_t ‖x_0 − x̂_0‖², so L_simple
+    weights the x_0 error by SNR_t, unbounded at small t; min-SNR-γ caps that weight at γ.
+    """
+    snr = (sched.sqrt_alphas_cumprod[t] / sched.sqrt_one_minus_alphas_cumprod[t]).double() ** 2
+    return (snr.clamp(max=gamma) / snr).float()
+
+
 def diffusion_loss(
-    model: Denoiser, sched: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor | None = None, noise: torch.Tensor | None = None
+    model: Denoiser,
+    sched: NoiseSchedule,
+    x0: torch.Tensor,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    min_snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """L_simple (Ho eq. 14): E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖², t ~ U{0, …, T−1}."""
+    """L_simple (Ho eq. 14): E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖², t ~ U{0, …, T−1}.
+
+    With ``min_snr_gamma`` = γ each sample's squared error is weighted by :func:`min_snr_weight`.
+    """
     if t is None:
         t = torch.randint(0, sched.num_timesteps, (x0.shape[0],), device=x0.device)
     if noise is None:
         noise = torch.randn_like(x0)
     x_t = q_sample(sched, x0, t, noise)
-    return F.mse_loss(model(x_t, t).float(), noise)
+    if min_snr_gamma is None:
+        return F.mse_loss(model(x_t, t).float(), noise)
+    per_sample = (model(x_t, t).float() - noise).pow(2).flatten(1).mean(1)
+    return (min_snr_weight(sched, t, min_snr_gamma) * per_sample).mean()

@@ -64,8 +64,11 @@ class DiffusionModel:
         return generate(self.unet, self.schedule, num_samples, shape=self.sample_shape, decode=decode, **kwargs)
 
 
-def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None):
-    """The ε-prediction loss for a batch; for latents (``scale`` given) the batch holds [μ, σ] and z = s·(μ + σε)."""
+def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None, min_snr_gamma: float | None = None):
+    """The ε-prediction loss for a batch; for latents (``scale`` given) the batch holds [μ, σ] and z = s·(μ + σε).
+
+    ``min_snr_gamma``: weight it by min-SNR-γ (:func:`~mnistdiff.ddpm.min_snr_weight`); ``None``: L_simple.
+    """
 
     def loss_fn(model: nn.Module, batch: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         if scale is not None:
@@ -74,7 +77,7 @@ def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None):
             batch = (mean + std * eps_z) * scale
         t = torch.randint(0, sched.num_timesteps, (batch.shape[0],), generator=gen, device=batch.device)
         noise = torch.randn(batch.shape, generator=gen, device=batch.device)
-        return diffusion_loss(model, sched, batch, t, noise)
+        return diffusion_loss(model, sched, batch, t, noise, min_snr_gamma)
 
     return loss_fn
 
@@ -122,7 +125,7 @@ def train_ddpm(
     sched = NoiseSchedule.from_config(cfg.diffusion).to(device)
     train, test = _data(cfg.train, data_dir, device)
     sample_fn, final_fn = _diffusion_samplers(sched, (1, 32, 32), cfg.train.seed, cfg.train.num_samples, device)
-    task = TrainTask("ddpm", model, make_diffusion_loss(sched), train.images, test.images, cfg.train, to_dict(cfg),
+    task = TrainTask("ddpm", model, make_diffusion_loss(sched, None, cfg.diffusion.min_snr_gamma), train.images, test.images, cfg.train, to_dict(cfg),
                      sample_fn=sample_fn, final_fn=final_fn)
     exp = Experiment(resume) if resume else Experiment.create(out, "ddpm")
     return fit(task, exp, device=device, resume=resume is not None, progress=progress, compile=compile)
@@ -200,7 +203,7 @@ def train_ldm(
     model = UNet(cfg.unet)
     vae_sha = sha256_file(vae_checkpoint)
     task = TrainTask(
-        "ldm", model, make_diffusion_loss(sched, scale), torch.cat([mean_tr, std_tr], 1), torch.cat([mean_te, std_te], 1),
+        "ldm", model, make_diffusion_loss(sched, scale, cfg.diffusion.min_snr_gamma), torch.cat([mean_tr, std_tr], 1), torch.cat([mean_te, std_te], 1),
         cfg.train, to_dict(cfg), sample_fn=sample_fn, final_fn=final_fn,
         extra_state={"latent_scale": scale, "latent_clip": clip},
         extra_sidecar={"latent_scale": scale, "latent_clip": clip, "vae_sha256": vae_sha},

@@ -82,6 +82,7 @@ BOOK = Profile(
     name="book",
     ddpm=DDPMRunConfig(
         unet=UNetConfig(base_channels=24, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,)),
+        diffusion=DiffusionConfig(min_snr_gamma=5.0),
         train=TrainConfig(epochs=4, lr=2e-3, batch_size=128, warmup_steps=200, sample_every=1, num_samples=16,
                           eval_size=1000, precision="auto"),
     ),
@@ -92,7 +93,7 @@ BOOK = Profile(
     ),
     ldm=LDMRunConfig(
         unet=UNetConfig(in_channels=2, image_size=4, base_channels=32, channel_mults=(1, 2), attention_resolutions=(4, 2)),
-        train=TrainConfig(epochs=10, lr=2e-3, batch_size=256, warmup_steps=200, sample_every=2, num_samples=16,
+        train=TrainConfig(epochs=20, lr=2e-3, batch_size=256, warmup_steps=200, sample_every=2, num_samples=16,
                           eval_size=2000, precision="auto"),
     ),
     num_samples=64,
