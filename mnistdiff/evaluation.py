@@ -60,6 +60,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .checkpoints import atomic_write_text
+from .config import DEFAULT_ETA
 from .data import load_mnist
 from .profiles import Profile, default_device
 
@@ -188,17 +189,19 @@ def course_generators(
     profile: Profile,
     device: torch.device | str | None = None,
     ddim_steps: Sequence[int] | None = None,
-    etas: Sequence[float] = (0.0, 1.0),
+    etas: Sequence[float] = (DEFAULT_ETA, 0.0),
     ldm_ddim_steps: int | None = None,
 ) -> list[GeneratorSpec]:
     """Every generator of the course, in the order the tables show them.
 
     ``ddpm``: the pixel-space :class:`~mnistdiff.pipelines.DiffusionModel`; ``ldm``: the latent one
     (with its ``codec``); ``vae``: the VAE. Any of them may be None to leave its generators out.
-    ``ddim_steps`` (default ``profile.ddim_step_sweep``, capped at the model's T) and ``etas`` span
-    the DDIM grid; latent diffusion's DDIM uses ``ldm_ddim_steps`` (default ``profile.ddim_steps``)
-    with η = 0. The two ancestral (T-step) samplers draw at most ``profile.ancestral_samples``. Names: ``ddpm``, ``ddim_<S>_eta<η>``, ``ldm_ddpm``, ``ldm_ddim_<S>``, ``vae_prior``,
-    ``vae_reconstruction``.
+    The pixel model's DDIM runs every step count of ``ddim_steps`` (default ``profile.ddim_step_sweep``,
+    capped at the model's T) with the first η of ``etas`` (the package's default sampler), and each
+    further η at ``profile.ddim_steps`` only; latent diffusion's DDIM runs each η of ``etas`` at
+    ``ldm_ddim_steps`` (default ``profile.ddim_steps``). The two ancestral (T-step) samplers draw at
+    most ``profile.ancestral_samples``. Names: ``ddpm``, ``ddim_<S>_eta<η>``, ``ldm_ddpm``,
+    ``ldm_ddim_<S>_eta<η>``, ``vae_prior``, ``vae_reconstruction``.
     """
     device = torch.device(device) if device is not None else default_device()
     specs: list[GeneratorSpec] = []
@@ -207,8 +210,8 @@ def course_generators(
         specs.append(GeneratorSpec("ddpm", f"DDPM, {T} steps", "pixel", "ddpm", T, None,
                                    _diffusion_sampler(ddpm, device, mode="ddpm"), profile.ancestral_samples))
         sweep = [s for s in (ddim_steps if ddim_steps is not None else profile.ddim_step_sweep) if s <= T]
-        for eta in etas:
-            for steps in sweep:
+        for i, eta in enumerate(etas):
+            for steps in (sweep if i == 0 else [min(profile.ddim_steps, T)]):
                 specs.append(GeneratorSpec(
                     f"ddim_{steps}_eta{eta:g}", f"DDIM, {steps} steps, η = {eta:g}", "pixel", "ddim", steps, float(eta),
                     _diffusion_sampler(ddpm, device, mode="ddim", ddim_steps=steps, eta=float(eta)),
@@ -218,8 +221,11 @@ def course_generators(
         steps = min(ldm_ddim_steps or profile.ddim_steps, T)
         specs.append(GeneratorSpec("ldm_ddpm", f"LDM, DDPM, {T} steps", "latent", "ddpm", T, None,
                                    _diffusion_sampler(ldm, device, mode="ddpm"), profile.ancestral_samples))
-        specs.append(GeneratorSpec(f"ldm_ddim_{steps}", f"LDM, DDIM, {steps} steps, η = 0", "latent",
-                                   "ddim", steps, 0.0, _diffusion_sampler(ldm, device, mode="ddim", ddim_steps=steps)))
+        for eta in etas:
+            specs.append(GeneratorSpec(
+                f"ldm_ddim_{steps}_eta{eta:g}", f"LDM, DDIM, {steps} steps, η = {eta:g}", "latent", "ddim", steps,
+                float(eta), _diffusion_sampler(ldm, device, mode="ddim", ddim_steps=steps, eta=float(eta)),
+            ))
     if vae is not None:
         specs.append(GeneratorSpec("vae_prior", "VAE prior samples", "vae", "prior", 1, None,
                                    _vae_prior_sampler(vae, device)))

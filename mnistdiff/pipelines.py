@@ -125,7 +125,8 @@ def train_ddpm(
     sched = NoiseSchedule.from_config(cfg.diffusion).to(device)
     train, test = _data(cfg.train, data_dir, device)
     sample_fn, final_fn = _diffusion_samplers(sched, (1, 32, 32), cfg.train.seed, cfg.train.num_samples, device)
-    task = TrainTask("ddpm", model, make_diffusion_loss(sched, None, cfg.diffusion.min_snr_gamma), train.images, test.images, cfg.train, to_dict(cfg),
+    loss_fn = make_diffusion_loss(sched, None, cfg.diffusion.min_snr_gamma)
+    task = TrainTask("ddpm", model, loss_fn, train.images, test.images, cfg.train, to_dict(cfg),
                      sample_fn=sample_fn, final_fn=final_fn)
     exp = Experiment(resume) if resume else Experiment.create(out, "ddpm")
     return fit(task, exp, device=device, resume=resume is not None, progress=progress, compile=compile)
@@ -202,8 +203,9 @@ def train_ldm(
                                               clip=clip)
     model = UNet(cfg.unet)
     vae_sha = sha256_file(vae_checkpoint)
+    loss_fn = make_diffusion_loss(sched, scale, cfg.diffusion.min_snr_gamma)
     task = TrainTask(
-        "ldm", model, make_diffusion_loss(sched, scale, cfg.diffusion.min_snr_gamma), torch.cat([mean_tr, std_tr], 1), torch.cat([mean_te, std_te], 1),
+        "ldm", model, loss_fn, torch.cat([mean_tr, std_tr], 1), torch.cat([mean_te, std_te], 1),
         cfg.train, to_dict(cfg), sample_fn=sample_fn, final_fn=final_fn,
         extra_state={"latent_scale": scale, "latent_clip": clip},
         extra_sidecar={"latent_scale": scale, "latent_clip": clip, "vae_sha256": vae_sha},

@@ -294,7 +294,7 @@ plt.show()
 # grow a little, hence a tolerance well below what an eye could see):
 
 # %%
-N_CHECK = min(N, 8)  # T network calls per image: a few images prove the point
+N_CHECK = min(N, 4)  # T network calls per image: a few images prove the point
 # float32 network (fast="off"): under bf16 the two samplers' tiny rounding differences would grow over T steps
 ddim_all, _ = timed_sample(N_CHECK, mode="ddim", ddim_steps=T, eta=1.0, fast="off")
 ddpm_few, _ = timed_sample(N_CHECK, mode="ddpm", fast="off")

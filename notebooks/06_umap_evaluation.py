@@ -303,8 +303,9 @@ display(Markdown(evaluation.results_table(results)))
 # %% [markdown]
 # ## Quality against cost
 #
-# Left: FID against the number of DDIM steps, deterministic ($\eta = 0$) and stochastic
-# ($\eta = 1$), with full DDPM and the floor for reference. Right: every generator's FID against its
+# Left: FID against the number of DDIM steps for the package's default, stochastic DDIM
+# ($\eta = 1$), with deterministic DDIM ($\eta = 0$) at `PROFILE.ddim_steps` steps (chapter 3 sweeps it
+# over the steps), full DDPM and the floor for reference. Right: every generator's FID against its
 # sampling time per digit — the trade-off the course has been about.
 
 # %%
@@ -343,7 +344,8 @@ plt.show()
 #   network deterministic DDIM ($\eta = 0$) usually does better than stochastic ($\eta = 1$) at few
 #   steps, because the noise injected at each step must be removed again by the few steps that
 #   follow; for this book's briefly trained network $\eta = 1$ can win instead, because the fresh noise
-#   also corrects the network's errors (chapter 3, section 7). Compare the two rows at equal steps.
+#   also corrects the network's errors (chapter 3, section 7). Compare the two rows at equal steps,
+#   for the pixel model and for latent diffusion.
 # - **Latent diffusion** is much cheaper per sample; its quality is bounded by the **VAE
 #   reconstructions** row, and its gap to that row is what the latent diffusion model itself loses.
 # - **The VAE prior** shows, in numbers, what chapter 4 showed in pictures.

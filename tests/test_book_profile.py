@@ -165,3 +165,45 @@ def test_ancestral_samplers_draw_fewer_and_get_their_own_floor():
                                        {"slow": {"label": "slow", "n": 12, "fid": 1.0}}, other_floors=floors)
     table = evaluation.results_table(results)
     assert "real (floor), n = 12" in table and "| n |" in table.replace("| generator | n |", "| n |")
+
+
+def test_course_generators_sweep_the_default_eta_and_compare_the_other_at_one_step_count():
+    """The step sweep runs with the default η; every other η (and the LDM's DDIM) at profile.ddim_steps."""
+    from types import SimpleNamespace
+
+    from mnistdiff import evaluation
+    from mnistdiff.config import DEFAULT_ETA
+    from mnistdiff.schedules import NoiseSchedule
+
+    prof = get_profile("book")
+    model = SimpleNamespace(schedule=NoiseSchedule.make("cosine", 1000))
+    specs = evaluation.course_generators(ddpm=model, ldm=model, vae=None, profile=prof, device="cpu")
+    names = [s.name for s in specs]
+    d, s = f"{DEFAULT_ETA:g}", prof.ddim_steps
+    assert names == ["ddpm", *[f"ddim_{k}_eta{d}" for k in prof.ddim_step_sweep], f"ddim_{s}_eta0",
+                     "ldm_ddpm", f"ldm_ddim_{s}_eta{d}", f"ldm_ddim_{s}_eta0"]
+    assert [(x.steps, x.eta) for x in specs if x.name.startswith("ldm_ddim")] == [(s, DEFAULT_ETA), (s, 0.0)]
+
+
+def test_the_ddpm_task_trains_on_its_configs_loss_weighting(tmp_path, monkeypatch):
+    """train_ddpm hands fit the min-SNR-γ loss of its config (and L_simple without one)."""
+    from mnistdiff import pipelines
+    from mnistdiff.ddpm import diffusion_loss
+
+    seen = {}
+    monkeypatch.setattr(pipelines, "fit", lambda task, exp, **kw: seen.setdefault("task", task))
+    base = get_profile("smoke").ddpm
+    torch.manual_seed(0)
+    batch = torch.rand(4, 1, 32, 32) * 2 - 1
+    for gamma in (None, 0.5):
+        cfg = dataclasses.replace(base, diffusion=dataclasses.replace(base.diffusion, min_snr_gamma=gamma))
+        seen.clear()
+        pipelines.train_ddpm(cfg, out=tmp_path, device="cpu", progress=False)
+        task = seen["task"]
+        gen = torch.Generator().manual_seed(1)
+        got = task.loss_fn(task.model, batch, gen)
+        gen = torch.Generator().manual_seed(1)
+        t = torch.randint(0, cfg.diffusion.timesteps, (4,), generator=gen)
+        noise = torch.randn(batch.shape, generator=gen)
+        want = diffusion_loss(task.model, NoiseSchedule.from_config(cfg.diffusion), batch, t, noise, gamma)
+        torch.testing.assert_close(got, want)

@@ -10,6 +10,7 @@ import torch
 from conftest import FixedEps, OracleEps, SmoothStub, randomize_zero_params, ref_alpha_bar, ref_betas
 from mnistdiff.ddpm import (
     diffusion_loss,
+    min_snr_weight,
     p_mean_variance,
     p_sample,
     p_sample_loop,
@@ -323,3 +324,35 @@ def test_loop_with_unet_is_finite_and_in_range(tiny_latent_unet_config, cosine_s
     assert torch.isfinite(out).all()
     # the last step returns the clipped x̂_0's posterior mean at t = 0, i.e. x̂_0 itself: inside [−1, 1]
     assert out.abs().max() <= 1.0 + 1e-5
+
+
+# ----------------------------------------------------------------------------- min-SNR-γ weighting (Hang et al. 2023)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 5.0, 50.0])
+def test_min_snr_weight_against_numpy(cosine_1000, gamma):
+    """w_t = min(SNR_t, γ)/SNR_t, with SNR_t from the cosine formula computed in numpy float64."""
+    ab = ref_alpha_bar("cosine", 1000)
+    snr = ab / (1 - ab)
+    expected = np.minimum(snr, gamma) / snr
+    t = torch.arange(1000)
+    np.testing.assert_allclose(min_snr_weight(cosine_1000, t, gamma).numpy(), expected, rtol=1e-4)
+    # 1 on the noisy steps, below 1 on the clean ones, never above 1
+    assert expected[-1] == 1.0 and expected[0] < 0.01
+
+
+def test_min_snr_loss_is_the_weighted_per_image_mse(cosine_small, x0_pixels):
+    noise = torch.randn(x0_pixels.shape, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([0, 2, 9, 19])
+    c = torch.full((1, 1, 1, 1), 0.3)
+    per_image = ((_np(noise) - 0.3) ** 2).reshape(4, -1).mean(1)
+    ab = ref_alpha_bar("cosine", T)[t.numpy()]
+    w = np.minimum(ab / (1 - ab), 2.0) / (ab / (1 - ab))
+    got = diffusion_loss(FixedEps(c), cosine_small, x0_pixels, t, noise, min_snr_gamma=2.0)
+    assert float(got) == pytest.approx(float((w * per_image).mean()), rel=1e-5)
+    plain = diffusion_loss(FixedEps(c), cosine_small, x0_pixels, t, noise)
+    assert float(plain) == pytest.approx(float(per_image.mean()), rel=1e-5)
+    assert float(got) < float(plain)  # the clean steps are down-weighted
+    # γ above every SNR of the schedule: the weights are all 1 and the loss is L_simple
+    huge = diffusion_loss(FixedEps(c), cosine_small, x0_pixels, t, noise, min_snr_gamma=1e12)
+    assert float(huge) == pytest.approx(float(plain), rel=1e-6)
