@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .paths import repo_root
+
 __all__ = [
     "REPO_ROOT",
     "BOOK_DIR",
@@ -56,7 +58,7 @@ __all__ = [
     "main",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = repo_root()
 BOOK_DIR = REPO_ROOT / "book"
 
 #: The six chapters, in order: ``book/chapters/<name>.ipynb`` (copies of ``notebooks/<name>.ipynb``

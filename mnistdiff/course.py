@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 from .checkpoints import atomic_write_text
+from .paths import repo_root
 from .profiles import ENV_VAR, profile_name
 
 __all__ = ["NOTEBOOKS", "run_course", "notebook_path"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = repo_root()
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ("01_unet", "02_ddpm", "03_ddim", "04_vae", "05_latent_diffusion", "06_umap_evaluation")
 

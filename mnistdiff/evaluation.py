@@ -62,6 +62,7 @@ import torch
 from .checkpoints import atomic_write_text
 from .config import DEFAULT_ETA
 from .data import load_mnist
+from .paths import repo_root
 from .profiles import Profile, default_device
 
 __all__ = [
@@ -482,9 +483,9 @@ def build_results(
 
 
 def results_dir() -> Path:
-    """``$MNISTDIFF_RESULTS_DIR`` if set, else ``results/`` at the repository root."""
+    """``$MNISTDIFF_RESULTS_DIR`` if set, else ``results/`` at the repository root (:func:`~mnistdiff.paths.repo_root`)."""
     env = os.environ.get("MNISTDIFF_RESULTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "results"
+    return Path(env) if env else repo_root() / "results"
 
 
 def results_path(profile: str | Profile) -> Path:

@@ -18,13 +18,14 @@ import torch
 
 from .checkpoints import CheckpointError, read_sidecar
 from .config import to_dict
+from .paths import repo_root
 from .pipelines import DiffusionModel, load_ddpm, load_ldm, load_vae, train_ddpm, train_ldm, train_vae
 from .profiles import Profile, default_device, get_profile
 from .vae import VAE
 
 __all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_vae", "get_ldm", "train_all", "REPO_ROOT"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = repo_root()
 
 
 def checkpoint_dir(profile: str | Profile | None = None) -> Path:
