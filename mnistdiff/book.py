@@ -79,6 +79,7 @@ API_MODULES: tuple[str, ...] = (
     "data",
     "config",
     "profiles",
+    "paths",
     "unet",
     "schedules",
     "ddpm",
