@@ -189,7 +189,7 @@ def _train_config(args: argparse.Namespace, base: Any = None):
         value = getattr(args, name)
         if value is None:
             continue
-        if name in ("timesteps", "base_channels", "latent_channels", "min_snr_gamma"):
+        if name in ("timesteps", "base_channels", "latent_channels"):
             _positive(name, value)
         if section is None:
             top[name] = value

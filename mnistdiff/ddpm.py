@@ -175,8 +175,8 @@ def diffusion_loss(
         t = torch.randint(0, sched.num_timesteps, (x0.shape[0],), device=x0.device)
     if noise is None:
         noise = torch.randn_like(x0)
-    x_t = q_sample(sched, x0, t, noise)
+    eps_hat = model(q_sample(sched, x0, t, noise), t).float()
     if min_snr_gamma is None:
-        return F.mse_loss(model(x_t, t).float(), noise)
-    per_sample = (model(x_t, t).float() - noise).pow(2).flatten(1).mean(1)
+        return F.mse_loss(eps_hat, noise)
+    per_sample = (eps_hat - noise).pow(2).flatten(1).mean(1)
     return (min_snr_weight(sched, t, min_snr_gamma) * per_sample).mean()

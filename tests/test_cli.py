@@ -211,8 +211,8 @@ def _exit_code(args: list[str]) -> int:
         (["--lr", "-1"], "--lr must be"),
         (["--timesteps", "0"], "--timesteps must be"),
         (["--timesteps", "1"], "timesteps must be at least 2"),
-        (["--min_snr_gamma", "0"], "--min_snr_gamma must be"),
-        (["--min_snr_gamma", "nan"], "--min_snr_gamma must be"),
+        (["--min_snr_gamma", "0"], "min_snr_gamma must be positive"),  # checked by DiffusionConfig
+        (["--min_snr_gamma", "nan"], "min_snr_gamma must be positive"),
         (["--base_channels", "12"], "norm_groups"),
         (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "nope"], "--device"),
     ],
