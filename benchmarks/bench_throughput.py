@@ -15,10 +15,10 @@ Face course's MNIST configuration), on a CPU the ``book`` profile (627,433 each,
 
 What is timed is the code users run:
 
-* training: the per-step work of :func:`mnistdiff.train.fit` — a batch gathered from a seeded
-  permutation of MNIST held on the device, the loss of :func:`mnistdiff.pipelines.make_diffusion_loss`,
+* training: the per-step work of :func:`mnistdiff.training.loop.fit` — a batch gathered from a seeded
+  permutation of MNIST held on the device, the loss of :func:`mnistdiff.training.pipelines.make_diffusion_loss`,
   ``zero_grad``/``backward``, gradient clipping, the loss check every 50 steps, AdamW (fused on CUDA),
-  the warm-up + cosine learning-rate schedule and the EMA of :func:`mnistdiff.ema.make_ema`
+  the warm-up + cosine learning-rate schedule and the EMA of :func:`mnistdiff.training.ema.make_ema`
   (one fused ``torch._foreach_lerp_`` update, its decay computed on the host). The benchmark's
   :class:`Trainer` mirrors ``fit`` line by line; keep the two in step.
   Per-epoch work (evaluation loss, checkpoints, sample grids) is not in these figures; a real run's
@@ -36,7 +36,7 @@ large batch), ``bf16_cl_compile`` (plus ``torch.compile``), and for sampling
 the device is synchronised around every timed region, and compilation time is reported separately
 (``compile_seconds``: the first warm-up call minus a steady-state call). Every figure is printed
 with the device's name and written to JSON after each measurement (so a run cut short keeps what
-it measured). ``--course`` also times ``mnistdiff.course.run_course(profile="full")``.
+it measured). ``--course`` also times ``mnistdiff.course.runner.run_course(profile="full")``.
 """
 
 from __future__ import annotations
@@ -62,16 +62,17 @@ if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing the
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from mnistdiff.checkpoints import atomic_write_text, git_commit  # noqa: E402
 from mnistdiff.config import TrainConfig, UNetConfig, to_dict  # noqa: E402
+from mnistdiff.course.profiles import FULL, PROFILES  # noqa: E402
 from mnistdiff.data import load_mnist  # noqa: E402
-from mnistdiff.ema import make_ema  # noqa: E402
-from mnistdiff.experiment import device_name  # noqa: E402
-from mnistdiff.pipelines import make_diffusion_loss  # noqa: E402
-from mnistdiff.profiles import FULL, PROFILES  # noqa: E402
+from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.sampling import FastDenoiser, generate  # noqa: E402
 from mnistdiff.schedules import NoiseSchedule  # noqa: E402
-from mnistdiff.train import lr_lambda  # noqa: E402
+from mnistdiff.files import atomic_write_text  # noqa: E402
+from mnistdiff.training.checkpoints import git_commit  # noqa: E402
+from mnistdiff.training.ema import make_ema  # noqa: E402
+from mnistdiff.training.loop import lr_lambda  # noqa: E402
+from mnistdiff.training.pipelines import make_diffusion_loss  # noqa: E402
 from mnistdiff.unet import UNet, count_parameters  # noqa: E402
 
 SCHEMA_VERSION = 1
@@ -195,12 +196,12 @@ def forward_gflops(model: nn.Module) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------------
-# The training step (mirrors mnistdiff.train.fit)
+# The training step (mirrors mnistdiff.training.loop.fit)
 # ------------------------------------------------------------------------------------------------
 
 
 class Trainer:
-    """One training step of :func:`mnistdiff.train.fit`, step for step: the permutation copied to the
+    """One training step of :func:`mnistdiff.training.loop.fit`, step for step: the permutation copied to the
     device once per epoch, the package's EMA, the NaN check every 50 steps on CUDA.
     """
 
@@ -522,7 +523,7 @@ class Bench:
         del ema, model
 
     def measure_course(self, e: dict[str, Any]) -> None:
-        from mnistdiff.course import run_course
+        from mnistdiff.course.runner import run_course
 
         t0 = time.perf_counter()
         times = run_course(profile="full")
@@ -729,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-compile", action="store_true", help="also run the torch.compile modes on a CPU (slow)")
     p.add_argument("--no-ema", action="store_true", help="skip the EMA update micro-benchmark")
     p.add_argument("--course", action="store_true",
-                   help='also time the whole course: mnistdiff.course.run_course(profile="full") (long; off by default)')
+                   help='also time the whole course: mnistdiff.course.runner.run_course(profile="full") (long; off by default)')
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: measurements not started by then are recorded as skipped")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; quick on CPU: 1)")

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .paths import repo_root
+from mnistdiff.files import repo_root
 
 __all__ = [
     "REPO_ROOT",

@@ -19,9 +19,9 @@ from typing import Any, Sequence
 
 __all__ = ["main", "build_parser"]
 
-from .config import DEFAULT_ETA  # noqa: E402 - config imports no torch
+from mnistdiff.config import DEFAULT_ETA  # noqa: E402 - config imports no torch
 
-PROFILE_NAMES = ("smoke", "book", "full")  # mnistdiff.profiles.PROFILES (not imported here: it imports torch)
+PROFILE_NAMES = ("smoke", "book", "full")  # mnistdiff.course.profiles.PROFILES (not imported here: it imports torch)
 
 TRAIN_OPTIONS = {  # option → (type, help); defaults come from the profile's config
     "epochs": (int, "training epochs"),
@@ -176,8 +176,8 @@ def _device(name: str | None) -> str:
 
 def _train_config(args: argparse.Namespace, base: Any = None):
     """The run config: ``base`` (a resumed run's own config) or the profile's, with the options given applied."""
-    from .config import ConfigError
-    from .profiles import PROFILES
+    from mnistdiff.config import ConfigError
+    from mnistdiff.course.profiles import PROFILES
 
     cfg = base if base is not None else getattr(PROFILES[args.profile], args.model)
     train_kw = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
@@ -219,7 +219,7 @@ def _check_sampling(args: argparse.Namespace, timesteps: int) -> None:
 
 
 def _sidecar_timesteps(path: Path, kinds: tuple[str, ...]) -> int:
-    from .checkpoints import CheckpointError, read_sidecar
+    from mnistdiff.training.checkpoints import CheckpointError, read_sidecar
 
     try:
         meta = read_sidecar(path)
@@ -238,8 +238,8 @@ def _sidecar_timesteps(path: Path, kinds: tuple[str, ...]) -> int:
 
 def _resume_base(args: argparse.Namespace):
     """The config a run to be resumed was started with, read from its last.pt sidecar (checked, nothing loaded)."""
-    from .checkpoints import CheckpointError, previous_path, read_sidecar
-    from .config import ConfigError, DDPMRunConfig, LDMRunConfig, VAERunConfig, from_dict
+    from mnistdiff.config import ConfigError, DDPMRunConfig, LDMRunConfig, VAERunConfig, from_dict
+    from mnistdiff.training.checkpoints import CheckpointError, previous_path, read_sidecar
 
     last = Path(args.resume, "checkpoints", "last.pt")
     if not last.is_file():
@@ -268,7 +268,7 @@ def _resume_base(args: argparse.Namespace):
 
 
 def _cmd_train_all(args: argparse.Namespace) -> int:
-    from .pretrained import train_all
+    from mnistdiff.course.pretrained import train_all
 
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise ArgError(f"--data_dir {args.data_dir} is not a folder: pass the folder holding the four MNIST files")
@@ -277,7 +277,7 @@ def _cmd_train_all(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from . import pipelines
+    from mnistdiff.training import pipelines
 
     if args.model == "all":
         return _cmd_train_all(args)
@@ -285,9 +285,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     base = _resume_base(args) if args.resume else None
     cfg = _train_config(args, base)
     if base is not None:
-        from .config import to_dict
-
-        from .checkpoints import config_diffs
+        from mnistdiff.config import to_dict
+        from mnistdiff.training.checkpoints import config_diffs
 
         diffs = [f"{k}: the run has {x!r}, the options give {y!r}" for k, x, y in config_diffs(to_dict(base), to_dict(cfg))]
         if diffs:
@@ -318,7 +317,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _sidecar_kind(path: Path, kind: str) -> None:
-    from .checkpoints import CheckpointError, read_sidecar
+    from mnistdiff.training.checkpoints import CheckpointError, read_sidecar
 
     try:
         found = read_sidecar(path).get("kind")
@@ -330,7 +329,7 @@ def _sidecar_kind(path: Path, kind: str) -> None:
 
 
 def _load_for_sampling(args: argparse.Namespace, ckpt: Path, vae: str | None, device: str):
-    from .pipelines import load_ddpm, load_ldm
+    from mnistdiff.training.pipelines import load_ddpm, load_ldm
 
     if vae is not None:
         return load_ldm(vae, ckpt, device)
@@ -338,7 +337,7 @@ def _load_for_sampling(args: argparse.Namespace, ckpt: Path, vae: str | None, de
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .sampling import write_sample_folder
+    from mnistdiff.sampling import write_sample_folder
 
     ckpt = _readable_file(args.checkpoint, "checkpoint")
     vae = None
@@ -371,9 +370,9 @@ def _cmd_umap(args: argparse.Namespace) -> int:
     _positive("real", args.real)
     out = _writable_dir(args.out)
     device = _device(args.device)
-    from .checkpoints import atomic_write_text
-    from .data import load_mnist
-    from .umap_eval import umap_evaluation
+    from mnistdiff.data import load_mnist
+    from mnistdiff.evaluation.umap_eval import umap_evaluation
+    from mnistdiff.files import atomic_write_text
 
     model = _load_for_sampling(args, ckpt, args.vae, device)
     images, _ = model.sample(args.num_samples, mode=args.mode, ddim_steps=args.ddim_steps, eta=args.eta,
@@ -393,8 +392,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _readable_file(args.samples, "samples file")
     if args.out:
         _writable_dir(str(Path(args.out).parent))
-    from .checkpoints import atomic_write_text
-    from .metrics import evaluate_npz
+    from mnistdiff.evaluation.metrics import evaluate_npz
+    from mnistdiff.files import atomic_write_text
 
     try:
         result = evaluate_npz(args.samples, seed=args.seed, device=_device(args.device))
@@ -408,7 +407,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_course(args: argparse.Namespace) -> int:
-    from .course import run_course
+    from mnistdiff.course.runner import run_course
 
     run_course(profile=args.profile, notebooks=args.notebooks, output_dir=args.output_dir, inplace=args.inplace,
                timeout=args.timeout)
@@ -420,10 +419,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"train": _cmd_train, "sample": _cmd_sample, "umap": _cmd_umap, "evaluate": _cmd_evaluate,
                 "course": _cmd_course}
-    from .checkpoints import CheckpointError
-    from .config import ConfigError
-    from .data import MNISTDataError
-    from .train import TrainingDiverged, TrainingInterrupted
+    from mnistdiff.config import ConfigError
+    from mnistdiff.data import MNISTDataError
+    from mnistdiff.training.checkpoints import CheckpointError
+    from mnistdiff.training.loop import TrainingDiverged, TrainingInterrupted
 
     try:
         return handlers[args.command](args)

@@ -2,7 +2,7 @@
 
 A run's config is saved with its checkpoint (as JSON) and rebuilt from it on load, so the
 command line, the notebooks and the checkpoint files all describe a model the same way.
-The seed's defaults (the ``full`` profile) are the dataclass defaults; :mod:`mnistdiff.profiles`
+The seed's defaults (the ``full`` profile) are the dataclass defaults; :mod:`mnistdiff.course.profiles`
 derives the small ``smoke`` settings from them.
 """
 
@@ -133,7 +133,7 @@ class TrainConfig:
 
     ``precision``: ``fp32``; ``bf16`` (autocast); ``bf16_cl`` (autocast and channels_last); ``auto``: on a
     CPU, the fastest of those three measured by a short probe on the run's own model and batch
-    (:func:`mnistdiff.train.choose_precision`; bf16 only where the CPU has native bf16), on CUDA ``bf16_cl``;
+    (:func:`mnistdiff.training.loop.choose_precision`; bf16 only where the CPU has native bf16), on CUDA ``bf16_cl``;
     ``None`` (the default): ``bf16_cl`` on CUDA, ``fp32`` on a CPU.
     """
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnistdiff.files import ASSET_DIR as PACKAGE_ASSETS
+
 __all__ = [
     "ASSET_DIR",
     "MNISTDataError",
@@ -29,7 +31,7 @@ __all__ = [
     "pad_to_32",
 ]
 
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "mnist"
+ASSET_DIR = PACKAGE_ASSETS / "mnist"
 
 FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -62,10 +64,10 @@ class MNISTSplit:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def to(self, device: torch.device | str) -> "MNISTSplit":
+    def to(self, device: torch.device | str) -> MNISTSplit:
         return MNISTSplit(self.images.to(device), self.labels.to(device))
 
-    def subset(self, n: int | None, seed: int = 0) -> "MNISTSplit":
+    def subset(self, n: int | None, seed: int = 0) -> MNISTSplit:
         """The first ``n`` images of a seeded permutation (all of them when ``n`` is None)."""
         if n is None or n >= len(self):
             return self

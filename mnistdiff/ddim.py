@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .ddpm import Denoiser, clip_x0
-from .schedules import NoiseSchedule
+from mnistdiff.ddpm import Denoiser, clip_x0
+from mnistdiff.schedules import NoiseSchedule
 
 __all__ = ["ddim_timesteps", "ddim_sigma", "ddim_step", "ddim_sample_loop"]
 

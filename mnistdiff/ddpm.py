@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .schedules import NoiseSchedule, extract
+from mnistdiff.schedules import NoiseSchedule, extract
 
 __all__ = [
     "clip_x0",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .vae import VAE
+from mnistdiff.vae import VAE
 
 __all__ = ["LatentCodec", "encode_dataset", "compute_latent_scale"]
 

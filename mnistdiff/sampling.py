@@ -25,13 +25,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .checkpoints import atomic_write_bytes, atomic_write_text
-from .data import to_uint8
-from .ddim import ddim_sample_loop
-from .ddpm import p_sample_loop
-from .config import DEFAULT_ETA
-from .schedules import NoiseSchedule
-from .viz import grid_array, progression_strip, save_grid, save_image
+from mnistdiff.config import DEFAULT_ETA
+from mnistdiff.data import to_uint8
+from mnistdiff.ddim import ddim_sample_loop
+from mnistdiff.ddpm import p_sample_loop
+from mnistdiff.files import atomic_write_bytes, atomic_write_text
+from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.viz import grid_array, progression_strip, save_grid, save_image
 
 __all__ = [
     "choose_fast", "generate", "write_sample_folder", "save_npz", "FastDenoiser", "FAST_MODES"]

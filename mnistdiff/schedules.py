@@ -79,7 +79,7 @@ class NoiseSchedule:
         return int(self.betas.shape[0])
 
     @classmethod
-    def make(cls, kind: str = "cosine", timesteps: int = 1000) -> "NoiseSchedule":
+    def make(cls, kind: str = "cosine", timesteps: int = 1000) -> NoiseSchedule:
         """Compute every coefficient in float64 from β_t, then cast to float32."""
         b = make_betas(kind, timesteps)
         a = 1.0 - b
@@ -105,10 +105,10 @@ class NoiseSchedule:
         return cls(**{k: v.float() for k, v in values.items()})
 
     @classmethod
-    def from_config(cls, cfg) -> "NoiseSchedule":  # cfg: DiffusionConfig
+    def from_config(cls, cfg) -> NoiseSchedule:  # cfg: DiffusionConfig
         return cls.make(cfg.schedule, cfg.timesteps)
 
-    def to(self, device: torch.device | str) -> "NoiseSchedule":
+    def to(self, device: torch.device | str) -> NoiseSchedule:
         return NoiseSchedule(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import UNetConfig
+from mnistdiff.config import UNetConfig
 
 __all__ = ["timestep_embedding", "ResBlock", "AttentionBlock", "UNet", "count_parameters"]
 

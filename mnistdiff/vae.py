@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VAEConfig
+from mnistdiff.config import VAEConfig
 
 __all__ = ["DiagonalGaussian", "Encoder", "Decoder", "VAE", "vae_loss"]
 

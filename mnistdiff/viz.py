@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torchvision.utils import make_grid
 

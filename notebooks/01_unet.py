@@ -51,7 +51,8 @@ import torch.nn.functional as F
 
 from mnistdiff.config import UNetConfig
 from mnistdiff.data import load_mnist
-from mnistdiff.profiles import default_device, get_profile
+from mnistdiff.course.profiles import get_profile
+from mnistdiff.devices import default_device
 from mnistdiff.unet import AttentionBlock, Downsample, ResBlock, UNet, Upsample, count_parameters, timestep_embedding
 from mnistdiff.viz import show_grid
 

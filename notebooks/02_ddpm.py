@@ -49,12 +49,13 @@ from matplotlib.ticker import MaxNLocator
 
 from mnistdiff.data import load_mnist
 from mnistdiff.ddpm import diffusion_loss, min_snr_weight, p_mean_variance, p_sample, q_posterior, q_sample
-from mnistdiff.pretrained import get_ddpm
-from mnistdiff.profiles import default_device, get_profile
+from mnistdiff.course.pretrained import get_ddpm
+from mnistdiff.course.profiles import get_profile
+from mnistdiff.devices import default_device
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.unet import UNet
 from mnistdiff.viz import grid_array, plot_loss_curves, show_grid
-from mnistdiff.widgets import denoising_player, timestep_explorer
+from mnistdiff.course.widgets import denoising_player, timestep_explorer
 
 PROFILE = get_profile()
 DEVICE = default_device()

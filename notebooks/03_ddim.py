@@ -43,11 +43,12 @@ import torch
 
 from mnistdiff.data import load_mnist
 from mnistdiff.ddim import ddim_sample_loop, ddim_step, ddim_timesteps
-from mnistdiff.pretrained import get_ddpm
-from mnistdiff.profiles import default_device, get_profile
+from mnistdiff.course.pretrained import get_ddpm
+from mnistdiff.course.profiles import get_profile
+from mnistdiff.devices import default_device
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.viz import show_grid
-from mnistdiff.widgets import ddim_explorer
+from mnistdiff.course.widgets import ddim_explorer
 
 PROFILE = get_profile()
 DEVICE = default_device()
@@ -306,7 +307,7 @@ print(f"DDIM (S = T = {T}, η = 1) vs DDPM, same seed: max |difference| = {gap:.
 # ## 5. Fewer steps: time against quality
 #
 # Now sweep the number of steps, `PROFILE.ddim_step_sweep`, with $\eta = 0$ and the same seed, and
-# record the time per sample. For quality we use the project's metrics (`mnistdiff.metrics`):
+# record the time per sample. For quality we use the project's metrics (`mnistdiff.evaluation.metrics`):
 # the Fréchet distance on the features of an MNIST classifier (classifier-FID; Heusel et al.,
 # [arXiv:1706.08500](https://arxiv.org/abs/1706.08500)) and the others `evaluate` returns. On a GPU
 # each setting gets `PROFILE.eval_samples` samples; on a CPU we keep to `PROFILE.num_samples` so that
@@ -316,14 +317,14 @@ print(f"DDIM (S = T = {T}, η = 1) vs DDPM, same seed: max |difference| = {gap:.
 # %%
 N_EVAL = PROFILE.eval_samples if DEVICE.type == "cuda" else N
 try:
-    from mnistdiff.classifier import load_classifier
-    from mnistdiff.metrics import evaluate
+    from mnistdiff.evaluation.classifier import load_classifier
+    from mnistdiff.evaluation.metrics import evaluate
 
     load_classifier(DEVICE)  # raises when the classifier's weights are missing
     QUALITY = "FID"
 except (ImportError, RuntimeError) as err:
     QUALITY = "pixel W1"  # a simple statistic, used only when the metrics are not available
-    print(f"mnistdiff.metrics is not usable here ({type(err).__name__}); showing a simple statistic instead of FID:")
+    print(f"mnistdiff.evaluation.metrics is not usable here ({type(err).__name__}); showing a simple statistic instead of FID:")
     print("pixel W1 = 1-D Wasserstein distance between the pixel-value distributions of the samples and of "
           "1,000 test images (lower is better; it ignores shape entirely)")
 
@@ -412,7 +413,7 @@ for eta in (0.5, 1.0):
 
 # %%
 from mnistdiff.data import to_uint8
-from mnistdiff.metrics import class_statistics, classifier_features
+from mnistdiff.evaluation.metrics import class_statistics, classifier_features
 
 
 def grain_and_balance(x: torch.Tensor) -> tuple[float, float, int]:

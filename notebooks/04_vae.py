@@ -47,12 +47,13 @@ from torch.distributions import Normal, kl_divergence
 from mnistdiff.config import VAEConfig
 from mnistdiff.data import load_mnist
 from mnistdiff.latent import encode_dataset
-from mnistdiff.pretrained import get_vae
-from mnistdiff.profiles import default_device, get_profile
+from mnistdiff.course.pretrained import get_vae
+from mnistdiff.course.profiles import get_profile
+from mnistdiff.devices import default_device
 from mnistdiff.unet import count_parameters
 from mnistdiff.vae import VAE, DiagonalGaussian, vae_loss
 from mnistdiff.viz import latent_scatter, plot_loss_curves, show_grid
-from mnistdiff.widgets import latent_walk
+from mnistdiff.course.widgets import latent_walk
 
 PROFILE = get_profile()
 DEVICE = default_device()
@@ -259,7 +260,7 @@ print(f"our negative_elbo matches vae_loss: {loss.item():.1f} = reconstruction {
 # ## Training (or loading) the profile's VAE
 #
 # `get_vae` loads `checkpoints/<profile>/vae.pt` if it exists and matches the profile's config, and
-# trains it otherwise, with the same `mnistdiff.pipelines.train_vae` as the command line
+# trains it otherwise, with the same `mnistdiff.training.pipelines.train_vae` as the command line
 # (`python -m mnistdiff train vae`): AdamW, a cosine learning-rate schedule and an exponential
 # moving average of the weights, which is what we get back.
 

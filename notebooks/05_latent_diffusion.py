@@ -54,9 +54,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from mnistdiff.config import DDPMRunConfig, LDMRunConfig, VAEConfig
 from mnistdiff.data import load_mnist
 from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset
-from mnistdiff.pipelines import make_diffusion_loss
-from mnistdiff.pretrained import get_ldm, get_vae
-from mnistdiff.profiles import default_device, get_profile
+from mnistdiff.training.pipelines import make_diffusion_loss
+from mnistdiff.course.pretrained import get_ldm, get_vae
+from mnistdiff.course.profiles import get_profile
+from mnistdiff.devices import default_device
 from mnistdiff.sampling import frames_grid, generate
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.unet import UNet, count_parameters
@@ -272,7 +273,7 @@ print("our encode/decode match mnistdiff.latent.LatentCodec")
 # rather than taken at its mean, so that the model also learns the small neighbourhood of each code
 # the decoder accepts. `get_ldm` loads `checkpoints/<profile>/ldm.pt` if it was trained on *this*
 # VAE (it stores the VAE file's SHA-256 and the scale) and trains it otherwise, with
-# `mnistdiff.pipelines.train_ldm`.
+# `mnistdiff.training.pipelines.train_ldm`.
 
 # %%
 ldm = get_ldm(device=DEVICE, progress=False)
@@ -288,7 +289,7 @@ plt.show()
 # %% [markdown]
 # The training objective, written out: draw the code, a timestep and the noise from one seeded
 # generator, noise the code, and score the network's noise prediction. With the same generator it
-# gives exactly the loss of `mnistdiff.pipelines.make_diffusion_loss`, on which the model above
+# gives exactly the loss of `mnistdiff.training.pipelines.make_diffusion_loss`, on which the model above
 # was trained:
 
 

@@ -47,13 +47,14 @@ import scipy.linalg
 import torch
 from IPython.display import Markdown, display
 
-from mnistdiff import evaluation
+from mnistdiff.evaluation import report as evaluation
 from mnistdiff.config import DEFAULT_ETA
 from mnistdiff.data import load_mnist
-from mnistdiff.metrics import classifier_features, frechet_distance, reference_features
-from mnistdiff.pretrained import REPO_ROOT, get_ddpm, get_ldm
-from mnistdiff.profiles import default_device, get_profile
-from mnistdiff.umap_eval import knn_two_sample_accuracy
+from mnistdiff.evaluation.metrics import classifier_features, frechet_distance, reference_features
+from mnistdiff.course.pretrained import REPO_ROOT, get_ddpm, get_ldm
+from mnistdiff.course.profiles import get_profile
+from mnistdiff.devices import default_device
+from mnistdiff.evaluation.umap_eval import knn_two_sample_accuracy
 from mnistdiff.viz import show_grid
 
 PROFILE = get_profile()
@@ -70,7 +71,7 @@ print(f"profile: {PROFILE.name}, device: {DEVICE}, {N} samples per generator")
 # pixel is "far" in pixel space) and agree in ways that do not matter. Heusel et al. compare images
 # through the features of a trained network instead. They used Inception-v3, trained on ImageNet
 # photographs; for MNIST the usual, more meaningful choice is a **classifier trained on MNIST**, and
-# the resulting number is called *classifier-FID*. Ours (`mnistdiff.classifier`) is a small CNN
+# the resulting number is called *classifier-FID*. Ours (`mnistdiff.evaluation.classifier`) is a small CNN
 # whose 128-dimensional penultimate layer $\varphi(x)$ is the feature space of every metric below.
 # It is committed with the repository, so every reader gets the same numbers; numbers from other
 # papers, with other feature extractors, are **not** comparable with these.
@@ -95,7 +96,7 @@ print("labels of those four:", load_mnist("test").labels[:4].tolist(), " predict
 # $$
 #
 # The first term compares where the two clouds are, the second their shapes. Written out with
-# SciPy's general matrix square root, and checked against `mnistdiff.metrics.frechet_distance`
+# SciPy's general matrix square root, and checked against `mnistdiff.evaluation.metrics.frechet_distance`
 # (which computes the same trace from a symmetric eigendecomposition, more robustly) on real
 # training digits against the real test set:
 
@@ -114,7 +115,7 @@ real_train = load_mnist("train").subset(N, seed=SEED)
 real_feats = classifier_features(real_train.images, device=DEVICE)[0].double().numpy()
 ours = frechet(real_feats, test_feats)
 torch.testing.assert_close(ours, frechet_distance(real_feats, test_feats), rtol=1e-3, atol=1e-3)
-print(f"FID of {N} real training digits against the test set: {ours:.3f}   (matches mnistdiff.metrics)")
+print(f"FID of {N} real training digits against the test set: {ours:.3f}   (matches mnistdiff.evaluation.metrics)")
 
 # %% [markdown]
 # That number is the **floor**: not zero, although both sets are real digits. A mean and a
@@ -142,7 +143,7 @@ plt.show()
 # ## More than one number
 #
 # FID mixes up two different failures: samples that look wrong, and samples that look right but
-# cover only part of the data (say, only 1s and 7s). The other metrics of `mnistdiff.metrics.evaluate`
+# cover only part of the data (say, only 1s and 7s). The other metrics of `mnistdiff.evaluation.metrics.evaluate`
 # separate them:
 #
 # - **KID** (Bińkowski et al., *Demystifying MMD GANs*, [arXiv:1801.01401](https://arxiv.org/abs/1801.01401), §3):
@@ -197,8 +198,8 @@ plt.show()
 # %% [markdown]
 # ## Scores, next to the floor
 #
-# Every generator's samples go through `mnistdiff.metrics.evaluate`; the floor is the same
-# evaluation of $N$ real training digits (`mnistdiff.metrics.real_floor`). Where the profile draws
+# Every generator's samples go through `mnistdiff.evaluation.metrics.evaluate`; the floor is the same
+# evaluation of $N$ real training digits (`mnistdiff.evaluation.metrics.real_floor`). Where the profile draws
 # fewer samples from the slow 1000-step samplers (`PROFILE.ancestral_samples`), their row carries its
 # own $n$ and is read against the floor at that $n$: every metric here depends on the sample count.
 
@@ -230,7 +231,7 @@ other_floors = evaluation.floors_for(scores, N, seed=SEED, device=DEVICE)
 # C = \sum_{i \ne j} v_{ij} \log\frac{v_{ij}}{w_{ij}} + (1 - v_{ij}) \log\frac{1 - v_{ij}}{1 - w_{ij}} .
 # $$
 #
-# The protocol matters (`mnistdiff.umap_eval`): the map is **fitted on real digits only** (a seeded
+# The protocol matters (`mnistdiff.evaluation.umap_eval`): the map is **fitted on real digits only** (a seeded
 # subset of the test set), so that no generator can bend it; held-out real digits and every
 # generator's samples are then *placed* on it with the same `transform`, so they are comparable.
 #
@@ -246,7 +247,7 @@ other_floors = evaluation.floors_for(scores, N, seed=SEED, device=DEVICE)
 #
 # is 0.5 when the sets cannot be told apart (up to noise of about $\pm 0.5/\sqrt{m}$) and 1 when they
 # are fully separable. Written with a distance matrix, and checked against
-# `mnistdiff.umap_eval.knn_two_sample_accuracy` on the classifier features of real digits against
+# `mnistdiff.evaluation.umap_eval.knn_two_sample_accuracy` on the classifier features of real digits against
 # samples of the package's default sampler (DDIM, `PROFILE.ddim_steps` steps, η = `DEFAULT_ETA`):
 
 
@@ -269,7 +270,7 @@ gen_feats = classifier_features(default.images[:m], device=DEVICE)[0]
 ours = knn_accuracy(real_t, gen_feats)
 torch.testing.assert_close(ours, knn_two_sample_accuracy(real_t, gen_feats, k=5, seed=SEED), rtol=0, atol=1e-12)
 print(f"k-NN accuracy, {m} real digits vs {m} samples of {default.spec.label}, classifier features: {ours:.3f}"
-      "   (matches mnistdiff.umap_eval)")
+      "   (matches mnistdiff.evaluation.umap_eval)")
 
 # %% [markdown]
 # Now the map. Each panel shows the real digits the UMAP was fitted on, coloured by class, and in

@@ -17,12 +17,12 @@ import argparse
 
 import torch
 
-from mnistdiff.checkpoints import load_checkpoint
 from mnistdiff.data import load_mnist, to_uint8
 from mnistdiff.ddim import _alpha_bar, ddim_sigma, ddim_timesteps
-from mnistdiff.experiment import device_name
-from mnistdiff.metrics import class_statistics, classifier_features
-from mnistdiff.pipelines import load_ddpm
+from mnistdiff.devices import device_name
+from mnistdiff.evaluation.metrics import class_statistics, classifier_features
+from mnistdiff.training.checkpoints import load_checkpoint
+from mnistdiff.training.pipelines import load_ddpm
 
 
 @torch.no_grad()

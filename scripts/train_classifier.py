@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnistdiff.classifier import CLASSIFIER_PATH, train_classifier  # noqa: E402
+from mnistdiff.evaluation.classifier import CLASSIFIER_PATH, train_classifier  # noqa: E402
 
 MIN_ACCURACY = 0.993
 

@@ -17,7 +17,6 @@ import torch
 from mnistdiff.config import UNetConfig, VAEConfig
 from mnistdiff.schedules import NoiseSchedule
 
-
 # --------------------------------------------------------------------------------------------
 # Independent float64 reference of the noise schedules (Nichol & Dhariwal 2021; Ho et al. 2020)
 # --------------------------------------------------------------------------------------------

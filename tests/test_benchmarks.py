@@ -109,7 +109,7 @@ def test_diffusers_is_measured_when_installed_and_skipped_with_the_install_hint_
             assert e["status"] == "skipped" and "pip install" in e["reason"], e
     if installed:
         # the smoke twin of the course configuration is exactly as large as our smoke UNet
-        from mnistdiff.profiles import SMOKE
+        from mnistdiff.course.profiles import SMOKE
         from mnistdiff.unet import UNet, count_parameters
 
         smoke = count_parameters(UNet(SMOKE.ddpm.unet))

@@ -10,12 +10,13 @@ import torch
 
 from mnistdiff.cli import PROFILE_NAMES, main
 from mnistdiff.config import ConfigError, TrainConfig, UNetConfig
-from mnistdiff.experiment import Experiment, cpu_name
-from mnistdiff.pipelines import make_diffusion_loss
-from mnistdiff.pretrained import checkpoint_path, train_all
-from mnistdiff.profiles import BOOK, DEFAULT_PROFILE, PROFILES, SMOKE, get_profile
+from mnistdiff.course.pretrained import checkpoint_path, train_all
+from mnistdiff.course.profiles import BOOK, DEFAULT_PROFILE, PROFILES, SMOKE, get_profile
+from mnistdiff.devices import cpu_name
 from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.train import TrainTask, choose_precision, fit, resolve_precision
+from mnistdiff.training.experiment import Experiment
+from mnistdiff.training.loop import TrainTask, choose_precision, fit, resolve_precision
+from mnistdiff.training.pipelines import make_diffusion_loss
 from mnistdiff.unet import UNet
 
 
@@ -73,7 +74,7 @@ def test_probe_changes_nothing_and_picks_a_measured_mode():
 
 
 def test_run_records_its_precision_and_a_resume_reads_it_back(tmp_path):
-    from mnistdiff.train import _started_precision
+    from mnistdiff.training.loop import _started_precision
 
     task = _task("bf16")
     exp = Experiment.create(tmp_path, "ddpm")
@@ -147,8 +148,7 @@ def test_train_all_rejects_an_unknown_profile(capsys):
 
 
 def test_ancestral_samplers_draw_fewer_and_get_their_own_floor():
-    from mnistdiff import evaluation
-
+    from mnistdiff.evaluation import report as evaluation
     def draw(n: int, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         return torch.rand((n, 1, 32, 32), generator=g) * 2 - 1
@@ -171,8 +171,8 @@ def test_course_generators_sweep_the_default_eta_and_compare_the_other_at_one_st
     """The step sweep runs with the default η; every other η (and the LDM's DDIM) at profile.ddim_steps."""
     from types import SimpleNamespace
 
-    from mnistdiff import evaluation
     from mnistdiff.config import DEFAULT_ETA
+    from mnistdiff.evaluation import report as evaluation
     from mnistdiff.schedules import NoiseSchedule
 
     prof = get_profile("book")
@@ -187,8 +187,8 @@ def test_course_generators_sweep_the_default_eta_and_compare_the_other_at_one_st
 
 def test_the_ddpm_task_trains_on_its_configs_loss_weighting(tmp_path, monkeypatch):
     """train_ddpm hands fit the min-SNR-γ loss of its config (and L_simple without one)."""
-    from mnistdiff import pipelines
     from mnistdiff.ddpm import diffusion_loss
+    from mnistdiff.training import pipelines
 
     seen = {}
     monkeypatch.setattr(pipelines, "fit", lambda task, exp, **kw: seen.setdefault("task", task))

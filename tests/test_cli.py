@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mnistdiff.cli import main
-from mnistdiff.profiles import SMOKE
+from mnistdiff.course.profiles import SMOKE
 
 pytestmark = pytest.mark.slow
 

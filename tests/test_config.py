@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from mnistdiff import profiles
 from mnistdiff.config import (
     ConfigError,
     DDPMRunConfig,
@@ -20,6 +19,7 @@ from mnistdiff.config import (
     from_dict,
     to_dict,
 )
+from mnistdiff.course import profiles
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnistdiff.ema import ema_decay_at, make_ema
+from mnistdiff.training.ema import ema_decay_at, make_ema
 
 
 @pytest.mark.parametrize(

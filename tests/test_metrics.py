@@ -1,4 +1,4 @@
-"""Tests for mnistdiff.classifier and mnistdiff.metrics.
+"""Tests for mnistdiff.evaluation.classifier and mnistdiff.evaluation.metrics.
 
 Golden values come from independent computations (closed forms worked out by hand, a naive
 double-loop MMD), and the metrics are checked to separate real digits from noise, blurred and
@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnistdiff import metrics
-from mnistdiff.classifier import (
+from mnistdiff.data import load_mnist, to_uint8
+from mnistdiff.evaluation.classifier import (
     CLASSIFIER_META_PATH,
     CLASSIFIER_PATH,
     ClassifierWeightsError,
@@ -26,7 +26,7 @@ from mnistdiff.classifier import (
     evaluate_accuracy,
     load_classifier,
 )
-from mnistdiff.data import load_mnist, to_uint8
+from mnistdiff.evaluation import metrics
 
 N = 400
 N_REF = 1000
@@ -93,7 +93,7 @@ def test_corrupt_or_mismatched_weights_are_refused(tmp_path):
 
 
 def test_train_classifier_writes_verified_weights(tmp_path):
-    from mnistdiff.classifier import train_classifier
+    from mnistdiff.evaluation.classifier import train_classifier
 
     out = tmp_path / "tiny.pt"
     model, meta = train_classifier(epochs=1, subset=256, test_subset=200, batch_size=64, out_path=out, log=None)

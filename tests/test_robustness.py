@@ -31,13 +31,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistdiff import checkpoints as C
-from mnistdiff import cli, pipelines
-from mnistdiff.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from mnistdiff import cli
 from mnistdiff.config import to_dict
+from mnistdiff.course.profiles import SMOKE
 from mnistdiff.data import ASSET_DIR
-from mnistdiff.profiles import SMOKE
-from mnistdiff.train import TrainingDiverged, TrainingInterrupted
+from mnistdiff.training import checkpoints as C
+from mnistdiff.training import pipelines
+from mnistdiff.training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from mnistdiff.training.loop import TrainingDiverged, TrainingInterrupted
 from mnistdiff.unet import UNet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -438,7 +439,7 @@ def test_sigterm_to_cli_subprocess_then_resume_is_bit_exact(tmp_path, reference)
 
 def _linear_task(sample_fn=None):
     from mnistdiff.config import TrainConfig
-    from mnistdiff.train import TrainTask
+    from mnistdiff.training.loop import TrainTask
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 4)
@@ -454,8 +455,8 @@ def _linear_task(sample_fn=None):
 
 def test_epoch_callbacks_do_not_shift_the_training_noise(tmp_path):
     """Sampling between epochs may draw from the global RNG; the weights must not depend on it."""
-    from mnistdiff.experiment import Experiment
-    from mnistdiff.train import fit
+    from mnistdiff.training.experiment import Experiment
+    from mnistdiff.training.loop import fit
 
     def greedy_sample_fn(model, folder, tag):
         torch.rand(1000)
@@ -468,8 +469,8 @@ def test_epoch_callbacks_do_not_shift_the_training_noise(tmp_path):
 
 def test_signal_after_last_epoch_then_resume_writes_the_model(tmp_path):
     """A signal during the last epoch's samples: training is complete, --resume only writes the final files."""
-    from mnistdiff.experiment import Experiment
-    from mnistdiff.train import fit
+    from mnistdiff.training.experiment import Experiment
+    from mnistdiff.training.loop import fit
 
     plain = fit(_linear_task(), Experiment.create(tmp_path / "a", "ddpm"), progress=False)
     calls = {"n": 0}
@@ -491,8 +492,8 @@ def test_signal_after_last_epoch_then_resume_writes_the_model(tmp_path):
 
 
 def test_second_ctrl_c_stops_at_once(tmp_path):
-    from mnistdiff.experiment import Experiment
-    from mnistdiff.train import fit
+    from mnistdiff.training.experiment import Experiment
+    from mnistdiff.training.loop import fit
 
     task = _linear_task()
     inner = task.loss_fn

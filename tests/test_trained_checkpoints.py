@@ -18,13 +18,13 @@ import json
 import pytest
 import torch
 
-from mnistdiff.checkpoints import load_checkpoint, read_sidecar
 from mnistdiff.config import DEFAULT_ETA, to_dict
-from mnistdiff.metrics import class_statistics, classifier_features
-from mnistdiff.pipelines import DiffusionModel, load_ddpm, load_ldm, load_vae
-from mnistdiff.pretrained import checkpoint_path
-from mnistdiff.profiles import BOOK, SMOKE
+from mnistdiff.course.pretrained import checkpoint_path
+from mnistdiff.course.profiles import BOOK, SMOKE
+from mnistdiff.evaluation.metrics import class_statistics, classifier_features
 from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.training.checkpoints import load_checkpoint, read_sidecar
+from mnistdiff.training.pipelines import DiffusionModel, load_ddpm, load_ldm, load_vae
 from mnistdiff.unet import UNet
 
 MIN_CONFIDENCE = 0.9
@@ -106,7 +106,7 @@ def test_untrained_network_fails_the_check():
 
 @pytest.mark.slow
 def test_smoke_blobs_fail_the_check():
-    from mnistdiff.pretrained import get_ddpm
+    from mnistdiff.course.pretrained import get_ddpm
 
     model = get_ddpm(SMOKE, device="cpu", progress=False)  # trains the smoke DDPM (about 20 s) unless stored
     stats = digit_check(_sample(model))

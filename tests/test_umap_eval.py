@@ -1,4 +1,4 @@
-"""Tests for mnistdiff.umap_eval: the k-NN two-sample test and the seeded UMAP protocol.
+"""Tests for mnistdiff.evaluation.umap_eval: the k-NN two-sample test and the seeded UMAP protocol.
 
 Small sizes (a few hundred images) keep this fast on CPU; the first UMAP fit pays numba's
 JIT compilation once.
@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from mnistdiff.data import load_mnist, to_uint8  # noqa: E402
-from mnistdiff.umap_eval import (  # noqa: E402
+from mnistdiff.evaluation.umap_eval import (  # noqa: E402
     embed,
     fit_umap,
     knn_two_sample_accuracy,

@@ -9,7 +9,7 @@ import torch
 
 from mnistdiff.config import ConfigError, VAEConfig, VAERunConfig
 from mnistdiff.data import load_mnist
-from mnistdiff.vae import VAE, DiagonalGaussian, Decoder, Encoder, vae_loss
+from mnistdiff.vae import VAE, Decoder, DiagonalGaussian, Encoder, vae_loss
 
 
 def _vae(cfg: VAEConfig | None = None, seed: int = 0) -> VAE:

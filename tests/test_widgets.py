@@ -1,4 +1,4 @@
-"""The notebook widgets (mnistdiff.widgets): they build headless, their sliders change the image,
+"""The notebook widgets (mnistdiff.course.widgets): they build headless, their sliders change the image,
 and every one produces (and displays) a static fallback. Fast: tiny untrained models on the CPU."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import torch
 from IPython.display import HTML
 from PIL import Image
 
-from mnistdiff import widgets as W
 from mnistdiff.config import DDPMRunConfig, DiffusionConfig, UNetConfig, VAEConfig
-from mnistdiff.pipelines import DiffusionModel
+from mnistdiff.course import widgets as W
 from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.training.pipelines import DiffusionModel
 from mnistdiff.unet import UNet
 from mnistdiff.vae import VAE
 from mnistdiff.viz import grid_array

@@ -12,11 +12,11 @@ samples to real MNIST? The generators are
   reconstructions of real training images — the best that latent diffusion, which can only emit
   what the decoder can draw, could reach.
 
-Each is scored with :func:`mnistdiff.metrics.evaluate` (classifier-FID, KID, precision/recall,
+Each is scored with :func:`mnistdiff.evaluation.metrics.evaluate` (classifier-FID, KID, precision/recall,
 confidence, class balance, distance to the nearest training image), timed (seconds per sample), and
-— with :func:`mnistdiff.umap_eval.umap_evaluation` — placed on a UMAP of real digits with a k-NN
+— with :func:`mnistdiff.evaluation.umap_eval.umap_evaluation` — placed on a UMAP of real digits with a k-NN
 two-sample accuracy. Every metric depends on the sample count, so the results always carry the
-real-vs-real floor at the same count (:func:`mnistdiff.metrics.real_floor`; for the k-NN
+real-vs-real floor at the same count (:func:`mnistdiff.evaluation.metrics.real_floor`; for the k-NN
 accuracies, held-out real test images against real training images).
 
 The results go to ``results/<profile>/evaluation.json`` (or under ``$MNISTDIFF_RESULTS_DIR``),
@@ -59,11 +59,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .checkpoints import atomic_write_text
-from .config import DEFAULT_ETA
-from .data import load_mnist
-from .paths import repo_root
-from .profiles import Profile, default_device
+from mnistdiff.config import DEFAULT_ETA
+from mnistdiff.course.profiles import Profile
+from mnistdiff.data import load_mnist
+from mnistdiff.devices import default_device, device_name
+from mnistdiff.files import atomic_write_text, repo_root
 
 __all__ = [
     "GeneratorSpec",
@@ -81,7 +81,6 @@ __all__ = [
     "write_results",
     "read_results",
     "results_table",
-    "device_name",
     "run_evaluation",
     "TABLE_COLUMNS",
     "FLOOR_NAME",
@@ -107,7 +106,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, str, float], ...] = (
     ("seconds_per_sample", "ms / sample", "{:.4g}", 1e3),
 )
 
-#: The metrics copied from :func:`mnistdiff.metrics.evaluate` into the results file (all scalars).
+#: The metrics copied from :func:`mnistdiff.evaluation.metrics.evaluate` into the results file (all scalars).
 _METRIC_KEYS = (
     "fid", "kid", "kid_std", "precision", "recall", "confidence", "class_entropy", "class_max_deviation",
     "nn_train_distance", "nn_train_distance_min",
@@ -195,7 +194,7 @@ def course_generators(
 ) -> list[GeneratorSpec]:
     """Every generator of the course, in the order the tables show them.
 
-    ``ddpm``: the pixel-space :class:`~mnistdiff.pipelines.DiffusionModel`; ``ldm``: the latent one
+    ``ddpm``: the pixel-space :class:`~mnistdiff.training.pipelines.DiffusionModel`; ``ldm``: the latent one
     (with its ``codec``); ``vae``: the VAE. Any of them may be None to leave its generators out.
     The pixel model's DDIM runs every step count of ``ddim_steps`` (default ``profile.ddim_step_sweep``,
     capped at the model's T) with the first η of ``etas`` (the package's default sampler), and each
@@ -309,7 +308,7 @@ def score_samples(
     device: torch.device | str | None = None,
     verbose: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """:func:`mnistdiff.metrics.evaluate` for each generator's samples, plus its description and timing.
+    """:func:`mnistdiff.evaluation.metrics.evaluate` for each generator's samples, plus its description and timing.
 
     Returns name → a flat dict: the spec's ``label``, ``space``, ``sampler``, ``steps``, ``eta``;
     the scalar metrics (``fid``, ``kid``, ``kid_std``, ``precision``, ``recall``, ``confidence``,
@@ -317,7 +316,7 @@ def score_samples(
     ``class_histogram`` (a list of 10 fractions, moved out by :func:`build_results`);
     ``sampling_seconds`` and ``seconds_per_sample``.
     """
-    from .metrics import evaluate
+    from mnistdiff.evaluation.metrics import evaluate
 
     out: dict[str, dict[str, Any]] = {}
     for name, s in samples.items():
@@ -333,9 +332,9 @@ def score_samples(
 
 
 def real_floor(n: int, *, seed: int = 0, device: torch.device | str | None = None) -> dict[str, Any]:
-    """The real-vs-real floor at ``n`` samples: :func:`mnistdiff.metrics.real_floor` (``n`` real
+    """The real-vs-real floor at ``n`` samples: :func:`mnistdiff.evaluation.metrics.real_floor` (``n`` real
     training images scored like a generator), with its ``class_histogram``."""
-    from .metrics import real_floor as _floor
+    from mnistdiff.evaluation.metrics import real_floor as _floor
 
     m = _floor(n, seed=seed, device=device)
     return {"n": int(n), **_scalar_metrics(m), "class_histogram": list(m["class_histogram"])}
@@ -376,7 +375,7 @@ def umap_compare(
     device: torch.device | str | None = None,
     ncols: int = 4,
 ) -> tuple[Any, dict[str, dict[str, float]]]:
-    """:func:`mnistdiff.umap_eval.umap_evaluation` of every generator and of the real floor.
+    """:func:`mnistdiff.evaluation.umap_eval.umap_evaluation` of every generator and of the real floor.
 
     The UMAP is fitted on part of ``real_images`` (see :func:`umap_reference_sets`); the rest are
     held out and compared, in the map, in pixel space and in classifier-feature space, with
@@ -384,7 +383,7 @@ def umap_compare(
     samples. Panels are titled with the generators' labels. Returns ``(figure, scores)`` with
     ``scores`` keyed by generator name and by :data:`FLOOR_NAME`.
     """
-    from .umap_eval import umap_evaluation
+    from mnistdiff.evaluation.umap_eval import umap_evaluation
 
     by_label = {FLOOR_NAME: floor_images}
     names = {FLOOR_NAME: FLOOR_NAME}
@@ -400,13 +399,6 @@ def umap_compare(
 # ----------------------------------------------------------------------------------------------
 # the results file
 # ----------------------------------------------------------------------------------------------
-
-
-def device_name(device: torch.device | str | None = None) -> str:
-    """A readable name of the device (:func:`mnistdiff.experiment.device_name`): the GPU's model, or the CPU's."""
-    from .experiment import device_name as _name
-
-    return _name(torch.device(device) if device is not None else default_device())
 
 
 def _clean(value: Any) -> Any:
@@ -440,7 +432,7 @@ def build_results(
     """Assemble the results file's dict (see the module docstring for its layout).
 
     ``floor``: :func:`real_floor`'s dict; ``generators``: :func:`score_samples`'s. ``umap_scores``:
-    the scores of :func:`mnistdiff.umap_eval.umap_evaluation` (name → ``knn_accuracy_*``); the
+    the scores of :func:`mnistdiff.evaluation.umap_eval.umap_evaluation` (name → ``knn_accuracy_*``); the
     entry named ``floor_umap_name`` holds the real-vs-real reference and goes into ``floor``, the
     others into their generators. Class histograms move to ``class_histograms`` (so every entry of
     ``generators`` is a flat row of scalars). ``extra``: more top-level fields (e.g. timings).
@@ -483,7 +475,7 @@ def build_results(
 
 
 def results_dir() -> Path:
-    """``$MNISTDIFF_RESULTS_DIR`` if set, else ``results/`` at the repository root (:func:`~mnistdiff.paths.repo_root`)."""
+    """``$MNISTDIFF_RESULTS_DIR`` if set, else ``results/`` at the repository root (:func:`~mnistdiff.files.repo_root`)."""
     env = os.environ.get("MNISTDIFF_RESULTS_DIR")
     return Path(env) if env else repo_root() / "results"
 
@@ -564,9 +556,9 @@ def run_evaluation(
     ``n`` defaults to ``profile.eval_samples``; with ``umap`` the UMAP figure and k-NN accuracies
     are computed too (``profile.umap_real`` real test images). Returns ``(results, figure or None)``.
     """
-    from .metrics import reference_features
-    from .pretrained import get_ddpm, get_ldm, get_vae
-    from .profiles import get_profile
+    from mnistdiff.course.pretrained import get_ddpm, get_ldm, get_vae
+    from mnistdiff.course.profiles import get_profile
+    from mnistdiff.evaluation.metrics import reference_features
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     device = torch.device(device) if device is not None else default_device()

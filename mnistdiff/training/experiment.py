@@ -18,64 +18,18 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from mnistdiff.files import atomic_write_text
+from mnistdiff.training.checkpoints import CheckpointError
 
-from .checkpoints import CheckpointError, atomic_write_text
-
-__all__ = ["Experiment", "device_info", "cpu_name", "device_name"]
+__all__ = ["Experiment"]
 
 SUBDIRS = ("epoch_samples", "final_samples", "checkpoints")
 EXTRA_SUBDIRS = {"ddpm": ("denoising_steps",), "ldm": ("denoising_steps",), "vae": ("latent_space",)}
-
-
-def cpu_name() -> str:
-    """The CPU as ``lscpu`` names it, with family/model and its bf16 features, e.g.
-    ``Intel(R) Xeon(R) Processor (family 6 model 207; avx512_bf16 amx_bf16)``."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip().lower(), value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    flags = set(fields.get("flags", "").split())
-    bf16 = " ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no native bf16"
-    if "cpu family" in fields and "model" in fields:
-        return f"{name} (family {fields['cpu family']} model {fields['model']}; {bf16})"
-    return name
-
-
-def device_name(device: torch.device | str) -> str:
-    """``torch.cuda.get_device_name`` on CUDA; on a CPU :func:`cpu_name` and torch's thread count."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
-
-
-def device_info(device: torch.device | str) -> dict[str, Any]:
-    """Name, peak memory and utilisation of ``device`` (CUDA), or the CPU's thread count."""
-    device = torch.device(device)
-    info: dict[str, Any] = {"device": str(device)}
-    if device.type == "cuda" and torch.cuda.is_available():
-        idx = device.index if device.index is not None else torch.cuda.current_device()
-        info["gpu_name"] = torch.cuda.get_device_name(idx)
-        info["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(idx) / 2**20, 1)
-        try:
-            info["gpu_utilization_percent"] = torch.cuda.utilization(idx)
-        except Exception:  # noqa: BLE001 - needs pynvml; optional
-            info["gpu_utilization_percent"] = None
-    else:
-        info["cpu_name"] = cpu_name()
-        info["cpu_threads"] = torch.get_num_threads()
-    return info
 
 
 class Experiment:
@@ -85,7 +39,7 @@ class Experiment:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, root: str | Path, model: str) -> "Experiment":
+    def create(cls, root: str | Path, model: str) -> Experiment:
         root = Path(root)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = root / f"{stamp}-{model}"

@@ -19,10 +19,9 @@ Architecture (input ``(N, 1, 28, 28)`` in [-1, 1])::
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -31,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import sha256_file
+from mnistdiff.files import ASSET_DIR, atomic_write_bytes, atomic_write_text
+from mnistdiff.training.checkpoints import sha256_file
 
 __all__ = [
     "MNISTClassifier",
@@ -45,7 +45,6 @@ __all__ = [
     "sha256_file",
 ]
 
-ASSET_DIR = Path(__file__).resolve().parent / "assets"
 CLASSIFIER_PATH = ASSET_DIR / "classifier.pt"
 CLASSIFIER_META_PATH = ASSET_DIR / "classifier.json"
 FEATURE_DIM = 128
@@ -92,7 +91,7 @@ class MNISTClassifier(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
             raise ValueError(
                 f"MNISTClassifier expects images of shape (N, 1, 28, 28) in [-1, 1], got {tuple(x.shape)}; "
-                "use mnistdiff.metrics.prepare_images to convert uint8 / 32×32 / (N, H, W) inputs"
+                "use mnistdiff.evaluation.metrics.prepare_images to convert uint8 / 32×32 / (N, H, W) inputs"
             )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +120,7 @@ def load_classifier(
     (path, device), so repeated calls are free. Its parameters are frozen (``requires_grad=False``).
     """
     if device is None:
-        from .profiles import default_device
+        from mnistdiff.devices import default_device
 
         device = default_device()
     device = torch.device(device)
@@ -170,21 +169,6 @@ def evaluate_accuracy(model: MNISTClassifier, images: torch.Tensor, labels: torc
     return correct / len(images)
 
 
-def _atomic_write_bytes(target: Path, write: Callable[[str], None]) -> None:
-    """Write via a temporary file in the same folder, then ``os.replace`` it onto ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights are meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def train_classifier(
     *,
     epochs: int = 4,
@@ -218,7 +202,7 @@ def train_classifier(
 
     Returns ``(model in eval mode, metadata dict)``.
     """
-    from .data import load_mnist
+    from mnistdiff.data import load_mnist
 
     if num_threads is not None:
         torch.set_num_threads(num_threads)
@@ -287,11 +271,13 @@ def train_classifier(
     if out_path is not None:
         out_path = Path(out_path)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        _atomic_write_bytes(out_path, lambda tmp: torch.save(state, tmp))
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(out_path, buf.getvalue())
         meta["sha256"] = sha256_file(out_path)
         meta["size_bytes"] = out_path.stat().st_size
         meta_path = out_path.with_suffix(".json")
         text = json.dumps(meta, indent=2) + "\n"
-        _atomic_write_bytes(meta_path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_text(meta_path, text)
         _LOADED.clear()
     return model, meta

@@ -1,7 +1,7 @@
 """Train and load each model from its config: what the command line and the notebooks both call.
 
-``train_ddpm``, ``train_vae`` and ``train_ldm`` build a :class:`~mnistdiff.train.TrainTask` from a run
-config and hand it to :func:`~mnistdiff.train.fit`; ``load_ddpm``, ``load_vae`` and ``load_ldm`` rebuild
+``train_ddpm``, ``train_vae`` and ``train_ldm`` build a :class:`~mnistdiff.training.loop.TrainTask` from a run
+config and hand it to :func:`~mnistdiff.training.loop.fit`; ``load_ddpm``, ``load_vae`` and ``load_ldm`` rebuild
 the models from a checkpoint's sidecar config and verify it on the way.
 """
 
@@ -14,18 +14,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError, load_checkpoint, sha256_file
-from .config import DDPMRunConfig, LDMRunConfig, VAERunConfig, from_dict, to_dict
-from .data import load_mnist
-from .ddpm import diffusion_loss
-from .experiment import Experiment
-from .latent import LatentCodec, compute_latent_scale, encode_dataset
-from .sampling import frames_grid, generate
-from .schedules import NoiseSchedule
-from .train import TrainResult, TrainTask, fit
-from .unet import UNet
-from .vae import VAE, vae_loss
-from .viz import latent_scatter, save_grid, save_image
+from mnistdiff.config import DDPMRunConfig, LDMRunConfig, VAERunConfig, from_dict, to_dict
+from mnistdiff.data import load_mnist
+from mnistdiff.ddpm import diffusion_loss
+from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset
+from mnistdiff.sampling import frames_grid, generate
+from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.training.checkpoints import CheckpointError, load_checkpoint, sha256_file
+from mnistdiff.training.experiment import Experiment
+from mnistdiff.training.loop import TrainResult, TrainTask, fit
+from mnistdiff.unet import UNet
+from mnistdiff.vae import VAE, vae_loss
+from mnistdiff.viz import latent_scatter, save_grid, save_image
 
 __all__ = [
     "DiffusionModel",

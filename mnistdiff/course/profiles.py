@@ -16,11 +16,17 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-import torch
+from mnistdiff.config import (
+    DDPMRunConfig,
+    DiffusionConfig,
+    LDMRunConfig,
+    TrainConfig,
+    UNetConfig,
+    VAEConfig,
+    VAERunConfig,
+)
 
-from .config import DDPMRunConfig, DiffusionConfig, LDMRunConfig, TrainConfig, UNetConfig, VAEConfig, VAERunConfig
-
-__all__ = ["Profile", "PROFILES", "DEFAULT_PROFILE", "get_profile", "profile_name", "default_device"]
+__all__ = ["Profile", "PROFILES", "DEFAULT_PROFILE", "get_profile", "profile_name"]
 
 ENV_VAR = "MNISTDIFF_PROFILE"
 
@@ -109,10 +115,6 @@ BOOK = Profile(
 PROFILES = {"smoke": SMOKE, "book": BOOK, "full": FULL}
 DEFAULT_PROFILE = "book"
 
-
-def default_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def profile_name(name: str | None = None) -> str:

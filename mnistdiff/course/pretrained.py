@@ -4,24 +4,24 @@ Trained checkpoints live in ``checkpoints/<profile>/{ddpm,vae,ldm}.pt`` (with JS
 repository root, or under ``$MNISTDIFF_CHECKPOINT_DIR/<profile>/``. The full profile's are committed;
 the smoke profile's are written by whichever notebook first needs them. ``get_ddpm`` & co. return
 the verified checkpoint when it exists and matches the profile's config, and otherwise train it with
-the same :mod:`~mnistdiff.pipelines` functions the command line uses, then store it there.
+the same :mod:`~mnistdiff.training.pipelines` functions the command line uses, then store it there.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, read_sidecar
-from .config import to_dict
-from .paths import repo_root
-from .pipelines import DiffusionModel, load_ddpm, load_ldm, load_vae, train_ddpm, train_ldm, train_vae
-from .profiles import Profile, default_device, get_profile
-from .vae import VAE
+from mnistdiff.config import to_dict
+from mnistdiff.course.profiles import Profile, get_profile
+from mnistdiff.devices import default_device
+from mnistdiff.files import atomic_copy, repo_root
+from mnistdiff.training.checkpoints import CheckpointError, read_sidecar
+from mnistdiff.training.pipelines import DiffusionModel, load_ddpm, load_ldm, load_vae, train_ddpm, train_ldm, train_vae
+from mnistdiff.vae import VAE
 
 __all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_vae", "get_ldm", "train_all", "REPO_ROOT"]
 
@@ -65,13 +65,8 @@ def _usable(path: Path, expected: dict) -> bool:
 
 def _store(result_ckpt: Path, dest: Path) -> None:
     """Copy a run's final checkpoint and sidecar to the profile's store (sidecar last: a half copy never verifies)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".pt.tmp")
-    shutil.copyfile(result_ckpt, tmp)
-    os.replace(tmp, dest)
-    tmp_json = dest.with_suffix(".json.tmp")
-    shutil.copyfile(result_ckpt.with_suffix(".json"), tmp_json)
-    os.replace(tmp_json, dest.with_suffix(".json"))
+    atomic_copy(result_ckpt, dest)
+    atomic_copy(result_ckpt.with_suffix(".json"), dest.with_suffix(".json"))
 
 
 def _load_else_train(kind: str, prof: Profile, expected: dict, retrain: bool, train, load):
@@ -93,7 +88,7 @@ def _load_else_train(kind: str, prof: Profile, expected: dict, retrain: bool, tr
 def _with_sampling_mode(model: DiffusionModel, prof: Profile, device) -> DiffusionModel:
     """Set ``model.fast`` from the profile: ``auto`` measures fp32 against bf16 autocast here and keeps the faster."""
     if prof.sample_fast == "auto":
-        from .sampling import choose_fast
+        from mnistdiff.sampling import choose_fast
 
         model.fast, speeds = choose_fast(model.unet, model.sample_shape, device)
         print(f"[mnistdiff] sampling network: {'bf16 autocast' if model.fast == 'amp' else 'float32'} "

@@ -1,7 +1,7 @@
 """Sample-quality metrics for MNIST generators, on the features of the project's own classifier.
 
 Every metric here compares a set of generated images with real MNIST images through the
-penultimate features ``φ(x) ∈ R^128`` of :class:`mnistdiff.classifier.MNISTClassifier`:
+penultimate features ``φ(x) ∈ R^128`` of :class:`mnistdiff.evaluation.classifier.MNISTClassifier`:
 
 * **classifier-FID** — the Fréchet distance between Gaussians fitted to the two feature sets
   (Heusel et al. 2017, eq. 6):  ``‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^{1/2})``.
@@ -35,7 +35,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from .classifier import load_classifier
+from mnistdiff.evaluation.classifier import load_classifier
 
 __all__ = [
     "prepare_images",
@@ -153,7 +153,7 @@ def _check_same_dim(a: np.ndarray, b: np.ndarray) -> None:
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
-        from .profiles import default_device
+        from mnistdiff.devices import default_device
 
         return default_device()
     return torch.device(device)
@@ -351,7 +351,7 @@ def nearest_train_neighbours(
     Returns ``(distances (N,) float32, indices (N,) int64)`` on the CPU.
     """
     if train_images is None:
-        from .data import load_mnist
+        from mnistdiff.data import load_mnist
 
         train_images = load_mnist("train").images
     device = torch.device(device) if device is not None else _resolve_device(None)
@@ -441,8 +441,8 @@ def reference_features(
     A subset's features are computed from the subset's images (not sliced from the full set), so a
     result never depends on what was computed earlier in the process.
     """
-    from .classifier import CLASSIFIER_PATH
-    from .data import load_mnist
+    from mnistdiff.data import load_mnist
+    from mnistdiff.evaluation.classifier import CLASSIFIER_PATH
 
     device = _resolve_device(device)
     test = load_mnist("test").images
@@ -548,7 +548,7 @@ def real_floor(
     device = _resolve_device(device)
     key = (n, seed, str(device), n_ref, include_memorisation, kid_subset_size, kid_subsets, k)
     if key not in _FLOOR_CACHE:
-        from .data import load_mnist
+        from mnistdiff.data import load_mnist
 
         train = load_mnist("train").subset(n, seed=seed)
         feats, probs = classifier_features(train.images, device=device)

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Union
 import numpy as np
 import torch
 
-from .metrics import classifier_features, prepare_images
+from mnistdiff.evaluation.metrics import classifier_features, prepare_images
 
 __all__ = [
     "fit_umap",
@@ -51,7 +51,7 @@ def _pixels(images: ArrayLike) -> np.ndarray:
 def fit_umap(real_images: ArrayLike, *, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1):
     """Fit UMAP (McInnes et al. 2018) on real images in pixel space.
 
-    ``real_images``: N images in any form :func:`mnistdiff.metrics.prepare_images` accepts, with
+    ``real_images``: N images in any form :func:`mnistdiff.evaluation.metrics.prepare_images` accepts, with
     ``N > n_neighbors``; they are flattened to ``(N, 784)`` in [0, 1]. Seeded (``random_state=seed``)
     and single-threaded (``n_jobs=1``) so the same inputs always give the same embedding
     (``reducer.embedding_``, ``(N, 2)``). Returns the fitted ``umap.UMAP``.

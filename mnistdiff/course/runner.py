@@ -12,9 +12,9 @@ import os
 import time
 from pathlib import Path
 
-from .checkpoints import atomic_write_text
-from .paths import repo_root
-from .profiles import ENV_VAR, profile_name
+from mnistdiff.course.profiles import ENV_VAR, profile_name
+from mnistdiff.devices import device_name
+from mnistdiff.files import atomic_write_text, repo_root
 
 __all__ = ["NOTEBOOKS", "run_course", "notebook_path"]
 
@@ -29,13 +29,6 @@ def notebook_path(name: str) -> Path:
         if name in (nb, nb[:2], nb[:2].lstrip("0"), f"{nb}.ipynb"):
             return NOTEBOOK_DIR / f"{nb}.ipynb"
     raise ValueError(f"unknown notebook {name!r}; choose from {', '.join(NOTEBOOKS)}")
-
-
-def _device_name() -> str:
-    from .experiment import device_name
-    from .profiles import default_device
-
-    return device_name(default_device())
 
 
 def run_course(
@@ -55,7 +48,7 @@ def run_course(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [notebook_path(n) for n in notebooks] if notebooks else [NOTEBOOK_DIR / f"{n}.ipynb" for n in NOTEBOOKS]
     times: dict[str, float] = {}
-    print(f"running {len(paths)} notebooks, profile {prof}, on {_device_name()}")
+    print(f"running {len(paths)} notebooks, profile {prof}, on {device_name()}")
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         t0 = time.perf_counter()
@@ -67,7 +60,7 @@ def run_course(
     total = round(sum(times.values()), 1)
     print(f"  {'total':<22} {total:8.1f} s")
     results = REPO_ROOT / "results" / prof / "course_times.json"
-    record = {"profile": prof, "device": _device_name(), "notebooks": times, "total_seconds": total}
+    record = {"profile": prof, "device": device_name(), "notebooks": times, "total_seconds": total}
     if results.exists() and notebooks:
         previous = json.loads(results.read_text())
         if previous.get("device") == record["device"]:

@@ -38,11 +38,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import CheckpointError, load_checkpoint, previous_path, read_sidecar, save_checkpoint
-from .config import TrainConfig
-from .ema import make_ema
-from .experiment import Experiment, cpu_name, device_info
-from .unet import count_parameters
+from mnistdiff.config import TrainConfig
+from mnistdiff.devices import cpu_name, device_info
+from mnistdiff.training.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    previous_path,
+    read_sidecar,
+    save_checkpoint,
+)
+from mnistdiff.training.ema import make_ema
+from mnistdiff.training.experiment import Experiment
+from mnistdiff.unet import count_parameters
 
 __all__ = [
     "TrainTask", "TrainResult", "fit", "TrainingInterrupted", "TrainingDiverged", "lr_lambda", "choose_precision",
@@ -119,7 +126,7 @@ def _autocast(precision: str, device: torch.device) -> Callable[[], Any]:
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def choose_precision(task: "TrainTask", device: torch.device, steps: int = 4, warmup: int = 2) -> dict[str, float]:
+def choose_precision(task: TrainTask, device: torch.device, steps: int = 4, warmup: int = 2) -> dict[str, float]:
     """Time a few training steps of ``task`` in each precision (fp32, bf16, bf16_cl) on a copy of its model.
 
     Returns images/s per precision. bf16 is tried only where the CPU has native bf16 (else it is
@@ -155,7 +162,7 @@ def choose_precision(task: "TrainTask", device: torch.device, steps: int = 4, wa
     return speeds
 
 
-def resolve_precision(task: "TrainTask", device: torch.device, amp: bool | None) -> tuple[str, dict[str, float]]:
+def resolve_precision(task: TrainTask, device: torch.device, amp: bool | None) -> tuple[str, dict[str, float]]:
     """The precision a run trains in, and the probe's speeds when ``auto`` measured them.
 
     ``amp`` given (True/False) wins: bf16 autocast (channels_last on CUDA) or fp32. Else the config's
@@ -468,7 +475,7 @@ def _fit(
     if task.final_fn is not None:
         with torch.random.fork_rng(devices=rng_devices):
             metrics.update(task.final_fn(ema_model, experiment))
-    from .viz import plot_loss_curves  # local import: matplotlib only when training
+    from mnistdiff.viz import plot_loss_curves  # local import: matplotlib only when training
 
     plot_loss_curves(history, experiment.path / "loss_curves.png")
     experiment.write_metrics(metrics)

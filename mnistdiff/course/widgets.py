@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from .viz import grid_array
+from mnistdiff.viz import grid_array
 
 __all__ = [
     "Explorer",
@@ -320,7 +320,7 @@ def ddim_explorer(
 ) -> Explorer:
     """Two sliders, DDIM steps S and η, over samples precomputed from one seed (the same x_T for all).
 
-    ``model``: a :class:`~mnistdiff.pipelines.DiffusionModel` (pixel or latent: it decodes). All
+    ``model``: a :class:`~mnistdiff.training.pipelines.DiffusionModel` (pixel or latent: it decodes). All
     ``len(steps_options) × len(etas)`` settings are sampled once with ``num_samples`` samples each,
     so the sliders respond instantly and nothing runs in the browser; pass ``samples`` (a dict
     ``(steps, eta) → (N, 1, 32, 32)``) to reuse results you already have. The fallback is a PNG

@@ -21,7 +21,6 @@ what to do.
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import io
@@ -29,18 +28,17 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mnistdiff.files import PACKAGE_DIR, ensure_folder, fsync_dir, unlink_quiet, write_error, write_temp
+
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "CheckpointIntegrityError",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "save_checkpoint",
     "read_sidecar",
     "load_checkpoint",
@@ -52,7 +50,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
 class CheckpointError(RuntimeError):
@@ -86,97 +83,11 @@ def git_commit() -> str | None:
     """The repository's HEAD commit, or None outside a git checkout (looked up once per process)."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5, check=True
         )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _unlink_quiet(path: str | Path | None) -> None:
-    if path is None:
-        return
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make renames in ``folder`` durable (best effort: not every platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_temp(path: Path, data: bytes) -> str:
-    """Write ``data`` to a new temporary file next to ``path`` (fsynced); return its name. Cleans up on error."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
-    return tmp
-
-
-def _write_error(path: Path, err: OSError) -> CheckpointError:
-    """A :class:`CheckpointError` for a failed write of ``path``, saying what is left and what to do."""
-    if path.exists():
-        left = f"the previous {path.name} is intact (it still loads) and no temporary file was left behind"
-    else:
-        left = f"nothing was written ({path.name} did not exist before) and no temporary file was left behind"
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return CheckpointError(
-            f"ran out of disk space while writing {path}; {left}. Free some space and run again "
-            "(training runs continue with --resume)."
-        )
-    return CheckpointError(f"could not write {path} ({err.strerror or err}); {left}. Check the folder and run again.")
-
-
-def _ensure_folder(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CheckpointError(f"cannot create the folder {path.parent} for {path.name} ({err.strerror or err}): "
-                              "choose a writable location") from err
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, then ``os.replace``.
-
-    On any error (a full disk included) the temporary file is removed and ``path`` keeps its old
-    content; an ``OSError`` is raised as a :class:`CheckpointError` that says so.
-    """
-    path = Path(path)
-    _ensure_folder(path)
-    tmp = None
-    try:
-        tmp = _write_temp(path, data)
-        os.replace(tmp, path)
-    except BaseException as err:
-        _unlink_quiet(tmp)
-        if isinstance(err, OSError):
-            raise _write_error(path, err) from err
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # SHA-256 of the pairs this process wrote, so that keep_previous need not re-hash its own files.
@@ -205,7 +116,7 @@ def _pair_consistent(path: Path) -> bool:
 def _link_or_copy(src: Path, dest: Path) -> None:
     """Make ``dest`` a hard link to ``src`` (a copy where links are not supported), atomically."""
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    _unlink_quiet(tmp)
+    unlink_quiet(tmp)
     try:
         try:
             os.link(src, tmp)
@@ -213,7 +124,7 @@ def _link_or_copy(src: Path, dest: Path) -> None:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
     except BaseException:
-        _unlink_quiet(tmp)
+        unlink_quiet(tmp)
         raise
 
 
@@ -264,11 +175,11 @@ def save_checkpoint(
         **(extra or {}),
     }
     text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
-    _ensure_folder(path)
+    ensure_folder(path, CheckpointError)
     tmp_pt = tmp_json = None
     try:
-        tmp_pt = _write_temp(path, data)
-        tmp_json = _write_temp(side, text.encode("utf-8"))
+        tmp_pt = write_temp(path, data)
+        tmp_json = write_temp(side, text.encode("utf-8"))
         if keep_previous:
             _keep_previous(path)
         # From here on only renames: the new .pt, then its sidecar (a crash in between is what
@@ -278,12 +189,12 @@ def save_checkpoint(
         os.replace(tmp_json, side)
         tmp_json = None
     except BaseException as err:
-        _unlink_quiet(tmp_pt)
-        _unlink_quiet(tmp_json)
+        unlink_quiet(tmp_pt)
+        unlink_quiet(tmp_json)
         if isinstance(err, OSError):
-            raise _write_error(path, err) from err
+            raise write_error(path, err, CheckpointError) from err
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     try:
         st = path.stat()
         _WRITTEN[str(path.resolve())] = (digest, st.st_size, st.st_mtime_ns)

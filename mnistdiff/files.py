@@ -1,0 +1,156 @@
+"""Files: where the repository is, and writes that leave nothing half-done.
+
+The course writes next to the code (``checkpoints/``, ``results/``, ``book/``). In a git checkout
+(an editable install) that is the folder above ``mnistdiff/``; a copy installed into
+``site-packages`` has no such folder, so there the root is ``$MNISTDIFF_ROOT`` or else the current
+working directory (:func:`repo_root`).
+
+Every file the package writes (checkpoints, the classifier, results, sample folders, notebooks)
+goes through :func:`atomic_write_bytes`: a temporary file in the same folder, fsynced, then
+``os.replace``. An interrupted write, or a full disk, leaves the previous file intact and no
+temporary file behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "ROOT_ENV_VAR",
+    "PACKAGE_DIR",
+    "ASSET_DIR",
+    "FileWriteError",
+    "repo_root",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_copy",
+]
+
+ROOT_ENV_VAR = "MNISTDIFF_ROOT"
+#: The folder of the installed package, and its shipped data (MNIST, the evaluation classifier).
+PACKAGE_DIR = Path(__file__).resolve().parent
+ASSET_DIR = PACKAGE_DIR / "assets"
+
+
+class FileWriteError(RuntimeError):
+    """A write that failed (a full disk, a read-only folder); the message says what is left and what to do."""
+
+
+def repo_root(package_dir: Path | None = None) -> Path:
+    """``$MNISTDIFF_ROOT`` if set; else the checkout holding the package (the parent of ``mnistdiff/``
+    when it has a ``pyproject.toml``); else the current working directory."""
+    env = os.environ.get(ROOT_ENV_VAR)
+    if env:
+        return Path(env).expanduser().resolve()
+    parent = (package_dir or PACKAGE_DIR).parent
+    if (parent / "pyproject.toml").is_file():
+        return parent
+    return Path.cwd()
+
+
+def unlink_quiet(path: str | Path | None) -> None:
+    """Remove ``path`` if it exists; never raise."""
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable (best effort: not every platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_temp(path: Path, data: bytes) -> str:
+    """Write ``data`` to a new temporary file next to ``path`` (fsynced); return its name. Cleans up on error."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        unlink_quiet(tmp)
+        raise
+    return tmp
+
+
+def write_error(path: Path, err: OSError, cls: type[RuntimeError] = FileWriteError) -> RuntimeError:
+    """An error of type ``cls`` for a failed write of ``path``, saying what is left and what to do."""
+    if path.exists():
+        left = f"the previous {path.name} is intact (it still loads) and no temporary file was left behind"
+    else:
+        left = f"nothing was written ({path.name} did not exist before) and no temporary file was left behind"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return cls(
+            f"ran out of disk space while writing {path}; {left}. Free some space and run again "
+            "(training runs continue with --resume)."
+        )
+    return cls(f"could not write {path} ({err.strerror or err}); {left}. Check the folder and run again.")
+
+
+def ensure_folder(path: Path, cls: type[RuntimeError] = FileWriteError) -> None:
+    """Create the folder of ``path``, or raise ``cls`` saying to choose a writable location."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise cls(f"cannot create the folder {path.parent} for {path.name} ({err.strerror or err}): "
+                  "choose a writable location") from err
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, then ``os.replace``.
+
+    On any error (a full disk included) the temporary file is removed and ``path`` keeps its old
+    content; an ``OSError`` is raised as a :class:`FileWriteError` that says so.
+    """
+    path = Path(path)
+    ensure_folder(path)
+    tmp = None
+    try:
+        tmp = write_temp(path, data)
+        os.replace(tmp, path)
+    except BaseException as err:
+        unlink_quiet(tmp)
+        if isinstance(err, OSError):
+            raise write_error(path, err) from err
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_copy(src: str | Path, dest: str | Path) -> None:
+    """Copy ``src`` to ``dest`` via a temporary file next to ``dest``, then ``os.replace``."""
+    src, dest = Path(src), Path(dest)
+    ensure_folder(dest)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException as err:
+        unlink_quiet(tmp)
+        if isinstance(err, OSError):
+            raise write_error(dest, err) from err
+        raise
