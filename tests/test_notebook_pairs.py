@@ -7,8 +7,9 @@ from pathlib import Path
 import jupytext
 import pytest
 
+from mnistdiff.course.chapters import CHAPTERS
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-CHAPTERS = ("01_unet", "02_ddpm", "03_ddim", "04_vae", "05_latent_diffusion", "06_umap_evaluation")
 
 
 def test_all_six_chapters_exist() -> None:

@@ -12,23 +12,20 @@ import os
 import time
 from pathlib import Path
 
+from mnistdiff.course.chapters import CHAPTERS, chapter_name
 from mnistdiff.course.profiles import ENV_VAR, profile_name
 from mnistdiff.devices import device_name
 from mnistdiff.files import atomic_write_text, repo_root
 
-__all__ = ["NOTEBOOKS", "run_course", "notebook_path"]
+__all__ = ["run_course", "notebook_path"]
 
 REPO_ROOT = repo_root()
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-NOTEBOOKS = ("01_unet", "02_ddpm", "03_ddim", "04_vae", "05_latent_diffusion", "06_umap_evaluation")
 
 
 def notebook_path(name: str) -> Path:
     """``"2"``, ``"02"`` or ``"02_ddpm"`` → ``notebooks/02_ddpm.ipynb``."""
-    for nb in NOTEBOOKS:
-        if name in (nb, nb[:2], nb[:2].lstrip("0"), f"{nb}.ipynb"):
-            return NOTEBOOK_DIR / f"{nb}.ipynb"
-    raise ValueError(f"unknown notebook {name!r}; choose from {', '.join(NOTEBOOKS)}")
+    return NOTEBOOK_DIR / f"{chapter_name(name)}.ipynb"
 
 
 def run_course(
@@ -46,7 +43,7 @@ def run_course(
     os.environ[ENV_VAR] = prof  # the kernels inherit it
     out_dir = NOTEBOOK_DIR if inplace else Path(output_dir or REPO_ROOT / "book" / "chapters")
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [notebook_path(n) for n in notebooks] if notebooks else [NOTEBOOK_DIR / f"{n}.ipynb" for n in NOTEBOOKS]
+    paths = [notebook_path(n) for n in notebooks] if notebooks else [NOTEBOOK_DIR / f"{n}.ipynb" for n in CHAPTERS]
     times: dict[str, float] = {}
     print(f"running {len(paths)} notebooks, profile {prof}, on {device_name()}")
     for path in paths:
