@@ -20,19 +20,21 @@ What it guarantees:
 
 Steps are counted from 1 over the whole run: step ``s`` is batch ``b`` of epoch ``e`` with
 ``s = (e - 1)·steps_per_epoch + b``.
+
+The loop is :meth:`TrainLoop.run_loop`, a few lines over named steps (:meth:`~TrainLoop.train_epoch`,
+:meth:`~TrainLoop.evaluate`, :meth:`~TrainLoop.log_epoch`, :meth:`~TrainLoop.save`,
+:meth:`~TrainLoop.sample_epoch`, :meth:`~TrainLoop.finish`); what they change is one
+:class:`~mnistdiff.training.state.TrainState`. The precision choice lives in
+:mod:`mnistdiff.training.precision`, the signal handling in :mod:`mnistdiff.training.signals`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import signal
-import threading
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -40,31 +42,21 @@ from tqdm.auto import tqdm
 
 from mnistdiff.config import TrainConfig
 from mnistdiff.devices import cpu_name, device_info
-from mnistdiff.training.checkpoints import (
-    CheckpointError,
-    load_checkpoint,
-    previous_path,
-    read_sidecar,
-    save_checkpoint,
-)
-from mnistdiff.training.ema import make_ema
+from mnistdiff.training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from mnistdiff.training.experiment import Experiment
+from mnistdiff.training.precision import autocast_for, choose_precision, resolve_precision, started_precision
+from mnistdiff.training.signals import StopFlag, TrainingInterrupted, signal_name, stop_flag
+from mnistdiff.training.state import SIDECAR_KEYS, TrainState, lr_lambda
 from mnistdiff.unet import count_parameters
 
 __all__ = [
     "TrainTask", "TrainResult", "fit", "TrainingInterrupted", "TrainingDiverged", "lr_lambda", "choose_precision",
-    "resolve_precision",
+    "resolve_precision", "TrainLoop", "TrainState",
 ]
 
+_started_precision = started_precision  # its name before it moved to mnistdiff.training.precision
+
 LossFn = Callable[[nn.Module, torch.Tensor, "torch.Generator | None"], torch.Tensor]
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training was stopped by Ctrl-C / SIGTERM after saving a resumable checkpoint; ``signum`` is the signal."""
-
-    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
-        super().__init__(message)
-        self.signum = int(signum)
 
 
 class TrainingDiverged(RuntimeError):
@@ -104,134 +96,6 @@ class TrainResult:
     seconds: float
 
 
-def lr_lambda(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up for ``warmup`` steps, then cosine decay to 10 % of the peak at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _cpu_has_bf16() -> bool:
-    """True where oneDNN has native bf16 kernels (AVX-512 bf16 or AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _autocast(precision: str, device: torch.device) -> Callable[[], Any]:
-    if precision == "fp32":
-        return nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def choose_precision(task: TrainTask, device: torch.device, steps: int = 4, warmup: int = 2) -> dict[str, float]:
-    """Time a few training steps of ``task`` in each precision (fp32, bf16, bf16_cl) on a copy of its model.
-
-    Returns images/s per precision. bf16 is tried only where the CPU has native bf16 (else it is
-    emulated and slower, pytorch #86550). Nothing of the run changes: the model is copied and the
-    global RNG state is restored afterwards, so the training that follows is the same whatever the probe saw.
-    """
-    candidates = ["fp32"] + (["bf16", "bf16_cl"] if device.type != "cpu" or _cpu_has_bf16() else [])
-    bs = min(task.train_config.batch_size, task.train_data.shape[0])
-    batch = task.train_data[:bs].to(device)
-    speeds: dict[str, float] = {}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for precision in candidates:
-            model = copy.deepcopy(task.model).to(device)
-            x = batch
-            if precision == "bf16_cl" and batch.ndim == 4:
-                model, x = model.to(memory_format=torch.channels_last), batch.contiguous(memory_format=torch.channels_last)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            autocast = _autocast(precision, device)
-            t0 = 0.0
-            for i in range(warmup + steps):
-                if i == warmup:
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    t0 = time.perf_counter()
-                with autocast():
-                    loss = task.loss_fn(model, x, None)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            speeds[precision] = round(steps * bs / (time.perf_counter() - t0), 1)
-    return speeds
-
-
-def resolve_precision(task: TrainTask, device: torch.device, amp: bool | None) -> tuple[str, dict[str, float]]:
-    """The precision a run trains in, and the probe's speeds when ``auto`` measured them.
-
-    ``amp`` given (True/False) wins: bf16 autocast (channels_last on CUDA) or fp32. Else the config's
-    ``precision``; ``None`` means bf16_cl on CUDA and fp32 on a CPU; ``auto`` probes on a CPU.
-    """
-    if amp is not None:
-        return ("bf16_cl" if device.type == "cuda" else "bf16") if amp else "fp32", {}
-    precision = task.train_config.precision
-    if precision is None:
-        return ("bf16_cl" if device.type == "cuda" else "fp32"), {}
-    if precision != "auto":
-        return precision, {}
-    if device.type == "cuda":
-        return "bf16_cl", {}
-    speeds = choose_precision(task, device)
-    return max(speeds, key=speeds.__getitem__), speeds
-
-
-def _started_precision(last: Any) -> str | None:
-    """The precision recorded in a resumable checkpoint's sidecar (or its predecessor's), if any."""
-    for path in (last, previous_path(last)):
-        try:
-            found = read_sidecar(path).get("precision")
-        except CheckpointError:
-            continue
-        return str(found) if found else None
-    return None
-
-
-@contextmanager
-def _stop_flag() -> Iterator[dict[str, int]]:
-    """Turn SIGINT/SIGTERM into a flag checked between steps (main thread only).
-
-    A second SIGINT (Ctrl-C pressed twice) raises ``KeyboardInterrupt`` at once, without saving.
-    """
-    flag = {"signal": 0}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        if flag["signal"] and signum == signal.SIGINT:
-            raise KeyboardInterrupt(
-                "second Ctrl-C: stopped without saving; the last epoch's checkpoint (checkpoints/last.pt) is kept"
-            )
-        flag["signal"] = signum
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "perm_gen": gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["perm_gen"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @torch.no_grad()
 def _eval_loss(task: TrainTask, model: nn.Module, seed: int, batch_size: int, amp: Any) -> float:
     """Mean loss over ``eval_data`` with fixed noise (a generator seeded per call), so epochs are comparable."""
@@ -247,13 +111,6 @@ def _eval_loss(task: TrainTask, model: nn.Module, seed: int, batch_size: int, am
     return total / max(count, 1)
 
 
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 def fit(
     task: TrainTask,
     experiment: Experiment,
@@ -267,222 +124,268 @@ def fit(
     """Train ``task`` in ``experiment``'s folder and return the EMA model.
 
     ``amp`` (default: the config's ``precision``, see :func:`resolve_precision`) forces bf16 autocast
-    (True) or float32 (False); ``compile`` wraps the model in ``torch.compile`` (``True``, or a mode such as ``"max-autotune-no-cudagraphs"``).
+    (True) or float32 (False); ``compile`` wraps the model in ``torch.compile`` (``True``, or a mode such as
+    ``"max-autotune-no-cudagraphs"``).
     Raises :class:`TrainingInterrupted` or :class:`TrainingDiverged`.
     SIGINT/SIGTERM are caught from the start of this call (before anything is written).
     """
-    with _stop_flag() as flag:
-        return _fit(task, experiment, flag, torch.device(device), resume, progress, compile, amp)
+    with stop_flag() as flag:
+        loop = TrainLoop(task, experiment, flag, torch.device(device), resume=resume, progress=progress,
+                         compile=compile, amp=amp)
+        return loop.run_loop()
 
 
-def _fit(
-    task: TrainTask, experiment: Experiment, flag: dict[str, int], device: torch.device, resume: bool,
-    progress: bool, compile: bool | str, amp: bool | None,
-) -> TrainResult:
-    cfg = task.train_config
-    last = experiment.last_checkpoint
-    started = _started_precision(last) if resume else None
-    # A resumed run keeps the precision it started in (and so resumes bit-exactly); a new one resolves it.
-    precision, speeds = (started, {}) if started else resolve_precision(task, device, amp)
-    autocast = _autocast(precision, device)
-    model = task.model.to(device)
-    if precision == "bf16_cl":
-        model = model.to(memory_format=torch.channels_last)
-    torch.manual_seed(cfg.seed)
-    perm_gen = torch.Generator().manual_seed(cfg.seed)
-    train = task.train_data.to(device)
-    n = train.shape[0]
-    bs = min(cfg.batch_size, n)
-    steps_per_epoch = n // bs
-    total_steps = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
-    )
-    warmup = min(cfg.warmup_steps, max(total_steps // 10, 1))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, total_steps))
-    ema = make_ema(model, cfg.ema_decay)
-    if speeds:
-        experiment.log(f"# precision probe ({cpu_name()}): " + ", ".join(f"{k} {v} img/s" for k, v in speeds.items())
-                       + f"; training in {precision}")
-    if compile:
-        step_model = torch.compile(model, mode=None if compile in (True, "default") else str(compile))
-    else:
-        step_model = model
-    resume_cmd = (f"python -m mnistdiff train {task.kind}{' <vae checkpoint>' if task.kind == 'ldm' else ''} "
-                  f"--resume {experiment.path}")
+class TrainLoop:
+    """One call of :func:`fit`: the run's fixed settings, its :class:`TrainState` and the named steps of the loop.
 
-    history: list[dict[str, float]] = []
-    start_epoch, start_step, perm = 0, 0, None
-    loss_sum, loss_count, elapsed = 0.0, 0, 0.0
-    saved_epoch: int | None = None  # epoch of the newest checkpoint in last.pt (for messages)
-    if resume:
-        if not last.is_file():
-            raise CheckpointError(
-                f"nothing to resume: {last} does not exist (the run was stopped before its first checkpoint); "
-                "start a new run instead"
-            )
-        state, meta = load_checkpoint(
-            last, kind=f"{task.kind}-resume", expect_config=task.run_config, map_location=device, fallback=True,
+    Building one chooses the precision, seeds the RNGs, builds the state and either restores it from
+    ``checkpoints/last.pt`` (``resume``) or writes the new run's config and log header;
+    :meth:`run_loop` then trains.
+    """
+
+    def __init__(self, task: TrainTask, experiment: Experiment, flag: StopFlag, device: torch.device, *,
+                 resume: bool = False, progress: bool = True, compile: bool | str = False,
+                 amp: bool | None = None) -> None:
+        self.task, self.experiment, self.flag, self.device, self.progress = task, experiment, flag, device, progress
+        self.cfg = cfg = task.train_config
+        self.last = experiment.last_checkpoint
+        started = started_precision(self.last) if resume else None
+        # A resumed run keeps the precision it started in (and so resumes bit-exactly); a new one resolves it.
+        self.precision, speeds = (started, {}) if started else resolve_precision(task, device, amp)
+        self.autocast = autocast_for(self.precision, device)
+        model = task.model.to(device)
+        if self.precision == "bf16_cl":
+            model = model.to(memory_format=torch.channels_last)
+        torch.manual_seed(cfg.seed)
+        self.train_data = task.train_data.to(device)
+        self.batch_size = min(cfg.batch_size, self.train_data.shape[0])
+        self.steps_per_epoch = self.train_data.shape[0] // self.batch_size
+        self.state = TrainState.create(model, cfg, self.steps_per_epoch * cfg.epochs, fused=device.type == "cuda")
+        if speeds:
+            probe = ", ".join(f"{k} {v} img/s" for k, v in speeds.items())
+            experiment.log(f"# precision probe ({cpu_name()}): {probe}; training in {self.precision}")
+        self.step_model = model
+        if compile:
+            self.step_model = torch.compile(model, mode=None if compile in (True, "default") else str(compile))
+        self.saved_epoch: int | None = None  # epoch of the newest checkpoint in last.pt (for messages)
+        self.pending: list[torch.Tensor] = []  # training losses not checked yet (one device sync per check)
+        self.pending_start = 0  # global step (1-based) of pending[0]
+        self.check_every = 1 if device.type == "cpu" else 50
+        self.rng_devices = [device] if device.type == "cuda" else []
+        if resume:
+            self.restore()
+        else:
+            experiment.write_config(task.run_config, {"kind": task.kind, "parameters": count_parameters(model)})
+            experiment.log("epoch\ttrain_loss\teval_loss\tlr\tseconds")
+
+    def run_loop(self) -> TrainResult:
+        """Train the remaining epochs, each followed by its evaluation, log line, checkpoint and samples."""
+        state = self.state
+        state.start_clock()
+        state.model.train()
+        while state.epoch < self.cfg.epochs:
+            started = time.perf_counter()
+            self.train_epoch()
+            eval_loss = self.evaluate()
+            self.log_epoch(eval_loss, time.perf_counter() - started)
+            state.next_epoch()
+            self.save()
+            self.stop_if_signalled(f"after epoch {state.epoch}")
+            self.sample_epoch()
+        self.stop_if_signalled(
+            f"after the last epoch, before the final samples and {self.experiment.model_checkpoint.name}"
         )
-        if "loaded_from" in meta:
-            warnings.warn(f"{meta['fallback_reason']} Resuming from the previous checkpoint {meta['loaded_from']}.",
-                          RuntimeWarning, stacklevel=2)
-            experiment.log(f"# {last} failed verification; resuming from {meta['loaded_from']}")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        # The restored RNG states win over every seed set before (model init, torch.manual_seed above).
-        _set_rng_state(state["rng"], perm_gen)
-        start_epoch, start_step = int(state["epoch"]), int(state["step"])
-        perm = state["perm"] if state["perm"].numel() else None
-        loss_sum, loss_count = float(state["loss_sum"]), int(state["loss_count"])
-        history = list(meta.get("history", []))
-        elapsed = float(meta.get("seconds", 0.0))
-        saved_epoch = start_epoch
-        experiment.log(f"# resumed at epoch {start_epoch + 1}, step {start_epoch * steps_per_epoch + start_step + 1}")
-    else:
-        experiment.write_config(task.run_config, {"kind": task.kind, "parameters": count_parameters(model)})
-        experiment.log("epoch\ttrain_loss\teval_loss\tlr\tseconds")
+        return self.finish()
 
-    t0 = time.perf_counter()
+    # -- the steps of the loop -------------------------------------------------------------
 
-    def save_resumable(epoch: int, step: int, perm_now: torch.Tensor | None) -> None:
-        nonlocal saved_epoch
-        save_checkpoint(
-            last,
-            {
-                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": _rng_state(perm_gen), "epoch": epoch, "step": step,
-                "perm": perm_now if perm_now is not None else torch.empty(0, dtype=torch.long),
-                "loss_sum": loss_sum, "loss_count": loss_count,
-            },
-            kind=f"{task.kind}-resume", config=task.run_config,
-            extra={"epoch": epoch, "step": step, "history": history, "seconds": elapsed + time.perf_counter() - t0,
-                   "precision": precision},
-            keep_previous=True,
-        )
-        saved_epoch = epoch
+    def train_epoch(self) -> None:
+        """The epoch's remaining batches; a signal saves the state at the step it arrived and raises."""
+        state, spe = self.state, self.steps_per_epoch
+        if state.perm is None:
+            state.perm = torch.randperm(self.train_data.shape[0], generator=state.generator)
+        # One copy per epoch: a CPU slice copied every step is a blocking copy that waits for the GPU.
+        perm = state.perm.to(self.device)
+        bar = tqdm(range(state.step, spe), desc=f"{self.task.kind} epoch {state.epoch + 1}/{self.cfg.epochs}",
+                   disable=not self.progress, leave=False)
+        for step in bar:
+            if self.flag.signum:
+                self.flush()  # never save weights that a NaN has already reached
+                self.save()
+                raise self.interrupted(
+                    f"at step {self.global_step(step)} (epoch {state.epoch + 1}, batch {step + 1} of {spe})"
+                )
+            self.train_step(perm, step, bar)
+            state.step = step + 1
+        self.flush()
 
-    def kept() -> str:
-        if saved_epoch is None:
-            return "no checkpoint had been written yet (it diverged in its first epoch)"
-        return (f"the last good checkpoint {last} (after epoch {saved_epoch}) is kept as the latest and still "
-                "verifies")
+    def train_step(self, perm: torch.Tensor, step: int, bar: Any) -> None:
+        """Batch ``step`` of the epoch: loss (checked every ``check_every`` steps), backward, clip, AdamW, LR, EMA."""
+        state, bs = self.state, self.batch_size
+        if not self.pending:
+            self.pending_start = self.global_step(step)
+        batch = self.train_data[perm[step * bs:(step + 1) * bs]]
+        with self.autocast():
+            loss = self.task.loss_fn(self.step_model, batch, None)
+        self.pending.append(loss.detach().float())
+        if len(self.pending) >= self.check_every or step == self.steps_per_epoch - 1:
+            shown = self.flush()
+            if self.progress and shown is not None:
+                bar.set_postfix(loss=f"{shown:.4f}")
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(state.model.parameters(), self.cfg.grad_clip)
+        state.optimizer.step()
+        state.scheduler.step()
+        state.ema.update_parameters(state.model)
 
-    pending: list[torch.Tensor] = []
-    pending_start = 0  # global step (1-based) of pending[0]
-
-    def flush() -> float | None:
-        """Check the pending losses (one GPU sync) and add them up; raise on NaN/inf. Returns the last loss."""
-        nonlocal loss_sum, loss_count
-        if not pending:
+    def flush(self) -> float | None:
+        """Check the pending losses (one device sync) and add them up; raise on NaN/inf. Returns the last loss."""
+        if not self.pending:
             return None
-        values = torch.stack(pending).cpu()
-        pending.clear()
+        values = torch.stack(self.pending).cpu()
+        self.pending.clear()
         bad = (~torch.isfinite(values)).nonzero()
         if len(bad):
             i = int(bad[0])
-            g = pending_start + i
-            e, b = (g - 1) // steps_per_epoch + 1, (g - 1) % steps_per_epoch + 1
-            raise TrainingDiverged(
-                f"loss became {values[i].item()} at step {g} (epoch {e}, batch {b} of {steps_per_epoch}); training "
-                f"stopped and {kept()}. Lower the learning rate (--lr, now {cfg.lr:g}) or check the data, and "
-                f"start a new run (resuming with the same settings would retry from that checkpoint: {resume_cmd})"
-            )
-        loss_sum += float(values.sum())
-        loss_count += len(values)
+            raise self.diverged(self.pending_start + i, values[i].item())
+        self.state.add_losses(values)
         return float(values[-1])
 
-    def interrupted(where: str) -> TrainingInterrupted:
-        return TrainingInterrupted(
-            f"training stopped by {_signal_name(flag['signal'])} {where}; a resumable checkpoint is in {last}. "
-            f"Continue with: {resume_cmd}",
-            flag["signal"],
+    def evaluate(self) -> float:
+        """The EMA model's loss on ``eval_data`` (fixed noise); raises :class:`TrainingDiverged` if not finite."""
+        eval_loss = _eval_loss(self.task, self.state.ema.module, self.cfg.seed, self.batch_size, self.autocast)
+        if not math.isfinite(eval_loss):
+            epoch = self.state.epoch + 1
+            raise TrainingDiverged(
+                f"the EMA model's eval loss became {eval_loss} after epoch {epoch} (step "
+                f"{epoch * self.steps_per_epoch}); training stopped and {self.kept()}. Lower --lr (now "
+                f"{self.cfg.lr:g}) or check the data, and start a new run"
+            )
+        return eval_loss
+
+    def log_epoch(self, eval_loss: float, seconds: float) -> None:
+        """Add the epoch to the history and to training_log.txt (on CUDA with a line on peak memory)."""
+        state = self.state
+        train_loss, lr = state.train_loss(), state.scheduler.get_last_lr()[0]
+        state.history.append({"epoch": state.epoch + 1, "train_loss": train_loss, "eval_loss": eval_loss, "lr": lr,
+                              "seconds": seconds})
+        self.experiment.log(f"{state.epoch + 1}\t{train_loss:.6f}\t{eval_loss:.6f}\t{lr:.3e}\t{seconds:.2f}")
+        if self.device.type == "cuda":  # what the seed watched from a second screen session
+            info = device_info(self.device)
+            self.experiment.log(f"# {info['gpu_name']}: peak memory {info['peak_memory_mib']} MiB, "
+                                f"utilisation {info['gpu_utilization_percent']} %")
+
+    def save(self) -> None:
+        """Write the state to the resumable checkpoint last.pt (the pair it replaces is kept as last.prev.pt)."""
+        tensors = self.state.state_dict()
+        sidecar = {key: tensors.pop(key) for key in SIDECAR_KEYS}  # history and seconds: in the JSON sidecar
+        save_checkpoint(
+            self.last, tensors, kind=f"{self.task.kind}-resume", config=self.task.run_config,
+            extra={"epoch": self.state.epoch, "step": self.state.step, **sidecar, "precision": self.precision},
+            keep_previous=True,
+        )
+        self.saved_epoch = self.state.epoch
+
+    def sample_epoch(self) -> None:
+        """The epoch's sample images (every ``sample_every`` epochs and after the last), from a forked RNG."""
+        epoch = self.state.epoch  # epochs done, this one included
+        if self.task.sample_fn is not None and (epoch % self.cfg.sample_every == 0 or epoch == self.cfg.epochs):
+            # A forked RNG: sampling must not shift the training noise (or a resumed run would differ).
+            with torch.random.fork_rng(devices=self.rng_devices):
+                self.task.sample_fn(self.state.ema.module, self.experiment.sub("epoch_samples"), f"epoch_{epoch:03d}")
+
+    def finish(self) -> TrainResult:
+        """The final metrics and samples (``task.final_fn``), the loss curves and model.pt (the EMA weights)."""
+        seconds = self.state.seconds()
+        ema_model = self.state.ema.module.eval()
+        metrics = self.metrics(seconds)
+        if self.task.final_fn is not None:
+            with torch.random.fork_rng(devices=self.rng_devices):
+                metrics.update(self.task.final_fn(ema_model, self.experiment))
+        from mnistdiff.viz import plot_loss_curves  # local import: matplotlib only when training
+
+        history = self.state.history
+        plot_loss_curves(history, self.experiment.path / "loss_curves.png")
+        self.experiment.write_metrics(metrics)
+        ckpt = save_checkpoint(
+            self.experiment.model_checkpoint,
+            {"model": ema_model.state_dict(), **self.task.extra_state},
+            kind=self.task.kind, config=self.task.run_config,
+            extra={"seconds": round(seconds, 2), "metrics": metrics, "history": history, **self.task.extra_sidecar},
+        )
+        return TrainResult(ema_model, history, self.experiment, ckpt, seconds)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Restore the state from last.pt (or last.prev.pt when last.pt fails verification, with a warning)."""
+        if not self.last.is_file():
+            raise CheckpointError(
+                f"nothing to resume: {self.last} does not exist (the run was stopped before its first checkpoint); "
+                "start a new run instead"
+            )
+        tensors, meta = load_checkpoint(self.last, kind=f"{self.task.kind}-resume", expect_config=self.task.run_config,
+                                        map_location=self.device, fallback=True)
+        if "loaded_from" in meta:
+            warnings.warn(f"{meta['fallback_reason']} Resuming from the previous checkpoint {meta['loaded_from']}.",
+                          RuntimeWarning, stacklevel=3)  # fit's line, as before
+            self.experiment.log(f"# {self.last} failed verification; resuming from {meta['loaded_from']}")
+        # The restored RNG states win over every seed set before (model init, torch.manual_seed in __init__).
+        self.state.load_state_dict({**tensors, **{key: meta[key] for key in SIDECAR_KEYS if key in meta}})
+        self.saved_epoch = self.state.epoch
+        self.experiment.log(f"# resumed at epoch {self.state.epoch + 1}, step {self.global_step(self.state.step)}")
+
+    def metrics(self, seconds: float) -> dict[str, Any]:
+        """performance_metrics.txt: time, throughput, final losses, precision and the device."""
+        history, cfg = self.state.history, self.cfg
+        images_seen = self.steps_per_epoch * self.batch_size * cfg.epochs
+        return {
+            "kind": self.task.kind, "parameters": count_parameters(self.state.model), "epochs": cfg.epochs,
+            "training_seconds": round(seconds, 2),
+            "train_images_per_second": round(images_seen / max(seconds, 1e-9), 1),
+            "final_train_loss": history[-1]["train_loss"] if history else None,
+            "final_eval_loss": history[-1]["eval_loss"] if history else None, "precision": self.precision,
+            **device_info(self.device),
+        }
+
+    def global_step(self, step: int) -> int:
+        """The 1-based step over the whole run of batch ``step`` (0-based) of the current epoch."""
+        return self.state.epoch * self.steps_per_epoch + step + 1
+
+    @property
+    def resume_cmd(self) -> str:
+        """The command that continues this run."""
+        ldm = " <vae checkpoint>" if self.task.kind == "ldm" else ""
+        return f"python -m mnistdiff train {self.task.kind}{ldm} --resume {self.experiment.path}"
+
+    def kept(self) -> str:
+        """What a divergence leaves behind (for its message)."""
+        if self.saved_epoch is None:
+            return "no checkpoint had been written yet (it diverged in its first epoch)"
+        return (f"the last good checkpoint {self.last} (after epoch {self.saved_epoch}) is kept as the latest and "
+                "still verifies")
+
+    def diverged(self, step: int, value: float) -> TrainingDiverged:
+        """The error for a NaN/inf training loss at global ``step``."""
+        spe = self.steps_per_epoch
+        epoch, batch = (step - 1) // spe + 1, (step - 1) % spe + 1
+        return TrainingDiverged(
+            f"loss became {value} at step {step} (epoch {epoch}, batch {batch} of {spe}); training stopped and "
+            f"{self.kept()}. Lower the learning rate (--lr, now {self.cfg.lr:g}) or check the data, and start a new "
+            f"run (resuming with the same settings would retry from that checkpoint: {self.resume_cmd})"
         )
 
-    check_every = 1 if device.type == "cpu" else 50
-    rng_devices = [device] if device.type == "cuda" else []
-    model.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        t_epoch = time.perf_counter()
-        if perm is None:
-            perm = torch.randperm(n, generator=perm_gen)
-        # One copy per epoch: a CPU slice copied every step is a blocking copy that waits for the GPU.
-        perm_dev = perm.to(device)
-        bar = tqdm(range(start_step, steps_per_epoch), desc=f"{task.kind} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False)
-        for step in bar:
-            g = epoch * steps_per_epoch + step + 1
-            if flag["signal"]:
-                flush()  # never save weights that a NaN has already reached
-                save_resumable(epoch, step, perm)
-                raise interrupted(f"at step {g} (epoch {epoch + 1}, batch {step + 1} of {steps_per_epoch})")
-            if not pending:
-                pending_start = g
-            batch = train[perm_dev[step * bs:(step + 1) * bs]]
-            with autocast():
-                loss = task.loss_fn(step_model, batch, None)
-            pending.append(loss.detach().float())
-            if len(pending) >= check_every or step == steps_per_epoch - 1:
-                shown = flush()
-                if progress and shown is not None:
-                    bar.set_postfix(loss=f"{shown:.4f}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            ema.update_parameters(model)
-        flush()
-        train_loss = loss_sum / max(loss_count, 1)
-        eval_loss = _eval_loss(task, ema.module, cfg.seed, bs, autocast)
-        if not math.isfinite(eval_loss):
-            raise TrainingDiverged(
-                f"the EMA model's eval loss became {eval_loss} after epoch {epoch + 1} (step "
-                f"{(epoch + 1) * steps_per_epoch}); training stopped and {kept()}. Lower --lr (now {cfg.lr:g}) "
-                "or check the data, and start a new run"
-            )
-        seconds = time.perf_counter() - t_epoch
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "eval_loss": eval_loss,
-                        "lr": sched.get_last_lr()[0], "seconds": seconds})
-        experiment.log(f"{epoch + 1}\t{train_loss:.6f}\t{eval_loss:.6f}\t{sched.get_last_lr()[0]:.3e}\t{seconds:.2f}")
-        if device.type == "cuda":  # what the seed watched from a second screen session
-            info = device_info(device)
-            experiment.log(f"# {info['gpu_name']}: peak memory {info['peak_memory_mib']} MiB, "
-                           f"utilisation {info['gpu_utilization_percent']} %")
-        loss_sum, loss_count, perm, start_step = 0.0, 0, None, 0
-        save_resumable(epoch + 1, 0, None)
-        if flag["signal"]:
-            raise interrupted(f"after epoch {epoch + 1}")
-        if task.sample_fn is not None and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs):
-            # A forked RNG: sampling must not shift the training noise (or a resumed run would differ).
-            with torch.random.fork_rng(devices=rng_devices):
-                task.sample_fn(ema.module, experiment.sub("epoch_samples"), f"epoch_{epoch + 1:03d}")
-    if flag["signal"]:
-        raise interrupted(f"after the last epoch, before the final samples and {experiment.model_checkpoint.name}")
-    seconds = elapsed + time.perf_counter() - t0
-    ema_model = ema.module.eval()
-    images_seen = steps_per_epoch * bs * cfg.epochs
-    metrics: dict[str, Any] = {
-        "kind": task.kind, "parameters": count_parameters(model), "epochs": cfg.epochs,
-        "training_seconds": round(seconds, 2), "train_images_per_second": round(images_seen / max(seconds, 1e-9), 1),
-        "final_train_loss": history[-1]["train_loss"] if history else None,
-        "final_eval_loss": history[-1]["eval_loss"] if history else None, "precision": precision,
-        **device_info(device),
-    }
-    if task.final_fn is not None:
-        with torch.random.fork_rng(devices=rng_devices):
-            metrics.update(task.final_fn(ema_model, experiment))
-    from mnistdiff.viz import plot_loss_curves  # local import: matplotlib only when training
+    def interrupted(self, where: str) -> TrainingInterrupted:
+        """The error for a SIGINT/SIGTERM seen ``where`` (a resumable checkpoint has been written)."""
+        return TrainingInterrupted(
+            f"training stopped by {signal_name(self.flag.signum)} {where}; a resumable checkpoint is in {self.last}. "
+            f"Continue with: {self.resume_cmd}",
+            self.flag.signum,
+        )
 
-    plot_loss_curves(history, experiment.path / "loss_curves.png")
-    experiment.write_metrics(metrics)
-    ckpt = save_checkpoint(
-        experiment.model_checkpoint,
-        {"model": ema_model.state_dict(), **task.extra_state},
-        kind=task.kind, config=task.run_config,
-        extra={"seconds": round(seconds, 2), "metrics": metrics, "history": history, **task.extra_sidecar},
-    )
-    return TrainResult(ema_model, history, experiment, ckpt, seconds)
+    def stop_if_signalled(self, where: str) -> None:
+        """Raise :class:`TrainingInterrupted` if a signal has arrived (the latest checkpoint is the state's)."""
+        if self.flag.signum:
+            raise self.interrupted(where)

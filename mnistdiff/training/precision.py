@@ -1,0 +1,109 @@
+"""The precision a training run computes in: fp32, bf16 autocast, or bf16 autocast with channels_last.
+
+:func:`resolve_precision` decides it (the ``amp`` argument, else the config's ``precision``, probing
+with :func:`choose_precision` for ``auto`` on a CPU); :func:`started_precision` reads back what a
+resumable checkpoint was trained in, so that a resumed run keeps it; :func:`autocast_for` turns the
+name into the context manager every training and evaluation step runs under.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mnistdiff.training.checkpoints import CheckpointError, previous_path, read_sidecar
+
+if TYPE_CHECKING:
+    from mnistdiff.training.loop import TrainTask
+
+__all__ = ["choose_precision", "resolve_precision", "started_precision", "autocast_for", "cpu_has_bf16"]
+
+
+def cpu_has_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX-512 bf16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
+    """A factory of the context a step runs under: ``nullcontext`` for fp32, else bf16 autocast on ``device``."""
+    if precision == "fp32":
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def choose_precision(task: TrainTask, device: torch.device, steps: int = 4, warmup: int = 2) -> dict[str, float]:
+    """Time a few training steps of ``task`` in each precision (fp32, bf16, bf16_cl) on a copy of its model.
+
+    Returns images/s per precision. bf16 is tried only where the CPU has native bf16 (else it is
+    emulated and slower, pytorch #86550). Nothing of the run changes: the model is copied and the
+    global RNG state is restored afterwards, so the training that follows is the same whatever the probe saw.
+    """
+    candidates = ["fp32"] + (["bf16", "bf16_cl"] if device.type != "cpu" or cpu_has_bf16() else [])
+    bs = min(task.train_config.batch_size, task.train_data.shape[0])
+    batch = task.train_data[:bs].to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return {precision: _images_per_second(task, batch, precision, device, steps, warmup)
+                for precision in candidates}
+
+
+def _images_per_second(task: TrainTask, batch: torch.Tensor, precision: str, device: torch.device, steps: int,
+                       warmup: int) -> float:
+    """Images/s of ``steps`` AdamW steps (after ``warmup`` untimed ones) on a copy of the task's model."""
+    model = copy.deepcopy(task.model).to(device)
+    x = batch
+    if precision == "bf16_cl" and batch.ndim == 4:
+        model, x = model.to(memory_format=torch.channels_last), batch.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    autocast = autocast_for(precision, device)
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+        with autocast():
+            loss = task.loss_fn(model, x, None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return round(steps * batch.shape[0] / (time.perf_counter() - t0), 1)
+
+
+def resolve_precision(task: TrainTask, device: torch.device, amp: bool | None) -> tuple[str, dict[str, float]]:
+    """The precision a run trains in, and the probe's speeds when ``auto`` measured them.
+
+    ``amp`` given (True/False) wins: bf16 autocast (channels_last on CUDA) or fp32. Else the config's
+    ``precision``; ``None`` means bf16_cl on CUDA and fp32 on a CPU; ``auto`` probes on a CPU.
+    """
+    if amp is not None:
+        return ("bf16_cl" if device.type == "cuda" else "bf16") if amp else "fp32", {}
+    precision = task.train_config.precision
+    if precision is None:
+        return ("bf16_cl" if device.type == "cuda" else "fp32"), {}
+    if precision != "auto":
+        return precision, {}
+    if device.type == "cuda":
+        return "bf16_cl", {}
+    speeds = choose_precision(task, device)
+    return max(speeds, key=speeds.__getitem__), speeds
+
+
+def started_precision(last: Any) -> str | None:
+    """The precision recorded in a resumable checkpoint's sidecar (or its predecessor's), if any."""
+    for path in (last, previous_path(last)):
+        try:
+            found = read_sidecar(path).get("precision")
+        except CheckpointError:
+            continue
+        return str(found) if found else None
+    return None
