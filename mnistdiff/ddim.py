@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from mnistdiff.ddpm import Denoiser, clip_x0
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, clip_x0
 from mnistdiff.schedules import NoiseSchedule
 
 __all__ = ["ddim_timesteps", "ddim_sigma", "ddim_step", "ddim_sample_loop"]
@@ -59,7 +59,7 @@ def ddim_step(
     t_prev: int,
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
-    clip_denoised: bool | float = True,
+    clip_range: ClipRange = PIXEL_RANGE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM update from timestep ``t`` to ``t_prev`` (< t; −1 means the clean image), eq. 12.
 
@@ -72,8 +72,8 @@ def ddim_step(
     a_t, a_prev = _alpha_bar(sched, t), _alpha_bar(sched, t_prev)
     x, e = x_t.double(), eps.double()
     x0 = (x - (1 - a_t) ** 0.5 * e) / a_t**0.5
-    if clip_denoised:
-        x0 = clip_x0(x0, clip_denoised)
+    if clip_range is not None:
+        x0 = clip_x0(x0, clip_range)
         e = (x - a_t**0.5 * x0) / (1 - a_t) ** 0.5
     sigma = ddim_sigma(a_t, a_prev, eta)
     direction = max(1 - a_prev - sigma**2, 0.0) ** 0.5 * e
@@ -98,15 +98,16 @@ def ddim_sample_loop(
     x_T: torch.Tensor | None = None,
     timesteps: list[int] | None = None,
     return_intermediates: bool = False,
-    clip_denoised: bool | float = True,
+    clip_range: ClipRange = PIXEL_RANGE,
     progress: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+) -> SampleOutput:
     """Sample with DDIM over ``timesteps`` (default :func:`ddim_timesteps` ``(T, ddim_steps)``).
 
-    ``clip_denoised`` bounds each x̂_0 (:func:`~mnistdiff.ddpm.clip_x0`): [−1, 1] for pixels, the stored range for latents.
+    ``clip_range`` bounds each x̂_0 (:func:`~mnistdiff.ddpm.clip_x0`): [−1, 1] for pixels, the stored range for
+    latents.
 
-    Returns x_0 (B, C, H, W); with ``return_intermediates`` also ``[(T, x_T), …, (0, x_0)]``: one frame after
-    every step, labelled as in :func:`~mnistdiff.ddpm.p_sample_loop` (the step at t is labelled t_prev + 1).
+    Returns a :class:`~mnistdiff.ddpm.SampleOutput`: x_0 (B, C, H, W) and, with ``return_intermediates``, the
+    frames ``[(T, x_T), …, (0, x_0)]``: one after every step, labelled as in :func:`~mnistdiff.ddpm.p_sample_loop` (the step at t is labelled t_prev + 1).
     """
     T = sched.num_timesteps
     steps = timesteps if timesteps is not None else ddim_timesteps(T, ddim_steps)
@@ -120,9 +121,9 @@ def ddim_sample_loop(
         t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
         eps = model(x, t_batch).float()
         noise = torch.randn(x.shape, generator=generator, device=device) if eta > 0 else None
-        x, _ = ddim_step(host_sched, x, eps, t, t_prev, eta, noise, clip_denoised)
+        x, _ = ddim_step(host_sched, x, eps, t, t_prev, eta, noise, clip_range)
         if return_intermediates:
             # labelled like p_sample_loop's frames: the state after the step at t is t_prev + 1 (the clean x_0 is 0),
             # so the last two frames do not both get label 0
             frames.append((t_prev + 1, x.cpu()))
-    return (x, frames) if return_intermediates else x
+    return SampleOutput(x, frames)

@@ -6,7 +6,8 @@ explicitly; nothing here holds state. Shapes: images ``(B, C, H, W)``, timesteps
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,9 @@ from tqdm.auto import tqdm
 from mnistdiff.schedules import NoiseSchedule, extract
 
 __all__ = [
+    "PIXEL_RANGE",
+    "ClipRange",
+    "SampleOutput",
     "clip_x0",
     "q_sample",
     "predict_x0_from_eps",
@@ -29,15 +33,29 @@ __all__ = [
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: A range ``(low, high)`` that a predicted x̂_0 is clipped to, or None for no clipping.
+ClipRange = tuple[float, float] | None
+#: The data range of pixels: the clip range of every pixel-space sampler.
+PIXEL_RANGE: tuple[float, float] = (-1.0, 1.0)
 
-def clip_x0(x0: torch.Tensor, clip_denoised: bool | float) -> torch.Tensor:
-    """Clip a predicted x̂_0 to the data range: ``True`` → [−1, 1] (pixels), a number c → [−c, c]
-    (latents, whose range is stored with the checkpoint), ``False``/``None`` → unchanged."""
-    if clip_denoised is True:
-        return x0.clamp(-1.0, 1.0)
-    if clip_denoised:
-        return x0.clamp(-float(clip_denoised), float(clip_denoised))
-    return x0
+
+class SampleOutput(NamedTuple):
+    """What every sampler loop returns: ``images`` x_0 ``(B, C, H, W)`` and ``frames``, the trajectory
+    ``[(t, x_t), …]`` on the CPU (empty unless ``return_intermediates``). Unpacks as ``x, frames = …``."""
+
+    images: torch.Tensor
+    frames: list[tuple[int, torch.Tensor]]
+
+
+def clip_x0(x0: torch.Tensor, clip_range: ClipRange) -> torch.Tensor:
+    """Clip a predicted x̂_0 to ``clip_range = (low, high)``: :data:`PIXEL_RANGE` for pixels, the range
+    stored with a latent checkpoint for latents; ``None`` → unchanged."""
+    if clip_range is None:
+        return x0
+    low, high = clip_range
+    if not low < high:
+        raise ValueError(f"clip_range must be (low, high) with low < high, got {clip_range}")
+    return x0.clamp(float(low), float(high))
 
 
 def q_sample(sched: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -75,7 +93,7 @@ def q_posterior(
 
 
 def p_mean_variance(
-    model: Denoiser, sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, clip_denoised: bool | float = True
+    model: Denoiser, sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, clip_range: ClipRange = PIXEL_RANGE
 ) -> dict[str, torch.Tensor]:
     """p_θ(x_{t−1} | x_t): plug the network's x̂_0 (clipped by :func:`clip_x0`) into the posterior.
 
@@ -84,7 +102,7 @@ def p_mean_variance(
     """
     eps = model(x_t, t).float()
     x0 = predict_x0_from_eps(sched, x_t, t, eps)
-    x0 = clip_x0(x0, clip_denoised)
+    x0 = clip_x0(x0, clip_range)
     mean, var, log_var = q_posterior(sched, x0, x_t, t)
     return {"mean": mean, "variance": var, "log_variance": log_var, "pred_x0": x0, "eps": eps}
 
@@ -96,13 +114,13 @@ def p_sample(
     x_t: torch.Tensor,
     t: torch.Tensor,
     noise: torch.Tensor | None = None,
-    clip_denoised: bool | float = True,
+    clip_range: ClipRange = PIXEL_RANGE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One ancestral step (Ho Algorithm 2, line 4): x_{t−1} = μ_θ(x_t, t) + σ_t z, with no noise at t = 0.
 
     Returns ``(x_{t−1}, x̂_0)``.
     """
-    out = p_mean_variance(model, sched, x_t, t, clip_denoised)
+    out = p_mean_variance(model, sched, x_t, t, clip_range)
     if noise is None:
         noise = torch.randn_like(x_t)
     nonzero = (t != 0).float().reshape(-1, *([1] * (x_t.ndim - 1)))
@@ -120,16 +138,16 @@ def p_sample_loop(
     x_T: torch.Tensor | None = None,
     return_intermediates: bool = False,
     keep_every: int | None = None,
-    clip_denoised: bool | float = True,
+    clip_range: ClipRange = PIXEL_RANGE,
     progress: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+) -> SampleOutput:
     """Ancestral sampling over all T timesteps (Ho Algorithm 2): x_T ~ N(0, I), then t = T−1 … 0.
 
-    ``clip_denoised`` bounds each x̂_0 (see :func:`clip_x0`): [−1, 1] for pixels, the stored range for latents.
+    ``clip_range`` bounds each x̂_0 (see :func:`clip_x0`): [−1, 1] for pixels, the stored range for latents.
 
-    ``generator`` makes the noise reproducible (it lives on ``device``). With ``return_intermediates``
-    also returns ``[(t, x_t), …]`` every ``keep_every`` steps (default T/10), plus the final x_0 as t = 0
-    (the state after the step at timestep i is labelled i; x_T is labelled T).
+    ``generator`` makes the noise reproducible (it lives on ``device``). Returns a :class:`SampleOutput`;
+    with ``return_intermediates`` its ``frames`` are ``[(t, x_t), …]`` every ``keep_every`` steps (default
+    T/10), plus the final x_0 as t = 0 (the state after the step at timestep i is labelled i; x_T is T).
     """
     T = sched.num_timesteps
     sched = sched.to(device)
@@ -139,13 +157,12 @@ def p_sample_loop(
     for i in tqdm(range(T - 1, -1, -1), desc="DDPM sampling", disable=not progress, leave=False):
         t = torch.full((shape[0],), i, device=device, dtype=torch.long)
         noise = torch.randn(x.shape, generator=generator, device=device)
-        x, _ = p_sample(model, sched, x, t, noise, clip_denoised)
+        x, _ = p_sample(model, sched, x, t, noise, clip_range)
         if return_intermediates and i % keep_every == 0 and i > 0:
             frames.append((i, x.cpu()))
     if return_intermediates:
         frames.append((0, x.cpu()))
-        return x, frames
-    return x
+    return SampleOutput(x, frames)
 
 
 def min_snr_weight(sched: NoiseSchedule, t: torch.Tensor, gamma: float) -> torch.Tensor:

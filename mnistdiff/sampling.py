@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +29,10 @@ import torch
 from mnistdiff.config import DEFAULT_ETA
 from mnistdiff.data import to_uint8
 from mnistdiff.ddim import ddim_sample_loop
-from mnistdiff.ddpm import p_sample_loop
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, SampleOutput, p_sample_loop
 from mnistdiff.files import atomic_write_bytes, atomic_write_text
 from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.viz import grid_array, progression_strip, save_grid, save_image
+from mnistdiff.viz import progression_strip, save_grid, save_image
 
 __all__ = [
     "choose_fast", "generate", "write_sample_folder", "save_npz", "FastDenoiser", "FAST_MODES"]
@@ -120,14 +121,15 @@ def generate(
     return_intermediates: bool = False,
     progress: bool = False,
     fast: str = "off",
-    clip_denoised: bool | float = True,
-) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]] | None]:
-    """Draw ``num_samples`` samples → ``(images (N, 1, 32, 32) in [−1, 1] on CPU, frames or None)``
+    clip_range: ClipRange = PIXEL_RANGE,
+) -> SampleOutput:
+    """Draw ``num_samples`` samples → :class:`~mnistdiff.ddpm.SampleOutput` ``(images (N, 1, 32, 32) in [−1, 1]
+    on CPU, frames)``
     (latents, unbounded, when the model works in a latent space and no ``decode`` is given).
 
     ``shape`` is one sample's shape in the model's space (pixels, or latents with ``decode`` given);
-    ``clip_denoised`` bounds x̂_0 in that space (True: [−1, 1] for pixels; a number c: [−c, c] for latents).
-    ``frames`` (with ``return_intermediates``) are the first batch's ``[(t, x_t), …]``, decoded.
+    ``clip_range`` bounds x̂_0 in that space (:data:`~mnistdiff.ddpm.PIXEL_RANGE` for pixels; ``(−c, c)`` for
+    latents). ``frames`` (with ``return_intermediates``; else empty) are the first batch's ``[(t, x_t), …]``, decoded.
     ``fast`` (``"amp"``, ``"compile"``, ``"cudagraphs"``; default ``"off"``: float32 as trained) runs the
     network through :class:`FastDenoiser`, in batches as equal as possible (few shapes to compile).
     """
@@ -143,25 +145,24 @@ def generate(
         model = FastDenoiser(model, device.type, fast)
         batch_size = math.ceil(num_samples / math.ceil(num_samples / batch_size))  # e.g. 10,000 → 5 × 2,000
     sched = sched.to(device)
-    outs, frames = [], None
+    outs: list[torch.Tensor] = []
+    frames: list[tuple[int, torch.Tensor]] = []
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
         want = return_intermediates and start == 0
         if mode == "ddpm":
-            res = p_sample_loop(model, sched, (n, *shape), generator=gen, device=device,
-                                return_intermediates=want, clip_denoised=clip_denoised, progress=progress)
+            x, fr = p_sample_loop(model, sched, (n, *shape), generator=gen, device=device,
+                                  return_intermediates=want, clip_range=clip_range, progress=progress)
         else:
-            res = ddim_sample_loop(model, sched, (n, *shape), ddim_steps=ddim_steps, eta=eta, generator=gen,
-                                   device=device, return_intermediates=want, clip_denoised=clip_denoised,
-                                   progress=progress)
-        x, fr = res if want else (res, None)
+            x, fr = ddim_sample_loop(model, sched, (n, *shape), ddim_steps=ddim_steps, eta=eta, generator=gen,
+                                     device=device, return_intermediates=want, clip_range=clip_range,
+                                     progress=progress)
         if decode is not None:
             x = decode(x)
-            if fr is not None:
-                fr = [(t, decode(f.to(device)).cpu()) for t, f in fr]
+            fr = [(t, decode(f.to(device)).cpu()) for t, f in fr]
         outs.append(x.float().cpu())  # pixels are already in [−1, 1] (x̂_0 clipped; the decoder clamps)
-        frames = fr if fr is not None else frames
-    return torch.cat(outs), frames
+        frames = fr if want else frames
+    return SampleOutput(torch.cat(outs), frames)
 
 
 def save_npz(path: str | Path, images: torch.Tensor, **meta: Any) -> Path:
@@ -202,10 +203,3 @@ def write_sample_folder(
                                                      "written": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
     paths["info"] = out / "info.json"
     return paths
-
-
-def frames_grid(frames: list[tuple[int, torch.Tensor]], count: int = 8) -> np.ndarray:
-    """Rows = samples, columns = steps x_T → x_0: a uint8 array for a figure."""
-    picks = np.linspace(0, len(frames) - 1, min(11, len(frames))).round().astype(int)
-    rows = [torch.stack([frames[j][1][i] for j in picks]) for i in range(min(count, frames[0][1].shape[0]))]
-    return grid_array(torch.cat(rows), nrow=len(picks))

@@ -102,6 +102,34 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """One code's shape ``(latent_channels, latent_size, latent_size)``, e.g. ``(2, 4, 4)``."""
+        return (self.config.latent_channels, self.config.latent_size, self.config.latent_size)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Deterministic reconstructions decode(mean of q(z|x)), clamped to [−1, 1]: (B, C, 32, 32) float32.
+
+        Runs in eval mode (then restores the module's mode), in batches of ``batch_size``.
+        """
+        was_training = self.training
+        self.eval()
+        out = torch.cat([self.decode(self.encode(c).mode()).float().clamp(-1, 1) for c in x.split(batch_size)])
+        self.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, *, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                     batch_size: int = 1024) -> torch.Tensor:
+        """Decode ``n`` draws z ~ N(0, I) of the prior: (n, C, 32, 32) float32 in [−1, 1] on ``device``."""
+        was_training = self.training
+        self.eval()
+        z = torch.randn((n, *self.latent_shape), generator=generator, device=device)
+        out = torch.cat([self.decode(c).float().clamp(-1, 1) for c in z.split(batch_size)])
+        self.train(was_training)
+        return out
+
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
         """Reconstruct ``x`` through a posterior sample: returns ``(x̂, q(z|x))``."""
         posterior = self.encode(x)

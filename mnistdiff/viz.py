@@ -7,21 +7,22 @@ return a matplotlib figure leave showing/saving to the caller; ``save_*`` functi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
-from torchvision.utils import make_grid
 
 __all__ = [
     "grid_array",
     "show_grid",
     "save_grid",
     "save_image",
+    "pick_frames",
+    "frames_grid",
     "progression_strip",
     "plot_loss_curves",
     "latent_scatter",
@@ -31,6 +32,8 @@ __all__ = [
 
 def grid_array(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
     """(N, 1, H, W) in [−1, 1] → a uint8 (H', W') grid image."""
+    from torchvision.utils import make_grid  # imported here: torchvision takes seconds to import
+
     grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=padding, normalize=True,
                      value_range=(-1, 1), pad_value=1.0)
     return (grid[0].numpy() * 255).round().astype(np.uint8)
@@ -67,11 +70,26 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
     return save_image(grid_array(images, nrow), path)
 
 
+def pick_frames(frames: Sequence[tuple[int, torch.Tensor]], max_frames: int = 11) -> list[int]:
+    """Indices of at most ``max_frames`` frames, evenly spaced from the first (x_T) to the last (x_0)."""
+    return np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int).tolist()
+
+
+def frames_grid(
+    frames: Sequence[tuple[int, torch.Tensor]], samples: int | Sequence[int] = 8, max_frames: int = 11
+) -> np.ndarray:
+    """Rows = samples, columns = steps x_T → x_0 (:func:`pick_frames`): a uint8 array for a figure.
+
+    ``frames``: ``[(t, x_t (N, 1, H, W)), …]``; ``samples``: the first that many, or the given indices.
+    """
+    picks = pick_frames(frames, max_frames)
+    rows = range(min(samples, frames[0][1].shape[0])) if isinstance(samples, int) else samples
+    return grid_array(torch.cat([torch.stack([frames[j][1][i] for j in picks]) for i in rows]), nrow=len(picks))
+
+
 def progression_strip(frames: Sequence[tuple[int, torch.Tensor]], index: int = 0, max_frames: int = 11) -> np.ndarray:
-    """A left-to-right strip x_T → x_0 of sample ``index`` from ``[(t, x_t (N, 1, H, W)), …]``, as a uint8 array."""
-    picks = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
-    strip = torch.stack([frames[i][1][index] for i in picks])
-    return grid_array(strip, nrow=len(picks))
+    """A left-to-right strip x_T → x_0 of sample ``index``: one row of :func:`frames_grid`."""
+    return frames_grid(frames, [index], max_frames)
 
 
 def plot_loss_curves(history: list[dict[str, float]], path: str | Path | None = None) -> plt.Figure:

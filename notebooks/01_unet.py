@@ -49,12 +49,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mnistdiff.config import UNetConfig
-from mnistdiff.data import load_mnist
-from mnistdiff.course.profiles import get_profile
-from mnistdiff.devices import default_device
-from mnistdiff.unet import AttentionBlock, Downsample, ResBlock, UNet, Upsample, count_parameters, timestep_embedding
-from mnistdiff.viz import show_grid
+from mnistdiff import (
+    UNet,
+    UNetConfig,
+    count_parameters,
+    default_device,
+    get_profile,
+    load_mnist,
+    show_grid,
+    timestep_embedding,
+)
+from mnistdiff.unet import AttentionBlock, Downsample, ResBlock, Upsample
 
 PROFILE = get_profile()
 DEVICE = default_device()

@@ -47,14 +47,25 @@ import torch
 import torch.nn.functional as F
 from matplotlib.ticker import MaxNLocator
 
-from mnistdiff.data import load_mnist
-from mnistdiff.ddpm import diffusion_loss, min_snr_weight, p_mean_variance, p_sample, q_posterior, q_sample
-from mnistdiff.course.pretrained import get_ddpm
-from mnistdiff.course.profiles import get_profile
-from mnistdiff.devices import default_device
-from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.unet import UNet
-from mnistdiff.viz import grid_array, plot_loss_curves, show_grid
+from mnistdiff import (
+    NoiseSchedule,
+    UNet,
+    default_device,
+    diffusion_loss,
+    frames_grid,
+    get_ddpm,
+    get_profile,
+    grid_array,
+    load_mnist,
+    min_snr_weight,
+    p_mean_variance,
+    p_sample,
+    pick_frames,
+    plot_loss_curves,
+    q_posterior,
+    q_sample,
+    show_grid,
+)
 from mnistdiff.course.widgets import denoising_player, timestep_explorer
 
 PROFILE = get_profile()
@@ -319,15 +330,16 @@ axes[0].plot(all_t, snr, label=r"$L_\mathrm{simple}$: SNR$_t$")
 axes[0].plot(all_t, snr.clip(max=GAMMA), label=rf"min-SNR-$\gamma$: min(SNR$_t$, {GAMMA:g})")
 axes[0].set(yscale="log", xlabel="t", title=r"weight of the $x_0$ error $\|x_0 - \hat x_0\|^2$")
 axes[1].plot(all_t, torch.ones(T), label=r"$L_\mathrm{simple}$: 1")
-axes[1].plot(all_t, min_snr_weight(schedule, all_t, GAMMA), label=rf"min-SNR-$\gamma$: $w_t$")
+axes[1].plot(all_t, min_snr_weight(schedule, all_t, GAMMA), label=r"min-SNR-$\gamma$: $w_t$")
 axes[1].set(yscale="log", xlabel="t", title=r"weight of the $\epsilon$ error $\|\epsilon - \hat\epsilon\|^2$")
 for ax in axes:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 fig.tight_layout()
 plt.show()
+profile_gamma = PROFILE.ddpm.diffusion.min_snr_gamma
 print(f"w_t < 1 for t < {int((min_snr_weight(schedule, all_t, GAMMA) < 1).sum())} of {T} steps; "
-      f"this profile trains with {'min-SNR-γ, γ = %g' % PROFILE.ddpm.diffusion.min_snr_gamma if PROFILE.ddpm.diffusion.min_snr_gamma else 'L_simple'}")
+      f"this profile trains with {f'min-SNR-γ, γ = {profile_gamma:g}' if profile_gamma else 'L_simple'}")
 #
 # `get_ddpm` loads this profile's trained model from `checkpoints/<profile>/ddpm.pt`, or trains it
 # with the package's training loop (AdamW, warm-up and cosine learning-rate decay, gradient clipping,
@@ -423,7 +435,7 @@ xt = q_sample(schedule, test.images[:4].to(DEVICE), torch.full((4,), t_mid, devi
               torch.randn(4, 1, 32, 32, device=DEVICE))
 t_batch = torch.full((4,), t_mid, device=DEVICE)
 with torch.no_grad():
-    out = p_mean_variance(model.unet, schedule.to(DEVICE), xt, t_batch, clip_denoised=False)
+    out = p_mean_variance(model.unet, schedule.to(DEVICE), xt, t_batch, clip_range=None)
 torch.testing.assert_close(mu_theta(schedule.to(DEVICE), xt, out["eps"], t_mid), out["mean"], rtol=1e-4, atol=1e-4)
 print("eq. 11 equals the posterior mean at x̂_0 (mnistdiff.ddpm.p_mean_variance, unclipped)")
 
@@ -481,10 +493,8 @@ plt.show()
 # strokes sharpen last.
 
 # %%
-picks = torch.linspace(0, len(frames) - 1, min(11, len(frames))).round().long().tolist()
-n_rows = min(4, PROFILE.num_samples)
-rows = torch.cat([torch.stack([frames[j][1][i] for j in picks]) for i in range(n_rows)])
-strip = grid_array(rows, nrow=len(picks))  # (rows·34, columns·34) pixels
+picks = pick_frames(frames)  # 11 frames evenly spaced from x_T to x_0
+strip = frames_grid(frames, samples=4)  # (rows·34, columns·34) pixels: a row per sample, a column per pick
 fig, ax = plt.subplots(figsize=(strip.shape[1] * 1.5 / 100, strip.shape[0] * 1.5 / 100 + 0.5))
 ax.imshow(strip, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
 ax.set_xticks([34 * k + 18 for k in range(len(picks))], [f"t={frames[j][0]}" for j in picks], fontsize=7)

@@ -41,13 +41,17 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from mnistdiff.data import load_mnist
-from mnistdiff.ddim import ddim_sample_loop, ddim_step, ddim_timesteps
-from mnistdiff.course.pretrained import get_ddpm
-from mnistdiff.course.profiles import get_profile
-from mnistdiff.devices import default_device
-from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.viz import show_grid
+from mnistdiff import (
+    NoiseSchedule,
+    ddim_sample_loop,
+    ddim_step,
+    ddim_timesteps,
+    default_device,
+    get_ddpm,
+    get_profile,
+    load_mnist,
+    show_grid,
+)
 from mnistdiff.course.widgets import ddim_explorer
 
 PROFILE = get_profile()
@@ -228,8 +232,8 @@ print(f"   package (clip x̂_0, recompute ε̂): std(x_{t1}) = {x1_safe.std().it
 # %%
 with torch.no_grad():
     rest = dict(timesteps=steps[1:], device=DEVICE)
-    from_naive = ddim_sample_loop(model.unet, schedule, x_T.shape, x_T=x1_naive, **rest).clamp(-1, 1).cpu()
-    from_safe = ddim_sample_loop(model.unet, schedule, x_T.shape, x_T=x1_safe, **rest).clamp(-1, 1).cpu()
+    from_naive = ddim_sample_loop(model.unet, schedule, x_T.shape, x_T=x1_naive, **rest).images.clamp(-1, 1).cpu()
+    from_safe = ddim_sample_loop(model.unet, schedule, x_T.shape, x_T=x1_safe, **rest).images.clamp(-1, 1).cpu()
 fig, axes = plt.subplots(1, 2, figsize=(10, 1.2 + 1.2 * ((N + 7) // 8)))
 show_grid(from_naive, nrow=8, title="naive first step, then the package's steps", ax=axes[0])
 show_grid(from_safe, nrow=8, title="the package's steps throughout", ax=axes[1])

@@ -44,15 +44,21 @@ import matplotlib.pyplot as plt
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from mnistdiff.config import VAEConfig
-from mnistdiff.data import load_mnist
-from mnistdiff.latent import encode_dataset
-from mnistdiff.course.pretrained import get_vae
-from mnistdiff.course.profiles import get_profile
-from mnistdiff.devices import default_device
-from mnistdiff.unet import count_parameters
-from mnistdiff.vae import VAE, DiagonalGaussian, vae_loss
-from mnistdiff.viz import latent_scatter, plot_loss_curves, show_grid
+from mnistdiff import (
+    VAE,
+    DiagonalGaussian,
+    VAEConfig,
+    count_parameters,
+    default_device,
+    encode_dataset,
+    get_profile,
+    get_vae,
+    latent_scatter,
+    load_mnist,
+    plot_loss_curves,
+    show_grid,
+    vae_loss,
+)
 from mnistdiff.course.widgets import latent_walk
 
 PROFILE = get_profile()

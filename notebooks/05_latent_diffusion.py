@@ -51,18 +51,28 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnistdiff.config import DDPMRunConfig, LDMRunConfig, VAEConfig
-from mnistdiff.data import load_mnist
-from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset
-from mnistdiff.training.pipelines import make_diffusion_loss
-from mnistdiff.course.pretrained import get_ldm, get_vae
-from mnistdiff.course.profiles import get_profile
-from mnistdiff.devices import default_device
-from mnistdiff.sampling import frames_grid, generate
-from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.unet import UNet, count_parameters
-from mnistdiff.vae import VAE
-from mnistdiff.viz import plot_loss_curves, show_grid
+from mnistdiff import (
+    VAE,
+    DDPMRunConfig,
+    LatentCodec,
+    LDMRunConfig,
+    NoiseSchedule,
+    UNet,
+    VAEConfig,
+    compute_latent_scale,
+    count_parameters,
+    default_device,
+    encode_dataset,
+    frames_grid,
+    generate,
+    get_ldm,
+    get_profile,
+    get_vae,
+    load_mnist,
+    make_diffusion_loss,
+    plot_loss_curves,
+    show_grid,
+)
 
 PROFILE = get_profile()
 DEVICE = default_device()
@@ -328,10 +338,10 @@ print(f"our L_LDM matches make_diffusion_loss: {ours.item():.4f} on {len(batch_m
 # on the final code (and on the intermediate codes it saves). We hand it *our* `decode`, wrapped so
 # that it also keeps every code it is given — that way we can look at the codes themselves. With
 # the same seed, the digits equal those of `ldm.sample`, which decodes with the checkpoint's codec.
-# One more argument matters: `clip_denoised`. A pixel sampler clips its running estimate $\hat x_0$
+# One more argument matters: `clip_range`. A pixel sampler clips its running estimate $\hat x_0$
 # to $[-1, 1]$; scaled codes have unit spread and tails well beyond $\pm 1$, so the latent sampler
-# clips $\hat x_0$ to $\pm c$, where $c = \max |s \cdot z|$ over the training codes, stored with the
-# checkpoint (`ldm.clip_denoised`). Some clipping is still needed: at $t = T-1$ the estimate
+# clips $\hat x_0$ to $[-c, c]$, where $c = \max |s \cdot z|$ over the training codes, stored with the
+# checkpoint (`ldm.clip_range`). Some clipping is still needed: at $t = T-1$ the estimate
 # $\hat x_0$ is divided by $\sqrt{\bar\alpha_{T-1}}$ (chapter 3), and unclipped codes blow up.
 
 
@@ -348,7 +358,7 @@ def sample_with_codes(n: int, **kwargs) -> tuple[torch.Tensor, list, list[torch.
         return decode(z)
 
     images, frames = generate(ldm.unet, ldm.schedule, n, shape=ldm.sample_shape, seed=SEED, device=DEVICE,
-                              clip_denoised=ldm.clip_denoised,
+                              clip_range=ldm.clip_range,
                               batch_size=n, decode=decode_keeping_codes, **kwargs)
     return images, frames, codes
 

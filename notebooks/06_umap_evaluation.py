@@ -47,15 +47,20 @@ import scipy.linalg
 import torch
 from IPython.display import Markdown, display
 
-from mnistdiff.evaluation import report as evaluation
-from mnistdiff.config import DEFAULT_ETA
-from mnistdiff.data import load_mnist
+from mnistdiff import (
+    DEFAULT_ETA,
+    default_device,
+    get_ddpm,
+    get_ldm,
+    get_profile,
+    load_mnist,
+    show_grid,
+)
+from mnistdiff.course.generators import course_generators
+from mnistdiff.evaluation import report
 from mnistdiff.evaluation.metrics import classifier_features, frechet_distance, reference_features
-from mnistdiff.course.pretrained import REPO_ROOT, get_ddpm, get_ldm
-from mnistdiff.course.profiles import get_profile
-from mnistdiff.devices import default_device
 from mnistdiff.evaluation.umap_eval import knn_two_sample_accuracy
-from mnistdiff.viz import show_grid
+from mnistdiff.files import repo_root
 
 PROFILE = get_profile()
 DEVICE = default_device()
@@ -167,14 +172,14 @@ plt.show()
 # ## The contestants
 #
 # `get_ddpm` and `get_ldm` load the checkpoints that chapters 2 and 5 stored (or train them, if this
-# notebook runs on its own); the latent model carries its VAE. `evaluation.course_generators` lists
+# notebook runs on its own); the latent model carries its VAE. `course_generators` lists
 # every generator of the course, each with a function that draws $N$ digits from one seed:
 
 # %%
 ddpm = get_ddpm(device=DEVICE, progress=False)
 ldm = get_ldm(device=DEVICE, progress=False)
 vae = ldm.codec.vae
-generators = evaluation.course_generators(ddpm=ddpm, ldm=ldm, vae=vae, profile=PROFILE, device=DEVICE)
+generators = course_generators(ddpm=ddpm, ldm=ldm, vae=vae, profile=PROFILE, device=DEVICE)
 for g in generators:
     print(f"  {g.name:<20} {g.label}")
 
@@ -184,12 +189,12 @@ for g in generators:
 # show the best that latent diffusion, whose samples all pass through the same decoder, could reach.
 
 # %%
-samples = evaluation.draw_samples(generators, N, seed=SEED, device=DEVICE)
+samples = report.draw_samples(generators, N, seed=SEED, device=DEVICE)
 
 # %%
 rows = len(samples)
 fig, axes = plt.subplots(rows, 1, figsize=(7, 0.62 * rows + 0.4))
-for ax, (name, s) in zip(axes, samples.items()):
+for ax, s in zip(axes, samples.values()):
     show_grid(s.images[:16], nrow=16, ax=ax)
     ax.set_title(s.spec.label, fontsize=8, loc="left")
 fig.tight_layout(pad=0.3)
@@ -204,10 +209,10 @@ plt.show()
 # own $n$ and is read against the floor at that $n$: every metric here depends on the sample count.
 
 # %%
-floor = evaluation.real_floor(N, seed=SEED, device=DEVICE)
-scores = evaluation.score_samples(samples, seed=SEED, device=DEVICE)
+floor = report.real_floor(N, seed=SEED, device=DEVICE)
+scores = report.score_samples(samples, seed=SEED, device=DEVICE)
 # a generator drawn on fewer samples (the 1000-step samplers) is compared with the floor at its own n
-other_floors = evaluation.floors_for(scores, N, seed=SEED, device=DEVICE)
+other_floors = report.floors_for(scores, N, seed=SEED, device=DEVICE)
 
 # %% [markdown]
 # ## UMAP: a map of real digits
@@ -279,8 +284,8 @@ print(f"k-NN accuracy, {m} real digits vs {m} samples of {default.spec.label}, c
 # accuracy of that set against the held-out real digits, in the map and in pixel space.
 
 # %%
-real_images, real_labels, floor_images = evaluation.umap_reference_sets(PROFILE.umap_real, N, seed=SEED)
-fig, umap_scores = evaluation.umap_compare(samples, real_images, real_labels, floor_images, seed=SEED, device=DEVICE)
+real_images, real_labels, floor_images = report.umap_reference_sets(PROFILE.umap_real, N, seed=SEED)
+fig, umap_scores = report.umap_compare(samples, real_images, real_labels, floor_images, seed=SEED, device=DEVICE)
 plt.show()
 
 # %% [markdown]
@@ -288,18 +293,18 @@ plt.show()
 #
 # All the numbers, the floor first. Arrows say which direction is better; the k-NN accuracies are
 # best at 0.5; the nearest-training-image distance should be close to the floor's.
-# `evaluation.write_results` stores them in `results/<profile>/evaluation.json` (written to a
+# `mnistdiff.evaluation.report.write_results` stores them in `results/<profile>/evaluation.json` (written to a
 # temporary file and renamed, so a reader never sees half a file); the book's results page is
 # built from it.
 
 # %%
-results = evaluation.build_results(
-    PROFILE.name, DEVICE, N, floor, scores, umap_scores=umap_scores, floor_umap_name=evaluation.FLOOR_NAME,
+results = report.build_results(
+    PROFILE.name, DEVICE, N, floor, scores, umap_scores=umap_scores, floor_umap_name=report.FLOOR_NAME,
     seed=SEED, extra={"umap_real": PROFILE.umap_real}, other_floors=other_floors,
 )
-path = evaluation.write_results(results)
-print("wrote", path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
-display(Markdown(evaluation.results_table(results)))
+path = report.write_results(results)
+print("wrote", path.relative_to(repo_root()) if path.is_relative_to(repo_root()) else path)
+display(Markdown(report.results_table(results)))
 
 # %% [markdown]
 # ## Quality against cost

@@ -149,6 +149,7 @@ def test_train_all_rejects_an_unknown_profile(capsys):
 
 def test_ancestral_samplers_draw_fewer_and_get_their_own_floor():
     from mnistdiff.evaluation import report as evaluation
+
     def draw(n: int, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         return torch.rand((n, 1, 32, 32), generator=g) * 2 - 1
@@ -172,12 +173,12 @@ def test_course_generators_sweep_the_default_eta_and_compare_the_other_at_one_st
     from types import SimpleNamespace
 
     from mnistdiff.config import DEFAULT_ETA
-    from mnistdiff.evaluation import report as evaluation
+    from mnistdiff.course.generators import course_generators
     from mnistdiff.schedules import NoiseSchedule
 
     prof = get_profile("book")
     model = SimpleNamespace(schedule=NoiseSchedule.make("cosine", 1000))
-    specs = evaluation.course_generators(ddpm=model, ldm=model, vae=None, profile=prof, device="cpu")
+    specs = course_generators(ddpm=model, ldm=model, vae=None, profile=prof, device="cpu")
     names = [s.name for s in specs]
     d, s = f"{DEFAULT_ETA:g}", prof.ddim_steps
     assert names == ["ddpm", *[f"ddim_{k}_eta{d}" for k in prof.ddim_step_sweep], f"ddim_{s}_eta0",

@@ -9,7 +9,7 @@ import torch
 
 from conftest import FixedEps, OracleEps, SmoothStub, randomize_zero_params, ref_alpha_bar, ref_betas
 from mnistdiff.ddim import ddim_sample_loop, ddim_sigma, ddim_step, ddim_timesteps
-from mnistdiff.ddpm import p_sample, p_sample_loop, q_sample
+from mnistdiff.ddpm import PIXEL_RANGE, SampleOutput, p_sample, p_sample_loop, q_sample
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.unet import UNet
 
@@ -97,7 +97,7 @@ def test_ddim_step_matches_hand_computation(eta, t, t_prev, clip, cosine_small):
     ab = ref_alpha_bar("cosine", T)
     ab_prev = ab[t_prev] if t_prev >= 0 else 1.0
     ref_out, ref_x0 = _hand_ddim(ab[t], ab_prev, _np(xt), _np(eps), eta, _np(z), clip)
-    out, x0 = ddim_step(cosine_small, xt, eps, t, t_prev, eta=eta, noise=z, clip_denoised=clip)
+    out, x0 = ddim_step(cosine_small, xt, eps, t, t_prev, eta=eta, noise=z, clip_range=PIXEL_RANGE if clip else None)
     assert out.dtype == xt.dtype and x0.dtype == xt.dtype
     np.testing.assert_allclose(_np(x0), ref_x0, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(_np(out), ref_out, rtol=2e-5, atol=2e-5)
@@ -174,8 +174,8 @@ def test_ddim_full_loop_eta1_equals_ddpm_loop(kind):
     sched = NoiseSchedule.make(kind, T)
     stub = SmoothStub(2, seed=5)
     shape = (3, 2, 4, 4)
-    ddpm = p_sample_loop(stub, sched, shape, generator=torch.Generator().manual_seed(21))
-    ddim = ddim_sample_loop(stub, sched, shape, ddim_steps=T, eta=1.0, generator=torch.Generator().manual_seed(21))
+    ddpm, _ = p_sample_loop(stub, sched, shape, generator=torch.Generator().manual_seed(21))
+    ddim, _ = ddim_sample_loop(stub, sched, shape, ddim_steps=T, eta=1.0, generator=torch.Generator().manual_seed(21))
     torch.testing.assert_close(ddim, ddpm, rtol=1e-4, atol=1e-4)
 
 
@@ -183,8 +183,8 @@ def test_ddim_full_loop_eta1_equals_ddpm_loop_with_unet(tiny_latent_unet_config)
     torch.manual_seed(2)
     model = randomize_zero_params(UNet(tiny_latent_unet_config), std=0.1).eval()
     sched = NoiseSchedule.make("cosine", 10)
-    ddpm = p_sample_loop(model, sched, (2, 2, 4, 4), generator=torch.Generator().manual_seed(0))
-    ddim = ddim_sample_loop(model, sched, (2, 2, 4, 4), ddim_steps=10, eta=1.0,
+    ddpm, _ = p_sample_loop(model, sched, (2, 2, 4, 4), generator=torch.Generator().manual_seed(0))
+    ddim, _ = ddim_sample_loop(model, sched, (2, 2, 4, 4), ddim_steps=10, eta=1.0,
                             generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(ddim, ddpm, rtol=1e-4, atol=1e-4)
 
@@ -218,7 +218,7 @@ def test_first_step_clips_x0_and_stays_bounded(cosine_1000):
     g = torch.Generator().manual_seed(0)
     xt = torch.randn((4, 1, 8, 8), generator=g)
     bad_eps = torch.zeros_like(xt)
-    raw, raw_x0 = ddim_step(cosine_1000, xt, bad_eps, 999, 979, eta=0.0, clip_denoised=False)
+    raw, raw_x0 = ddim_step(cosine_1000, xt, bad_eps, 999, 979, eta=0.0, clip_range=None)
     assert raw_x0.abs().max() > 1e3  # without clipping the prediction explodes
     out, x0 = ddim_step(cosine_1000, xt, bad_eps, 999, 979, eta=0.0)
     assert x0.min() >= -1.0 and x0.max() <= 1.0
@@ -241,7 +241,7 @@ def test_oracle_full_loop_recovers_x0(cosine_1000):
     g = torch.Generator().manual_seed(1)
     x0 = torch.rand((2, 2, 4, 4), generator=g) * 2 - 1
     oracle = OracleEps(x0, ref_alpha_bar("cosine", 1000))
-    out = ddim_sample_loop(oracle, cosine_1000, x0.shape, ddim_steps=20, generator=torch.Generator().manual_seed(0))
+    out, _ = ddim_sample_loop(oracle, cosine_1000, x0.shape, ddim_steps=20, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-3)
 
 
@@ -251,15 +251,15 @@ def test_oracle_full_loop_recovers_x0(cosine_1000):
 def test_loop_eta0_depends_only_on_x_T(cosine_small):
     stub = SmoothStub(1)
     xT = torch.randn(2, 1, 4, 4)
-    a = ddim_sample_loop(stub, cosine_small, xT.shape, ddim_steps=5, x_T=xT, generator=torch.Generator().manual_seed(0))
-    b = ddim_sample_loop(stub, cosine_small, xT.shape, ddim_steps=5, x_T=xT, generator=torch.Generator().manual_seed(9))
+    a, _ = ddim_sample_loop(stub, cosine_small, xT.shape, ddim_steps=5, x_T=xT, generator=torch.Generator().manual_seed(0))
+    b, _ = ddim_sample_loop(stub, cosine_small, xT.shape, ddim_steps=5, x_T=xT, generator=torch.Generator().manual_seed(9))
     assert torch.equal(a, b)
 
 
 def test_loop_determinism_and_seed_dependence(cosine_small):
     stub = SmoothStub(1)
     runs = [ddim_sample_loop(stub, cosine_small, (2, 1, 4, 4), ddim_steps=4, eta=0.5,
-                             generator=torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+                             generator=torch.Generator().manual_seed(s)).images for s in (3, 3, 4)]
     assert torch.equal(runs[0], runs[1])
     assert not torch.allclose(runs[0], runs[2])
 
@@ -319,7 +319,31 @@ def test_loop_unet_cosine_1000_is_finite():
     torch.manual_seed(0)
     model = randomize_zero_params(UNet(UNetConfig(in_channels=2, image_size=4, base_channels=8, channel_mults=(1,),
                                                   num_res_blocks=1, attention_resolutions=(), num_heads=1)))
-    out = ddim_sample_loop(model.eval(), NoiseSchedule.make("cosine", 1000), (2, 2, 4, 4), ddim_steps=5,
+    out, _ = ddim_sample_loop(model.eval(), NoiseSchedule.make("cosine", 1000), (2, 2, 4, 4), ddim_steps=5,
                            generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out).all()
     assert out.abs().max() <= 1.0 + 1e-6
+
+
+def test_every_loop_returns_one_type(cosine_small):
+    """Both sampler loops return a SampleOutput, with or without frames (frames empty when not asked)."""
+    stub = SmoothStub(1)
+    for loop, kw in ((p_sample_loop, {}), (ddim_sample_loop, {"ddim_steps": 4})):
+        plain = loop(stub, cosine_small, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0), **kw)
+        full = loop(stub, cosine_small, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0),
+                    return_intermediates=True, **kw)
+        assert isinstance(plain, SampleOutput) and isinstance(full, SampleOutput)
+        assert plain.frames == [] and len(full.frames) >= 2
+        assert torch.equal(plain.images, full.images) and torch.equal(full.frames[-1][1], full.images)
+
+
+def test_clip_range_is_the_range_clipped_to(cosine_small):
+    """A narrow clip range bounds x̂_0 to exactly that range; None leaves it unclipped."""
+    g = torch.Generator().manual_seed(5)
+    xt, eps = torch.randn((2, 1, 4, 4), generator=g) * 3, torch.randn((2, 1, 4, 4), generator=g)
+    _, x0 = ddim_step(cosine_small, xt, eps, 15, 10, clip_range=(-0.25, 0.5))
+    assert float(x0.min()) == pytest.approx(-0.25) and float(x0.max()) == pytest.approx(0.5)
+    _, raw = ddim_step(cosine_small, xt, eps, 15, 10, clip_range=None)
+    assert float(raw.abs().max()) > 1
+    with pytest.raises(ValueError, match="low < high"):
+        ddim_step(cosine_small, xt, eps, 15, 10, clip_range=(1.0, -1.0))

@@ -166,7 +166,7 @@ def test_p_sample_without_clipping(cosine_small):
     xt = torch.randn((2, 1, 4, 4), generator=g) * 3
     eps = torch.zeros_like(xt)
     z = torch.randn_like(xt)
-    out, x0 = p_sample(FixedEps(eps), cosine_small, xt, _tt(15, 2), z, clip_denoised=False)
+    out, x0 = p_sample(FixedEps(eps), cosine_small, xt, _tt(15, 2), z, clip_range=None)
     ref_out, ref_x0 = _hand_p_sample("cosine", 15, _np(xt), _np(eps), _np(z), clip=False)
     assert np.abs(ref_x0).max() > 1  # clipping would have mattered
     np.testing.assert_allclose(_np(x0), ref_x0, rtol=1e-4, atol=1e-5)
@@ -268,9 +268,9 @@ def test_loss_finite_at_every_t(cosine_1000):
 
 def test_loop_shape_and_determinism(cosine_small):
     stub = SmoothStub(1)
-    a = p_sample_loop(stub, cosine_small, (3, 1, 8, 8), generator=torch.Generator().manual_seed(0))
-    b = p_sample_loop(stub, cosine_small, (3, 1, 8, 8), generator=torch.Generator().manual_seed(0))
-    c = p_sample_loop(stub, cosine_small, (3, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+    a, _ = p_sample_loop(stub, cosine_small, (3, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    b, _ = p_sample_loop(stub, cosine_small, (3, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    c, _ = p_sample_loop(stub, cosine_small, (3, 1, 8, 8), generator=torch.Generator().manual_seed(1))
     assert a.shape == (3, 1, 8, 8)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
@@ -281,7 +281,7 @@ def test_loop_equals_manual_steps(cosine_small):
     """The loop is x_T ~ N(0, I), then one p_sample per t = T−1 … 0 with fresh noise from the same generator."""
     stub = SmoothStub(1, seed=3)
     shape = (2, 1, 4, 4)
-    got = p_sample_loop(stub, cosine_small, shape, generator=torch.Generator().manual_seed(9))
+    got, _ = p_sample_loop(stub, cosine_small, shape, generator=torch.Generator().manual_seed(9))
     g = torch.Generator().manual_seed(9)
     x = torch.randn(shape, generator=g)
     for i in range(T - 1, -1, -1):
@@ -292,7 +292,7 @@ def test_loop_equals_manual_steps(cosine_small):
 def test_loop_oracle_recovers_x0(cosine_small, x0_latents):
     """With the true ε for a fixed x_0 ∈ [−1, 1], every x̂_0 is x_0 and the last step returns x_0."""
     oracle = OracleEps(x0_latents, ref_alpha_bar("cosine", T))
-    out = p_sample_loop(oracle, cosine_small, x0_latents.shape, generator=torch.Generator().manual_seed(0))
+    out, _ = p_sample_loop(oracle, cosine_small, x0_latents.shape, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, x0_latents, rtol=1e-4, atol=1e-4)
 
 
@@ -311,15 +311,15 @@ def test_loop_intermediates(cosine_small):
 def test_loop_uses_given_x_T(cosine_small):
     stub = SmoothStub(1)
     xT = torch.randn(2, 1, 4, 4)
-    a = p_sample_loop(stub, cosine_small, (2, 1, 4, 4), x_T=xT, generator=torch.Generator().manual_seed(0))
-    b = p_sample_loop(stub, cosine_small, (2, 1, 4, 4), x_T=xT * -1, generator=torch.Generator().manual_seed(0))
+    a, _ = p_sample_loop(stub, cosine_small, (2, 1, 4, 4), x_T=xT, generator=torch.Generator().manual_seed(0))
+    b, _ = p_sample_loop(stub, cosine_small, (2, 1, 4, 4), x_T=xT * -1, generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(a, b)
 
 
 def test_loop_with_unet_is_finite_and_in_range(tiny_latent_unet_config, cosine_small):
     torch.manual_seed(1)
     model = randomize_zero_params(UNet(tiny_latent_unet_config)).eval()
-    out = p_sample_loop(model, cosine_small, (2, 2, 4, 4), generator=torch.Generator().manual_seed(0))
+    out, _ = p_sample_loop(model, cosine_small, (2, 2, 4, 4), generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 2, 4, 4)
     assert torch.isfinite(out).all()
     # the last step returns the clipped x̂_0's posterior mean at t = 0, i.e. x̂_0 itself: inside [−1, 1]

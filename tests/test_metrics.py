@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mnistdiff.data import load_mnist, to_uint8
+from mnistdiff.evaluation import metrics
 from mnistdiff.evaluation.classifier import (
     CLASSIFIER_META_PATH,
     CLASSIFIER_PATH,
@@ -26,7 +27,6 @@ from mnistdiff.evaluation.classifier import (
     evaluate_accuracy,
     load_classifier,
 )
-from mnistdiff.evaluation import metrics
 
 N = 400
 N_REF = 1000

@@ -27,7 +27,8 @@ Public API (images are ``(N, 1, H, W)`` or ``(1, H, W)`` tensors in [−1, 1]):
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ipywidgets
 import numpy as np

@@ -29,6 +29,7 @@ Images may be given as uint8 ``[0, 255]`` or float ``[-1, 1]``, as torch tensors
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Union
 
@@ -51,6 +52,8 @@ __all__ = [
     "real_floor",
     "evaluate_npz",
     "format_metrics",
+    "format_value",
+    "TABLE_COLUMNS",
     "METRIC_KEYS",
 ]
 
@@ -64,6 +67,34 @@ METRIC_KEYS = (
     "fid", "kid", "precision", "recall", "confidence", "class_entropy", "class_max_deviation",
     "nn_train_distance", "nn_train_distance_min",
 )
+
+#: How a metric is shown in every table (:func:`format_metrics`, :func:`~mnistdiff.evaluation.report.results_table`): ``(key, header, format, factor)``; a value is shown as
+#: ``format.format(value * factor)``.
+TABLE_COLUMNS: tuple[tuple[str, str, str, float], ...] = (
+    ("n", "n", "{:d}", 1),
+    ("fid", "FID ↓", "{:.2f}", 1.0),
+    ("kid", "KID ↓", "{:.4f}", 1.0),
+    ("precision", "precision ↑", "{:.3f}", 1.0),
+    ("recall", "recall ↑", "{:.3f}", 1.0),
+    ("confidence", "confidence ↑", "{:.3f}", 1.0),
+    ("class_entropy", "class entropy (bits)", "{:.2f}", 1.0),
+    ("nn_train_distance", "NN-train distance", "{:.2f}", 1.0),
+    ("knn_accuracy_umap", "k-NN acc. UMAP", "{:.3f}", 1.0),
+    ("knn_accuracy_pixels", "k-NN acc. pixels", "{:.3f}", 1.0),
+    ("knn_accuracy_features", "k-NN acc. features", "{:.3f}", 1.0),
+    ("seconds_per_sample", "ms / sample", "{:.4g}", 1e3),
+)
+
+
+
+def format_value(value: Any, fmt: str, factor: float = 1.0) -> str:
+    """``fmt.format(value * factor)``; ``—`` for a missing value, ``nan``/``inf`` as such."""
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return fmt.format(value * factor)
+
 
 _EXPECTED = (
     "expected images of shape (N, 1, H, W) or (N, H, W) with H = W = 28 or 32, N ≥ 1, "
@@ -619,18 +650,8 @@ def format_metrics(results: dict[str, dict[str, Any]], floor: dict[str, Any] | N
     keys = [k for k in METRIC_KEYS if any(k in c for c in cols.values())]
     width = max(12, *(len(n) for n in names))
     lines = ["metric".ljust(22) + "".join(n.rjust(width + 2) for n in names)]
+    formats = {key: (fmt, factor) for key, _, fmt, factor in TABLE_COLUMNS}
     for key in ("n",) + tuple(keys):
-        row = key.ljust(22)
-        for n in names:
-            v = cols[n].get(key)
-            if v is None:
-                s = "—"
-            elif key == "n":
-                s = str(int(v))
-            elif key == "kid":
-                s = f"{v:.5f}"
-            else:
-                s = f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
-            row += s.rjust(width + 2)
-        lines.append(row)
+        fmt, factor = formats.get(key, ("{:.4f}", 1.0))
+        lines.append(key.ljust(22) + "".join(format_value(cols[n].get(key), fmt, factor).rjust(width + 2) for n in names))
     return "\n".join(lines)

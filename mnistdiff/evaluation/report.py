@@ -1,18 +1,7 @@
-"""Evaluate every generator the course builds, and write the results file the book reads.
+"""Evaluate generators of digits, and write the results file the book reads.
 
-Chapter 6 asks one question of each way the course has of making a digit: how close are its
-samples to real MNIST? The generators are
-
-* the pixel-space DDPM with ancestral sampling over all ``T`` steps (Ho et al. 2020);
-* DDIM with the same network at each step count of ``profile.ddim_step_sweep``, deterministic
-  (η = 0) and stochastic (η = 1) (Song et al. 2020);
-* latent diffusion, sampled with DDPM and with DDIM (η = 0, ``profile.ddim_steps`` steps)
-  (Rombach et al. 2022);
-* the VAE on its own: decoded draws from its prior ``N(0, I)`` (Kingma & Welling 2013), and its
-  reconstructions of real training images — the best that latent diffusion, which can only emit
-  what the decoder can draw, could reach.
-
-Each is scored with :func:`mnistdiff.evaluation.metrics.evaluate` (classifier-FID, KID, precision/recall,
+A generator is a :class:`GeneratorSpec` (the course's list is
+:func:`mnistdiff.course.generators.course_generators`). Each is scored with :func:`mnistdiff.evaluation.metrics.evaluate` (classifier-FID, KID, precision/recall,
 confidence, class balance, distance to the nearest training image), timed (seconds per sample), and
 — with :func:`mnistdiff.evaluation.umap_eval.umap_evaluation` — placed on a UMAP of real digits with a k-NN
 two-sample accuracy. Every metric depends on the sample count, so the results always carry the
@@ -33,7 +22,7 @@ page renders ``generators`` as one table with a row per generator.
 Typical use (what chapter 6 does, step by step)::
 
     n = PROFILE.eval_samples
-    specs = course_generators(ddpm=ddpm, ldm=ldm, vae=vae, profile=PROFILE, device=DEVICE)
+    specs = course_generators(ddpm=ddpm, ldm=ldm, vae=vae, profile=PROFILE, device=DEVICE)  # mnistdiff.course
     samples = draw_samples(specs, n, seed=0, device=DEVICE)
     scores = score_samples(samples, seed=0, device=DEVICE)
     floor = real_floor(n, seed=0, device=DEVICE)
@@ -42,8 +31,6 @@ Typical use (what chapter 6 does, step by step)::
     results = build_results(PROFILE.name, DEVICE, n, floor, scores, umap_scores=umap_scores,
                             floor_umap_name=FLOOR_NAME)
     write_results(results)
-
-or all of it at once with :func:`run_evaluation`.
 """
 
 from __future__ import annotations
@@ -53,22 +40,21 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from mnistdiff.config import DEFAULT_ETA
-from mnistdiff.course.profiles import Profile
 from mnistdiff.data import load_mnist
 from mnistdiff.devices import default_device, device_name
+from mnistdiff.evaluation.metrics import METRIC_KEYS, TABLE_COLUMNS, format_value
 from mnistdiff.files import atomic_write_text, repo_root
 
 __all__ = [
     "GeneratorSpec",
     "Samples",
-    "course_generators",
     "draw_samples",
     "score_samples",
     "real_floor",
@@ -79,38 +65,15 @@ __all__ = [
     "results_dir",
     "results_path",
     "write_results",
-    "read_results",
     "results_table",
-    "run_evaluation",
-    "TABLE_COLUMNS",
     "FLOOR_NAME",
 ]
 
 #: The name of the real-vs-real reference, in tables and in ``class_histograms``.
 FLOOR_NAME = "real (floor)"
 
-#: The columns of :func:`results_table`: ``(key, header, format, factor)``; a value is shown as
-#: ``format.format(value * factor)``.
-TABLE_COLUMNS: tuple[tuple[str, str, str, float], ...] = (
-    ("n", "n", "{:d}", 1),
-    ("fid", "FID ↓", "{:.2f}", 1.0),
-    ("kid", "KID ↓", "{:.4f}", 1.0),
-    ("precision", "precision ↑", "{:.3f}", 1.0),
-    ("recall", "recall ↑", "{:.3f}", 1.0),
-    ("confidence", "confidence ↑", "{:.3f}", 1.0),
-    ("class_entropy", "class entropy (bits)", "{:.2f}", 1.0),
-    ("nn_train_distance", "NN-train distance", "{:.2f}", 1.0),
-    ("knn_accuracy_umap", "k-NN acc. UMAP", "{:.3f}", 1.0),
-    ("knn_accuracy_pixels", "k-NN acc. pixels", "{:.3f}", 1.0),
-    ("knn_accuracy_features", "k-NN acc. features", "{:.3f}", 1.0),
-    ("seconds_per_sample", "ms / sample", "{:.4g}", 1e3),
-)
-
 #: The metrics copied from :func:`mnistdiff.evaluation.metrics.evaluate` into the results file (all scalars).
-_METRIC_KEYS = (
-    "fid", "kid", "kid_std", "precision", "recall", "confidence", "class_entropy", "class_max_deviation",
-    "nn_train_distance", "nn_train_distance_min",
-)
+_METRIC_KEYS = (*METRIC_KEYS, "kid_std")
 _UMAP_KEYS = ("knn_accuracy_umap", "knn_accuracy_pixels", "knn_accuracy_features")
 
 Sampler = Callable[[int, int], torch.Tensor]
@@ -147,94 +110,6 @@ class GeneratorSpec:
     def count(self, n: int) -> int:
         """How many samples this generator draws when ``n`` are asked for."""
         return n if self.max_samples is None else min(n, self.max_samples)
-
-
-def _diffusion_sampler(model: Any, device: torch.device, **kwargs: Any) -> Sampler:
-    def draw(n: int, seed: int) -> torch.Tensor:
-        images, _ = model.sample(n, seed=seed, device=device, **kwargs)
-        return images
-
-    return draw
-
-
-def _vae_prior_sampler(vae: torch.nn.Module, device: torch.device, batch_size: int = 1024) -> Sampler:
-    @torch.no_grad()
-    def draw(n: int, seed: int) -> torch.Tensor:
-        cfg = vae.config
-        gen = torch.Generator(device=device).manual_seed(seed)
-        z = torch.randn((n, cfg.latent_channels, cfg.latent_size, cfg.latent_size), generator=gen, device=device)
-        vae.eval()
-        return torch.cat([vae.decode(c).float().clamp(-1, 1).cpu() for c in z.split(batch_size)])
-
-    return draw
-
-
-def _vae_reconstruction_sampler(vae: torch.nn.Module, device: torch.device, batch_size: int = 1024) -> Sampler:
-    @torch.no_grad()
-    def draw(n: int, seed: int) -> torch.Tensor:
-        # the same n training images as real_floor(n, seed=seed): the floor, passed through the VAE
-        real = load_mnist("train").subset(n, seed=seed).images
-        vae.eval()
-        out = [vae.decode(vae.encode(c.to(device)).mode()).float().clamp(-1, 1).cpu() for c in real.split(batch_size)]
-        return torch.cat(out)
-
-    return draw
-
-
-def course_generators(
-    *,
-    ddpm: Any | None,
-    ldm: Any | None,
-    vae: torch.nn.Module | None,
-    profile: Profile,
-    device: torch.device | str | None = None,
-    ddim_steps: Sequence[int] | None = None,
-    etas: Sequence[float] = (DEFAULT_ETA, 0.0),
-    ldm_ddim_steps: int | None = None,
-) -> list[GeneratorSpec]:
-    """Every generator of the course, in the order the tables show them.
-
-    ``ddpm``: the pixel-space :class:`~mnistdiff.training.pipelines.DiffusionModel`; ``ldm``: the latent one
-    (with its ``codec``); ``vae``: the VAE. Any of them may be None to leave its generators out.
-    The pixel model's DDIM runs every step count of ``ddim_steps`` (default ``profile.ddim_step_sweep``,
-    capped at the model's T) with the first η of ``etas`` (the package's default sampler), and each
-    further η at ``profile.ddim_steps`` only; latent diffusion's DDIM runs each η of ``etas`` at
-    ``ldm_ddim_steps`` (default ``profile.ddim_steps``). The two ancestral (T-step) samplers draw at
-    most ``profile.ancestral_samples``. Names: ``ddpm``, ``ddim_<S>_eta<η>``, ``ldm_ddpm``,
-    ``ldm_ddim_<S>_eta<η>``, ``vae_prior``, ``vae_reconstruction``.
-    """
-    device = torch.device(device) if device is not None else default_device()
-    specs: list[GeneratorSpec] = []
-    if ddpm is not None:
-        T = ddpm.schedule.num_timesteps
-        specs.append(GeneratorSpec("ddpm", f"DDPM, {T} steps", "pixel", "ddpm", T, None,
-                                   _diffusion_sampler(ddpm, device, mode="ddpm"), profile.ancestral_samples))
-        sweep = [s for s in (ddim_steps if ddim_steps is not None else profile.ddim_step_sweep) if s <= T]
-        for i, eta in enumerate(etas):
-            for steps in (sweep if i == 0 else [min(profile.ddim_steps, T)]):
-                specs.append(GeneratorSpec(
-                    f"ddim_{steps}_eta{eta:g}", f"DDIM, {steps} steps, η = {eta:g}", "pixel", "ddim", steps, float(eta),
-                    _diffusion_sampler(ddpm, device, mode="ddim", ddim_steps=steps, eta=float(eta)),
-                ))
-    if ldm is not None:
-        T = ldm.schedule.num_timesteps
-        steps = min(ldm_ddim_steps or profile.ddim_steps, T)
-        specs.append(GeneratorSpec("ldm_ddpm", f"LDM, DDPM, {T} steps", "latent", "ddpm", T, None,
-                                   _diffusion_sampler(ldm, device, mode="ddpm"), profile.ancestral_samples))
-        for eta in etas:
-            specs.append(GeneratorSpec(
-                f"ldm_ddim_{steps}_eta{eta:g}", f"LDM, DDIM, {steps} steps, η = {eta:g}", "latent", "ddim", steps,
-                float(eta), _diffusion_sampler(ldm, device, mode="ddim", ddim_steps=steps, eta=float(eta)),
-            ))
-    if vae is not None:
-        specs.append(GeneratorSpec("vae_prior", "VAE prior samples", "vae", "prior", 1, None,
-                                   _vae_prior_sampler(vae, device)))
-        specs.append(GeneratorSpec("vae_reconstruction", "VAE reconstructions", "vae",
-                                   "reconstruction", 1, None, _vae_reconstruction_sampler(vae, device)))
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"generator names must be unique, got {names}")
-    return specs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -480,9 +355,9 @@ def results_dir() -> Path:
     return Path(env) if env else repo_root() / "results"
 
 
-def results_path(profile: str | Profile) -> Path:
-    """``<results_dir>/<profile>/evaluation.json``."""
-    name = profile.name if isinstance(profile, Profile) else str(profile)
+def results_path(profile: Any) -> Path:
+    """``<results_dir>/<profile>/evaluation.json`` for a profile's name (or a profile with a ``name``)."""
+    name = str(getattr(profile, "name", profile))
     return results_dir() / name / "evaluation.json"
 
 
@@ -502,19 +377,6 @@ def write_results(results: Mapping[str, Any], path: str | Path | None = None) ->
     return path
 
 
-def read_results(path: str | Path) -> dict[str, Any]:
-    """Read a results file written by :func:`write_results`."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def _fmt(value: Any, fmt: str, factor: float = 1.0) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return fmt.format(value * factor)
-
-
 def results_table(
     results: Mapping[str, Any], columns: Sequence[tuple[str, str, str, float]] = TABLE_COLUMNS
 ) -> str:
@@ -532,52 +394,5 @@ def results_table(
         "|---|" + "---:|" * len(cols),
     ]
     for label, row in rows:
-        lines.append(f"| {label} | " + " | ".join(_fmt(row.get(key), fmt, factor) for key, _, fmt, factor in cols) + " |")
+        lines.append(f"| {label} | " + " | ".join(format_value(row.get(key), fmt, factor) for key, _, fmt, factor in cols) + " |")
     return "\n".join(lines) + "\n"
-
-
-# ----------------------------------------------------------------------------------------------
-# everything at once
-# ----------------------------------------------------------------------------------------------
-
-
-def run_evaluation(
-    profile: str | Profile | None = None,
-    *,
-    device: torch.device | str | None = None,
-    seed: int = 0,
-    n: int | None = None,
-    umap: bool = True,
-    path: str | Path | None = None,
-    write: bool = True,
-) -> tuple[dict[str, Any], Any]:
-    """Load (or train) the profile's models, evaluate every generator, and write the results file.
-
-    ``n`` defaults to ``profile.eval_samples``; with ``umap`` the UMAP figure and k-NN accuracies
-    are computed too (``profile.umap_real`` real test images). Returns ``(results, figure or None)``.
-    """
-    from mnistdiff.course.pretrained import get_ddpm, get_ldm, get_vae
-    from mnistdiff.course.profiles import get_profile
-    from mnistdiff.evaluation.metrics import reference_features
-
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    device = torch.device(device) if device is not None else default_device()
-    n = n or prof.eval_samples
-    t0 = time.perf_counter()
-    ddpm = get_ddpm(prof, device=device, progress=False)
-    ldm = get_ldm(prof, device=device, progress=False)
-    vae, _ = get_vae(prof, device=device, progress=False)
-    specs = course_generators(ddpm=ddpm, ldm=ldm, vae=vae, profile=prof, device=device)
-    samples = draw_samples(specs, n, seed=seed, device=device)
-    reference_features(device)
-    scores = score_samples(samples, seed=seed, device=device)
-    floor = real_floor(n, seed=seed, device=device)
-    fig, umap_scores = None, None
-    if umap:
-        real, labels, floor_images = umap_reference_sets(prof.umap_real, n, seed=seed)
-        fig, umap_scores = umap_compare(samples, real, labels, floor_images, seed=seed, device=device)
-    results = build_results(prof.name, device, n, floor, scores, umap_scores=umap_scores, floor_umap_name=FLOOR_NAME,
-                            seed=seed, extra={"umap_real": prof.umap_real, "seconds_total": time.perf_counter() - t0})
-    if write:
-        write_results(results, path)
-    return results, fig

@@ -24,8 +24,9 @@ regions (mode collapse, class imbalance) but cannot prove that samples look real
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Union
 
 import numpy as np
 import torch

@@ -16,16 +16,16 @@ from torch import nn
 
 from mnistdiff.config import DDPMRunConfig, LDMRunConfig, VAERunConfig, from_dict, to_dict
 from mnistdiff.data import load_mnist
-from mnistdiff.ddpm import diffusion_loss
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, SampleOutput, diffusion_loss
 from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset
-from mnistdiff.sampling import frames_grid, generate
+from mnistdiff.sampling import generate
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.training.checkpoints import CheckpointError, load_checkpoint, sha256_file
 from mnistdiff.training.experiment import Experiment
 from mnistdiff.training.loop import TrainResult, TrainTask, fit
 from mnistdiff.unet import UNet
 from mnistdiff.vae import VAE, vae_loss
-from mnistdiff.viz import latent_scatter, save_grid, save_image
+from mnistdiff.viz import frames_grid, latent_scatter, save_grid, save_image
 
 __all__ = [
     "DiffusionModel",
@@ -48,7 +48,7 @@ class DiffusionModel:
     config: DDPMRunConfig | LDMRunConfig
     meta: dict[str, Any]
     codec: LatentCodec | None = None
-    clip_denoised: bool | float = True
+    clip_range: ClipRange = PIXEL_RANGE  # what x̂_0 is clipped to while sampling (the latent range for an LDM)
     fast: str = "off"  # how ``sample`` runs the network by default (``generate``'s ``fast``)
 
     @property
@@ -56,10 +56,10 @@ class DiffusionModel:
         c = self.unet.config
         return (c.in_channels, c.image_size, c.image_size)
 
-    def sample(self, num_samples: int, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    def sample(self, num_samples: int, **kwargs: Any) -> SampleOutput:
         """:func:`~mnistdiff.sampling.generate` with this model's shape and decoder."""
         decode = self.codec.decode if self.codec is not None else None
-        kwargs.setdefault("clip_denoised", self.clip_denoised)
+        kwargs.setdefault("clip_range", self.clip_range)
         kwargs.setdefault("fast", self.fast)
         return generate(self.unet, self.schedule, num_samples, shape=self.sample_shape, decode=decode, **kwargs)
 
@@ -89,12 +89,12 @@ def _data(cfg_train, data_dir: str | Path | None, device: torch.device):
 
 
 def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, decode=None, ddim_steps: int = 50,
-                        clip: bool | float = True):
+                        clip_range: ClipRange = PIXEL_RANGE):
     """Epoch samples by DDIM (fast); final samples and denoising steps by full DDPM."""
 
     def sample_fn(model: nn.Module, folder: Path, tag: str) -> None:
         x, _ = generate(model, sched, n, shape=shape, mode="ddim", ddim_steps=min(ddim_steps, sched.num_timesteps),
-                        seed=seed, device=device, decode=decode, clip_denoised=clip)
+                        seed=seed, device=device, decode=decode, clip_range=clip_range)
         save_grid(x, Path(folder) / f"{tag}.png")
 
     def final_fn(model: nn.Module, exp: Experiment) -> dict[str, Any]:
@@ -102,7 +102,7 @@ def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, 
 
         t0 = time.perf_counter()
         x, frames = generate(model, sched, n, shape=shape, mode="ddpm", seed=seed, device=device, decode=decode,
-                             return_intermediates=True, clip_denoised=clip)
+                             return_intermediates=True, clip_range=clip_range)
         seconds = time.perf_counter() - t0
         save_grid(x, exp.sub("final_samples") / "ddpm_grid.png")
         steps = exp.sub("denoising_steps")
@@ -149,18 +149,14 @@ def train_vae(
         noise = torch.randn((batch.shape[0], cfg.vae.latent_channels, ls, ls), generator=gen, device=batch.device)
         return vae_loss(m, batch, cfg.kl_weight, noise)[0]
 
-    def sample_fn(m: nn.Module, folder: Path, tag: str) -> None:
-        with torch.no_grad():
-            recon = m.decode(m.encode(shown).mode()).clamp(-1, 1)
+    def sample_fn(m: VAE, folder: Path, tag: str) -> None:
+        recon = m.reconstruct(shown)
         save_grid(torch.cat([shown, recon]), Path(folder) / f"{tag}_reconstructions.png", nrow=min(n, 16))
 
-    def final_fn(m: nn.Module, exp: Experiment) -> dict[str, Any]:
-        with torch.no_grad():
-            recon = m.decode(m.encode(shown).mode()).clamp(-1, 1)
-            gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-            ls = cfg.vae.latent_size
-            prior = m.decode(torch.randn((n, cfg.vae.latent_channels, ls, ls), generator=gen, device=device)).clamp(-1, 1)
-            mse = float((m.decode(m.encode(test.images).mode()).clamp(-1, 1) - test.images).pow(2).mean())
+    def final_fn(m: VAE, exp: Experiment) -> dict[str, Any]:
+        recon = m.reconstruct(shown)
+        prior = m.sample_prior(n, generator=torch.Generator(device=device).manual_seed(cfg.train.seed), device=device)
+        mse = float((m.reconstruct(test.images) - test.images).pow(2).mean())
         save_grid(torch.cat([shown, recon]), exp.sub("final_samples") / "reconstructions.png", nrow=min(n, 16))
         save_grid(prior, exp.sub("final_samples") / "prior_samples.png")
         means, _ = encode_dataset(m, test.images)
@@ -200,7 +196,7 @@ def train_ldm(
     sched = NoiseSchedule.from_config(cfg.diffusion).to(device)
     shape = (cfg.unet.in_channels, cfg.unet.image_size, cfg.unet.image_size)
     sample_fn, final_fn = _diffusion_samplers(sched, shape, cfg.train.seed, cfg.train.num_samples, device, codec.decode,
-                                              clip=clip)
+                                              clip_range=(-clip, clip))
     model = UNet(cfg.unet)
     vae_sha = sha256_file(vae_checkpoint)
     loss_fn = make_diffusion_loss(sched, scale, cfg.diffusion.min_snr_gamma)
@@ -252,4 +248,12 @@ def load_ldm(vae_path: str | Path, unet_path: str | Path, device: str | torch.de
     _load_state(unet, state, unet_path)
     return DiffusionModel(unet.to(device).eval(), NoiseSchedule.from_config(cfg.diffusion), cfg, meta,
                           codec=LatentCodec(vae, float(state["latent_scale"])),
-                          clip_denoised=float(state["latent_clip"]) if "latent_clip" in state else True)
+                          clip_range=_latent_clip_range(state))
+
+
+def _latent_clip_range(state: dict[str, Any]) -> ClipRange:
+    """``(−c, c)`` for the range ``c`` stored with a latent checkpoint; [−1, 1] for one stored without it."""
+    if "latent_clip" not in state:
+        return PIXEL_RANGE
+    c = float(state["latent_clip"])
+    return (-c, c)

@@ -1,0 +1,124 @@
+"""The course's generators, in the order chapter 6 and the results page show them.
+
+Chapter 6 asks one question of each way the course has of making a digit: how close are its
+samples to real MNIST? The generators are
+
+* the pixel-space DDPM with ancestral sampling over all ``T`` steps (Ho et al. 2020);
+* DDIM with the same network at each step count of ``profile.ddim_step_sweep`` with the package's
+  default η, and at ``profile.ddim_steps`` with each further η (Song et al. 2020);
+* latent diffusion, sampled with DDPM and with DDIM at ``profile.ddim_steps`` (Rombach et al. 2022);
+* the VAE on its own: decoded draws from its prior ``N(0, I)`` (Kingma & Welling 2013), and its
+  reconstructions of real training images — the best that latent diffusion, which can only emit
+  what the decoder can draw, could reach.
+
+Each is a :class:`~mnistdiff.evaluation.report.GeneratorSpec`; :mod:`mnistdiff.evaluation.report`
+draws, scores and tabulates them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mnistdiff.config import DEFAULT_ETA
+from mnistdiff.course.profiles import Profile
+from mnistdiff.data import load_mnist
+from mnistdiff.devices import default_device
+from mnistdiff.evaluation.report import GeneratorSpec, Sampler
+from mnistdiff.vae import VAE
+
+__all__ = ["course_generators"]
+
+
+def _diffusion_sampler(model: Any, device: torch.device, **kwargs: Any) -> Sampler:
+    def draw(n: int, seed: int) -> torch.Tensor:
+        return model.sample(n, seed=seed, device=device, **kwargs).images
+
+    return draw
+
+
+def _vae_prior_sampler(vae: VAE, device: torch.device, batch_size: int = 1024) -> Sampler:
+    def draw(n: int, seed: int) -> torch.Tensor:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        return vae.sample_prior(n, generator=gen, device=device, batch_size=batch_size).cpu()
+
+    return draw
+
+
+def _vae_reconstruction_sampler(vae: VAE, device: torch.device, batch_size: int = 1024) -> Sampler:
+    def draw(n: int, seed: int) -> torch.Tensor:
+        # the same n training images as real_floor(n, seed=seed): the floor, passed through the VAE
+        real = load_mnist("train").subset(n, seed=seed).images
+        return vae.reconstruct(real.to(device), batch_size=batch_size).cpu()
+
+    return draw
+
+
+def _pixel_specs(ddpm: Any, profile: Profile, device: torch.device, ddim_steps: Sequence[int] | None,
+                 etas: Sequence[float]) -> list[GeneratorSpec]:
+    T = ddpm.schedule.num_timesteps
+    specs = [GeneratorSpec("ddpm", f"DDPM, {T} steps", "pixel", "ddpm", T, None,
+                           _diffusion_sampler(ddpm, device, mode="ddpm"), profile.ancestral_samples)]
+    sweep = [s for s in (ddim_steps if ddim_steps is not None else profile.ddim_step_sweep) if s <= T]
+    for i, eta in enumerate(etas):
+        for steps in (sweep if i == 0 else [min(profile.ddim_steps, T)]):
+            specs.append(GeneratorSpec(
+                f"ddim_{steps}_eta{eta:g}", f"DDIM, {steps} steps, η = {eta:g}", "pixel", "ddim", steps, float(eta),
+                _diffusion_sampler(ddpm, device, mode="ddim", ddim_steps=steps, eta=float(eta)),
+            ))
+    return specs
+
+
+def _latent_specs(ldm: Any, profile: Profile, device: torch.device, ldm_ddim_steps: int | None,
+                  etas: Sequence[float]) -> list[GeneratorSpec]:
+    T = ldm.schedule.num_timesteps
+    steps = min(ldm_ddim_steps or profile.ddim_steps, T)
+    specs = [GeneratorSpec("ldm_ddpm", f"LDM, DDPM, {T} steps", "latent", "ddpm", T, None,
+                           _diffusion_sampler(ldm, device, mode="ddpm"), profile.ancestral_samples)]
+    for eta in etas:
+        specs.append(GeneratorSpec(
+            f"ldm_ddim_{steps}_eta{eta:g}", f"LDM, DDIM, {steps} steps, η = {eta:g}", "latent", "ddim", steps,
+            float(eta), _diffusion_sampler(ldm, device, mode="ddim", ddim_steps=steps, eta=float(eta)),
+        ))
+    return specs
+
+
+def course_generators(
+    *,
+    ddpm: Any | None,
+    ldm: Any | None,
+    vae: VAE | None,
+    profile: Profile,
+    device: torch.device | str | None = None,
+    ddim_steps: Sequence[int] | None = None,
+    etas: Sequence[float] = (DEFAULT_ETA, 0.0),
+    ldm_ddim_steps: int | None = None,
+) -> list[GeneratorSpec]:
+    """Every generator of the course, in the order the tables show them.
+
+    ``ddpm``: the pixel-space :class:`~mnistdiff.training.pipelines.DiffusionModel`; ``ldm``: the latent one
+    (with its ``codec``); ``vae``: the VAE. Any of them may be None to leave its generators out.
+    The pixel model's DDIM runs every step count of ``ddim_steps`` (default ``profile.ddim_step_sweep``,
+    capped at the model's T) with the first η of ``etas`` (the package's default sampler), and each
+    further η at ``profile.ddim_steps`` only; latent diffusion's DDIM runs each η of ``etas`` at
+    ``ldm_ddim_steps`` (default ``profile.ddim_steps``). The two ancestral (T-step) samplers draw at
+    most ``profile.ancestral_samples``. Names: ``ddpm``, ``ddim_<S>_eta<η>``, ``ldm_ddpm``,
+    ``ldm_ddim_<S>_eta<η>``, ``vae_prior``, ``vae_reconstruction``.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    specs: list[GeneratorSpec] = []
+    if ddpm is not None:
+        specs += _pixel_specs(ddpm, profile, device, ddim_steps, etas)
+    if ldm is not None:
+        specs += _latent_specs(ldm, profile, device, ldm_ddim_steps, etas)
+    if vae is not None:
+        specs.append(GeneratorSpec("vae_prior", "VAE prior samples", "vae", "prior", 1, None,
+                                   _vae_prior_sampler(vae, device)))
+        specs.append(GeneratorSpec("vae_reconstruction", "VAE reconstructions", "vae",
+                                   "reconstruction", 1, None, _vae_reconstruction_sampler(vae, device)))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"generator names must be unique, got {names}")
+    return specs
