@@ -1,0 +1,197 @@
+"""The training loop's structure (issue 11): one TrainState that saves and restores itself, a short run loop.
+
+Interrupted-and-resumed runs equal uninterrupted ones bit for bit: tests/test_robustness.py checks that
+(SIGINT mid-epoch, SIGTERM at an epoch boundary, a crash between renames, a CLI subprocess). Here: the
+state's round trip field by field, the on-disk keys of ``last.pt``, a ``last.pt`` whose sidecar predates
+the precision field, and the size of the loop's functions.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import io
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from mnistdiff.config import TrainConfig, to_dict
+from mnistdiff.training import loop, precision, signals, state
+from mnistdiff.training.checkpoints import load_checkpoint, save_checkpoint
+from mnistdiff.training.experiment import Experiment
+from mnistdiff.training.loop import TrainingInterrupted, TrainLoop, TrainTask, fit
+from mnistdiff.training.state import CHECKPOINT_KEYS, SIDECAR_KEYS, TrainState
+
+# What last.pt has held since resumable checkpoints exist: a file written by an older version must resume.
+LAST_PT_KEYS = ("model", "ema", "optimizer", "scheduler", "rng", "epoch", "step", "perm", "loss_sum", "loss_count")
+
+
+def _cfg(seed: int = 0) -> TrainConfig:
+    return TrainConfig(epochs=3, batch_size=8, lr=1e-2, warmup_steps=2, sample_every=1, eval_size=8, seed=seed)
+
+
+def _state(seed: int) -> TrainState:
+    torch.manual_seed(seed)
+    return TrainState.create(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), _cfg(seed), total_steps=9)
+
+
+def _train(s: TrainState, steps: int) -> None:
+    """A few optimiser steps drawing from the global RNG and from the state's generator."""
+    s.model.train()
+    for _ in range(steps):
+        x = torch.randn(8, 4)[torch.randperm(8, generator=s.generator)]
+        loss = s.model(x).pow(2).mean()
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        s.optimizer.step()
+        s.scheduler.step()
+        s.ema.update_parameters(s.model)
+
+
+def _assert_equal(a, b, path: str = "") -> None:
+    """Nested dicts/lists/tuples of tensors and numbers equal exactly (dtype and shape included)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            _assert_equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b), path
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def _on_disk(obj):
+    """``obj`` after torch.save/torch.load with weights_only (what a checkpoint round trip does)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_state_dict_round_trip_restores_every_field():
+    a = _state(seed=1)
+    _train(a, 5)
+    a.epoch, a.step, a.perm = 1, 2, torch.randperm(24, generator=a.generator)
+    a.loss_sum, a.loss_count = 3.25, 2
+    a.history = [{"epoch": 1, "train_loss": 1.5, "eval_loss": 1.25, "lr": 0.01, "seconds": 0.5}]
+    a.elapsed = 12.0
+    saved = a.state_dict()
+    assert tuple(saved) == CHECKPOINT_KEYS + SIDECAR_KEYS
+    torch.manual_seed(123)  # the global RNG moves on; loading must restore it
+    b = _state(seed=2)  # other initial weights, an untouched optimiser, schedule, EMA and generator
+    b.load_state_dict(_on_disk(saved))
+
+    _assert_equal(a.model.state_dict(), b.model.state_dict(), "model")
+    _assert_equal(a.ema.state_dict(), b.ema.state_dict(), "ema")
+    assert b.ema._updates == a.ema._updates == 5
+    _assert_equal(a.optimizer.state_dict(), b.optimizer.state_dict(), "optimizer")
+    _assert_equal(a.scheduler.state_dict(), b.scheduler.state_dict(), "scheduler")
+    assert b.scheduler.get_last_lr() == a.scheduler.get_last_lr()
+    assert torch.equal(b.generator.get_state(), a.generator.get_state())
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert (b.epoch, b.step, b.loss_sum, b.loss_count) == (1, 2, 3.25, 2)
+    assert torch.equal(b.perm, a.perm)
+    assert b.history == a.history and b.history is not a.history
+    assert b.elapsed == pytest.approx(saved["seconds"]) and b.elapsed >= 12.0
+    assert b.seconds() == pytest.approx(b.elapsed, abs=1.0)
+
+    # and the two go on identically: the same draws, the same steps
+    torch.set_rng_state(saved["rng"]["torch"])
+    _train(a, 3)
+    after_a = _on_disk(a.state_dict())
+    torch.set_rng_state(saved["rng"]["torch"])
+    _train(b, 3)
+    after_b = _on_disk(b.state_dict())
+    for key in CHECKPOINT_KEYS:
+        _assert_equal(after_a[key], after_b[key], key)
+
+
+def test_between_epochs_the_permutation_round_trips_as_none():
+    a = _state(seed=1)
+    _train(a, 2)
+    a.perm = torch.randperm(24, generator=a.generator)
+    a.loss_sum, a.loss_count, a.step = 1.0, 1, 1
+    a.next_epoch()
+    assert (a.epoch, a.step, a.perm, a.loss_sum, a.loss_count) == (1, 0, None, 0.0, 0)
+    saved = a.state_dict()
+    assert saved["perm"].numel() == 0 and saved["perm"].dtype == torch.long
+    b = _state(seed=1)
+    b.perm = torch.arange(3)
+    b.load_state_dict(_on_disk(saved))
+    assert b.perm is None and b.epoch == 1
+
+
+def _task() -> TrainTask:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 4)
+
+    def loss_fn(m, batch, gen):  # noise from the global RNG during training, like the real losses
+        noise = torch.randn(batch.shape, generator=gen)
+        return (m(batch + noise) - batch).pow(2).mean()
+
+    data = torch.randn((24, 4), generator=torch.Generator().manual_seed(1))
+    cfg = _cfg()
+    return TrainTask("ddpm", model, loss_fn, data, data[:8], cfg, {"train": to_dict(cfg)})
+
+
+def test_last_pt_keeps_its_keys_and_sidecar_fields(tmp_path):
+    assert CHECKPOINT_KEYS == LAST_PT_KEYS
+    exp = Experiment.create(tmp_path, "ddpm")
+    fit(_task(), exp, progress=False)
+    tensors, meta = load_checkpoint(exp.last_checkpoint, kind="ddpm-resume")
+    assert tuple(tensors) == LAST_PT_KEYS
+    assert (meta["epoch"], meta["step"], meta["precision"]) == (3, 0, "fp32")
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3] and meta["seconds"] > 0
+    assert set(tensors["rng"]) >= {"torch", "perm_gen"}
+
+
+def test_last_pt_without_precision_in_its_sidecar_resumes_bit_exactly(tmp_path):
+    """A sidecar from before the precision field: the run resolves it again (fp32) and ends as an uninterrupted one."""
+    plain = fit(_task(), Experiment.create(tmp_path / "plain", "ddpm"), progress=False)
+    exp = Experiment.create(tmp_path / "old", "ddpm")
+    task = _task()
+    task.sample_fn = lambda model, folder, tag: os.kill(os.getpid(), signal.SIGTERM) if tag == "epoch_001" else None
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM at step 4 \(epoch 2, batch 1 of 3\)"):
+        fit(task, exp, progress=False)
+    tensors, meta = load_checkpoint(exp.last_checkpoint, kind="ddpm-resume")
+    assert (meta["epoch"], meta["step"]) == (1, 0)
+    save_checkpoint(exp.last_checkpoint, tensors, kind="ddpm-resume", config=task.run_config,
+                    extra={k: meta[k] for k in ("epoch", "step", "history", "seconds")})
+    assert "precision" not in json.loads(exp.last_checkpoint.with_suffix(".json").read_text())
+    resumed = fit(_task(), exp, resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    _assert_equal(plain.ema_model.state_dict(), resumed.ema_model.state_dict(), "ema_model")
+    for key in ("model", "ema", "optimizer", "scheduler", "rng"):
+        _assert_equal(load_checkpoint(plain.experiment.last_checkpoint, kind="ddpm-resume")[0][key],
+                      load_checkpoint(exp.last_checkpoint, kind="ddpm-resume")[0][key], key)
+
+
+def test_run_loop_is_short_and_every_function_fits_on_a_screen():
+    assert len(inspect.getsource(TrainLoop.run_loop).splitlines()) <= 30
+    for module in (loop, state, precision, signals):
+        path = Path(module.__file__)
+        text = path.read_text()
+        assert len(text.splitlines()) <= 400, path.name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                assert node.end_lineno - start + 1 <= 60, f"{path.name}: {node.name}"
+                assert ast.get_docstring(node) or node.name in {"handler", "__init__"}, f"{path.name}: {node.name}"
+
+
+def test_old_names_stay_importable_from_the_loop():
+    assert loop.choose_precision is precision.choose_precision
+    assert loop.resolve_precision is precision.resolve_precision
+    assert loop._started_precision is precision.started_precision
+    assert loop.TrainingInterrupted is signals.TrainingInterrupted
+    assert loop.lr_lambda is state.lr_lambda
