@@ -30,12 +30,14 @@ import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import ipywidgets
 import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from mnistdiff.extras import require
 from mnistdiff.viz import grid_array
+
+ipywidgets = require("ipywidgets", "mnistdiff.course.widgets (the chapters' interactive explorers)")
 
 __all__ = [
     "Explorer",

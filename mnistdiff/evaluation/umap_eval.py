@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mnistdiff.evaluation.metrics import classifier_features, prepare_images
+from mnistdiff.extras import require
 
 __all__ = [
     "fit_umap",
@@ -57,7 +58,7 @@ def fit_umap(real_images: ArrayLike, *, seed: int = 0, n_neighbors: int = 15, mi
     and single-threaded (``n_jobs=1``) so the same inputs always give the same embedding
     (``reducer.embedding_``, ``(N, 2)``). Returns the fitted ``umap.UMAP``.
     """
-    import umap  # imported lazily: numba compilation makes the import slow
+    umap = require("umap", "the UMAP evaluation")  # imported lazily: numba compilation makes the import slow
 
     x = _pixels(real_images)
     if x.shape[0] <= n_neighbors:
@@ -104,7 +105,7 @@ def knn_two_sample_accuracy(a: ArrayLike, b: ArrayLike, k: int = 5, seed: int = 
     """
     if k < 1:
         raise ValueError(f"k must be ≥ 1, got {k}")
-    from sklearn.neighbors import NearestNeighbors
+    NearestNeighbors = require("sklearn.neighbors", "the k-NN two-sample test").NearestNeighbors
 
     xa, xb = _as_points(a, "a"), _as_points(b, "b")
     if xa.shape[1] != xb.shape[1]:
