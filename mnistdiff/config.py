@@ -4,11 +4,16 @@ A run's config is saved with its checkpoint (as JSON) and rebuilt from it on loa
 command line, the notebooks and the checkpoint files all describe a model the same way.
 The seed's defaults (the ``full`` profile) are the dataclass defaults; :mod:`mnistdiff.course.profiles`
 derives the small ``smoke`` settings from them.
+
+Each setting's help text lives here, in its field's ``metadata["help"]``: the command line makes one
+``--<field>`` option per field from it (:mod:`mnistdiff.cli_options`), and the values it is given are
+checked by the dataclasses' ``__post_init__`` alone (a :class:`ConfigError` names the setting).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -37,12 +42,52 @@ DEFAULT_ETA = 1.0
 
 
 class ConfigError(ValueError):
-    """An invalid setting; the message names the setting and what it must be."""
+    """An invalid setting; the message names the setting and what it must be.
+
+    ``setting`` is the field at fault where one alone is (the message then starts with its name, and the
+    command line, whose options are named after the fields, reports it as ``--<setting> ...``).
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be positive, got {value}")
+    """``value`` must be a finite number > 0."""
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be a positive number, got {value}", name)
+
+
+def _non_negative(name: str, value: float) -> None:
+    """``value`` must be a finite number ≥ 0."""
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be non-negative and finite, got {value}", name)
+
+
+def _fraction(name: str, value: float) -> None:
+    """``value`` must lie in [0, 1)."""
+    if not 0 <= value < 1:
+        raise ConfigError(f"{name} must be in [0, 1), got {value}", name)
+
+
+def _check_groups(base_channels: int, channel_mults: tuple[int, ...], norm_groups: int) -> None:
+    """Every level's channels, ``base_channels`` × mult, must split into ``norm_groups`` GroupNorm groups."""
+    for m in channel_mults:
+        if (base_channels * m) % norm_groups:
+            raise ConfigError(
+                f"base_channels×mult = {base_channels * m} must be divisible by norm_groups = {norm_groups}"
+            )
+
+
+def _setting(default: Any, help: str) -> Any:
+    """A field with its help text: the command line's ``--<name>`` option shows it (:mod:`mnistdiff.cli_options`)."""
+    return field(default=default, metadata={"help": help})
+
+
+def _kind(name: str) -> Any:
+    """The ``kind`` tag of a run config: fixed, so not a command-line option."""
+    return field(default=name, metadata={"help": "the model kind a checkpoint records", "cli": False})
 
 
 @dataclass(frozen=True)
@@ -53,32 +98,40 @@ class UNetConfig:
     ``attention_resolutions`` lists the feature-map sizes (in pixels) that get self-attention.
     """
 
-    in_channels: int = 1
-    image_size: int = 32
-    base_channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (16, 8)
-    num_heads: int = 4
-    dropout: float = 0.0
-    norm_groups: int = 8
+    in_channels: int = _setting(1, "channels of the UNet's input (1: MNIST pixels; the LDM: the VAE's latent_channels)")
+    image_size: int = _setting(32, "side of the square input, in pixels (the LDM: latent cells)")
+    base_channels: int = _setting(32, "UNet channels at the first resolution level")
+    channel_mults: tuple[int, ...] = _setting(
+        (1, 2, 2), "UNet channel multiplier of each resolution level, comma-separated (the image halves between levels)"
+    )
+    num_res_blocks: int = _setting(2, "residual blocks per resolution level")
+    attention_resolutions: tuple[int, ...] = _setting(
+        (16, 8), "feature-map sizes (pixels) that get self-attention, comma-separated ('' for none)"
+    )
+    num_heads: int = _setting(4, "self-attention heads (must divide the channels where attention is)")
+    dropout: float = _setting(0.0, "dropout in the residual blocks, in [0, 1)")
+    norm_groups: int = _setting(8, "GroupNorm groups (must divide every level's channels)")
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "image_size", "base_channels", "num_res_blocks", "num_heads", "norm_groups"):
             _positive(name, getattr(self, name))
         if not self.channel_mults or any(m <= 0 for m in self.channel_mults):
-            raise ConfigError(f"channel_mults must be positive integers, got {self.channel_mults}")
-        if self.image_size % 2 ** (len(self.channel_mults) - 1):
-            raise ConfigError(
-                f"image_size {self.image_size} must be divisible by 2**(levels-1) = {2 ** (len(self.channel_mults) - 1)}"
-            )
-        for m in self.channel_mults:
-            if (self.base_channels * m) % self.norm_groups:
-                raise ConfigError(
-                    f"base_channels×mult = {self.base_channels * m} must be divisible by norm_groups = {self.norm_groups}"
-                )
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"channel_mults must be positive integers, got {self.channel_mults}", "channel_mults")
+        step = 2 ** (len(self.channel_mults) - 1)
+        if self.image_size % step:
+            raise ConfigError(f"image_size {self.image_size} must be divisible by 2**(levels-1) = {step}", "image_size")
+        _check_groups(self.base_channels, self.channel_mults, self.norm_groups)
+        self._check_heads()
+        _fraction("dropout", self.dropout)
+
+    def _check_heads(self) -> None:
+        """Every attention block (the listed resolutions and the middle one) splits its channels into heads."""
+        levels = [(self.image_size // 2**i, self.base_channels * m) for i, m in enumerate(self.channel_mults)]
+        attended = [ch for res, ch in levels if res in self.attention_resolutions] + [levels[-1][1]]
+        for ch in attended:
+            if ch % self.num_heads:
+                raise ConfigError(f"num_heads {self.num_heads} must divide the {ch} channels of an attention block",
+                                  "num_heads")
 
 
 @dataclass(frozen=True)
@@ -89,41 +142,44 @@ class DiffusionConfig:
     ε-loss by min(SNR_t, γ) / SNR_t (min-SNR-γ, Hang et al. 2023; :func:`mnistdiff.ddpm.min_snr_weight`).
     """
 
-    timesteps: int = 1000
-    schedule: str = "cosine"
-    min_snr_gamma: float | None = None
+    timesteps: int = _setting(1000, "diffusion steps T")
+    schedule: str = _setting("cosine", "noise schedule: cosine or linear")
+    min_snr_gamma: float | None = _setting(
+        None, "weight the loss by min(SNR, γ)/SNR with this γ (e.g. 5); none: plain L_simple"
+    )
 
     def __post_init__(self) -> None:
+        _positive("timesteps", self.timesteps)
         if self.timesteps < 2:
-            raise ConfigError(f"timesteps must be at least 2, got {self.timesteps}")
+            raise ConfigError(f"timesteps must be at least 2, got {self.timesteps}", "timesteps")
         if self.min_snr_gamma is not None:
             _positive("min_snr_gamma", self.min_snr_gamma)
         if self.schedule not in ("cosine", "linear"):
-            raise ConfigError(f"schedule must be 'cosine' or 'linear', got {self.schedule!r}")
+            raise ConfigError(f"schedule must be 'cosine' or 'linear', got {self.schedule!r}", "schedule")
 
 
 @dataclass(frozen=True)
 class VAEConfig:
     """The VAE: ``in_channels`` × 32 × 32 → ``latent_channels`` × 4 × 4 (three halvings)."""
 
-    in_channels: int = 1
-    image_size: int = 32
-    base_channels: int = 64
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    latent_channels: int = 2
-    norm_groups: int = 8
+    in_channels: int = _setting(1, "image channels")
+    image_size: int = _setting(32, "image side, in pixels")
+    base_channels: int = _setting(64, "VAE channels at the first resolution level")
+    channel_mults: tuple[int, ...] = _setting((1, 2, 2), "VAE channel multiplier of each level, comma-separated "
+                                                         "(each level halves the image)")
+    latent_channels: int = _setting(2, "channels of the latent (latent_channels × 4 × 4 for 32-pixel images)")
+    norm_groups: int = _setting(8, "GroupNorm groups (must divide every level's channels)")
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "image_size", "base_channels", "latent_channels", "norm_groups"):
             _positive(name, getattr(self, name))
-        for m in self.channel_mults:
-            if (self.base_channels * m) % self.norm_groups:
-                raise ConfigError(
-                    f"base_channels×mult = {self.base_channels * m} must be divisible by norm_groups = {self.norm_groups}"
-                )
+        if not self.channel_mults or any(m <= 0 for m in self.channel_mults):
+            raise ConfigError(f"channel_mults must be positive integers, got {self.channel_mults}", "channel_mults")
+        _check_groups(self.base_channels, self.channel_mults, self.norm_groups)
 
     @property
     def latent_size(self) -> int:
+        """Side of the latent: ``image_size`` halved once per level."""
         return self.image_size // 2 ** len(self.channel_mults)
 
 
@@ -137,29 +193,30 @@ class TrainConfig:
     ``None`` (the default): ``bf16_cl`` on CUDA, ``fp32`` on a CPU.
     """
 
-    epochs: int = 100
-    lr: float = 1e-3
-    batch_size: int = 512
-    seed: int = 0
-    subset: int | None = None
-    sample_every: int = 10
-    warmup_steps: int = 200
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    num_samples: int = 64
-    eval_size: int = 2000
-    precision: str | None = None
+    epochs: int = _setting(100, "training epochs")
+    lr: float = _setting(1e-3, "peak learning rate (AdamW, warm-up then cosine decay)")
+    batch_size: int = _setting(512, "images per step")
+    seed: int = _setting(0, "random seed (data order, noise, initial weights)")
+    subset: int | None = _setting(None, "train on the first N images of a seeded permutation (quick runs); none: all")
+    sample_every: int = _setting(10, "write samples every N epochs")
+    warmup_steps: int = _setting(200, "learning-rate warm-up steps (at most a tenth of the run's steps)")
+    weight_decay: float = _setting(0.0, "AdamW weight decay")
+    grad_clip: float = _setting(1.0, "clip the gradient norm to this (0: no clipping)")
+    ema_decay: float = _setting(0.999, "decay of the weights' exponential moving average, in [0, 1)")
+    num_samples: int = _setting(64, "images in each sample grid written during training")
+    eval_size: int = _setting(2000, "test images the evaluation loss is measured on")
+    precision: str | None = _setting(None, "fp32, bf16, bf16_cl or auto; none: bf16_cl on CUDA, fp32 on a CPU")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "lr", "batch_size", "sample_every", "num_samples", "eval_size"):
             _positive(name, getattr(self, name))
+        for name in ("warmup_steps", "weight_decay", "grad_clip"):
+            _non_negative(name, getattr(self, name))
         if self.precision is not None and self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}", "precision")
         if self.subset is not None:
             _positive("subset", self.subset)
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        _fraction("ema_decay", self.ema_decay)
 
 
 @dataclass(frozen=True)
@@ -169,7 +226,7 @@ class DDPMRunConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    kind: str = "ddpm"
+    kind: str = _kind("ddpm")
 
 
 @dataclass(frozen=True)
@@ -178,12 +235,11 @@ class VAERunConfig:
 
     vae: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-4, batch_size=128, sample_every=4))
-    kl_weight: float = 1e-6
-    kind: str = "vae"
+    kl_weight: float = _setting(1e-6, "weight of the KL term in the VAE loss (reconstruction + kl_weight·KL)")
+    kind: str = _kind("vae")
 
     def __post_init__(self) -> None:
-        if self.kl_weight < 0:
-            raise ConfigError(f"kl_weight must be non-negative, got {self.kl_weight}")
+        _non_negative("kl_weight", self.kl_weight)
 
 
 @dataclass(frozen=True)
@@ -197,7 +253,7 @@ class LDMRunConfig:
     )
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    kind: str = "ldm"
+    kind: str = _kind("ldm")
 
 
 _T = TypeVar("_T")
@@ -218,7 +274,8 @@ def from_dict(cls: type[_T], data: dict[str, Any]) -> _T:
         raise ConfigError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else fields[name].default  # type: ignore[misc]
+        f = fields[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
         if dataclasses.is_dataclass(default):
             kwargs[name] = from_dict(type(default), value)
         elif isinstance(value, list):

@@ -1,23 +1,39 @@
 """The command line end to end on CPU with tiny settings: train each model once (module-scoped), sample each
-mode from the DDPM and the latent model, check both folder layouts, determinism, and argument errors.
+mode from the DDPM and the latent model, check both folder layouts, determinism, and argument errors; and the
+``train`` options made from the config dataclasses (every field an option, defaults round trip, the configs'
+own messages for bad values).
 
 Everything runs in-process through ``mnistdiff.cli.main`` (one subprocess checks the ``python -m`` entry).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import hashlib
 import json
 import math
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from mnistdiff import cli
 from mnistdiff.cli import main
-from mnistdiff.course.profiles import SMOKE
+from mnistdiff.cli_options import (
+    add_config_arguments,
+    config_from_args,
+    config_options,
+    format_value,
+    option_argv,
+    value_parser,
+)
+from mnistdiff.config import ConfigError, DDPMRunConfig, LDMRunConfig, UNetConfig, VAEConfig, VAERunConfig
+from mnistdiff.course.profiles import FULL, SMOKE
 
 pytestmark = pytest.mark.slow
 
@@ -191,11 +207,12 @@ def test_ddpm_samples_deterministic(runs, samples):
 
 def test_sample_modes_differ(samples):
     """DDPM and DDIM sampling are different samplers: the same seed gives different images."""
-    with np.load(samples[("ddpm", "ddpm")] / "samples.npz") as a, np.load(samples[("ddpm", "ddim")] / "samples.npz") as b:
+    with np.load(samples[("ddpm", "ddpm")] / "samples.npz") as a, \
+            np.load(samples[("ddpm", "ddim")] / "samples.npz") as b:
         assert not np.array_equal(a["samples"], b["samples"])
 
 
-# ----------------------------------------------------------------------------- argument errors (exit 2, nothing written)
+# ------------------------------------------------------------------------- argument errors (exit 2, nothing written)
 
 
 def _exit_code(args: list[str]) -> int:
@@ -211,8 +228,8 @@ def _exit_code(args: list[str]) -> int:
         (["--lr", "-1"], "--lr must be"),
         (["--timesteps", "0"], "--timesteps must be"),
         (["--timesteps", "1"], "timesteps must be at least 2"),
-        (["--min_snr_gamma", "0"], "min_snr_gamma must be positive"),  # checked by DiffusionConfig
-        (["--min_snr_gamma", "nan"], "min_snr_gamma must be positive"),
+        (["--min_snr_gamma", "0"], "--min_snr_gamma must be a positive number"),  # checked by DiffusionConfig
+        (["--min_snr_gamma", "nan"], "--min_snr_gamma must be a positive number"),
         (["--base_channels", "12"], "norm_groups"),
         (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "nope"], "--device"),
     ],
@@ -270,3 +287,217 @@ def test_python_m_entry_point_reports_bad_argument(tmp_path):
     assert proc.returncode == 2
     assert "kl_weight" in proc.stderr
     assert not (tmp_path / "e").exists()
+
+
+# ----------------------------------------------------------------------------- options made from the config dataclasses
+
+RUN_CONFIGS = {"ddpm": DDPMRunConfig, "vae": VAERunConfig, "ldm": LDMRunConfig}
+
+
+def _leaves(cfg: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Every non-dataclass field of a (nested) config and its value, walked independently of cli_options."""
+    found: dict[tuple[str, ...], Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            found.update(_leaves(value, (*path, f.name)))
+        elif f.name != "kind":  # the fixed tag each run config records
+            found[(*path, f.name)] = value
+    return found
+
+
+def _help(cls: type, path: tuple[str, ...]) -> str:
+    """The help text in the metadata of the field at ``path`` of run config ``cls``."""
+    holder = _at(cls(), path[:-1]) if len(path) > 1 else cls
+    return next(f for f in dataclasses.fields(holder) if f.name == path[-1]).metadata["help"]
+
+
+def _at(cfg: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def _replaced(cfg: Any, path: tuple[str, ...], value: Any) -> Any:
+    """``cfg`` with the field at ``path`` set, built with dataclasses.replace alone (so the config checks it)."""
+    if len(path) == 1:
+        return dataclasses.replace(cfg, **{path[0]: value})
+    return dataclasses.replace(cfg, **{path[0]: _replaced(getattr(cfg, path[0]), path[1:], value)})
+
+
+def _train_args(model: str, *options: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(["train", model, *(["vae.pt"] if model == "ldm" else []), *options])
+
+
+def _config(model: str, *options: str) -> Any:
+    return cli._train_config(_train_args(model, *options))
+
+
+@pytest.mark.parametrize("model", RUN_CONFIGS)
+def test_every_config_field_is_an_option(model, capsys):
+    """One --<field> per field of the run config, listed in --help with the field's help text and full default."""
+    with pytest.raises(SystemExit):
+        main(["train", model, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
+    for path, value in _leaves(RUN_CONFIGS[model]()).items():
+        assert f"--{path[-1]} " in text, path
+        help_ = _help(RUN_CONFIGS[model], path)
+        assert help_ and f"{help_} (full profile: {format_value(value) or repr('')})" in text, path
+    assert {o.path for o in config_options(RUN_CONFIGS[model])} == set(_leaves(RUN_CONFIGS[model]()))
+
+
+@pytest.mark.parametrize("model", RUN_CONFIGS)
+def test_no_options_give_the_profile_config(model):
+    """Parsing the defaults gives back the dataclass defaults (the full profile), or the smoke profile's config."""
+    assert _config(model) == RUN_CONFIGS[model]() == getattr(FULL, model)
+    assert _config(model, "--profile", "smoke") == getattr(SMOKE, model)
+
+
+@pytest.mark.parametrize("model", RUN_CONFIGS)
+def test_every_default_round_trips_through_the_command_line(model):
+    """The full config's every value, written as options, rebuilds it from the smoke profile: args → config."""
+    default = RUN_CONFIGS[model]()
+    argv = [word for opt in config_options(default) for word in option_argv(opt, _at(default, opt.path))]
+    assert len(argv) == 2 * len(_leaves(default))
+    assert _config(model, "--profile", "smoke", *argv) == default
+    smoke = getattr(SMOKE, model)
+    smoke_argv = [word for opt in config_options(smoke) for word in option_argv(opt, _at(smoke, opt.path))]
+    assert _config(model, *smoke_argv) == smoke
+
+
+@pytest.mark.parametrize("model", RUN_CONFIGS)
+def test_each_option_reaches_its_own_field(model):
+    """Each smoke value that differs from the full one, given alone, changes that one field and nothing else."""
+    default, smoke = RUN_CONFIGS[model](), getattr(SMOKE, model)
+    differing = [(path, v) for path, v in _leaves(smoke).items() if v != _at(default, path)]
+    assert len(differing) >= 5
+    for path, value in differing:
+        assert _config(model, "--" + path[-1], format_value(value) or "") == _replaced(default, path, value), path
+
+
+@pytest.mark.parametrize(
+    "model,argv,path,value",
+    [
+        ("ddpm", ["--channel_mults", "1,2"], ("unet", "channel_mults"), (1, 2)),
+        ("ddpm", ["--attention_resolutions", ""], ("unet", "attention_resolutions"), ()),
+        ("ddpm", ["--dropout", "0.1"], ("unet", "dropout"), 0.1),
+        ("ddpm", ["--schedule", "linear"], ("diffusion", "schedule"), "linear"),
+        ("ddpm", ["--min_snr_gamma", "5"], ("diffusion", "min_snr_gamma"), 5.0),
+        ("ddpm", ["--precision", "bf16"], ("train", "precision"), "bf16"),
+        ("ddpm", ["--ema_decay", "0.99"], ("train", "ema_decay"), 0.99),
+        ("ddpm", ["--profile", "smoke", "--subset", "none"], ("train", "subset"), None),
+        ("vae", ["--latent_channels", "4"], ("vae", "latent_channels"), 4),
+        ("vae", ["--kl_weight", "0"], ("kl_weight",), 0.0),
+        ("ldm", ["--base_channels", "32"], ("unet", "base_channels"), 32),
+        ("ldm", ["--warmup_steps", "0", "--grad_clip", "0"], ("train", "warmup_steps"), 0),
+    ],
+)
+def test_a_non_default_option_reaches_the_config(model, argv, path, value):
+    cfg = _config(model, *argv)
+    assert _at(cfg, path) == value and type(_at(cfg, path)) is type(value)
+    base = getattr(SMOKE if "smoke" in argv else FULL, model)
+    changed = {p for p, v in _leaves(cfg).items() if v != _at(base, p)}
+    assert changed == ({("train", n) for n in ("warmup_steps", "grad_clip")} if "--grad_clip" in argv else {path})
+
+
+@pytest.mark.parametrize(
+    "model,name,text",
+    [
+        ("ddpm", "dropout", "1"),
+        ("ddpm", "schedule", "sigmoid"),
+        ("ddpm", "precision", "fp16"),
+        ("ddpm", "ema_decay", "1"),
+        ("ddpm", "num_heads", "3"),
+        ("ddpm", "channel_mults", "1,0"),
+        ("ddpm", "warmup_steps", "-1"),
+        ("ddpm", "grad_clip", "inf"),
+        ("ddpm", "eval_size", "0"),
+        ("vae", "latent_channels", "0"),
+        ("vae", "kl_weight", "nan"),
+        ("ldm", "image_size", "5"),
+        ("ldm", "timesteps", "1"),
+    ],
+)
+def test_a_value_the_config_rejects_exits_2_with_its_message(model, name, text, tmp_path, capsys):
+    default = RUN_CONFIGS[model]()
+    opt = next(o for o in config_options(default) if o.name == name)
+    with pytest.raises(ConfigError) as rejected:  # what the dataclass itself says about this value
+        _replaced(default, opt.path, value_parser(opt.hint)(text))
+    message = str(rejected.value)
+    assert message.startswith(name)
+    out = tmp_path / "exp"
+    pre = ["train", model, *([str(tmp_path / "vae.pt")] if model == "ldm" else [])]
+    assert _exit_code([*pre, "--out", str(out), f"--{name}", text]) == 2
+    assert f"python -m mnistdiff: error: --{message}\n" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- the generic functions, on toy configs
+
+
+@dataclass(frozen=True)
+class _Inner:
+    ratio: float = field(default=0.5, metadata={"help": "a ratio"})
+    sizes: tuple[float, ...] = (1.0, 2.5)
+    pair: tuple[int, str] = (1, "a")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio < 1:
+            raise ConfigError(f"ratio must be in (0, 1), got {self.ratio}", "ratio")
+
+
+@dataclass(frozen=True)
+class _Toy:
+    inner: _Inner = field(default_factory=_Inner)
+    verbose: bool = field(default=False, metadata={"help": "say more"})
+    strict: bool | None = None
+    name: str | None = "x"
+    tag: str = field(default="toy", metadata={"cli": False})
+
+
+def _toy(*argv: str) -> _Toy:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, _Toy())
+    return config_from_args(parser.parse_args(list(argv)), _Toy())
+
+
+def test_toy_config_defaults_and_values():
+    assert [o.name for o in config_options(_Toy)] == ["ratio", "sizes", "pair", "verbose", "strict", "name"]
+    assert _toy() == _Toy()
+    cfg = _toy("--ratio", "0.25", "--sizes", "3,4.5", "--pair", "7,b", "--verbose", "--strict", "false",
+               "--name", "none")
+    assert cfg == _Toy(inner=_Inner(0.25, (3.0, 4.5), (7, "b")), verbose=True, strict=False, name=None)
+    assert _toy("--verbose", "--no-verbose").verbose is False
+    assert _toy("--strict", "none", "--sizes", "").strict is None
+    default = _Toy(inner=_Inner(0.75, (), (2, "c")), verbose=True, strict=True, name="y")
+    argv = [w for o in config_options(default) for w in option_argv(o, _at(default, o.path))]
+    assert _toy(*argv) == default
+
+
+@pytest.mark.parametrize("argv", [["--pair", "1"], ["--pair", "x,b"], ["--strict", "maybe"], ["--ratio", "half"],
+                                  ["--tag", "other"]])
+def test_toy_config_bad_syntax_is_an_argparse_error(argv, capsys):
+    with pytest.raises(SystemExit) as err:
+        _toy(*argv)
+    assert err.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_toy_config_value_checked_by_the_dataclass():
+    with pytest.raises(ConfigError, match="ratio must be in"):
+        _toy("--ratio", "2")
+
+
+def test_unsupported_annotations_and_shared_names_are_refused():
+    @dataclass(frozen=True)
+    class Odd:
+        table: dict[str, int] = field(default_factory=dict)
+
+    @dataclass(frozen=True)
+    class Both:
+        unet: UNetConfig = field(default_factory=UNetConfig)
+        vae: VAEConfig = field(default_factory=VAEConfig)
+
+    with pytest.raises(TypeError, match="no command-line syntax"):
+        add_config_arguments(argparse.ArgumentParser(), Odd())
+    with pytest.raises(TypeError, match="share the option --in_channels"):
+        config_options(Both)

@@ -39,6 +39,18 @@ from mnistdiff.course import profiles
         lambda: TrainConfig(num_samples=0),
         lambda: VAEConfig(norm_groups=0),
         lambda: VAERunConfig(kl_weight=-1.0),
+        lambda: VAERunConfig(kl_weight=float("nan")),
+        lambda: TrainConfig(lr=float("inf")),
+        lambda: TrainConfig(lr=float("nan")),
+        lambda: TrainConfig(warmup_steps=-1),
+        lambda: TrainConfig(weight_decay=-0.1),
+        lambda: TrainConfig(grad_clip=float("inf")),
+        lambda: TrainConfig(precision="fp16"),
+        lambda: UNetConfig(num_heads=3),  # 32, 64 channels do not split into 3 heads
+        lambda: UNetConfig(channel_mults=()),
+        lambda: UNetConfig(dropout=float("nan")),
+        lambda: VAEConfig(channel_mults=(1, 0)),
+        lambda: DiffusionConfig(min_snr_gamma=float("inf")),
     ],
 )
 def test_bad_settings_raise_config_error(factory):
@@ -55,9 +67,46 @@ def test_config_error_names_the_setting():
         TrainConfig(ema_decay=2.0)
 
 
+@pytest.mark.parametrize(
+    "factory,setting,start",
+    [
+        (lambda: TrainConfig(epochs=0), "epochs", "epochs must be a positive number, got 0"),
+        (lambda: DiffusionConfig(timesteps=0), "timesteps", "timesteps must be a positive number"),
+        (lambda: DiffusionConfig(timesteps=1), "timesteps", "timesteps must be at least 2"),
+        (lambda: VAERunConfig(kl_weight=-1.0), "kl_weight", "kl_weight must be non-negative"),
+        (lambda: UNetConfig(num_heads=3), "num_heads", "num_heads 3 must divide"),
+        (lambda: UNetConfig(base_channels=12), None, "base_channels×mult = 12"),  # two settings together
+    ],
+)
+def test_config_error_records_the_setting(factory, setting, start):
+    """``ConfigError.setting``: the one field at fault (the command line names its option), or None."""
+    with pytest.raises(ConfigError) as err:
+        factory()
+    assert err.value.setting == setting and str(err.value).startswith(start)
+
+
+def test_attention_heads_checked_only_where_attention_is():
+    """num_heads must divide the attended levels' channels and the middle block's, not the others'."""
+    assert UNetConfig(base_channels=8, channel_mults=(1, 3), attention_resolutions=(), num_heads=3, norm_groups=4)
+    with pytest.raises(ConfigError, match="num_heads"):
+        UNetConfig(base_channels=8, channel_mults=(1, 3), attention_resolutions=(32,), num_heads=3, norm_groups=4)
+
+
+def test_every_setting_has_help_text():
+    """The command line's help for each option is its field's metadata: one place, never empty."""
+    for cls in (UNetConfig, DiffusionConfig, VAEConfig, TrainConfig, VAERunConfig):
+        for f in dataclasses.fields(cls):
+            if not dataclasses.is_dataclass(getattr(cls(), f.name)):  # a nested config's fields have the help
+                assert f.metadata.get("help"), f"{cls.__name__}.{f.name}"
+    for cls in (DDPMRunConfig, VAERunConfig, LDMRunConfig):
+        kind = next(f for f in dataclasses.fields(cls) if f.name == "kind")
+        assert kind.metadata["cli"] is False
+
+
 def test_good_edge_settings_accepted():
     assert DiffusionConfig(timesteps=2).timesteps == 2
     assert TrainConfig(subset=None, ema_decay=0.0).ema_decay == 0.0
+    assert TrainConfig(warmup_steps=0, weight_decay=0.0, grad_clip=0.0).grad_clip == 0.0  # 0: no clipping
     assert VAERunConfig(kl_weight=0.0).kl_weight == 0.0
 
 

@@ -1,0 +1,239 @@
+"""Command-line options made from the config dataclasses, as improved-diffusion's ``add_dict_to_argparser`` and
+``args_to_dict`` do.
+
+:func:`add_config_arguments` walks a run config's fields (nested config dataclasses flattened) and adds one
+``--<field>`` option per field: its type comes from the field's annotation, its help text from the field's
+``metadata["help"]`` in :mod:`mnistdiff.config` (the one place help texts live), and a field whose metadata
+says ``"cli": False`` (a run's ``kind``) gets none. :func:`config_from_args` applies the options given to a
+config. An option left out is absent from the parsed namespace (``argparse.SUPPRESS``), so a profile's or a
+resumed run's value stays. The values are checked by the dataclasses alone (their ``__post_init__`` raises
+:class:`~mnistdiff.config.ConfigError`, which :func:`option_message` words in terms of the option).
+
+Value syntax: integers, floats and strings as usual; tuples comma-separated (``1,2,2``; ``''`` for the empty
+tuple); booleans ``--flag`` / ``--no-flag``; ``none`` for a field that may be ``None``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from mnistdiff.config import ConfigError
+
+__all__ = [
+    "ConfigOption",
+    "config_options",
+    "add_config_arguments",
+    "config_from_args",
+    "option_message",
+    "value_parser",
+    "format_value",
+    "option_argv",
+    "NONE_WORD",
+]
+
+#: What a ``None``-able option is given for ``None``.
+NONE_WORD = "none"
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class ConfigOption:
+    """One ``--<name>`` option: the field at ``path`` (e.g. ``("train", "epochs")``) of a run config."""
+
+    name: str
+    path: tuple[str, ...]
+    hint: Any  # the field's annotation, resolved
+    help: str
+    default: Any  # the field's value in the config the options were made from
+    section: str  # the class name of the dataclass holding the field
+
+    @property
+    def flag(self) -> str:
+        """The option as typed: ``--<name>``."""
+        return f"--{self.name}"
+
+
+def _is_config(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def config_options(cfg: Any) -> list[ConfigOption]:
+    """One option per field of config ``cfg`` (an instance, or a class built with its defaults), in field order.
+
+    Fields holding a config dataclass are walked into (their fields become options too); a field with
+    ``metadata["cli"] = False`` is left out. Two fields of the same name anywhere in ``cfg`` would make one
+    option for two settings: a ``TypeError``.
+    """
+    if isinstance(cfg, type):
+        cfg = cfg()
+    options = _walk(cfg, ())
+    seen: dict[str, ConfigOption] = {}
+    for opt in options:
+        if opt.name in seen:
+            raise TypeError(
+                f"{type(cfg).__name__}: fields {'.'.join(seen[opt.name].path)} and {'.'.join(opt.path)} would "
+                f"share the option {opt.flag}"
+            )
+        seen[opt.name] = opt
+    return options
+
+
+def _walk(cfg: Any, path: tuple[str, ...]) -> list[ConfigOption]:
+    hints = typing.get_type_hints(type(cfg))
+    found: list[ConfigOption] = []
+    for f in dataclasses.fields(cfg):
+        if not f.metadata.get("cli", True):
+            continue
+        value = getattr(cfg, f.name)
+        if _is_config(value):
+            found += _walk(value, (*path, f.name))
+        else:
+            found.append(ConfigOption(f.name, (*path, f.name), hints[f.name], f.metadata.get("help", ""), value,
+                                      type(cfg).__name__))
+    return found
+
+
+def _split_optional(hint: Any) -> tuple[Any, bool]:
+    """``X | None`` → ``(X, True)``; ``X`` → ``(X, False)``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            return rest[0], True
+        raise TypeError(f"no command-line syntax for the annotation {hint!r} (only X | None unions)")
+    return hint, False
+
+
+def _parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("true", "yes", "on", "1"):
+        return True
+    if word in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _tuple_parser(hint: Any) -> Callable[[str], tuple]:
+    """``tuple[X, ...]`` or ``tuple[X, Y]``: comma-separated elements."""
+    args = typing.get_args(hint)
+    variadic = len(args) == 2 and args[1] is Ellipsis
+    parsers = [_scalar_parser(a) for a in (args[:1] if variadic else args)]
+
+    def parse(text: str) -> tuple:
+        items = [item.strip() for item in text.split(",")] if text.strip() else []
+        if not variadic and len(items) != len(parsers):
+            raise argparse.ArgumentTypeError(f"expected {len(parsers)} comma-separated values, got {text!r}")
+        return tuple((parsers[0] if variadic else parsers[i])(item) for i, item in enumerate(items))
+
+    parse.__name__ = f"comma-separated {'/'.join(getattr(p, '__name__', 'value') for p in parsers)}"
+    return parse
+
+
+def _scalar_parser(hint: Any) -> Callable[[str], Any]:
+    if hint is bool:
+        return _parse_bool
+    if hint in (int, float, str):
+        return hint
+    if typing.get_origin(hint) is tuple and typing.get_args(hint):
+        return _tuple_parser(hint)
+    raise TypeError(f"no command-line syntax for the annotation {hint!r}")
+
+
+def value_parser(hint: Any) -> Callable[[str], Any]:
+    """The ``type=`` argparse calls on an option's text, for a field annotated ``hint``.
+
+    ``int``, ``float``, ``str``, ``bool`` (true/false), tuples of those (comma-separated), and any of them
+    ``| None`` (the word ``none``). Another annotation is a ``TypeError`` when the parser is built.
+    """
+    inner, optional = _split_optional(hint)
+    parse = _scalar_parser(inner)
+    if not optional:
+        return parse
+
+    def parse_optional(text: str) -> Any:
+        return None if text.strip().lower() == NONE_WORD else parse(text)
+
+    parse_optional.__name__ = f"{getattr(parse, '__name__', 'value')} (or {NONE_WORD})"
+    return parse_optional
+
+
+def format_value(value: Any) -> str:
+    """``value`` as an option's text, so that :func:`value_parser` reads it back (``None`` → ``none``)."""
+    if value is None:
+        return NONE_WORD
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(format_value(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _is_flag(opt: ConfigOption) -> bool:
+    return opt.hint is bool
+
+
+def option_argv(opt: ConfigOption, value: Any) -> list[str]:
+    """The command-line words that set ``opt`` to ``value``: ``["--name", text]``, or ``--name``/``--no-name``."""
+    if _is_flag(opt):
+        return [opt.flag if value else f"--no-{opt.name}"]
+    return [opt.flag, format_value(value)]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cfg: Any,
+                         default_label: str = "default") -> list[ConfigOption]:
+    """Add one ``--<field>`` option per field of config ``cfg`` (see :func:`config_options`) to ``parser``.
+
+    The options sit in one argument group per dataclass; each help text ends with ``cfg``'s value, labelled
+    ``default_label``. Options left out of a command line are absent from the namespace (so
+    :func:`config_from_args` keeps the config's values). Returns the options added.
+    """
+    options = config_options(cfg)
+    groups: dict[tuple[str, ...], Any] = {}
+    for opt in options:
+        key = opt.path[:-1]
+        if key not in groups:
+            where = f" ({'.'.join(key)})" if key else ""
+            groups[key] = parser.add_argument_group(f"{opt.section} options{where}")
+        help_ = f"{opt.help} ({default_label}: {format_value(opt.default) or repr('')})".replace("%", "%%")
+        if _is_flag(opt):
+            groups[key].add_argument(opt.flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                     help=help_)
+        else:
+            groups[key].add_argument(opt.flag, type=value_parser(opt.hint), default=argparse.SUPPRESS, help=help_)
+    return options
+
+
+def config_from_args(args: argparse.Namespace, cfg: _T) -> _T:
+    """``cfg`` with the options given in ``args`` applied; the rest keep ``cfg``'s values.
+
+    The dataclasses check the new values: a bad one raises their :class:`~mnistdiff.config.ConfigError`.
+    """
+    given = {opt.path: getattr(args, opt.name) for opt in config_options(cfg) if hasattr(args, opt.name)}
+    return _replace(cfg, given)
+
+
+def _replace(cfg: _T, given: dict[tuple[str, ...], Any]) -> _T:
+    """``cfg`` with the values at the (relative) field paths in ``given``, nested dataclasses rebuilt first."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
+        if (f.name,) in given:
+            changes[f.name] = given[(f.name,)]
+            continue
+        inner = {path[1:]: value for path, value in given.items() if len(path) > 1 and path[0] == f.name}
+        if inner:
+            changes[f.name] = _replace(getattr(cfg, f.name), inner)
+    return dataclasses.replace(cfg, **changes) if changes else cfg  # type: ignore[type-var]
+
+
+def option_message(err: ConfigError) -> str:
+    """A config's message about one setting, worded for the command line: ``--<setting> must be ...``."""
+    text = str(err)
+    if err.setting and text.startswith(err.setting):
+        return f"--{text}"
+    return text
