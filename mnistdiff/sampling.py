@@ -59,6 +59,8 @@ class FastDenoiser(torch.nn.Module):
     The samplers consume each ε̂ before the next call, as CUDA-graph replays require.
     """
 
+    _fn: Callable[..., torch.Tensor]
+
     def __init__(self, model: torch.nn.Module, device_type: str, fast: str = "amp") -> None:
         super().__init__()
         if fast not in FAST_MODES[1:]:
@@ -170,7 +172,8 @@ def save_npz(path: str | Path, images: torch.Tensor, **meta: Any) -> Path:
     import io
 
     buf = io.BytesIO()
-    np.savez_compressed(buf, samples=to_uint8(images).numpy(), **{k: np.asarray(v) for k, v in meta.items()})
+    arrays: dict[str, Any] = {"samples": to_uint8(images).numpy(), **{k: np.asarray(v) for k, v in meta.items()}}
+    np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 

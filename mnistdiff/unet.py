@@ -120,6 +120,16 @@ class _Level(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.attns = nn.ModuleList(attns)
 
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, skips: list[torch.Tensor], *, up: bool) -> torch.Tensor:
+        """Down (``up=False``): push each block's output onto ``skips``. Up: concatenate a popped skip first."""
+        for block, attn in zip(self.blocks, self.attns):
+            if up:
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = attn(block(h, emb))
+            if not up:
+                skips.append(h)
+        return h
+
 
 class UNet(nn.Module):
     """ε_θ(x_t, t): (B, C, S, S) and (B,) int64 → (B, C, S, S).
@@ -192,17 +202,13 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         skips = [h]
         for level, down in zip(self.down_levels, self.downsamples):
-            for block, attn in zip(level.blocks, level.attns):
-                h = attn(block(h, emb))
-                skips.append(h)
+            h = level(h, emb, skips, up=False)
             if not isinstance(down, nn.Identity):
                 h = down(h)
                 skips.append(h)
         h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
-        for level, up in zip(self.up_levels, self.upsamples):
-            for block, attn in zip(level.blocks, level.attns):
-                h = attn(block(torch.cat([h, skips.pop()], dim=1), emb))
-            h = up(h)
+        for level, upsample in zip(self.up_levels, self.upsamples):
+            h = upsample(level(h, emb, skips, up=True))
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

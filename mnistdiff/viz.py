@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
@@ -39,7 +40,9 @@ def grid_array(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndar
     return (grid[0].numpy() * 255).round().astype(np.uint8)
 
 
-def show_grid(images: torch.Tensor, nrow: int = 8, title: str | None = None, ax: plt.Axes | None = None) -> plt.Figure:
+def show_grid(
+    images: torch.Tensor, nrow: int = 8, title: str | None = None, ax: plt.Axes | None = None
+) -> Figure | SubFigure:
     """Draw a grid of images on ``ax`` (or a new figure) and return the figure."""
     if ax is None:
         rows = max(1, (images.shape[0] + nrow - 1) // nrow)
