@@ -1,0 +1,94 @@
+"""The Sphinx extension (``book/_config.yml``: ``local_extensions``): generated pages, clean notebooks.
+
+Before the table of contents is read it writes, into the book's folder:
+
+* ``results.md``: every JSON file under ``results/<profile>/`` as tables (:mod:`.results_pages`);
+* ``_generated/course_times.md``: the time per chapter and profile, included by the introduction;
+* ``api/``: one autodoc page per module of the package (:mod:`.api_pages`), and
+  ``_generated/_toc.yml``: ``_toc.yml`` with the API pages listed in reading order.
+
+So a plain ``jupyter-book build book`` regenerates them too. As Sphinx reads each notebook it
+removes the widget views that a static book cannot show (:mod:`.widgets_strip`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .api_pages import api_modules, api_pages, expand_api_toc
+from .layout import BOOK_DIR, GENERATED_NOTE, default_results_dir, write_if_changed
+from .results_pages import course_times_markdown, results_markdown
+from .widgets_strip import clean_notebook_source
+
+__all__ = ["write_generated", "setup"]
+
+
+def write_generated(book_dir: Path = BOOK_DIR, results_dir: Path | None = None) -> list[Path]:
+    """Write the results page, the course-times table and the API pages into ``book_dir``.
+
+    Returns the files written or kept; stale API pages (modules no longer in the package) are removed.
+    """
+    book_dir = Path(book_dir)
+    results_dir = Path(results_dir) if results_dir is not None else default_results_dir(book_dir)
+    files = {
+        "results.md": results_markdown(results_dir),
+        "_generated/course_times.md": GENERATED_NOTE + "\n\n" + course_times_markdown(results_dir, book_dir=book_dir),
+    }
+    files.update(api_pages())
+    api_dir = book_dir / "api"
+    if api_dir.is_dir():
+        for old in api_dir.glob("*.rst"):
+            if f"api/{old.name}" not in files:
+                old.unlink()
+    for rel, text in files.items():
+        write_if_changed(book_dir / rel, text)
+    return [book_dir / rel for rel in files]
+
+
+def _on_config_inited(app: Any, config: Any) -> None:
+    book_dir = Path(app.srcdir)
+    results_dir = config.mnistdiff_results_dir or None
+    write_generated(book_dir, Path(results_dir) if results_dir else None)
+    toc_path = Path(config.external_toc_path or "_toc.yml")
+    toc_path = toc_path if toc_path.is_absolute() else book_dir / toc_path
+    if toc_path.is_file():
+        expanded = expand_api_toc(toc_path.read_text(encoding="utf-8"), api_modules())
+        if expanded is not None:
+            generated = book_dir / "_generated" / "_toc.yml"
+            write_if_changed(generated, expanded)
+            config.external_toc_path = str(generated)
+
+
+def _on_source_read(app: Any, docname: str, source: list[str]) -> None:
+    if str(app.env.doc2path(docname)).endswith(".ipynb"):
+        cleaned = clean_notebook_source(source[0])
+        if cleaned is not None:
+            source[0] = cleaned
+
+
+def _on_html_page_context(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    # sphinx-thebe (loaded by Jupyter Book even with thebe off) registers its inline
+    # configuration script twice, which throws "THEBE_JS_URL has already been declared" on
+    # every page; keep each script once.
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for script in scripts:
+        attributes = json.dumps(getattr(script, "attributes", {}), sort_keys=True, default=str)
+        key = (str(getattr(script, "filename", script) or ""), attributes)
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    scripts[:] = unique  # in place: extensions that run later (MathJax) append to this same list
+
+
+def setup(app: Any) -> dict[str, Any]:
+    """Sphinx extension: generate the results/API pages before the table of contents is read."""
+    app.add_config_value("mnistdiff_results_dir", "", "env")
+    app.connect("config-inited", _on_config_inited, priority=400)  # before sphinx_external_toc (900)
+    app.connect("source-read", _on_source_read)
+    app.connect("html-page-context", _on_html_page_context, priority=100)  # before handlers that return a template
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
