@@ -102,6 +102,7 @@ def check_sampling(args: argparse.Namespace, timesteps: int) -> None:
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
+    """The JSON sidecar of the checkpoint at ``path``; a missing or damaged one is an :class:`ArgError`."""
     from mnistdiff.training.checkpoints import CheckpointError, read_sidecar
 
     try:

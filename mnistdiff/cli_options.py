@@ -60,6 +60,7 @@ class ConfigOption:
 
 
 def _is_config(value: Any) -> bool:
+    """Whether ``value`` is a dataclass instance (a nested config, walked into)."""
     return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
@@ -85,6 +86,7 @@ def config_options(cfg: Any) -> list[ConfigOption]:
 
 
 def _walk(cfg: Any, path: tuple[str, ...]) -> list[ConfigOption]:
+    """The options of ``cfg``'s fields, nested configs' depth first; ``path`` leads from the run config to ``cfg``."""
     hints = typing.get_type_hints(type(cfg))
     found: list[ConfigOption] = []
     for f in dataclasses.fields(cfg):
@@ -111,6 +113,7 @@ def _split_optional(hint: Any) -> tuple[Any, bool]:
 
 
 def _parse_bool(text: str) -> bool:
+    """``true``/``yes``/``on``/``1`` or ``false``/``no``/``off``/``0``."""
     word = text.strip().lower()
     if word in ("true", "yes", "on", "1"):
         return True
@@ -126,6 +129,7 @@ def _tuple_parser(hint: Any) -> Callable[[str], tuple]:
     parsers = [_scalar_parser(a) for a in (args[:1] if variadic else args)]
 
     def parse(text: str) -> tuple:
+        """The comma-separated elements, each parsed; ``''``: the empty tuple."""
         items = [item.strip() for item in text.split(",")] if text.strip() else []
         if not variadic and len(items) != len(parsers):
             raise argparse.ArgumentTypeError(f"expected {len(parsers)} comma-separated values, got {text!r}")
@@ -136,6 +140,7 @@ def _tuple_parser(hint: Any) -> Callable[[str], tuple]:
 
 
 def _scalar_parser(hint: Any) -> Callable[[str], Any]:
+    """The parser of a ``None``-less annotation: ``bool``, ``int``, ``float``, ``str`` or a tuple of them."""
     if hint is bool:
         return _parse_bool
     if hint in (int, float, str):
@@ -157,6 +162,7 @@ def value_parser(hint: Any) -> Callable[[str], Any]:
         return parse
 
     def parse_optional(text: str) -> Any:
+        """``none`` → ``None``, else the value."""
         return None if text.strip().lower() == NONE_WORD else parse(text)
 
     parse_optional.__name__ = f"{getattr(parse, '__name__', 'value')} (or {NONE_WORD})"
@@ -175,6 +181,7 @@ def format_value(value: Any) -> str:
 
 
 def _is_flag(opt: ConfigOption) -> bool:
+    """A plain ``bool`` field: ``--name`` / ``--no-name`` (a ``bool | None`` one takes true/false/none)."""
     return opt.hint is bool
 
 

@@ -49,6 +49,7 @@ class ConfigError(ValueError):
     """
 
     def __init__(self, message: str, setting: str | None = None) -> None:
+        """``message`` says what is wrong; ``setting``: the one field at fault, if one is."""
         super().__init__(message)
         self.setting = setting
 
@@ -113,6 +114,7 @@ class UNetConfig:
     norm_groups: int = _setting(8, "GroupNorm groups (must divide every level's channels)")
 
     def __post_init__(self) -> None:
+        """Check the values: a bad one raises :class:`ConfigError` naming it."""
         for name in ("in_channels", "image_size", "base_channels", "num_res_blocks", "num_heads", "norm_groups"):
             _positive(name, getattr(self, name))
         if not self.channel_mults or any(m <= 0 for m in self.channel_mults):
@@ -149,6 +151,7 @@ class DiffusionConfig:
     )
 
     def __post_init__(self) -> None:
+        """Check the values: a bad one raises :class:`ConfigError` naming it."""
         _positive("timesteps", self.timesteps)
         if self.timesteps < 2:
             raise ConfigError(f"timesteps must be at least 2, got {self.timesteps}", "timesteps")
@@ -171,6 +174,7 @@ class VAEConfig:
     norm_groups: int = _setting(8, "GroupNorm groups (must divide every level's channels)")
 
     def __post_init__(self) -> None:
+        """Check the values: a bad one raises :class:`ConfigError` naming it."""
         for name in ("in_channels", "image_size", "base_channels", "latent_channels", "norm_groups"):
             _positive(name, getattr(self, name))
         if not self.channel_mults or any(m <= 0 for m in self.channel_mults):
@@ -208,6 +212,7 @@ class TrainConfig:
     precision: str | None = _setting(None, "fp32, bf16, bf16_cl or auto; none: bf16_cl on CUDA, fp32 on a CPU")
 
     def __post_init__(self) -> None:
+        """Check the values: a bad one raises :class:`ConfigError` naming it."""
         for name in ("epochs", "lr", "batch_size", "sample_every", "num_samples", "eval_size"):
             _positive(name, getattr(self, name))
         for name in ("warmup_steps", "weight_decay", "grad_clip"):
@@ -239,6 +244,7 @@ class VAERunConfig:
     kind: str = _kind("vae")
 
     def __post_init__(self) -> None:
+        """Check the values: a bad one raises :class:`ConfigError` naming it."""
         _non_negative("kl_weight", self.kl_weight)
 
 
