@@ -19,11 +19,12 @@ Architecture (input ``(N, 1, 28, 28)`` in [-1, 1])::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -202,82 +203,91 @@ def train_classifier(
 
     Returns ``(model in eval mode, metadata dict)``.
     """
-    from mnistdiff.data import load_mnist
-
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     device = torch.device(device)
     torch.manual_seed(seed)
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
     t0 = time.perf_counter()
-    try:
-        train = load_mnist("train", data_dir=data_dir)
-        if subset is not None:
-            train = train.subset(subset, seed=seed)
-        test = load_mnist("test", data_dir=data_dir)
-        if test_subset is not None:
-            test = test.subset(test_subset, seed=seed)
-        x_train = train.images[:, :, 2:30, 2:30].contiguous()
-        y_train = train.labels
-        x_test = test.images[:, :, 2:30, 2:30].contiguous()
-        y_test = test.labels
-
+    with _deterministic():
+        x_train, y_train = _digits("train", data_dir, subset, seed)
+        x_test, y_test = _digits("test", data_dir, test_subset, seed)
         model = MNISTClassifier().to(device)
         opt = torch.optim.Adam(model.parameters(), lr=max_lr, weight_decay=weight_decay)
         steps_per_epoch = math.ceil(len(x_train) / batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=epochs * steps_per_epoch)
         gen = torch.Generator().manual_seed(seed)
         for epoch in range(epochs):
-            model.train()
-            perm = torch.randperm(len(x_train), generator=gen)
-            total, n = 0.0, 0
-            for i in range(steps_per_epoch):
-                idx = perm[i * batch_size : (i + 1) * batch_size]
-                xb, yb = x_train[idx].to(device), y_train[idx].to(device)
-                loss = F.cross_entropy(model(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(idx)
-                n += len(idx)
+            loss = _train_epoch(model, opt, sched, x_train, y_train, batch_size, gen, device)
             if log is not None:
                 acc = evaluate_accuracy(model, x_test, y_test)
-                log(f"epoch {epoch + 1}/{epochs}: train loss {total / n:.4f}, test accuracy {acc:.4%} "
+                log(f"epoch {epoch + 1}/{epochs}: train loss {loss:.4f}, test accuracy {acc:.4%} "
                     f"({time.perf_counter() - t0:.0f} s)")
-    finally:
-        torch.use_deterministic_algorithms(prev_det)
     seconds = time.perf_counter() - t0
     model.eval().cpu()
-    test_acc = evaluate_accuracy(model, x_test, y_test)
-    meta = {
-        "test_accuracy": test_acc,
-        "seed": seed,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "max_lr": max_lr,
-        "weight_decay": weight_decay,
-        "subset": subset,
-        "test_subset": test_subset,
-        "optimizer": "Adam + OneCycleLR, no augmentation",
-        "arch": {"width": 32, "feature_dim": FEATURE_DIM, "dropout": 0.3},
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "torch_version": torch.__version__,
-        "num_threads": torch.get_num_threads(),
-        "device": str(device),
-        "seconds": round(seconds, 1),
-    }
+    meta = {"test_accuracy": evaluate_accuracy(model, x_test, y_test), "seed": seed, "epochs": epochs,
+            "batch_size": batch_size, "max_lr": max_lr, "weight_decay": weight_decay, "subset": subset,
+            "test_subset": test_subset, **_provenance(model, device, seconds)}
     if out_path is not None:
-        out_path = Path(out_path)
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(out_path, buf.getvalue())
-        meta["sha256"] = sha256_file(out_path)
-        meta["size_bytes"] = out_path.stat().st_size
-        meta_path = out_path.with_suffix(".json")
-        text = json.dumps(meta, indent=2) + "\n"
-        atomic_write_text(meta_path, text)
-        _LOADED.clear()
+        _save(model, meta, Path(out_path))
     return model, meta
+
+
+def _provenance(model: MNISTClassifier, device: torch.device, seconds: float) -> dict:
+    """How the weights were made: optimiser, architecture, parameters, torch, threads, device, time."""
+    return {"optimizer": "Adam + OneCycleLR, no augmentation",
+            "arch": {"width": 32, "feature_dim": FEATURE_DIM, "dropout": 0.3},
+            "num_parameters": sum(p.numel() for p in model.parameters()), "torch_version": torch.__version__,
+            "num_threads": torch.get_num_threads(), "device": str(device), "seconds": round(seconds, 1)}
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    """Request deterministic algorithms for the block (warn where none exists), then restore the setting."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _digits(split: str, data_dir: str | Path | None, subset: int | None,
+            seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 28×28 digits of ``split`` (the 2-pixel padding cropped) and their labels; optionally a seeded subset."""
+    from mnistdiff.data import load_mnist
+
+    data = load_mnist(split, data_dir=data_dir)
+    if subset is not None:
+        data = data.subset(subset, seed=seed)
+    return data.images[:, :, 2:30, 2:30].contiguous(), data.labels
+
+
+def _train_epoch(model: MNISTClassifier, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                 x: torch.Tensor, y: torch.Tensor, batch_size: int, gen: torch.Generator,
+                 device: torch.device) -> float:
+    """One shuffled pass of cross-entropy training; returns the mean training loss."""
+    model.train()
+    perm = torch.randperm(len(x), generator=gen)
+    total, n = 0.0, 0
+    for i in range(math.ceil(len(x) / batch_size)):
+        idx = perm[i * batch_size : (i + 1) * batch_size]
+        loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += float(loss.detach()) * len(idx)
+        n += len(idx)
+    return total / n
+
+
+def _save(model: MNISTClassifier, meta: dict, out_path: Path) -> None:
+    """Write the weights and then their sidecar (SHA-256, size and ``meta``), each atomically."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(out_path, buf.getvalue())
+    meta["sha256"] = sha256_file(out_path)
+    meta["size_bytes"] = out_path.stat().st_size
+    atomic_write_text(out_path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    _LOADED.clear()

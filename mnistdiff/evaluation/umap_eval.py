@@ -155,16 +155,9 @@ def umap_evaluation(
     accuracy's real-vs-real floor is 0.5. The figure has one panel for the held-out real images
     (the visual floor) and one per generator: real fit points coloured by digit, samples in black.
     """
-    import matplotlib.pyplot as plt
-
     if not generated:
         raise ValueError("generated must map at least one name to a batch of images")
-    real = prepare_images(real_images)
-    labels = None
-    if real_labels is not None:
-        labels = np.asarray(torch.as_tensor(real_labels).cpu()).reshape(-1)
-        if labels.shape[0] != real.shape[0]:
-            raise ValueError(f"real_labels has {labels.shape[0]} entries for {real.shape[0]} real images")
+    real, labels = prepare_images(real_images), _labels(real_labels, real_images)
     gens = {name: prepare_images(x) for name, x in generated.items()}
     if heldout_images is None:
         n_hold = min(max(g.shape[0] for g in gens.values()), real.shape[0] // 2)
@@ -182,23 +175,53 @@ def umap_evaluation(
         real_emb = embed(reducer, real)
     held_emb = embed(reducer, held)
     held_feats = classifier_features(held, device=device)[0] if feature_space else None
-
     scores: dict[str, dict[str, float]] = {}
     embs: dict[str, np.ndarray] = {}
     for name, g in gens.items():
         embs[name] = embed(reducer, g)
-        s = {
-            "n": int(min(g.shape[0], held.shape[0])),
-            "knn_accuracy_umap": knn_two_sample_accuracy(held_emb, embs[name], k=k, seed=seed),
-            "knn_accuracy_pixels": knn_two_sample_accuracy(held, g, k=k, seed=seed),
-        }
-        if feature_space:
-            s["knn_accuracy_features"] = knn_two_sample_accuracy(
-                held_feats, classifier_features(g, device=device)[0], k=k, seed=seed
-            )
-        scores[name] = s
-
+        scores[name] = _scores(held, held_emb, held_feats, g, embs[name], k, seed, device)
     panels = [("real (held out)", held_emb, None)] + [(n, e, scores[n]) for n, e in embs.items()]
+    return _plot_panels(panels, real_emb, labels, ncols), scores
+
+
+def _labels(real_labels: ArrayLike | None, real_images: ArrayLike) -> np.ndarray | None:
+    """The real digits as a flat numpy array (one per real image), or None."""
+    if real_labels is None:
+        return None
+    labels = np.asarray(torch.as_tensor(real_labels).cpu()).reshape(-1)
+    if labels.shape[0] != len(real_images):
+        raise ValueError(f"real_labels has {labels.shape[0]} entries for {len(real_images)} real images")
+    return labels
+
+
+def _scores(held: torch.Tensor, held_emb: np.ndarray, held_feats: torch.Tensor | None, g: torch.Tensor,
+            emb: np.ndarray, k: int, seed: int, device: str | torch.device | None) -> dict[str, float]:
+    """The k-NN two-sample accuracies of one generator's samples against the held-out real images."""
+    s = {
+        "n": int(min(g.shape[0], held.shape[0])),
+        "knn_accuracy_umap": knn_two_sample_accuracy(held_emb, emb, k=k, seed=seed),
+        "knn_accuracy_pixels": knn_two_sample_accuracy(held, g, k=k, seed=seed),
+    }
+    if held_feats is not None:
+        s["knn_accuracy_features"] = knn_two_sample_accuracy(held_feats, classifier_features(g, device=device)[0],
+                                                             k=k, seed=seed)
+    return s
+
+
+def _panel_title(name: str, s: Mapping[str, float] | None) -> str:
+    if s is None:
+        return f"{name}: reference"
+    title = f"{name}\nk-NN acc: UMAP {s['knn_accuracy_umap']:.2f}, pixels {s['knn_accuracy_pixels']:.2f}"
+    if "knn_accuracy_features" in s:
+        title += f", features {s['knn_accuracy_features']:.2f}"
+    return title
+
+
+def _plot_panels(panels: list[tuple[str, np.ndarray, Mapping[str, float] | None]], real_emb: np.ndarray,
+                 labels: np.ndarray | None, ncols: int) -> Any:
+    """One panel per set: the real fit points (coloured by digit, or grey) under the set's points (black)."""
+    import matplotlib.pyplot as plt
+
     ncols = max(1, min(ncols, len(panels)))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 4 * nrows), squeeze=False)
@@ -212,13 +235,7 @@ def umap_evaluation(
         else:
             ax.scatter(real_emb[:, 0], real_emb[:, 1], c="0.75", s=size, linewidths=0, rasterized=True)
         ax.scatter(emb[:, 0], emb[:, 1], c="black", s=max(2.0, size), linewidths=0, alpha=0.8, rasterized=True)
-        if s is None:
-            title = f"{name}: reference"
-        else:
-            title = f"{name}\nk-NN acc: UMAP {s['knn_accuracy_umap']:.2f}, pixels {s['knn_accuracy_pixels']:.2f}"
-            if "knn_accuracy_features" in s:
-                title += f", features {s['knn_accuracy_features']:.2f}"
-        ax.set_title(title, fontsize=9)
+        ax.set_title(_panel_title(name, s), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     if labels is not None:
@@ -226,7 +243,7 @@ def umap_evaluation(
         cbar.set_label("real digit")
     fig.suptitle(f"UMAP fitted on {real_emb.shape[0]} real images (colour); black: transformed points "
                  "(k-NN accuracy 0.5 = indistinguishable)", fontsize=10)
-    return fig, scores
+    return fig
 
 
 def save_umap_plot(fig, path: str | Path, *, dpi: int = 150) -> Path:

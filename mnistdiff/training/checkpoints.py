@@ -140,6 +140,30 @@ def _keep_previous(path: Path) -> None:
         pass  # the current pair is still intact; only the safety copy is missing
 
 
+def _write_pair(path: Path, data: bytes, sidecar: bytes, keep_previous: bool) -> None:
+    """Write both files to temporaries, then rename them into place (the ``.pt`` first, its sidecar last)."""
+    ensure_folder(path, CheckpointError)
+    tmp_pt = tmp_json = None
+    try:
+        tmp_pt = write_temp(path, data)
+        tmp_json = write_temp(sidecar_path(path), sidecar)
+        if keep_previous:
+            _keep_previous(path)
+        # From here on only renames: the new .pt, then its sidecar (a crash in between is what
+        # keep_previous/fallback are for).
+        os.replace(tmp_pt, path)
+        tmp_pt = None
+        os.replace(tmp_json, sidecar_path(path))
+        tmp_json = None
+    except BaseException as err:
+        unlink_quiet(tmp_pt)
+        unlink_quiet(tmp_json)
+        if isinstance(err, OSError):
+            raise write_error(path, err, CheckpointError) from err
+        raise
+    fsync_dir(path.parent)
+
+
 def save_checkpoint(
     path: str | Path,
     tensors: dict[str, Any],
@@ -159,7 +183,6 @@ def save_checkpoint(
     ``fallback``). Returns ``path``.
     """
     path = Path(path)
-    side = sidecar_path(path)
     buf = io.BytesIO()
     torch.save(tensors, buf)
     data = buf.getvalue()
@@ -175,26 +198,7 @@ def save_checkpoint(
         **(extra or {}),
     }
     text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
-    ensure_folder(path, CheckpointError)
-    tmp_pt = tmp_json = None
-    try:
-        tmp_pt = write_temp(path, data)
-        tmp_json = write_temp(side, text.encode("utf-8"))
-        if keep_previous:
-            _keep_previous(path)
-        # From here on only renames: the new .pt, then its sidecar (a crash in between is what
-        # keep_previous/fallback are for).
-        os.replace(tmp_pt, path)
-        tmp_pt = None
-        os.replace(tmp_json, side)
-        tmp_json = None
-    except BaseException as err:
-        unlink_quiet(tmp_pt)
-        unlink_quiet(tmp_json)
-        if isinstance(err, OSError):
-            raise write_error(path, err, CheckpointError) from err
-        raise
-    fsync_dir(path.parent)
+    _write_pair(path, data, text.encode("utf-8"), keep_previous)
     try:
         st = path.stat()
         _WRITTEN[str(path.resolve())] = (digest, st.st_size, st.st_mtime_ns)
