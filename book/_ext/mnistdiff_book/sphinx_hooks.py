@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .api_pages import api_modules, api_pages, expand_api_toc
+from .api_pages import api_modules, api_pages, expand_api_toc, package_modules
 from .layout import BOOK_DIR, GENERATED_NOTE, default_results_dir, write_if_changed
 from .results_pages import course_times_markdown, results_markdown
 from .widgets_strip import clean_notebook_source
@@ -25,10 +25,13 @@ from .widgets_strip import clean_notebook_source
 __all__ = ["write_generated", "setup"]
 
 
-def write_generated(book_dir: Path = BOOK_DIR, results_dir: Path | None = None) -> list[Path]:
+def write_generated(
+    book_dir: Path = BOOK_DIR, results_dir: Path | None = None, modules: Sequence[str] | None = None
+) -> list[Path]:
     """Write the results page, the course-times table and the API pages into ``book_dir``.
 
-    Returns the files written or kept; stale API pages (modules no longer in the package) are removed.
+    ``modules``: the package's modules as found (default: walk the package now). Returns the files
+    written or kept; stale API pages (modules no longer in the package) are removed.
     """
     book_dir = Path(book_dir)
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir(book_dir)
@@ -36,7 +39,7 @@ def write_generated(book_dir: Path = BOOK_DIR, results_dir: Path | None = None) 
         "results.md": results_markdown(results_dir),
         "_generated/course_times.md": GENERATED_NOTE + "\n\n" + course_times_markdown(results_dir, book_dir=book_dir),
     }
-    files.update(api_pages())
+    files.update(api_pages(modules))
     api_dir = book_dir / "api"
     if api_dir.is_dir():
         for old in api_dir.glob("*.rst"):
@@ -50,11 +53,12 @@ def write_generated(book_dir: Path = BOOK_DIR, results_dir: Path | None = None) 
 def _on_config_inited(app: Any, config: Any) -> None:
     book_dir = Path(app.srcdir)
     results_dir = config.mnistdiff_results_dir or None
-    write_generated(book_dir, Path(results_dir) if results_dir else None)
+    modules = package_modules()  # once: the pages and the table of contents list the same modules
+    write_generated(book_dir, Path(results_dir) if results_dir else None, modules)
     toc_path = Path(config.external_toc_path or "_toc.yml")
     toc_path = toc_path if toc_path.is_absolute() else book_dir / toc_path
     if toc_path.is_file():
-        expanded = expand_api_toc(toc_path.read_text(encoding="utf-8"), api_modules())
+        expanded = expand_api_toc(toc_path.read_text(encoding="utf-8"), api_modules(modules))
         if expanded is not None:
             generated = book_dir / "_generated" / "_toc.yml"
             write_if_changed(generated, expanded)
