@@ -2,7 +2,7 @@
 
 Every argument is checked before any work starts or any file is written; a bad one exits with
 code 2 and a message saying what is expected. Training defaults are the ``full`` profile's
-(the seed's); ``--profile smoke`` starts from the small settings instead, and any option given
+(the reference defaults); ``--profile smoke`` starts from the small settings instead, and any option given
 overrides either. The ``train`` options are made from the config dataclasses, one ``--<field>`` per
 field (:mod:`mnistdiff.cli_options`), and their values are checked by the configs; the checks they
 cannot make (paths, devices, checkpoints, the sampler's options) are in :mod:`mnistdiff.cli_checks`.

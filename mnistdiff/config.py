@@ -2,7 +2,7 @@
 
 A run's config is saved with its checkpoint (as JSON) and rebuilt from it on load, so the
 command line, the notebooks and the checkpoint files all describe a model the same way.
-The seed's defaults (the ``full`` profile) are the dataclass defaults; :mod:`mnistdiff.course.profiles`
+The reference defaults (the ``full`` profile) are the dataclass defaults; :mod:`mnistdiff.course.profiles`
 derives the small ``smoke`` settings from them.
 
 Each setting's help text lives here, in its field's ``metadata["help"]``: the command line makes one

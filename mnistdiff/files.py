@@ -17,6 +17,7 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -116,24 +117,29 @@ def ensure_folder(path: Path, cls: type[RuntimeError] = FileWriteError) -> None:
                   "choose a writable location") from err
 
 
+def _replace_atomically(dest: Path, write: Callable[[Path], str]) -> None:
+    """``write(dest)`` makes a complete temporary file next to ``dest`` and returns its name; rename it
+    onto ``dest``. On any error the temporary file is removed and ``dest`` keeps its old content."""
+    ensure_folder(dest)
+    tmp = None
+    try:
+        tmp = write(dest)
+        os.replace(tmp, dest)
+    except BaseException as err:
+        unlink_quiet(tmp)
+        if isinstance(err, OSError):
+            raise write_error(dest, err) from err
+        raise
+    fsync_dir(dest.parent)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, then ``os.replace``.
 
     On any error (a full disk included) the temporary file is removed and ``path`` keeps its old
     content; an ``OSError`` is raised as a :class:`FileWriteError` that says so.
     """
-    path = Path(path)
-    ensure_folder(path)
-    tmp = None
-    try:
-        tmp = write_temp(path, data)
-        os.replace(tmp, path)
-    except BaseException as err:
-        unlink_quiet(tmp)
-        if isinstance(err, OSError):
-            raise write_error(path, err) from err
-        raise
-    fsync_dir(path.parent)
+    _replace_atomically(Path(path), lambda dest: write_temp(dest, data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -143,14 +149,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_copy(src: str | Path, dest: str | Path) -> None:
     """Copy ``src`` to ``dest`` via a temporary file next to ``dest``, then ``os.replace``."""
-    src, dest = Path(src), Path(dest)
-    ensure_folder(dest)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException as err:
-        unlink_quiet(tmp)
-        if isinstance(err, OSError):
-            raise write_error(dest, err) from err
-        raise
+
+    def copy(target: Path) -> str:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(src, tmp)
+        except BaseException:
+            unlink_quiet(tmp)  # a half-written copy
+            raise
+        return str(tmp)
+
+    _replace_atomically(Path(dest), copy)

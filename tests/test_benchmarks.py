@@ -141,7 +141,7 @@ def test_every_printed_figure_carries_the_device_name(run):
 
 
 def test_the_book_can_render_the_json(run):
-    render_json = __import__("mnistdiff.book", fromlist=["extension"]).extension("tables").render_json  # book/_ext
+    from mnistdiff_book.tables import render_json  # book/_ext (pytest pythonpath)
 
     doc, _ = run
     md = render_json(doc, "benchmark")

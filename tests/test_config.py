@@ -117,7 +117,7 @@ def test_configs_are_frozen():
 
 
 def test_seed_defaults():
-    """The seed's (full profile) defaults: cosine, T = 1000, 32×32 pixels, latent UNet on 2×4×4."""
+    """The reference defaults (the full profile): cosine, T = 1000, 32×32 pixels, latent UNet on 2×4×4."""
     d = DDPMRunConfig()
     assert (d.diffusion.timesteps, d.diffusion.schedule) == (1000, "cosine")
     assert (d.unet.in_channels, d.unet.image_size, d.unet.channel_mults) == (1, 32, (1, 2, 2))

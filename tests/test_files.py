@@ -97,3 +97,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_copy_that_fails_midway_leaves_no_temporary(tmp_path, monkeypatch):
+    import shutil
+
+    src, dest = tmp_path / "src.bin", tmp_path / "out" / "dst.bin"
+    src.write_bytes(b"x" * 100)
+
+    def half_copy(a, b):
+        Path(b).write_bytes(b"x" * 10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", half_copy)
+    with pytest.raises(files.FileWriteError, match="ran out of disk space"):
+        files.atomic_copy(src, dest)
+    assert list(dest.parent.iterdir()) == []

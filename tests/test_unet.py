@@ -278,7 +278,7 @@ def test_count_parameters_and_growth():
 
 
 def test_default_configs_build():
-    """The seed's defaults (pixel) and the latent default both build with the expected shapes."""
+    """The reference defaults (pixel) and the latent default both build with the expected shapes."""
     from mnistdiff.config import LDMRunConfig
 
     pix = UNet()

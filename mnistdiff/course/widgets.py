@@ -7,7 +7,7 @@ Every public function here does two things, in this order:
    non-interactive view: the rendered book, GitHub's notebook preview, ``nbconvert`` to HTML;
 2. it **returns an ipywidgets object** (an :class:`Explorer`): a slider (or two) above an image.
    As the last expression of a cell, Jupyter displays it below the fallback. The book strips the
-   widget view and keeps the fallback (:func:`mnistdiff.book.strip_widget_outputs`).
+   widget view and keeps the fallback (``book/_ext/mnistdiff_book/widgets_strip.py``).
 
 Nothing needs a browser to be built: the image is an ``ipywidgets.Image`` holding PNG bytes that
 are recomputed in Python when a slider moves, so the widgets build and update headless (under
@@ -21,7 +21,8 @@ Public API (images are ``(N, 1, H, W)`` or ``(1, H, W)`` tensors in [−1, 1]):
 * :func:`ddim_explorer` ``(model, steps_options, etas, seed, device)`` — DDIM steps × η (chapter 3);
 * :func:`latent_walk` ``(vae, z_a, z_b, frames=8, scale=1.0)`` — interpolate two latents (chapter 4);
 * :func:`image_slider` ``(images, captions)`` — the generic building block: a slider over any frames;
-* :func:`frame_strip_png` / :func:`animation_html` — the two kinds of static fallback.
+* :func:`frame_strip_png` / :func:`animation_html` — the two kinds of static fallback
+  (:mod:`mnistdiff.course.fallbacks`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 
+from mnistdiff.course.fallbacks import animation_html, frame_strip_png, image_batch, new_figure, render_png
 from mnistdiff.extras import require
 from mnistdiff.viz import grid_array
 
@@ -53,111 +54,6 @@ __all__ = [
 ]
 
 Render = Callable[..., tuple[torch.Tensor, str]]
-
-
-# ----------------------------------------------------------------------------------------------
-# rendering helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def _batch(images: torch.Tensor) -> torch.Tensor:
-    """(H, W), (1, H, W) or (N, 1, H, W) → (N, 1, H, W) float on the CPU."""
-    x = images.detach().float().cpu()
-    if x.ndim == 2:
-        x = x[None, None]
-    elif x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"expected an image (1, H, W) or a batch (N, 1, H, W), got shape {tuple(images.shape)}")
-    return x
-
-
-def render_png(images: torch.Tensor, nrow: int = 8, zoom: int = 3) -> bytes:
-    """PNG bytes of a grid of images in [−1, 1], enlarged ``zoom`` times with nearest-neighbour (crisp pixels)."""
-    arr = grid_array(_batch(images), nrow=nrow)
-    img = PILImage.fromarray(arr, mode="L")
-    if zoom != 1:
-        img = img.resize((img.width * zoom, img.height * zoom), PILImage.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-def _figure(width: float, height: float):
-    """A matplotlib Figure *not* registered with pyplot (so the inline backend never shows it twice)."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100)
-
-
-def _frame_arrays(frames: Sequence[torch.Tensor], captions: Sequence[str], nrow: int) -> list[np.ndarray]:
-    """One uint8 grid per frame, after checking there are frames and one caption each."""
-    if len(frames) != len(captions):
-        raise ValueError(f"{len(frames)} frames but {len(captions)} captions")
-    if not frames:
-        raise ValueError("no frames to draw")
-    return [grid_array(_batch(f), nrow=nrow) for f in frames]
-
-
-def frame_strip_png(
-    frames: Sequence[torch.Tensor], captions: Sequence[str], title: str | None = None,
-    nrow: int = 8, panel_px: int = 84, max_width_px: int = 1000,
-) -> bytes:
-    """A left-to-right strip of ``frames`` (each an image or a small batch shown as a grid), captioned.
-
-    Each frame is enlarged by a whole factor (pixels stay square and crisp) to about ``panel_px``
-    pixels wide; frames wrap onto more rows when the strip would be wider than ``max_width_px``.
-    Returns PNG bytes.
-    """
-    arrays = _frame_arrays(frames, captions, nrow)
-    h, w = arrays[0].shape
-    zoom = max(1, round(panel_px / w))
-    ncols = max(1, min(len(arrays), max_width_px // (w * zoom + 8)))
-    nrows = -(-len(arrays) // ncols)
-    dpi, cap_px, title_px = 100, 26, (22 if title else 0)
-    cell_w, cell_h = w * zoom + 8, h * zoom + cap_px
-    fig = _figure(ncols * cell_w / dpi, (nrows * cell_h + title_px) / dpi)
-    for k, (arr, cap) in enumerate(zip(arrays, captions)):
-        r, c = divmod(k, ncols)
-        left = (c * cell_w + 4) / (ncols * cell_w)
-        bottom = 1 - (title_px + r * cell_h + cap_px + h * zoom) / (nrows * cell_h + title_px)
-        ax = fig.add_axes((left, bottom, w * zoom / (ncols * cell_w), h * zoom / (nrows * cell_h + title_px)))
-        ax.imshow(arr, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(cap, fontsize=7, pad=2)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9, y=1 - 4 / (nrows * cell_h + title_px), va="top")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
-def animation_html(
-    frames: Sequence[torch.Tensor], captions: Sequence[str], nrow: int = 8, interval: int = 300, zoom: int = 2,
-) -> str:
-    """An HTML/JavaScript animation of ``frames`` (``FuncAnimation.to_jshtml()``): plays with no kernel.
-
-    Frames are drawn ``zoom`` times their size in pixels, each stored as a PNG inside the HTML: keep
-    them few and small.
-    """
-    from matplotlib.animation import FuncAnimation
-
-    arrays = _frame_arrays(frames, captions, nrow)
-    h, w = arrays[0].shape
-    dpi, cap_px = 100, 20
-    fig = _figure(w * zoom / dpi, (h * zoom + cap_px) / dpi)
-    ax = fig.add_axes((0, 0, 1, h * zoom / (h * zoom + cap_px)))
-    ax.axis("off")
-    im = ax.imshow(arrays[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    text = fig.text(0.5, 1 - 3 / (h * zoom + cap_px), captions[0], ha="center", va="top", fontsize=8)
-
-    def update(i: int):
-        im.set_data(arrays[i])
-        text.set_text(captions[i])
-        return im, text
-
-    anim = FuncAnimation(fig, update, frames=len(arrays), interval=interval, blit=False)
-    return anim.to_jshtml(fps=max(1, round(1000 / interval)), default_mode="once")
 
 
 def _show(fallback: bytes | str) -> None:
@@ -232,7 +128,7 @@ def image_slider(
     """
     if len(images) != len(captions) or not images:
         raise ValueError(f"need as many captions as frames (≥ 1), got {len(images)} frames, {len(captions)} captions")
-    frames = [_batch(x) for x in images]
+    frames = [image_batch(x) for x in images]
     fb = _make_fallback(fallback, frames, list(captions), nrow, title)
     if show and fb is not None:
         _show(fb)
@@ -266,7 +162,7 @@ def timestep_explorer(
     gives ᾱ_t and the signal and noise coefficients. The fallback is a strip of ``frames`` evenly
     spaced timesteps.
     """
-    x0 = _batch(image)[:1]
+    x0 = image_batch(image)[:1]
     T = schedule.num_timesteps
     ab = schedule.alphas_cumprod.double().cpu()
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
@@ -303,7 +199,7 @@ def denoising_player(
     if not frames:
         raise ValueError("no frames: sample with return_intermediates=True")
     picks = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
-    kept = [(int(frames[i][0]), _batch(frames[i][1])[:count]) for i in picks]
+    kept = [(int(frames[i][0]), image_batch(frames[i][1])[:count]) for i in picks]
     T = kept[0][0]
     captions = [("x_T (pure noise)" if k == 0 else ("x_0 (the sample)" if k == len(kept) - 1 else f"x_t, t = {t}"))
                 .replace("x_T", f"x_{T}") for k, (t, _) in enumerate(kept)]
@@ -338,7 +234,7 @@ def ddim_explorer(
     for s in steps_options:
         for e in etas:
             if samples is not None and (s, e) in samples:
-                cache[(s, e)] = _batch(samples[(s, e)])[:num_samples]
+                cache[(s, e)] = image_batch(samples[(s, e)])[:num_samples]
             else:
                 x, _ = model.sample(num_samples, mode="ddim", ddim_steps=s, eta=e, seed=seed, device=device)
                 cache[(s, e)] = x
@@ -367,7 +263,7 @@ def _ddim_table_png(cache: dict[tuple[int, float], torch.Tensor], steps: list[in
     left_px, top_px, gap = 46, 22, 8
     cell_w, cell_h = w * zoom + gap, h * zoom + gap
     width, height = left_px + len(steps) * cell_w, top_px + len(etas) * cell_h
-    fig = _figure(width / 100, height / 100)
+    fig = new_figure(width / 100, height / 100)
     for i, e in enumerate(etas):
         for j, s in enumerate(steps):
             x0, y0 = left_px + j * cell_w, top_px + i * cell_h

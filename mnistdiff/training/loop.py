@@ -272,7 +272,7 @@ class TrainLoop:
         state.history.append({"epoch": state.epoch + 1, "train_loss": train_loss, "eval_loss": eval_loss, "lr": lr,
                               "seconds": seconds})
         self.experiment.log(f"{state.epoch + 1}\t{train_loss:.6f}\t{eval_loss:.6f}\t{lr:.3e}\t{seconds:.2f}")
-        if self.device.type == "cuda":  # what the seed watched from a second screen session
+        if self.device.type == "cuda":  # the GPU figures of the original design (name, peak memory, utilisation)
             info = device_info(self.device)
             self.experiment.log(f"# {info['gpu_name']}: peak memory {info['peak_memory_mib']} MiB, "
                                 f"utilisation {info['gpu_utilization_percent']} %")

@@ -1,0 +1,11 @@
+"""Evaluation: how close are generated digits to real MNIST?
+
+=================  ==========================================================================
+``classifier``     the project's MNIST classifier (its features φ(x) ∈ R^128 feed every metric)
+``features``       input checks, and classifier features of images
+``distances``      classifier-FID, KID, precision/recall, nearest-training-image, class statistics
+``metrics``        ``evaluate``, ``real_floor``, ``evaluate_npz`` and the tables' number formats
+``umap_eval``      a UMAP fitted on real digits, with k-NN two-sample accuracies (needs ``[course]``)
+``report``         draw, score and floor a list of generators; the results file the book reads
+=================  ==========================================================================
+"""
