@@ -345,7 +345,7 @@ train() {
   "$PY" - "$kind" "$CKPT_DIR/$kind.json" "$PROFILE_NAME" "$WORK/config_$kind.json" <<'PYEOF' || true
 import json, sys
 from mnistdiff.config import to_dict
-from mnistdiff.profiles import PROFILES
+from mnistdiff.course.profiles import PROFILES
 kind, sidecar, profile, out = sys.argv[1:5]
 found = json.load(open(sidecar))["config"]
 expected = json.loads(json.dumps(to_dict(getattr(PROFILES[profile], kind))))
