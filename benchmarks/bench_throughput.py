@@ -66,9 +66,9 @@ from mnistdiff.config import TrainConfig, UNetConfig, to_dict  # noqa: E402
 from mnistdiff.course.profiles import FULL, PROFILES  # noqa: E402
 from mnistdiff.data import load_mnist  # noqa: E402
 from mnistdiff.devices import device_name  # noqa: E402
+from mnistdiff.files import atomic_write_text  # noqa: E402
 from mnistdiff.sampling import FastDenoiser, generate  # noqa: E402
 from mnistdiff.schedules import NoiseSchedule  # noqa: E402
-from mnistdiff.files import atomic_write_text  # noqa: E402
 from mnistdiff.training.checkpoints import git_commit  # noqa: E402
 from mnistdiff.training.ema import make_ema  # noqa: E402
 from mnistdiff.training.loop import lr_lambda  # noqa: E402
@@ -80,7 +80,9 @@ SCHEMA_VERSION = 1
 REFERENCE = {
     "device_name": "NVIDIA H200",
     "torch": "2.11",
-    "model": "diffusers UNet2DModel, Hugging Face course MNIST config (1.71 M parameters), cosine DDPM, data on the GPU",
+    "model": (
+        "diffusers UNet2DModel, Hugging Face course MNIST config (1.71 M parameters), cosine DDPM, data on the GPU"
+    ),
     "train_fp32_eager_b128_images_per_second": 2016,
     "train_bf16_cl_compile_b512_images_per_second": 9890,
     "train_bf16_cl_compile_b512_compile_seconds": 85,
@@ -333,7 +335,9 @@ class Bench:
             "git_commit": git_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "settings": {k: (str(v) if isinstance(v, torch.device) else v) for k, v in dataclasses.asdict(settings).items()},
+            "settings": {
+                k: (str(v) if isinstance(v, torch.device) else v) for k, v in dataclasses.asdict(settings).items()
+            },
             "reference": REFERENCE,
             "targets": TARGETS,
             "models": self.models_info,
@@ -585,11 +589,13 @@ class Bench:
                 continue
             for mode in train_modes:
                 headline = mode in ("fp32_eager", fast_train)
-                rank = (0 if headline else 2) if ours else (1 if mode == "fp32_eager" else 4 if "compile" in mode else 3)
+                rank = ((0 if headline else 2) if ours
+                        else (1 if mode == "fp32_eager" else 4 if "compile" in mode else 3))
                 ranked.append((rank, train(model, mode)))
             for mode in sample_modes:
                 headline = mode in ("fp32_eager", fast_sample)
-                rank = (0 if headline else 2) if ours else (1 if mode == "fp32_eager" else 3 if mode == "bf16_cl_eager" else 4)
+                rank = ((0 if headline else 2) if ours
+                        else (1 if mode == "fp32_eager" else 3 if mode == "bf16_cl_eager" else 4))
                 ranked.append((rank, sample(model, mode)))
             if ours and fast_train and fast_train != "fp32_eager":
                 for bs in a.extra_train_batches:
@@ -712,7 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-modes", default=",".join(TRAIN_MODES), help=f"comma list of: {', '.join(TRAIN_MODES)}")
     p.add_argument("--sample-modes", default=",".join(SAMPLE_MODES), help=f"comma list of: {', '.join(SAMPLE_MODES)}")
     p.add_argument("--base-batch", type=int, default=None, help="batch of fp32_eager training (default 128; quick 8)")
-    p.add_argument("--train-batch", type=int, default=None, help="batch of the bf16 training modes (default 2048; quick 16)")
+    p.add_argument("--train-batch", type=int, default=None,
+                   help="batch of the bf16 training modes (default 2048; quick 16)")
     p.add_argument("--extra-train-batches", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                    metavar="B1,B2", help="also time our UNet's fastest training mode at these batches (low priority)")
     p.add_argument("--train-compile-mode", default="default",
@@ -720,9 +727,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "max-autotune-no-cudagraphs")
     p.add_argument("--warmup-steps", type=int, default=None, help="untimed training steps (default 10; quick 1)")
     p.add_argument("--min-steps", type=int, default=None, help="timed training steps, at least (default 20; quick 2)")
-    p.add_argument("--min-seconds", type=float, default=None, help="timed training seconds, at least (default 3; quick 0)")
+    p.add_argument("--min-seconds", type=float, default=None,
+                   help="timed training seconds, at least (default 3; quick 0)")
     p.add_argument("--max-steps", type=int, default=500, help="timed training steps, at most")
-    p.add_argument("--sample-images", type=int, default=None, help="images per sampling figure (default 10000; quick 2)")
+    p.add_argument("--sample-images", type=int, default=None,
+                   help="images per sampling figure (default 10000; quick 2)")
     p.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default 5000; quick 2)")
     p.add_argument("--ddim-steps", type=int, default=50)
     p.add_argument("--data-images", type=int, default=None,
@@ -730,7 +739,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-compile", action="store_true", help="also run the torch.compile modes on a CPU (slow)")
     p.add_argument("--no-ema", action="store_true", help="skip the EMA update micro-benchmark")
     p.add_argument("--course", action="store_true",
-                   help='also time the whole course: mnistdiff.course.runner.run_course(profile="full") (long; off by default)')
+                   help='also time the whole course: mnistdiff.course.runner.run_course(profile="full") '
+                        '(long; off by default)')
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: measurements not started by then are recorded as skipped")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; quick on CPU: 1)")

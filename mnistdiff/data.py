@@ -157,7 +157,9 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 _CACHE: dict[tuple[str, str], MNISTSplit] = {}
 
 
-def load_mnist(split: str = "train", data_dir: str | Path | None = None, device: str | torch.device = "cpu") -> MNISTSplit:
+def load_mnist(
+    split: str = "train", data_dir: str | Path | None = None, device: str | torch.device = "cpu",
+) -> MNISTSplit:
     """Load one split (``"train"``: 60,000 images, ``"test"``: 10,000) as 32×32 tensors in [-1, 1].
 
     The files are verified against their SHA-256 sums; a missing, truncated or corrupt file raises

@@ -107,7 +107,8 @@ def ddim_sample_loop(
     latents.
 
     Returns a :class:`~mnistdiff.ddpm.SampleOutput`: x_0 (B, C, H, W) and, with ``return_intermediates``, the
-    frames ``[(T, x_T), …, (0, x_0)]``: one after every step, labelled as in :func:`~mnistdiff.ddpm.p_sample_loop` (the step at t is labelled t_prev + 1).
+    frames ``[(T, x_T), …, (0, x_0)]``: one after every step, labelled as in :func:`~mnistdiff.ddpm.p_sample_loop`
+    (the step at t is labelled t_prev + 1).
     """
     T = sched.num_timesteps
     steps = timesteps if timesteps is not None else ddim_timesteps(T, ddim_steps)

@@ -86,7 +86,8 @@ def q_posterior(
 
     μ̃_t = (√ᾱ_{t−1} β_t / (1 − ᾱ_t)) x_0 + (√α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)) x_t,   β̃_t = (1 − ᾱ_{t−1}) β_t / (1 − ᾱ_t).
     """
-    mean = extract(sched.posterior_mean_coef1, t, x_t.ndim) * x0 + extract(sched.posterior_mean_coef2, t, x_t.ndim) * x_t
+    mean = (extract(sched.posterior_mean_coef1, t, x_t.ndim) * x0
+            + extract(sched.posterior_mean_coef2, t, x_t.ndim) * x_t)
     var = extract(sched.posterior_variance, t, x_t.ndim)
     log_var = extract(sched.posterior_log_variance_clipped, t, x_t.ndim)
     return mean, var, log_var

@@ -35,7 +35,8 @@ class DiagonalGaussian:
         return self.mean
 
     def kl(self) -> torch.Tensor:
-        """KL(q ‖ N(0, I)) per example, summed over latent dims (Kingma & Welling appendix B): ½ Σ(μ² + σ² − 1 − log σ²)."""
+        """KL(q ‖ N(0, I)) per example, summed over latent dims (Kingma & Welling appendix B):
+        ½ Σ(μ² + σ² − 1 − log σ²)."""
         return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).flatten(1).sum(1)
 
 
@@ -95,7 +96,8 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         if x.ndim != 4 or x.shape[1:] != (self.config.in_channels, self.config.image_size, self.config.image_size):
             raise ValueError(
-                f"VAE expects (B, {self.config.in_channels}, {self.config.image_size}, {self.config.image_size}), got {tuple(x.shape)}"
+                f"VAE expects (B, {self.config.in_channels}, {self.config.image_size}, {self.config.image_size}), "
+                f"got {tuple(x.shape)}"
             )
         return DiagonalGaussian(self.encoder(x))
 

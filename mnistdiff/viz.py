@@ -127,7 +127,8 @@ def pca_2d(x: torch.Tensor) -> torch.Tensor:
 def latent_scatter(
     latents: torch.Tensor, labels: torch.Tensor, path: str | Path | None = None, title: str = "", project: bool = True
 ) -> plt.Figure:
-    """Scatter latents (N, …) coloured by digit: their first two principal components, or (``project=False``) two given coordinates (N, 2)."""
+    """Scatter latents (N, …) coloured by digit: their first two principal components, or
+    (``project=False``) two given coordinates (N, 2)."""
     xy = (pca_2d(latents) if project else latents.float().flatten(1)[:, :2]).cpu().numpy()
     fig, ax = plt.subplots(figsize=(5, 4.4))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=9.5)

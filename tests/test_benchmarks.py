@@ -82,7 +82,8 @@ def test_cpu_measures_the_eager_modes_of_our_unet_and_skips_compiled_ones(run):
     doc, _ = run
     by_name = {e["name"]: e for e in doc["results"]}
     s = doc["settings"]
-    for name in (f"train/ours/fp32_eager/b{s['base_batch']}/package", f"train/ours/bf16_cl_eager/b{s['large_batch']}/package",
+    for name in (f"train/ours/fp32_eager/b{s['base_batch']}/package",
+                 f"train/ours/bf16_cl_eager/b{s['large_batch']}/package",
                  "sample/ours/fp32_eager/ddim50/generate", "sample/ours/bf16_cl_eager/ddim50/generate",
                  "ema/ours/package"):
         assert by_name[name]["status"] == "ok", by_name[name]

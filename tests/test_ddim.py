@@ -27,7 +27,9 @@ def _tt(t: int, n: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- timesteps
 
 
-@pytest.mark.parametrize("num_timesteps,steps", [(1000, 50), (1000, 5), (1000, 1000), (100, 20), (20, 3), (20, 20), (7, 2)])
+@pytest.mark.parametrize(
+    "num_timesteps,steps", [(1000, 50), (1000, 5), (1000, 1000), (100, 20), (20, 3), (20, 20), (7, 2)]
+)
 def test_ddim_timesteps_properties(num_timesteps, steps):
     ts = ddim_timesteps(num_timesteps, steps)
     assert len(ts) == steps
@@ -251,8 +253,10 @@ def test_oracle_full_loop_recovers_x0(cosine_1000):
 def test_loop_eta0_depends_only_on_x_T(cosine_small):
     stub = SmoothStub(1)
     xT = torch.randn(2, 1, 4, 4)
-    a, _ = ddim_sample_loop(stub, cosine_small, xT.shape, ddim_steps=5, x_T=xT, generator=torch.Generator().manual_seed(0))
-    b, _ = ddim_sample_loop(stub, cosine_small, xT.shape, ddim_steps=5, x_T=xT, generator=torch.Generator().manual_seed(9))
+    a, _ = ddim_sample_loop(stub, cosine_small, xT.shape, ddim_steps=5, x_T=xT,
+                            generator=torch.Generator().manual_seed(0))
+    b, _ = ddim_sample_loop(stub, cosine_small, xT.shape, ddim_steps=5, x_T=xT,
+                            generator=torch.Generator().manual_seed(9))
     assert torch.equal(a, b)
 
 

@@ -90,7 +90,8 @@ def test_q_posterior_matches_ho_eq7(kind, t, x0_pixels):
     b = ref_betas(kind, T)
     ab = np.cumprod(1 - b)
     ab_t, ab_prev, beta = ab[t], ab[t - 1], b[t]
-    mean = np.sqrt(ab_prev) * beta / (1 - ab_t) * _np(x0_pixels) + np.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t) * _np(xt)
+    mean = (np.sqrt(ab_prev) * beta / (1 - ab_t) * _np(x0_pixels)
+            + np.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t) * _np(xt))
     var = (1 - ab_prev) / (1 - ab_t) * beta
     m, v, lv = q_posterior(sched, x0_pixels, xt, _tt(t, 4))
     np.testing.assert_allclose(_np(m), mean, rtol=1e-5, atol=1e-6)

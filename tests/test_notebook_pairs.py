@@ -39,4 +39,6 @@ def test_notebook_has_stored_outputs(chapter: str) -> None:
     nb = jupytext.read(NOTEBOOKS / f"{chapter}.ipynb")
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code, "no code cells"
-    assert any(c.get("outputs") for c in code), f"{chapter}.ipynb has no stored outputs: run the course command with --inplace"
+    assert any(c.get("outputs") for c in code), (
+        f"{chapter}.ipynb has no stored outputs: run the course command with --inplace"
+    )

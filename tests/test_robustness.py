@@ -147,11 +147,13 @@ DDPM_CFG = json.loads(json.dumps(to_dict(SMOKE.ddpm)))  # as the sidecar stores 
 
 def _tiny_state(seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"model": {"w": torch.randn((4, 3), generator=g), "b": torch.zeros(3)}, "epoch": seed, "rng": torch.ones(2, dtype=torch.uint8)}
+    return {"model": {"w": torch.randn((4, 3), generator=g), "b": torch.zeros(3)}, "epoch": seed,
+            "rng": torch.ones(2, dtype=torch.uint8)}
 
 
 def test_save_writes_verified_pair(tmp_path):
-    path = save_checkpoint(tmp_path / "ck" / "model.pt", _tiny_state(), kind="ddpm", config=DDPM_CFG, extra={"epoch": 3})
+    path = save_checkpoint(tmp_path / "ck" / "model.pt", _tiny_state(), kind="ddpm", config=DDPM_CFG,
+                           extra={"epoch": 3})
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["format_version"] == C.FORMAT_VERSION and meta["kind"] == "ddpm" and meta["config"] == DDPM_CFG
     assert meta["sha256"] == C.sha256_file(path) and meta["bytes"] == path.stat().st_size and meta["epoch"] == 3
@@ -481,7 +483,8 @@ def test_signal_after_last_epoch_then_resume_writes_the_model(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
 
     exp = Experiment.create(tmp_path / "b", "ddpm")
-    with pytest.raises(TrainingInterrupted, match=r"SIGTERM after the last epoch, before the final samples and model\.pt"):
+    with pytest.raises(TrainingInterrupted,
+                       match=r"SIGTERM after the last epoch, before the final samples and model\.pt"):
         fit(_linear_task(sample_fn), exp, progress=False)
     assert not exp.model_checkpoint.exists()
     resumed = fit(_linear_task(), exp, resume=True, progress=False)
@@ -606,7 +609,8 @@ BAD_ARGS = [
     (["sample", "ddpm", "{ddpm}", "--batch_size", "0"], r"--batch_size must be a positive number"),
     (["sample", "ddpm", "{vae}"], r"holds a 'vae' model, expected a 'ddpm' checkpoint: pass the model\.pt"),
     (["sample", "ddpm", "{tmp}/missing.pt"], r"checkpoint .*missing\.pt does not exist"),
-    (["sample", "ddpm", "{ddpm}", "--ddim_steps", "10", "--out", "{tmp}/a_file"], r"output folder .*a_file is not writable"),
+    (["sample", "ddpm", "{ddpm}", "--ddim_steps", "10", "--out", "{tmp}/a_file"],
+     r"output folder .*a_file is not writable"),
     (["sample", "ldm", "{ddpm}", "{ddpm}"], r"holds a 'ddpm' model, expected a 'vae' checkpoint"),
     (["umap", "{vae}"], r"holds a 'vae' model, expected a 'ddpm' checkpoint"),
     (["umap", "{ddpm}", "--vae", "{ddpm}"], r"holds a 'ddpm' model, expected a 'vae' checkpoint"),
@@ -674,12 +678,14 @@ def test_unwritable_output_folder_is_refused(tmp_path, monkeypatch, capsys, fake
         locked.chmod(0o555)
     else:
         _deny(monkeypatch, locked, os.W_OK)
-    argv = (["train", "ddpm", *TINY] if command == "train" else ["sample", "ddpm", str(fake_checkpoints["ddpm"]), "--ddim_steps", "10"])
+    argv = (["train", "ddpm", *TINY] if command == "train"
+            else ["sample", "ddpm", str(fake_checkpoints["ddpm"]), "--ddim_steps", "10"])
     try:
         assert run_cli([*argv, "--out", str(locked / "new" / "deeper")]) == 2
     finally:
         locked.chmod(0o755)
-    assert re.search(r"output folder .*locked/new/deeper is not writable .*choose another --out", capsys.readouterr().err)
+    assert re.search(r"output folder .*locked/new/deeper is not writable .*choose another --out",
+                     capsys.readouterr().err)
     assert list(locked.iterdir()) == []
 
 

@@ -70,7 +70,8 @@ def _store(result_ckpt: Path, dest: Path) -> None:
 
 
 def _load_else_train(kind: str, prof: Profile, expected: dict, retrain: bool, train, load):
-    """Return ``load(path)`` for the stored checkpoint if it matches ``expected`` and verifies; else train, store, load."""
+    """Return ``load(path)`` for the stored checkpoint if it matches ``expected`` and verifies; else
+    train, store, load."""
     path = checkpoint_path(kind, prof)
     if not retrain:
         try:

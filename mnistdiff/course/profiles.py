@@ -59,7 +59,8 @@ _SMOKE_DIFFUSION = DiffusionConfig(timesteps=100)
 SMOKE = Profile(
     name="smoke",
     ddpm=DDPMRunConfig(
-        unet=UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,), num_heads=2),
+        unet=UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,),
+                        num_heads=2),
         diffusion=_SMOKE_DIFFUSION,
         train=dataclasses.replace(_SMOKE_TRAIN, epochs=6, sample_every=3),
     ),
@@ -98,7 +99,8 @@ BOOK = Profile(
                           eval_size=2000, precision="auto"),
     ),
     ldm=LDMRunConfig(
-        unet=UNetConfig(in_channels=2, image_size=4, base_channels=32, channel_mults=(1, 2), attention_resolutions=(4, 2)),
+        unet=UNetConfig(in_channels=2, image_size=4, base_channels=32, channel_mults=(1, 2),
+                        attention_resolutions=(4, 2)),
         train=TrainConfig(epochs=20, lr=2e-3, batch_size=256, warmup_steps=200, sample_every=2, num_samples=16,
                           eval_size=2000, precision="auto"),
     ),

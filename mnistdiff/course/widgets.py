@@ -214,7 +214,8 @@ def denoising_player(
 
 def ddim_explorer(
     model, steps_options: Sequence[int], etas: Sequence[float] = (0.0, 0.5, 1.0), seed: int = 0,
-    device: str | torch.device = "cpu", *, num_samples: int = 4, samples: dict[tuple[int, float], torch.Tensor] | None = None,
+    device: str | torch.device = "cpu", *,
+    num_samples: int = 4, samples: dict[tuple[int, float], torch.Tensor] | None = None,
     zoom: int = 3, show: bool = True,
 ) -> Explorer:
     """Two sliders, DDIM steps S and η, over samples precomputed from one seed (the same x_T for all).
@@ -329,7 +330,8 @@ def latent_walk(
 
     ws = np.linspace(0, 1, max(frames, 2)).tolist()
     fb = frame_strip_png([decode(w) for w in ws], [f"w={w:.2f}" for w in ws],
-                         title=f"decoding (1−w)·z_a + w·z_b ({mode})" if mode == "linear" else "decoding slerp(z_a, z_b; w)")
+                         title=(f"decoding (1−w)·z_a + w·z_b ({mode})" if mode == "linear"
+                                else "decoding slerp(z_a, z_b; w)"))
     if show:
         _show(fb)
     slider = ipywidgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.01, description="w", continuous_update=True,

@@ -133,12 +133,16 @@ def load_classifier(
     if not path.is_file():
         raise ClassifierWeightsError(f"classifier weights {path} are missing. {RETRAIN_HINT}")
     if not meta_path.is_file():
-        raise ClassifierWeightsError(f"classifier sidecar {meta_path} (with the weights' SHA-256) is missing. {RETRAIN_HINT}")
+        raise ClassifierWeightsError(
+            f"classifier sidecar {meta_path} (with the weights' SHA-256) is missing. {RETRAIN_HINT}"
+        )
     try:
         meta = json.loads(meta_path.read_text())
         expected = meta["sha256"]
     except (ValueError, KeyError) as err:
-        raise ClassifierWeightsError(f"classifier sidecar {meta_path} is unreadable or has no 'sha256' ({err}). {RETRAIN_HINT}") from err
+        raise ClassifierWeightsError(
+            f"classifier sidecar {meta_path} is unreadable or has no 'sha256' ({err}). {RETRAIN_HINT}"
+        ) from err
     actual = sha256_file(path)
     if actual != expected:
         raise ClassifierWeightsError(
@@ -157,7 +161,9 @@ def load_classifier(
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: MNISTClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+def evaluate_accuracy(
+    model: MNISTClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+) -> float:
     """Top-1 accuracy of ``model`` on ``images`` ``(N, 1, 28, 28)`` in [-1, 1] with ``labels`` ``(N,)``."""
     was_training = model.training
     model.eval()

@@ -57,7 +57,9 @@ def prepare_images(x: ArrayLike) -> torch.Tensor:
     if x.shape[0] == 0:
         raise ValueError(f"got an empty batch of shape {tuple(x.shape)}; {_EXPECTED}")
     if x.shape[1] != 1:
-        raise ValueError(f"got {x.shape[1]} channels (shape {tuple(x.shape)}); MNIST images have 1 channel; {_EXPECTED}")
+        raise ValueError(
+            f"got {x.shape[1]} channels (shape {tuple(x.shape)}); MNIST images have 1 channel; {_EXPECTED}"
+        )
     h, w = int(x.shape[2]), int(x.shape[3])
     if (h, w) not in ((28, 28), (32, 32)):
         raise ValueError(f"got images of size {h}×{w} (shape {tuple(x.shape)}); {_EXPECTED}")

@@ -74,7 +74,8 @@ METRIC_KEYS = (
     "nn_train_distance", "nn_train_distance_min",
 )
 
-#: How a metric is shown in every table (:func:`format_metrics`, :func:`~mnistdiff.evaluation.report.results_table`): ``(key, header, format, factor)``; a value is shown as
+#: How a metric is shown in every table (:func:`format_metrics`, :func:`~mnistdiff.evaluation.report.results_table`):
+#: ``(key, header, format, factor)``; a value is shown as
 #: ``format.format(value * factor)``.
 TABLE_COLUMNS: tuple[tuple[str, str, str, float], ...] = (
     ("n", "n", "{:d}", 1),
@@ -276,7 +277,9 @@ def evaluate_npz(
     except Exception as err:  # noqa: BLE001 - zip/pickle/format errors
         raise ValueError(f"cannot read {path} as an .npz file with key 'samples' ({err})") from err
     if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} is a single .npy array, expected an .npz archive with key 'samples' (np.savez(path, samples=...))")
+        raise ValueError(
+            f"{path} is a single .npy array, expected an .npz archive with key 'samples' (np.savez(path, samples=...))"
+        )
     with data:
         if "samples" not in data.files:
             raise ValueError(
@@ -310,5 +313,7 @@ def format_metrics(results: dict[str, dict[str, Any]], floor: dict[str, Any] | N
     formats = {key: (fmt, factor) for key, _, fmt, factor in TABLE_COLUMNS}
     for key in ("n",) + tuple(keys):
         fmt, factor = formats.get(key, ("{:.4f}", 1.0))
-        lines.append(key.ljust(22) + "".join(format_value(cols[n].get(key), fmt, factor).rjust(width + 2) for n in names))
+        lines.append(
+            key.ljust(22) + "".join(format_value(cols[n].get(key), fmt, factor).rjust(width + 2) for n in names)
+        )
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Evaluate generators of digits, and write the results file the book reads.
 
 A generator is a :class:`GeneratorSpec` (the course's list is
-:func:`mnistdiff.course.generators.course_generators`). Each is scored with :func:`mnistdiff.evaluation.metrics.evaluate` (classifier-FID, KID, precision/recall,
+:func:`mnistdiff.course.generators.course_generators`). Each is scored with
+:func:`mnistdiff.evaluation.metrics.evaluate` (classifier-FID, KID, precision/recall,
 confidence, class balance, distance to the nearest training image), timed (seconds per sample), and
 — with :func:`mnistdiff.evaluation.umap_eval.umap_evaluation` — placed on a UMAP of real digits with a k-NN
 two-sample accuracy. Every metric depends on the sample count, so the results always carry the
@@ -350,7 +351,8 @@ def build_results(
 
 
 def results_dir() -> Path:
-    """``$MNISTDIFF_RESULTS_DIR`` if set, else ``results/`` at the repository root (:func:`~mnistdiff.files.repo_root`)."""
+    """``$MNISTDIFF_RESULTS_DIR`` if set, else ``results/`` at the repository root
+    (:func:`~mnistdiff.files.repo_root`)."""
     env = os.environ.get("MNISTDIFF_RESULTS_DIR")
     return Path(env) if env else repo_root() / "results"
 
@@ -394,5 +396,7 @@ def results_table(
         "|---|" + "---:|" * len(cols),
     ]
     for label, row in rows:
-        lines.append(f"| {label} | " + " | ".join(format_value(row.get(key), fmt, factor) for key, _, fmt, factor in cols) + " |")
+        lines.append(
+            f"| {label} | " + " | ".join(format_value(row.get(key), fmt, factor) for key, _, fmt, factor in cols) + " |"
+        )
     return "\n".join(lines) + "\n"

@@ -112,7 +112,9 @@ def knn_two_sample_accuracy(a: ArrayLike, b: ArrayLike, k: int = 5, seed: int = 
         raise ValueError(f"a and b have different dimensions: {xa.shape[1]} vs {xb.shape[1]}")
     m = min(xa.shape[0], xb.shape[0])
     if 2 * m <= k + 1 or m < 2:
-        raise ValueError(f"need at least 2 points per set and 2·min(N_a, N_b) > k + 1; got {xa.shape[0]}, {xb.shape[0]} with k = {k}")
+        raise ValueError(
+            f"need at least 2 points per set and 2·min(N_a, N_b) > k + 1; got {xa.shape[0]}, {xb.shape[0]} with k = {k}"
+        )
     rng = np.random.default_rng(seed)
     if xa.shape[0] > m:
         xa = xa[np.sort(rng.choice(xa.shape[0], m, replace=False))]

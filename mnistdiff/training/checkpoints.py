@@ -236,7 +236,8 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
 
 
 def config_diffs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted.key, a's value, b's value)`` for every setting where two nested config dicts differ (tuples = lists)."""
+    """``(dotted.key, a's value, b's value)`` for every setting where two nested config dicts differ
+    (tuples = lists)."""
     diffs = []
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key), b.get(key)
@@ -269,7 +270,9 @@ def _load_one(
         digest = sha256_file(path)
         size = path.stat().st_size
     except OSError as err:
-        raise CheckpointIntegrityError(f"checkpoint {path} cannot be read ({err.strerror or err}): check its permissions") from err
+        raise CheckpointIntegrityError(
+            f"checkpoint {path} cannot be read ({err.strerror or err}): check its permissions"
+        ) from err
     if digest != meta.get("sha256"):
         what = "truncated" if isinstance(meta.get("bytes"), int) and size < meta["bytes"] else "corrupt"
         raise CheckpointIntegrityError(

@@ -67,5 +67,6 @@ class EMA(AveragedModel):
 
 
 def make_ema(model: nn.Module, decay: float = 0.999) -> EMA:
-    """An :class:`EMA` (an ``AveragedModel``, buffers included) of ``model``; call ``.update_parameters(model)`` each step."""
+    """An :class:`EMA` (an ``AveragedModel``, buffers included) of ``model``; call
+    ``.update_parameters(model)`` each step."""
     return EMA(model, decay)

@@ -116,7 +116,8 @@ def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, 
 
 def train_ddpm(
     cfg: DDPMRunConfig, *, out: str | Path = "experiments", device: str | torch.device = "cpu",
-    data_dir: str | Path | None = None, resume: str | Path | None = None, progress: bool = True, compile: bool | str = False,
+    data_dir: str | Path | None = None, resume: str | Path | None = None,
+    progress: bool = True, compile: bool | str = False,
 ) -> TrainResult:
     """Train a pixel-space DDPM (Ho et al. 2020) and return the EMA model and its experiment folder."""
     device = torch.device(device)
@@ -134,7 +135,8 @@ def train_ddpm(
 
 def train_vae(
     cfg: VAERunConfig, *, out: str | Path = "experiments", device: str | torch.device = "cpu",
-    data_dir: str | Path | None = None, resume: str | Path | None = None, progress: bool = True, compile: bool | str = False,
+    data_dir: str | Path | None = None, resume: str | Path | None = None,
+    progress: bool = True, compile: bool | str = False,
 ) -> TrainResult:
     """Train the VAE (Kingma & Welling 2013) with loss = reconstruction + kl_weight·KL."""
     device = torch.device(device)
@@ -241,7 +243,8 @@ def load_ldm(vae_path: str | Path, unet_path: str | Path, device: str | torch.de
     vae, _, _ = load_vae(vae_path, device)
     if meta.get("vae_sha256") and sha256_file(vae_path) != meta["vae_sha256"]:
         raise CheckpointError(
-            f"{unet_path} was trained on a different VAE than {vae_path} (SHA-256 differs): pass the VAE checkpoint it was trained with"
+            f"{unet_path} was trained on a different VAE than {vae_path} (SHA-256 differs): "
+            "pass the VAE checkpoint it was trained with"
         )
     cfg = from_dict(LDMRunConfig, meta["config"])
     unet = UNet(cfg.unet)
