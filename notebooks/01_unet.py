@@ -49,16 +49,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mnistdiff import (
-    UNet,
-    UNetConfig,
-    count_parameters,
-    default_device,
-    get_profile,
-    load_mnist,
-    show_grid,
-    timestep_embedding,
-)
+from mnistdiff import UNet, UNetConfig, count_parameters, timestep_embedding
+from mnistdiff import default_device, get_profile, load_mnist, show_grid
 from mnistdiff.unet import AttentionBlock, Downsample, ResBlock, Upsample
 
 PROFILE = get_profile()

@@ -47,25 +47,9 @@ import torch
 import torch.nn.functional as F
 from matplotlib.ticker import MaxNLocator
 
-from mnistdiff import (
-    NoiseSchedule,
-    UNet,
-    default_device,
-    diffusion_loss,
-    frames_grid,
-    get_ddpm,
-    get_profile,
-    grid_array,
-    load_mnist,
-    min_snr_weight,
-    p_mean_variance,
-    p_sample,
-    pick_frames,
-    plot_loss_curves,
-    q_posterior,
-    q_sample,
-    show_grid,
-)
+from mnistdiff import NoiseSchedule, UNet, diffusion_loss, min_snr_weight, p_mean_variance, p_sample, q_posterior, q_sample
+from mnistdiff import default_device, get_ddpm, get_profile, load_mnist
+from mnistdiff import frames_grid, grid_array, pick_frames, plot_loss_curves, show_grid
 from mnistdiff.course.widgets import denoising_player, timestep_explorer
 
 PROFILE = get_profile()

@@ -41,17 +41,8 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from mnistdiff import (
-    NoiseSchedule,
-    ddim_sample_loop,
-    ddim_step,
-    ddim_timesteps,
-    default_device,
-    get_ddpm,
-    get_profile,
-    load_mnist,
-    show_grid,
-)
+from mnistdiff import NoiseSchedule, ddim_sample_loop, ddim_step, ddim_timesteps
+from mnistdiff import default_device, get_ddpm, get_profile, load_mnist, show_grid
 from mnistdiff.course.widgets import ddim_explorer
 
 PROFILE = get_profile()

@@ -44,21 +44,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from mnistdiff import (
-    VAE,
-    DiagonalGaussian,
-    VAEConfig,
-    count_parameters,
-    default_device,
-    encode_dataset,
-    get_profile,
-    get_vae,
-    latent_scatter,
-    load_mnist,
-    plot_loss_curves,
-    show_grid,
-    vae_loss,
-)
+from mnistdiff import VAE, DiagonalGaussian, VAEConfig, count_parameters, encode_dataset, vae_loss
+from mnistdiff import default_device, get_profile, get_vae, latent_scatter, load_mnist, plot_loss_curves, show_grid
 from mnistdiff.course.widgets import latent_walk
 
 PROFILE = get_profile()

@@ -51,28 +51,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnistdiff import (
-    VAE,
-    DDPMRunConfig,
-    LatentCodec,
-    LDMRunConfig,
-    NoiseSchedule,
-    UNet,
-    VAEConfig,
-    compute_latent_scale,
-    count_parameters,
-    default_device,
-    encode_dataset,
-    frames_grid,
-    generate,
-    get_ldm,
-    get_profile,
-    get_vae,
-    load_mnist,
-    make_diffusion_loss,
-    plot_loss_curves,
-    show_grid,
-)
+from mnistdiff import VAE, LatentCodec, NoiseSchedule, UNet, compute_latent_scale, encode_dataset, generate, make_diffusion_loss
+from mnistdiff import DDPMRunConfig, LDMRunConfig, VAEConfig, count_parameters
+from mnistdiff import default_device, get_ldm, get_profile, get_vae, load_mnist
+from mnistdiff import frames_grid, plot_loss_curves, show_grid
 
 PROFILE = get_profile()
 DEVICE = default_device()

@@ -47,15 +47,7 @@ import scipy.linalg
 import torch
 from IPython.display import Markdown, display
 
-from mnistdiff import (
-    DEFAULT_ETA,
-    default_device,
-    get_ddpm,
-    get_ldm,
-    get_profile,
-    load_mnist,
-    show_grid,
-)
+from mnistdiff import DEFAULT_ETA, default_device, get_ddpm, get_ldm, get_profile, load_mnist, show_grid
 from mnistdiff.course.generators import course_generators
 from mnistdiff.evaluation import report
 from mnistdiff.evaluation.metrics import classifier_features, frechet_distance, reference_features

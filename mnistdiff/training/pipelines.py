@@ -114,6 +114,13 @@ def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, 
     return sample_fn, final_fn
 
 
+def _run(task: TrainTask, out: str | Path, resume: str | Path | None, device: torch.device, progress: bool,
+         compile: bool | str) -> TrainResult:
+    """Fit ``task`` in a new experiment folder under ``out``, or continue the run in ``resume``."""
+    exp = Experiment(resume) if resume else Experiment.create(out, task.kind)
+    return fit(task, exp, device=device, resume=resume is not None, progress=progress, compile=compile)
+
+
 def train_ddpm(
     cfg: DDPMRunConfig, *, out: str | Path = "experiments", device: str | torch.device = "cpu",
     data_dir: str | Path | None = None, resume: str | Path | None = None,
@@ -129,8 +136,7 @@ def train_ddpm(
     loss_fn = make_diffusion_loss(sched, None, cfg.diffusion.min_snr_gamma)
     task = TrainTask("ddpm", model, loss_fn, train.images, test.images, cfg.train, to_dict(cfg),
                      sample_fn=sample_fn, final_fn=final_fn)
-    exp = Experiment(resume) if resume else Experiment.create(out, "ddpm")
-    return fit(task, exp, device=device, resume=resume is not None, progress=progress, compile=compile)
+    return _run(task, out, resume, device, progress, compile)
 
 
 def train_vae(
@@ -169,8 +175,7 @@ def train_vae(
 
     task = TrainTask("vae", model, loss_fn, train.images, test.images, cfg.train, to_dict(cfg),
                      sample_fn=sample_fn, final_fn=final_fn)
-    exp = Experiment(resume) if resume else Experiment.create(out, "vae")
-    return fit(task, exp, device=device, resume=resume is not None, progress=progress, compile=compile)
+    return _run(task, out, resume, device, progress, compile)
 
 
 def train_ldm(
@@ -208,8 +213,7 @@ def train_ldm(
         extra_state={"latent_scale": scale, "latent_clip": clip},
         extra_sidecar={"latent_scale": scale, "latent_clip": clip, "vae_sha256": vae_sha},
     )
-    exp = Experiment(resume) if resume else Experiment.create(out, "ldm")
-    return fit(task, exp, device=device, resume=resume is not None, progress=progress, compile=compile)
+    return _run(task, out, resume, device, progress, compile)
 
 
 def _load_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
