@@ -325,6 +325,8 @@ print(f"our L_LDM matches make_diffusion_loss: {ours.item():.4f} on {len(batch_m
 # clips $\hat x_0$ to $[-c, c]$, where $c = \max |s \cdot z|$ over the training codes, stored with the
 # checkpoint (`ldm.clip_range`). Some clipping is still needed: at $t = T-1$ the estimate
 # $\hat x_0$ is divided by $\sqrt{\bar\alpha_{T-1}}$ (chapter 3), and unclipped codes blow up.
+# And `fast=ldm.fast` runs the network in the precision measured fastest on this machine when the
+# model was loaded (float32 or bf16 autocast), as `ldm.sample` does, so the two give the same digits.
 
 
 # %%
@@ -340,7 +342,7 @@ def sample_with_codes(n: int, **kwargs) -> tuple[torch.Tensor, list, list[torch.
         return decode(z)
 
     images, frames = generate(ldm.unet, ldm.schedule, n, shape=ldm.sample_shape, seed=SEED, device=DEVICE,
-                              clip_range=ldm.clip_range,
+                              clip_range=ldm.clip_range, fast=ldm.fast,
                               batch_size=n, decode=decode_keeping_codes, **kwargs)
     return images, frames, codes
 

@@ -1,13 +1,11 @@
 """Evaluate generators of digits, and write the results file the book reads.
 
-A generator is a :class:`GeneratorSpec` (the course's list is
-:func:`mnistdiff.course.generators.course_generators`). Each is scored with
-:func:`mnistdiff.evaluation.metrics.evaluate` (classifier-FID, KID, precision/recall,
-confidence, class balance, distance to the nearest training image), timed (seconds per sample), and
-— with :func:`mnistdiff.evaluation.umap_eval.umap_evaluation` — placed on a UMAP of real digits with a k-NN
-two-sample accuracy. Every metric depends on the sample count, so the results always carry the
-real-vs-real floor at the same count (:func:`mnistdiff.evaluation.metrics.real_floor`; for the k-NN
-accuracies, held-out real test images against real training images).
+A generator is a :class:`GeneratorSpec` (the course's are :func:`mnistdiff.course.generators.course_generators`).
+Each is scored with :func:`mnistdiff.evaluation.metrics.evaluate`, timed (seconds per sample), and placed on
+a UMAP of real digits with a k-NN two-sample accuracy (:func:`mnistdiff.evaluation.umap_eval.umap_evaluation`).
+Every metric depends on the sample count, so the results always carry the real-vs-real floor at the same
+count (:func:`mnistdiff.evaluation.metrics.real_floor`; for the k-NN accuracies, held-out real test images
+against real training images).
 
 The results go to ``results/<profile>/evaluation.json`` (or under ``$MNISTDIFF_RESULTS_DIR``),
 written atomically, with this layout::
