@@ -154,6 +154,44 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# :::{admonition} Exercise 1.1 (derivation): shifting time is a rotation
+# :class: tip
+# Show that for every shift $k$ there is a matrix $R(k)$, the same for every $t$, with
+# $\mathrm{emb}(t + k) = R(k)\,\mathrm{emb}(t)$. What does $R(k)$ look like, and why does it
+# make a *linear* layer able to read "a little later than $t$"? Check your $R(k)$ numerically
+# against `timestep_embedding` for all $t$ of the full profile.
+# :::
+#
+# :::{admonition} Solution 1.1
+# :class: dropdown
+# Per frequency $\omega_i$, the angle-addition formulas give
+# $\cos(\omega_i(t+k)) = \cos(\omega_i k)\cos(\omega_i t) - \sin(\omega_i k)\sin(\omega_i t)$ and
+# $\sin(\omega_i(t+k)) = \sin(\omega_i k)\cos(\omega_i t) + \cos(\omega_i k)\sin(\omega_i t)$:
+# the pair $(\cos, \sin)$ of dimension $i$ is rotated by the angle $\omega_i k$, whatever $t$ is.
+# So $R(k)$ is block-diagonal with one 2×2 rotation per frequency (in our cosines-then-sines layout the
+# two entries of a pair sit $d/2$ dimensions apart). A shift in time is a fixed linear map of the
+# code, which a linear layer can represent exactly (Vaswani et al. give the same argument for
+# positions). The code below builds $R(k)$ and checks it:
+# :::
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1.1: R(k) as a matrix, checked against the package's embedding for every t.
+def shift_matrix(k: float, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """(dim, dim) block rotation with emb(t + k) = R(k) emb(t) (cosines in [:dim/2], sines in [dim/2:])."""
+    half = dim // 2
+    angle = k * max_period ** (-torch.arange(half, dtype=torch.float64) / half)
+    c, s = torch.diag(torch.cos(angle)), torch.diag(torch.sin(angle))
+    return torch.cat([torch.cat([c, -s], 1), torch.cat([s, c], 1)], 0)
+
+
+k, dim = 7, 32
+ts = torch.arange(0, 1000 - k)
+shifted = sinusoidal_embedding(ts, dim).double() @ shift_matrix(k, dim).T  # rows: R(k) emb(t)
+torch.testing.assert_close(shifted.float(), timestep_embedding(ts + k, dim), rtol=0, atol=2e-4)
+print(f"emb(t + {k}) = R({k}) emb(t) for all {len(ts)} timesteps t; R(k) is orthogonal:",
+      torch.allclose(shift_matrix(k, dim) @ shift_matrix(k, dim).T, torch.eye(dim, dtype=torch.float64)))
+
+# %% [markdown]
 # Inside the UNet, a small MLP turns this fixed code into a learned one,
 # $e_t = W_2\,\mathrm{SiLU}(W_1\,\mathrm{emb}(t))$ with $4d$ dimensions, and every residual block
 # reads $e_t$.
@@ -190,6 +228,48 @@ torch.nn.init.normal_(block.conv2.weight, std=0.05)  # (it starts at zero: see b
 x, e = torch.randn(2, 32, 16, 16), torch.randn(2, 128)
 torch.testing.assert_close(resblock_forward(block, x, e), block(x, e))
 print("our residual block matches mnistdiff.unet.ResBlock:", tuple(block(x, e).shape))
+
+# %% [markdown]
+# :::{admonition} Exercise 1.2 (a change to the code): FiLM, scale *and* shift
+# :class: tip
+# improved-diffusion's `use_scale_shift_norm` lets time also *scale* the features:
+# $h \leftarrow \mathrm{GN}_2(h)\,(1 + \gamma(e_t)) + \beta(e_t)$ with $[\gamma, \beta] = W_e\,\mathrm{SiLU}(e_t)$,
+# instead of adding a bias before $\mathrm{GN}_2$ (FiLM: Perez et al.,
+# [arXiv:1709.07871](https://arxiv.org/abs/1709.07871)). Write it as a subclass of `ResBlock`.
+# *Predict* first: how many more parameters does one block get, and is the block still the identity at
+# initialisation? Then check both.
+# :::
+#
+# :::{admonition} Solution 1.2
+# :class: dropdown
+# Only the time projection changes: it outputs $2 C_\text{out}$ numbers instead of $C_\text{out}$, so
+# the block gains $(d_e + 1)\,C_\text{out}$ parameters (a weight row and a bias per extra output).
+# The last convolution still starts at zero, so the residual branch is still 0 and the block is still
+# $\mathrm{skip}(x)$ at initialisation: FiLM changes what training can do, not where it starts.
+# :::
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1.2: a FiLM residual block, its extra parameters, and the identity at initialisation.
+class FiLMResBlock(ResBlock):
+    """ResBlock whose time embedding scales and shifts the normalised features: GN(h)·(1 + γ) + β."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float = 0.0) -> None:
+        super().__init__(in_ch, out_ch, emb_dim, groups, dropout)
+        self.emb = torch.nn.Linear(emb_dim, 2 * out_ch)  # [γ, β]
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        gamma, beta = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + gamma) + beta
+        return self.skip(x) + self.conv2(self.dropout(F.silu(h)))
+
+
+plain, film = ResBlock(32, 64, 128, 8), FiLMResBlock(32, 64, 128, 8)
+extra = count_parameters(film) - count_parameters(plain)
+assert extra == (128 + 1) * 64, extra
+x, e = torch.randn(2, 32, 16, 16), torch.randn(2, 128)
+torch.testing.assert_close(film(x, e), film.skip(x))  # conv2 starts at zero: the identity (up to the skip)
+print(f"FiLM adds (d_e + 1)·C_out = {extra:,} parameters to a block and starts as its skip path")
 
 # %% [markdown]
 # ## Self-attention: letting distant pixels talk
@@ -328,6 +408,43 @@ plt.show()
 print(f"{len(pairs)} skip connections")
 
 # %% [markdown]
+# :::{admonition} Exercise 1.3 (a change to the code): the UNet without attention
+# :class: tip
+# Build the full-profile UNet with `UNetConfig(attention_resolutions=())`. *Predict* its parameter
+# count from the table above before you build it, then check, and time one forward pass of a batch of
+# 64 with and without attention on this machine.
+# :::
+#
+# :::{admonition} Solution 1.3
+# :class: dropdown
+# Without attention the UNet loses exactly the `AttentionBlock` rows of the table, except the middle
+# one (`mid_attn` is always there): the count drops by their sum. Attention over $H W$ positions costs
+# $O((HW)^2)$, so at 16×16 it is a noticeable part of the forward time even in a small network.
+# :::
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1.3: the prediction from the table, checked, and the time of a forward pass with and without attention.
+attn_rows = sum(r["params"] for r in rows if r["type"] == "AttentionBlock" and not r["block"].startswith("mid"))
+no_attn = UNet(UNetConfig(attention_resolutions=()))
+assert count_parameters(no_attn) == count_parameters(full_unet) - attn_rows
+x64, t64 = torch.randn(64, 1, 32, 32), torch.full((64,), 500)
+
+
+def forward_ms(net: UNet, repeats: int = 3) -> float:
+    with torch.no_grad():
+        net(x64, t64)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            net(x64, t64)
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+print(f"without attention: {count_parameters(no_attn):,} parameters "
+      f"({count_parameters(full_unet) - count_parameters(no_attn):,} fewer, as predicted)")
+print(f"forward pass of 64 images on the CPU: {forward_ms(full_unet):.0f} ms with attention, "
+      f"{forward_ms(no_attn):.0f} ms without")
+
+# %% [markdown]
 # ## The model of this profile
 #
 # The notebooks train the UNet of the current profile. The `smoke` profile (for CPUs and CI) keeps
@@ -373,6 +490,35 @@ with torch.no_grad():
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
 print(f"{(time.perf_counter() - start) / 5 * 1e3:.1f} ms per forward pass of {PROFILE.num_samples} images on {DEVICE}")
+
+# %% [markdown]
+# :::{admonition} Exercise 1.4 (an experiment): what the zero initialisation buys
+# :class: tip
+# Re-initialise the profile's `conv_out` with small random weights (`torch.nn.init.normal_(…, std=0.05)`)
+# and *predict* the initial loss $\mathbb E\,\|\epsilon - \hat\epsilon\|^2$ per pixel: above or below 1?
+# Measure it on a batch of noise, for the zero-initialised and the random last layer.
+# :::
+#
+# :::{admonition} Solution 1.4
+# :class: dropdown
+# With $\epsilon$ independent of the untrained $\hat\epsilon$, $\mathbb E\,\|\epsilon - \hat\epsilon\|^2 =
+# \mathbb E\,\|\epsilon\|^2 + \mathbb E\,\|\hat\epsilon\|^2 = 1 + \mathbb E\,\hat\epsilon^2$: any random
+# output only adds to the loss of 1 that $\hat\epsilon = 0$ starts from. The zero initialisation
+# starts training at the best loss an input-blind network can have.
+# :::
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1.4: the loss at initialisation, zero last layer against a random one.
+torch.manual_seed(SEED)
+noise = torch.randn(64, 1, 32, 32, device=DEVICE)
+x_noisy, t_any = torch.randn(64, 1, 32, 32, device=DEVICE), torch.randint(0, 100, (64,), device=DEVICE)
+random_last = UNet(PROFILE.ddpm.unet).to(DEVICE)
+torch.nn.init.normal_(random_last.conv_out.weight, std=0.05)
+with torch.no_grad():
+    zero_loss = F.mse_loss(model(x_noisy, t_any), noise).item()
+    random_loss = F.mse_loss(random_last(x_noisy, t_any), noise).item()
+print(f"initial loss per pixel: zero last layer {zero_loss:.3f}, random last layer {random_loss:.3f}")
+assert random_loss > zero_loss
 
 # %% [markdown]
 # ## What we learned, and what comes next

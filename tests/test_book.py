@@ -766,3 +766,12 @@ class TestInChromium:
         assert r["mjx"] == r["math"]  # taken after MathJax finished
         with capsys.disabled():  # shown even when pytest captures output
             print(f"\n[book] screenshot of the rendered chapter: {shot}")
+
+
+def test_exercises_are_shown_and_solutions_collapsed(built):
+    """Chapter 1's exercises are admonitions; their prose solutions are dropdowns and their code
+    solutions toggled (closed) cells in the built book."""
+    html = (built / "chapters" / "01_unet.html").read_text()
+    assert html.count("Exercise 1.") >= 3
+    assert re.search(r'class="admonition dropdown', html) or 'class="dropdown admonition' in html
+    assert "tag_hide-cell" in html and "tag_solution" in html

@@ -1,0 +1,61 @@
+"""Exercises and their solutions: every exercise has a solution; code solutions are tagged so that the
+book collapses them (``hide-cell``) and nbval runs them like any other cell.
+
+An exercise is a MyST admonition ``:::{admonition} Exercise N.k (kind): title`` with ``:class: tip`` in a
+markdown cell; its prose solution is ``:::{admonition} Solution N.k`` with ``:class: dropdown``
+(collapsed in the book), and a code solution is the next code cell, tagged ``solution`` and
+``hide-cell``, whose first line is ``# Solution N.k: …``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+
+from mnistdiff.course.chapters import CHAPTERS
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+EXERCISE = re.compile(r":::\{admonition\} Exercise (\d+)\.(\d+) \((derivation|a change to the code|an experiment)\): \S")
+SOLUTION = re.compile(r":::\{admonition\} Solution (\d+)\.(\d+)\n:class: dropdown\n")
+
+
+def _exercises(chapter: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[dict]]:
+    nb = jupytext.read(NOTEBOOKS / f"{chapter}.py")
+    exercises, prose, code = [], [], []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            exercises += [(int(a), int(b)) for a, b, _ in EXERCISE.findall(cell.source)]
+            prose += [(int(a), int(b)) for a, b in SOLUTION.findall(cell.source)]
+        elif "solution" in cell.metadata.get("tags", []):
+            code.append(cell)
+    return exercises, prose, code
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_exercise_has_a_collapsed_solution(chapter):
+    exercises, prose, code = _exercises(chapter)
+    number = int(chapter[:2])
+    assert [e for e in exercises if e[0] != number] == [], f"{chapter}: exercises are numbered {number}.k"
+    assert [k for _, k in exercises] == list(range(1, len(exercises) + 1)), f"{chapter}: not numbered 1, 2, …"
+    assert sorted(prose) == sorted(exercises), f"{chapter}: an exercise without its Solution dropdown"
+    for cell in code:
+        assert "hide-cell" in cell.metadata["tags"], f"{chapter}: a solution cell the book would show open"
+        m = re.match(r"# Solution (\d+)\.(\d+):", cell.source)
+        assert m and (int(m[1]), int(m[2])) in exercises, f"{chapter}: solution cell names no exercise"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapters_with_exercises_have_three_to_five(chapter):
+    exercises, _, _ = _exercises(chapter)
+    assert not exercises or 3 <= len(exercises) <= 5, f"{chapter} has {len(exercises)} exercises"
+
+
+def test_the_check_finds_exercises_and_can_fail():
+    """Chapter 1 has exercises, and a solution without its tag is caught."""
+    exercises, prose, code = _exercises("01_unet")
+    assert len(exercises) >= 3 and len(code) >= 1
+    assert EXERCISE.search(":::{admonition} Exercise 1.9 (derivation): x") and not SOLUTION.search(
+        ":::{admonition} Solution 1.9\n:class: tip\n")
