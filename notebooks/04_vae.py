@@ -208,6 +208,42 @@ torch.testing.assert_close(ours, reference)
 print("our gaussian_kl matches DiagonalGaussian.kl and torch.distributions")
 
 # %% [markdown]
+# :::{admonition} Exercise 4.1 (derivation): the KL between any two diagonal Gaussians
+# :class: tip
+# Derive $D_{\mathrm{KL}}\big(\mathcal N(\mu_1, \sigma_1^2) \,\|\, \mathcal N(\mu_2, \sigma_2^2)\big)$ for one
+# coordinate from $\mathbb E_{q}[\log q - \log p]$, show that it gives the formula above when
+# $\mu_2 = 0, \sigma_2 = 1$, and check it against `torch.distributions` for random parameters.
+# :::
+#
+# :::{admonition} Solution 4.1
+# :class: dropdown
+# With $\log \mathcal N(z; \mu, \sigma^2) = -\log\sigma - \tfrac12\log 2\pi - (z - \mu)^2 / 2\sigma^2$ and
+# $\mathbb E_q[(z - \mu_1)^2] = \sigma_1^2$, $\mathbb E_q[(z - \mu_2)^2] = \sigma_1^2 + (\mu_1 - \mu_2)^2$:
+#
+# $$
+# D_{\mathrm{KL}} = \log\frac{\sigma_2}{\sigma_1} + \frac{\sigma_1^2 + (\mu_1 - \mu_2)^2}{2\sigma_2^2} - \frac12 .
+# $$
+#
+# At $\mu_2 = 0, \sigma_2 = 1$ this is $-\tfrac12\log\sigma_1^2 + \tfrac12(\sigma_1^2 + \mu_1^2) - \tfrac12$,
+# the per-coordinate term of the formula above; a diagonal Gaussian's KL is the sum over coordinates.
+# :::
+
+# %% tags=["solution", "hide-cell"]
+# Solution 4.1: the general formula against torch.distributions, and its special case against gaussian_kl.
+def kl_normal(mu1: torch.Tensor, sd1: torch.Tensor, mu2: torch.Tensor, sd2: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(N(mu1, sd1²) ‖ N(mu2, sd2²))."""
+    return torch.log(sd2 / sd1) + (sd1**2 + (mu1 - mu2) ** 2) / (2 * sd2**2) - 0.5
+
+
+g = torch.Generator().manual_seed(SEED)
+mu1, mu2 = torch.randn(1000, generator=g, dtype=torch.float64), torch.randn(1000, generator=g, dtype=torch.float64)
+sd1, sd2 = torch.rand(1000, generator=g, dtype=torch.float64) + 0.1, torch.rand(1000, generator=g, dtype=torch.float64) + 0.1
+torch.testing.assert_close(kl_normal(mu1, sd1, mu2, sd2), kl_divergence(Normal(mu1, sd1), Normal(mu2, sd2)))
+torch.testing.assert_close(kl_normal(posterior.mean, posterior.std, torch.zeros(()), torch.ones(())).flatten(1).sum(1),
+                           gaussian_kl(posterior.mean, posterior.logvar))
+print("the general Gaussian KL matches torch.distributions, and at N(0, 1) it is gaussian_kl")
+
+# %% [markdown]
 # Two values worked by hand: the prior itself costs nothing, and moving all 32 means to 1 with unit
 # variance costs $32 \cdot \tfrac12 = 16$ nats.
 
@@ -285,6 +321,34 @@ show_grid(torch.cat([test.images[:16], recon[:16]]), nrow=16, title="test digits
 plt.show()
 
 # %% [markdown]
+# :::{admonition} Exercise 4.2 (a change to the code): reconstruct through a sample
+# :class: tip
+# Latent diffusion encodes the posterior *mean*. Reconstruct the same test digits through a posterior
+# *sample* $z = \mu + \sigma \odot \epsilon$ instead. *Predict* first: is the error larger or smaller,
+# and by roughly how much, given the $\sigma$ the encoder outputs? Then measure it.
+# :::
+#
+# :::{admonition} Solution 4.2
+# :class: dropdown
+# Larger: the decoder now also sees the noise $\sigma \odot \epsilon$. How much depends on $\sigma$:
+# with a KL weight as small as this profile's, the encoder is free to make $\sigma$ small next to the
+# spread of the means, so the sampled codes stay close to $\mu$ and the error grows only a little. The
+# ratio of the typical $\sigma$ to the spread of $\mu$ (printed below) says how close.
+# :::
+
+# %% tags=["solution", "hide-cell"]
+# Solution 4.2: the mean against a posterior sample, on the same test digits.
+with torch.no_grad():
+    q = vae.encode(test.images[:500].to(DEVICE))
+    eps = torch.randn(q.mean.shape, generator=torch.Generator(device=DEVICE).manual_seed(SEED), device=DEVICE)
+    from_mean = vae.decode(q.mean).clamp(-1, 1).cpu()
+    from_sample = vae.decode(q.sample(eps)).clamp(-1, 1).cpu()
+mse_mean = (from_mean - test.images[:500]).pow(2).mean().item()
+mse_sample = (from_sample - test.images[:500]).pow(2).mean().item()
+print(f"MSE through the mean {mse_mean:.4f}, through a sample {mse_sample:.4f} ({mse_sample / mse_mean:.2f}×); "
+      f"typical σ {q.std.mean().item():.3f} against a spread of the means of {q.mean.std(0).mean().item():.3f}")
+
+# %% [markdown]
 # ## The latent space
 #
 # Each digit is now a point in $\mathbb R^{32}$. To look at those points we project them onto their
@@ -314,6 +378,57 @@ print(f"posterior means μ over {len(latents)} digits: overall mean {means.mean(
 print(f"  std per coordinate ranges from {spread.min().item():.3f} to {spread.max().item():.3f}")
 print(f"posterior widths σ: median {stds.median().item():.4f}, "
       f"{means.std().item() / stds.median().item():.1f}× narrower than the cloud of means")
+
+# %% [markdown]
+# :::{admonition} Exercise 4.3 (an experiment): posterior collapse at a large KL weight
+# :class: tip
+# Train three small VAEs (`VAEConfig(base_channels=8)`, 200 Adam steps on 4,096 digits, about 15 s each
+# on a CPU) with KL weights $10^{-6}$, $1$ and $30$. Count the **active units**: the latent coordinates
+# whose posterior mean varies across test digits ($\operatorname{Var}_x \mu_j(x) > 0.01$, Burda et al.,
+# [arXiv:1509.00519](https://arxiv.org/abs/1509.00519)). *Predict* how the count and the reconstructions
+# change with the weight.
+# :::
+#
+# :::{admonition} Solution 4.3
+# :class: dropdown
+# The KL term pays for every coordinate that carries information ($\mu_j \neq 0$ or $\sigma_j < 1$). A
+# small weight makes information cheap: all 32 coordinates are used. As the weight grows, the encoder
+# gives up the coordinates that help the reconstruction least, their posterior equals the prior
+# ($\mu_j = 0$, $\sigma_j = 1$ for every $x$), and they are *inactive*; at a weight of 30 every
+# coordinate has collapsed, the code says nothing about the digit, and the decoder can only draw the
+# average digit. This is posterior collapse.
+# :::
+
+# %% tags=["solution", "hide-cell"]
+# Solution 4.3: three KL weights, their active units, KL and reconstructions.
+def train_small_vae(kl_weight: float, steps: int = 200, seed: int = SEED) -> VAE:
+    torch.manual_seed(seed)
+    model = VAE(VAEConfig(base_channels=8))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    data = load_mnist("train").subset(4096, seed=seed).images
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        loss, _ = vae_loss(model, data[torch.randint(0, len(data), (64,), generator=g)], kl_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+held_out = load_mnist("test").subset(1000, seed=SEED).images
+fig, axes = plt.subplots(3, 1, figsize=(8, 3.6))
+for ax, weight in zip(axes, (1e-6, 1.0, 30.0)):
+    small = train_small_vae(weight)
+    with torch.no_grad():
+        q = small.encode(held_out)
+        recon_small = small.decode(q.mean).clamp(-1, 1)
+    active = int((q.mean.flatten(1).var(0) > 0.01).sum())
+    print(f"KL weight {weight:g}: {active:2d} of 32 units active, KL {q.kl().mean().item():7.2f} nats, "
+          f"reconstruction MSE {(recon_small - held_out).pow(2).mean().item():.4f}")
+    show_grid(torch.cat([held_out[:12], recon_small[:12]]), nrow=24, ax=ax,
+              title=f"KL weight {weight:g}: {active} active units")
+fig.tight_layout()
+plt.show()
 
 # %% [markdown]
 # ## Samples from the prior
