@@ -18,7 +18,8 @@ import pytest
 from mnistdiff.course.chapters import CHAPTERS
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-EXERCISE = re.compile(r":::\{admonition\} Exercise (\d+)\.(\d+) \((derivation|a change to the code|an experiment)\): \S")
+KINDS = "derivation|a change to the code|an experiment"
+EXERCISE = re.compile(rf":::\{{admonition\}} Exercise (\d+)\.(\d+) \(({KINDS})\): \S")
 SOLUTION = re.compile(r":::\{admonition\} Solution (\d+)\.(\d+)\n:class: dropdown\n")
 
 
