@@ -46,6 +46,8 @@ import time
 
 T_START = time.perf_counter()
 
+import math
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -225,6 +227,36 @@ ax.set(xlabel="timestep t", ylabel="log₁₀ SNR(t)", title="signal-to-noise ra
 ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
+
+# %% [markdown]
+# :::{admonition} Exercise 5.1 (derivation): where the unscaled codes' signal runs out
+# :class: tip
+# For codes of standard deviation $\sigma_z$, write $\log \mathrm{SNR}(t)$ of the forward process in
+# terms of the unit-variance one. At which timestep are signal and noise equal ($\mathrm{SNR} = 1$)
+# for scaled codes, for this VAE's unscaled codes, and for codes five times as spread out? And how
+# much signal is left at $t = T - 1$ in each case?
+# :::
+#
+# :::{admonition} Solution 5.1
+# :class: dropdown
+# $\mathrm{SNR}_{\sigma_z}(t) = \sigma_z^2\, \bar\alpha_t / (1 - \bar\alpha_t)$, so
+# $\log \mathrm{SNR}_{\sigma_z}(t) = \log \mathrm{SNR}_1(t) + 2 \log \sigma_z$: the curve moves up by
+# $2\log\sigma_z$ and keeps its shape. The crossing $\mathrm{SNR} = 1$ moves later, so more of the
+# steps are spent on codes that are still mostly signal, and the coarse structure is decided in fewer
+# of them. At the very end the cosine schedule is so steep (the last column: an SNR far below
+# $10^{-4}$) that even $\sigma_z = 5$ leaves almost nothing of $z_0$: the harm of unscaled codes is the
+# misplaced middle of the trajectory, not the starting point.
+# :::
+
+# %% tags=["solution", "hide-cell"]
+# Solution 5.1: the SNR = 1 crossing and the signal left at t = T−1, for three spreads of the codes.
+log_snr = torch.log(abar / (1 - abar))  # natural log, unit-variance codes, t = 0 … T−1
+for name, sigma_z in (("scaled codes", 1.0), ("this VAE's codes", means.std().item()),
+                      ("five times as spread", 5 * means.std().item())):
+    shifted = log_snr + 2 * math.log(sigma_z)
+    crossing = int((shifted >= 0).nonzero().max())  # the last t with SNR ≥ 1
+    print(f"{name:<22} σ_z = {sigma_z:5.2f}: SNR = 1 at t = {crossing:4d} of {len(abar) - 1}; "
+          f"SNR at t = T−1: {shifted[-1].exp().item():.1e}")
 
 # %% [markdown]
 # ## Encoding and decoding around the diffusion model
@@ -424,6 +456,66 @@ for c in range(C):
           f"      mean {g.mean().item():+.3f}  std {g.std().item():.3f}  max |z| {g.abs().max().item():5.2f}")
 print(f"entries outside [-1, 1]: real {(z_real.abs() > 1).float().mean().item():.1%}, "
       f"generated {(z_gen.abs() > 1).float().mean().item():.1%}")
+
+# %% [markdown]
+# :::{admonition} Exercise 5.2 (a change to the code): the clip range of the latent sampler
+# :class: tip
+# Sample 64 codes with DDIM three times from the same noise: with the stored range `ldm.clip_range`,
+# with the pixel range $[-1, 1]$, and with no clipping (`clip_range=None`). *Predict* what happens to the
+# spread of the generated codes and to the decoded digits in each case, then look.
+# :::
+#
+# :::{admonition} Solution 5.2
+# :class: dropdown
+# $[-1, 1]$ is too narrow for codes of unit spread: every step pulls $\hat z_0$ inside it, the generated
+# codes come out with a smaller spread than real ones, and the decoded digits are fainter and more
+# alike. Without clipping, the first step's $\hat z_0 = (z_T - \sqrt{1-\bar\alpha}\,\hat\epsilon) / \sqrt{\bar\alpha}$
+# amplifies the network's error by $1/\sqrt{\bar\alpha_{T-1}}$ (chapter 3), and nothing pulls it back:
+# compare the spreads below with the real codes' spread of 1.
+# :::
+
+# %% tags=["solution", "hide-cell"]
+# Solution 5.2: three clip ranges, the same noise; the spread of the codes and the decoded digits.
+clip_ranges = {f"stored (±{ldm.clip_range[1]:.2f})": ldm.clip_range, "pixel range (±1)": (-1.0, 1.0), "none": None}
+fig, axes = plt.subplots(1, 3, figsize=(12, 2.6))
+for ax, (name, clip) in zip(axes, clip_ranges.items()):
+    codes_c, _ = generate(ldm.unet, ldm.schedule, 64, shape=ldm.sample_shape, mode="ddim", ddim_steps=PROFILE.ddim_steps,
+                          seed=SEED, device=DEVICE, clip_range=clip, fast=ldm.fast)
+    print(f"clip {name:<18} generated codes: std {codes_c.std().item():.3f}, max |z| {codes_c.abs().max().item():.2f}"
+          f"   (real scaled codes: std {(means * scale).std().item():.3f})")
+    show_grid(decode(codes_c.to(DEVICE)).cpu(), nrow=16, ax=ax, title=f"clip: {name}")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# :::{admonition} Exercise 5.3 (an experiment): how few DDIM steps does the latent model need?
+# :class: tip
+# Chapter 3 found that the pixel model loses quality below about 20 DDIM steps. *Predict* whether the
+# latent model, whose network sees only 32 numbers, degrades faster or slower, then measure the
+# classifier-FID of 400 decoded samples at 5, 10 and 20 steps against 400 real training digits
+# (`mnistdiff.evaluation.metrics.evaluate` and `real_floor`; chapter 6 scores 50 steps on 2,000).
+# :::
+#
+# :::{admonition} Solution 5.3
+# :class: dropdown
+# Read the table below against the real floor at the same $n$: the step count at which the FID stops
+# improving is what the latent model needs. Each step is cheap (a small network on 2×4×4 codes), so
+# what matters is quality per step, not time; the decoder runs once, whatever the step count.
+# :::
+
+# %% tags=["solution", "hide-cell"]
+# Solution 5.3: classifier-FID against the step count, with the real floor at the same n.
+from mnistdiff.evaluation.metrics import evaluate, real_floor
+
+n_fid = 400
+floor_fid = real_floor(n_fid, seed=SEED, device=DEVICE, include_memorisation=False)["fid"]
+print(f"real floor at n = {n_fid}: FID {floor_fid:.2f}")
+for steps in [s for s in (5, 10, 20) if s <= ldm.schedule.num_timesteps]:
+    start = time.perf_counter()
+    images, _ = ldm.sample(n_fid, mode="ddim", ddim_steps=steps, seed=SEED, device=DEVICE)
+    seconds = time.perf_counter() - start
+    fid = evaluate(images, seed=SEED, device=DEVICE, include_memorisation=False)["fid"]
+    print(f"DDIM-{steps:<3} FID {fid:6.2f}   ({seconds:.1f} s for {n_fid} samples)")
 
 # %% [markdown]
 # ## What we learned, and what comes next
