@@ -13,12 +13,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["default_device", "cpu_name", "device_name", "device_info"]
+__all__ = ["default_device", "resolve_device", "cpu_name", "device_name", "device_info"]
 
 
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``device`` as a ``torch.device``; ``None`` means :func:`default_device`."""
+    return torch.device(device) if device is not None else default_device()
 
 
 def cpu_name() -> str:
@@ -44,7 +49,7 @@ def device_name(device: torch.device | str | None = None) -> str:
 
     ``None`` names :func:`default_device`.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"

@@ -78,10 +78,7 @@ def test_layers_import_only_downwards():
     never imports the course (so a reader of the core meets no course or book code)."""
     wrong = []
     for path in _modules():
-        rel = path.relative_to(ROOT).with_suffix("")
-        name = ".".join(p for p in rel.parts if p != "__init__") if rel.name == "__init__" else ".".join(rel.parts)
-        if rel.name == "__init__" and len(rel.parts) == 2:
-            name = "mnistdiff.__init__"
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)  # e.g. mnistdiff.training.__init__
         mine = _layer(name)
         for target in _imports(path):
             theirs = "core" if target == "mnistdiff" else _layer(target)
@@ -93,6 +90,7 @@ def test_layers_import_only_downwards():
 def test_the_layer_check_can_fail(tmp_path):
     """A core module that imported the course would be reported (the check is not vacuous)."""
     assert _layer("mnistdiff.ddpm") == "core" and _layer("mnistdiff.course.widgets") == "course"
+    assert _layer("mnistdiff.training.__init__") == "training" and _layer("mnistdiff.__init__") == "entry"
     assert LAYERS.index(_layer("mnistdiff.course.pretrained")) > LAYERS.index(_layer("mnistdiff.unet"))
     fake = tmp_path / "m.py"
     fake.write_text("from mnistdiff.course.pretrained import get_ddpm\nimport mnistdiff.training.loop\n")

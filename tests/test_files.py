@@ -113,3 +113,12 @@ def test_a_copy_that_fails_midway_leaves_no_temporary(tmp_path, monkeypatch):
     with pytest.raises(files.FileWriteError, match="ran out of disk space"):
         files.atomic_copy(src, dest)
     assert list(dest.parent.iterdir()) == []
+
+
+def test_resolve_device_defaults_to_the_default_device():
+    import torch
+
+    from mnistdiff.devices import default_device, resolve_device
+
+    assert resolve_device(None) == default_device()
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(torch.device("meta")).type == "meta"

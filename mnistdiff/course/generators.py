@@ -25,7 +25,7 @@ import torch
 from mnistdiff.config import DEFAULT_ETA
 from mnistdiff.course.profiles import Profile
 from mnistdiff.data import load_mnist
-from mnistdiff.devices import default_device
+from mnistdiff.devices import resolve_device
 from mnistdiff.evaluation.report import GeneratorSpec, Sampler
 from mnistdiff.vae import VAE
 
@@ -107,7 +107,7 @@ def course_generators(
     most ``profile.ancestral_samples``. Names: ``ddpm``, ``ddim_<S>_eta<η>``, ``ldm_ddpm``,
     ``ldm_ddim_<S>_eta<η>``, ``vae_prior``, ``vae_reconstruction``.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     specs: list[GeneratorSpec] = []
     if ddpm is not None:
         specs += _pixel_specs(ddpm, profile, device, ddim_steps, etas)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnistdiff.devices import resolve_device
 from mnistdiff.files import ASSET_DIR, atomic_write_bytes, atomic_write_text
 from mnistdiff.training.checkpoints import sha256_file
 
@@ -120,11 +121,7 @@ def load_classifier(
     :class:`ClassifierWeightsError` saying how to restore it. The model is cached per
     (path, device), so repeated calls are free. Its parameters are frozen (``requires_grad=False``).
     """
-    if device is None:
-        from mnistdiff.devices import default_device
-
-        device = default_device()
-    device = torch.device(device)
+    device = resolve_device(device)
     path = Path(path) if path is not None else CLASSIFIER_PATH
     meta_path = Path(meta_path) if meta_path is not None else path.with_suffix(".json")
     key = (str(path.resolve()), str(device))

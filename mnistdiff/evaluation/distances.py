@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnistdiff.evaluation.features import ArrayLike, _resolve_device, prepare_images
+from mnistdiff.devices import resolve_device
+from mnistdiff.evaluation.features import ArrayLike, prepare_images
 
 __all__ = [
     "frechet_distance",
@@ -219,7 +220,7 @@ def nearest_train_neighbours(
         from mnistdiff.data import load_mnist
 
         train_images = load_mnist("train").images
-    device = torch.device(device) if device is not None else _resolve_device(None)
+    device = resolve_device(device)
     q = _pixels01(x).to(device)
     t = _pixels01(train_images).to(device)
     t_sq = (t * t).sum(1)

@@ -13,6 +13,7 @@ from typing import Union
 import numpy as np
 import torch
 
+from mnistdiff.devices import resolve_device
 from mnistdiff.evaluation.classifier import load_classifier
 
 __all__ = ["ArrayLike", "RANGE_TOL", "prepare_images", "classifier_features"]
@@ -89,14 +90,6 @@ def prepare_images(x: ArrayLike) -> torch.Tensor:
     return x.clamp(-1, 1).contiguous()
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        from mnistdiff.devices import default_device
-
-        return default_device()
-    return torch.device(device)
-
-
 # ----------------------------------------------------------------------------------------------
 # features
 # ----------------------------------------------------------------------------------------------
@@ -114,7 +107,7 @@ def classifier_features(
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     images = prepare_images(x)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     model = load_classifier(device)
     feats, probs = [], []
     for i in range(0, images.shape[0], batch_size):

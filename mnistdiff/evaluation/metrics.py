@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mnistdiff.devices import resolve_device
 from mnistdiff.evaluation.distances import (
     class_statistics,
     frechet_distance,
@@ -46,7 +47,7 @@ from mnistdiff.evaluation.distances import (
     nearest_train_neighbours,
     precision_recall,
 )
-from mnistdiff.evaluation.features import RANGE_TOL, ArrayLike, _resolve_device, classifier_features, prepare_images
+from mnistdiff.evaluation.features import RANGE_TOL, ArrayLike, classifier_features, prepare_images
 
 __all__ = [
     "RANGE_TOL",
@@ -133,7 +134,7 @@ def reference_features(
     from mnistdiff.data import load_mnist
     from mnistdiff.evaluation.classifier import CLASSIFIER_PATH
 
-    device = _resolve_device(device)
+    device = resolve_device(device)
     test = load_mnist("test").images
     idx = _subset_rows(test.shape[0], n_ref, seed)
     key = (str(CLASSIFIER_PATH), str(device), None if idx is None else (n_ref, seed))
@@ -199,7 +200,7 @@ def evaluate(
     ``nn_train_distance`` (mean) and ``nn_train_distance_min`` (see :func:`nearest_train_distance`).
     Compare with :func:`real_floor` ``(N)``.
     """
-    device = _resolve_device(device)
+    device = resolve_device(device)
     images = prepare_images(samples)
     feats, probs = classifier_features(images, device=device)
     out = _evaluate_features(
@@ -234,7 +235,7 @@ def real_floor(
     """
     if n <= k:
         raise ValueError(f"n must be larger than k = {k}, got {n}")
-    device = _resolve_device(device)
+    device = resolve_device(device)
     key = (n, seed, str(device), n_ref, include_memorisation, kid_subset_size, kid_subsets, k)
     if key not in _FLOOR_CACHE:
         from mnistdiff.data import load_mnist

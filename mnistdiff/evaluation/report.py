@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from mnistdiff.data import load_mnist
-from mnistdiff.devices import default_device, device_name
+from mnistdiff.devices import device_name, resolve_device
 from mnistdiff.evaluation.metrics import METRIC_KEYS, TABLE_COLUMNS, format_value
 from mnistdiff.files import atomic_write_text, repo_root
 
@@ -150,7 +150,7 @@ def draw_samples(
     """
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     out: dict[str, Samples] = {}
     for spec in specs:
         k = spec.count(n)
