@@ -70,8 +70,10 @@ def resolve_device(name: str | None) -> str:
     """The device to run on: ``name`` once checked, or ``cuda`` when available, else ``cpu``."""
     import torch
 
+    from mnistdiff.devices import default_device
+
     if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(default_device())
     try:
         dev = torch.device(name)
     except RuntimeError as err:
