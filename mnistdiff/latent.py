@@ -1,6 +1,6 @@
 """Latent diffusion (Rombach et al. 2022): run DDPM/DDIM on a frozen VAE's latents.
 
-The VAE's latents are rescaled by a scale factor s = 1/std(z) computed over the encoded training
+The VAE's latents are rescaled by a scale factor κ = 1/std(z) computed over the encoded training
 set (Rombach et al. §4.3.2, "we rescale the latents … by the component-wise standard deviation"),
 so that the diffusion model sees unit-variance inputs, as its noise schedule assumes. The factor is
 stored with the latent-diffusion checkpoint, so a sampler always decodes with the right one.
