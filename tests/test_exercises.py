@@ -60,3 +60,26 @@ def test_the_check_finds_exercises_and_can_fail():
     assert len(exercises) >= 3 and len(code) >= 1
     assert EXERCISE.search(":::{admonition} Exercise 1.9 (derivation): x") and not SOLUTION.search(
         ":::{admonition} Solution 1.9\n:class: tip\n")
+
+
+BOOK = NOTEBOOKS.parent / "book"
+SMOKE_NOTE = ":::{admonition} The smoke profile\n:class: note\n"
+
+
+def _markdown(chapter: str) -> str:
+    return "\n".join(c.source for c in jupytext.read(NOTEBOOKS / f"{chapter}.py").cells if c.cell_type == "markdown")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_chapter_links_the_notation_page(chapter):
+    """One notation, stated once in book/notation.md (in the table of contents), linked from every chapter."""
+    assert (BOOK / "notation.md").is_file() and "file: notation" in (BOOK / "_toc.yml").read_text()
+    assert "](../notation.md)" in _markdown(chapter), f"{chapter} does not link ../notation.md"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_smoke_caveats_gather_in_one_admonition(chapter):
+    """Each chapter states what the smoke profile changes once, in one note near its top."""
+    text = _markdown(chapter)
+    assert text.count(SMOKE_NOTE) == 1, f"{chapter}: expected one '{SMOKE_NOTE.splitlines()[0]}' note"
+    assert text.index(SMOKE_NOTE) < text.index("\n## "), f"{chapter}: the smoke note belongs before the first section"
