@@ -39,7 +39,16 @@
 # - explain why the network's last layer starts at zero.
 #
 # **Run time.** a few seconds on any machine; every chapter's measured time is in the
-# [introduction](../intro.md) and on the [results page](../results.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
+# [introduction](../intro.md) and on the [results page](../results.md). Symbols follow the course's
+# [notation](../notation.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
+#
+# :::{admonition} The smoke profile
+# :class: note
+# Most of this chapter builds the `full` profile's UNet and does not depend on the profile. Only the
+# network of "The model of this profile" and the zero-initialisation check use the current profile's
+# UNet, which under `MNISTDIFF_PROFILE=smoke` (the test suite's profile) is narrower, with one residual
+# block per level. Times are those of the machine that ran the chapter.
+# :::
 
 # %%
 import time
@@ -88,7 +97,9 @@ plt.show()
 # An integer $t$ fed in as one number would be a poor input: one scalar channel, hard for a network
 # to resolve finely. Instead we borrow the Transformer's positional encoding (Vaswani et al.,
 # [arXiv:1706.03762](https://arxiv.org/abs/1706.03762), §3.5): map $t$ to $d$ numbers, cosines and
-# sines at geometrically spaced frequencies,
+# sines at geometrically spaced frequencies. (In this chapter $t$ is the integer the network is
+# given, $0, \dots, T-1$: the 0-based index of the [notation](../notation.md), one less than the
+# timestep of the equations in chapter 2 onwards.)
 #
 # $$
 # \mathrm{emb}(t) = \big[\cos(t\,\omega_0), \dots, \cos(t\,\omega_{d/2-1}),\;
