@@ -211,9 +211,10 @@ def _scores(held: torch.Tensor, held_emb: np.ndarray, held_feats: torch.Tensor |
 
 
 def _panel_title(name: str, s: Mapping[str, float] | None) -> str:
+    """A panel's title on three short lines (name, then the accuracies), so neighbouring titles never overlap."""
     if s is None:
-        return f"{name}: reference"
-    title = f"{name}\nk-NN acc: UMAP {s['knn_accuracy_umap']:.2f}, pixels {s['knn_accuracy_pixels']:.2f}"
+        return f"{name}\nthe reference\n(k-NN accuracy 0.5)"
+    title = f"{name}\nk-NN accuracy: UMAP {s['knn_accuracy_umap']:.2f}\npixels {s['knn_accuracy_pixels']:.2f}"
     if "knn_accuracy_features" in s:
         title += f", features {s['knn_accuracy_features']:.2f}"
     return title
@@ -226,7 +227,8 @@ def _plot_panels(panels: list[tuple[str, np.ndarray, Mapping[str, float] | None]
 
     ncols = max(1, min(ncols, len(panels)))
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 1, 4.2 * nrows + 0.4), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     size = max(1.0, min(6.0, 3000 / max(1, real_emb.shape[0])))
