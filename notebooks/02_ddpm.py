@@ -620,7 +620,8 @@ plt.show()
 # exact, and the network has next to nothing to learn there. Since $t$ is drawn uniformly, that
 # share of every batch is wasted; under the cosine schedule the copy's loss stays high until close
 # to the end. The cell prints, for each schedule, the share of timesteps at which copying the input
-# already scores below 0.01 (the linear schedule's share is several times the cosine one's), and
+# already scores below 0.01 (about a third of the chain under the linear schedule against 7 % under
+# the cosine one, for $T = 100$ and $T = 1000$ alike), and
 # the two tiny models' loss in four stretches of the chain; the plot shows both models' curves
 # beside their copy yardsticks. (The two runs' losses are not a comparison of sample quality, each
 # being measured on its own schedule; Nichol & Dhariwal compare the schedules by likelihood and
