@@ -111,7 +111,8 @@ print(f"T = {T} timesteps ({model.config.diffusion.schedule} schedule), {N} samp
 # noise for most of it, and fresh noise for a fraction set by (eq. 16)
 #
 # $$
-# \sigma_t(\eta) = \eta\,\sqrt{\frac{1-\bar\alpha_{t'}}{1-\bar\alpha_t}}\,\sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_{t'}}} .
+# \sigma_t(\eta) = \eta\,\sqrt{\frac{1-\bar\alpha_{t'}}{1-\bar\alpha_t}}
+#   \,\sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_{t'}}} .
 # $$
 #
 # $\eta = 0$ makes sampling **deterministic**: the noise $x_T$ alone decides the digit. The last step
@@ -153,7 +154,7 @@ print("our DDIM step matches mnistdiff.ddim.ddim_step (η = 0, 0.5, 1, and the l
 # %% [markdown]
 # ### The ODE view: DDIM with $\eta = 0$ is Euler's method
 #
-# Song et al. (§4.3, eq. 14) rewrite the deterministic step in two new variables: the *scaled* image
+# Song et al. (§4.3, eqs. 13–14) rewrite the deterministic step in two new variables: the *scaled* image
 # and the *noise-to-signal ratio*,
 #
 # $$
@@ -180,12 +181,14 @@ print("our DDIM step matches mnistdiff.ddim.ddim_step (η = 0, 0.5, 1, and the l
 # DDIM step *is* the Euler step, and more steps mean a finer discretisation of the same curve. It is
 # also the score-based view of the model. Since $\bar x_t = x_0 + \sigma_t\,\epsilon$, the scaled image is
 # the data plus Gaussian noise of standard deviation $\sigma_t$, and the score of that noisy
-# distribution is $\nabla_{\bar x} \ln p_\sigma(\bar x) = -\mathbb E[\epsilon \mid \bar x]/\sigma \approx -\epsilon_\theta/\sigma$
-# (equivalently, $\sqrt{\bar\alpha}$ times the score $s_\theta(x_t, t) = -\epsilon_\theta/\sqrt{1-\bar\alpha_t}$ in $x$).
+# distribution is
+# $\nabla_{\bar x} \ln p_\sigma(\bar x) = -\mathbb E[\epsilon \mid \bar x]/\sigma \approx -\epsilon_\theta/\sigma$
+# (equivalently, $\sqrt{\bar\alpha}$ times the score $s_\theta(x_t, t) = -\epsilon_\theta/\sqrt{1-\bar\alpha_t}$
+# in $x$).
 # The ODE reads $d\bar x/d\sigma = -\sigma\,\nabla_{\bar x}\ln p_\sigma(\bar x)$: the probability-flow ODE of
 # Song et al. 2021 ([arXiv:2011.13456](https://arxiv.org/abs/2011.13456)), in the form of Karras et al.
-# ([arXiv:2206.00364](https://arxiv.org/abs/2206.00364), eq. 4 with $\sigma(t) = t$). Every point moves
-# along the score, and the distribution of $\bar x$ at each $\sigma$ stays that of the noisy data.
+# ([arXiv:2206.00364](https://arxiv.org/abs/2206.00364), eq. 4 with $\sigma(t) = t$). With the exact score, the
+# distribution of $\bar x$ at each $\sigma$ stays that of the noisy data all the way down.
 #
 # Check it: one Euler step in $(\bar x, \sigma)$, with the trained network's $\hat\epsilon$ on noisy test
 # digits, against `ddim_step` with $\eta = 0$ and clipping off (clipping changes $\hat\epsilon$; it is
@@ -246,9 +249,11 @@ for i, i_next in ((ode_steps[0], ode_steps[1]), (ode_steps[mid], ode_steps[mid +
 # independent standard Gaussians with variances $1-\bar\alpha_{t'}-\sigma_t^2$ and $\sigma_t^2$, a Gaussian with
 # variance $1 - \bar\alpha_{t'}$ around $\sqrt{\bar\alpha_{t'}}x_0$. (This is Song et al.'s eq. 7 and their
 # Lemma 1.) (b) With $\eta = 1$,
-# $\sigma_t^2 = (1-\bar\alpha_{t'})\,\frac{1-\bar\alpha_t/\bar\alpha_{t'}}{1-\bar\alpha_t} \le 1-\bar\alpha_{t'}$ because
+# $\sigma_t^2 = (1-\bar\alpha_{t'})\,\frac{1-\bar\alpha_t/\bar\alpha_{t'}}{1-\bar\alpha_t} \le 1-\bar\alpha_{t'}$
+# because
 # $1 - \bar\alpha_t/\bar\alpha_{t'} \le 1 - \bar\alpha_t$, i.e. $\bar\alpha_{t'} \le 1$. The bound
-# $\eta^2\sigma_t(1)^2 \le 1-\bar\alpha_{t'}$ gives $\eta_{\max} = \sqrt{(1-\bar\alpha_t)/(1-\bar\alpha_t/\bar\alpha_{t'})} \ge 1$;
+# $\eta^2\sigma_t(1)^2 \le 1-\bar\alpha_{t'}$ gives
+# $\eta_{\max} = \sqrt{(1-\bar\alpha_t)/(1-\bar\alpha_t/\bar\alpha_{t'})} \ge 1$;
 # it is close to 1 where $\bar\alpha_t \ll \bar\alpha_{t'}$ (the first steps, and every step when $S$ is small)
 # and larger for short steps. (The last step, to $t' = 0$, has $\sigma_t = 0$ for every $\eta$.) The cell
 # measures the variance of $x_{t'} - \sqrt{\bar\alpha_{t'}}x_0$ on real digits, which matches
@@ -316,7 +321,8 @@ for name, i0 in (("this list", 999), ("leading", leading[0])):
 #
 # $$
 # \hat x_0 = \frac{x_T - \sqrt{1-\bar\alpha_T}\,\hat\epsilon}{\sqrt{\bar\alpha_T}}
-# \quad\text{multiplies the network's error } (x_T - \hat\epsilon)\text{ by } 1/\sqrt{\bar\alpha_T} = \sqrt{\sigma_T^2 + 1} .
+# \quad\text{multiplies the network's error } (x_T - \hat\epsilon)\text{ by }
+# 1/\sqrt{\bar\alpha_T} = \sqrt{\sigma_T^2 + 1} .
 # $$
 
 # %%
@@ -433,8 +439,10 @@ plt.show()
 # deterministic part of eq. 12, with $\hat\epsilon = (x_t - \sqrt{\bar\alpha_t}\hat x_0)/\sqrt{1-\bar\alpha_t}$, becomes
 #
 # $$
-# \sqrt{\bar\alpha_{t-1}}\,\hat x_0 + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\big(x_t - \sqrt{\bar\alpha_t}\,\hat x_0\big)
-# = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}\,\hat x_0 + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\,x_t
+# \sqrt{\bar\alpha_{t-1}}\,\hat x_0 + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}
+#   \big(x_t - \sqrt{\bar\alpha_t}\,\hat x_0\big)
+# = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}\,\hat x_0
+#   + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\,x_t
 # = \tilde\mu_t(x_t, \hat x_0),
 # $$
 #
@@ -681,7 +689,8 @@ for eta in (0.0, 1.0):
 #
 # :::{admonition} Exercise 3.3 (derivation): recovering $x_0$ and $\epsilon$ from $v$
 # :class: tip
-# From $x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$ and $v_t = \sqrt{\bar\alpha_t}\epsilon - \sqrt{1-\bar\alpha_t}x_0$,
+# From $x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$ and
+# $v_t = \sqrt{\bar\alpha_t}\epsilon - \sqrt{1-\bar\alpha_t}x_0$,
 # derive the formulas for $\hat x_0$ and $\hat\epsilon$ above, and the weight with which an error $\delta$
 # in the network's output reaches $\hat x_0$, for an $\epsilon$-network and for a $v$-network. Check the
 # formulas numerically, and print both weights for this chapter's schedule at $t = T$, in the middle and
@@ -691,7 +700,8 @@ for eta in (0.0, 1.0):
 # :::{admonition} Solution 3.3
 # :class: dropdown
 # Write $a = \sqrt{\bar\alpha_t}$, $b = \sqrt{1-\bar\alpha_t}$, $a^2 + b^2 = 1$. Then
-# $\begin{pmatrix} x_t \\ v_t\end{pmatrix} = \begin{pmatrix} a & b \\ -b & a\end{pmatrix}\begin{pmatrix} x_0 \\ \epsilon\end{pmatrix}$,
+# $\begin{pmatrix} x_t \\ v_t\end{pmatrix}
+# = \begin{pmatrix} a & b \\ -b & a\end{pmatrix}\begin{pmatrix} x_0 \\ \epsilon\end{pmatrix}$,
 # a rotation, whose inverse is its transpose: $x_0 = a\,x_t - b\,v_t$ and $\epsilon = b\,x_t + a\,v_t$. An
 # error $\delta$ in $\hat v$ moves $\hat x_0$ by $-b\,\delta$, at most $\lvert\delta\rvert$; an error $\delta$ in
 # $\hat\epsilon$ moves $\hat x_0 = (x_t - b\hat\epsilon)/a$ by $-(b/a)\,\delta = -\sigma_t\delta$, which is unbounded as
@@ -718,7 +728,11 @@ print("x̂_0 = √ᾱ x_t − √(1−ᾱ) v and ε = √(1−ᾱ) x_t + √ᾱ 
 # With $\eta = 0$ the sampler is a deterministic map from noise to digits, the solution of an ODE
 # (section 1). An ODE can be run in both directions, so the map can be inverted: start at a real digit
 # $x_0$ ($\sigma = 0$) and take the same Euler steps *upwards*, through the same timesteps in reverse,
-# $\bar x_{\tau_{i+1}} = \bar x_{\tau_i} + (\sigma_{\tau_{i+1}} - \sigma_{\tau_i})\,\epsilon_\theta(x_{\tau_i}, \tau_i)$,
+#
+# $$
+# \bar x_{\tau_{i+1}} = \bar x_{\tau_i} + (\sigma_{\tau_{i+1}} - \sigma_{\tau_i})\,\epsilon_\theta(x_{\tau_i}, \tau_i),
+# $$
+#
 # up to $t = T$ (Song et al., §5.4; the first step, from the clean digit, calls the network at $t = 1$).
 # The result is a noise $x_T$ that the sampler should turn back into the digit. The two directions do
 # not quite match: going up, each step uses the slope at its lower end; coming down, at its upper end.
@@ -811,7 +825,8 @@ for S in PROFILE.ddim_step_sweep:
 # latents since White, [arXiv:1609.04468](https://arxiv.org/abs/1609.04468)) walks the great circle instead:
 #
 # $$
-# \mathrm{slerp}(x^{(0)}, x^{(1)}; w) = \frac{\sin((1-w)\theta)}{\sin\theta}\,x^{(0)} + \frac{\sin(w\theta)}{\sin\theta}\,x^{(1)},
+# \mathrm{slerp}(x^{(0)}, x^{(1)}; w) = \frac{\sin((1-w)\theta)}{\sin\theta}\,x^{(0)}
+#   + \frac{\sin(w\theta)}{\sin\theta}\,x^{(1)},
 # \qquad \cos\theta = \frac{\langle x^{(0)}, x^{(1)}\rangle}{\lVert x^{(0)}\rVert\,\lVert x^{(1)}\rVert},
 # $$
 #
@@ -833,7 +848,8 @@ weights = torch.linspace(0, 1, 9)
 path = torch.stack([slerp(z_a, z_b, float(w)) for w in weights]).to(DEVICE)
 with torch.no_grad():
     strip = ddim_sample_loop(model.unet, schedule, path.shape, x_T=path, ddim_steps=PROFILE.ddim_steps, device=DEVICE)
-show_grid(strip.images.clamp(-1, 1).cpu(), nrow=9, title=f"slerp between two x_T, decoded with DDIM-{PROFILE.ddim_steps}, η = 0")
+show_grid(strip.images.clamp(-1, 1).cpu(), nrow=9,
+          title=f"slerp between two x_T, decoded with DDIM-{PROFILE.ddim_steps}, η = 0")
 plt.show()
 cos = torch.nn.functional.cosine_similarity(z_a.flatten(), z_b.flatten(), dim=0).item()
 print(f"norms of 10,000 noises in d = 1024: mean {norms.mean():.2f}, std {norms.std():.2f} (√d = 32, 1/√2 = 0.71)")
@@ -854,7 +870,13 @@ print("slerp path norms:", " ".join(f"{v:.1f}" for v in path.flatten(1).norm(dim
 #
 # :::{admonition} Solution 3.5
 # :class: dropdown
-# The midpoint's norm is $\tfrac12\lVert x^{(0)} + x^{(1)}\rVert = \tfrac12\sqrt{\lVert x^{(0)}\rVert^2 + \lVert x^{(1)}\rVert^2 + 2\langle x^{(0)}, x^{(1)}\rangle}$,
+# The midpoint's norm is
+#
+# $$
+# \tfrac12\lVert x^{(0)} + x^{(1)}\rVert
+# = \tfrac12\sqrt{\lVert x^{(0)}\rVert^2 + \lVert x^{(1)}\rVert^2 + 2\langle x^{(0)}, x^{(1)}\rangle},
+# $$
+#
 # about $\sqrt{d/2} \approx 22.6$ for nearly orthogonal ends: some thirteen standard deviations below any
 # real noise. The sampler removes "noise" of the size it expects at each level, so from a too-small $x_T$
 # it has less left to build the digit from: expect fainter, thinner strokes in the middle of the path.
@@ -895,7 +917,8 @@ assert mid_norm < norms.mean().item() - 5 * norms.std().item()  # the midpoint i
 # - $\eta = 0$ is deterministic and carries every error of the network to the end; on a briefly trained
 #   network $\eta = 1$ corrects them and is the better default.
 # - DDIM with $\eta = 0$ is **Euler's method** for the ODE $d\bar x/d\sigma = \epsilon_\theta$ in
-#   $\bar x = x/\sqrt{\bar\alpha}$, $\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}$: the probability-flow ODE of the score. Run
+#   $\bar x = x/\sqrt{\bar\alpha}$, $\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}$: the probability-flow ODE
+#   of the score. Run
 #   upwards, it **inverts** a digit into (nearly) noise; between two noises, **slerp** keeps every point a
 #   typical noise, where the straight line would not. $v$-prediction removes the ill-posed end at $t = T$.
 #
