@@ -244,9 +244,10 @@ print("our residual block matches mnistdiff.unet.ResBlock:", tuple(block(x, e).s
 # :::{admonition} Exercise 1.2 (a change to the code): FiLM, scale *and* shift
 # :class: tip
 # improved-diffusion's `use_scale_shift_norm` lets time also *scale* the features:
-# $h \leftarrow \mathrm{GN}_2(h)\,(1 + \gamma(e_t)) + \beta(e_t)$ with $[\gamma, \beta] = W_e\,\mathrm{SiLU}(e_t)$,
+# $h \leftarrow \mathrm{GN}_2(h)\,(1 + a(e_t)) + b(e_t)$ with $[a, b] = W_e\,\mathrm{SiLU}(e_t)$,
 # instead of adding a bias before $\mathrm{GN}_2$ (FiLM: Perez et al.,
-# [arXiv:1709.07871](https://arxiv.org/abs/1709.07871)). Write it as a subclass of `ResBlock`.
+# [arXiv:1709.07871](https://arxiv.org/abs/1709.07871), who write $\gamma, \beta$ for $a, b$; this
+# course keeps $\beta$ for the noise schedule). Write it as a subclass of `ResBlock`.
 # *Predict* first: how many more parameters does one block get, and is the block still the identity at
 # initialisation? Then check both.
 # :::
@@ -262,16 +263,16 @@ print("our residual block matches mnistdiff.unet.ResBlock:", tuple(block(x, e).s
 # %% tags=["solution", "hide-cell"]
 # Solution 1.2: a FiLM residual block, its extra parameters, and the identity at initialisation.
 class FiLMResBlock(ResBlock):
-    """ResBlock whose time embedding scales and shifts the normalised features: GN(h)·(1 + γ) + β."""
+    """ResBlock whose time embedding scales and shifts the normalised features: GN(h)·(1 + a) + b."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float = 0.0) -> None:
         super().__init__(in_ch, out_ch, emb_dim, groups, dropout)
-        self.emb = torch.nn.Linear(emb_dim, 2 * out_ch)  # [γ, β]
+        self.emb = torch.nn.Linear(emb_dim, 2 * out_ch)  # [a, b]: scale and shift
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        gamma, beta = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + gamma) + beta
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
         return self.skip(x) + self.conv2(self.dropout(F.silu(h)))
 
 

@@ -680,7 +680,8 @@ latent_walk(vae, z_ab[0], z_ab[1], frames=PROFILE.widget_frames)
 # to the prior, plus the KLs between the layers. The fixed encoder changes three things.
 #
 # - **The prior term costs nothing and has nothing to trade.** The schedule alone makes
-#   $q(x_T \mid x_0) \approx \mathcal N(0, I)$, so $L_T$ is a constant near zero; there is no
+#   $q(x_T \mid x_0) \approx \mathcal N(0, I)$, so $L_T$ is a constant near zero (the cell below prints
+#   $1.2 \cdot 10^{-6}$ nats per digit for $T = 1000$, against 162 nats for the VAE's KL term); there is no
 #   $\lambda$ to tune and no posterior collapse: the encoder cannot give up a coordinate.
 # - **The latents compress nothing.** Each layer has the data's 1024 dimensions, which is why a
 #   DDPM works so hard per sample and why chapter 5 puts this VAE's 32-number codes underneath it.

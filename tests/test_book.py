@@ -769,9 +769,19 @@ class TestInChromium:
 
 
 def test_exercises_are_shown_and_solutions_collapsed(built):
-    """Chapter 1's exercises are admonitions; their prose solutions are dropdowns and their code
-    solutions toggled (closed) cells in the built book."""
-    html = (built / "chapters" / "01_unet.html").read_text()
-    assert html.count("Exercise 1.") >= 3
-    assert re.search(r'class="admonition dropdown', html) or 'class="dropdown admonition' in html
-    assert "tag_hide-cell" in html and "tag_solution" in html
+    """Every chapter's exercises are admonitions; their prose solutions are dropdowns (one per
+    exercise) and their code solutions toggled (closed) cells in the built book."""
+    for chapter in CHAPTERS:
+        html = (built / "chapters" / f"{chapter}.html").read_text()
+        n = int(chapter[:2])
+        exercises = set(re.findall(rf"Exercise {n}\.(\d+)", html))
+        assert 3 <= len(exercises) <= 5, f"{chapter}: {len(exercises)} exercises in the built page"
+        dropdowns = re.findall(r'class="admonition dropdown|class="dropdown admonition', html)
+        assert len(dropdowns) >= len(exercises), f"{chapter}: a solution the book shows open"
+        assert "tag_hide-cell" in html and "tag_solution" in html, f"{chapter}: no collapsed code solution"
+
+
+def test_notation_page_is_built_and_linked_from_every_chapter(built):
+    assert (built / "notation.html").is_file()
+    for chapter in CHAPTERS:
+        assert 'href="../notation.html"' in (built / "chapters" / f"{chapter}.html").read_text(), chapter

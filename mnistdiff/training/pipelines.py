@@ -65,7 +65,7 @@ class DiffusionModel:
 
 
 def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None, min_snr_gamma: float | None = None):
-    """The ε-prediction loss for a batch; for latents (``scale`` given) the batch holds [μ, σ] and z = s·(μ + σε).
+    """The ε-prediction loss for a batch; for latents (``scale`` = κ given) the batch holds [μ, σ] and z = κ·(μ + σε).
 
     ``min_snr_gamma``: weight it by min-SNR-γ (:func:`~mnistdiff.ddpm.min_snr_weight`); ``None``: L_simple.
     """
