@@ -35,8 +35,8 @@
 # - read the KL weight's effect off active units, reconstructions and prior samples (posterior
 #   collapse), and see DDPM as a hierarchical VAE whose encoder is fixed.
 #
-# **Run time.** about a minute and a half on two CPU cores with the committed `book` checkpoint
-# (most of it the KL-weight sweep's three small VAEs); measured times in the
+# **Run time.** about two minutes on two CPU cores with the committed `book` checkpoint
+# (most of it the KL-weight sweep's small VAEs); measured times in the
 # [introduction](../intro.md). Symbols follow the course's [notation](../notation.md).
 # *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 #

@@ -39,7 +39,7 @@
 # - sample with DDPM and DDIM in latent space and follow a trajectory through the decoder;
 # - say what latent diffusion gains (cost per step) and what bounds it (the decoder's quality).
 #
-# **Run time.** about three minutes on two CPU cores with the committed `book` checkpoints (one of
+# **Run time.** about five minutes on two CPU cores with the committed `book` checkpoints (two of
 # them the short training runs on scaled and unscaled codes); measured times in the
 # [introduction](../intro.md). Symbols follow the course's [notation](../notation.md).
 # *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.

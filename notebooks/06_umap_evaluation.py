@@ -44,7 +44,7 @@
 # - say how precision, classifier confidence and a UMAP picture can each be fooled, and what catches it;
 # - rank the course's generators by quality and speed, and write the results file the book reads.
 #
-# **Run time.** about 20 minutes on two CPU cores with the `book` profile (2,000 samples
+# **Run time.** 20–25 minutes on two CPU cores with the `book` profile (2,000 samples
 # per generator, 100 for the 1000-step samplers), most of it sampling the pixel-space model;
 # measured times in the [introduction](../intro.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 #
