@@ -9,6 +9,7 @@ markdown cell; its prose solution is ``:::{admonition} Solution N.k`` with ``:cl
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -23,10 +24,22 @@ EXERCISE = re.compile(rf":::\{{admonition\}} Exercise (\d+)\.(\d+) \(({KINDS})\)
 SOLUTION = re.compile(r":::\{admonition\} Solution (\d+)\.(\d+)\n:class: dropdown\n")
 
 
+BOOK = NOTEBOOKS.parent / "book"
+SMOKE_NOTE = ":::{admonition} The smoke profile\n:class: note\n"
+
+
+@functools.cache
+def _cells(chapter: str) -> list:
+    return jupytext.read(NOTEBOOKS / f"{chapter}.py").cells
+
+
+def _markdown(chapter: str) -> str:
+    return "\n".join(c.source for c in _cells(chapter) if c.cell_type == "markdown")
+
+
 def _exercises(chapter: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[dict]]:
-    nb = jupytext.read(NOTEBOOKS / f"{chapter}.py")
     exercises, prose, code = [], [], []
-    for cell in nb.cells:
+    for cell in _cells(chapter):
         if cell.cell_type == "markdown":
             exercises += [(int(a), int(b)) for a, b, _ in EXERCISE.findall(cell.source)]
             prose += [(int(a), int(b)) for a, b in SOLUTION.findall(cell.source)]
@@ -49,9 +62,11 @@ def test_every_exercise_has_a_collapsed_solution(chapter):
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_chapters_with_exercises_have_three_to_five(chapter):
+def test_every_chapter_has_three_to_five_exercises_of_mixed_kinds(chapter):
     exercises, _, _ = _exercises(chapter)
-    assert not exercises or 3 <= len(exercises) <= 5, f"{chapter} has {len(exercises)} exercises"
+    assert 3 <= len(exercises) <= 5, f"{chapter} has {len(exercises)} exercises"
+    kinds = set(re.findall(rf"Exercise \d+\.\d+ \(({KINDS})\)", _markdown(chapter)))
+    assert len(kinds) >= 2, f"{chapter}: all exercises are of one kind ({kinds})"
 
 
 def test_the_check_finds_exercises_and_can_fail():
@@ -61,13 +76,6 @@ def test_the_check_finds_exercises_and_can_fail():
     assert EXERCISE.search(":::{admonition} Exercise 1.9 (derivation): x") and not SOLUTION.search(
         ":::{admonition} Solution 1.9\n:class: tip\n")
 
-
-BOOK = NOTEBOOKS.parent / "book"
-SMOKE_NOTE = ":::{admonition} The smoke profile\n:class: note\n"
-
-
-def _markdown(chapter: str) -> str:
-    return "\n".join(c.source for c in jupytext.read(NOTEBOOKS / f"{chapter}.py").cells if c.cell_type == "markdown")
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
