@@ -1,5 +1,8 @@
 """Command line: ``python -m mnistdiff train|sample|umap|evaluate|course``.
 
+``sample cldm`` asks the class-conditional model for digits (``--digit 3``, repeated, or ``all``) with
+classifier-free guidance ``--guidance w`` (ε̃ = ε(∅) + w·(ε(y) − ε(∅))).
+
 Every argument is checked before any work starts or any file is written; a bad one exits with
 code 2 and a message saying what is expected. Training defaults are the ``full`` profile's
 (the reference defaults); ``--profile smoke`` starts from the small settings instead, and any option given
@@ -24,19 +27,34 @@ from mnistdiff.cli_checks import (
     readable_file,
     resolve_device,
     resume_base,
+    sidecar_conditional,
     sidecar_kind,
     sidecar_timesteps,
     writable_dir,
 )
 from mnistdiff.cli_options import add_config_arguments, config_from_args, option_message
-from mnistdiff.config import DEFAULT_ETA, ConfigError, DDPMRunConfig, LDMRunConfig, VAERunConfig  # no torch
+from mnistdiff.config import (  # no torch
+    DEFAULT_ETA,
+    DEFAULT_GUIDANCE,
+    MNIST_CLASSES,
+    CLDMRunConfig,
+    ConfigError,
+    DDPMRunConfig,
+    LDMRunConfig,
+    VAERunConfig,
+)
 
 __all__ = ["main", "build_parser"]
 
 PROFILE_NAMES = ("smoke", "book", "full")  # mnistdiff.course.profiles.PROFILES (not imported here: it imports torch)
 
 #: The run config of each ``train`` model; its defaults are the ``full`` profile's (tests/test_config.py).
-RUN_CONFIGS: dict[str, type] = {"ddpm": DDPMRunConfig, "vae": VAERunConfig, "ldm": LDMRunConfig}
+RUN_CONFIGS: dict[str, type] = {"ddpm": DDPMRunConfig, "vae": VAERunConfig, "ldm": LDMRunConfig,
+                                 "cldm": CLDMRunConfig}
+#: The models that diffuse in a VAE's latents: their commands take the VAE checkpoint first.
+LATENT_MODELS = ("ldm", "cldm")
+_TRAIN_HELP = {"ddpm": "the pixel-space DDPM", "vae": "the VAE", "ldm": "the latent diffusion model",
+               "cldm": "the class-conditional latent diffusion model (classifier-free guidance)"}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -46,17 +64,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(sub: Any) -> None:
-    """``train all`` and ``train ddpm|vae|ldm``: one option per field of the model's run config."""
-    train = sub.add_parser("train", help="train a model (ddpm, vae, ldm), or all three of a profile")
+    """``train all`` and ``train ddpm|vae|ldm|cldm``: one option per field of the model's run config."""
+    train = sub.add_parser("train", help="train a model (ddpm, vae, ldm, cldm), or all four of a profile")
     tsub = train.add_subparsers(dest="model", required=True)
-    p = tsub.add_parser("all", help="train a profile's DDPM, VAE and LDM in order into checkpoints/<profile>/ "
+    p = tsub.add_parser("all", help="train a profile's DDPM, VAE, LDM and CLDM in order into checkpoints/<profile>/ "
                                     "(resumable: run it again to continue)")
     p.add_argument("--profile", choices=tuple(PROFILE_NAMES), default="book", help="which profile (default book)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_common(p)
     for model, cls in RUN_CONFIGS.items():
-        p = tsub.add_parser(model, help=f"train the {model.upper()}")
-        if model == "ldm":
+        p = tsub.add_parser(model, help=f"train {_TRAIN_HELP[model]}")
+        if model in LATENT_MODELS:
             p.add_argument("vae_checkpoint", help="the VAE checkpoint (model.pt) whose latents to diffuse in")
         p.add_argument("--profile", choices=tuple(PROFILE_NAMES), default="full",
                        help="settings to start from (default full); the options below override them")
@@ -72,18 +90,21 @@ def _add_train(sub: Any) -> None:
 
 
 def _add_sample(sub: Any) -> None:
-    """``sample ddpm|ldm`` and ``umap``."""
+    """``sample ddpm|ldm|cldm`` and ``umap``."""
     sample = sub.add_parser("sample", help="sample from a trained model")
     ssub = sample.add_subparsers(dest="model", required=True)
-    for model in ("ddpm", "ldm"):
+    for model in ("ddpm", "ldm", "cldm"):
         p = ssub.add_parser(model)
-        if model == "ldm":
+        if model in LATENT_MODELS:
             p.add_argument("vae_checkpoint")
-            p.add_argument("checkpoint", help="the latent UNet's model.pt")
+            p.add_argument("checkpoint", help=f"the {'class-conditional ' if model == 'cldm' else ''}latent UNet's "
+                                              "model.pt")
         else:
             p.add_argument("checkpoint", help="a DDPM model.pt")
         _add_sampling(p)
-        p.add_argument("--nrow", type=int, default=8)
+        if model == "cldm":
+            _add_guidance(p)
+        p.add_argument("--nrow", type=int, default=None, help="grid columns (default 8; cldm: one row per digit)")
         p.add_argument("--individual", type=int, default=8, help="samples that get their own folder of steps")
         p.add_argument("--out", default="generated_samples")
         _add_common(p)
@@ -111,6 +132,38 @@ def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
                         "or compiled with CUDA graphs (cudagraphs); off: float32, as trained (default)")
 
 
+def _add_guidance(p: argparse.ArgumentParser) -> None:
+    """``--digit`` and ``--guidance`` of ``sample cldm``: checked by :func:`_digits` and :func:`_check_guidance`."""
+    p.add_argument("--digit", action="append", default=None, metavar="D",
+                   help="the digit to ask for, 0-9; repeat it for several, or 'all' for 0-9 (one grid row each). "
+                        "--num_samples is then per digit. Left out: unconditional samples (no label)")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, metavar="W",
+                   help="classifier-free guidance weight w >= 0 in eps = eps(no label) + w*(eps(digit) - "
+                        "eps(no label)): 0 ignores the digit, 1 is the conditional model "
+                        f"(default {DEFAULT_GUIDANCE:g})")
+
+
+def _digits(values: list[str] | None) -> list[int]:
+    """The digits ``--digit`` asked for, in order (``all``: 0-9); a value outside 0-9 is an :class:`ArgError`."""
+    digits: list[int] = []
+    for value in values or []:
+        if value.strip().lower() == "all":
+            digits += range(MNIST_CLASSES)
+        elif value.strip().isdigit() and int(value) < MNIST_CLASSES:
+            digits.append(int(value))
+        else:
+            raise ArgError(f"--digit must be a digit 0-{MNIST_CLASSES - 1} or 'all', got {value!r}")
+    return digits
+
+
+def _check_guidance(args: argparse.Namespace) -> None:
+    """``--guidance`` must be a finite number >= 0."""
+    w = args.guidance
+    if not (w >= 0 and w == w and w != float("inf")):
+        raise ArgError(f"--guidance must be a finite number >= 0 (0: no label, 1: the conditional model, "
+                       f"> 1: guided), got {w}")
+
+
 def _add_evaluate_and_course(sub: Any) -> None:
     """``evaluate`` and ``course``."""
     ev = sub.add_parser("evaluate", help="sample-quality metrics of a samples.npz, as JSON")
@@ -119,9 +172,9 @@ def _add_evaluate_and_course(sub: Any) -> None:
     ev.add_argument("--out", default=None, help="also write the JSON to this file")
     ev.add_argument("--device", default=None)
 
-    course = sub.add_parser("course", help="execute the six notebooks in order and store their outputs")
+    course = sub.add_parser("course", help="execute the chapters' notebooks in order and store their outputs")
     course.add_argument("--profile", choices=tuple(PROFILE_NAMES), default=None)
-    course.add_argument("--notebooks", nargs="*", default=None, help="names or numbers (default: all six)")
+    course.add_argument("--notebooks", nargs="*", default=None, help="names or numbers (default: every chapter)")
     course.add_argument("--output-dir", default=None, help="where executed notebooks go (default book/chapters)")
     course.add_argument("--inplace", action="store_true", help="store outputs back into notebooks/ (nbval references)")
     course.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
@@ -193,10 +246,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                    "out to use the shipped copy")
     kw = dict(out=args.out, device=device, data_dir=args.data_dir, resume=args.resume, progress=not args.quiet,
               compile=(args.compile_mode or True) if args.compile else False)
-    if args.model == "ldm":
+    if args.model in LATENT_MODELS:
         readable_file(args.vae_checkpoint, "VAE checkpoint")
         sidecar_kind(Path(args.vae_checkpoint), "vae")
-        result = pipelines.train_ldm(cfg, args.vae_checkpoint, **kw)
+        result = getattr(pipelines, f"train_{args.model}")(cfg, args.vae_checkpoint, **kw)
     else:
         result = getattr(pipelines, f"train_{args.model}")(cfg, **kw)
     print(f"experiment: {result.experiment.path}")
@@ -205,37 +258,62 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_for_sampling(ckpt: Path, vae: str | None, device: str) -> Any:
-    """The DDPM at ``ckpt``, or with ``vae`` the latent model (its ``sample`` method draws images)."""
-    from mnistdiff.training.pipelines import load_ddpm, load_ldm
+def _load_for_sampling(ckpt: Path, vae: str | None, device: str, kind: str = "ldm") -> Any:
+    """The DDPM at ``ckpt``, or with ``vae`` the latent model of ``kind`` (its ``sample`` method draws images)."""
+    from mnistdiff.training.pipelines import load_cldm, load_ddpm, load_ldm
 
     if vae is not None:
-        return load_ldm(vae, ckpt, device)
+        return (load_cldm if kind == "cldm" else load_ldm)(vae, ckpt, device)
     return load_ddpm(ckpt, device)
 
 
+def _sample_labels(args: argparse.Namespace) -> tuple[list[int], Any]:
+    """``sample cldm``: the digits asked for and the labels (N,) of the samples (∅ without ``--digit``)."""
+    import torch
+
+    from mnistdiff.unet import NULL_LABEL
+
+    digits = _digits(args.digit)
+    _check_guidance(args)
+    if not digits:
+        return [], torch.full((args.num_samples,), NULL_LABEL, dtype=torch.long)
+    return digits, torch.tensor(digits).repeat_interleave(args.num_samples)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
-    """``sample ddpm|ldm``: a folder of samples (grid, npz, per-sample steps)."""
+    """``sample ddpm|ldm|cldm``: a folder of samples (grid, npz, per-sample steps); a cldm's npz holds ``labels``."""
     from mnistdiff.sampling import write_sample_folder
 
     ckpt = readable_file(args.checkpoint, "checkpoint")
     vae = None
-    if args.model == "ldm":
+    if args.model in LATENT_MODELS:
         vae = str(readable_file(args.vae_checkpoint, "VAE checkpoint"))
         sidecar_kind(Path(vae), "vae")
+    if args.model == "cldm":
+        sidecar_conditional(ckpt)
     timesteps = sidecar_timesteps(ckpt, (args.model,))
     check_sampling(args, timesteps)
+    guide: dict[str, Any] = {}
+    digits: list[int] = []
+    if args.model == "cldm":
+        digits, labels = _sample_labels(args)
+        guide = {"labels": labels, "guidance": args.guidance}
     positive("nrow", args.nrow)
     out = writable_dir(args.out)
     device = resolve_device(args.device)
-    model = _load_for_sampling(ckpt, vae, device)
-    images, frames = model.sample(args.num_samples, mode=args.mode, ddim_steps=args.ddim_steps, eta=args.eta,
+    model = _load_for_sampling(ckpt, vae, device, args.model)
+    n = len(guide["labels"]) if guide else args.num_samples
+    images, frames = model.sample(n, mode=args.mode, ddim_steps=args.ddim_steps, eta=args.eta,
                                   seed=args.seed, device=device, batch_size=args.batch_size,
-                                  return_intermediates=args.individual > 0, progress=True, fast=args.fast)
+                                  return_intermediates=args.individual > 0, progress=True, fast=args.fast, **guide)
     info = {"checkpoint": str(ckpt), "vae_checkpoint": vae, "mode": args.mode, "ddim_steps": args.ddim_steps,
             "eta": args.eta, "seed": args.seed, "fast": args.fast}
-    paths = write_sample_folder(out, images, frames, nrow=args.nrow, individual=args.individual, info=info)
-    print(f"samples: {paths['grid_png']}  ({args.num_samples} images, {paths['npz']})")
+    if args.model == "cldm":
+        info.update(digits=digits, guidance=args.guidance)
+    nrow = args.nrow or (args.num_samples if digits else 8)
+    paths = write_sample_folder(out, images, frames, nrow=nrow, individual=args.individual, info=info,
+                                labels=guide.get("labels"))
+    print(f"samples: {paths['grid_png']}  ({n} images, {paths['npz']})")
     return 0
 
 

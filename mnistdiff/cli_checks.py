@@ -21,6 +21,7 @@ __all__ = [
     "resolve_device",
     "check_data_dir",
     "check_sampling",
+    "sidecar_conditional",
     "sidecar_kind",
     "sidecar_timesteps",
     "resume_base",
@@ -119,6 +120,15 @@ def sidecar_kind(path: Path, kind: str) -> None:
     if found != kind:
         raise ArgError(f"{path} holds a {found!r} model, expected a {kind!r} checkpoint: pass the model.pt that "
                        f"`train {kind}` wrote")
+
+
+def sidecar_conditional(path: Path) -> None:
+    """``sample cldm`` needs a class-conditional checkpoint: an unconditional one cannot be asked for a digit."""
+    kind = _read_sidecar(path).get("kind")
+    if kind in ("ddpm", "ldm"):
+        how = "sample ldm VAE_CKPT" if kind == "ldm" else "sample ddpm"
+        raise ArgError(f"{path} holds an unconditional {kind!r} model: it cannot be asked for a digit (--digit, "
+                       f"--guidance). Sample it with `{how} {path}`, or pass a checkpoint that `train cldm` wrote")
 
 
 def sidecar_timesteps(path: Path, kinds: tuple[str, ...]) -> int:

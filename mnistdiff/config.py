@@ -25,10 +25,14 @@ __all__ = [
     "DDPMRunConfig",
     "VAERunConfig",
     "LDMRunConfig",
+    "CLDMRunConfig",
     "to_dict",
     "from_dict",
+    "normalized",
     "ConfigError",
     "DEFAULT_ETA",
+    "DEFAULT_GUIDANCE",
+    "MNIST_CLASSES",
 ]
 
 
@@ -39,6 +43,14 @@ PRECISIONS = ("fp32", "bf16", "bf16_cl", "auto")
 #: leaves grainy backgrounds and skews the digit classes (chapter 3, "Why η = 0 is fragile"); η = 1
 #: corrects each step's error with fresh noise. ``ddim.ddim_sample_loop`` keeps the paper's η = 0.
 DEFAULT_ETA = 1.0
+
+#: The classifier-free guidance weight w where nobody chooses one (``python -m mnistdiff sample cldm``), in the
+#: convention ε̃ = ε(x, ∅) + w·(ε(x, y) − ε(x, ∅)): w = 0 ignores the label, w = 1 is the conditional model,
+#: w > 1 extrapolates past it. Chapter 7 measures accuracy, FID, precision and recall against w and recommends it.
+DEFAULT_GUIDANCE = 2.0
+
+#: The digits 0–9: the classes of a class-conditional model (its label embedding has one more row, ∅).
+MNIST_CLASSES = 10
 
 
 class ConfigError(ValueError):
@@ -112,11 +124,16 @@ class UNetConfig:
     num_heads: int = _setting(4, "self-attention heads (must divide the channels where attention is)")
     dropout: float = _setting(0.0, "dropout in the residual blocks, in [0, 1)")
     norm_groups: int = _setting(8, "GroupNorm groups (must divide every level's channels)")
+    num_classes: int | None = _setting(
+        None, "classes of a class-conditional UNet (a label embedding of num_classes + 1 rows, the last for "
+              "'no label'); none: unconditional (only a cldm takes labels)")
 
     def __post_init__(self) -> None:
         """Check the values: a bad one raises :class:`ConfigError` naming it."""
         for name in ("in_channels", "image_size", "base_channels", "num_res_blocks", "num_heads", "norm_groups"):
             _positive(name, getattr(self, name))
+        if self.num_classes is not None:
+            _positive("num_classes", self.num_classes)
         if not self.channel_mults or any(m <= 0 for m in self.channel_mults):
             raise ConfigError(f"channel_mults must be positive integers, got {self.channel_mults}", "channel_mults")
         step = 2 ** (len(self.channel_mults) - 1)
@@ -233,6 +250,10 @@ class DDPMRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     kind: str = _kind("ddpm")
 
+    def __post_init__(self) -> None:
+        """An unconditional UNet: class labels are the ``cldm``'s (:class:`CLDMRunConfig`)."""
+        _unconditional(self.unet, self.kind)
+
 
 @dataclass(frozen=True)
 class VAERunConfig:
@@ -261,6 +282,40 @@ class LDMRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     kind: str = _kind("ldm")
 
+    def __post_init__(self) -> None:
+        """An unconditional UNet: class labels are the ``cldm``'s (:class:`CLDMRunConfig`)."""
+        _unconditional(self.unet, self.kind)
+
+
+def _unconditional(unet: UNetConfig, kind: str) -> None:
+    if unet.num_classes is not None:
+        raise ConfigError(f"num_classes must be none for the {kind} (it is unconditional), got {unet.num_classes}; "
+                          "a class-conditional model is a cldm (CLDMRunConfig, `train cldm`)", "num_classes")
+
+
+@dataclass(frozen=True)
+class CLDMRunConfig:
+    """Class-conditional latent diffusion with classifier-free guidance (Ho & Salimans 2022).
+
+    The latent UNet of :class:`LDMRunConfig` with a label embedding (``unet.num_classes`` digits and ∅); each
+    training label is replaced by ∅ with probability ``p_uncond``, so one network learns ε(x, t, y) and ε(x, t, ∅).
+    """
+
+    unet: UNetConfig = field(
+        default_factory=lambda: dataclasses.replace(LDMRunConfig().unet, num_classes=MNIST_CLASSES)
+    )
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    p_uncond: float = _setting(0.1, "probability that a training label is replaced by ∅ (no label), in [0, 1)")
+    kind: str = _kind("cldm")
+
+    def __post_init__(self) -> None:
+        """Check the values: a bad one raises :class:`ConfigError` naming it."""
+        if self.unet.num_classes is None:
+            raise ConfigError("num_classes must be set for a cldm (the number of digits it is conditioned on), "
+                              "got none", "num_classes")
+        _fraction("p_uncond", self.p_uncond)
+
 
 _T = TypeVar("_T")
 
@@ -268,6 +323,12 @@ _T = TypeVar("_T")
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a (nested) config dataclass."""
     return dataclasses.asdict(cfg)
+
+
+def normalized(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a stored :func:`to_dict`) rebuilt as a ``cls`` and written out again: settings added since it
+    was stored get their defaults (an old sidecar has no ``num_classes``: ``None``, what it was trained with)."""
+    return to_dict(from_dict(cls, data))
 
 
 def from_dict(cls: type[_T], data: dict[str, Any]) -> _T:

@@ -31,6 +31,7 @@ from mnistdiff.data import to_uint8
 from mnistdiff.ddim import ddim_sample_loop
 from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, SampleOutput, p_sample_loop
 from mnistdiff.files import atomic_write_bytes, atomic_write_text
+from mnistdiff.guidance import GuidedDenoiser, check_guidance
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.viz import progression_strip, save_grid, save_image
 
@@ -47,9 +48,9 @@ class _Autocast(torch.nn.Module):
         super().__init__()
         self.model, self.device_type = model, device_type
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            return self.model(x, t).float()
+            return self.model(x, t, *y).float()
 
 
 class FastDenoiser(torch.nn.Module):
@@ -72,10 +73,11 @@ class FastDenoiser(torch.nn.Module):
             fn = torch.compile(self.inner, mode="reduce-overhead" if self.cudagraphs else None, dynamic=False)
         object.__setattr__(self, "_fn", fn)  # not a submodule: the weights stay registered once
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
+        """ε̂ for ``x``, ``t`` (and the labels ``y`` of a class-conditional model)."""
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
-        return self._fn(x.contiguous(memory_format=torch.channels_last), t)
+        return self._fn(x.contiguous(memory_format=torch.channels_last), t, *y)
 
 
 @torch.no_grad()
@@ -124,6 +126,8 @@ def generate(
     progress: bool = False,
     fast: str = "off",
     clip_range: ClipRange = PIXEL_RANGE,
+    labels: torch.Tensor | None = None,
+    guidance: float = 1.0,
 ) -> SampleOutput:
     """Draw ``num_samples`` samples → :class:`~mnistdiff.ddpm.SampleOutput` ``(images (N, 1, 32, 32) in [−1, 1]
     on CPU, frames)``
@@ -134,9 +138,14 @@ def generate(
     latents). ``frames`` (with ``return_intermediates``; else empty) are the first batch's ``[(t, x_t), …]``, decoded.
     ``fast`` (``"amp"``, ``"compile"``, ``"cudagraphs"``; default ``"off"``: float32 as trained) runs the
     network through :class:`FastDenoiser`, in batches as equal as possible (few shapes to compile).
+    ``labels`` (N,) ask a class-conditional model for those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none),
+    guided with weight ``guidance`` (:class:`~mnistdiff.guidance.GuidedDenoiser`; 1: the conditional model).
     """
     if num_samples <= 0:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
+    if labels is not None and tuple(labels.shape) != (num_samples,):
+        raise ValueError(f"labels must have shape ({num_samples},), one per sample, got {tuple(labels.shape)}")
+    check_guidance(guidance)
     if mode not in ("ddpm", "ddim"):
         raise ValueError(f"mode must be 'ddpm' or 'ddim', got {mode!r}")
     device = torch.device(device)
@@ -152,11 +161,12 @@ def generate(
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
         want = return_intermediates and start == 0
+        net = model if labels is None else GuidedDenoiser(model, labels[start:start + n].to(device), guidance)
         if mode == "ddpm":
-            x, fr = p_sample_loop(model, sched, (n, *shape), generator=gen, device=device,
+            x, fr = p_sample_loop(net, sched, (n, *shape), generator=gen, device=device,
                                   return_intermediates=want, clip_range=clip_range, progress=progress)
         else:
-            x, fr = ddim_sample_loop(model, sched, (n, *shape), ddim_steps=ddim_steps, eta=eta, generator=gen,
+            x, fr = ddim_sample_loop(net, sched, (n, *shape), ddim_steps=ddim_steps, eta=eta, generator=gen,
                                      device=device, return_intermediates=want, clip_range=clip_range,
                                      progress=progress)
         if decode is not None:
@@ -168,7 +178,7 @@ def generate(
 
 
 def save_npz(path: str | Path, images: torch.Tensor, **meta: Any) -> Path:
-    """Write images (N, 1, 32, 32) as uint8 under key ``samples`` (atomically), plus scalar metadata."""
+    """Write images (N, 1, 32, 32) as uint8 under key ``samples`` (atomically), plus metadata arrays."""
     import io
 
     buf = io.BytesIO()
@@ -186,14 +196,19 @@ def write_sample_folder(
     nrow: int = 8,
     individual: int = 8,
     info: dict[str, Any] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, Path]:
-    """Write the grid, the npz, and per-sample folders (final, progression, steps) for the first ``individual``."""
+    """Write the grid, the npz, and per-sample folders (final, progression, steps) for the first ``individual``.
+
+    ``labels`` (N,), the classes a class-conditional model was asked for, go into the npz as ``labels``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    extra = {} if labels is None else {"labels": labels.cpu().numpy().astype(np.int64)}
     paths = {
         "grid_png": save_grid(images[:256], out / "grid.png", nrow),
         "grid_pdf": save_grid(images[:256], out / "grid.pdf", nrow),
-        "npz": save_npz(out / "samples.npz", images),
+        "npz": save_npz(out / "samples.npz", images, **extra),
     }
     for i in range(min(individual, images.shape[0])):
         d = out / f"sample_{i:03d}"

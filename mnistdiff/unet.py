@@ -5,6 +5,10 @@ same shape as ``x_t``. It knows nothing of noise schedules: ``t`` only enters th
 sinusoidal embedding (Vaswani et al. 2017), added to every residual block.
 One class serves 1×32×32 pixels and 2×4×4 VAE latents; :class:`~mnistdiff.config.UNetConfig`
 sets widths, depth and where self-attention sits.
+
+With ``num_classes`` set, the UNet is class-conditional: a learned embedding of the label y (the classes and
+one more row for ∅, "no label") is added to the time embedding, as improved-diffusion's ``label_emb`` does,
+so ε_θ(x_t, t, y) and ε_θ(x_t, t, ∅) are one network (Ho & Salimans 2022).
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from torch import nn
 
 from mnistdiff.config import UNetConfig
 
-__all__ = ["timestep_embedding", "ResBlock", "AttentionBlock", "UNet", "count_parameters"]
+__all__ = ["timestep_embedding", "ResBlock", "AttentionBlock", "UNet", "count_parameters", "NULL_LABEL"]
+
+#: The label ∅ ("no label"): a class-conditional UNet given it predicts the unconditional ε_θ(x_t, t, ∅).
+NULL_LABEL = -1
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -147,6 +154,8 @@ class UNet(nn.Module):
         ch0, g = cfg.base_channels, cfg.norm_groups
         emb_dim = 4 * ch0
         self.time_mlp = nn.Sequential(nn.Linear(ch0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # one row per class, the last for ∅ (NULL_LABEL); None for an unconditional UNet
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
 
         def attn(ch: int, res: int) -> nn.Module:
@@ -190,7 +199,9 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(g, ch)
         self.conv_out = _zero(nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """ε̂ for ``x`` (B, C, S, S) at timesteps ``t`` (B,) or (); ``y`` (B,): class labels of a class-conditional
+        UNet, :data:`NULL_LABEL` for ∅ (``None``: all ∅)."""
         if x.ndim != 4 or x.shape[1] != self.config.in_channels or x.shape[-1] != self.config.image_size:
             raise ValueError(
                 f"UNet expects (B, {self.config.in_channels}, {self.config.image_size}, {self.config.image_size}), "
@@ -199,6 +210,10 @@ class UNet(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(self._label_rows(y, x.shape[0], x.device))
+        elif y is not None:
+            raise ValueError("this UNet is unconditional (num_classes None): it takes no labels y")
         h = self.conv_in(x)
         skips = [h]
         for level, down in zip(self.down_levels, self.downsamples):
@@ -210,6 +225,19 @@ class UNet(nn.Module):
         for level, upsample in zip(self.up_levels, self.upsamples):
             h = upsample(level(h, emb, skips, up=True))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+    def _label_rows(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """Labels (B,) in 0…K−1 or :data:`NULL_LABEL` → rows of ``label_emb`` (∅ is row K)."""
+        k = self.config.num_classes
+        assert k is not None
+        if y is None:
+            return torch.full((batch,), k, dtype=torch.long, device=device)
+        if y.shape != (batch,):
+            raise ValueError(f"labels y must have shape ({batch},), got {tuple(y.shape)}")
+        if bool(((y < NULL_LABEL) | (y >= k)).any()):
+            raise ValueError(f"labels y must be in 0…{k - 1} or NULL_LABEL ({NULL_LABEL}), got {y.unique().tolist()}")
+        return torch.where(y == NULL_LABEL, k, y).long()
 
 
 def count_parameters(model: nn.Module) -> int:

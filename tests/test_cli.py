@@ -32,7 +32,15 @@ from mnistdiff.cli_options import (
     option_argv,
     value_parser,
 )
-from mnistdiff.config import ConfigError, DDPMRunConfig, LDMRunConfig, UNetConfig, VAEConfig, VAERunConfig
+from mnistdiff.config import (
+    CLDMRunConfig,
+    ConfigError,
+    DDPMRunConfig,
+    LDMRunConfig,
+    UNetConfig,
+    VAEConfig,
+    VAERunConfig,
+)
 from mnistdiff.course.profiles import FULL, SMOKE
 
 pytestmark = pytest.mark.slow
@@ -60,13 +68,16 @@ def runs(tmp_path_factory):
     vae_exp = _one(out, "*-vae")
     vae_ckpt = vae_exp / "checkpoints" / "model.pt"
     assert main(["train", "ldm", str(vae_ckpt), *TINY, "--timesteps", str(T), "--out", str(out)]) == 0
-    return {"root": root, "ddpm": _one(out, "*-ddpm"), "vae": vae_exp, "ldm": _one(out, "*-ldm")}
+    assert main(["train", "cldm", str(vae_ckpt), *TINY, "--timesteps", str(T), "--p_uncond", "0.2",
+                 "--out", str(out)]) == 0
+    return {"root": root, "ddpm": _one(out, "*-ddpm"), "vae": vae_exp, "ldm": _one(out, "*-ldm"),
+            "cldm": _one(out, "*-cldm")}
 
 
 def _sample_args(runs, model: str) -> list[str]:
     ckpt = str(runs[model] / "checkpoints" / "model.pt")
-    if model == "ldm":
-        return ["sample", "ldm", str(runs["vae"] / "checkpoints" / "model.pt"), ckpt]
+    if model in ("ldm", "cldm"):
+        return ["sample", model, str(runs["vae"] / "checkpoints" / "model.pt"), ckpt]
     return ["sample", "ddpm", ckpt]
 
 
@@ -88,10 +99,10 @@ def samples(runs):
 
 COMMON = ["config.txt", "training_log.txt", "loss_curves.png", "performance_metrics.txt"]
 DIRS = ["epoch_samples", "final_samples", "checkpoints"]
-EXTRA = {"ddpm": ["denoising_steps"], "ldm": ["denoising_steps"], "vae": ["latent_space"]}
+EXTRA = {"ddpm": ["denoising_steps"], "ldm": ["denoising_steps"], "cldm": ["denoising_steps"], "vae": ["latent_space"]}
 
 
-@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm"])
+@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm", "cldm"])
 def test_experiment_layout(runs, model):
     exp = runs[model]
     assert exp.name.endswith(f"-{model}")
@@ -108,7 +119,7 @@ def test_experiment_layout(runs, model):
     assert sorted(p.name for p in (exp / "epoch_samples").iterdir())[0].startswith("epoch_001")
 
 
-@pytest.mark.parametrize("model", ["ddpm", "ldm"])
+@pytest.mark.parametrize("model", ["ddpm", "ldm", "cldm"])
 def test_denoising_steps(runs, model):
     steps = runs[model] / "denoising_steps"
     names = sorted(p.name for p in steps.glob("step_*.png"))
@@ -127,7 +138,7 @@ def test_vae_outputs(runs):
     assert 0 <= mse < 4  # images in [−1, 1]
 
 
-@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm"])
+@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm", "cldm"])
 def test_config_records_the_overrides(runs, model):
     body = json.loads((runs[model] / "config.txt").read_text())
     cfg = body["config"]
@@ -140,7 +151,7 @@ def test_config_records_the_overrides(runs, model):
     assert side["kind"] == model and side["config"] == cfg
 
 
-@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm"])
+@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm", "cldm"])
 def test_training_log_and_metrics(runs, model):
     lines = (runs[model] / "training_log.txt").read_text().strip().splitlines()
     assert lines[0].split("\t") == ["epoch", "train_loss", "eval_loss", "lr", "seconds"]
@@ -153,8 +164,9 @@ def test_training_log_and_metrics(runs, model):
     assert float(metrics["training_seconds"]) > 0 and int(metrics["parameters"]) > 0
 
 
-def test_ldm_checkpoint_records_latent_scale_and_vae(runs):
-    side = json.loads((runs["ldm"] / "checkpoints" / "model.json").read_text())
+@pytest.mark.parametrize("model", ["ldm", "cldm"])
+def test_latent_checkpoint_records_latent_scale_and_vae(runs, model):
+    side = json.loads((runs[model] / "checkpoints" / "model.json").read_text())
     vae_ckpt = runs["vae"] / "checkpoints" / "model.pt"
     assert side["latent_scale"] > 0 and math.isfinite(side["latent_scale"])
     assert side["vae_sha256"] == hashlib.sha256(vae_ckpt.read_bytes()).hexdigest()
@@ -279,6 +291,85 @@ def test_sample_wrong_kind_exit_2(runs, tmp_path, capsys):
     assert "expected a 'vae' checkpoint" in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------------------- sample cldm: digits and guidance
+
+
+def _sample_cldm(runs, out: Path, *extra: str) -> list[str]:
+    return [*_sample_args(runs, "cldm"), "--ddim_steps", "3", "--individual", "1", "--device", "cpu",
+            "--out", str(out), *extra]
+
+
+def test_cldm_records_p_uncond_and_num_classes(runs):
+    cfg = json.loads((runs["cldm"] / "checkpoints" / "model.json").read_text())["config"]
+    assert cfg["p_uncond"] == 0.2 and cfg["unet"]["num_classes"] == 10
+
+
+def test_sample_cldm_repeated_digits_go_into_the_npz(runs, tmp_path):
+    out = tmp_path / "c"
+    assert main(_sample_cldm(runs, out, "--digit", "3", "--digit", "7", "--num_samples", "2", "--guidance", "3")) == 0
+    with np.load(out / "samples.npz") as data:
+        assert data["samples"].shape == (4, 1, 32, 32) and data["samples"].dtype == np.uint8
+        assert data["labels"].tolist() == [3, 3, 7, 7]
+    info = json.loads((out / "info.json").read_text())
+    assert info["digits"] == [3, 7] and info["guidance"] == 3.0 and info["num_samples"] == 4
+
+
+def test_sample_cldm_all_gives_one_grid_row_per_digit(runs, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "all"
+    assert main(_sample_cldm(runs, out, "--digit", "all", "--num_samples", "2")) == 0
+    with np.load(out / "samples.npz") as data:
+        assert data["labels"].tolist() == [d for d in range(10) for _ in range(2)]
+    width, height = Image.open(out / "grid.png").size
+    assert height > 4 * width  # 10 rows of 2 samples each
+
+
+def test_sample_cldm_without_digit_draws_unlabelled_samples(runs, tmp_path):
+    out = tmp_path / "u"
+    assert main(_sample_cldm(runs, out, "--num_samples", "3")) == 0
+    with np.load(out / "samples.npz") as data:
+        assert data["labels"].tolist() == [-1, -1, -1]
+
+
+def test_sample_cldm_guidance_changes_the_samples_and_seeds_repeat(runs, tmp_path):
+    arrays = {}
+    for name, w in (("a", "0"), ("b", "4"), ("c", "4")):
+        assert main(_sample_cldm(runs, tmp_path / name, "--digit", "5", "--num_samples", "3", "--guidance", w)) == 0
+        with np.load(tmp_path / name / "samples.npz") as data:
+            arrays[name] = data["samples"]
+    assert np.array_equal(arrays["b"], arrays["c"])
+    assert not np.array_equal(arrays["a"], arrays["b"])
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--digit", "10"], "--digit must be a digit 0-9 or 'all', got '10'"),
+        (["--digit", "seven"], "--digit must be a digit 0-9"),
+        (["--digit", "-1"], "--digit must be a digit 0-9"),
+        (["--guidance", "-0.5"], "--guidance must be a finite number >= 0"),
+        (["--guidance", "inf"], "--guidance must be a finite number >= 0"),
+        (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
+    ],
+)
+def test_sample_cldm_bad_values_exit_2(runs, tmp_path, capsys, extra, message):
+    out = tmp_path / "bad"
+    assert _exit_code(_sample_cldm(runs, out, "--digit", "3", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_sample_cldm_refuses_an_unconditional_checkpoint(runs, tmp_path, capsys):
+    out = tmp_path / "x"
+    vae, ldm = (str(runs[k] / "checkpoints" / "model.pt") for k in ("vae", "ldm"))
+    args = ["sample", "cldm", vae, ldm, "--digit", "3", "--out", str(out)]
+    assert _exit_code(args) == 2
+    err = capsys.readouterr().err
+    assert "unconditional 'ldm' model: it cannot be asked for a digit" in err and "sample ldm" in err
+    assert not out.exists()
+
+
 def test_python_m_entry_point_reports_bad_argument(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mnistdiff", "train", "vae", "--kl_weight", "-1", "--out", str(tmp_path / "e")],
@@ -291,7 +382,7 @@ def test_python_m_entry_point_reports_bad_argument(tmp_path):
 
 # ----------------------------------------------------------------------------- options made from the config dataclasses
 
-RUN_CONFIGS = {"ddpm": DDPMRunConfig, "vae": VAERunConfig, "ldm": LDMRunConfig}
+RUN_CONFIGS = {"ddpm": DDPMRunConfig, "vae": VAERunConfig, "ldm": LDMRunConfig, "cldm": CLDMRunConfig}
 
 
 def _leaves(cfg: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -326,7 +417,7 @@ def _replaced(cfg: Any, path: tuple[str, ...], value: Any) -> Any:
 
 
 def _train_args(model: str, *options: str) -> argparse.Namespace:
-    return cli.build_parser().parse_args(["train", model, *(["vae.pt"] if model == "ldm" else []), *options])
+    return cli.build_parser().parse_args(["train", model, *(["vae.pt"] if model in ("ldm", "cldm") else []), *options])
 
 
 def _config(model: str, *options: str) -> Any:
@@ -390,6 +481,7 @@ def test_each_option_reaches_its_own_field(model):
         ("vae", ["--kl_weight", "0"], ("kl_weight",), 0.0),
         ("ldm", ["--base_channels", "32"], ("unet", "base_channels"), 32),
         ("ldm", ["--warmup_steps", "0", "--grad_clip", "0"], ("train", "warmup_steps"), 0),
+        ("cldm", ["--p_uncond", "0.2"], ("p_uncond",), 0.2),
     ],
 )
 def test_a_non_default_option_reaches_the_config(model, argv, path, value):
@@ -416,6 +508,9 @@ def test_a_non_default_option_reaches_the_config(model, argv, path, value):
         ("vae", "kl_weight", "nan"),
         ("ldm", "image_size", "5"),
         ("ldm", "timesteps", "1"),
+        ("ldm", "num_classes", "10"),
+        ("cldm", "p_uncond", "1"),
+        ("cldm", "num_classes", "none"),
     ],
 )
 def test_a_value_the_config_rejects_exits_2_with_its_message(model, name, text, tmp_path, capsys):
@@ -426,7 +521,7 @@ def test_a_value_the_config_rejects_exits_2_with_its_message(model, name, text, 
     message = str(rejected.value)
     assert message.startswith(name)
     out = tmp_path / "exp"
-    pre = ["train", model, *([str(tmp_path / "vae.pt")] if model == "ldm" else [])]
+    pre = ["train", model, *([str(tmp_path / "vae.pt")] if model in ("ldm", "cldm") else [])]
     assert _exit_code([*pre, "--out", str(out), f"--{name}", text]) == 2
     assert f"python -m mnistdiff: error: --{message}\n" in capsys.readouterr().err
     assert not out.exists()

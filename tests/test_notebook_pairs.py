@@ -12,7 +12,7 @@ from mnistdiff.course.chapters import CHAPTERS
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def test_all_six_chapters_exist() -> None:
+def test_every_chapter_has_its_pair() -> None:
     missing = [c for c in CHAPTERS if not (NOTEBOOKS / f"{c}.ipynb").is_file() or not (NOTEBOOKS / f"{c}.py").is_file()]
     assert not missing, f"chapters without an .ipynb/.py pair: {missing}"
 

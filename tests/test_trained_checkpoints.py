@@ -9,6 +9,10 @@ The thresholds were calibrated on the trained models and on blobs (benchmarks/RE
 checkpoint test"): the trained book models clear them with room, while the smoke profile's blobs,
 a model with random weights and pure noise all fail them; the last three are tested below, so the
 check can fail.
+
+The class-conditional model (chapter 7) must also draw the digit it is asked for: 10 samples of each digit,
+guided with ``DEFAULT_GUIDANCE``, are read as that digit by the classifier (accuracy ≥ ``MIN_LABEL_ACCURACY``,
+every digit ≥ ``MIN_DIGIT_ACCURACY``); the same samples with the label ignored (w = 0) fail it.
 """
 
 from __future__ import annotations
@@ -18,17 +22,21 @@ import json
 import pytest
 import torch
 
-from mnistdiff.config import DEFAULT_ETA, to_dict
+from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, normalized, to_dict
 from mnistdiff.course.pretrained import checkpoint_path
 from mnistdiff.course.profiles import BOOK, SMOKE
+from mnistdiff.evaluation.guidance import balanced_labels, label_accuracy
 from mnistdiff.evaluation.metrics import class_statistics, classifier_features
+from mnistdiff.files import repo_root
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.training.checkpoints import load_checkpoint, read_sidecar
-from mnistdiff.training.pipelines import DiffusionModel, load_ddpm, load_ldm, load_vae
+from mnistdiff.training.pipelines import DiffusionModel, load_cldm, load_ddpm, load_ldm, load_vae
 from mnistdiff.unet import UNet
 
 MIN_CONFIDENCE = 0.9
 MIN_CLASSES = 8
+MIN_LABEL_ACCURACY = 0.9
+MIN_DIGIT_ACCURACY = 0.6
 N, STEPS = 64, 20
 
 
@@ -56,11 +64,13 @@ def _sample(model: DiffusionModel) -> torch.Tensor:
     return images
 
 
-@pytest.mark.parametrize("kind", ["ddpm", "vae", "ldm"])
+@pytest.mark.parametrize("kind", ["ddpm", "vae", "ldm", "cldm"])
 def test_committed_checkpoint_is_the_book_profiles(kind):
-    """The committed file was trained with exactly the book profile's settings, and verifies."""
+    """The committed file was trained with exactly the book profile's settings (those added since at their
+    defaults), and verifies."""
     path = _committed(kind)
-    assert read_sidecar(path)["config"] == json.loads(json.dumps(to_dict(getattr(BOOK, kind))))
+    cfg = getattr(BOOK, kind)
+    assert normalized(type(cfg), read_sidecar(path)["config"]) == to_dict(cfg)
     load_checkpoint(path, kind=kind)  # SHA-256 and size checked against the sidecar
 
 
@@ -73,6 +83,31 @@ def test_book_ldm_draws_digits():
     model = load_ldm(_committed("vae"), _committed("ldm"))
     stats = digit_check(_sample(model))
     assert looks_like_digits(stats), stats
+
+
+def _asked_for_digits(guidance: float) -> tuple[float, list[float]]:
+    model = load_cldm(_committed("vae"), _committed("cldm"))
+    labels = balanced_labels(100)
+    images, _ = model.sample(100, mode="ddim", ddim_steps=STEPS, eta=DEFAULT_ETA, seed=0, device="cpu", fast="off",
+                             labels=labels, guidance=guidance)
+    return label_accuracy(images, labels, "cpu")
+
+
+def test_book_cldm_draws_the_digit_asked_for():
+    accuracy, per_digit = _asked_for_digits(DEFAULT_GUIDANCE)
+    assert accuracy >= MIN_LABEL_ACCURACY and min(per_digit) >= MIN_DIGIT_ACCURACY, (accuracy, per_digit)
+
+
+def test_book_cldm_without_the_label_fails_the_check():
+    accuracy, _ = _asked_for_digits(0.0)  # w = 0: the unconditional half ignores the digit asked for
+    assert accuracy < 0.5, accuracy
+
+
+def test_default_guidance_is_the_books_recommendation():
+    """Chapter 7 measures accuracy and FID against w and recommends one; the package's default is that one."""
+    path = repo_root() / "results" / "book" / "guidance.json"
+    assert path.exists(), "run chapter 7 with the book profile: python -m mnistdiff course --notebooks 07"
+    assert json.loads(path.read_text())["recommended_guidance"] == DEFAULT_GUIDANCE
 
 
 def test_book_vae_reconstructs_digits():

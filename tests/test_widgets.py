@@ -156,6 +156,38 @@ def test_ddim_explorer_with_a_real_diffusion_model():
     torch.testing.assert_close(again.samples[(1, 0.0)], s[(1, 0.0)])  # same seed, same samples
 
 
+class _FakeConditional:
+    """Records each call; returns images whose value encodes the digit and the weight asked for."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def sample(self, n, mode="ddim", ddim_steps=50, seed=0, device="cpu", labels=None, guidance=1.0, **kw):
+        self.calls.append((n, mode, ddim_steps, seed, tuple(labels.tolist()), guidance))
+        return torch.full((n, 1, 32, 32), float(labels[0]) / 10 - guidance / 10), None
+
+
+def test_guidance_explorer_precomputes_digits_by_weights(shown):
+    model = _FakeConditional()
+    ex = W.guidance_explorer(model, digits=(3, 7), scales=(0.0, 2.0, 4.0), seed=5, num_samples=2, ddim_steps=7,
+                             zoom=1)
+    assert sorted(model.calls) == sorted((2, "ddim", 7, 5, (d, d), w) for d in (3, 7) for w in (0.0, 2.0, 4.0))
+    assert shown[0].data == ex.fallback and ex.fallback.startswith(PNG)
+    assert set(ex.samples) == {(w, d) for w in (0.0, 2.0, 4.0) for d in (3, 7)}
+    assert ex.values == (3, 2.0) and "asked for 3, w = 2 (guided)" in ex.caption.value
+    before, n_calls = ex.image.value, len(model.calls)
+    ex.move(0, 7)
+    assert "asked for 7" in ex.caption.value and ex.image.value != before
+    ex.move(1, 0.0)
+    assert "no label" in ex.caption.value and len(model.calls) == n_calls  # nothing recomputed on a move
+    reuse = W.guidance_explorer(model, digits=(1,), scales=(1.0,), samples={(1.0, 1): torch.zeros(5, 1, 32, 32)},
+                                num_samples=2, show=False)
+    assert len(model.calls) == n_calls and reuse.samples[(1.0, 1)].shape == (2, 1, 32, 32)
+    assert "the conditional model" in reuse.caption.value
+    with pytest.raises(ValueError):
+        W.guidance_explorer(model, digits=(), show=False)
+
+
 def test_latent_walk_decodes_the_endpoints_and_the_middle(shown):
     torch.manual_seed(0)
     vae = VAE(VAEConfig(base_channels=8)).eval()

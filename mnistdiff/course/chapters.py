@@ -12,6 +12,7 @@ CHAPTERS: tuple[str, ...] = (
     "04_vae",
     "05_latent_diffusion",
     "06_umap_evaluation",
+    "07_guidance",
 )
 
 

@@ -1,6 +1,6 @@
 """Load, else train: how a notebook gets a trained model by name and profile.
 
-Trained checkpoints live in ``checkpoints/<profile>/{ddpm,vae,ldm}.pt`` (with JSON sidecars) at the
+Trained checkpoints live in ``checkpoints/<profile>/{ddpm,vae,ldm,cldm}.pt`` (with JSON sidecars) at the
 repository root, or under ``$MNISTDIFF_CHECKPOINT_DIR/<profile>/``. The full profile's are committed;
 the smoke profile's are written by whichever notebook first needs them. ``get_ddpm`` & co. return
 the verified checkpoint when it exists and matches the profile's config, and otherwise train it with
@@ -12,18 +12,32 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from mnistdiff.config import to_dict
+from mnistdiff.config import ConfigError, normalized, to_dict
 from mnistdiff.course.profiles import Profile, get_profile
 from mnistdiff.devices import default_device
 from mnistdiff.files import atomic_copy, repo_root
 from mnistdiff.training.checkpoints import CheckpointError, read_sidecar
-from mnistdiff.training.pipelines import DiffusionModel, load_ddpm, load_ldm, load_vae, train_ddpm, train_ldm, train_vae
+from mnistdiff.training.pipelines import (
+    DiffusionModel,
+    load_cldm,
+    load_ddpm,
+    load_ldm,
+    load_vae,
+    train_cldm,
+    train_ddpm,
+    train_ldm,
+    train_vae,
+)
 from mnistdiff.vae import VAE
 
-__all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_vae", "get_ldm", "train_all", "REPO_ROOT"]
+__all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_vae", "get_ldm", "get_cldm", "train_all", "REPO_ROOT"]
+
+#: What ``train all`` trains, in order (the latent models after the VAE they encode with).
+KINDS = ("ddpm", "vae", "ldm", "cldm")
 
 REPO_ROOT = repo_root()
 
@@ -47,20 +61,36 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _usable(path: Path, expected: dict) -> bool:
-    """True if ``path`` exists and its sidecar describes the same model as ``expected``.
+def _stored_config(path: Path, cfg: Any) -> dict | None:
+    """The config in the sidecar of ``path``, with the settings added since it was written at their defaults
+    (:func:`~mnistdiff.config.normalized`), so that a new option never makes old checkpoints look foreign;
+    ``None`` if it is not a config of ``cfg``'s kind. Raises on a corrupt sidecar."""
+    try:
+        return normalized(type(cfg), dict(read_sidecar(path).get("config") or {}))
+    except (ConfigError, TypeError):
+        return None
+
+
+def _same(found: dict | None, cfg: Any, *, with_train: bool) -> bool:
+    """Whether a stored config equals ``cfg`` (the ``train`` section only ``with_train``)."""
+    if found is None:
+        return False
+    wanted = json.loads(json.dumps(to_dict(cfg)))
+    found = json.loads(json.dumps(found))
+    if not with_train:
+        found.pop("train", None)
+        wanted.pop("train", None)
+    return found == wanted
+
+
+def _usable(path: Path, cfg: Any) -> bool:
+    """True if ``path`` exists and its sidecar describes the same model as the run config ``cfg``.
 
     Everything but the ``train`` section must match (architecture, schedule, kind): how long or
     with which learning rate a checkpoint was trained is provenance, recorded in its sidecar and
     shown by the notebooks, not compatibility. Raises on a corrupt sidecar.
     """
-    if not path.exists():
-        return False
-    found = dict(read_sidecar(path).get("config") or {})
-    wanted = json.loads(json.dumps(expected))
-    found.pop("train", None)
-    wanted.pop("train", None)
-    return found == wanted
+    return path.exists() and _same(_stored_config(path, cfg), cfg, with_train=False)
 
 
 def _store(result_ckpt: Path, dest: Path) -> None:
@@ -69,13 +99,13 @@ def _store(result_ckpt: Path, dest: Path) -> None:
     atomic_copy(result_ckpt.with_suffix(".json"), dest.with_suffix(".json"))
 
 
-def _load_else_train(kind: str, prof: Profile, expected: dict, retrain: bool, train, load):
-    """Return ``load(path)`` for the stored checkpoint if it matches ``expected`` and verifies; else
+def _load_else_train(kind: str, prof: Profile, cfg: Any, retrain: bool, train, load):
+    """Return ``load(path)`` for the stored checkpoint if it matches the run config ``cfg`` and verifies; else
     train, store, load."""
     path = checkpoint_path(kind, prof)
     if not retrain:
         try:
-            if _usable(path, expected):
+            if _usable(path, cfg):
                 print(f"[mnistdiff] loading {_shown(path)}")
                 return load(path)
         except CheckpointError as err:  # corrupt, half-copied, trained on another VAE…
@@ -109,7 +139,7 @@ def get_ddpm(profile: str | Profile | None = None, *, device: str | torch.device
     """The profile's pixel-space DDPM: load ``checkpoints/<profile>/ddpm.pt``, else train and store it."""
     prof, device = _resolve(profile, device)
     model = _load_else_train(
-        "ddpm", prof, to_dict(prof.ddpm), retrain,
+        "ddpm", prof, prof.ddpm, retrain,
         lambda out: train_ddpm(prof.ddpm, out=out, device=device, progress=progress),
         lambda path: load_ddpm(path, device),
     )
@@ -121,7 +151,7 @@ def get_vae(profile: str | Profile | None = None, *, device: str | torch.device 
     """The profile's VAE and its sidecar: load ``checkpoints/<profile>/vae.pt``, else train and store it."""
     prof, device = _resolve(profile, device)
     vae, _, meta = _load_else_train(
-        "vae", prof, to_dict(prof.vae), retrain,
+        "vae", prof, prof.vae, retrain,
         lambda out: train_vae(prof.vae, out=out, device=device, progress=progress),
         lambda path: load_vae(path, device),
     )
@@ -135,22 +165,35 @@ def get_ldm(profile: str | Profile | None = None, *, device: str | torch.device 
     get_vae(prof, device=device, progress=progress)
     vae_path = checkpoint_path("vae", prof)
     model = _load_else_train(
-        "ldm", prof, to_dict(prof.ldm), retrain,
+        "ldm", prof, prof.ldm, retrain,
         lambda out: train_ldm(prof.ldm, vae_path, out=out, device=device, progress=progress),
         lambda path: load_ldm(vae_path, path, device),
     )
     return _with_sampling_mode(model, prof, device)
 
 
-def _unfinished_run(runs: Path, kind: str, expected: dict) -> Path | None:
-    """The newest run of ``kind`` under ``runs`` that stopped before its final checkpoint, with the same config."""
-    wanted = json.loads(json.dumps(expected))
+def get_cldm(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
+             retrain: bool = False, progress: bool = True) -> DiffusionModel:
+    """The profile's class-conditional latent model (chapter 7) with its VAE, loading or training each as needed."""
+    prof, device = _resolve(profile, device)
+    get_vae(prof, device=device, progress=progress)
+    vae_path = checkpoint_path("vae", prof)
+    model = _load_else_train(
+        "cldm", prof, prof.cldm, retrain,
+        lambda out: train_cldm(prof.cldm, vae_path, out=out, device=device, progress=progress),
+        lambda path: load_cldm(vae_path, path, device),
+    )
+    return _with_sampling_mode(model, prof, device)
+
+
+def _unfinished_run(runs: Path, kind: str, cfg: Any) -> Path | None:
+    """The newest run of ``kind`` under ``runs`` that stopped before its final checkpoint, with the config ``cfg``."""
     for run in sorted(runs.glob(f"*-{kind}"), reverse=True):
         last = run / "checkpoints" / "last.pt"
         if (run / "checkpoints" / "model.pt").exists() or not last.exists():
             continue
         try:
-            if read_sidecar(last).get("config") == wanted:
+            if _same(_stored_config(last, cfg), cfg, with_train=True):
                 return run
         except CheckpointError:
             continue
@@ -159,7 +202,8 @@ def _unfinished_run(runs: Path, kind: str, expected: dict) -> Path | None:
 
 def train_all(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
               data_dir: str | Path | None = None, progress: bool = True) -> dict[str, float]:
-    """Train the profile's DDPM, VAE and LDM in that order into ``checkpoints/<profile>/``; resumable.
+    """Train the profile's DDPM, VAE, LDM and class-conditional LDM in that order into ``checkpoints/<profile>/``;
+    resumable.
 
     A model whose stored checkpoint already has exactly the profile's config (training settings
     included) is skipped; a run that was stopped (Ctrl-C, SIGTERM, a session's end) is resumed from
@@ -169,14 +213,13 @@ def train_all(profile: str | Profile | None = None, *, device: str | torch.devic
     prof, device = _resolve(profile, device)
     runs = checkpoint_dir(prof) / "runs"
     seconds: dict[str, float] = {}
-    for kind in ("ddpm", "vae", "ldm"):
+    for kind in KINDS:
         cfg = getattr(prof, kind)
-        expected = to_dict(cfg)
         dest = checkpoint_path(kind, prof)
-        if dest.exists() and read_sidecar(dest).get("config") == json.loads(json.dumps(expected)):
+        if dest.exists() and _same(_stored_config(dest, cfg), cfg, with_train=True):
             print(f"[mnistdiff] {_shown(dest)} is trained with the {prof.name} settings: skipping")
         else:
-            resume = _unfinished_run(runs, kind, expected)
+            resume = _unfinished_run(runs, kind, cfg)
             if resume is not None:
                 print(f"[mnistdiff] resuming {_shown(resume)}")
             print(f"[mnistdiff] training the {prof.name} {kind}")
@@ -186,7 +229,8 @@ def train_all(profile: str | Profile | None = None, *, device: str | torch.devic
             elif kind == "vae":
                 result = train_vae(cfg, **kw)
             else:
-                result = train_ldm(cfg, checkpoint_path("vae", prof), **kw)
+                train = train_ldm if kind == "ldm" else train_cldm
+                result = train(cfg, checkpoint_path("vae", prof), **kw)
             _store(result.checkpoint, dest)
             print(f"[mnistdiff] stored {_shown(dest)} ({result.seconds / 60:.1f} min of training)")
         seconds[kind] = float(read_sidecar(dest).get("seconds", 0.0))

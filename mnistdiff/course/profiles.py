@@ -4,7 +4,7 @@
   hour on two CPU cores (``python -m mnistdiff train all --profile book``) and its checkpoints are
   committed, so every chapter loads them in seconds on any machine. The default.
 * ``full``: the reference settings (the dataclass defaults), meant for a GPU.
-* ``smoke``: every code path, tiny models and sample counts; all six notebooks run in a few
+* ``smoke``: every code path, tiny models and sample counts; all seven notebooks run in a few
   minutes on two CPU cores. The test suite (nbval) uses it; its models draw blobs, not digits.
 
 This module is the only place that reads the variable.
@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 
 from mnistdiff.config import (
+    MNIST_CLASSES,
+    CLDMRunConfig,
     DDPMRunConfig,
     DiffusionConfig,
     LDMRunConfig,
@@ -33,12 +35,13 @@ ENV_VAR = "MNISTDIFF_PROFILE"
 
 @dataclass(frozen=True)
 class Profile:
-    """Every size that matters for one profile: the three run configs and the evaluation sizes."""
+    """Every size that matters for one profile: the four run configs and the evaluation sizes."""
 
     name: str
     ddpm: DDPMRunConfig
     vae: VAERunConfig
     ldm: LDMRunConfig
+    cldm: CLDMRunConfig
     num_samples: int = 64  # samples shown in grids
     ddim_steps: int = 50
     eval_samples: int = 10_000  # samples per generator for metrics
@@ -47,9 +50,12 @@ class Profile:
     widget_frames: int = 8
     ancestral_samples: int | None = None  # the T-step ancestral samplers draw at most this many (None: eval_samples)
     sample_fast: str = "off"  # how notebooks run the sampling network: off (fp32), amp, or auto (measured)
+    guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)  # chapter 7's w, in its grid and its table
+    guidance_samples: int = 10_000  # samples per w that chapter 7 scores (the same n for every w)
 
 
-FULL = Profile(name="full", ddpm=DDPMRunConfig(), vae=VAERunConfig(), ldm=LDMRunConfig())
+FULL = Profile(name="full", ddpm=DDPMRunConfig(), vae=VAERunConfig(), ldm=LDMRunConfig(), cldm=CLDMRunConfig())
+
 
 _SMOKE_TRAIN = TrainConfig(
     epochs=2, lr=2e-3, batch_size=64, subset=1024, sample_every=2, warmup_steps=4, num_samples=8, eval_size=128
@@ -76,12 +82,21 @@ SMOKE = Profile(
         diffusion=_SMOKE_DIFFUSION,
         train=dataclasses.replace(_SMOKE_TRAIN, epochs=3),
     ),
+    cldm=CLDMRunConfig(
+        unet=UNetConfig(
+            in_channels=2, image_size=4, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+            attention_resolutions=(2,), num_heads=2, num_classes=MNIST_CLASSES,
+        ),
+        diffusion=_SMOKE_DIFFUSION,
+        train=dataclasses.replace(_SMOKE_TRAIN, epochs=3),
+    ),
     num_samples=16,
     ddim_steps=20,
     eval_samples=128,
     umap_real=1000,
     ddim_step_sweep=(5, 10, 20),
     widget_frames=6,
+    guidance_samples=100,
 )
 
 # The book profile: found by measurement on a 2-core CPU (benchmarks/README.md, "The book profile").
@@ -104,6 +119,13 @@ BOOK = Profile(
         train=TrainConfig(epochs=20, lr=2e-3, batch_size=256, warmup_steps=200, sample_every=2, num_samples=16,
                           eval_size=2000, precision="auto"),
     ),
+    cldm=CLDMRunConfig(
+        unet=UNetConfig(in_channels=2, image_size=4, base_channels=32, channel_mults=(1, 2),
+                        attention_resolutions=(4, 2), num_classes=MNIST_CLASSES),
+        train=TrainConfig(epochs=15, lr=2e-3, batch_size=256, warmup_steps=200, sample_every=3, num_samples=20,
+                          eval_size=2000, precision="auto"),
+        p_uncond=0.1,
+    ),
     num_samples=64,
     ddim_steps=50,
     eval_samples=2000,
@@ -112,6 +134,7 @@ BOOK = Profile(
     widget_frames=8,
     ancestral_samples=100,
     sample_fast="auto",
+    guidance_samples=2000,
 )
 
 PROFILES = {"smoke": SMOKE, "book": BOOK, "full": FULL}

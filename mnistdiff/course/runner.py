@@ -1,4 +1,4 @@
-"""Run the whole course: execute the six notebooks in order, store their outputs, time each.
+"""Run the whole course: execute the seven notebooks in order, store their outputs, time each.
 
 ``python -m mnistdiff course --profile full`` on a GPU machine produces the executed chapters the
 book shows (``book/chapters/``); ``--inplace`` refreshes the stored outputs in ``notebooks/`` that
@@ -57,11 +57,15 @@ def run_course(
     total = round(sum(times.values()), 1)
     print(f"  {'total':<22} {total:8.1f} s")
     results = REPO_ROOT / "results" / prof / "course_times.json"
-    record = {"profile": prof, "device": device_name(), "notebooks": times, "total_seconds": total}
+    executed = {name: time.strftime("%Y-%m-%d") for name in times}
+    record = {"profile": prof, "device": device_name(), "notebooks": times, "total_seconds": total,
+              "executed": executed}
     if results.exists() and notebooks:
         previous = json.loads(results.read_text())
-        if previous.get("device") == record["device"]:
-            record["notebooks"] = {**previous.get("notebooks", {}), **times}
+        if previous.get("device") == record["device"]:  # a partial run on the same CPU: merge, keep the notes
+            record = {**previous, **record,
+                      "notebooks": {**previous.get("notebooks", {}), **times},
+                      "executed": {**previous.get("executed", {}), **executed}}
             record["total_seconds"] = round(sum(record["notebooks"].values()), 1)
     atomic_write_text(results, json.dumps(record, indent=2) + "\n")
     return times

@@ -20,6 +20,7 @@ Public API (images are ``(N, 1, H, W)`` or ``(1, H, W)`` tensors in [−1, 1]):
 * :func:`denoising_player` ``(frames)`` — step through a sampling trajectory ``[(t, x_t), …]`` (chapter 2);
 * :func:`ddim_explorer` ``(model, steps_options, etas, seed, device)`` — DDIM steps × η (chapter 3);
 * :func:`latent_walk` ``(vae, z_a, z_b, frames=8, scale=1.0)`` — interpolate two latents (chapter 4);
+* :func:`guidance_explorer` ``(model, digits, scales, seed, device)`` — digit × guidance weight w (chapter 7);
 * :func:`image_slider` ``(images, captions)`` — the generic building block: a slider over any frames;
 * :func:`frame_strip_png` / :func:`animation_html` — the two kinds of static fallback
   (:mod:`mnistdiff.course.fallbacks`).
@@ -51,6 +52,7 @@ __all__ = [
     "ddim_explorer",
     "latent_walk",
     "interpolate",
+    "guidance_explorer",
 ]
 
 Render = Callable[..., tuple[torch.Tensor, str]]
@@ -239,7 +241,7 @@ def ddim_explorer(
             else:
                 x, _ = model.sample(num_samples, mode="ddim", ddim_steps=s, eta=e, seed=seed, device=device)
                 cache[(s, e)] = x
-    fb = _ddim_table_png(cache, steps_options, etas, num_samples)
+    fb = _table_png(cache, etas, steps_options, lambda e: f"η = {e:g}", lambda s: f"S = {s}")
     if show:
         _show(fb)
     steps_slider = ipywidgets.SelectionSlider(options=steps_options, value=steps_options[-1], description="steps S",
@@ -256,26 +258,27 @@ def ddim_explorer(
     return explorer
 
 
-def _ddim_table_png(cache: dict[tuple[int, float], torch.Tensor], steps: list[int], etas: list[float], n: int) -> bytes:
-    """A table of sample grids, one row per η and one column per number of steps, at a whole zoom."""
-    arrays = {k: grid_array(v, nrow=n) for k, v in cache.items()}
+def _table_png(cache: dict[tuple[Any, Any], torch.Tensor], rows: Sequence[Any], cols: Sequence[Any],
+               row_label: Callable[[Any], str], col_label: Callable[[Any], str]) -> bytes:
+    """A table of sample grids (each one row): ``cache[(col, row)]`` in row ``row``, column ``col``; a whole zoom."""
+    arrays = {k: grid_array(v, nrow=len(v)) for k, v in cache.items()}
     h, w = next(iter(arrays.values())).shape
     zoom = max(1, round(150 / w))
     left_px, top_px, gap = 46, 22, 8
     cell_w, cell_h = w * zoom + gap, h * zoom + gap
-    width, height = left_px + len(steps) * cell_w, top_px + len(etas) * cell_h
+    width, height = left_px + len(cols) * cell_w, top_px + len(rows) * cell_h
     fig = new_figure(width / 100, height / 100)
-    for i, e in enumerate(etas):
-        for j, s in enumerate(steps):
+    for i, e in enumerate(rows):
+        for j, s in enumerate(cols):
             x0, y0 = left_px + j * cell_w, top_px + i * cell_h
             ax = fig.add_axes((x0 / width, 1 - (y0 + h * zoom) / height, w * zoom / width, h * zoom / height))
             ax.imshow(arrays[(s, e)], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(f"S = {s}", fontsize=8, pad=3)
+                ax.set_title(col_label(s), fontsize=8, pad=3)
             if j == 0:
-                ax.set_ylabel(f"η = {e:g}", fontsize=8)
+                ax.set_ylabel(row_label(e), fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
@@ -342,3 +345,49 @@ def latent_walk(
         return decode(w), f"w = {w:.2f}: {what}"
 
     return Explorer([slider], render, nrow=1, zoom=zoom, fallback=fb)
+
+
+# ----------------------------------------------------------------------------------------------
+# chapter 7: ask for a digit, with guidance weight w
+# ----------------------------------------------------------------------------------------------
+
+
+def guidance_explorer(
+    model, digits: Sequence[int] = tuple(range(10)), scales: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 8.0),
+    seed: int = 0, device: str | torch.device = "cpu", *, num_samples: int = 6, ddim_steps: int = 50,
+    samples: dict[tuple[float, int], torch.Tensor] | None = None, zoom: int = 3, show: bool = True,
+) -> Explorer:
+    """Two sliders, the digit asked for and the guidance weight w, over samples precomputed from one seed.
+
+    ``model``: a class-conditional :class:`~mnistdiff.training.pipelines.DiffusionModel`. Every (w, digit) gets
+    ``num_samples`` DDIM samples from the same x_T, so moving w shows what guidance does to the same noise;
+    pass ``samples`` (``(w, digit) → (N, 1, 32, 32)``) to reuse batches you already have. The fallback is a PNG
+    table: one row per digit, one column per w. ``explorer.samples`` holds the batches.
+    """
+    digits, scales = [int(d) for d in digits], [float(w) for w in scales]
+    if not digits or not scales:
+        raise ValueError("need at least one digit and one guidance weight")
+    cache: dict[tuple[float, int], torch.Tensor] = {}
+    for w in scales:
+        for d in digits:
+            if samples is not None and (w, d) in samples:
+                cache[(w, d)] = image_batch(samples[(w, d)])[:num_samples]
+            else:
+                labels = torch.full((num_samples,), d, dtype=torch.long)
+                cache[(w, d)] = model.sample(num_samples, mode="ddim", ddim_steps=ddim_steps, seed=seed,
+                                             device=device, labels=labels, guidance=w)[0]
+    fb = _table_png(cache, digits, scales, lambda d: f"digit {d}", lambda w: f"w = {w:g}")
+    if show:
+        _show(fb)
+    digit_slider = ipywidgets.SelectionSlider(options=digits, value=digits[0], description="digit",
+                                              layout=ipywidgets.Layout(width="420px"))
+    w_slider = ipywidgets.SelectionSlider(options=scales, value=scales[len(scales) // 2], description="w",
+                                          layout=ipywidgets.Layout(width="420px"))
+
+    def render(d: int, w: float) -> tuple[torch.Tensor, str]:
+        what = "no label" if w == 0 else ("the conditional model" if w == 1 else "guided")
+        return cache[(w, d)], f"asked for {d}, w = {w:g} ({what}); seed {seed}"
+
+    explorer = Explorer([digit_slider, w_slider], render, nrow=num_samples, zoom=zoom, fallback=fb)
+    explorer.samples = cache
+    return explorer

@@ -80,6 +80,7 @@ METRIC_KEYS = (
 #: ``format.format(value * factor)``.
 TABLE_COLUMNS: tuple[tuple[str, str, str, float], ...] = (
     ("n", "n", "{:d}", 1),
+    ("label_accuracy", "accuracy ↑", "{:.3f}", 1.0),
     ("fid", "FID ↓", "{:.2f}", 1.0),
     ("kid", "KID ↓", "{:.4f}", 1.0),
     ("precision", "precision ↑", "{:.3f}", 1.0),

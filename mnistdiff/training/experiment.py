@@ -29,7 +29,8 @@ from mnistdiff.training.checkpoints import CheckpointError
 __all__ = ["Experiment"]
 
 SUBDIRS = ("epoch_samples", "final_samples", "checkpoints")
-EXTRA_SUBDIRS = {"ddpm": ("denoising_steps",), "ldm": ("denoising_steps",), "vae": ("latent_space",)}
+EXTRA_SUBDIRS = {"ddpm": ("denoising_steps",), "ldm": ("denoising_steps",), "cldm": ("denoising_steps",),
+                 "vae": ("latent_space",)}
 
 
 class Experiment:

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from mnistdiff.config import TrainConfig
 from mnistdiff.devices import cpu_name, device_info
+from mnistdiff.training.batches import Data, chunks, num_rows, take, to_device
 from mnistdiff.training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from mnistdiff.training.experiment import Experiment
 from mnistdiff.training.precision import autocast_for, choose_precision, resolve_precision, started_precision
@@ -56,7 +57,7 @@ __all__ = [
 
 _started_precision = started_precision  # its name before it moved to mnistdiff.training.precision
 
-LossFn = Callable[[nn.Module, torch.Tensor, "torch.Generator | None"], torch.Tensor]
+LossFn = Callable[[nn.Module, Data, "torch.Generator | None"], torch.Tensor]
 
 
 class TrainingDiverged(RuntimeError):
@@ -67,7 +68,8 @@ class TrainingDiverged(RuntimeError):
 class TrainTask:
     """What to train: a model, its loss, its data and how to show samples.
 
-    ``loss_fn(model, batch, generator) → scalar``; ``train_data``/``eval_data``: (N, …) tensors;
+    ``loss_fn(model, batch, generator) → scalar``; ``train_data``/``eval_data``: (N, …) tensors, or tuples of
+    tensors with N rows each (latents and their labels: :mod:`~mnistdiff.training.batches`);
     ``sample_fn(ema_model, folder, tag)`` writes sample images for an epoch (optional);
     ``extra_state``: tensors and numbers saved in the final checkpoint (e.g. the latent scale).
     """
@@ -75,8 +77,8 @@ class TrainTask:
     kind: str
     model: nn.Module
     loss_fn: LossFn
-    train_data: torch.Tensor
-    eval_data: torch.Tensor
+    train_data: Data
+    eval_data: Data
     train_config: TrainConfig
     run_config: dict[str, Any]
     sample_fn: Callable[[nn.Module, Any, str], None] | None = None
@@ -100,13 +102,14 @@ class TrainResult:
 def _eval_loss(task: TrainTask, model: nn.Module, seed: int, batch_size: int, amp: Any) -> float:
     """Mean loss over ``eval_data`` with fixed noise (a generator seeded per call), so epochs are comparable."""
     model.eval()
-    gen = torch.Generator(device=task.eval_data.device).manual_seed(seed + 12345)
+    device = (task.eval_data[0] if isinstance(task.eval_data, tuple) else task.eval_data).device
+    gen = torch.Generator(device=device).manual_seed(seed + 12345)
     total, count = 0.0, 0
-    for chunk in task.eval_data.split(batch_size):
+    for chunk in chunks(task.eval_data, batch_size):
         with amp():
             loss = task.loss_fn(model, chunk, gen)
-        total += float(loss) * chunk.shape[0]
-        count += chunk.shape[0]
+        total += float(loss) * num_rows(chunk)
+        count += num_rows(chunk)
     model.train()
     return total / max(count, 1)
 
@@ -157,9 +160,9 @@ class TrainLoop:
         if self.precision == "bf16_cl":
             model = model.to(memory_format=torch.channels_last)
         torch.manual_seed(cfg.seed)
-        self.train_data = task.train_data.to(device)
-        self.batch_size = min(cfg.batch_size, self.train_data.shape[0])
-        self.steps_per_epoch = self.train_data.shape[0] // self.batch_size
+        self.train_data = to_device(task.train_data, device)
+        self.batch_size = min(cfg.batch_size, num_rows(self.train_data))
+        self.steps_per_epoch = num_rows(self.train_data) // self.batch_size
         self.state = TrainState.create(model, cfg, self.steps_per_epoch * cfg.epochs, fused=device.type == "cuda")
         if speeds:
             probe = ", ".join(f"{k} {v} img/s" for k, v in speeds.items())
@@ -203,7 +206,7 @@ class TrainLoop:
         """The epoch's remaining batches; a signal saves the state at the step it arrived and raises."""
         state, spe = self.state, self.steps_per_epoch
         if state.perm is None:
-            state.perm = torch.randperm(self.train_data.shape[0], generator=state.generator)
+            state.perm = torch.randperm(num_rows(self.train_data), generator=state.generator)
         # One copy per epoch: a CPU slice copied every step is a blocking copy that waits for the GPU.
         perm = state.perm.to(self.device)
         bar = tqdm(range(state.step, spe), desc=f"{self.task.kind} epoch {state.epoch + 1}/{self.cfg.epochs}",
@@ -224,7 +227,7 @@ class TrainLoop:
         state, bs = self.state, self.batch_size
         if not self.pending:
             self.pending_start = self.global_step(step)
-        batch = self.train_data[perm[step * bs:(step + 1) * bs]]
+        batch = take(self.train_data, perm[step * bs:(step + 1) * bs])
         with self.autocast():
             loss = self.task.loss_fn(self.step_model, batch, None)
         self.pending.append(loss.detach().float())
@@ -357,7 +360,7 @@ class TrainLoop:
     @property
     def resume_cmd(self) -> str:
         """The command that continues this run."""
-        ldm = " <vae checkpoint>" if self.task.kind == "ldm" else ""
+        ldm = " <vae checkpoint>" if self.task.kind in ("ldm", "cldm") else ""
         return f"python -m mnistdiff train {self.task.kind}{ldm} --resume {self.experiment.path}"
 
     def kept(self) -> str:

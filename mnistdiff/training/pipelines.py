@@ -1,8 +1,8 @@
 """Train and load each model from its config: what the command line and the notebooks both call.
 
-``train_ddpm``, ``train_vae`` and ``train_ldm`` build a :class:`~mnistdiff.training.loop.TrainTask` from a run
-config and hand it to :func:`~mnistdiff.training.loop.fit`; ``load_ddpm``, ``load_vae`` and ``load_ldm`` rebuild
-the models from a checkpoint's sidecar config and verify it on the way.
+``train_ddpm``, ``train_vae``, ``train_ldm`` and ``train_cldm`` build a :class:`~mnistdiff.training.loop.TrainTask`
+from a run config and hand it to :func:`~mnistdiff.training.loop.fit`; ``load_ddpm``, ``load_vae``, ``load_ldm``
+and ``load_cldm`` rebuild the models from a checkpoint's sidecar config and verify it on the way.
 """
 
 from __future__ import annotations
@@ -14,12 +14,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnistdiff.config import DDPMRunConfig, LDMRunConfig, VAERunConfig, from_dict, to_dict
+from mnistdiff.config import (
+    DEFAULT_GUIDANCE,
+    CLDMRunConfig,
+    DDPMRunConfig,
+    LDMRunConfig,
+    VAERunConfig,
+    from_dict,
+    to_dict,
+)
 from mnistdiff.data import load_mnist
 from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, SampleOutput, diffusion_loss
+from mnistdiff.guidance import drop_labels
 from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset
 from mnistdiff.sampling import generate
 from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.training.batches import Data
 from mnistdiff.training.checkpoints import CheckpointError, load_checkpoint, sha256_file
 from mnistdiff.training.experiment import Experiment
 from mnistdiff.training.loop import TrainResult, TrainTask, fit
@@ -32,9 +42,11 @@ __all__ = [
     "train_ddpm",
     "train_vae",
     "train_ldm",
+    "train_cldm",
     "load_ddpm",
     "load_vae",
     "load_ldm",
+    "load_cldm",
     "make_diffusion_loss",
 ]
 
@@ -45,11 +57,16 @@ class DiffusionModel:
 
     unet: UNet
     schedule: NoiseSchedule
-    config: DDPMRunConfig | LDMRunConfig
+    config: DDPMRunConfig | LDMRunConfig | CLDMRunConfig
     meta: dict[str, Any]
     codec: LatentCodec | None = None
     clip_range: ClipRange = PIXEL_RANGE  # what x̂_0 is clipped to while sampling (the latent range for an LDM)
     fast: str = "off"  # how ``sample`` runs the network by default (``generate``'s ``fast``)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes a class-conditional model can be asked for (``sample(labels=…)``); ``None``: unconditional."""
+        return self.unet.config.num_classes
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -57,26 +74,36 @@ class DiffusionModel:
         return (c.in_channels, c.image_size, c.image_size)
 
     def sample(self, num_samples: int, **kwargs: Any) -> SampleOutput:
-        """:func:`~mnistdiff.sampling.generate` with this model's shape and decoder."""
+        """:func:`~mnistdiff.sampling.generate` with this model's shape and decoder (``labels``, ``guidance``: a
+        class-conditional model's digits and guidance weight)."""
         decode = self.codec.decode if self.codec is not None else None
         kwargs.setdefault("clip_range", self.clip_range)
         kwargs.setdefault("fast", self.fast)
         return generate(self.unet, self.schedule, num_samples, shape=self.sample_shape, decode=decode, **kwargs)
 
 
-def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None, min_snr_gamma: float | None = None):
+def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None, min_snr_gamma: float | None = None,
+                        p_uncond: float = 0.0):
     """The ε-prediction loss for a batch; for latents (``scale`` = κ given) the batch holds [μ, σ] and z = κ·(μ + σε).
 
     ``min_snr_gamma``: weight it by min-SNR-γ (:func:`~mnistdiff.ddpm.min_snr_weight`); ``None``: L_simple.
+    A batch ``(x, labels)`` trains a class-conditional model: each label is dropped to ∅ with probability
+    ``p_uncond`` (:func:`~mnistdiff.guidance.drop_labels`, Ho & Salimans Algorithm 1).
     """
 
-    def loss_fn(model: nn.Module, batch: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def loss_fn(model: nn.Module, batch: Data, gen: torch.Generator | None) -> torch.Tensor:
+        labels = None
+        if isinstance(batch, tuple):
+            batch, labels = batch
         if scale is not None:
             mean, std = batch.chunk(2, dim=1)
             eps_z = torch.randn(mean.shape, generator=gen, device=batch.device)
             batch = (mean + std * eps_z) * scale
         t = torch.randint(0, sched.num_timesteps, (batch.shape[0],), generator=gen, device=batch.device)
         noise = torch.randn(batch.shape, generator=gen, device=batch.device)
+        if labels is not None:
+            y = drop_labels(labels, p_uncond, gen)
+            return diffusion_loss(lambda x, t: model(x, t, y), sched, batch, t, noise, min_snr_gamma)
         return diffusion_loss(model, sched, batch, t, noise, min_snr_gamma)
 
     return loss_fn
@@ -89,12 +116,16 @@ def _data(cfg_train, data_dir: str | Path | None, device: torch.device):
 
 
 def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, decode=None, ddim_steps: int = 50,
-                        clip_range: ClipRange = PIXEL_RANGE):
-    """Epoch samples by DDIM (fast); final samples and denoising steps by full DDPM."""
+                        clip_range: ClipRange = PIXEL_RANGE, conditional: bool = False):
+    """Epoch samples by DDIM (fast); final samples and denoising steps by full DDPM. A ``conditional`` model is
+    asked for the digits 0, 1, …, 9, 0, … in turn, guided with :data:`~mnistdiff.config.DEFAULT_GUIDANCE`."""
+    guide: dict[str, Any] = {}
+    if conditional:
+        guide = {"labels": torch.arange(n) % 10, "guidance": DEFAULT_GUIDANCE}
 
     def sample_fn(model: nn.Module, folder: Path, tag: str) -> None:
         x, _ = generate(model, sched, n, shape=shape, mode="ddim", ddim_steps=min(ddim_steps, sched.num_timesteps),
-                        seed=seed, device=device, decode=decode, clip_range=clip_range)
+                        seed=seed, device=device, decode=decode, clip_range=clip_range, **guide)
         save_grid(x, Path(folder) / f"{tag}.png")
 
     def final_fn(model: nn.Module, exp: Experiment) -> dict[str, Any]:
@@ -102,7 +133,7 @@ def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, 
 
         t0 = time.perf_counter()
         x, frames = generate(model, sched, n, shape=shape, mode="ddpm", seed=seed, device=device, decode=decode,
-                             return_intermediates=True, clip_range=clip_range)
+                             return_intermediates=True, clip_range=clip_range, **guide)
         seconds = time.perf_counter() - t0
         save_grid(x, exp.sub("final_samples") / "ddpm_grid.png")
         steps = exp.sub("denoising_steps")
@@ -185,6 +216,23 @@ def train_ldm(
 ) -> TrainResult:
     """Train a DDPM on the frozen VAE's scaled latents (Rombach et al. 2022)."""
     device = torch.device(device)
+    return _run(_latent_task(cfg, vae_checkpoint, device, data_dir), out, resume, device, progress, compile)
+
+
+def train_cldm(
+    cfg: CLDMRunConfig, vae_checkpoint: str | Path, *, out: str | Path = "experiments",
+    device: str | torch.device = "cpu", data_dir: str | Path | None = None, resume: str | Path | None = None,
+    progress: bool = True, compile: bool | str = False,
+) -> TrainResult:
+    """Train a class-conditional DDPM on the VAE's latents, dropping labels with ``cfg.p_uncond`` (Ho & Salimans)."""
+    device = torch.device(device)
+    return _run(_latent_task(cfg, vae_checkpoint, device, data_dir), out, resume, device, progress, compile)
+
+
+def _latent_task(cfg: LDMRunConfig | CLDMRunConfig, vae_checkpoint: str | Path, device: torch.device,
+                 data_dir: str | Path | None) -> TrainTask:
+    """The latent-diffusion task (``cfg.kind`` ldm or cldm): [μ, σ] of the encoded training set, with the labels
+    for a cldm; κ = 1/std(μ) and the clip range of x̂_0 stored with the checkpoint."""
     vae, _, _ = load_vae(vae_checkpoint, device)
     if cfg.unet.in_channels != vae.config.latent_channels or cfg.unet.image_size != vae.config.latent_size:
         raise CheckpointError(
@@ -202,18 +250,22 @@ def train_ldm(
     codec = LatentCodec(vae, scale)
     sched = NoiseSchedule.from_config(cfg.diffusion).to(device)
     shape = (cfg.unet.in_channels, cfg.unet.image_size, cfg.unet.image_size)
+    conditional = isinstance(cfg, CLDMRunConfig)
     sample_fn, final_fn = _diffusion_samplers(sched, shape, cfg.train.seed, cfg.train.num_samples, device, codec.decode,
-                                              clip_range=(-clip, clip))
+                                              clip_range=(-clip, clip), conditional=conditional)
     model = UNet(cfg.unet)
     vae_sha = sha256_file(vae_checkpoint)
-    loss_fn = make_diffusion_loss(sched, scale, cfg.diffusion.min_snr_gamma)
-    task = TrainTask(
-        "ldm", model, loss_fn, torch.cat([mean_tr, std_tr], 1), torch.cat([mean_te, std_te], 1),
-        cfg.train, to_dict(cfg), sample_fn=sample_fn, final_fn=final_fn,
-        extra_state={"latent_scale": scale, "latent_clip": clip},
+    p_uncond = cfg.p_uncond if isinstance(cfg, CLDMRunConfig) else 0.0
+    loss_fn = make_diffusion_loss(sched, scale, cfg.diffusion.min_snr_gamma, p_uncond)
+    train_data: Data = torch.cat([mean_tr, std_tr], 1)
+    eval_data: Data = torch.cat([mean_te, std_te], 1)
+    if conditional:
+        train_data, eval_data = (train_data, train.labels.to(device)), (eval_data, test.labels.to(device))
+    return TrainTask(
+        cfg.kind, model, loss_fn, train_data, eval_data, cfg.train, to_dict(cfg), sample_fn=sample_fn,
+        final_fn=final_fn, extra_state={"latent_scale": scale, "latent_clip": clip},
         extra_sidecar={"latent_scale": scale, "latent_clip": clip, "vae_sha256": vae_sha},
     )
-    return _run(task, out, resume, device, progress, compile)
 
 
 def _load_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
@@ -243,14 +295,25 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE,
 
 def load_ldm(vae_path: str | Path, unet_path: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
     """Load a latent-diffusion UNet and the VAE it was trained on; refuses a VAE other than that one."""
-    state, meta = load_checkpoint(unet_path, kind="ldm", map_location=device)
+    return _load_latent(LDMRunConfig, vae_path, unet_path, device)
+
+
+def load_cldm(vae_path: str | Path, unet_path: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
+    """Load a class-conditional latent UNet (:func:`train_cldm`) and its VAE; sample with ``labels=y, guidance=w``."""
+    return _load_latent(CLDMRunConfig, vae_path, unet_path, device)
+
+
+def _load_latent(cls: type[LDMRunConfig] | type[CLDMRunConfig], vae_path: str | Path, unet_path: str | Path,
+                 device: str | torch.device) -> DiffusionModel:
+    kind = cls().kind
+    state, meta = load_checkpoint(unet_path, kind=kind, map_location=device)
     vae, _, _ = load_vae(vae_path, device)
     if meta.get("vae_sha256") and sha256_file(vae_path) != meta["vae_sha256"]:
         raise CheckpointError(
             f"{unet_path} was trained on a different VAE than {vae_path} (SHA-256 differs): "
             "pass the VAE checkpoint it was trained with"
         )
-    cfg = from_dict(LDMRunConfig, meta["config"])
+    cfg = from_dict(cls, meta["config"])
     unet = UNet(cfg.unet)
     _load_state(unet, state, unet_path)
     return DiffusionModel(unet.to(device).eval(), NoiseSchedule.from_config(cfg.diffusion), cfg, meta,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mnistdiff.training.batches import Data, num_rows, take, to_device
 from mnistdiff.training.checkpoints import CheckpointError, previous_path, read_sidecar
 
 if TYPE_CHECKING:
@@ -47,19 +48,19 @@ def choose_precision(task: TrainTask, device: torch.device, steps: int = 4, warm
     global RNG state is restored afterwards, so the training that follows is the same whatever the probe saw.
     """
     candidates = ["fp32"] + (["bf16", "bf16_cl"] if device.type != "cpu" or cpu_has_bf16() else [])
-    bs = min(task.train_config.batch_size, task.train_data.shape[0])
-    batch = task.train_data[:bs].to(device)
+    bs = min(task.train_config.batch_size, num_rows(task.train_data))
+    batch = to_device(take(task.train_data, slice(0, bs)), device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return {precision: _images_per_second(task, batch, precision, device, steps, warmup)
                 for precision in candidates}
 
 
-def _images_per_second(task: TrainTask, batch: torch.Tensor, precision: str, device: torch.device, steps: int,
+def _images_per_second(task: TrainTask, batch: Data, precision: str, device: torch.device, steps: int,
                        warmup: int) -> float:
     """Images/s of ``steps`` AdamW steps (after ``warmup`` untimed ones) on a copy of the task's model."""
     model = copy.deepcopy(task.model).to(device)
     x = batch
-    if precision == "bf16_cl" and batch.ndim == 4:
+    if precision == "bf16_cl" and isinstance(batch, torch.Tensor) and batch.ndim == 4:
         model, x = model.to(memory_format=torch.channels_last), batch.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = autocast_for(precision, device)
@@ -76,7 +77,7 @@ def _images_per_second(task: TrainTask, batch: torch.Tensor, precision: str, dev
         opt.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return round(steps * batch.shape[0] / (time.perf_counter() - t0), 1)
+    return round(steps * num_rows(batch) / (time.perf_counter() - t0), 1)
 
 
 def resolve_precision(task: TrainTask, device: torch.device, amp: bool | None) -> tuple[str, dict[str, float]]:

@@ -1,0 +1,274 @@
+"""Class-conditional UNet, label dropout and classifier-free guidance (mnistdiff.unet, mnistdiff.guidance), the
+labelled batches of the training loop, and the guidance evaluation's rules. Golden values are computed here by
+separate network calls and plain arithmetic, never read back from the code under test."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from mnistdiff.config import CLDMRunConfig, ConfigError, DDPMRunConfig, LDMRunConfig, UNetConfig, normalized, to_dict
+from mnistdiff.ddim import ddim_sample_loop, ddim_step, ddim_timesteps
+from mnistdiff.evaluation.guidance import balanced_labels, label_accuracy, recommend_guidance
+from mnistdiff.guidance import GuidedDenoiser, drop_labels, guided_eps
+from mnistdiff.sampling import generate
+from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.training.batches import chunks, num_rows, take
+from mnistdiff.unet import NULL_LABEL, UNet
+
+SMALL = UNetConfig(in_channels=2, image_size=4, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                   attention_resolutions=(2,), num_heads=2)
+
+
+def _randomised(cfg: UNetConfig, seed: int = 0) -> UNet:
+    """A UNet whose zero-initialised layers are random too, so that every input (the label too) reaches the output."""
+    torch.manual_seed(seed)
+    net = UNet(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return net
+
+
+@pytest.fixture(scope="module")
+def cond() -> UNet:
+    return _randomised(dataclasses.replace(SMALL, num_classes=10))
+
+
+def _inputs(b: int = 6, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 2, 4, 4, generator=g), torch.randint(0, 100, (b,), generator=g)
+
+
+# ----------------------------------------------------------------------------- the conditional UNet
+
+
+def test_label_embedding_has_a_row_for_no_label(cond):
+    assert cond.label_emb.weight.shape == (11, 4 * SMALL.base_channels)
+    assert UNet(SMALL).label_emb is None
+
+
+def test_no_labels_means_null_label_and_labels_change_the_prediction(cond):
+    x, t = _inputs()
+    with torch.no_grad():
+        none = cond(x, t)
+        null = cond(x, t, torch.full((6,), NULL_LABEL))
+        threes, sevens = cond(x, t, torch.full((6,), 3)), cond(x, t, torch.full((6,), 7))
+    torch.testing.assert_close(none, null)
+    assert (threes - sevens).abs().max() > 1e-3 and (threes - null).abs().max() > 1e-3
+
+
+def test_each_sample_gets_its_own_label(cond):
+    """A batch of mixed labels equals the samples run one at a time with their labels."""
+    x, t = _inputs(4)
+    y = torch.tensor([0, 9, NULL_LABEL, 4])
+    with torch.no_grad():
+        batched = cond(x, t, y)
+        single = torch.cat([cond(x[i:i + 1], t[i:i + 1], y[i:i + 1]) for i in range(4)])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("y,message", [(torch.tensor([10] * 6), "labels y must be in 0…9"),
+                                       (torch.tensor([-2] * 6), "labels y must be in 0…9"),
+                                       (torch.zeros(5, dtype=torch.long), "labels y must have shape (6,)")])
+def test_bad_labels_are_refused(cond, y, message):
+    x, t = _inputs()
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        cond(x, t, y)
+
+
+def test_an_unconditional_unet_refuses_labels():
+    x, t = _inputs()
+    with pytest.raises(ValueError, match="unconditional"):
+        UNet(SMALL)(x, t, torch.zeros(6, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_cldm_config_needs_num_classes_and_a_p_uncond_fraction():
+    assert CLDMRunConfig().unet.num_classes == 10 and CLDMRunConfig().p_uncond == 0.1
+    with pytest.raises(ConfigError, match="num_classes must be set"):
+        CLDMRunConfig(unet=SMALL)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="p_uncond"):
+            CLDMRunConfig(p_uncond=bad)
+
+
+@pytest.mark.parametrize("cls", [DDPMRunConfig, LDMRunConfig])
+def test_unconditional_configs_refuse_num_classes(cls):
+    with pytest.raises(ConfigError, match="num_classes must be none"):
+        cls(unet=dataclasses.replace(cls().unet, num_classes=10))
+
+
+def test_an_old_sidecar_without_num_classes_still_describes_the_same_model():
+    """Sidecars written before num_classes existed: normalized() fills the default, so they still match."""
+    stored = json.loads(json.dumps(to_dict(LDMRunConfig())))
+    del stored["unet"]["num_classes"]
+    assert normalized(LDMRunConfig, stored) == to_dict(LDMRunConfig())
+    assert stored != json.loads(json.dumps(to_dict(LDMRunConfig())))  # plain equality would have refused it
+
+
+def test_usable_accepts_an_old_sidecar_and_refuses_another_architecture(tmp_path, monkeypatch):
+    from mnistdiff.course import pretrained
+    from mnistdiff.course.profiles import SMOKE
+
+    monkeypatch.setattr(pretrained, "read_sidecar", lambda path: {"config": sidecar})
+    path = tmp_path / "ldm.pt"
+    path.write_bytes(b"x")
+    sidecar = json.loads(json.dumps(to_dict(SMOKE.ldm)))
+    del sidecar["unet"]["num_classes"]
+    assert pretrained._usable(path, SMOKE.ldm)
+    sidecar["unet"]["base_channels"] = 32
+    assert not pretrained._usable(path, SMOKE.ldm)
+    sidecar = to_dict(SMOKE.vae)  # another kind's config altogether
+    assert not pretrained._usable(path, SMOKE.ldm)
+
+
+# ----------------------------------------------------------------------------- label dropout
+
+
+def test_drop_labels_extremes_and_rate():
+    y = torch.randint(0, 10, (100_000,))
+    assert torch.equal(drop_labels(y, 0.0), y)
+    dropped = drop_labels(y, 0.15, torch.Generator().manual_seed(0))
+    rate = float((dropped == NULL_LABEL).float().mean())
+    assert abs(rate - 0.15) < 4 * (0.15 * 0.85 / 1e5) ** 0.5  # within 4σ of a binomial
+    kept = dropped != NULL_LABEL
+    assert torch.equal(dropped[kept], y[kept])  # the rest keep their own labels
+    again = drop_labels(y, 0.15, torch.Generator().manual_seed(0))
+    assert torch.equal(dropped, again)
+
+
+# ----------------------------------------------------------------------------- guidance
+
+
+def test_guided_eps_against_separate_calls(cond):
+    x, t = _inputs()
+    y = torch.tensor([1, 2, 3, 4, 5, 6])
+    with torch.no_grad():
+        eps_y, eps_null = cond(x, t, y), cond(x, t, torch.full_like(y, NULL_LABEL))
+        torch.testing.assert_close(guided_eps(cond, x, t, y, 0.0), eps_null)
+        torch.testing.assert_close(guided_eps(cond, x, t, y, 1.0), eps_y)
+        for w in (0.5, 2.0, 7.5):
+            torch.testing.assert_close(guided_eps(cond, x, t, y, w), eps_null + w * (eps_y - eps_null),
+                                       rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("w", [-1.0, float("nan"), float("inf")])
+def test_bad_guidance_weights_are_refused(cond, w):
+    x, t = _inputs()
+    with pytest.raises(ValueError, match="guidance weight"):
+        guided_eps(cond, x, t, torch.zeros(6, dtype=torch.long), w)
+    with pytest.raises(ValueError, match="guidance weight"):
+        GuidedDenoiser(cond, torch.zeros(6, dtype=torch.long), w)
+
+
+def test_generate_with_labels_equals_a_guided_ddim_loop_by_hand(cond):
+    sched = NoiseSchedule.make("cosine", 50)
+    y = torch.tensor([0, 1, 2, 3, 8])
+    w, steps = 3.0, 6
+    images, _ = generate(cond, sched, 5, shape=(2, 4, 4), mode="ddim", ddim_steps=steps, eta=1.0, seed=4,
+                         labels=y, guidance=w, clip_range=(-3.0, 3.0))
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn((5, 2, 4, 4), generator=gen)
+    taus = ddim_timesteps(50, steps)
+    with torch.no_grad():
+        for i, t in enumerate(taus):
+            tt = torch.full((5,), t)
+            eps_y, eps_null = cond(x, tt, y), cond(x, tt, torch.full_like(y, NULL_LABEL))
+            noise = torch.randn(x.shape, generator=gen)
+            x, _ = ddim_step(sched, x, eps_null + w * (eps_y - eps_null), t, taus[i + 1] if i + 1 < steps else -1,
+                             1.0, noise, (-3.0, 3.0))
+    torch.testing.assert_close(images, x, rtol=1e-4, atol=1e-4)
+
+
+def test_generate_gives_each_batch_its_own_labels():
+    """With batches of 3, the labels reach the network in order, three at a time."""
+    seen: list[torch.Tensor] = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, t, y):
+            seen.append(y.clone())
+            return torch.zeros_like(x)
+
+    sched = NoiseSchedule.make("cosine", 10)
+    y = torch.arange(7)
+    generate(Recorder(), sched, 7, shape=(2, 4, 4), ddim_steps=1, labels=y, guidance=1.0, batch_size=3)
+    assert [s.tolist() for s in seen] == [[0, 1, 2], [3, 4, 5], [6]]
+    with pytest.raises(ValueError, match="labels must have shape"):
+        generate(Recorder(), sched, 7, shape=(2, 4, 4), labels=torch.arange(6))
+
+
+def test_guided_denoiser_runs_in_the_ancestral_sampler_too(cond):
+    sched = NoiseSchedule.make("cosine", 8)
+    y = torch.tensor([2, 2])
+    a = ddim_sample_loop(GuidedDenoiser(cond, y, 2.0), sched, (2, 2, 4, 4), ddim_steps=8, eta=1.0,
+                         generator=torch.Generator().manual_seed(0), clip_range=None).images
+    b, _ = generate(cond, sched, 2, shape=(2, 4, 4), mode="ddpm", seed=0, labels=y, guidance=2.0, clip_range=None)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # DDIM η = 1 over every step is DDPM (chapter 3)
+
+
+# ----------------------------------------------------------------------------- labelled batches in the loop
+
+
+def test_tuple_batches_keep_labels_with_their_rows():
+    data = (torch.arange(10.0)[:, None] * 2, torch.arange(10))
+    assert num_rows(data) == 10
+    picked = take(data, torch.tensor([7, 2, 5]))
+    assert picked[0][:, 0].tolist() == [14.0, 4.0, 10.0] and picked[1].tolist() == [7, 2, 5]
+    assert [num_rows(c) for c in chunks(data, 4)] == [4, 4, 2]
+    with pytest.raises(ValueError, match="same number of rows"):
+        num_rows((torch.zeros(3), torch.zeros(4)))
+
+
+def test_fit_sees_each_image_with_its_own_label(tmp_path):
+    """A loss that checks every batch: the image's value is its label, whatever the shuffled order."""
+    from mnistdiff.config import TrainConfig
+    from mnistdiff.training.experiment import Experiment
+    from mnistdiff.training.loop import TrainTask, fit
+
+    labels = torch.arange(40) % 10
+    images = labels.float()[:, None].repeat(1, 3)
+    checked = []
+
+    def loss_fn(model, batch, gen):
+        x, y = batch
+        assert torch.equal(x[:, 0], y.float())
+        checked.append(len(y))
+        return model(x).pow(2).mean()
+
+    cfg = TrainConfig(epochs=2, batch_size=8, warmup_steps=1, sample_every=1, num_samples=1, eval_size=8)
+    task = TrainTask("toy", torch.nn.Linear(3, 1), loss_fn, (images, labels), (images[:8], labels[:8]), cfg, {})
+    fit(task, Experiment.create(tmp_path, "toy"), progress=False)
+    assert sum(checked) >= 2 * 40  # every training row of both epochs (and the evaluations) was checked
+
+
+# ----------------------------------------------------------------------------- evaluation rules
+
+
+def test_balanced_labels_and_recommendation_rule():
+    assert balanced_labels(12).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    rows = {"w = 0": {"guidance": 0.0, "label_accuracy": 0.10, "fid": 0.5},
+            "w = 1": {"guidance": 1.0, "label_accuracy": 0.90, "fid": 0.6},
+            "w = 2": {"guidance": 2.0, "label_accuracy": 0.975, "fid": 0.9},
+            "w = 4": {"guidance": 4.0, "label_accuracy": 0.99, "fid": 1.5},
+            "w = 8": {"guidance": 8.0, "label_accuracy": 0.99, "fid": 3.0}}
+    assert recommend_guidance(rows) == 2.0  # within 0.02 of 0.99: w = 2, 4, 8; the best FID of those
+    assert recommend_guidance(rows, tolerance=0.0) == 4.0
+    assert recommend_guidance(rows, tolerance=1.0) == 0.0
+    with pytest.raises(ValueError):
+        recommend_guidance({})
+
+
+def test_label_accuracy_reads_real_digits_and_not_shuffled_labels():
+    from mnistdiff.data import load_mnist
+
+    real = load_mnist("test").subset(300, seed=0)
+    acc, per_class = label_accuracy(real.images, real.labels)
+    assert acc > 0.97 and len(per_class) == 10 and min(per_class) > 0.85
+    shuffled = real.labels[torch.randperm(300, generator=torch.Generator().manual_seed(0))]
+    assert label_accuracy(real.images, shuffled)[0] < 0.3
