@@ -205,7 +205,7 @@ def _train_config(args: argparse.Namespace, base: Any = None) -> Any:
 
 
 def _cmd_train_all(args: argparse.Namespace) -> int:
-    """``train all``: a profile's three models in order (resumable)."""
+    """``train all``: a profile's four models in order (resumable)."""
     from mnistdiff.course.pretrained import train_all
 
     check_data_dir(args.data_dir, "pass the folder holding the four MNIST files")

@@ -109,6 +109,7 @@ def _tiny(name: str = "tiny"):
         ddpm=dataclasses.replace(SMOKE.ddpm, train=dataclasses.replace(SMOKE.ddpm.train, **train)),
         vae=dataclasses.replace(SMOKE.vae, train=dataclasses.replace(SMOKE.vae.train, **train)),
         ldm=dataclasses.replace(SMOKE.ldm, train=dataclasses.replace(SMOKE.ldm.train, **train)),
+        cldm=dataclasses.replace(SMOKE.cldm, train=dataclasses.replace(SMOKE.cldm.train, **train)),
     )
 
 
@@ -117,16 +118,16 @@ def test_train_all_trains_skips_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MNISTDIFF_CHECKPOINT_DIR", str(tmp_path))
     prof = _tiny()
     seconds = train_all(prof, device="cpu", progress=False)
-    assert set(seconds) == {"ddpm", "vae", "ldm"}
+    assert set(seconds) == {"ddpm", "vae", "ldm", "cldm"}
     for kind in seconds:
         assert checkpoint_path(kind, prof).exists() and checkpoint_path(kind, prof).with_suffix(".json").exists()
     ddpm_bytes = checkpoint_path("ddpm", prof).read_bytes()
 
-    # a second call finds all three trained with these settings and trains nothing
+    # a second call finds all four trained with these settings and trains nothing
     capsys.readouterr()
     train_all(prof, device="cpu", progress=False)
     out = capsys.readouterr().out
-    assert out.count("skipping") == 3 and "training the" not in out
+    assert out.count("skipping") == 4 and "training the" not in out
 
     # a run stopped before its final checkpoint is resumed, not restarted
     run = next((tmp_path / "tiny" / "runs").glob("*-ddpm"))

@@ -22,8 +22,9 @@ from mnistdiff.evaluation.metrics import evaluate
 
 __all__ = ["balanced_labels", "label_accuracy", "guidance_sweep", "recommend_guidance", "ACCURACY_TOLERANCE"]
 
-#: :func:`recommend_guidance` takes the best FID among the weights within this much of the best accuracy.
-ACCURACY_TOLERANCE = 0.02
+#: :func:`recommend_guidance` takes the best FID among the weights within this much of the best accuracy:
+#: one sample in a hundred.
+ACCURACY_TOLERANCE = 0.01
 
 
 def balanced_labels(n: int, num_classes: int = MNIST_CLASSES) -> torch.Tensor:
