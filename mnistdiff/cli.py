@@ -22,6 +22,8 @@ from typing import Any, Sequence
 from mnistdiff.cli_checks import (
     ArgError,
     check_data_dir,
+    check_digits,
+    check_guidance,
     check_sampling,
     positive,
     readable_file,
@@ -133,7 +135,8 @@ def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
 
 
 def _add_guidance(p: argparse.ArgumentParser) -> None:
-    """``--digit`` and ``--guidance`` of ``sample cldm``: checked by :func:`_digits` and :func:`_check_guidance`."""
+    """``--digit`` and ``--guidance`` of ``sample cldm`` (checked by :func:`~mnistdiff.cli_checks.check_digits` and
+    :func:`~mnistdiff.cli_checks.check_guidance`)."""
     p.add_argument("--digit", action="append", default=None, metavar="D",
                    help="the digit to ask for, 0-9; repeat it for several, or 'all' for 0-9 (one grid row each). "
                         "--num_samples is then per digit. Left out: unconditional samples (no label)")
@@ -141,27 +144,6 @@ def _add_guidance(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance weight w >= 0 in eps = eps(no label) + w*(eps(digit) - "
                         "eps(no label)): 0 ignores the digit, 1 is the conditional model "
                         f"(default {DEFAULT_GUIDANCE:g})")
-
-
-def _digits(values: list[str] | None) -> list[int]:
-    """The digits ``--digit`` asked for, in order (``all``: 0-9); a value outside 0-9 is an :class:`ArgError`."""
-    digits: list[int] = []
-    for value in values or []:
-        if value.strip().lower() == "all":
-            digits += range(MNIST_CLASSES)
-        elif value.strip().isdigit() and int(value) < MNIST_CLASSES:
-            digits.append(int(value))
-        else:
-            raise ArgError(f"--digit must be a digit 0-{MNIST_CLASSES - 1} or 'all', got {value!r}")
-    return digits
-
-
-def _check_guidance(args: argparse.Namespace) -> None:
-    """``--guidance`` must be a finite number >= 0."""
-    w = args.guidance
-    if not (w >= 0 and w == w and w != float("inf")):
-        raise ArgError(f"--guidance must be a finite number >= 0 (0: no label, 1: the conditional model, "
-                       f"> 1: guided), got {w}")
 
 
 def _add_evaluate_and_course(sub: Any) -> None:
@@ -273,8 +255,8 @@ def _sample_labels(args: argparse.Namespace) -> tuple[list[int], Any]:
 
     from mnistdiff.unet import NULL_LABEL
 
-    digits = _digits(args.digit)
-    _check_guidance(args)
+    digits = check_digits(args.digit, MNIST_CLASSES)
+    check_guidance(args.guidance)
     if not digits:
         return [], torch.full((args.num_samples,), NULL_LABEL, dtype=torch.long)
     return digits, torch.tensor(digits).repeat_interleave(args.num_samples)

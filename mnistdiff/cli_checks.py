@@ -21,6 +21,8 @@ __all__ = [
     "resolve_device",
     "check_data_dir",
     "check_sampling",
+    "check_digits",
+    "check_guidance",
     "sidecar_conditional",
     "sidecar_kind",
     "sidecar_timesteps",
@@ -102,6 +104,26 @@ def check_sampling(args: argparse.Namespace, timesteps: int) -> None:
             f"--ddim_steps {args.ddim_steps} is larger than the model's {timesteps} timesteps: "
             f"use at most {timesteps}"
         )
+
+
+def check_digits(values: list[str] | None, num_classes: int) -> list[int]:
+    """The digits ``--digit`` asked for, in order (``all``: every class); another value is an :class:`ArgError`."""
+    digits: list[int] = []
+    for value in values or []:
+        if value.strip().lower() == "all":
+            digits += range(num_classes)
+        elif value.strip().isdigit() and int(value) < num_classes:
+            digits.append(int(value))
+        else:
+            raise ArgError(f"--digit must be a digit 0-{num_classes - 1} or 'all', got {value!r}")
+    return digits
+
+
+def check_guidance(w: float) -> None:
+    """``--guidance`` must be a finite number >= 0."""
+    if not (w >= 0 and math.isfinite(w)):
+        raise ArgError(f"--guidance must be a finite number >= 0 (0: no label, 1: the conditional model, "
+                       f"> 1: guided), got {w}")
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:

@@ -141,13 +141,7 @@ def generate(
     ``labels`` (N,) ask a class-conditional model for those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none),
     guided with weight ``guidance`` (:class:`~mnistdiff.guidance.GuidedDenoiser`; 1: the conditional model).
     """
-    if num_samples <= 0:
-        raise ValueError(f"num_samples must be positive, got {num_samples}")
-    if labels is not None and tuple(labels.shape) != (num_samples,):
-        raise ValueError(f"labels must have shape ({num_samples},), one per sample, got {tuple(labels.shape)}")
-    check_guidance(guidance)
-    if mode not in ("ddpm", "ddim"):
-        raise ValueError(f"mode must be 'ddpm' or 'ddim', got {mode!r}")
+    _check_request(num_samples, mode, labels, guidance)
     device = torch.device(device)
     batch_size = batch_size or (2048 if device.type == "cuda" else 256)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -175,6 +169,17 @@ def generate(
         outs.append(x.float().cpu())  # pixels are already in [−1, 1] (x̂_0 clipped; the decoder clamps)
         frames = fr if want else frames
     return SampleOutput(torch.cat(outs), frames)
+
+
+def _check_request(num_samples: int, mode: str, labels: torch.Tensor | None, guidance: float) -> None:
+    """:func:`generate`'s arguments: a positive count, a known sampler, one label per sample, a valid weight."""
+    if num_samples <= 0:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    if mode not in ("ddpm", "ddim"):
+        raise ValueError(f"mode must be 'ddpm' or 'ddim', got {mode!r}")
+    if labels is not None and tuple(labels.shape) != (num_samples,):
+        raise ValueError(f"labels must have shape ({num_samples},), one per sample, got {tuple(labels.shape)}")
+    check_guidance(guidance)
 
 
 def save_npz(path: str | Path, images: torch.Tensor, **meta: Any) -> Path:

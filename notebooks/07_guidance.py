@@ -656,8 +656,8 @@ for name, net in (("w = 4 everywhere", IntervalGuidance(unet, y_int, 4.0, 0, T_)
 # :::{admonition} Solution 7.4
 # :class: dropdown
 # The cell prints the measured milliseconds per sample and the ratio of the guided weights to
-# $w = 1$. In the `book` profile a guided sample costs 1.79× a conditional one (24–26 ms against
-# 14 ms per sample): below 2. Part of each sample's cost is the VAE decoding (once per
+# $w = 1$. In the `book` profile a guided sample costs 1.76× a conditional one (21–22 ms against
+# 12 ms per sample): below 2. Part of each sample's cost is the VAE decoding (once per
 # sample, whatever $w$) and the sampler's own arithmetic, and a batch of $2B$ uses the two cores
 # better than a batch of $B$. On a GPU with large batches the ratio comes closer to 2, which is
 # why distilled models that need one call per step are worth their training.

@@ -161,27 +161,27 @@ def get_vae(profile: str | Profile | None = None, *, device: str | torch.device 
 def get_ldm(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
             retrain: bool = False, progress: bool = True) -> DiffusionModel:
     """The profile's latent diffusion model (with its VAE), loading or training each as needed."""
-    prof, device = _resolve(profile, device)
-    get_vae(prof, device=device, progress=progress)
-    vae_path = checkpoint_path("vae", prof)
-    model = _load_else_train(
-        "ldm", prof, prof.ldm, retrain,
-        lambda out: train_ldm(prof.ldm, vae_path, out=out, device=device, progress=progress),
-        lambda path: load_ldm(vae_path, path, device),
-    )
-    return _with_sampling_mode(model, prof, device)
+    return _get_latent("ldm", profile, device, retrain, progress)
 
 
 def get_cldm(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
              retrain: bool = False, progress: bool = True) -> DiffusionModel:
     """The profile's class-conditional latent model (chapter 7) with its VAE, loading or training each as needed."""
+    return _get_latent("cldm", profile, device, retrain, progress)
+
+
+def _get_latent(kind: str, profile: str | Profile | None, device: str | torch.device | None, retrain: bool,
+                progress: bool) -> DiffusionModel:
+    """``get_ldm`` / ``get_cldm``: the profile's VAE first (loaded or trained), then the latent model of ``kind``."""
     prof, device = _resolve(profile, device)
     get_vae(prof, device=device, progress=progress)
     vae_path = checkpoint_path("vae", prof)
+    cfg = getattr(prof, kind)
+    train, load = (train_ldm, load_ldm) if kind == "ldm" else (train_cldm, load_cldm)
     model = _load_else_train(
-        "cldm", prof, prof.cldm, retrain,
-        lambda out: train_cldm(prof.cldm, vae_path, out=out, device=device, progress=progress),
-        lambda path: load_cldm(vae_path, path, device),
+        kind, prof, cfg, retrain,
+        lambda out: train(cfg, vae_path, out=out, device=device, progress=progress),
+        lambda path: load(vae_path, path, device),
     )
     return _with_sampling_mode(model, prof, device)
 
