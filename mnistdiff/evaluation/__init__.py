@@ -5,7 +5,7 @@
 ``features``       input checks, and classifier features of images
 ``distances``      classifier-FID, KID, precision/recall, nearest-training-image, class statistics
 ``metrics``        ``evaluate``, ``real_floor``, ``evaluate_npz`` and the tables' number formats
-``guidance``     a class-conditional model's accuracy, FID, precision and recall against the guidance weight
+``guidance``       a class-conditional model's accuracy, FID, precision, recall against w
 ``umap_eval``      a UMAP fitted on real digits, with k-NN two-sample accuracies (needs ``[course]``)
 ``report``         draw, score and floor a list of generators; the results file the book reads
 =================  ==========================================================================
