@@ -325,6 +325,15 @@ def test_sample_cldm_all_gives_one_grid_row_per_digit(runs, tmp_path):
     assert height > 4 * width  # 10 rows of 2 samples each
 
 
+def test_evaluate_reads_the_digits_asked_for(runs, tmp_path, capsys):
+    out = tmp_path / "e"
+    assert main(_sample_cldm(runs, out, "--digit", "all", "--num_samples", "1")) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "samples.npz"), "--device", "cpu"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert 0.0 <= metrics["label_accuracy"] <= 1.0 and metrics["n"] == 10
+
+
 def test_sample_cldm_without_digit_draws_unlabelled_samples(runs, tmp_path):
     out = tmp_path / "u"
     assert main(_sample_cldm(runs, out, "--num_samples", "3")) == 0

@@ -402,3 +402,17 @@ def test_evaluate_npz(tmp_path, real_batch, monkeypatch):
     assert out["n"] == 50 and out["metrics"]["n"] == 50
     with pytest.raises(ValueError, match="holds only 60"):
         metrics.evaluate_npz(good, n=100)
+    assert "label_accuracy" not in out["metrics"]
+
+    # a cldm's npz: the digits asked for (−1: none) give the fraction read as asked, over the labelled ones
+    labelled = tmp_path / "labelled.npz"
+    true = real_batch.labels[:60].numpy().astype(np.int64)
+    wrong_half = true.copy()
+    wrong_half[:30] = (wrong_half[:30] + 1) % 10
+    for labels, low, high in ((true, 0.95, 1.0), (wrong_half, 0.45, 0.55), (np.full(60, -1), None, None)):
+        np.savez(labelled, samples=to_uint8(real_batch.images[:60]).numpy(), labels=labels)
+        got = metrics.evaluate_npz(labelled, device="cpu", include_floor=False)["metrics"]
+        if low is None:
+            assert "label_accuracy" not in got
+        else:
+            assert low <= got["label_accuracy"] <= high, got["label_accuracy"]

@@ -119,6 +119,8 @@ BOOK = Profile(
         train=TrainConfig(epochs=20, lr=2e-3, batch_size=256, warmup_steps=200, sample_every=2, num_samples=16,
                           eval_size=2000, precision="auto"),
     ),
+    # chapter 7's model: the LDM's UNet with a label embedding; 15 epochs fit issue 13's budget of 15 minutes on
+    # two CPU cores (13.3 min measured, checkpoints/book/logs/cldm.*; 20 epochs would take about 17.5)
     cldm=CLDMRunConfig(
         unet=UNetConfig(in_channels=2, image_size=4, base_channels=32, channel_mults=(1, 2),
                         attention_resolutions=(4, 2), num_classes=MNIST_CLASSES),

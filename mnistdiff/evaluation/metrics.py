@@ -265,7 +265,9 @@ def evaluate_npz(
     include_floor: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the samples stored in an ``.npz`` file (key ``samples``: uint8 ``(N, 1, 32, 32)``;
-    any form :func:`prepare_images` accepts works). ``n``: use only the first ``n`` samples.
+    any form :func:`prepare_images` accepts works). ``n``: use only the first ``n`` samples. An array
+    ``labels`` (``sample cldm``'s digits, −1 for none) adds ``label_accuracy`` to the metrics: the fraction of
+    labelled samples the classifier reads as their label.
 
     Returns ``{"path", "n", "metrics": evaluate(...), "real_floor": real_floor(n, ...)}`` (the floor
     only with ``include_floor``). A missing file raises ``FileNotFoundError``; a file without a
@@ -289,14 +291,21 @@ def evaluate_npz(
                 "holding uint8 images of shape (N, 1, 32, 32), e.g. np.savez(path, samples=to_uint8(x).numpy())"
             )
         samples = data["samples"]
+        labels = data["labels"] if "labels" in data.files else None
     if n is not None:
         if n < 1:
             raise ValueError(f"n must be ≥ 1, got {n}")
         if samples.ndim >= 1 and n > samples.shape[0]:
             raise ValueError(f"n = {n} but {path} holds only {samples.shape[0]} samples")
         samples = samples[:n]
+        labels = labels[:n] if labels is not None else None
     metrics = evaluate(samples, seed=seed, device=device)
     out: dict[str, Any] = {"path": str(path), "n": metrics["n"], "metrics": metrics}
+    if labels is not None and (labels >= 0).any():  # `sample cldm`'s digits asked for (−1: none)
+        asked = torch.as_tensor(labels).long()
+        _, probs = classifier_features(samples, device=device)
+        hit = probs.argmax(1)[asked >= 0] == asked[asked >= 0]
+        metrics["label_accuracy"] = float(hit.float().mean())
     if include_floor:
         out["real_floor"] = real_floor(metrics["n"], seed=seed, device=device)
     return out
