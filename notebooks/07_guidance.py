@@ -167,8 +167,8 @@ print("‖e(t, y) − e(t, ∅)‖ for the five (t, y):", [f"{g:.2f}" for g in g
 # *all* digits. That is exactly chapter 5's unconditional loss. Its minimiser is
 # $\mathbb E[\epsilon \mid z_t]$ under the marginal $p(z_0) = \sum_y p(y)\, p(z_0 \mid y)$: the unconditional
 # denoiser. The two terms share every weight but the row $E_\varnothing$ and never compete for an
-# input, since each example is seen with $y$ or with $\varnothing$. So a tenth of the batches trains
-# the unconditional model, and the rest trains the conditional one. The package's
+# input, since each example is seen with $y$ or with $\varnothing$. So a tenth of the examples trains
+# the unconditional model, and the rest train the conditional one: no second network, no second run. The package's
 # `mnistdiff.guidance.drop_labels` is one `torch.where`; ours, drawn from the same generator, must
 # give the same labels:
 
