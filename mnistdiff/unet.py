@@ -235,7 +235,8 @@ class UNet(nn.Module):
             return torch.full((batch,), k, dtype=torch.long, device=device)
         if y.shape != (batch,):
             raise ValueError(f"labels y must have shape ({batch},), got {tuple(y.shape)}")
-        if bool(((y < NULL_LABEL) | (y >= k)).any()):
+        # checked eagerly only: under torch.compile the check would break the graph (and CUDA graphs)
+        if not torch.compiler.is_compiling() and bool(((y < NULL_LABEL) | (y >= k)).any()):
             raise ValueError(f"labels y must be in 0…{k - 1} or NULL_LABEL ({NULL_LABEL}), got {y.unique().tolist()}")
         return torch.where(y == NULL_LABEL, k, y).long()
 
