@@ -120,10 +120,13 @@ def check_digits(values: list[str] | None, num_classes: int) -> list[int]:
 
 
 def check_guidance(w: float) -> None:
-    """``--guidance`` must be a finite number >= 0."""
-    if not (w >= 0 and math.isfinite(w)):
-        raise ArgError(f"--guidance must be a finite number >= 0 (0: no label, 1: the conditional model, "
-                       f"> 1: guided), got {w}")
+    """``--guidance``: what :func:`mnistdiff.guidance.check_guidance` accepts (a finite number >= 0)."""
+    from mnistdiff.guidance import check_guidance as check
+
+    try:
+        check(w)
+    except ValueError as err:
+        raise ArgError(f"--guidance: {err}") from err
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:

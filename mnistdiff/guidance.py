@@ -16,16 +16,24 @@ write (1 + w')·ε(y) − w'·ε(∅): their w' is this w − 1.) Since ε = −
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from mnistdiff.unet import NULL_LABEL
 
-__all__ = ["NULL_LABEL", "drop_labels", "guided_eps", "GuidedDenoiser", "check_guidance"]
+__all__ = ["NULL_LABEL", "balanced_labels", "drop_labels", "guided_eps", "GuidedDenoiser", "check_guidance"]
 
 #: ``model(x_t, t, y) → ε̂``: a class-conditional ε-network (a :class:`~mnistdiff.unet.UNet` with ``num_classes``).
 ConditionalDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:
+    """The labels 0, 1, …, K−1, 0, 1, … (n of them): every class asked for equally often, (n,) int64."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    return torch.arange(n) % num_classes
 
 
 def drop_labels(y: torch.Tensor, p_uncond: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -36,7 +44,7 @@ def drop_labels(y: torch.Tensor, p_uncond: float, generator: torch.Generator | N
 
 def check_guidance(w: float) -> None:
     """The guidance weight must be a finite number ≥ 0 (0: unconditional, 1: conditional, > 1: guided)."""
-    if not (w >= 0 and w == w and w != float("inf")):
+    if not (w >= 0 and math.isfinite(w)):
         raise ValueError(f"the guidance weight w must be a finite number >= 0 (0: no label, 1: the conditional "
                          f"model, > 1: guided), got {w}")
 

@@ -357,9 +357,9 @@ def test_sample_cldm_guidance_changes_the_samples_and_seeds_repeat(runs, tmp_pat
         (["--digit", "10"], "--digit must be a digit 0-9 or 'all', got '10'"),
         (["--digit", "seven"], "--digit must be a digit 0-9"),
         (["--digit", "-1"], "--digit must be a digit 0-9"),
-        (["--guidance", "-0.5"], "--guidance must be a finite number >= 0"),
-        (["--guidance", "inf"], "--guidance must be a finite number >= 0"),
-        (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
+        (["--guidance", "-0.5"], "--guidance: the guidance weight w must be a finite number >= 0"),
+        (["--guidance", "inf"], "--guidance: the guidance weight w must be a finite number >= 0"),
+        (["--guidance", "nan"], "--guidance: the guidance weight w must be a finite number >= 0"),
     ],
 )
 def test_sample_cldm_bad_values_exit_2(runs, tmp_path, capsys, extra, message):

@@ -265,6 +265,19 @@ def test_balanced_labels_and_recommendation_rule():
         recommend_guidance({})
 
 
+def test_label_statistics_by_hand():
+    from mnistdiff.evaluation.distances import label_statistics
+
+    probs = torch.eye(10)[[0, 1, 2, 2, 5]]  # read as 0, 1, 2, 2, 5
+    stats = label_statistics(probs, torch.tensor([0, 1, 1, -1, 5]))  # the fourth asked for nothing
+    assert stats["label_accuracy"] == 0.75  # 3 of the 4 labelled rows
+    assert stats["per_class_accuracy"][:3] == [1.0, 0.5, None] and stats["per_class_accuracy"][5] == 1.0
+    with pytest.raises(ValueError, match="no sample has a label"):
+        label_statistics(probs, torch.full((5,), -1))
+    with pytest.raises(ValueError, match="labels"):
+        label_statistics(probs, torch.zeros(4, dtype=torch.long))
+
+
 def test_label_accuracy_reads_real_digits_and_not_shuffled_labels():
     from mnistdiff.data import load_mnist
 

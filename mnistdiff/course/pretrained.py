@@ -9,7 +9,6 @@ the same :mod:`~mnistdiff.training.pipelines` functions the command line uses, t
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ __all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_vae", "get_ldm"
 
 #: What ``train all`` trains, in order (the latent models after the VAE they encode with).
 KINDS = ("ddpm", "vae", "ldm", "cldm")
+#: The train and load functions of the two latent models (both take the VAE checkpoint first).
+_LATENT = {"ldm": (train_ldm, load_ldm), "cldm": (train_cldm, load_cldm)}
 
 REPO_ROOT = repo_root()
 
@@ -72,11 +73,10 @@ def _stored_config(path: Path, cfg: Any) -> dict | None:
 
 
 def _same(found: dict | None, cfg: Any, *, with_train: bool) -> bool:
-    """Whether a stored config equals ``cfg`` (the ``train`` section only ``with_train``)."""
+    """Whether a stored config (:func:`_stored_config`) equals ``cfg`` (the ``train`` section only ``with_train``)."""
     if found is None:
         return False
-    wanted = json.loads(json.dumps(to_dict(cfg)))
-    found = json.loads(json.dumps(found))
+    wanted, found = to_dict(cfg), dict(found)  # both written by to_dict: tuples on both sides
     if not with_train:
         found.pop("train", None)
         wanted.pop("train", None)
@@ -177,7 +177,7 @@ def _get_latent(kind: str, profile: str | Profile | None, device: str | torch.de
     get_vae(prof, device=device, progress=progress)
     vae_path = checkpoint_path("vae", prof)
     cfg = getattr(prof, kind)
-    train, load = (train_ldm, load_ldm) if kind == "ldm" else (train_cldm, load_cldm)
+    train, load = _LATENT[kind]
     model = _load_else_train(
         kind, prof, cfg, retrain,
         lambda out: train(cfg, vae_path, out=out, device=device, progress=progress),
@@ -229,8 +229,7 @@ def train_all(profile: str | Profile | None = None, *, device: str | torch.devic
             elif kind == "vae":
                 result = train_vae(cfg, **kw)
             else:
-                train = train_ldm if kind == "ldm" else train_cldm
-                result = train(cfg, checkpoint_path("vae", prof), **kw)
+                result = _LATENT[kind][0](cfg, checkpoint_path("vae", prof), **kw)
             _store(result.checkpoint, dest)
             print(f"[mnistdiff] stored {_shown(dest)} ({result.seconds / 60:.1f} min of training)")
         seconds[kind] = float(read_sidecar(dest).get("seconds", 0.0))

@@ -28,6 +28,7 @@ __all__ = [
     "nearest_train_neighbours",
     "nearest_train_distance",
     "class_statistics",
+    "label_statistics",
 ]
 
 
@@ -278,3 +279,22 @@ def class_statistics(probs: ArrayLike) -> dict[str, Any]:
         "class_entropy": entropy,
         "class_max_deviation": float((hist - 0.1).abs().max()),
     }
+
+
+def label_statistics(probs: ArrayLike, labels: ArrayLike) -> dict[str, Any]:
+    """How often the classifier reads each sample as the class it was asked for.
+
+    ``probs``: class probabilities ``(N, 10)``; ``labels``: ``(N,)`` classes asked for, ``−1`` (no label) rows
+    ignored. Returns ``label_accuracy`` (over the labelled rows) and ``per_class_accuracy`` (a list of 10;
+    ``None`` for a class never asked for).
+    """
+    p = torch.as_tensor(probs).detach().float().cpu()
+    y = torch.as_tensor(labels).detach().long().cpu()
+    if p.ndim != 2 or p.shape[1] != 10 or y.shape != (p.shape[0],):
+        raise ValueError(f"need probs (N, 10) and labels (N,), got {tuple(p.shape)} and {tuple(y.shape)}")
+    asked = y >= 0
+    if not bool(asked.any()):
+        raise ValueError("no sample has a label (all are -1)")
+    hit = (p.argmax(1) == y).double()
+    per_class = [float(hit[y == c].mean()) if bool((y == c).any()) else None for c in range(p.shape[1])]
+    return {"label_accuracy": float(hit[asked].mean()), "per_class_accuracy": per_class}

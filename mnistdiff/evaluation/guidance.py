@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
-from mnistdiff.config import DEFAULT_ETA, MNIST_CLASSES
+from mnistdiff.config import DEFAULT_ETA
+from mnistdiff.evaluation.distances import label_statistics
 from mnistdiff.evaluation.features import ArrayLike, classifier_features
 from mnistdiff.evaluation.metrics import evaluate
+from mnistdiff.guidance import balanced_labels
 
 __all__ = ["balanced_labels", "label_accuracy", "guidance_sweep", "recommend_guidance", "ACCURACY_TOLERANCE"]
 
@@ -27,25 +29,14 @@ __all__ = ["balanced_labels", "label_accuracy", "guidance_sweep", "recommend_gui
 ACCURACY_TOLERANCE = 0.01
 
 
-def balanced_labels(n: int, num_classes: int = MNIST_CLASSES) -> torch.Tensor:
-    """The labels 0, 1, …, K−1, 0, 1, … (n of them): every digit asked for equally often, (n,) int64."""
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
-    return torch.arange(n) % num_classes
-
-
-def label_accuracy(images: ArrayLike, labels: torch.Tensor, device: str | torch.device | None = None,
-                   num_classes: int = MNIST_CLASSES) -> tuple[float, list[float]]:
+def label_accuracy(images: ArrayLike, labels: torch.Tensor,
+                   device: str | torch.device | None = None) -> tuple[float, list[float | None]]:
     """The fraction of ``images`` (N, 1, 32, 32) that the project classifier reads as their ``labels`` (N,),
-    overall and per class (``nan`` for a class never asked for)."""
+    overall and per class (``None`` for a class never asked for), by
+    :func:`~mnistdiff.evaluation.distances.label_statistics`."""
     _, probs = classifier_features(images, device=device)
-    labels = labels.cpu().long()
-    if probs.shape[0] != labels.shape[0]:
-        raise ValueError(f"{probs.shape[0]} images but {labels.shape[0]} labels")
-    hit = (probs.argmax(1) == labels).float()
-    per_class = [float(hit[labels == c].mean()) if bool((labels == c).any()) else float("nan")
-                 for c in range(num_classes)]
-    return float(hit.mean()), per_class
+    stats = label_statistics(probs, labels)
+    return stats["label_accuracy"], stats["per_class_accuracy"]
 
 
 def guidance_sweep(
@@ -70,10 +61,8 @@ def guidance_sweep(
         images, _ = model.sample(n, mode="ddim", ddim_steps=ddim_steps, eta=eta, seed=seed, device=device,
                                  labels=labels, guidance=float(w))
         seconds = time.perf_counter() - start
-        accuracy, per_class = label_accuracy(images, labels, device, model.num_classes)
-        metrics = evaluate(images, seed=seed, device=device, include_memorisation=False)
-        rows[f"w = {float(w):g}"] = {"guidance": float(w), "label_accuracy": accuracy, **metrics,
-                                      "per_class_accuracy": per_class, "sampling_seconds": round(seconds, 2),
+        metrics = evaluate(images, seed=seed, device=device, include_memorisation=False, labels=labels)
+        rows[f"w = {float(w):g}"] = {"guidance": float(w), **metrics, "sampling_seconds": round(seconds, 2),
                                       "seconds_per_sample": seconds / n}
         samples[float(w)] = images
     return rows, samples

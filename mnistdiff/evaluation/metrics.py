@@ -43,6 +43,7 @@ from mnistdiff.evaluation.distances import (
     class_statistics,
     frechet_distance,
     kernel_inception_distance,
+    label_statistics,
     nearest_train_distance,
     nearest_train_neighbours,
     precision_recall,
@@ -59,6 +60,7 @@ __all__ = [
     "nearest_train_neighbours",
     "nearest_train_distance",
     "class_statistics",
+    "label_statistics",
     "reference_features",
     "evaluate",
     "real_floor",
@@ -187,6 +189,7 @@ def evaluate(
     kid_subset_size: int = 1000,
     kid_subsets: int = 100,
     k: int = 3,
+    labels: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """All metrics for a batch of generated images against the MNIST test set.
 
@@ -199,7 +202,9 @@ def evaluate(
     ``precision``, ``recall``, ``confidence``, ``class_histogram`` (10 fractions),
     ``class_entropy`` (bits), ``class_max_deviation`` and, with ``include_memorisation``,
     ``nn_train_distance`` (mean) and ``nn_train_distance_min`` (see :func:`nearest_train_distance`).
-    Compare with :func:`real_floor` ``(N)``.
+    ``labels`` (N,), the classes a class-conditional model was asked for (−1: none), add
+    :func:`~mnistdiff.evaluation.distances.label_statistics` (``label_accuracy``, ``per_class_accuracy``), read from
+    the same classifier pass. Compare with :func:`real_floor` ``(N)``.
     """
     device = resolve_device(device)
     images = prepare_images(samples)
@@ -208,6 +213,8 @@ def evaluate(
         feats, probs, n_ref=n_ref, seed=seed, device=device,
         kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, k=k,
     )
+    if labels is not None:
+        out.update(label_statistics(probs, labels))
     if include_memorisation:
         nn = nearest_train_distance(images, device=device)
         out["nn_train_distance"] = nn["mean"]
@@ -266,8 +273,8 @@ def evaluate_npz(
 ) -> dict[str, Any]:
     """Evaluate the samples stored in an ``.npz`` file (key ``samples``: uint8 ``(N, 1, 32, 32)``;
     any form :func:`prepare_images` accepts works). ``n``: use only the first ``n`` samples. An array
-    ``labels`` (``sample cldm``'s digits, −1 for none) adds ``label_accuracy`` to the metrics: the fraction of
-    labelled samples the classifier reads as their label.
+    ``labels`` (``sample cldm``'s digits, −1 for none) adds ``label_accuracy`` and ``per_class_accuracy`` to the
+    metrics (:func:`~mnistdiff.evaluation.distances.label_statistics`).
 
     Returns ``{"path", "n", "metrics": evaluate(...), "real_floor": real_floor(n, ...)}`` (the floor
     only with ``include_floor``). A missing file raises ``FileNotFoundError``; a file without a
@@ -299,13 +306,9 @@ def evaluate_npz(
             raise ValueError(f"n = {n} but {path} holds only {samples.shape[0]} samples")
         samples = samples[:n]
         labels = labels[:n] if labels is not None else None
-    metrics = evaluate(samples, seed=seed, device=device)
+    asked = labels if labels is not None and (labels >= 0).any() else None  # `sample cldm`'s digits (−1: none)
+    metrics = evaluate(samples, seed=seed, device=device, labels=asked)
     out: dict[str, Any] = {"path": str(path), "n": metrics["n"], "metrics": metrics}
-    if labels is not None and (labels >= 0).any():  # `sample cldm`'s digits asked for (−1: none)
-        asked = torch.as_tensor(labels).long()
-        _, probs = classifier_features(samples, device=device)
-        hit = probs.argmax(1)[asked >= 0] == asked[asked >= 0]
-        metrics["label_accuracy"] = float(hit.float().mean())
     if include_floor:
         out["real_floor"] = real_floor(metrics["n"], seed=seed, device=device)
     return out

@@ -16,6 +16,7 @@ from torch import nn
 
 from mnistdiff.config import (
     DEFAULT_GUIDANCE,
+    MNIST_CLASSES,
     CLDMRunConfig,
     DDPMRunConfig,
     LDMRunConfig,
@@ -25,7 +26,7 @@ from mnistdiff.config import (
 )
 from mnistdiff.data import load_mnist
 from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, SampleOutput, diffusion_loss
-from mnistdiff.guidance import drop_labels
+from mnistdiff.guidance import balanced_labels, drop_labels
 from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset
 from mnistdiff.sampling import generate
 from mnistdiff.schedules import NoiseSchedule
@@ -121,7 +122,7 @@ def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, 
     asked for the digits 0, 1, …, 9, 0, … in turn, guided with :data:`~mnistdiff.config.DEFAULT_GUIDANCE`."""
     guide: dict[str, Any] = {}
     if conditional:
-        guide = {"labels": torch.arange(n) % 10, "guidance": DEFAULT_GUIDANCE}
+        guide = {"labels": balanced_labels(n, MNIST_CLASSES), "guidance": DEFAULT_GUIDANCE}
 
     def sample_fn(model: nn.Module, folder: Path, tag: str) -> None:
         x, _ = generate(model, sched, n, shape=shape, mode="ddim", ddim_steps=min(ddim_steps, sched.num_timesteps),
@@ -255,7 +256,7 @@ def _latent_task(cfg: LDMRunConfig | CLDMRunConfig, vae_checkpoint: str | Path, 
                                               clip_range=(-clip, clip), conditional=conditional)
     model = UNet(cfg.unet)
     vae_sha = sha256_file(vae_checkpoint)
-    p_uncond = cfg.p_uncond if isinstance(cfg, CLDMRunConfig) else 0.0
+    p_uncond = cfg.p_uncond if conditional else 0.0
     loss_fn = make_diffusion_loss(sched, scale, cfg.diffusion.min_snr_gamma, p_uncond)
     train_data: Data = torch.cat([mean_tr, std_tr], 1)
     eval_data: Data = torch.cat([mean_te, std_te], 1)
