@@ -27,7 +27,7 @@ What is timed is the code users run:
   N images in batches, the images copied back to the CPU at the end. Faster modes wrap the network
   (bf16 autocast, channels_last, ``torch.compile``, CUDA graphs through ``mode="reduce-overhead"``);
   the sampler itself is the package's, and the wrapper is :class:`mnistdiff.sampling.FastDenoiser`
-  (what ``python -m mnistdiff sample --fast`` uses).
+  (what ``python -m mnistdiff sample --precision bf16_cl --compile`` uses).
 
 Modes: ``fp32_eager`` (batch 128, the reference's setting), ``bf16_eager`` (bf16 autocast, what the
 book profile's CPU probe picks on AMX machines), ``bf16_cl_eager`` (bf16 autocast and channels_last at a
@@ -71,8 +71,8 @@ from mnistdiff.sampling import FastDenoiser, generate  # noqa: E402
 from mnistdiff.schedules import NoiseSchedule  # noqa: E402
 from mnistdiff.training.checkpoints import git_commit  # noqa: E402
 from mnistdiff.training.ema import make_ema  # noqa: E402
-from mnistdiff.training.loop import lr_lambda  # noqa: E402
 from mnistdiff.training.pipelines import make_diffusion_loss  # noqa: E402
+from mnistdiff.training.state import lr_lambda  # noqa: E402
 from mnistdiff.unet import UNet, count_parameters  # noqa: E402
 
 SCHEMA_VERSION = 1
@@ -273,8 +273,9 @@ class Trainer:
 # ------------------------------------------------------------------------------------------------
 
 
-#: mode → ``fast`` of :class:`mnistdiff.sampling.FastDenoiser` (the ``sample --fast`` option)
-FAST_FOR_MODE = {"bf16_cl_eager": "amp", "bf16_cl_compile": "compile", "bf16_cl_cudagraphs": "cudagraphs"}
+#: mode → (``precision``, ``compile``) of :class:`mnistdiff.sampling.FastDenoiser` (``sample --precision --compile``)
+FAST_FOR_MODE = {"bf16_cl_eager": ("bf16_cl", False), "bf16_cl_compile": ("bf16_cl", True),
+                 "bf16_cl_cudagraphs": ("bf16_cl", "reduce-overhead")}
 
 MODE_SETTINGS = {  # mode → (bf16 autocast, channels_last, compile mode)
     "fp32_eager": (False, False, None),
@@ -466,11 +467,11 @@ class Bench:
         model = self.model(e["model"]).to(self.device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        net = model if e["mode"] == "fp32_eager" else FastDenoiser(model, self.device.type, FAST_FOR_MODE[e["mode"]])
+        net = model if e["mode"] == "fp32_eager" else FastDenoiser(model, self.device.type, *FAST_FOR_MODE[e["mode"]])
         n, bs, steps = e["num_images"], e["batch_size"], e["ddim_steps"]
 
         def run(num: int, ddim_steps: int, net: nn.Module = net) -> torch.Tensor:
-            x, _ = generate(net, self.sched, num, shape=(1, 32, 32), mode="ddim", ddim_steps=ddim_steps, seed=0,
+            x, _ = generate(net, self.sched, num, shape=(1, 32, 32), sampler="ddim", steps=ddim_steps, seed=0,
                             device=self.device, batch_size=bs)
             return x
 

@@ -12,6 +12,8 @@ teaches them:
 ``latent``      scaled latent codes for latent diffusion (Rombach et al. 2022; chapter 5)
 ``guidance``    label dropout and classifier-free guidance (Ho & Salimans 2022; chapter 7)
 ``sampling``    ``generate``: any sampler, batched, seeded, optionally sped up
+``model``       ``DiffusionModel``: one trained model, loaded from one file, sampled with typed arguments
+``modelfile``   the one-file format of a trained model (safetensors; verified on load)
 ``config``      the dataclasses every model and run is built from
 ``data``, ``viz``, ``devices``, ``files``  MNIST, figures, device names, atomic writes
 ==============  ===============================================================================
@@ -25,70 +27,59 @@ load-else-train, the chapter-6 generators, widgets, the course runner). ``python
 What a notebook needs comes in one import::
 
     from mnistdiff import UNet, NoiseSchedule, q_sample, ddim_sample_loop, get_ddpm, show_grid
+
+``import mnistdiff`` itself imports nothing heavy: each name below is imported from its module when it is
+first used (PEP 562), so ``import mnistdiff.ddpm`` loads the core alone, and the training, evaluation and
+course machinery only when a name of theirs is asked for.
 """
 
-from mnistdiff.config import (
-    DEFAULT_ETA,
-    DEFAULT_GUIDANCE,
-    CLDMRunConfig,
-    ConfigError,
-    DDPMRunConfig,
-    DiffusionConfig,
-    LDMRunConfig,
-    TrainConfig,
-    UNetConfig,
-    VAEConfig,
-    VAERunConfig,
-)
-from mnistdiff.course.pretrained import checkpoint_path, get_cldm, get_ddpm, get_ldm, get_vae
-from mnistdiff.course.profiles import get_profile
-from mnistdiff.data import load_mnist, to_uint8, to_unit_range
-from mnistdiff.ddim import ddim_sample_loop, ddim_sigma, ddim_step, ddim_timesteps
-from mnistdiff.ddpm import (
-    PIXEL_RANGE,
-    SampleOutput,
-    clip_x0,
-    diffusion_loss,
-    min_snr_weight,
-    p_mean_variance,
-    p_sample,
-    p_sample_loop,
-    predict_eps_from_x0,
-    predict_x0_from_eps,
-    q_posterior,
-    q_sample,
-)
-from mnistdiff.devices import default_device, device_name
-from mnistdiff.guidance import GuidedDenoiser, drop_labels, guided_eps
-from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset
-from mnistdiff.sampling import generate
-from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.training.pipelines import DiffusionModel, make_diffusion_loss
-from mnistdiff.unet import NULL_LABEL, UNet, count_parameters, timestep_embedding
-from mnistdiff.vae import VAE, DiagonalGaussian, vae_loss
-from mnistdiff.viz import frames_grid, grid_array, latent_scatter, pick_frames, plot_loss_curves, show_grid
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    # the diffusion core
-    "UNet", "count_parameters", "timestep_embedding", "NULL_LABEL",
-    "NoiseSchedule",
-    "q_sample", "q_posterior", "predict_x0_from_eps", "predict_eps_from_x0", "p_mean_variance", "p_sample",
-    "p_sample_loop", "diffusion_loss", "min_snr_weight", "clip_x0", "PIXEL_RANGE", "SampleOutput",
-    "ddim_timesteps", "ddim_sigma", "ddim_step", "ddim_sample_loop",
-    "VAE", "DiagonalGaussian", "vae_loss",
-    "LatentCodec", "compute_latent_scale", "encode_dataset",
-    "drop_labels", "guided_eps", "GuidedDenoiser",
-    "generate",
-    # configs
-    "UNetConfig", "DiffusionConfig", "VAEConfig", "TrainConfig", "DDPMRunConfig", "VAERunConfig", "LDMRunConfig",
-    "CLDMRunConfig", "ConfigError", "DEFAULT_ETA", "DEFAULT_GUIDANCE",
-    # data, figures, devices
-    "load_mnist", "to_uint8", "to_unit_range",
-    "show_grid", "grid_array", "frames_grid", "pick_frames", "plot_loss_curves", "latent_scatter",
-    "default_device", "device_name",
-    # trained models (load, else train) and the course's profiles
-    "DiffusionModel", "make_diffusion_loss", "get_profile", "get_ddpm", "get_vae", "get_ldm", "get_cldm",
-    "checkpoint_path",
-]
+#: Where each name of the package's front door lives (imported on first use).
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys([
+        "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "CLDMRunConfig", "ConfigError", "DDPMRunConfig",
+        "DiffusionConfig", "LDMRunConfig", "TrainConfig", "UNetConfig", "VAEConfig", "VAERunConfig"
+    ], "mnistdiff.config"),
+    **dict.fromkeys(["checkpoint_path", "get_cldm", "get_ddpm", "get_ldm", "get_vae"], "mnistdiff.course.pretrained"),
+    **dict.fromkeys(["get_profile"], "mnistdiff.course.profiles"),
+    **dict.fromkeys(["load_mnist", "to_uint8", "to_unit_range"], "mnistdiff.data"),
+    **dict.fromkeys(["ddim_sample_loop", "ddim_sigma", "ddim_step", "ddim_timesteps"], "mnistdiff.ddim"),
+    **dict.fromkeys([
+        "PIXEL_RANGE", "SampleOutput", "clip_x0", "diffusion_loss", "min_snr_weight", "p_mean_variance", "p_sample",
+        "p_sample_loop", "predict_eps_from_x0", "predict_x0_from_eps", "q_posterior", "q_sample"
+    ], "mnistdiff.ddpm"),
+    **dict.fromkeys(["default_device", "device_name"], "mnistdiff.devices"),
+    **dict.fromkeys(["GuidedDenoiser", "drop_labels", "guided_eps"], "mnistdiff.guidance"),
+    **dict.fromkeys(["LatentCodec", "compute_latent_scale", "encode_dataset"], "mnistdiff.latent"),
+    **dict.fromkeys(["DiffusionModel", "load_vae"], "mnistdiff.model"),
+    **dict.fromkeys(["generate"], "mnistdiff.sampling"),
+    **dict.fromkeys(["NoiseSchedule"], "mnistdiff.schedules"),
+    **dict.fromkeys(["make_diffusion_loss"], "mnistdiff.training.pipelines"),
+    **dict.fromkeys(["NULL_LABEL", "UNet", "count_parameters", "timestep_embedding"], "mnistdiff.unet"),
+    **dict.fromkeys(["VAE", "DiagonalGaussian", "vae_loss"], "mnistdiff.vae"),
+    **dict.fromkeys([
+        "frames_grid", "grid_array", "latent_scatter", "pick_frames", "plot_loss_curves", "show_grid"
+    ], "mnistdiff.viz"),
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """``mnistdiff.<name>``: imported from its module the first time it is asked for (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mnistdiff' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+

@@ -1,4 +1,4 @@
-"""Command line: ``python -m mnistdiff train|sample|umap|evaluate|course``.
+"""Command line: ``python -m mnistdiff train|sample|umap|evaluate|convert|course``.
 
 ``sample cldm`` asks the class-conditional model for digits (``--digit 3``, repeated, or ``all``) with
 classifier-free guidance ``--guidance w`` (ε̃ = ε(∅) + w·(ε(y) − ε(∅))).
@@ -21,43 +21,24 @@ from typing import Any, Sequence
 
 from mnistdiff.cli_checks import (
     ArgError,
+    as_arg_error,
     check_data_dir,
     check_digits,
-    check_guidance,
-    check_sampling,
+    device_option,
     positive,
     readable_file,
-    resolve_device,
     resume_base,
-    sidecar_conditional,
-    sidecar_kind,
-    sidecar_timesteps,
     writable_dir,
 )
 from mnistdiff.cli_options import add_config_arguments, config_from_args, option_message
-from mnistdiff.config import (  # no torch
-    DEFAULT_ETA,
-    DEFAULT_GUIDANCE,
-    MNIST_CLASSES,
-    CLDMRunConfig,
-    ConfigError,
-    DDPMRunConfig,
-    LDMRunConfig,
-    VAERunConfig,
-)
+from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, MNIST_CLASSES, PRECISIONS, ConfigError
+from mnistdiff.course.profiles import PROFILES
+from mnistdiff.model import DiffusionModel
+from mnistdiff.modelfile import CheckpointError
+from mnistdiff.sampling import OLD_FAST, SAMPLERS
+from mnistdiff.training.kinds import KINDS, Kind
 
 __all__ = ["main", "build_parser"]
-
-PROFILE_NAMES = ("smoke", "book", "full")  # mnistdiff.course.profiles.PROFILES (not imported here: it imports torch)
-
-#: The run config of each ``train`` model; its defaults are the ``full`` profile's (tests/test_config.py).
-RUN_CONFIGS: dict[str, type] = {"ddpm": DDPMRunConfig, "vae": VAERunConfig, "ldm": LDMRunConfig,
-                                 "cldm": CLDMRunConfig}
-#: The models that diffuse in a VAE's latents: their commands take the VAE checkpoint first.
-LATENT_MODELS = ("ldm", "cldm")
-_TRAIN_HELP = {"ddpm": "the pixel-space DDPM", "vae": "the VAE", "ldm": "the latent diffusion model",
-               "cldm": "the class-conditional latent diffusion model (classifier-free guidance)"}
-
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     """``--device`` and ``--data_dir``."""
@@ -67,18 +48,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_train(sub: Any) -> None:
     """``train all`` and ``train ddpm|vae|ldm|cldm``: one option per field of the model's run config."""
-    train = sub.add_parser("train", help="train a model (ddpm, vae, ldm, cldm), or all four of a profile")
+    train = sub.add_parser("train", help=f"train a model ({', '.join(KINDS)}), or all of a profile's")
     tsub = train.add_subparsers(dest="model", required=True)
-    p = tsub.add_parser("all", help="train a profile's DDPM, VAE, LDM and CLDM in order into checkpoints/<profile>/ "
+    p = tsub.add_parser("all", help=f"train a profile's {', '.join(KINDS)} in order into checkpoints/<profile>/ "
                                     "(resumable: run it again to continue)")
-    p.add_argument("--profile", choices=tuple(PROFILE_NAMES), default="book", help="which profile (default book)")
+    p.add_argument("--profile", choices=tuple(PROFILES), default="book", help="which profile (default book)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_common(p)
-    for model, cls in RUN_CONFIGS.items():
-        p = tsub.add_parser(model, help=f"train {_TRAIN_HELP[model]}")
-        if model in LATENT_MODELS:
-            p.add_argument("vae_checkpoint", help="the VAE checkpoint (model.pt) whose latents to diffuse in")
-        p.add_argument("--profile", choices=tuple(PROFILE_NAMES), default="full",
+    for name, kind in KINDS.items():
+        p = tsub.add_parser(name, help=f"train {kind.help}")
+        if kind.latent:
+            p.add_argument("vae_checkpoint", help="the VAE's model file whose latents to diffuse in")
+        p.add_argument("--profile", choices=tuple(PROFILES), default="full",
                        help="settings to start from (default full); the options below override them")
         p.add_argument("--out", default="experiments", help="experiments root (a new <timestamp>-<model>/ inside)")
         p.add_argument("--resume", default=None, metavar="EXPERIMENT_DIR", help="continue an interrupted run from "
@@ -88,32 +69,31 @@ def _add_train(sub: Any) -> None:
                        help="with --compile: a torch.compile mode, e.g. max-autotune-no-cudagraphs or reduce-overhead")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         _add_common(p)
-        add_config_arguments(p, cls(), default_label="full profile")
+        add_config_arguments(p, kind.config(), default_label="full profile")
 
 
 def _add_sample(sub: Any) -> None:
-    """``sample ddpm|ldm|cldm`` and ``umap``."""
+    """``sample <kind>`` for every kind that samples, and ``umap``."""
     sample = sub.add_parser("sample", help="sample from a trained model")
     ssub = sample.add_subparsers(dest="model", required=True)
-    for model in ("ddpm", "ldm", "cldm"):
-        p = ssub.add_parser(model)
-        if model in LATENT_MODELS:
-            p.add_argument("vae_checkpoint")
-            p.add_argument("checkpoint", help=f"the {'class-conditional ' if model == 'cldm' else ''}latent UNet's "
-                                              "model.pt")
-        else:
-            p.add_argument("checkpoint", help="a DDPM model.pt")
+    for name, kind in KINDS.items():
+        if not kind.samples:
+            continue
+        p = ssub.add_parser(name, help=f"sample {kind.help}")
+        if kind.latent:
+            p.add_argument("vae_checkpoint", help="the VAE's model file it was trained on")
+        p.add_argument("checkpoint", help=f"the {name} model file (NAME.safetensors) `train {name}` wrote")
         _add_sampling(p)
-        if model == "cldm":
+        if kind.conditional:
             _add_guidance(p)
-        p.add_argument("--nrow", type=int, default=None, help="grid columns (default 8; cldm: one row per digit)")
+        p.add_argument("--nrow", type=int, default=None, help="grid columns (default 8; with --digit: one row each)")
         p.add_argument("--individual", type=int, default=8, help="samples that get their own folder of steps")
         p.add_argument("--out", default="generated_samples")
         _add_common(p)
 
     um = sub.add_parser("umap", help="UMAP of generated vs real MNIST (pixel space)")
-    um.add_argument("checkpoint", help="a DDPM model.pt (or a latent UNet with --vae)")
-    um.add_argument("--vae", default=None, help="the VAE checkpoint, for a latent-diffusion checkpoint")
+    um.add_argument("checkpoint", help="a DDPM model file (or a latent one with --vae)")
+    um.add_argument("--vae", default=None, help="the VAE's model file, for a latent-diffusion model")
     _add_sampling(um, num_samples=2000)
     um.add_argument("--real", type=int, default=5000, help="real test images to fit the UMAP on")
     um.add_argument("--out", default="umap", help="folder for umap.png and umap.json")
@@ -121,22 +101,26 @@ def _add_sample(sub: Any) -> None:
 
 
 def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
-    """The sampler's options (``sample``, ``umap``): no config holds them, so :func:`check_sampling` checks them."""
-    p.add_argument("--mode", choices=("ddpm", "ddim"), default="ddim")
-    p.add_argument("--ddim_steps", type=int, default=50)
+    """The sampler's options (``sample``, ``umap``): :meth:`~mnistdiff.model.DiffusionModel.sample` checks them."""
+    p.add_argument("--sampler", "--mode", dest="sampler", choices=SAMPLERS, default="ddim",
+                   help="ddim (--steps steps) or ddpm (all T ancestral steps); --mode is its old spelling")
+    p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=DEFAULT_STEPS,
+                   help=f"DDIM steps (default {DEFAULT_STEPS}); --ddim_steps is its old spelling")
     p.add_argument("--eta", type=float, default=DEFAULT_ETA,
                    help=f"DDIM noise: 0 deterministic, 1 DDPM-like (default {DEFAULT_ETA:g}; see chapter 3)")
     p.add_argument("--num_samples", type=int, default=num_samples)
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fast", choices=("off", "amp", "compile", "cudagraphs"), default="off",
-                   help="run the network in bf16 autocast + channels_last (amp), also torch.compile'd (compile) "
-                        "or compiled with CUDA graphs (cudagraphs); off: float32, as trained (default)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (as trained, the default), bf16 autocast, bf16_cl (also channels_last), or auto: the "
+                        "faster of fp32 and bf16_cl measured here")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on a GPU)")
+    p.add_argument("--fast", choices=tuple(OLD_FAST), default=None,
+                   help="old spelling: off = --precision fp32, amp = bf16_cl, compile = bf16_cl --compile")
 
 
 def _add_guidance(p: argparse.ArgumentParser) -> None:
-    """``--digit`` and ``--guidance`` of ``sample cldm`` (checked by :func:`~mnistdiff.cli_checks.check_digits` and
-    :func:`~mnistdiff.cli_checks.check_guidance`)."""
+    """``--digit`` and ``--guidance`` of a class-conditional kind."""
     p.add_argument("--digit", action="append", default=None, metavar="D",
                    help="the digit to ask for, 0-9; repeat it for several, or 'all' for 0-9 (one grid row each). "
                         "--num_samples is then per digit. Left out: unconditional samples (no label)")
@@ -154,8 +138,13 @@ def _add_evaluate_and_course(sub: Any) -> None:
     ev.add_argument("--out", default=None, help="also write the JSON to this file")
     ev.add_argument("--device", default=None)
 
+    conv = sub.add_parser("convert", help="convert a model from the old .pt + .json pair to one .safetensors file")
+    conv.add_argument("old", help="the old model.pt (its .json sidecar beside it)")
+    conv.add_argument("--vae", default=None, help="for a latent model: the VAE it was trained on (old or converted)")
+    conv.add_argument("--out", default=None, help="the new file (default: OLD with the suffix .safetensors)")
+
     course = sub.add_parser("course", help="execute the chapters' notebooks in order and store their outputs")
-    course.add_argument("--profile", choices=tuple(PROFILE_NAMES), default=None)
+    course.add_argument("--profile", choices=tuple(PROFILES), default=None)
     course.add_argument("--notebooks", nargs="*", default=None, help="names or numbers (default: every chapter)")
     course.add_argument("--output-dir", default=None, help="where executed notebooks go (default book/chapters)")
     course.add_argument("--inplace", action="store_true", help="store outputs back into notebooks/ (nbval references)")
@@ -177,8 +166,6 @@ def _train_config(args: argparse.Namespace, base: Any = None) -> Any:
 
     The config dataclasses check the values; a bad one is an :class:`ArgError` naming its option.
     """
-    from mnistdiff.course.profiles import PROFILES
-
     cfg = base if base is not None else getattr(PROFILES[args.profile], args.model)
     try:
         return config_from_args(args, cfg)
@@ -187,11 +174,11 @@ def _train_config(args: argparse.Namespace, base: Any = None) -> Any:
 
 
 def _cmd_train_all(args: argparse.Namespace) -> int:
-    """``train all``: a profile's four models in order (resumable)."""
+    """``train all``: a profile's models in order (resumable)."""
     from mnistdiff.course.pretrained import train_all
 
     check_data_dir(args.data_dir, "pass the folder holding the four MNIST files")
-    train_all(args.profile, device=resolve_device(args.device), data_dir=args.data_dir, progress=not args.quiet)
+    train_all(args.profile, device=device_option(args.device), data_dir=args.data_dir, progress=not args.quiet)
     return 0
 
 
@@ -209,117 +196,107 @@ def _check_resume_unchanged(base: Any, cfg: Any) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    """``train ddpm|vae|ldm`` (and ``train all``): every argument checked, then the run."""
-    from mnistdiff.training import pipelines
-
+    """``train <kind>`` (and ``train all``): every argument checked, then the run."""
     if args.model == "all":
         return _cmd_train_all(args)
-
-    base = resume_base(args, RUN_CONFIGS[args.model]) if args.resume else None
+    kind = KINDS[args.model]
+    base = resume_base(args, kind.config) if args.resume else None
     cfg = _train_config(args, base)
     if base is not None:
         _check_resume_unchanged(base, cfg)
-    device = resolve_device(args.device)
+    device = device_option(args.device)
     if args.resume:
         writable_dir(args.resume, "--resume folder")
     else:
         writable_dir(args.out)
     check_data_dir(args.data_dir, "pass the folder holding the four MNIST files (or <dir>/MNIST/raw/), or leave it "
                    "out to use the shipped copy")
-    kw = dict(out=args.out, device=device, data_dir=args.data_dir, resume=args.resume, progress=not args.quiet,
-              compile=(args.compile_mode or True) if args.compile else False)
-    if args.model in LATENT_MODELS:
-        readable_file(args.vae_checkpoint, "VAE checkpoint")
-        sidecar_kind(Path(args.vae_checkpoint), "vae")
-        result = getattr(pipelines, f"train_{args.model}")(cfg, args.vae_checkpoint, **kw)
-    else:
-        result = getattr(pipelines, f"train_{args.model}")(cfg, **kw)
+    vae = None
+    if kind.latent:
+        vae = readable_file(args.vae_checkpoint, "VAE checkpoint")
+        from mnistdiff.model import load_vae
+
+        with as_arg_error():
+            load_vae(vae)  # refused here, before any work, if it is no VAE or is damaged
+    result = kind.train(cfg, vae, out=args.out, device=device, data_dir=args.data_dir, resume=args.resume,
+                        progress=not args.quiet, compile=(args.compile_mode or True) if args.compile else False)
     print(f"experiment: {result.experiment.path}")
     print(f"checkpoint: {result.checkpoint}")
     print(f"final eval loss: {result.history[-1]['eval_loss']:.5f}  ({result.seconds:.1f} s)")
     return 0
 
 
-def _load_for_sampling(ckpt: Path, vae: str | None, device: str, kind: str = "ldm") -> Any:
-    """The DDPM at ``ckpt``, or with ``vae`` the latent model of ``kind`` (its ``sample`` method draws images)."""
-    from mnistdiff.training.pipelines import load_cldm, load_ddpm, load_ldm
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler's keyword arguments of :meth:`~mnistdiff.model.DiffusionModel.sample` from the options."""
+    precision, compile = (args.precision, args.compile) if args.fast is None else OLD_FAST[args.fast]
+    positive("batch_size", args.batch_size)
+    return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                precision=precision, compile=compile)
 
-    if vae is not None:
-        return (load_cldm if kind == "cldm" else load_ldm)(vae, ckpt, device)
-    return load_ddpm(ckpt, device)
+
+def _load(kind: Kind | None, checkpoint: str, vae: str | None, device: str | None) -> DiffusionModel:
+    """The model file ``checkpoint`` (of ``kind``, else any diffusion kind; with its ``vae``), verified; a refusal
+    is an :class:`ArgError`."""
+    ckpt = readable_file(checkpoint, "checkpoint")
+    vae_path = readable_file(vae, "VAE checkpoint") if vae is not None else None
+    with as_arg_error():
+        return DiffusionModel.load(ckpt, vae=vae_path, device=device_option(device),
+                                   kind=kind.name if kind is not None else None)
 
 
-def _sample_labels(args: argparse.Namespace) -> tuple[list[int], Any]:
-    """``sample cldm``: the digits asked for and the labels (N,) of the samples (∅ without ``--digit``)."""
+def _labels(args: argparse.Namespace) -> tuple[list[int], Any]:
+    """``--digit``: the digits asked for and the labels (N,) of the samples (``None`` without ``--digit``)."""
     import torch
 
-    from mnistdiff.unet import NULL_LABEL
-
-    digits = check_digits(args.digit, MNIST_CLASSES)
-    check_guidance(args.guidance)
-    if not digits:
-        return [], torch.full((args.num_samples,), NULL_LABEL, dtype=torch.long)
-    return digits, torch.tensor(digits).repeat_interleave(args.num_samples)
+    digits = check_digits(getattr(args, "digit", None), MNIST_CLASSES)
+    return digits, (torch.tensor(digits).repeat_interleave(args.num_samples) if digits else None)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    """``sample ddpm|ldm|cldm``: a folder of samples (grid, npz, per-sample steps); a cldm's npz holds ``labels``."""
-    from mnistdiff.sampling import write_sample_folder
+    """``sample <kind>``: a folder of samples (grid, npz, per-sample steps); a cldm's npz holds ``labels``."""
+    import torch
 
-    ckpt = readable_file(args.checkpoint, "checkpoint")
-    vae = None
-    if args.model in LATENT_MODELS:
-        vae = str(readable_file(args.vae_checkpoint, "VAE checkpoint"))
-        sidecar_kind(Path(vae), "vae")
-    if args.model == "cldm":
-        sidecar_conditional(ckpt)
-    timesteps = sidecar_timesteps(ckpt, (args.model,))
-    check_sampling(args, timesteps)
-    guide: dict[str, Any] = {}
-    digits: list[int] = []
-    if args.model == "cldm":
-        digits, labels = _sample_labels(args)
-        guide = {"labels": labels, "guidance": args.guidance}
+    from mnistdiff.sampling import write_sample_folder
+    from mnistdiff.unet import NULL_LABEL
+
+    kind = KINDS[args.model]
     positive("nrow", args.nrow)
     out = writable_dir(args.out)
-    device = resolve_device(args.device)
-    model = _load_for_sampling(ckpt, vae, device, args.model)
-    n = len(guide["labels"]) if guide else args.num_samples
-    images, frames = model.sample(n, mode=args.mode, ddim_steps=args.ddim_steps, eta=args.eta,
-                                  seed=args.seed, device=device, batch_size=args.batch_size,
-                                  return_intermediates=args.individual > 0, progress=True, fast=args.fast, **guide)
-    info = {"checkpoint": str(ckpt), "vae_checkpoint": vae, "mode": args.mode, "ddim_steps": args.ddim_steps,
-            "eta": args.eta, "seed": args.seed, "fast": args.fast}
-    if args.model == "cldm":
-        info.update(digits=digits, guidance=args.guidance)
-    nrow = args.nrow or (args.num_samples if digits else 8)
-    paths = write_sample_folder(out, images, frames, nrow=nrow, individual=args.individual, info=info,
-                                labels=guide.get("labels"))
+    digits, labels = _labels(args)
+    options = _sampling(args)
+    model = _load(kind, args.checkpoint, args.vae_checkpoint if kind.latent else None, args.device)
+    n = len(labels) if labels is not None else args.num_samples
+    guidance = getattr(args, "guidance", DEFAULT_GUIDANCE)
+    with as_arg_error():
+        images, frames = model.sample(n, labels=labels, guidance=guidance, return_intermediates=args.individual > 0,
+                                      progress=True, **options)
+    info = {"checkpoint": str(args.checkpoint), "vae_checkpoint": getattr(args, "vae_checkpoint", None),
+            "kind": kind.name, **{k: v for k, v in options.items() if k != "batch_size"}}
+    if kind.conditional:
+        info.update(digits=digits, guidance=guidance)
+        labels = labels if labels is not None else torch.full((n,), NULL_LABEL)
+    paths = write_sample_folder(out, images, frames, nrow=args.nrow or (args.num_samples if digits else 8),
+                                individual=args.individual, info=info, labels=labels)
     print(f"samples: {paths['grid_png']}  ({n} images, {paths['npz']})")
     return 0
 
 
 def _cmd_umap(args: argparse.Namespace) -> int:
     """``umap``: generated and real images in one UMAP embedding, plot and scores."""
-    ckpt = readable_file(args.checkpoint, "checkpoint")
-    if args.vae:
-        readable_file(args.vae, "VAE checkpoint")
-        sidecar_kind(Path(args.vae), "vae")
-    timesteps = sidecar_timesteps(ckpt, ("ldm",) if args.vae else ("ddpm",))
-    check_sampling(args, timesteps)
     positive("real", args.real)
     out = writable_dir(args.out)
-    device = resolve_device(args.device)
+    options = _sampling(args)
+    model = _load(None, args.checkpoint, args.vae, args.device)
+    with as_arg_error():
+        images, _ = model.sample(args.num_samples, progress=True, **options)
     from mnistdiff.data import load_mnist
     from mnistdiff.evaluation.umap_eval import umap_evaluation
     from mnistdiff.files import atomic_write_text
 
-    model = _load_for_sampling(ckpt, args.vae, device)
-    images, _ = model.sample(args.num_samples, mode=args.mode, ddim_steps=args.ddim_steps, eta=args.eta,
-                             seed=args.seed, device=device, batch_size=args.batch_size, progress=True)
     real = load_mnist("test", args.data_dir).subset(args.real, args.seed)
-    name = f"{'LDM' if args.vae else 'DDPM'} ({args.mode}{'-' + str(args.ddim_steps) if args.mode == 'ddim' else ''})"
-    fig, scores = umap_evaluation(real.images, real.labels, {name: images}, seed=args.seed)
+    steps = f"-{args.steps}" if args.sampler == "ddim" else ""
+    fig, scores = umap_evaluation(real.images, real.labels, {f"{model.kind.upper()} ({args.sampler}{steps})": images},
+                                  seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "umap.png", dpi=130)
     atomic_write_text(out / "umap.json", json.dumps(scores, indent=2) + "\n")
@@ -333,13 +310,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     readable_file(args.samples, "samples file")
     if args.out:
         writable_dir(str(Path(args.out).parent))
+    device = device_option(args.device)
     from mnistdiff.evaluation.metrics import evaluate_npz
     from mnistdiff.files import atomic_write_text
 
-    try:
-        result = evaluate_npz(args.samples, seed=args.seed, device=resolve_device(args.device))
-    except ValueError as err:
-        raise ArgError(str(err)) from err
+    with as_arg_error():
+        result = evaluate_npz(args.samples, seed=args.seed, device=device)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -347,10 +323,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """``convert``: an old ``.pt`` + ``.json`` model to one ``.safetensors`` file (the old pair is kept)."""
+    from mnistdiff.training.convert import convert_checkpoint
+
+    readable_file(args.old, "checkpoint")
+    if args.vae is not None:
+        readable_file(args.vae, "VAE checkpoint")
+    if args.out is not None:
+        writable_dir(str(Path(args.out).parent))
+    with as_arg_error():
+        path = convert_checkpoint(args.old, args.out, vae=args.vae)
+    print(f"model file: {path}")
+    return 0
+
+
 def _cmd_course(args: argparse.Namespace) -> int:
     """``course``: execute the notebooks in order."""
+    from mnistdiff.course.chapters import chapter_name
     from mnistdiff.course.runner import run_course
 
+    with as_arg_error():
+        for name in args.notebooks or []:
+            chapter_name(name)  # an unknown chapter is refused before anything runs
     run_course(profile=args.profile, notebooks=args.notebooks, output_dir=args.output_dir, inplace=args.inplace,
                timeout=args.timeout)
     return 0
@@ -361,9 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": _cmd_train, "sample": _cmd_sample, "umap": _cmd_umap, "evaluate": _cmd_evaluate,
-                "course": _cmd_course}
+                "convert": _cmd_convert, "course": _cmd_course}
     from mnistdiff.data import MNISTDataError
-    from mnistdiff.training.checkpoints import CheckpointError
     from mnistdiff.training.loop import TrainingDiverged, TrainingInterrupted
 
     try:
@@ -381,9 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except OSError as err:  # e.g. a full disk while writing sample images
         where = f" ({err.filename})" if err.filename else ""
-        print(f"{parser.prog}: error: {err.strerror or err}{where}. Checkpoints are written atomically, so the "
-              "last one is intact: fix the cause and run again (training runs continue with --resume)",
-              file=sys.stderr)
+        again = ("the last checkpoint is intact (written atomically): fix the cause and continue with --resume"
+                 if args.command == "train" else "files are written atomically, so none is half-written: fix the "
+                 "cause and run the command again")
+        print(f"{parser.prog}: error: {err.strerror or err}{where}; {again}", file=sys.stderr)
         return 1
     return 0
 

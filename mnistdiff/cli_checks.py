@@ -1,37 +1,55 @@
-"""The command line's checks that the config dataclasses cannot make: paths, devices, checkpoints.
+"""The command line's checks that the configs and the model cannot make: paths, devices, digits, resume.
 
 Each raises :class:`ArgError`, which :func:`mnistdiff.cli.main` reports with exit code 2 before any work
 starts or any file is written. The model and training settings are checked by the configs themselves
-(:mod:`mnistdiff.config`); the sampling options, which no config holds, here.
+(:mod:`mnistdiff.config`), the sampling options by :meth:`mnistdiff.model.DiffusionModel.sample`, model files
+when they are loaded: :func:`as_arg_error` turns their refusals into an :class:`ArgError`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from mnistdiff.cli_options import option_message
+from mnistdiff.config import ConfigError
+from mnistdiff.files import accepts_new_files
+from mnistdiff.modelfile import CheckpointError
+
 __all__ = [
     "ArgError",
+    "as_arg_error",
     "positive",
     "readable_file",
     "writable_dir",
-    "resolve_device",
+    "device_option",
     "check_data_dir",
-    "check_sampling",
     "check_digits",
-    "check_guidance",
-    "sidecar_conditional",
-    "sidecar_kind",
-    "sidecar_timesteps",
     "resume_base",
 ]
 
 
 class ArgError(Exception):
     """A bad argument: reported with exit code 2."""
+
+
+@contextlib.contextmanager
+def as_arg_error() -> Iterator[None]:
+    """Report a refusal of the code inside (a bad setting, a bad or mismatched model file) as an :class:`ArgError`;
+    a setting's message is worded as its option (``--steps must be …``)."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ArgError(option_message(err)) from err
+    except (CheckpointError, ValueError) as err:
+        raise ArgError(str(err)) from err
 
 
 def positive(name: str, value: float | None) -> None:
@@ -56,54 +74,34 @@ def readable_file(path: str, what: str) -> Path:
 
 
 def writable_dir(path: str, option: str = "--out") -> Path:
-    """The folder itself if it exists, else its nearest existing parent, must be writable."""
-    p = Path(path).resolve()
-    probe = p
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    """The folder itself if it exists, else its nearest existing parent, must accept new files (tried, not
+    guessed from permissions: :func:`mnistdiff.files.accepts_new_files`)."""
+    ok, probe = accepts_new_files(path)
+    if not ok:
         raise ArgError(
             f"output folder {path} is not writable ({probe} does not accept new files): choose another {option} "
             "or fix its permissions"
         )
-    return p
+    return Path(path).resolve()
 
 
-def resolve_device(name: str | None) -> str:
-    """The device to run on: ``name`` once checked, or ``cuda`` when available, else ``cpu``."""
-    import torch
+def device_option(name: str | None) -> torch.device:
+    """``--device``: ``name`` once checked, or the default device (:func:`mnistdiff.devices.resolve_device`)."""
+    from mnistdiff.devices import resolve_device
 
-    from mnistdiff.devices import default_device
-
-    if name is None:
-        return str(default_device())
     try:
-        dev = torch.device(name)
+        dev = resolve_device(name)
     except RuntimeError as err:
         raise ArgError(f"--device {name!r} is not a device ({err})") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ArgError(f"--device {name} asked for CUDA, but no GPU is available; use --device cpu")
-    return name
+    return dev
 
 
 def check_data_dir(data_dir: str | None, hint: str) -> None:
     """``--data_dir``, where given, must be a folder; ``hint`` says what to pass instead."""
     if data_dir is not None and not Path(data_dir).is_dir():
         raise ArgError(f"--data_dir {data_dir} is not a folder: {hint}")
-
-
-def check_sampling(args: argparse.Namespace, timesteps: int) -> None:
-    """The sampling options (``sample``, ``umap``) against each other and the model's ``timesteps``."""
-    positive("num_samples", args.num_samples)
-    positive("ddim_steps", args.ddim_steps)
-    positive("batch_size", args.batch_size)
-    if not 0.0 <= args.eta <= 1.0:
-        raise ArgError(f"--eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like noise), got {args.eta}")
-    if args.mode == "ddim" and args.ddim_steps > timesteps:
-        raise ArgError(
-            f"--ddim_steps {args.ddim_steps} is larger than the model's {timesteps} timesteps: "
-            f"use at most {timesteps}"
-        )
 
 
 def check_digits(values: list[str] | None, num_classes: int) -> list[int]:
@@ -119,61 +117,10 @@ def check_digits(values: list[str] | None, num_classes: int) -> list[int]:
     return digits
 
 
-def check_guidance(w: float) -> None:
-    """``--guidance``: what :func:`mnistdiff.guidance.check_guidance` accepts (a finite number >= 0)."""
-    from mnistdiff.guidance import check_guidance as check
-
-    try:
-        check(w)
-    except ValueError as err:
-        raise ArgError(f"--guidance: {err}") from err
-
-
-def _read_sidecar(path: Path) -> dict[str, Any]:
-    """The JSON sidecar of the checkpoint at ``path``; a missing or damaged one is an :class:`ArgError`."""
-    from mnistdiff.training.checkpoints import CheckpointError, read_sidecar
-
-    try:
-        return read_sidecar(path)
-    except CheckpointError as err:
-        raise ArgError(str(err)) from err
-
-
-def sidecar_kind(path: Path, kind: str) -> None:
-    """The checkpoint at ``path`` must hold a ``kind`` model (read from its JSON sidecar, nothing loaded)."""
-    found = _read_sidecar(path).get("kind")
-    if found != kind:
-        raise ArgError(f"{path} holds a {found!r} model, expected a {kind!r} checkpoint: pass the model.pt that "
-                       f"`train {kind}` wrote")
-
-
-def sidecar_conditional(path: Path) -> None:
-    """``sample cldm`` needs a class-conditional checkpoint: an unconditional one cannot be asked for a digit."""
-    kind = _read_sidecar(path).get("kind")
-    if kind in ("ddpm", "ldm"):
-        how = "sample ldm VAE_CKPT" if kind == "ldm" else "sample ddpm"
-        raise ArgError(f"{path} holds an unconditional {kind!r} model: it cannot be asked for a digit (--digit, "
-                       f"--guidance). Sample it with `{how} {path}`, or pass a checkpoint that `train cldm` wrote")
-
-
-def sidecar_timesteps(path: Path, kinds: tuple[str, ...]) -> int:
-    """The diffusion timesteps of the checkpoint at ``path``, which must hold one of ``kinds``."""
-    meta = _read_sidecar(path)
-    if meta.get("kind") not in kinds:
-        raise ArgError(
-            f"{path} holds a {meta.get('kind')!r} model, expected a {' or '.join(map(repr, kinds))} checkpoint: "
-            f"pass the model.pt that `train {kinds[0]}` wrote"
-        )
-    try:
-        return int(meta["config"]["diffusion"]["timesteps"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ArgError(f"the sidecar of {path} has no diffusion.timesteps: it is damaged; retrain the model") from err
-
-
 def resume_base(args: argparse.Namespace, cls: type) -> Any:
     """The config (a ``cls``) a run to be resumed was started with, read from its last.pt sidecar (nothing loaded)."""
-    from mnistdiff.config import ConfigError, from_dict
-    from mnistdiff.training.checkpoints import CheckpointError, previous_path, read_sidecar
+    from mnistdiff.config import from_dict
+    from mnistdiff.training.checkpoints import previous_path, read_sidecar
 
     last = Path(args.resume, "checkpoints", "last.pt")
     if not last.is_file():

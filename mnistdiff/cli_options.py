@@ -31,7 +31,7 @@ __all__ = [
     "config_from_args",
     "option_message",
     "value_parser",
-    "format_value",
+    "option_text",
     "option_argv",
     "NONE_WORD",
 ]
@@ -169,14 +169,14 @@ def value_parser(hint: Any) -> Callable[[str], Any]:
     return parse_optional
 
 
-def format_value(value: Any) -> str:
+def option_text(value: Any) -> str:
     """``value`` as an option's text, so that :func:`value_parser` reads it back (``None`` → ``none``)."""
     if value is None:
         return NONE_WORD
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
-        return ",".join(format_value(v) for v in value)
+        return ",".join(option_text(v) for v in value)
     return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -189,7 +189,7 @@ def option_argv(opt: ConfigOption, value: Any) -> list[str]:
     """The command-line words that set ``opt`` to ``value``: ``["--name", text]``, or ``--name``/``--no-name``."""
     if _is_flag(opt):
         return [opt.flag if value else f"--no-{opt.name}"]
-    return [opt.flag, format_value(value)]
+    return [opt.flag, option_text(value)]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cfg: Any,
@@ -207,7 +207,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cfg: Any,
         if key not in groups:
             where = f" ({'.'.join(key)})" if key else ""
             groups[key] = parser.add_argument_group(f"{opt.section} options{where}")
-        help_ = f"{opt.help} ({default_label}: {format_value(opt.default) or repr('')})".replace("%", "%%")
+        help_ = f"{opt.help} ({default_label}: {option_text(opt.default) or repr('')})".replace("%", "%%")
         if _is_flag(opt):
             groups[key].add_argument(opt.flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                      help=help_)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 __all__ = [
     "UNetConfig",
@@ -32,17 +32,26 @@ __all__ = [
     "ConfigError",
     "DEFAULT_ETA",
     "DEFAULT_GUIDANCE",
+    "DEFAULT_STEPS",
     "MNIST_CLASSES",
+    "PRECISIONS",
+    "RUN_CONFIGS",
 ]
 
 
+#: How a network runs, in training and in sampling alike: float32; bf16 autocast; bf16 autocast and channels_last;
+#: or ``auto``, the fastest of those measured here (bf16 is fast only on CPUs and GPUs with native bf16).
 PRECISIONS = ("fp32", "bf16", "bf16_cl", "auto")
 
-#: DDIM's η where nobody chooses one (``sampling.generate``, ``python -m mnistdiff sample``): 1, the
+#: DDIM's η where nobody chooses one (``DiffusionModel.sample``, ``python -m mnistdiff sample``): 1, the
 #: stochastic sampler. On the book profile's briefly trained network, deterministic DDIM (η = 0)
 #: leaves grainy backgrounds and skews the digit classes (chapter 3, "Why η = 0 is fragile"); η = 1
-#: corrects each step's error with fresh noise. ``ddim.ddim_sample_loop`` keeps the paper's η = 0.
+#: corrects each step's error with fresh noise. The core loops (``ddim.ddim_sample_loop``, ``ddim.ddim_step``)
+#: take η explicitly: the reader sees which sampler runs.
 DEFAULT_ETA = 1.0
+
+#: DDIM steps where nobody chooses a number (``DiffusionModel.sample``, ``python -m mnistdiff sample``).
+DEFAULT_STEPS = 50
 
 #: The classifier-free guidance weight w where nobody chooses one (``python -m mnistdiff sample cldm``), in the
 #: convention ε̃ = ε(x, ∅) + w·(ε(x, y) − ε(x, ∅)): w = 0 ignores the label, w = 1 is the conditional model,
@@ -210,7 +219,8 @@ class TrainConfig:
 
     ``precision``: ``fp32``; ``bf16`` (autocast); ``bf16_cl`` (autocast and channels_last); ``auto``: on a
     CPU, the fastest of those three measured by a short probe on the run's own model and batch
-    (:func:`mnistdiff.training.loop.choose_precision`; bf16 only where the CPU has native bf16), on CUDA ``bf16_cl``;
+    (:func:`mnistdiff.training.precision.choose_precision`; bf16 only where the CPU has native bf16), on CUDA
+    ``bf16_cl``;
     ``None`` (the default): ``bf16_cl`` on CUDA, ``fp32`` on a CPU.
     """
 
@@ -249,6 +259,8 @@ class DDPMRunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     kind: str = _kind("ddpm")
+    #: whether the model diffuses in a VAE's latents (its commands take the VAE checkpoint first)
+    latent: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """An unconditional UNet: class labels are the ``cldm``'s (:class:`CLDMRunConfig`)."""
@@ -263,6 +275,8 @@ class VAERunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-4, batch_size=128, sample_every=4))
     kl_weight: float = _setting(1e-6, "weight of the KL term in the VAE loss (reconstruction + kl_weight·KL)")
     kind: str = _kind("vae")
+    #: whether the model diffuses in a VAE's latents (its commands take the VAE checkpoint first)
+    latent: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """Check the values: a bad one raises :class:`ConfigError` naming it."""
@@ -281,6 +295,8 @@ class LDMRunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     kind: str = _kind("ldm")
+    #: whether the model diffuses in a VAE's latents (its commands take the VAE checkpoint first)
+    latent: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         """An unconditional UNet: class labels are the ``cldm``'s (:class:`CLDMRunConfig`)."""
@@ -308,6 +324,8 @@ class CLDMRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     p_uncond: float = _setting(0.1, "probability that a training label is replaced by ∅ (no label), in [0, 1)")
     kind: str = _kind("cldm")
+    #: whether the model diffuses in a VAE's latents (its commands take the VAE checkpoint first)
+    latent: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         """Check the values: a bad one raises :class:`ConfigError` naming it."""
@@ -316,6 +334,10 @@ class CLDMRunConfig:
                               "got none", "num_classes")
         _fraction("p_uncond", self.p_uncond)
 
+
+#: The run config of each model kind, by its ``kind`` tag (the tag is written once, in the class's ``kind`` field).
+RUN_CONFIGS: dict[str, type[Any]] = {cls().kind: cls for cls in (DDPMRunConfig, VAERunConfig, LDMRunConfig,
+                                                             CLDMRunConfig)}
 
 _T = TypeVar("_T")
 

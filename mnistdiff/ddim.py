@@ -57,18 +57,16 @@ def ddim_step(
     eps: torch.Tensor,
     t: int,
     t_prev: int,
-    eta: float = 0.0,
+    eta: float,
     noise: torch.Tensor | None = None,
     clip_range: ClipRange = PIXEL_RANGE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM update from timestep ``t`` to ``t_prev`` (< t; −1 means the clean image), eq. 12.
 
-    ``x_t``, ``eps``: (B, C, H, W). Returns ``(x_{t_prev}, x̂_0)`` in ``x_t``'s dtype; the arithmetic is float64.
+    ``x_t``, ``eps``: (B, C, H, W); ``eta`` in [0, 1] (0: deterministic, 1: DDPM's ancestral step). Returns
+    ``(x_{t_prev}, x̂_0)`` in ``x_t``'s dtype; the arithmetic is float64. Nothing is checked per step:
+    :func:`ddim_sample_loop` checks η and the timesteps once.
     """
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
-    if not -1 <= t_prev < t:
-        raise ValueError(f"t_prev must satisfy -1 <= t_prev < t, got t={t}, t_prev={t_prev}")
     a_t, a_prev = _alpha_bar(sched, t), _alpha_bar(sched, t_prev)
     x, e = x_t.double(), eps.double()
     x0 = (x - (1 - a_t) ** 0.5 * e) / a_t**0.5
@@ -92,7 +90,7 @@ def ddim_sample_loop(
     shape: tuple[int, ...],
     *,
     ddim_steps: int = 50,
-    eta: float = 0.0,
+    eta: float,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     x_T: torch.Tensor | None = None,
@@ -101,7 +99,8 @@ def ddim_sample_loop(
     clip_range: ClipRange = PIXEL_RANGE,
     progress: bool = False,
 ) -> SampleOutput:
-    """Sample with DDIM over ``timesteps`` (default :func:`ddim_timesteps` ``(T, ddim_steps)``).
+    """Sample with DDIM over ``timesteps`` (default :func:`ddim_timesteps` ``(T, ddim_steps)``) with noise ``eta``
+    (0: deterministic DDIM, the paper's; 1: DDPM-like; :data:`~mnistdiff.config.DEFAULT_ETA` is the package's).
 
     ``clip_range`` bounds each x̂_0 (:func:`~mnistdiff.ddpm.clip_x0`): [−1, 1] for pixels, the stored range for
     latents.
@@ -114,6 +113,8 @@ def ddim_sample_loop(
     steps = timesteps if timesteps is not None else ddim_timesteps(T, ddim_steps)
     if any(b >= a for a, b in zip(steps, steps[1:])) or steps[0] >= T or steps[-1] < 0:
         raise ValueError(f"timesteps must decrease strictly within [0, {T - 1}], got {steps}")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like noise), got {eta}")
     x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator, device=device)
     frames: list[tuple[int, torch.Tensor]] = [(T, x.cpu())] if return_intermediates else []
     host_sched = sched.to("cpu")  # ddim_step reads ᾱ_t as Python floats: from the CPU, not one GPU sync each

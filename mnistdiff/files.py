@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_copy",
+    "accepts_new_files",
 ]
 
 ROOT_ENV_VAR = "MNISTDIFF_ROOT"
@@ -160,3 +161,19 @@ def atomic_copy(src: str | Path, dest: str | Path) -> None:
         return str(tmp)
 
     _replace_atomically(Path(dest), copy)
+
+
+def accepts_new_files(path: str | Path) -> tuple[bool, Path]:
+    """Whether the folder ``path`` (or, where it does not exist yet, its nearest existing parent) accepts new
+    files: tried by making and removing a temporary folder there, so nothing is left behind. Returns the answer
+    and the folder that was tried."""
+    probe = Path(path).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            return False, probe
+        os.rmdir(tempfile.mkdtemp(prefix=".mnistdiff-probe-", dir=probe))
+    except OSError:
+        return False, probe
+    return True, probe

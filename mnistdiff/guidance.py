@@ -16,14 +16,13 @@ write (1 + w')·ε(y) − w'·ε(∅): their w' is this w − 1.) Since ε = −
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from mnistdiff.unet import NULL_LABEL
 
-__all__ = ["NULL_LABEL", "balanced_labels", "drop_labels", "guided_eps", "GuidedDenoiser", "check_guidance"]
+__all__ = ["NULL_LABEL", "balanced_labels", "drop_labels", "guided_eps", "GuidedDenoiser"]
 
 #: ``model(x_t, t, y) → ε̂``: a class-conditional ε-network (a :class:`~mnistdiff.unet.UNet` with ``num_classes``).
 ConditionalDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,20 +41,13 @@ def drop_labels(y: torch.Tensor, p_uncond: float, generator: torch.Generator | N
     return torch.where(drop, torch.full_like(y, NULL_LABEL), y)
 
 
-def check_guidance(w: float) -> None:
-    """The guidance weight must be a finite number ≥ 0 (0: unconditional, 1: conditional, > 1: guided)."""
-    if not (w >= 0 and math.isfinite(w)):
-        raise ValueError(f"the guidance weight w must be a finite number >= 0 (0: no label, 1: the conditional "
-                         f"model, > 1: guided), got {w}")
-
-
 def guided_eps(model: ConditionalDenoiser, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                w: float) -> torch.Tensor:
     """ε̃ = ε(x_t, t, ∅) + w·(ε(x_t, t, y) − ε(x_t, t, ∅)): ``x_t`` (B, C, H, W), ``t`` (B,), ``y`` (B,) → (B, C, H, W).
 
-    w = 0 and w = 1 need one network call; any other w runs both halves as one batch of 2B.
+    w = 0 and w = 1 need one network call; any other w runs both halves as one batch of 2B. w is not checked
+    here (once per network call): :meth:`mnistdiff.model.DiffusionModel.sample` checks it once.
     """
-    check_guidance(w)
     null = torch.full_like(y, NULL_LABEL)
     if w == 0:
         return model(x_t, t, null).float()
@@ -69,7 +61,6 @@ class GuidedDenoiser:
     """``(x_t, t) → ε̃``: :func:`guided_eps` with the labels ``y`` (B,) and the weight ``w`` fixed, for any sampler."""
 
     def __init__(self, model: ConditionalDenoiser, y: torch.Tensor, w: float) -> None:
-        check_guidance(w)
         self.model, self.y, self.w = model, y, w
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

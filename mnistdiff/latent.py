@@ -14,7 +14,7 @@ import torch
 
 from mnistdiff.vae import VAE
 
-__all__ = ["LatentCodec", "encode_dataset", "compute_latent_scale"]
+__all__ = ["LatentCodec", "encode_dataset", "compute_latent_scale", "scaled_sample"]
 
 
 @torch.no_grad()
@@ -38,6 +38,12 @@ def compute_latent_scale(latents: torch.Tensor) -> float:
     return 1.0 / std
 
 
+def scaled_sample(mean: torch.Tensor, std: torch.Tensor, scale: float, noise: torch.Tensor) -> torch.Tensor:
+    """z = κ·(μ + σ·ε): a reparameterised posterior sample (Kingma & Welling eq. 10), scaled by κ. ``mean``, ``std``,
+    ``noise``: (B, c, h, w). What a latent model trains on, and :meth:`LatentCodec.encode` (``sample=True``) gives."""
+    return (mean + std * noise) * scale
+
+
 @dataclass
 class LatentCodec:
     """A frozen VAE plus its latent scale: images (B, 1, 32, 32) ↔ scaled latents (B, c, 4, 4)."""
@@ -47,8 +53,11 @@ class LatentCodec:
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Images (B, 1, 32, 32) → scaled latents κ·μ (B, c, 4, 4), or a scaled posterior sample with ``sample``."""
         post = self.vae.encode(x)
-        return (post.sample() if sample else post.mode()) * self.scale
+        if sample:
+            return scaled_sample(post.mean, post.std, self.scale, torch.randn_like(post.mean))
+        return post.mode() * self.scale
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

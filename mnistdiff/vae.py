@@ -8,6 +8,8 @@ a near-deterministic autoencoder whose latent space is still smooth enough to di
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,13 +87,18 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """Encoder + decoder. ``encode(x)`` → :class:`DiagonalGaussian`; ``decode(z)`` → (B, C, 32, 32)."""
+    """Encoder + decoder. ``encode(x)`` → :class:`DiagonalGaussian`; ``decode(z)`` → (B, C, 32, 32).
+
+    ``meta``: what a loaded VAE's file records (its run config, training time, metrics; see
+    :func:`mnistdiff.model.load_vae`).
+    """
 
     def __init__(self, config: VAEConfig | None = None) -> None:
         super().__init__()
         self.config = config or VAEConfig()
         self.encoder = Encoder(self.config)
         self.decoder = Decoder(self.config)
+        self.meta: dict[str, Any] = {}
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         if x.ndim != 4 or x.shape[1:] != (self.config.in_channels, self.config.image_size, self.config.image_size):

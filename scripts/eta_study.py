@@ -21,8 +21,8 @@ from mnistdiff.data import load_mnist, to_uint8
 from mnistdiff.ddim import _alpha_bar, ddim_sigma, ddim_timesteps
 from mnistdiff.devices import device_name
 from mnistdiff.evaluation.metrics import class_statistics, classifier_features
+from mnistdiff.model import DiffusionModel
 from mnistdiff.training.checkpoints import load_checkpoint
-from mnistdiff.training.pipelines import load_ddpm
 
 
 @torch.no_grad()
@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    model = load_ddpm(args.checkpoint)
+    model = DiffusionModel.load(args.checkpoint)
     T = model.schedule.num_timesteps
     lin, lead = ddim_timesteps(T, 50), list(range(T - 20, -1, -20))
     real = load_mnist("test").subset(args.n, seed=args.seed).images

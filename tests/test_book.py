@@ -94,10 +94,10 @@ def test_long_lists_are_summarised():
 
 
 def test_values_are_formatted_and_escaped():
-    assert T.format_value(123456.7) == "123457"
-    assert T.format_value(0.000123456) == "0.0001235"
-    assert T.format_value(None) == "—"
-    assert T.format_value("a|b") == "a\\|b"
+    assert T.cell_text(123456.7) == "123457"
+    assert T.cell_text(0.000123456) == "0.0001235"
+    assert T.cell_text(None) == "—"
+    assert T.cell_text("a|b") == "a\\|b"
 
 
 def _write(path: Path, data) -> None:

@@ -8,20 +8,26 @@ import json
 import pytest
 import torch
 
-from mnistdiff.cli import PROFILE_NAMES, main
+from mnistdiff.cli import main
 from mnistdiff.config import ConfigError, TrainConfig, UNetConfig
 from mnistdiff.course.pretrained import checkpoint_path, train_all
 from mnistdiff.course.profiles import BOOK, DEFAULT_PROFILE, PROFILES, SMOKE, get_profile
 from mnistdiff.devices import cpu_name
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.training.experiment import Experiment
-from mnistdiff.training.loop import TrainTask, choose_precision, fit, resolve_precision
+from mnistdiff.training.loop import TrainTask, fit
 from mnistdiff.training.pipelines import make_diffusion_loss
+from mnistdiff.training.precision import choose_precision, resolve_precision
 from mnistdiff.unet import UNet
 
 
 def test_profiles_and_cli_agree():
-    assert tuple(PROFILES) == PROFILE_NAMES
+    """The command line offers the profiles of mnistdiff.course.profiles (it reads them from there)."""
+    from mnistdiff.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    all_ = train._subparsers._group_actions[0].choices["all"]
+    assert next(a for a in all_._actions if a.dest == "profile").choices == tuple(PROFILES)
     assert DEFAULT_PROFILE == "book"
 
 
@@ -49,21 +55,19 @@ def _task(precision: str | None = None) -> TrainTask:
     data = torch.rand(16, 1, 32, 32) * 2 - 1
     train = TrainConfig(epochs=2, batch_size=8, lr=1e-3, warmup_steps=1, sample_every=5, num_samples=2,
                         eval_size=8, precision=precision)
-    return TrainTask("ddpm", UNet(cfg), make_diffusion_loss(sched), data, data[:8], train,
-                     {"kind": "ddpm", "precision": precision})
+    return TrainTask("ddpm", UNet(cfg), make_diffusion_loss(sched), data, data[:8], train)
 
 
 def test_default_precision_is_fp32_on_cpu():
-    assert resolve_precision(_task(None), torch.device("cpu"), None) == ("fp32", {})
-    assert resolve_precision(_task("bf16"), torch.device("cpu"), None) == ("bf16", {})
-    assert resolve_precision(_task("bf16"), torch.device("cpu"), False) == ("fp32", {})
+    assert resolve_precision(_task(None), torch.device("cpu")) == ("fp32", {})
+    assert resolve_precision(_task("bf16"), torch.device("cpu")) == ("bf16", {})
 
 
 def test_probe_changes_nothing_and_picks_a_measured_mode():
     task = _task("auto")
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
     rng = torch.get_rng_state()
-    chosen, speeds = resolve_precision(task, torch.device("cpu"), None)
+    chosen, speeds = resolve_precision(task, torch.device("cpu"))
     assert chosen in speeds and speeds[chosen] == max(speeds.values())
     assert "fp32" in speeds and all(v > 0 for v in speeds.values())
     assert torch.equal(torch.get_rng_state(), rng)
@@ -74,16 +78,17 @@ def test_probe_changes_nothing_and_picks_a_measured_mode():
 
 
 def test_run_records_its_precision_and_a_resume_reads_it_back(tmp_path):
-    from mnistdiff.training.loop import _started_precision
+    from mnistdiff.modelfile import read_model_meta
+    from mnistdiff.training.precision import started_precision
 
     task = _task("bf16")
     exp = Experiment.create(tmp_path, "ddpm")
     fit(task, exp, progress=False)
     side = json.loads(exp.last_checkpoint.with_suffix(".json").read_text())
     assert side["precision"] == "bf16"
-    assert json.loads((exp.path / "checkpoints" / "model.json").read_text())["metrics"]["precision"] == "bf16"
-    assert _started_precision(exp.last_checkpoint) == "bf16"  # what fit(resume=True) trains in
-    assert _started_precision(tmp_path / "missing" / "last.pt") is None
+    assert read_model_meta(exp.model_checkpoint)["metrics"]["precision"] == "bf16"
+    assert started_precision(exp.last_checkpoint) == "bf16"  # what fit(resume=True) trains in
+    assert started_precision(tmp_path / "missing" / "last.pt") is None
 
 
 def test_cpu_name_matches_proc_cpuinfo():
@@ -115,13 +120,16 @@ def _tiny(name: str = "tiny"):
 
 @pytest.mark.slow
 def test_train_all_trains_skips_and_resumes(tmp_path, monkeypatch, capsys):
+    from mnistdiff.modelfile import read_model_meta
+
     monkeypatch.setenv("MNISTDIFF_CHECKPOINT_DIR", str(tmp_path))
     prof = _tiny()
     seconds = train_all(prof, device="cpu", progress=False)
     assert set(seconds) == {"ddpm", "vae", "ldm", "cldm"}
     for kind in seconds:
-        assert checkpoint_path(kind, prof).exists() and checkpoint_path(kind, prof).with_suffix(".json").exists()
-    ddpm_bytes = checkpoint_path("ddpm", prof).read_bytes()
+        assert checkpoint_path(kind, prof).suffix == ".safetensors" and checkpoint_path(kind, prof).exists()
+        assert not checkpoint_path(kind, prof).with_suffix(".json").exists()  # one file per model
+    ddpm_weights = read_model_meta(checkpoint_path("ddpm", prof))["weights_sha256"]
 
     # a second call finds all four trained with these settings and trains nothing
     capsys.readouterr()
@@ -133,12 +141,12 @@ def test_train_all_trains_skips_and_resumes(tmp_path, monkeypatch, capsys):
     run = next((tmp_path / "tiny" / "runs").glob("*-ddpm"))
     for f in (run / "checkpoints").glob("model.*"):
         f.unlink()
-    for f in (checkpoint_path("ddpm", prof), checkpoint_path("ddpm", prof).with_suffix(".json")):
-        f.unlink()
+    checkpoint_path("ddpm", prof).unlink()
     train_all(prof, device="cpu", progress=False)
     out = capsys.readouterr().out
     assert "resuming" in out and run.name in out
-    assert checkpoint_path("ddpm", prof).read_bytes() == ddpm_bytes  # CPU: the resumed run ends identical
+    # CPU: the resumed run ends with identical weights (the file's header differs: it records the training time)
+    assert read_model_meta(checkpoint_path("ddpm", prof))["weights_sha256"] == ddpm_weights
 
 
 def test_train_all_rejects_an_unknown_profile(capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import subprocess
@@ -28,8 +27,8 @@ from mnistdiff.cli_options import (
     add_config_arguments,
     config_from_args,
     config_options,
-    format_value,
     option_argv,
+    option_text,
     value_parser,
 )
 from mnistdiff.config import (
@@ -42,6 +41,8 @@ from mnistdiff.config import (
     VAERunConfig,
 )
 from mnistdiff.course.profiles import FULL, SMOKE
+from mnistdiff.model import load_vae
+from mnistdiff.modelfile import read_model_meta, weights_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +67,7 @@ def runs(tmp_path_factory):
     assert main(["train", "ddpm", *TINY, "--timesteps", str(T), "--out", str(out)]) == 0
     assert main(["train", "vae", *TINY, "--out", str(out)]) == 0
     vae_exp = _one(out, "*-vae")
-    vae_ckpt = vae_exp / "checkpoints" / "model.pt"
+    vae_ckpt = vae_exp / "checkpoints" / "model.safetensors"
     assert main(["train", "ldm", str(vae_ckpt), *TINY, "--timesteps", str(T), "--out", str(out)]) == 0
     assert main(["train", "cldm", str(vae_ckpt), *TINY, "--timesteps", str(T), "--p_uncond", "0.2",
                  "--out", str(out)]) == 0
@@ -75,9 +76,9 @@ def runs(tmp_path_factory):
 
 
 def _sample_args(runs, model: str) -> list[str]:
-    ckpt = str(runs[model] / "checkpoints" / "model.pt")
+    ckpt = str(runs[model] / "checkpoints" / "model.safetensors")
     if model in ("ldm", "cldm"):
-        return ["sample", model, str(runs["vae"] / "checkpoints" / "model.pt"), ckpt]
+        return ["sample", model, str(runs["vae"] / "checkpoints" / "model.safetensors"), ckpt]
     return ["sample", "ddpm", ckpt]
 
 
@@ -113,7 +114,7 @@ def test_experiment_layout(runs, model):
         assert any((exp / name).iterdir()), f"{name}/ is empty"
     for other in {"denoising_steps", "latent_space"} - set(EXTRA[model]):
         assert not (exp / other).exists()
-    for name in ("model.pt", "model.json", "last.pt", "last.json"):
+    for name in ("model.safetensors", "last.pt", "last.json"):
         assert (exp / "checkpoints" / name).is_file(), name
     assert (exp / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (exp / "epoch_samples").iterdir())[0].startswith("epoch_001")
@@ -147,7 +148,7 @@ def test_config_records_the_overrides(runs, model):
     if model != "vae":
         assert cfg["diffusion"]["timesteps"] == T
         assert cfg["unet"]["base_channels"] == getattr(SMOKE, model).unet.base_channels  # the profile's, not overridden
-    side = json.loads((runs[model] / "checkpoints" / "model.json").read_text())
+    side = read_model_meta(runs[model] / "checkpoints" / "model.safetensors")
     assert side["kind"] == model and side["config"] == cfg
 
 
@@ -166,10 +167,11 @@ def test_training_log_and_metrics(runs, model):
 
 @pytest.mark.parametrize("model", ["ldm", "cldm"])
 def test_latent_checkpoint_records_latent_scale_and_vae(runs, model):
-    side = json.loads((runs[model] / "checkpoints" / "model.json").read_text())
-    vae_ckpt = runs["vae"] / "checkpoints" / "model.pt"
+    side = read_model_meta(runs[model] / "checkpoints" / "model.safetensors")
+    vae = load_vae(runs["vae"] / "checkpoints" / "model.safetensors")
     assert side["latent_scale"] > 0 and math.isfinite(side["latent_scale"])
-    assert side["vae_sha256"] == hashlib.sha256(vae_ckpt.read_bytes()).hexdigest()
+    assert 0 < side["latent_clip"] < 10
+    assert side["vae_weights_sha256"] == weights_sha256(vae.state_dict())
 
 
 # ----------------------------------------------------------------------------- sample folders
@@ -186,7 +188,7 @@ def test_sample_folder(samples, model, mode):
     assert x.dtype == np.uint8 and x.shape == (NUM, 1, 32, 32)
     assert x.std() > 0  # not a constant image
     info = json.loads((out / "info.json").read_text())
-    assert info["mode"] == mode and info["num_samples"] == NUM and info["seed"] == 0
+    assert info["sampler"] == mode and info["num_samples"] == NUM and info["seed"] == 0
     dirs = sorted(p.name for p in out.glob("sample_*"))
     assert dirs == [f"sample_{i:03d}" for i in range(INDIVIDUAL)]
     for d in dirs:
@@ -254,16 +256,17 @@ def test_train_bad_arguments_exit_2(tmp_path, capsys, extra, message):
 
 
 def test_train_ldm_rejects_non_vae_checkpoint(runs, tmp_path, capsys):
-    ddpm_ckpt = runs["ddpm"] / "checkpoints" / "model.pt"
+    ddpm_ckpt = runs["ddpm"] / "checkpoints" / "model.safetensors"
     assert _exit_code(["train", "ldm", str(ddpm_ckpt), "--profile", "smoke", "--out", str(tmp_path / "x")]) == 2
-    assert "expected a 'vae' checkpoint" in capsys.readouterr().err
+    assert "expected a 'vae' one" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--ddim_steps", str(T + 1)], f"larger than the model's {T} timesteps"),
-        (["--ddim_steps", "0"], "--ddim_steps must be"),
+        (["--ddim_steps", str(T + 1)], f"--steps must be a whole number from 1 to the model's {T} timesteps"),
+        (["--steps", "0"], "--steps must be"),
+        (["--batch_size", "0"], "--batch_size must be a positive number"),
         (["--eta", "1.5"], "--eta must be in [0, 1]"),
         (["--num_samples", "0"], "--num_samples must be"),
     ],
@@ -282,13 +285,13 @@ def test_sample_missing_checkpoint_exit_2(tmp_path, capsys):
 
 def test_sample_wrong_kind_exit_2(runs, tmp_path, capsys):
     """A VAE checkpoint passed as a DDPM, and a DDPM passed as the LDM's VAE, are refused by kind."""
-    vae_ckpt = str(runs["vae"] / "checkpoints" / "model.pt")
-    ddpm_ckpt = str(runs["ddpm"] / "checkpoints" / "model.pt")
+    vae_ckpt = str(runs["vae"] / "checkpoints" / "model.safetensors")
+    ddpm_ckpt = str(runs["ddpm"] / "checkpoints" / "model.safetensors")
     assert _exit_code(["sample", "ddpm", vae_ckpt, "--out", str(tmp_path / "a")]) == 2
     assert "'vae'" in capsys.readouterr().err
-    assert _exit_code(["sample", "ldm", ddpm_ckpt, str(runs["ldm"] / "checkpoints" / "model.pt"),
+    assert _exit_code(["sample", "ldm", ddpm_ckpt, str(runs["ldm"] / "checkpoints" / "model.safetensors"),
                        "--out", str(tmp_path / "b")]) == 2
-    assert "expected a 'vae' checkpoint" in capsys.readouterr().err
+    assert "expected a 'vae' one" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- sample cldm: digits and guidance
@@ -300,7 +303,7 @@ def _sample_cldm(runs, out: Path, *extra: str) -> list[str]:
 
 
 def test_cldm_records_p_uncond_and_num_classes(runs):
-    cfg = json.loads((runs["cldm"] / "checkpoints" / "model.json").read_text())["config"]
+    cfg = read_model_meta(runs["cldm"] / "checkpoints" / "model.safetensors")["config"]
     assert cfg["p_uncond"] == 0.2 and cfg["unet"]["num_classes"] == 10
 
 
@@ -357,9 +360,9 @@ def test_sample_cldm_guidance_changes_the_samples_and_seeds_repeat(runs, tmp_pat
         (["--digit", "10"], "--digit must be a digit 0-9 or 'all', got '10'"),
         (["--digit", "seven"], "--digit must be a digit 0-9"),
         (["--digit", "-1"], "--digit must be a digit 0-9"),
-        (["--guidance", "-0.5"], "--guidance: the guidance weight w must be a finite number >= 0"),
-        (["--guidance", "inf"], "--guidance: the guidance weight w must be a finite number >= 0"),
-        (["--guidance", "nan"], "--guidance: the guidance weight w must be a finite number >= 0"),
+        (["--guidance", "-0.5"], "--guidance must be a finite number >= 0"),
+        (["--guidance", "inf"], "--guidance must be a finite number >= 0"),
+        (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
     ],
 )
 def test_sample_cldm_bad_values_exit_2(runs, tmp_path, capsys, extra, message):
@@ -371,11 +374,11 @@ def test_sample_cldm_bad_values_exit_2(runs, tmp_path, capsys, extra, message):
 
 def test_sample_cldm_refuses_an_unconditional_checkpoint(runs, tmp_path, capsys):
     out = tmp_path / "x"
-    vae, ldm = (str(runs[k] / "checkpoints" / "model.pt") for k in ("vae", "ldm"))
+    vae, ldm = (str(runs[k] / "checkpoints" / "model.safetensors") for k in ("vae", "ldm"))
     args = ["sample", "cldm", vae, ldm, "--digit", "3", "--out", str(out)]
     assert _exit_code(args) == 2
     err = capsys.readouterr().err
-    assert "unconditional 'ldm' model: it cannot be asked for a digit" in err and "sample ldm" in err
+    assert "holds a 'ldm' model, expected a 'cldm' one" in err
     assert not out.exists()
 
 
@@ -442,7 +445,7 @@ def test_every_config_field_is_an_option(model, capsys):
     for path, value in _leaves(RUN_CONFIGS[model]()).items():
         assert f"--{path[-1]} " in text, path
         help_ = _help(RUN_CONFIGS[model], path)
-        assert help_ and f"{help_} (full profile: {format_value(value) or repr('')})" in text, path
+        assert help_ and f"{help_} (full profile: {option_text(value) or repr('')})" in text, path
     assert {o.path for o in config_options(RUN_CONFIGS[model])} == set(_leaves(RUN_CONFIGS[model]()))
 
 
@@ -472,7 +475,7 @@ def test_each_option_reaches_its_own_field(model):
     differing = [(path, v) for path, v in _leaves(smoke).items() if v != _at(default, path)]
     assert len(differing) >= 5
     for path, value in differing:
-        assert _config(model, "--" + path[-1], format_value(value) or "") == _replaced(default, path, value), path
+        assert _config(model, "--" + path[-1], option_text(value) or "") == _replaced(default, path, value), path
 
 
 @pytest.mark.parametrize(

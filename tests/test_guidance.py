@@ -14,6 +14,7 @@ from mnistdiff.config import CLDMRunConfig, ConfigError, DDPMRunConfig, LDMRunCo
 from mnistdiff.ddim import ddim_sample_loop, ddim_step, ddim_timesteps
 from mnistdiff.evaluation.guidance import balanced_labels, label_accuracy, recommend_guidance
 from mnistdiff.guidance import GuidedDenoiser, drop_labels, guided_eps
+from mnistdiff.model import DiffusionModel
 from mnistdiff.sampling import generate
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.training.batches import chunks, num_rows, take
@@ -116,8 +117,8 @@ def test_usable_accepts_an_old_sidecar_and_refuses_another_architecture(tmp_path
     from mnistdiff.course import pretrained
     from mnistdiff.course.profiles import SMOKE
 
-    monkeypatch.setattr(pretrained, "read_sidecar", lambda path: {"config": sidecar})
-    path = tmp_path / "ldm.pt"
+    monkeypatch.setattr(pretrained, "read_model_meta", lambda path: {"config": sidecar})
+    path = tmp_path / "ldm.safetensors"
     path.write_bytes(b"x")
     sidecar = json.loads(json.dumps(to_dict(SMOKE.ldm)))
     del sidecar["unet"]["num_classes"]
@@ -158,20 +159,49 @@ def test_guided_eps_against_separate_calls(cond):
                                        rtol=1e-4, atol=1e-5)
 
 
+def _cldm(cond: UNet) -> DiffusionModel:
+    cfg = CLDMRunConfig(unet=cond.config)
+    return DiffusionModel(cond, NoiseSchedule.make("cosine", 10), cfg, clip_range=(-3.0, 3.0))
+
+
 @pytest.mark.parametrize("w", [-1.0, float("nan"), float("inf")])
-def test_bad_guidance_weights_are_refused(cond, w):
-    x, t = _inputs()
-    with pytest.raises(ValueError, match="guidance weight"):
-        guided_eps(cond, x, t, torch.zeros(6, dtype=torch.long), w)
-    with pytest.raises(ValueError, match="guidance weight"):
-        GuidedDenoiser(cond, torch.zeros(6, dtype=torch.long), w)
+def test_bad_guidance_weights_are_refused_once_before_sampling(cond, w):
+    """The model checks w once, before any network call (guided_eps and GuidedDenoiser check nothing per call)."""
+    calls = []
+    model = _cldm(cond)
+    handle = cond.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ConfigError, match="guidance must be a finite number >= 0") as err:
+            model.sample(2, labels=3, guidance=w, steps=2)
+        model.sample(1, labels=3, guidance=2.0, steps=1)  # the hook sees calls when there are any
+    finally:
+        handle.remove()
+    assert err.value.setting == "guidance" and calls == [1]
+
+
+@pytest.mark.parametrize("labels, message", [
+    (torch.arange(6), r"labels must be one digit or one per sample \(7\), got \(6,\)"),
+    (10, r"labels must be digits 0-9 \(or -1: none\), got \[10\]"),
+    ([-2] * 7, r"labels must be digits 0-9"),
+])
+def test_bad_labels_are_refused_by_the_model(cond, labels, message):
+    with pytest.raises(ConfigError, match=message):
+        _cldm(cond).sample(7, labels=labels, steps=2)
+
+
+def test_an_unconditional_model_refuses_labels():
+    cfg = DDPMRunConfig(unet=UNetConfig(base_channels=8, channel_mults=(1,), attention_resolutions=(), num_heads=1,
+                                        norm_groups=4, image_size=8))
+    model = DiffusionModel(UNet(cfg.unet), NoiseSchedule.make("cosine", 10), cfg)
+    with pytest.raises(ConfigError, match="unconditional and cannot be asked for a digit"):
+        model.sample(2, labels=3, steps=2)
 
 
 def test_generate_with_labels_equals_a_guided_ddim_loop_by_hand(cond):
     sched = NoiseSchedule.make("cosine", 50)
     y = torch.tensor([0, 1, 2, 3, 8])
     w, steps = 3.0, 6
-    images, _ = generate(cond, sched, 5, shape=(2, 4, 4), mode="ddim", ddim_steps=steps, eta=1.0, seed=4,
+    images, _ = generate(cond, sched, 5, shape=(2, 4, 4), sampler="ddim", steps=steps, eta=1.0, seed=4,
                          labels=y, guidance=w, clip_range=(-3.0, 3.0))
     gen = torch.Generator().manual_seed(4)
     x = torch.randn((5, 2, 4, 4), generator=gen)
@@ -197,10 +227,8 @@ def test_generate_gives_each_batch_its_own_labels():
 
     sched = NoiseSchedule.make("cosine", 10)
     y = torch.arange(7)
-    generate(Recorder(), sched, 7, shape=(2, 4, 4), ddim_steps=1, labels=y, guidance=1.0, batch_size=3)
+    generate(Recorder(), sched, 7, shape=(2, 4, 4), steps=1, labels=y, guidance=1.0, batch_size=3)
     assert [s.tolist() for s in seen] == [[0, 1, 2], [3, 4, 5], [6]]
-    with pytest.raises(ValueError, match="labels must have shape"):
-        generate(Recorder(), sched, 7, shape=(2, 4, 4), labels=torch.arange(6))
 
 
 def test_guided_denoiser_runs_in_the_ancestral_sampler_too(cond):
@@ -208,7 +236,7 @@ def test_guided_denoiser_runs_in_the_ancestral_sampler_too(cond):
     y = torch.tensor([2, 2])
     a = ddim_sample_loop(GuidedDenoiser(cond, y, 2.0), sched, (2, 2, 4, 4), ddim_steps=8, eta=1.0,
                          generator=torch.Generator().manual_seed(0), clip_range=None).images
-    b, _ = generate(cond, sched, 2, shape=(2, 4, 4), mode="ddpm", seed=0, labels=y, guidance=2.0, clip_range=None)
+    b, _ = generate(cond, sched, 2, shape=(2, 4, 4), sampler="ddpm", seed=0, labels=y, guidance=2.0, clip_range=None)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # DDIM η = 1 over every step is DDPM (chapter 3)
 
 
@@ -242,7 +270,7 @@ def test_fit_sees_each_image_with_its_own_label(tmp_path):
         return model(x).pow(2).mean()
 
     cfg = TrainConfig(epochs=2, batch_size=8, warmup_steps=1, sample_every=1, num_samples=1, eval_size=8)
-    task = TrainTask("toy", torch.nn.Linear(3, 1), loss_fn, (images, labels), (images[:8], labels[:8]), cfg, {})
+    task = TrainTask("toy", torch.nn.Linear(3, 1), loss_fn, (images, labels), (images[:8], labels[:8]), cfg)
     fit(task, Experiment.create(tmp_path, "toy"), progress=False)
     assert sum(checked) >= 2 * 40  # every training row of both epochs (and the evaluations) was checked
 

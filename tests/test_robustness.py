@@ -35,6 +35,7 @@ from mnistdiff import cli
 from mnistdiff.config import to_dict
 from mnistdiff.course.profiles import SMOKE
 from mnistdiff.data import ASSET_DIR
+from mnistdiff.modelfile import load_model_file, save_model_file
 from mnistdiff.training import checkpoints as C
 from mnistdiff.training import pipelines
 from mnistdiff.training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
@@ -95,9 +96,9 @@ def state_tensors(obj, prefix=""):
 
 
 def assert_same_run(exp_a: Path, exp_b: Path) -> None:
-    """Bit-identical final EMA weights (model.pt) and final model/EMA/optimiser/scheduler/RNG (last.pt)."""
-    ma, _ = load_checkpoint(exp_a / "checkpoints" / "model.pt", kind="ddpm")
-    mb, _ = load_checkpoint(exp_b / "checkpoints" / "model.pt", kind="ddpm")
+    """Bit-identical final EMA weights (the model file) and final model/EMA/optimiser/scheduler/RNG (last.pt)."""
+    ma, _ = load_model_file(exp_a / "checkpoints" / "model.safetensors", kind="ddpm")
+    mb, _ = load_model_file(exp_b / "checkpoints" / "model.safetensors", kind="ddpm")
     la, _ = load_checkpoint(exp_a / "checkpoints" / "last.pt", kind="ddpm-resume")
     lb, _ = load_checkpoint(exp_b / "checkpoints" / "last.pt", kind="ddpm-resume")
     for a, b in ((ma, mb), (la, lb)):
@@ -201,9 +202,14 @@ def test_wrong_kind_and_config_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"incompatible config: diffusion\.timesteps: expected 1000, "
                                               r"checkpoint has 100\. Use the settings"):
         load_checkpoint(ddpm, kind="ddpm", expect_config=want)
-    # and through the loader the command line uses: a VAE is not a DDPM
-    with pytest.raises(CheckpointError, match="expected 'ddpm'"):
-        pipelines.load_ddpm(vae)
+    # and through the loader the command line uses: a VAE's model file is not a DDPM
+    from mnistdiff.model import DiffusionModel
+    from mnistdiff.vae import VAE
+
+    vae_file = save_model_file(tmp_path / "vae.safetensors", VAE(SMOKE.vae.vae).state_dict(),
+                               {"kind": "vae", "config": to_dict(SMOKE.vae)})
+    with pytest.raises(CheckpointError, match="holds a 'vae' model, expected a 'ddpm' or 'ldm' or 'cldm' one"):
+        DiffusionModel.load(vae_file)
 
 
 class _RunsCode:
@@ -339,7 +345,7 @@ def test_sigint_mid_epoch_then_resume_is_bit_exact(tmp_path, monkeypatch, refere
     exp = only_experiment(tmp_path)
     state, meta = load_checkpoint(exp / "checkpoints" / "last.pt", kind="ddpm-resume")
     assert (meta["epoch"], meta["step"]) == (0, 1) and state["perm"].numel() == 64  # mid-epoch: data order kept
-    assert not (exp / "checkpoints" / "model.pt").exists()
+    assert not (exp / "checkpoints" / "model.safetensors").exists()
     monkeypatch.undo()
     pipelines.train_ddpm(tiny_cfg(), device="cpu", resume=exp, progress=False)
     assert_same_run(reference, exp)
@@ -434,7 +440,7 @@ def test_sigterm_to_cli_subprocess_then_resume_is_bit_exact(tmp_path, reference)
     exp = only_experiment(out)
     _, meta = load_checkpoint(exp / "checkpoints" / "last.pt", kind="ddpm-resume")
     assert meta["epoch"] * 2 + meta["step"] < 6
-    assert not (exp / "checkpoints" / "model.pt").exists()
+    assert not (exp / "checkpoints" / "model.safetensors").exists()
     assert run_cli(["train", "ddpm", "--resume", str(exp), *COMMON]) == 0
     assert_same_run(reference, exp)
 
@@ -452,7 +458,7 @@ def _linear_task(sample_fn=None):
 
     data = torch.randn((24, 4), generator=torch.Generator().manual_seed(1))
     cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, warmup_steps=2, sample_every=1, eval_size=8)
-    return TrainTask("ddpm", model, loss_fn, data, data[:8], cfg, {"train": to_dict(cfg)}, sample_fn=sample_fn)
+    return TrainTask("ddpm", model, loss_fn, data, data[:8], cfg, sample_fn=sample_fn)
 
 
 def test_epoch_callbacks_do_not_shift_the_training_noise(tmp_path):
@@ -484,14 +490,14 @@ def test_signal_after_last_epoch_then_resume_writes_the_model(tmp_path):
 
     exp = Experiment.create(tmp_path / "b", "ddpm")
     with pytest.raises(TrainingInterrupted,
-                       match=r"SIGTERM after the last epoch, before the final samples and model\.pt"):
+                       match=r"SIGTERM after the last epoch, before the final samples and model\.safetensors"):
         fit(_linear_task(sample_fn), exp, progress=False)
     assert not exp.model_checkpoint.exists()
     resumed = fit(_linear_task(), exp, resume=True, progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     for a, b in zip(plain.ema_model.state_dict().values(), resumed.ema_model.state_dict().values()):
         assert torch.equal(a, b)
-    assert load_checkpoint(exp.model_checkpoint, kind="ddpm")[1]["history"] == resumed.history
+    assert load_model_file(exp.model_checkpoint, kind="ddpm")[1]["history"] == resumed.history
 
 
 def test_second_ctrl_c_stops_at_once(tmp_path):
@@ -533,7 +539,7 @@ def test_nan_loss_names_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatc
     state, meta = load_checkpoint(exp / "checkpoints" / "last.pt", kind="ddpm-resume")  # still verifies
     assert meta["epoch"] == 1 and int(state["epoch"]) == 1 and len(meta["history"]) == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    assert not (exp / "checkpoints" / "model.pt").exists()
+    assert not (exp / "checkpoints" / "model.safetensors").exists()
 
 
 @pytest.mark.slow
@@ -566,12 +572,15 @@ def test_full_disk_during_training_keeps_previous_checkpoint(tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def fake_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """A DDPM (T = 20) and a VAE checkpoint with real sidecars (untrained weights: argument checks never load them)."""
+    """A DDPM (T = 20) and a VAE model file (untrained weights) and two resumable runs."""
+    from mnistdiff.vae import VAE
+
     root = tmp_path_factory.mktemp("ckpts")
     cfg = tiny_cfg()
-    ddpm = save_checkpoint(root / "ddpm" / "model.pt", {"model": UNet(cfg.unet).state_dict()}, kind="ddpm",
-                           config=to_dict(cfg))
-    vae = save_checkpoint(root / "vae" / "model.pt", {"model": {}}, kind="vae", config=to_dict(SMOKE.vae))
+    ddpm = save_model_file(root / "ddpm" / "model.safetensors", UNet(cfg.unet).state_dict(),
+                           {"kind": "ddpm", "config": to_dict(cfg)})
+    vae = save_model_file(root / "vae" / "model.safetensors", VAE(SMOKE.vae.vae).state_dict(),
+                          {"kind": "vae", "config": to_dict(SMOKE.vae)})
     resume = save_checkpoint(root / "vae_run" / "checkpoints" / "last.pt", {"epoch": 1}, kind="vae-resume",
                              config=to_dict(SMOKE.vae))
     ddpm_run = save_checkpoint(root / "ddpm_run" / "checkpoints" / "last.pt", {"epoch": 1}, kind="ddpm-resume",
@@ -597,23 +606,27 @@ BAD_ARGS = [
     (["train", "ddpm", "--resume", "{ddpm_run}", "--epochs", "7"],
      r"--resume continues a run with the settings it was started with, but train\.epochs: the run has 3, the "
      r"options give 7\. Drop those options"),
-    (["train", "ldm", "{ddpm}"], r"holds a 'ddpm' model, expected a 'vae' checkpoint"),
-    (["train", "ldm", "{tmp}/missing.pt"], r"VAE checkpoint .*missing\.pt does not exist or is not a file"),
+    (["train", "ldm", "{ddpm}"], r"holds a 'ddpm' model, expected a 'vae' one"),
+    (["train", "ldm", "{tmp}/missing.safetensors"], r"VAE checkpoint .*missing\.safetensors does not exist or is not"),
     # sampling
-    (["sample", "ddpm", "{ddpm}", "--ddim_steps", "0"], r"--ddim_steps must be a positive number"),
-    (["sample", "ddpm", "{ddpm}", "--ddim_steps", "21"], r"--ddim_steps 21 is larger than the model's 20 timesteps"),
+    (["sample", "ddpm", "{ddpm}", "--ddim_steps", "0"], r"--steps must be a whole number from 1 to the model's 20"),
+    (["sample", "ddpm", "{ddpm}", "--steps", "21"], r"--steps must be a whole number from 1 to the model's 20 "
+                                                    r"timesteps, got 21"),
+    (["sample", "ddpm", "{ddpm}", "--sampler", "ddpm", "--guidance", "1"], r"unrecognized arguments: --guidance"),
     (["sample", "ddpm", "{ddpm}", "--eta", "-0.1"], r"--eta must be in \[0, 1\]"),
     (["sample", "ddpm", "{ddpm}", "--eta", "1.5"], r"--eta must be in \[0, 1\]"),
     (["sample", "ddpm", "{ddpm}", "--num_samples", "0"], r"--num_samples must be a positive number"),
     (["sample", "ddpm", "{ddpm}", "--num_samples", "-4"], r"--num_samples must be a positive number"),
     (["sample", "ddpm", "{ddpm}", "--batch_size", "0"], r"--batch_size must be a positive number"),
-    (["sample", "ddpm", "{vae}"], r"holds a 'vae' model, expected a 'ddpm' checkpoint: pass the model\.pt"),
-    (["sample", "ddpm", "{tmp}/missing.pt"], r"checkpoint .*missing\.pt does not exist"),
+    (["sample", "ddpm", "{vae}"], r"holds a 'vae' model, expected a 'ddpm' one: check which file you passed"),
+    (["sample", "ddpm", "{tmp}/missing.safetensors"], r"checkpoint .*missing\.safetensors does not exist"),
+    (["sample", "ddpm", "{tmp}/a_file"], r"a_file is not a model file \(not in the safetensors format\)"),
+    (["sample", "ddpm", "{ddpm}", "--out", "/proc/nope"], r"output folder /proc/nope is not writable"),
+    (["course", "--notebooks", "99"], r"unknown chapter '99'; choose from 01_unet"),
     (["sample", "ddpm", "{ddpm}", "--ddim_steps", "10", "--out", "{tmp}/a_file"],
      r"output folder .*a_file is not writable"),
-    (["sample", "ldm", "{ddpm}", "{ddpm}"], r"holds a 'ddpm' model, expected a 'vae' checkpoint"),
-    (["umap", "{vae}"], r"holds a 'vae' model, expected a 'ddpm' checkpoint"),
-    (["umap", "{ddpm}", "--vae", "{ddpm}"], r"holds a 'ddpm' model, expected a 'vae' checkpoint"),
+    (["sample", "ldm", "{ddpm}", "{ddpm}"], r"holds a 'ddpm' model, expected a 'ldm' one"),
+    (["umap", "{vae}"], r"holds a 'vae' model, expected a 'ddpm' or 'ldm' or 'cldm' one"),
     (["umap", "{ddpm}", "--ddim_steps", "10", "--real", "0"], r"--real must be a positive number"),
 ]
 
@@ -648,9 +661,8 @@ def _deny(monkeypatch, target: Path, mode: int) -> None:
 
 @pytest.mark.parametrize("how", ["chmod", "os.access"])
 def test_unreadable_checkpoint_is_refused(tmp_path, monkeypatch, capsys, fake_checkpoints, how):
-    ckpt = tmp_path / "model.pt"
+    ckpt = tmp_path / "model.safetensors"
     shutil.copyfile(fake_checkpoints["ddpm"], ckpt)
-    shutil.copyfile(fake_checkpoints["ddpm"].with_suffix(".json"), ckpt.with_suffix(".json"))
     if how == "chmod":
         if os.geteuid() == 0:
             pytest.skip("running as root: chmod 000 does not stop root from reading (the os.access case covers it)")
@@ -663,7 +675,7 @@ def test_unreadable_checkpoint_is_refused(tmp_path, monkeypatch, capsys, fake_ch
         assert run_cli(["sample", "ddpm", str(ckpt)]) == 2
     finally:
         ckpt.chmod(0o644)
-    assert re.search(r"checkpoint .*model\.pt is not readable: check its permissions", capsys.readouterr().err)
+    assert re.search(r"checkpoint .*model\.safetensors is not readable: check its permissions", capsys.readouterr().err)
     assert files_under(tmp_path) == before
 
 

@@ -28,9 +28,9 @@ from mnistdiff.course.profiles import BOOK, SMOKE
 from mnistdiff.evaluation.guidance import balanced_labels, label_accuracy
 from mnistdiff.evaluation.metrics import class_statistics, classifier_features
 from mnistdiff.files import repo_root
+from mnistdiff.model import DiffusionModel, load_vae
+from mnistdiff.modelfile import load_model_file
 from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.training.checkpoints import load_checkpoint, read_sidecar
-from mnistdiff.training.pipelines import DiffusionModel, load_cldm, load_ddpm, load_ldm, load_vae
 from mnistdiff.unet import UNet
 
 MIN_CONFIDENCE = 0.9
@@ -60,7 +60,7 @@ def _committed(kind: str):
 
 
 def _sample(model: DiffusionModel) -> torch.Tensor:
-    images, _ = model.sample(N, mode="ddim", ddim_steps=STEPS, eta=DEFAULT_ETA, seed=0, device="cpu", fast="off")
+    images, _ = model.sample(N, sampler="ddim", steps=STEPS, eta=DEFAULT_ETA, seed=0, device="cpu", precision="fp32")
     return images
 
 
@@ -70,26 +70,26 @@ def test_committed_checkpoint_is_the_book_profiles(kind):
     defaults), and verifies."""
     path = _committed(kind)
     cfg = getattr(BOOK, kind)
-    assert normalized(type(cfg), read_sidecar(path)["config"]) == to_dict(cfg)
-    load_checkpoint(path, kind=kind)  # SHA-256 and size checked against the sidecar
+    _, meta = load_model_file(path, kind=kind)  # the weights' SHA-256 checked against the header's
+    assert normalized(type(cfg), meta["config"]) == to_dict(cfg)
 
 
 def test_book_ddpm_draws_digits():
-    stats = digit_check(_sample(load_ddpm(_committed("ddpm"))))
+    stats = digit_check(_sample(DiffusionModel.load(_committed("ddpm"))))
     assert looks_like_digits(stats), stats
 
 
 def test_book_ldm_draws_digits():
-    model = load_ldm(_committed("vae"), _committed("ldm"))
+    model = DiffusionModel.load(_committed("ldm"), vae=_committed("vae"))
     stats = digit_check(_sample(model))
     assert looks_like_digits(stats), stats
 
 
 def _asked_for_digits(guidance: float) -> tuple[float, list[float]]:
-    model = load_cldm(_committed("vae"), _committed("cldm"))
+    model = DiffusionModel.load(_committed("cldm"), vae=_committed("vae"))
     labels = balanced_labels(100)
-    images, _ = model.sample(100, mode="ddim", ddim_steps=STEPS, eta=DEFAULT_ETA, seed=0, device="cpu", fast="off",
-                             labels=labels, guidance=guidance)
+    images, _ = model.sample(100, sampler="ddim", steps=STEPS, eta=DEFAULT_ETA, seed=0, device="cpu",
+                             precision="fp32", labels=labels, guidance=guidance)
     return label_accuracy(images, labels, "cpu")
 
 
@@ -113,7 +113,7 @@ def test_default_guidance_is_the_books_recommendation():
 def test_book_vae_reconstructs_digits():
     from mnistdiff.data import load_mnist
 
-    vae, _, _ = load_vae(_committed("vae"))
+    vae = load_vae(_committed("vae"))
     real = load_mnist("test").subset(N, seed=0).images
     with torch.no_grad():
         recon = vae.decode(vae.encode(real).mode()).clamp(-1, 1)

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnistdiff.config import TrainConfig, to_dict
+from mnistdiff.config import TrainConfig
 from mnistdiff.training import loop, precision, signals, state
 from mnistdiff.training.checkpoints import load_checkpoint, save_checkpoint
 from mnistdiff.training.experiment import Experiment
@@ -141,7 +141,7 @@ def _task() -> TrainTask:
 
     data = torch.randn((24, 4), generator=torch.Generator().manual_seed(1))
     cfg = _cfg()
-    return TrainTask("ddpm", model, loss_fn, data, data[:8], cfg, {"train": to_dict(cfg)})
+    return TrainTask("ddpm", model, loss_fn, data, data[:8], cfg)
 
 
 def test_last_pt_keeps_its_keys_and_sidecar_fields(tmp_path):
@@ -189,9 +189,82 @@ def test_run_loop_is_short_and_every_function_fits_on_a_screen():
                 assert ast.get_docstring(node) or node.name in {"handler", "__init__"}, f"{path.name}: {node.name}"
 
 
-def test_old_names_stay_importable_from_the_loop():
-    assert loop.choose_precision is precision.choose_precision
-    assert loop.resolve_precision is precision.resolve_precision
-    assert loop._started_precision is precision.started_precision
-    assert loop.TrainingInterrupted is signals.TrainingInterrupted
-    assert loop.lr_lambda is state.lr_lambda
+def test_two_package_steps_equal_chapter_2s_algorithm_1_by_hand(tmp_path):
+    """Chapter 2 trains with a loop of its own (``algorithm1``): AdamW without weight decay, a linear warm-up over a
+    tenth of the run then a cosine decay to 10 % of the peak, the gradient norm clipped at 1, and an EMA that copies θ
+    at the first update, then θ_EMA ← d_n θ_EMA + (1 − d_n) θ with d_n = min(d, (1 + n)/(10 + n)). Written here by
+    hand as the chapter writes it, two of its steps must give the same weights and EMA weights as two steps of
+    ``TrainLoop.train_step`` over its ``TrainState``, on the same batches and the same draws of t and ε."""
+    import copy
+    import math
+
+    import torch.nn.functional as F
+
+    from mnistdiff.config import UNetConfig
+    from mnistdiff.schedules import NoiseSchedule
+    from mnistdiff.training.pipelines import make_diffusion_loss
+    from mnistdiff.training.signals import StopFlag
+    from mnistdiff.unet import UNet
+
+    def lr_factor(step: int, total: int) -> float:  # chapter 2's
+        warmup = max(total // 10, 1)
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    batch, lr, decay, seed, epochs = 8, 2e-3, 0.999, 0, 5
+    sched = NoiseSchedule.make("cosine", 100)
+    data = torch.rand((4 * batch, 1, 32, 32), generator=torch.Generator().manual_seed(1)) * 2 - 1
+    total = len(data) // batch * epochs  # 20 steps: a warm-up of 2, so the two steps differ in learning rate
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(2))  # the batches of both loops
+    torch.manual_seed(seed)
+    net = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,),
+                          num_heads=2))  # the smoke profile's tiny UNet, as in the chapter
+    twin = copy.deepcopy(net)
+    start = [p.detach().clone() for p in net.parameters()]
+
+    # the chapter's loop
+    ema = [p.detach().clone() for p in net.parameters()]
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
+    losses = []
+    for step in range(2):
+        x0 = data[perm[step * batch:(step + 1) * batch]]
+        noise_gen = torch.Generator().manual_seed(seed + 1 + step)
+        t = torch.randint(0, sched.num_timesteps, (batch,), generator=noise_gen)
+        eps = torch.randn(x0.shape, generator=noise_gen)
+        for group in opt.param_groups:
+            group["lr"] = lr * lr_factor(step, total)
+        # x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε with the schedule's float64-computed roots: √ of the float32 ᾱ_t rounds
+        # differently, and Adam's first steps (g/√v) turn a rounding difference in a near-zero gradient into a step
+        root_ab, root_1mab = sched.sqrt_alphas_cumprod[t], sched.sqrt_one_minus_alphas_cumprod[t]
+        x_t = root_ab.view(-1, 1, 1, 1) * x0 + root_1mab.view(-1, 1, 1, 1) * eps
+        loss = F.mse_loss(net(x_t, t), eps)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = 0.0 if step == 0 else min(decay, (1 + step) / (10 + step))
+            for e, p in zip(ema, net.parameters()):
+                e.mul_(d).add_(p.detach(), alpha=1 - d)
+        losses.append(loss.item())
+
+    # the package's step; its loss draws t and ε from the global RNG, seeded per step as the chapter seeds its own
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch, warmup_steps=max(total // 10, 1), ema_decay=decay,
+                      seed=seed)
+    task = TrainTask("ddpm", twin, make_diffusion_loss(sched), data, data[:batch], cfg)
+    pkg = TrainLoop(task, Experiment.create(tmp_path, "ddpm"), StopFlag(), torch.device("cpu"), progress=False)
+    assert pkg.steps_per_epoch * epochs == total
+    for step in range(2):
+        torch.manual_seed(seed + 1 + step)
+        pkg.train_step(perm, step, None)
+
+    assert pkg.state.loss_count == 2 and pkg.state.loss_sum == pytest.approx(sum(losses), rel=1e-5)
+    assert pkg.state.scheduler.get_last_lr()[0] == pytest.approx(lr * lr_factor(2, total))
+    for ours, theirs in zip(net.parameters(), pkg.state.model.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs)
+    for ours, theirs in zip(ema, pkg.state.ema.module.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs)
+    # not vacuous: the weights moved, and the second EMA update averaged (d_1 = 2/11) rather than copied
+    assert any(not torch.equal(p, q) for p, q in zip(net.parameters(), start))
+    assert any(not torch.allclose(e, p) for e, p in zip(ema, net.parameters()))

@@ -14,8 +14,8 @@ from PIL import Image
 
 from mnistdiff.config import DDPMRunConfig, DiffusionConfig, UNetConfig, VAEConfig
 from mnistdiff.course import widgets as W
+from mnistdiff.model import DiffusionModel
 from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.training.pipelines import DiffusionModel
 from mnistdiff.unet import UNet
 from mnistdiff.vae import VAE
 from mnistdiff.viz import grid_array
@@ -116,9 +116,9 @@ class _FakeModel:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def sample(self, n, *, mode, ddim_steps, eta, seed, device):
-        self.calls.append((n, mode, ddim_steps, eta, seed))
-        return torch.full((n, 1, 32, 32), ddim_steps / 100 - eta), None
+    def sample(self, n, *, sampler, steps, eta, seed, device):
+        self.calls.append((n, sampler, steps, eta, seed))
+        return torch.full((n, 1, 32, 32), steps / 100 - eta), None
 
 
 def test_ddim_explorer_precomputes_the_grid_and_switches_instantly(shown):
@@ -162,8 +162,8 @@ class _FakeConditional:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def sample(self, n, mode="ddim", ddim_steps=50, seed=0, device="cpu", labels=None, guidance=1.0, **kw):
-        self.calls.append((n, mode, ddim_steps, seed, tuple(labels.tolist()), guidance))
+    def sample(self, n, sampler="ddim", steps=50, seed=0, device="cpu", labels=None, guidance=1.0, **kw):
+        self.calls.append((n, sampler, steps, seed, tuple(labels.tolist()), guidance))
         return torch.full((n, 1, 32, 32), float(labels[0]) / 10 - guidance / 10), None
 
 

@@ -60,13 +60,13 @@ def _pixel_specs(ddpm: Any, profile: Profile, device: torch.device, ddim_steps: 
                  etas: Sequence[float]) -> list[GeneratorSpec]:
     T = ddpm.schedule.num_timesteps
     specs = [GeneratorSpec("ddpm", f"DDPM, {T} steps", "pixel", "ddpm", T, None,
-                           _diffusion_sampler(ddpm, device, mode="ddpm"), profile.ancestral_samples)]
+                           _diffusion_sampler(ddpm, device, sampler="ddpm"), profile.ancestral_samples)]
     sweep = [s for s in (ddim_steps if ddim_steps is not None else profile.ddim_step_sweep) if s <= T]
     for i, eta in enumerate(etas):
         for steps in (sweep if i == 0 else [min(profile.ddim_steps, T)]):
             specs.append(GeneratorSpec(
                 f"ddim_{steps}_eta{eta:g}", f"DDIM, {steps} steps, η = {eta:g}", "pixel", "ddim", steps, float(eta),
-                _diffusion_sampler(ddpm, device, mode="ddim", ddim_steps=steps, eta=float(eta)),
+                _diffusion_sampler(ddpm, device, sampler="ddim", steps=steps, eta=float(eta)),
             ))
     return specs
 
@@ -76,11 +76,11 @@ def _latent_specs(ldm: Any, profile: Profile, device: torch.device, ldm_ddim_ste
     T = ldm.schedule.num_timesteps
     steps = min(ldm_ddim_steps or profile.ddim_steps, T)
     specs = [GeneratorSpec("ldm_ddpm", f"LDM, DDPM, {T} steps", "latent", "ddpm", T, None,
-                           _diffusion_sampler(ldm, device, mode="ddpm"), profile.ancestral_samples)]
+                           _diffusion_sampler(ldm, device, sampler="ddpm"), profile.ancestral_samples)]
     for eta in etas:
         specs.append(GeneratorSpec(
             f"ldm_ddim_{steps}_eta{eta:g}", f"LDM, DDIM, {steps} steps, η = {eta:g}", "latent", "ddim", steps,
-            float(eta), _diffusion_sampler(ldm, device, mode="ddim", ddim_steps=steps, eta=float(eta)),
+            float(eta), _diffusion_sampler(ldm, device, sampler="ddim", steps=steps, eta=float(eta)),
         ))
     return specs
 
@@ -98,7 +98,7 @@ def course_generators(
 ) -> list[GeneratorSpec]:
     """Every generator of the course, in the order the tables show them.
 
-    ``ddpm``: the pixel-space :class:`~mnistdiff.training.pipelines.DiffusionModel`; ``ldm``: the latent one
+    ``ddpm``: the pixel-space :class:`~mnistdiff.model.DiffusionModel`; ``ldm``: the latent one
     (with its ``codec``); ``vae``: the VAE. Any of them may be None to leave its generators out.
     The pixel model's DDIM runs every step count of ``ddim_steps`` (default ``profile.ddim_step_sweep``,
     capped at the model's T) with the first η of ``etas`` (the package's default sampler), and each

@@ -222,7 +222,7 @@ def ddim_explorer(
 ) -> Explorer:
     """Two sliders, DDIM steps S and η, over samples precomputed from one seed (the same x_T for all).
 
-    ``model``: a :class:`~mnistdiff.training.pipelines.DiffusionModel` (pixel or latent: it decodes). All
+    ``model``: a :class:`~mnistdiff.model.DiffusionModel` (pixel or latent: it decodes). All
     ``len(steps_options) × len(etas)`` settings are sampled once with ``num_samples`` samples each,
     so the sliders respond instantly and nothing runs in the browser; pass ``samples`` (a dict
     ``(steps, eta) → (N, 1, 32, 32)``) to reuse results you already have. The fallback is a PNG
@@ -239,7 +239,7 @@ def ddim_explorer(
             if samples is not None and (s, e) in samples:
                 cache[(s, e)] = image_batch(samples[(s, e)])[:num_samples]
             else:
-                x, _ = model.sample(num_samples, mode="ddim", ddim_steps=s, eta=e, seed=seed, device=device)
+                x, _ = model.sample(num_samples, sampler="ddim", steps=s, eta=e, seed=seed, device=device)
                 cache[(s, e)] = x
     fb = _table_png(cache, etas, steps_options, lambda e: f"η = {e:g}", lambda s: f"S = {s}")
     if show:
@@ -359,7 +359,7 @@ def guidance_explorer(
 ) -> Explorer:
     """Two sliders, the digit asked for and the guidance weight w, over samples precomputed from one seed.
 
-    ``model``: a class-conditional :class:`~mnistdiff.training.pipelines.DiffusionModel`. Every (w, digit) gets
+    ``model``: a class-conditional :class:`~mnistdiff.model.DiffusionModel`. Every (w, digit) gets
     ``num_samples`` DDIM samples from the same x_T, so moving w shows what guidance does to the same noise;
     pass ``samples`` (``(w, digit) → (N, 1, 32, 32)``) to reuse batches you already have. The fallback is a PNG
     table: one row per digit, one column per w. ``explorer.samples`` holds the batches.
@@ -374,7 +374,7 @@ def guidance_explorer(
                 cache[(w, d)] = image_batch(samples[(w, d)])[:num_samples]
             else:
                 labels = torch.full((num_samples,), d, dtype=torch.long)
-                cache[(w, d)] = model.sample(num_samples, mode="ddim", ddim_steps=ddim_steps, seed=seed,
+                cache[(w, d)] = model.sample(num_samples, sampler="ddim", steps=ddim_steps, seed=seed,
                                              device=device, labels=labels, guidance=w)[0]
     fb = _table_png(cache, digits, scales, lambda d: f"digit {d}", lambda w: f"w = {w:g}")
     if show:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mnistdiff.devices import resolve_device
-from mnistdiff.evaluation.features import ArrayLike, prepare_images
+from mnistdiff.evaluation.features import ArrayLike, pixels01
 
 __all__ = [
     "frechet_distance",
@@ -195,11 +195,6 @@ def precision_recall(
 # ----------------------------------------------------------------------------------------------
 
 
-def _pixels01(x: ArrayLike) -> torch.Tensor:
-    """Images → float32 ``(N, 784)`` in [0, 1]."""
-    return prepare_images(x).add(1).div(2).flatten(1)
-
-
 @torch.no_grad()
 def nearest_train_neighbours(
     x: ArrayLike,
@@ -222,8 +217,8 @@ def nearest_train_neighbours(
 
         train_images = load_mnist("train").images
     device = resolve_device(device)
-    q = _pixels01(x).to(device)
-    t = _pixels01(train_images).to(device)
+    q = pixels01(x).to(device)
+    t = pixels01(train_images).to(device)
     t_sq = (t * t).sum(1)
     best_d = torch.empty(q.shape[0], device=device)
     best_i = torch.empty(q.shape[0], dtype=torch.long, device=device)

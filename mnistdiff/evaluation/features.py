@@ -13,10 +13,11 @@ from typing import Union
 import numpy as np
 import torch
 
+from mnistdiff.data import to_unit_range
 from mnistdiff.devices import resolve_device
 from mnistdiff.evaluation.classifier import load_classifier
 
-__all__ = ["ArrayLike", "RANGE_TOL", "prepare_images", "classifier_features"]
+__all__ = ["ArrayLike", "RANGE_TOL", "prepare_images", "pixels01", "classifier_features"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -69,13 +70,11 @@ def prepare_images(x: ArrayLike) -> torch.Tensor:
     x = x.cpu()
     if (h, w) == (32, 32):
         x = x[:, :, 2:30, 2:30]
-    if x.dtype == torch.uint8:
-        return x.float().div(127.5).sub(1.0).contiguous()
-    if not x.is_floating_point():  # other integer types: pixel values
+    if not x.is_floating_point():  # uint8 or other integer types: pixel values
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
             raise ValueError(f"integer images must be pixel values in [0, 255], got range [{lo}, {hi}]; {_EXPECTED}")
-        return x.float().div(127.5).sub(1.0).contiguous()
+        return to_unit_range(x).contiguous()
     x = x.float()
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
@@ -88,6 +87,11 @@ def prepare_images(x: ArrayLike) -> torch.Tensor:
             f"clamp generated samples with x.clamp(-1, 1); {_EXPECTED}"
         )
     return x.clamp(-1, 1).contiguous()
+
+
+def pixels01(images: ArrayLike) -> torch.Tensor:
+    """Images in any form :func:`prepare_images` accepts → float32 ``(N, 784)`` in [0, 1] (pixel-space distances)."""
+    return prepare_images(images).add(1).div(2).flatten(1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -45,20 +45,20 @@ def guidance_sweep(
 ) -> tuple[dict[str, dict[str, Any]], dict[float, torch.Tensor]]:
     """Draw n samples at each guidance weight w in ``scales`` and score them.
 
-    ``model``: a class-conditional :class:`~mnistdiff.training.pipelines.DiffusionModel` (``load_cldm``). The labels
+    ``model``: a class-conditional :class:`~mnistdiff.model.DiffusionModel`. The labels
     are :func:`balanced_labels` ``(n)`` and the seed is the same for every w. Returns ``(rows, samples)``:
     ``rows["w = 2"]`` holds ``guidance``, ``label_accuracy``, ``per_class_accuracy``, the metrics of
     :func:`~mnistdiff.evaluation.metrics.evaluate` (without the memorisation distance), ``sampling_seconds`` and
     ``seconds_per_sample``; ``samples[w]`` the images (n, 1, 32, 32).
     """
     if model.num_classes is None:
-        raise ValueError("guidance_sweep needs a class-conditional model (a cldm checkpoint, load_cldm)")
+        raise ValueError("guidance_sweep needs a class-conditional model (a cldm model file)")
     labels = balanced_labels(n, model.num_classes)
     rows: dict[str, dict[str, Any]] = {}
     samples: dict[float, torch.Tensor] = {}
     for w in scales:
         start = time.perf_counter()
-        images, _ = model.sample(n, mode="ddim", ddim_steps=ddim_steps, eta=eta, seed=seed, device=device,
+        images, _ = model.sample(n, sampler="ddim", steps=ddim_steps, eta=eta, seed=seed, device=device,
                                  labels=labels, guidance=float(w))
         seconds = time.perf_counter() - start
         metrics = evaluate(images, seed=seed, device=device, include_memorisation=False, labels=labels)

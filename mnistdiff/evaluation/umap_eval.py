@@ -26,12 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 
-from mnistdiff.evaluation.metrics import classifier_features, prepare_images
+from mnistdiff.evaluation.features import ArrayLike, classifier_features, pixels01, prepare_images
 from mnistdiff.extras import require
 
 __all__ = [
@@ -42,12 +42,9 @@ __all__ = [
     "save_umap_plot",
 ]
 
-ArrayLike = Union[torch.Tensor, np.ndarray]
-
-
 def _pixels(images: ArrayLike) -> np.ndarray:
     """Images → float32 numpy ``(N, 784)`` in [0, 1]."""
-    return prepare_images(images).add(1).div(2).flatten(1).numpy().astype(np.float32)
+    return pixels01(images).numpy().astype(np.float32)
 
 
 def fit_umap(real_images: ArrayLike, *, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1):

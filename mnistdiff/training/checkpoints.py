@@ -21,19 +21,18 @@ what to do.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mnistdiff.files import PACKAGE_DIR, ensure_folder, fsync_dir, unlink_quiet, write_error, write_temp
+from mnistdiff.files import ensure_folder, fsync_dir, unlink_quiet, write_error, write_temp
+from mnistdiff.modelfile import CheckpointError, CheckpointIntegrityError, git_commit
 
 __all__ = [
     "FORMAT_VERSION",
@@ -52,14 +51,6 @@ __all__ = [
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt, of the wrong kind or config, or that could not be written."""
-
-
-class CheckpointIntegrityError(CheckpointError):
-    """A checkpoint whose files are missing, unreadable or do not match each other (truncated, half-written)."""
-
-
 def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
@@ -76,18 +67,6 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """The repository's HEAD commit, or None outside a git checkout (looked up once per process)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5, check=True
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # SHA-256 of the pairs this process wrote, so that keep_previous need not re-hash its own files.

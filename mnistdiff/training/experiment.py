@@ -8,8 +8,8 @@ Layout::
     performance_metrics.txt  time, throughput, parameters, device (GPU name, peak memory, utilisation)
     epoch_samples/           samples every ``sample_every`` epochs
     final_samples/           samples from the final EMA weights
-    checkpoints/             last.pt (resumable; last.prev.pt the one before it) and model.pt (EMA
-                             weights), each with a JSON sidecar
+    checkpoints/             last.pt (resumable, with a JSON sidecar; last.prev.pt the one before it) and
+                             model.safetensors (the EMA weights and everything needed to rebuild them)
     denoising_steps/         (DDPM, LDM) the reverse process of a few samples
     latent_space/            (VAE) 2-D scatter plots of the latents, coloured by digit
 """
@@ -28,9 +28,7 @@ from mnistdiff.training.checkpoints import CheckpointError
 
 __all__ = ["Experiment"]
 
-SUBDIRS = ("epoch_samples", "final_samples", "checkpoints")
-EXTRA_SUBDIRS = {"ddpm": ("denoising_steps",), "ldm": ("denoising_steps",), "cldm": ("denoising_steps",),
-                 "vae": ("latent_space",)}
+SUBDIRS = ("epoch_samples", "final_samples", "checkpoints")  # the rest are made by whoever writes into them
 
 
 class Experiment:
@@ -48,7 +46,7 @@ class Experiment:
         while path.exists():
             n += 1
             path = root / f"{stamp}-{model}-{n}"
-        for sub in SUBDIRS + EXTRA_SUBDIRS.get(model, ()):
+        for sub in SUBDIRS:
             (path / sub).mkdir(parents=True, exist_ok=True)
         return cls(path)
 
@@ -63,7 +61,7 @@ class Experiment:
 
     @property
     def model_checkpoint(self) -> Path:
-        return self.path / "checkpoints" / "model.pt"
+        return self.path / "checkpoints" / "model.safetensors"
 
     def write_config(self, config: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
         body = {"config": config, "argv": sys.argv, "cwd": os.getcwd(), **(extra or {})}

@@ -40,22 +40,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mnistdiff.config import TrainConfig
+from mnistdiff.config import RUN_CONFIGS, TrainConfig, to_dict
 from mnistdiff.devices import cpu_name, device_info
+from mnistdiff.modelfile import save_model_file
 from mnistdiff.training.batches import Data, chunks, num_rows, take, to_device
 from mnistdiff.training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from mnistdiff.training.experiment import Experiment
-from mnistdiff.training.precision import autocast_for, choose_precision, resolve_precision, started_precision
+from mnistdiff.training.precision import autocast_for, resolve_precision, started_precision
 from mnistdiff.training.signals import StopFlag, TrainingInterrupted, signal_name, stop_flag
-from mnistdiff.training.state import SIDECAR_KEYS, TrainState, lr_lambda
+from mnistdiff.training.state import SIDECAR_KEYS, TrainState
 from mnistdiff.unet import count_parameters
 
-__all__ = [
-    "TrainTask", "TrainResult", "fit", "TrainingInterrupted", "TrainingDiverged", "lr_lambda", "choose_precision",
-    "resolve_precision", "TrainLoop", "TrainState",
-]
-
-_started_precision = started_precision  # its name before it moved to mnistdiff.training.precision
+__all__ = ["TrainTask", "TrainResult", "fit", "TrainingInterrupted", "TrainingDiverged", "TrainLoop"]
 
 LossFn = Callable[[nn.Module, Data, "torch.Generator | None"], torch.Tensor]
 
@@ -70,8 +66,10 @@ class TrainTask:
 
     ``loss_fn(model, batch, generator) → scalar``; ``train_data``/``eval_data``: (N, …) tensors, or tuples of
     tensors with N rows each (latents and their labels: :mod:`~mnistdiff.training.batches`);
+    ``config``: the run config (a dataclass with a ``train`` field, e.g. :class:`~mnistdiff.config.DDPMRunConfig`),
+    recorded with every checkpoint, or a bare :class:`~mnistdiff.config.TrainConfig` for a task of no model kind;
     ``sample_fn(ema_model, folder, tag)`` writes sample images for an epoch (optional);
-    ``extra_state``: tensors and numbers saved in the final checkpoint (e.g. the latent scale).
+    ``extra_meta``: what else the trained model's file records (a latent model's κ, clip range and VAE hash).
     """
 
     kind: str
@@ -79,12 +77,20 @@ class TrainTask:
     loss_fn: LossFn
     train_data: Data
     eval_data: Data
-    train_config: TrainConfig
-    run_config: dict[str, Any]
+    config: Any
     sample_fn: Callable[[nn.Module, Any, str], None] | None = None
     final_fn: Callable[[nn.Module, Experiment], dict[str, Any]] | None = None
-    extra_state: dict[str, Any] = field(default_factory=dict)
-    extra_sidecar: dict[str, Any] = field(default_factory=dict)
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The training run's settings (``config.train``)."""
+        return self.config if isinstance(self.config, TrainConfig) else self.config.train
+
+    @property
+    def run_config(self) -> dict[str, Any]:
+        """``config`` as the dict every checkpoint records."""
+        return to_dict(self.config)
 
 
 @dataclass
@@ -122,19 +128,18 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     compile: bool | str = False,
-    amp: bool | None = None,
 ) -> TrainResult:
     """Train ``task`` in ``experiment``'s folder and return the EMA model.
 
-    ``amp`` (default: the config's ``precision``, see :func:`resolve_precision`) forces bf16 autocast
-    (True) or float32 (False); ``compile`` wraps the model in ``torch.compile`` (``True``, or a mode such as
+    The precision is the config's (:func:`~mnistdiff.training.precision.resolve_precision`); ``compile`` wraps
+    the model in ``torch.compile`` (``True``, or a mode such as
     ``"max-autotune-no-cudagraphs"``).
     Raises :class:`TrainingInterrupted` or :class:`TrainingDiverged`.
     SIGINT/SIGTERM are caught from the start of this call (before anything is written).
     """
     with stop_flag() as flag:
         loop = TrainLoop(task, experiment, flag, torch.device(device), resume=resume, progress=progress,
-                         compile=compile, amp=amp)
+                         compile=compile)
         return loop.run_loop()
 
 
@@ -147,14 +152,13 @@ class TrainLoop:
     """
 
     def __init__(self, task: TrainTask, experiment: Experiment, flag: StopFlag, device: torch.device, *,
-                 resume: bool = False, progress: bool = True, compile: bool | str = False,
-                 amp: bool | None = None) -> None:
+                 resume: bool = False, progress: bool = True, compile: bool | str = False) -> None:
         self.task, self.experiment, self.flag, self.device, self.progress = task, experiment, flag, device, progress
         self.cfg = cfg = task.train_config
         self.last = experiment.last_checkpoint
         started = started_precision(self.last) if resume else None
         # A resumed run keeps the precision it started in (and so resumes bit-exactly); a new one resolves it.
-        self.precision, speeds = (started, {}) if started else resolve_precision(task, device, amp)
+        self.precision, speeds = (started, {}) if started else resolve_precision(task, device)
         self.autocast = autocast_for(self.precision, device)
         model = task.model.to(device)
         if self.precision == "bf16_cl":
@@ -300,7 +304,7 @@ class TrainLoop:
                 self.task.sample_fn(self.state.ema.module, self.experiment.sub("epoch_samples"), f"epoch_{epoch:03d}")
 
     def finish(self) -> TrainResult:
-        """The final metrics and samples (``task.final_fn``), the loss curves and model.pt (the EMA weights)."""
+        """The final metrics and samples (``task.final_fn``), the loss curves and the model file (EMA weights)."""
         seconds = self.state.seconds()
         ema_model = self.state.ema.module.eval()
         metrics = self.metrics(seconds)
@@ -312,11 +316,10 @@ class TrainLoop:
         history = self.state.history
         plot_loss_curves(history, self.experiment.path / "loss_curves.png")
         self.experiment.write_metrics(metrics)
-        ckpt = save_checkpoint(
-            self.experiment.model_checkpoint,
-            {"model": ema_model.state_dict(), **self.task.extra_state},
-            kind=self.task.kind, config=self.task.run_config,
-            extra={"seconds": round(seconds, 2), "metrics": metrics, "history": history, **self.task.extra_sidecar},
+        ckpt = save_model_file(
+            self.experiment.model_checkpoint, ema_model.state_dict(),
+            {"kind": self.task.kind, "config": self.task.run_config, "seconds": round(seconds, 2), "metrics": metrics,
+             "history": history, **self.task.extra_meta},
         )
         return TrainResult(ema_model, history, self.experiment, ckpt, seconds)
 
@@ -360,7 +363,7 @@ class TrainLoop:
     @property
     def resume_cmd(self) -> str:
         """The command that continues this run."""
-        ldm = " <vae checkpoint>" if self.task.kind in ("ldm", "cldm") else ""
+        ldm = " <vae checkpoint>" if RUN_CONFIGS[self.task.kind].latent else ""
         return f"python -m mnistdiff train {self.task.kind}{ldm} --resume {self.experiment.path}"
 
     def kept(self) -> str:

@@ -80,14 +80,11 @@ def _images_per_second(task: TrainTask, batch: Data, precision: str, device: tor
     return round(steps * num_rows(batch) / (time.perf_counter() - t0), 1)
 
 
-def resolve_precision(task: TrainTask, device: torch.device, amp: bool | None) -> tuple[str, dict[str, float]]:
+def resolve_precision(task: TrainTask, device: torch.device) -> tuple[str, dict[str, float]]:
     """The precision a run trains in, and the probe's speeds when ``auto`` measured them.
 
-    ``amp`` given (True/False) wins: bf16 autocast (channels_last on CUDA) or fp32. Else the config's
-    ``precision``; ``None`` means bf16_cl on CUDA and fp32 on a CPU; ``auto`` probes on a CPU.
+    The config's ``precision``; ``None`` means bf16_cl on CUDA and fp32 on a CPU; ``auto`` probes on a CPU.
     """
-    if amp is not None:
-        return ("bf16_cl" if device.type == "cuda" else "bf16") if amp else "fp32", {}
     precision = task.train_config.precision
     if precision is None:
         return ("bf16_cl" if device.type == "cuda" else "fp32"), {}

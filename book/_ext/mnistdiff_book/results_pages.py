@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .layout import CHAPTERS, GENERATED_NOTE
-from .tables import flatten, format_value, is_scalar, render_json, table
+from .tables import cell_text, flatten, is_scalar, render_json, table
 
 __all__ = ["PROFILE_ORDER", "PROVENANCE_KEYS", "load_results", "results_markdown", "course_times_markdown"]
 
@@ -78,8 +78,8 @@ def _provenance(files: Mapping[str, Any]) -> dict[str, list[str]]:
             value = data.get(key)
             if is_scalar(value) and value is not None:
                 texts = found.setdefault(key, [])
-                if format_value(value) not in texts:
-                    texts.append(format_value(value))
+                if cell_text(value) not in texts:
+                    texts.append(cell_text(value))
     return found
 
 
@@ -132,7 +132,7 @@ def results_markdown(results_dir: Path) -> str:
 
 def _duration(seconds: Any) -> str:
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
-        return format_value(seconds)
+        return cell_text(seconds)
     if seconds < 60:
         return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
     minutes, secs = divmod(int(round(seconds)), 60)
@@ -155,7 +155,7 @@ def _read_course_times(results_dir: Path) -> tuple[dict[str, Mapping[str, Any]],
             continue
         profile = str(data.get("profile") or path.parent.name)
         times[profile] = data["notebooks"]
-        devices[profile] = format_value(data.get("device") or data.get("device_name") or "not recorded")
+        devices[profile] = cell_text(data.get("device") or data.get("device_name") or "not recorded")
     return times, devices
 
 

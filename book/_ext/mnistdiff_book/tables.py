@@ -10,7 +10,7 @@ import json
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["LONG_LIST", "format_value", "is_scalar", "table", "summarize", "render_json", "flatten"]
+__all__ = ["LONG_LIST", "cell_text", "is_scalar", "table", "summarize", "render_json", "flatten"]
 
 LONG_LIST = 12  # scalar lists longer than this (loss curves, per-epoch values) are summarised
 
@@ -34,7 +34,7 @@ def _format_float(value: float) -> str:
     return f"{value:.4g}"
 
 
-def format_value(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """One table cell: floats to 4 significant digits (whole numbers from 10,000 on), ``—`` for None."""
     if value is None:
         text = "—"
@@ -54,20 +54,20 @@ def format_value(value: Any) -> str:
 def summarize(values: Sequence[Any]) -> str:
     """A long list of scalars in one cell: its length, ends and (for numbers) range."""
     if len(values) <= LONG_LIST:
-        return ", ".join(format_value(v) for v in values)
-    first, second, last = (format_value(values[i]) for i in (0, 1, -1))
+        return ", ".join(cell_text(v) for v in values)
+    first, second, last = (cell_text(values[i]) for i in (0, 1, -1))
     text = f"{len(values)} values: {first}, {second}, …, {last}"
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if len(numbers) == len(values):
-        text += f" (min {format_value(min(numbers))}, max {format_value(max(numbers))})"
+        text += f" (min {cell_text(min(numbers))}, max {cell_text(max(numbers))})"
     return text
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A Markdown table; every cell goes through :func:`format_value`."""
-    lines = ["| " + " | ".join(format_value(h) for h in header) + " |", "|" + "---|" * len(header)]
+    """A Markdown table; every cell goes through :func:`cell_text`."""
+    lines = ["| " + " | ".join(cell_text(h) for h in header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        lines.append("| " + " | ".join(format_value(v) for v in row) + " |")
+        lines.append("| " + " | ".join(cell_text(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -133,7 +133,7 @@ def render_json(data: Any, title: str = "", level: int = 4) -> str:
         return _render_list(data, heading, title, level)
     if isinstance(data, Mapping):
         return _render_mapping(data, heading, title, level)
-    return f"{heading}{format_value(data)}\n"
+    return f"{heading}{cell_text(data)}\n"
 
 
 def _item_label(i: int, item: Any) -> tuple[str, Any]:
@@ -141,7 +141,7 @@ def _item_label(i: int, item: Any) -> tuple[str, Any]:
     if isinstance(item, Mapping):
         for key in NAME_KEYS:
             if is_scalar(item.get(key)) and item.get(key) is not None:
-                return f"{key}={format_value(item[key])}", {k: v for k, v in item.items() if k != key}
+                return f"{key}={cell_text(item[key])}", {k: v for k, v in item.items() if k != key}
     return f"[{i}]", item
 
 

@@ -1,0 +1,261 @@
+"""One trained model: load it from its file, sample from it, save it.
+
+A trained diffusion model is one safetensors file (:mod:`mnistdiff.modelfile`): the ε-network's weights,
+and in its header the kind, the run config (architecture, schedule, training), for a latent model the latent
+scale κ, the clip range of x̂_0 and the hash of the VAE's weights, and provenance (commit, device, minutes,
+metrics). :class:`DiffusionModel` is what the command line, every chapter and the evaluation hold::
+
+    model = DiffusionModel.load("checkpoints/book/ddpm.safetensors")
+    images, frames = model.sample(64, sampler="ddim", steps=50, seed=0)
+
+    cldm = DiffusionModel.load("checkpoints/book/cldm.safetensors", vae="checkpoints/book/vae.safetensors")
+    sevens, _ = cldm.sample(8, labels=7, guidance=2.0)
+
+:meth:`DiffusionModel.sample` checks its arguments once (a :class:`~mnistdiff.config.ConfigError`, a
+``ValueError`` that names the argument) and hands them to the loop, :func:`~mnistdiff.sampling.generate`,
+which checks nothing per step. The VAE is loaded by :func:`load_vae` (its run config and provenance in ``vae.meta``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnistdiff.config import (
+    DEFAULT_ETA,
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    PRECISIONS,
+    RUN_CONFIGS,
+    CLDMRunConfig,
+    ConfigError,
+    DDPMRunConfig,
+    LDMRunConfig,
+    VAERunConfig,
+    from_dict,
+    to_dict,
+)
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, SampleOutput
+from mnistdiff.latent import LatentCodec
+from mnistdiff.modelfile import CheckpointError, load_model_file, save_model_file
+from mnistdiff.sampling import OLD_FAST, SAMPLERS, generate, measure_precision
+from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.unet import NULL_LABEL, UNet
+from mnistdiff.vae import VAE
+
+__all__ = ["DiffusionModel", "load_vae", "save_vae", "DIFFUSION_KINDS", "LATENT_KINDS"]
+
+RunConfig = DDPMRunConfig | LDMRunConfig | CLDMRunConfig
+#: The kinds a :class:`DiffusionModel` holds, and those of them that diffuse in a VAE's latents.
+DIFFUSION_KINDS = tuple(k for k, cls in RUN_CONFIGS.items() if "diffusion" in {f.name for f in fields(cls)})
+LATENT_KINDS = tuple(k for k, cls in RUN_CONFIGS.items() if cls.latent)
+Labels = torch.Tensor | Sequence[int] | int | None
+
+
+def load_vae(path: str | Path, device: str | torch.device = "cpu") -> VAE:
+    """The VAE saved at ``path`` (verified; eval mode on ``device``); its run config and provenance in ``vae.meta``."""
+    tensors, meta = load_model_file(path, kind="vae", device=device)
+    cfg = from_dict(VAERunConfig, meta["config"])
+    vae = VAE(cfg.vae)
+    _load_weights(vae, tensors, path)
+    vae.meta = meta
+    return vae.to(device).eval()
+
+
+def save_vae(vae: VAE, path: str | Path, cfg: VAERunConfig, **provenance: Any) -> Path:
+    """Write ``vae`` and its run config (and ``provenance``: seconds, metrics, …) as one model file."""
+    return save_model_file(path, vae.state_dict(), {**provenance, "kind": "vae", "config": to_dict(cfg)})
+
+
+def _load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit the architecture its header describes: {err}") from err
+
+
+@dataclass
+class DiffusionModel:
+    """A trained ε-network with its schedule; ``codec`` (the VAE and κ) is set for a latent model.
+
+    ``clip_range`` is what x̂_0 is clipped to while sampling (the training codes' range for a latent model);
+    ``precision`` how :meth:`sample` runs the network unless told otherwise (``"fp32"``: as trained).
+    """
+
+    unet: UNet
+    schedule: NoiseSchedule
+    config: RunConfig
+    meta: dict[str, Any] = field(default_factory=dict)
+    codec: LatentCodec | None = None
+    clip_range: ClipRange = PIXEL_RANGE
+    precision: str = "fp32"
+
+    @property
+    def kind(self) -> str:
+        """``ddpm``, ``ldm`` or ``cldm``."""
+        return self.config.kind
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes a class-conditional model can be asked for (``sample(labels=…)``); ``None``: unconditional."""
+        return self.unet.config.num_classes
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """One sample's shape in the model's space: (1, 32, 32) pixels, or (c, 4, 4) latents."""
+        c = self.unet.config
+        return (c.in_channels, c.image_size, c.image_size)
+
+    @classmethod
+    def load(cls, path: str | Path, *, vae: str | Path | VAE | None = None, device: str | torch.device = "cpu",
+             kind: str | None = None) -> DiffusionModel:
+        """The model saved at ``path``, verified, on ``device`` (``kind``: refuse any other kind). A latent model
+        needs ``vae``: the VAE it was trained on (a path or a loaded :class:`~mnistdiff.vae.VAE`), checked against
+        the hash its file records."""
+        tensors, meta = load_model_file(path, kind=kind or DIFFUSION_KINDS, device=device)
+        cfg: RunConfig = from_dict(RUN_CONFIGS[meta["kind"]], meta["config"])
+        unet = UNet(cfg.unet)
+        _load_weights(unet, tensors, path)
+        model = cls(unet.to(device).eval(), NoiseSchedule.from_config(cfg.diffusion), cfg, meta)
+        if meta["kind"] in LATENT_KINDS:
+            model.codec = LatentCodec(_matching_vae(path, meta, vae, device), float(meta["latent_scale"]))
+            model.clip_range = (-float(meta["latent_clip"]), float(meta["latent_clip"]))
+        return model
+
+    def save(self, path: str | Path, **provenance: Any) -> Path:
+        """Write the weights and everything needed to rebuild them (one file); ``provenance`` adds header fields."""
+        meta = {**self.meta, **provenance, "kind": self.kind, "config": to_dict(self.config)}
+        for key in ("format_version", "weights_sha256", "torch_version"):
+            meta.pop(key, None)  # the file's own, rewritten by save_model_file
+        return save_model_file(path, self.unet.state_dict(), meta)
+
+    def sample(
+        self,
+        num_samples: int,
+        *,
+        sampler: str = "ddim",
+        steps: int = DEFAULT_STEPS,
+        eta: float = DEFAULT_ETA,
+        labels: Labels = None,
+        guidance: float = DEFAULT_GUIDANCE,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        precision: str | None = None,
+        compile: bool | str = False,
+        batch_size: int | None = None,
+        return_intermediates: bool = False,
+        progress: bool = False,
+        **old: Any,
+    ) -> SampleOutput:
+        """Draw ``num_samples`` images → ``SampleOutput(images (N, 1, 32, 32) in [−1, 1] on the CPU, frames)``.
+
+        ``sampler``: ``"ddim"`` (Song et al. eq. 12, ``steps`` steps, noise ``eta``: 0 deterministic, 1 DDPM-like)
+        or ``"ddpm"`` (Ho et al. Algorithm 2, all T steps). ``labels``: a digit, or one per sample (N,), for a
+        class-conditional model, guided with weight ``guidance`` w (ε̃ = ε(∅) + w·(ε(y) − ε(∅)); 0 ignores the
+        label, 1 is the conditional model); ``None``: unconditional samples. ``seed`` makes the draw reproducible
+        (bit for bit on a CPU). ``precision``: ``fp32``, ``bf16``, ``bf16_cl`` or ``auto`` (measured here; default
+        :attr:`precision`); ``compile``: ``torch.compile`` the network (``True`` or a mode). ``frames``
+        (``return_intermediates``) are the first batch's ``[(t, x_t), …]``, decoded. The old spellings ``mode``,
+        ``ddim_steps`` and ``fast`` still work, with a warning.
+        """
+        if old:
+            sampler, steps, precision, compile = _old_spellings(old, sampler, steps, precision, compile)
+        device = torch.device(device) if device is not None else next(self.unet.parameters()).device
+        y = self.check_request(num_samples, sampler, steps, eta, labels, guidance, batch_size, precision or "fp32")
+        precision = precision or self.precision
+        if precision == "auto":
+            self.measure_precision(device)
+            precision = self.precision
+        decode = self.codec.decode if self.codec is not None else None
+        if self.codec is not None:
+            self.codec.vae.to(device)
+        return generate(self.unet, self.schedule, num_samples, shape=self.sample_shape, sampler=sampler, steps=steps,
+                        eta=eta, seed=seed, device=device, batch_size=batch_size, decode=decode,
+                        return_intermediates=return_intermediates, progress=progress, precision=precision,
+                        compile=compile, clip_range=self.clip_range, labels=y, guidance=guidance)
+
+    def check_request(self, num_samples: int, sampler: str, steps: int, eta: float, labels: Labels, guidance: float,
+                      batch_size: int | None = None, precision: str = "fp32") -> torch.Tensor | None:
+        """:meth:`sample`'s arguments, checked once: a :class:`~mnistdiff.config.ConfigError` names the one at fault.
+        Returns the labels as a (N,) tensor (``None``: unconditional)."""
+        _positive("num_samples", num_samples)
+        if batch_size is not None:
+            _positive("batch_size", batch_size)
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}", "sampler")
+        if not 0.0 <= eta <= 1.0:
+            raise ConfigError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like noise), got {eta}", "eta")
+        T = self.schedule.num_timesteps
+        if sampler == "ddim" and not (isinstance(steps, int) and 1 <= steps <= T):
+            raise ConfigError(f"steps must be a whole number from 1 to the model's {T} timesteps, got {steps}", "steps")
+        if not (guidance >= 0 and math.isfinite(guidance)):
+            raise ConfigError(f"guidance must be a finite number >= 0 (0: no label, 1: the conditional model, "
+                              f"> 1: guided), got {guidance}", "guidance")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", "precision")
+        return self._labels(labels, num_samples)
+
+    def _labels(self, labels: Labels, n: int) -> torch.Tensor | None:
+        """``labels`` as an (n,) int64 tensor of digits (or ∅, :data:`~mnistdiff.unet.NULL_LABEL`)."""
+        if labels is None:
+            return None
+        if self.num_classes is None:
+            raise ConfigError(f"labels: this {self.kind} model is unconditional and cannot be asked for a digit; "
+                              "a class-conditional model (cldm) can", "labels")
+        y = torch.full((n,), int(labels)) if isinstance(labels, int) else torch.as_tensor(labels).long().flatten()
+        if tuple(y.shape) != (n,):
+            raise ConfigError(f"labels must be one digit or one per sample ({n}), got {tuple(y.shape)}", "labels")
+        if ((y < 0) & (y != NULL_LABEL)).any() or (y >= self.num_classes).any():
+            raise ConfigError(f"labels must be digits 0-{self.num_classes - 1} (or {NULL_LABEL}: none), "
+                              f"got {sorted(set(y.tolist()))}", "labels")
+        return y
+
+    def measure_precision(self, device: str | torch.device | None = None) -> dict[str, float]:
+        """Time fp32 against bf16 + channels_last on ``device`` and keep the faster as :attr:`precision` (bf16 is
+        fast only where the hardware has it: measured, never assumed). Returns network calls per second of each."""
+        device = device if device is not None else next(self.unet.parameters()).device
+        self.precision, speeds = measure_precision(self.unet, self.sample_shape, device)
+        self.meta["sampling_speeds"] = speeds
+        return speeds
+
+
+def _matching_vae(path: str | Path, meta: dict[str, Any], vae: str | Path | VAE | None,
+                  device: str | torch.device) -> VAE:
+    """The VAE a latent model was trained on: loaded if a path, and its weights' hash must be the one recorded."""
+    if vae is None:
+        raise CheckpointError(f"{path} is a latent {meta['kind']} model: pass the VAE it was trained on "
+                              "(DiffusionModel.load(path, vae=...); on the command line, the VAE checkpoint first)")
+    if not isinstance(vae, VAE):
+        vae = load_vae(vae, device)
+    found = getattr(vae, "meta", {}).get("weights_sha256")
+    if meta.get("vae_weights_sha256") and found != meta["vae_weights_sha256"]:
+        raise CheckpointError(f"{path} was trained on a different VAE than the one given (their weights' SHA-256 "
+                              "differ): pass the VAE checkpoint it was trained with")
+    return vae.to(device).eval()
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and value > 0):
+        raise ConfigError(f"{name} must be a positive number, got {value}", name)
+
+
+def _old_spellings(old: dict[str, Any], sampler: str, steps: int, precision: str | None,
+                   compile: bool | str) -> tuple[str, int, str | None, bool | str]:
+    """``mode`` → ``sampler``, ``ddim_steps`` → ``steps``, ``fast`` → ``precision`` and ``compile`` (with a warning)."""
+    import warnings
+
+    unknown = set(old) - {"mode", "ddim_steps", "fast"}
+    if unknown:
+        raise TypeError(f"sample() got unexpected keyword arguments {sorted(unknown)}")
+    warnings.warn("sample(mode=, ddim_steps=, fast=) are now sampler=, steps=, precision= (and compile=)",
+                  DeprecationWarning, stacklevel=3)
+    if "fast" in old:
+        if old["fast"] not in OLD_FAST:
+            raise ConfigError(f"fast must be one of {', '.join(OLD_FAST)}, got {old['fast']!r}", "fast")
+        precision, compile = OLD_FAST[old["fast"]]
+    return old.get("mode", sampler), old.get("ddim_steps", steps), precision, compile
