@@ -36,6 +36,9 @@ __all__ = [
     "MNIST_CLASSES",
     "PRECISIONS",
     "RUN_CONFIGS",
+    "VAE_KIND",
+    "DIFFUSION_KINDS",
+    "LATENT_KINDS",
 ]
 
 
@@ -336,8 +339,13 @@ class CLDMRunConfig:
 
 
 #: The run config of each model kind, by its ``kind`` tag (the tag is written once, in the class's ``kind`` field).
-RUN_CONFIGS: dict[str, type[Any]] = {cls().kind: cls for cls in (DDPMRunConfig, VAERunConfig, LDMRunConfig,
+RUN_CONFIGS: dict[str, type[Any]] = {cls.kind: cls for cls in (DDPMRunConfig, VAERunConfig, LDMRunConfig,
                                                              CLDMRunConfig)}
+#: The kind of the VAE, whose latents the latent kinds diffuse in; the kinds that diffuse (a DiffusionModel holds
+#: one), and those of them that diffuse in a VAE's latents.
+VAE_KIND: str = VAERunConfig.kind
+DIFFUSION_KINDS = tuple(k for k in RUN_CONFIGS if k != VAE_KIND)
+LATENT_KINDS = tuple(k for k, cls in RUN_CONFIGS.items() if cls.latent)
 
 _T = TypeVar("_T")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,11 @@ from mnistdiff.config import (
     DEFAULT_ETA,
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
+    DIFFUSION_KINDS,
+    LATENT_KINDS,
     PRECISIONS,
     RUN_CONFIGS,
+    VAE_KIND,
     CLDMRunConfig,
     ConfigError,
     DDPMRunConfig,
@@ -48,18 +51,15 @@ from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.unet import NULL_LABEL, UNet
 from mnistdiff.vae import VAE
 
-__all__ = ["DiffusionModel", "load_vae", "save_vae", "DIFFUSION_KINDS", "LATENT_KINDS"]
+__all__ = ["DiffusionModel", "load_vae", "save_vae"]
 
 RunConfig = DDPMRunConfig | LDMRunConfig | CLDMRunConfig
-#: The kinds a :class:`DiffusionModel` holds, and those of them that diffuse in a VAE's latents.
-DIFFUSION_KINDS = tuple(k for k, cls in RUN_CONFIGS.items() if "diffusion" in {f.name for f in fields(cls)})
-LATENT_KINDS = tuple(k for k, cls in RUN_CONFIGS.items() if cls.latent)
 Labels = torch.Tensor | Sequence[int] | int | None
 
 
 def load_vae(path: str | Path, device: str | torch.device = "cpu") -> VAE:
     """The VAE saved at ``path`` (verified; eval mode on ``device``); its run config and provenance in ``vae.meta``."""
-    tensors, meta = load_model_file(path, kind="vae", device=device)
+    tensors, meta = load_model_file(path, kind=VAE_KIND, device=device)
     cfg = from_dict(VAERunConfig, meta["config"])
     vae = VAE(cfg.vae)
     _load_weights(vae, tensors, path)
@@ -69,7 +69,7 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu") -> VAE:
 
 def save_vae(vae: VAE, path: str | Path, cfg: VAERunConfig, **provenance: Any) -> Path:
     """Write ``vae`` and its run config (and ``provenance``: seconds, metrics, …) as one model file."""
-    return save_model_file(path, vae.state_dict(), {**provenance, "kind": "vae", "config": to_dict(cfg)})
+    return save_model_file(path, vae.state_dict(), {**provenance, "kind": VAE_KIND, "config": to_dict(cfg)})
 
 
 def _load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -49,6 +49,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from mnistdiff.config import LATENT_KINDS
 from mnistdiff.files import PACKAGE_DIR, FileWriteError, atomic_write_bytes
 
 __all__ = [
@@ -67,7 +68,6 @@ FORMAT_VERSION = 2
 SUFFIX = ".safetensors"
 #: the largest header safetensors accepts (bytes); a bigger length field means "not a safetensors file"
 _MAX_HEADER = 100_000_000
-_LATENT_KINDS = ("ldm", "cldm")
 
 
 class CheckpointError(RuntimeError):
@@ -169,7 +169,7 @@ def _old_format_error(path: Path) -> CheckpointError:
             f"{path} is a resumable training state ({kind}), not a model file: continue the run with --resume, "
             f"or pass the run's model file (model{SUFFIX})"
         )
-    vae = " --vae VAE_PATH (the VAE it was trained on)" if kind in _LATENT_KINDS else ""
+    vae = " --vae VAE_PATH (the VAE it was trained on)" if kind in LATENT_KINDS else ""
     if kind is not None:
         src = path.with_suffix(".pt") if path.suffix == SUFFIX else path  # the converter writes NAME.safetensors
         rename = f"rename it to {src.name} and " if src != path else ""

@@ -72,13 +72,15 @@ def test_each_sample_gets_its_own_label(cond):
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("y,message", [(torch.tensor([10] * 6), "labels y must be in 0…9"),
-                                       (torch.tensor([-2] * 6), "labels y must be in 0…9"),
-                                       (torch.zeros(5, dtype=torch.long), "labels y must have shape (6,)")])
-def test_bad_labels_are_refused(cond, y, message):
+def test_bad_labels_are_refused(cond):
+    """The UNet checks the labels' shape; their values are checked once, by DiffusionModel.sample (below): a label
+    outside the embedding is an index error here."""
     x, t = _inputs()
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        cond(x, t, y)
+    with pytest.raises(ValueError, match=r"labels y must have shape \(6,\)"):
+        cond(x, t, torch.zeros(5, dtype=torch.long))
+    for bad in (10, -2):
+        with pytest.raises(IndexError):
+            cond(x, t, torch.full((6,), bad))
 
 
 def test_an_unconditional_unet_refuses_labels():

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mnistdiff.config import ConfigError, normalized, to_dict
+from mnistdiff.config import VAE_KIND, CLDMRunConfig, ConfigError, DDPMRunConfig, LDMRunConfig, normalized, to_dict
 from mnistdiff.course.profiles import Profile, get_profile
 from mnistdiff.devices import resolve_device
 from mnistdiff.files import atomic_copy, repo_root
@@ -93,8 +93,8 @@ def _load_else_train(kind: str, prof: Profile, device: torch.device, retrain: bo
     path, cfg, entry = checkpoint_path(kind, prof), getattr(prof, kind), KINDS[kind]
     vae = None
     if entry.latent:
-        _load_else_train("vae", prof, device, False, progress)
-        vae = checkpoint_path("vae", prof)
+        _load_else_train(VAE_KIND, prof, device, False, progress)
+        vae = checkpoint_path(VAE_KIND, prof)
     if not retrain:
         try:
             if _usable(path, cfg):
@@ -125,25 +125,25 @@ def _get(kind: str, profile: str | Profile | None, device: str | torch.device | 
 def get_ddpm(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
              retrain: bool = False, progress: bool = True) -> DiffusionModel:
     """The profile's pixel-space DDPM: load ``checkpoints/<profile>/ddpm.safetensors``, else train and store it."""
-    return _get("ddpm", profile, device, retrain, progress)
+    return _get(DDPMRunConfig.kind, profile, device, retrain, progress)
 
 
 def get_vae(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
             retrain: bool = False, progress: bool = True) -> VAE:
     """The profile's VAE (its run config and provenance in ``vae.meta``): load it, else train and store it."""
-    return _get("vae", profile, device, retrain, progress)
+    return _get(VAE_KIND, profile, device, retrain, progress)
 
 
 def get_ldm(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
             retrain: bool = False, progress: bool = True) -> DiffusionModel:
     """The profile's latent diffusion model (with its VAE), loading or training each as needed."""
-    return _get("ldm", profile, device, retrain, progress)
+    return _get(LDMRunConfig.kind, profile, device, retrain, progress)
 
 
 def get_cldm(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
              retrain: bool = False, progress: bool = True) -> DiffusionModel:
     """The profile's class-conditional latent model (chapter 7) with its VAE, loading or training each as needed."""
-    return _get("cldm", profile, device, retrain, progress)
+    return _get(CLDMRunConfig.kind, profile, device, retrain, progress)
 
 
 def _unfinished_run(runs: Path, kind: str, cfg: Any) -> Path | None:
@@ -182,7 +182,7 @@ def train_all(profile: str | Profile | None = None, *, device: str | torch.devic
             if resume is not None:
                 print(f"[mnistdiff] resuming {_shown(resume)}")
             print(f"[mnistdiff] training the {prof.name} {kind}")
-            vae = checkpoint_path("vae", prof) if entry.latent else None
+            vae = checkpoint_path(VAE_KIND, prof) if entry.latent else None
             result = entry.train(cfg, vae, out=runs, device=resolve_device(device), data_dir=data_dir, resume=resume,
                                  progress=progress)
             _store(result.checkpoint, dest)

@@ -49,9 +49,13 @@ class Profile:
     ddim_step_sweep: tuple[int, ...] = (10, 20, 50, 100)
     widget_frames: int = 8
     ancestral_samples: int | None = None  # the T-step ancestral samplers draw at most this many (None: eval_samples)
-    sample_fast: str = "off"  # how notebooks run the sampling network: off (fp32), amp, or auto (measured)
+    sample_precision: str = "fp32"  # how notebooks run the sampling network: fp32, bf16_cl, or auto (measured)
     guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)  # chapter 7's w, in its grid and its table
     guidance_samples: int = 10_000  # samples per w that chapter 7 scores (the same n for every w)
+    inline_steps: int = 160  # chapter 2: steps of its inline Algorithm 1 (batch 64, the smoke UNet), per run
+    loss_by_t_images: int = 1000  # chapter 2: test images its loss-against-t curve is measured on
+    vae_sweep_steps: int = 200  # chapter 4: Adam steps of each small VAE in its KL-weight sweep
+    scale_run_steps: int = 600  # chapter 5: Adam steps (of 128 codes) of each run on scaled and unscaled codes
 
 
 FULL = Profile(name="full", ddpm=DDPMRunConfig(), vae=VAERunConfig(), ldm=LDMRunConfig(), cldm=CLDMRunConfig())
@@ -97,6 +101,10 @@ SMOKE = Profile(
     ddim_step_sweep=(5, 10, 20),
     widget_frames=6,
     guidance_samples=100,
+    inline_steps=40,
+    loss_by_t_images=400,
+    vae_sweep_steps=60,
+    scale_run_steps=60,
 )
 
 # The book profile: found by measurement on a 2-core CPU (benchmarks/README.md, "The book profile").
@@ -135,8 +143,12 @@ BOOK = Profile(
     ddim_step_sweep=(10, 20, 50),
     widget_frames=8,
     ancestral_samples=100,
-    sample_fast="auto",
+    sample_precision="auto",
     guidance_samples=2000,
+    inline_steps=160,
+    loss_by_t_images=1000,
+    vae_sweep_steps=200,
+    scale_run_steps=600,
 )
 
 PROFILES = {"smoke": SMOKE, "book": BOOK, "full": FULL}

@@ -7,6 +7,6 @@
 ``metrics``        ``evaluate``, ``real_floor``, ``evaluate_npz`` and the tables' number formats
 ``guidance``       a class-conditional model's accuracy, FID, precision, recall against w
 ``umap_eval``      a UMAP fitted on real digits, with k-NN two-sample accuracies (needs ``[course]``)
-``report``         draw, score and floor a list of generators; the results file the book reads
+``report``         draw, score and floor generators; ``save_results`` writes the files the book reads
 =================  ==========================================================================
 """

@@ -7,8 +7,9 @@ Every metric depends on the sample count, so the results always carry the real-v
 count (:func:`mnistdiff.evaluation.metrics.real_floor`; for the k-NN accuracies, held-out real test images
 against real training images).
 
-The results go to ``results/<profile>/evaluation.json`` (or under ``$MNISTDIFF_RESULTS_DIR``),
-written atomically, with this layout::
+The results go to ``results/<profile>/<name>.json`` (or under ``$MNISTDIFF_RESULTS_DIR``),
+written atomically by :func:`save_results` (chapter 6's ``evaluation.json``, chapter 7's ``guidance.json``),
+with this layout::
 
     {"profile": "smoke", "device": "CPU (2 cores)", "n_samples": 200, "seed": 0, ...,
      "floor": {"fid": ..., "kid": ..., "knn_accuracy_umap": ..., ...},
@@ -27,9 +28,8 @@ Typical use (what chapter 6 does, step by step)::
     floor = real_floor(n, seed=0, device=DEVICE)
     real, labels, floor_images = umap_reference_sets(PROFILE.umap_real, n, seed=0)
     fig, umap_scores = umap_compare(samples, real, labels, floor_images, seed=0, device=DEVICE)
-    results = build_results(PROFILE.name, DEVICE, n, floor, scores, umap_scores=umap_scores,
-                            floor_umap_name=FLOOR_NAME)
-    write_results(results)
+    results, path = save_results("evaluation", PROFILE, device=DEVICE, n_samples=n, floor=floor,
+                                 generators=scores, umap_scores=umap_scores)  # build_results + write_results
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -52,20 +52,9 @@ from mnistdiff.evaluation.metrics import METRIC_KEYS, TABLE_COLUMNS, format_valu
 from mnistdiff.files import atomic_write_text, repo_root
 
 __all__ = [
-    "GeneratorSpec",
-    "Samples",
-    "draw_samples",
-    "score_samples",
-    "real_floor",
-    "floors_for",
-    "umap_reference_sets",
-    "umap_compare",
-    "build_results",
-    "results_dir",
-    "results_path",
-    "write_results",
-    "results_table",
-    "FLOOR_NAME",
+    "GeneratorSpec", "Samples", "draw_samples", "score_samples", "real_floor", "floors_for", "umap_reference_sets",
+    "umap_compare", "build_results", "results_dir", "results_path", "write_results", "save_results", "SavedResults",
+    "ROW_SECTIONS", "results_table", "FLOOR_NAME",
 ]
 
 #: The name of the real-vs-real reference, in tables and in ``class_histograms``.
@@ -75,12 +64,13 @@ FLOOR_NAME = "real (floor)"
 _METRIC_KEYS = (*METRIC_KEYS, "kid_std")
 _UMAP_KEYS = ("knn_accuracy_umap", "knn_accuracy_pixels", "knn_accuracy_features")
 
+#: Per-generator lists (``guidance_sweep``'s): :func:`save_results` moves each to a section of its own, by generator.
+ROW_SECTIONS = ("per_class_accuracy",)
+
 Sampler = Callable[[int, int], torch.Tensor]
 
 
-# ----------------------------------------------------------------------------------------------
-# the generators
-# ----------------------------------------------------------------------------------------------
+# -- the generators ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -111,9 +101,7 @@ class GeneratorSpec:
         return n if self.max_samples is None else min(n, self.max_samples)
 
 
-# ----------------------------------------------------------------------------------------------
-# sampling and scoring
-# ----------------------------------------------------------------------------------------------
+# -- sampling and scoring ----------------------------------------------------------------------
 
 
 @dataclass
@@ -134,14 +122,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def draw_samples(
-    specs: Sequence[GeneratorSpec],
-    n: int,
-    *,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    verbose: bool = True,
-) -> dict[str, Samples]:
+def draw_samples(specs: Sequence[GeneratorSpec], n: int, *, seed: int = 0, device: torch.device | str | None = None,
+                 verbose: bool = True) -> dict[str, Samples]:
     """Draw ``n`` samples (``spec.count(n)``) from each generator with the same ``seed``, timing each (wall clock).
 
     The time includes decoding (latent diffusion, VAE) and the copy to the CPU, i.e. what a user
@@ -175,13 +157,8 @@ def _histogram(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {str(d): float(p) for d, p in enumerate(metrics.get("class_histogram", []))}
 
 
-def score_samples(
-    samples: Mapping[str, Samples],
-    *,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    verbose: bool = True,
-) -> dict[str, dict[str, Any]]:
+def score_samples(samples: Mapping[str, Samples], *, seed: int = 0, device: torch.device | str | None = None,
+                  verbose: bool = True) -> dict[str, dict[str, Any]]:
     """:func:`mnistdiff.evaluation.metrics.evaluate` for each generator's samples, plus its description and timing.
 
     Returns name → a flat dict: the spec's ``label``, ``space``, ``sampler``, ``steps``, ``eta``;
@@ -239,16 +216,9 @@ def umap_reference_sets(
     return test.images, test.labels, floor.images
 
 
-def umap_compare(
-    samples: Mapping[str, Samples],
-    real_images: torch.Tensor,
-    real_labels: torch.Tensor | None,
-    floor_images: torch.Tensor,
-    *,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    ncols: int = 4,
-) -> tuple[Any, dict[str, dict[str, float]]]:
+def umap_compare(samples: Mapping[str, Samples], real_images: torch.Tensor, real_labels: torch.Tensor | None,
+                 floor_images: torch.Tensor, *, seed: int = 0, device: torch.device | str | None = None,
+                 ncols: int = 4) -> tuple[Any, dict[str, dict[str, float]]]:
     """:func:`mnistdiff.evaluation.umap_eval.umap_evaluation` of every generator and of the real floor.
 
     The UMAP is fitted on part of ``real_images`` (see :func:`umap_reference_sets`); the rest are
@@ -270,9 +240,7 @@ def umap_compare(
     return fig, {names[label]: v for label, v in scores.items()}
 
 
-# ----------------------------------------------------------------------------------------------
-# the results file
-# ----------------------------------------------------------------------------------------------
+# -- the results file --------------------------------------------------------------------------
 
 
 def _clean(value: Any) -> Any:
@@ -290,19 +258,11 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def build_results(
-    profile: str,
-    device: torch.device | str | None,
-    n_samples: int,
-    floor: Mapping[str, Any],
-    generators: Mapping[str, Mapping[str, Any]],
-    *,
-    umap_scores: Mapping[str, Mapping[str, float]] | None = None,
-    floor_umap_name: str | None = None,
-    seed: int = 0,
-    extra: Mapping[str, Any] | None = None,
-    other_floors: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
+def build_results(profile: str, device: torch.device | str | None, n_samples: int, floor: Mapping[str, Any],
+                  generators: Mapping[str, Mapping[str, Any]], *,
+                  umap_scores: Mapping[str, Mapping[str, float]] | None = None, floor_umap_name: str | None = None,
+                  seed: int = 0, extra: Mapping[str, Any] | None = None,
+                  other_floors: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Assemble the results file's dict (see the module docstring for its layout).
 
     ``floor``: :func:`real_floor`'s dict; ``generators``: :func:`score_samples`'s. ``umap_scores``:
@@ -375,6 +335,42 @@ def write_results(results: Mapping[str, Any], path: str | Path | None = None) ->
     text = json.dumps(_clean(dict(results)), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     atomic_write_text(path, text)
     return path
+
+
+class SavedResults(NamedTuple):
+    """:func:`save_results`' document, and its path (relative to the repository root when under it, to print)."""
+
+    results: dict[str, Any]
+    path: Path
+
+
+def save_results(name: str, profile: Any, *, device: torch.device | str | None, n_samples: int,
+                 floor: Mapping[str, Any], generators: Mapping[str, Mapping[str, Any]], seed: int = 0,
+                 umap_scores: Mapping[str, Mapping[str, float]] | None = None,
+                 other_floors: Mapping[str, Mapping[str, Any]] | None = None, model: Any = None,
+                 **fields: Any) -> SavedResults:
+    """:func:`build_results` written atomically to ``<results_dir>/<profile>/<name>.json``: a chapter's one call.
+
+    ``name``: the file's stem (``"evaluation"``); ``profile``: a profile or its name; the keywords up to
+    ``other_floors`` are :func:`build_results`' (``umap_scores`` with the floor's entry as :data:`FLOOR_NAME`).
+    ``fields``: more top-level fields, in order; after them each generator's :data:`ROW_SECTIONS` entries, moved
+    to sections of their own, and ``checkpoint_minutes`` of ``model`` (the trained model scored, its
+    ``meta["seconds"]``). The inputs are not changed.
+    """
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"name must be a plain file stem such as 'evaluation', got {name!r}")
+    rows = {gen: {k: v for k, v in row.items() if k not in ROW_SECTIONS} for gen, row in generators.items()}
+    derived = {key: {gen: row[key] for gen, row in generators.items() if key in row} for key in ROW_SECTIONS}
+    derived = {key: section for key, section in derived.items() if section}
+    if model is not None:
+        derived["checkpoint_minutes"] = round(model.meta["seconds"] / 60, 1)
+    if set(fields) & set(derived):
+        raise ValueError(f"fields {sorted(set(fields) & set(derived))} are written by save_results itself")
+    prof = str(getattr(profile, "name", profile))
+    results = build_results(prof, device, n_samples, floor, rows, umap_scores=umap_scores, floor_umap_name=FLOOR_NAME,
+                            seed=seed, extra={**fields, **derived}, other_floors=other_floors)
+    path, root = write_results(results, results_dir() / prof / f"{name}.json"), repo_root()
+    return SavedResults(results, path.relative_to(root) if path.is_relative_to(root) else path)
 
 
 def results_table(

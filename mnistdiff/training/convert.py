@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mnistdiff.model import LATENT_KINDS
+from mnistdiff.config import LATENT_KINDS, VAE_KIND
 from mnistdiff.modelfile import SUFFIX, CheckpointError, git_commit, load_model_file, save_model_file, weights_sha256
 from mnistdiff.training.checkpoints import load_checkpoint, sha256_file
 
@@ -43,7 +43,7 @@ def _vae_weights_sha256(vae: Path, side: dict[str, Any], old: Path) -> str:
     latent model at ``old`` was trained on when its sidecar records that (``vae_sha256``: the old VAE file's)."""
     trained_on = side.get("vae_sha256")
     if vae.suffix == SUFFIX:
-        _, meta = load_model_file(vae, kind="vae")
+        _, meta = load_model_file(vae, kind=VAE_KIND)
         known = meta.get("converted_from_sha256")
         if trained_on and known != trained_on:
             raise CheckpointError(
@@ -57,7 +57,7 @@ def _vae_weights_sha256(vae: Path, side: dict[str, Any], old: Path) -> str:
             f"{old} was trained on a different VAE than {vae} (SHA-256 differs): pass the VAE checkpoint it was "
             "trained with"
         )
-    tensors, _ = load_checkpoint(vae, kind="vae")
+    tensors, _ = load_checkpoint(vae, kind=VAE_KIND)
     return weights_sha256(tensors["model"])
 
 

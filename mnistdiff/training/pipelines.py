@@ -122,7 +122,7 @@ def train_ddpm(
     train, test = _data(cfg.train, data_dir, device)
     sample_fn, final_fn = _diffusion_samplers(sched, (1, 32, 32), cfg.train.seed, cfg.train.num_samples, device)
     loss_fn = make_diffusion_loss(sched, None, cfg.diffusion.min_snr_gamma)
-    task = TrainTask("ddpm", model, loss_fn, train.images, test.images, cfg,
+    task = TrainTask(cfg.kind, model, loss_fn, train.images, test.images, cfg,
                      sample_fn=sample_fn, final_fn=final_fn)
     return _run(task, out, resume, device, progress, compile)
 
@@ -161,7 +161,7 @@ def train_vae(
                        title="VAE latents: coordinates 0 and 1", project=False)
         return {"test_reconstruction_mse": round(mse, 6)}
 
-    task = TrainTask("vae", model, loss_fn, train.images, test.images, cfg,
+    task = TrainTask(cfg.kind, model, loss_fn, train.images, test.images, cfg,
                      sample_fn=sample_fn, final_fn=final_fn)
     return _run(task, out, resume, device, progress, compile)
 
