@@ -66,11 +66,9 @@ import torch.nn.functional as F
 from matplotlib.ticker import MaxNLocator
 
 from mnistdiff import NoiseSchedule, UNet, diffusion_loss, make_diffusion_loss, min_snr_weight, p_mean_variance
-from mnistdiff import TrainConfig, p_sample, predict_x0_from_eps, q_posterior, q_sample
+from mnistdiff import p_sample, predict_x0_from_eps, q_posterior, q_sample
 from mnistdiff import default_device, get_ddpm, get_profile, load_mnist
 from mnistdiff import grid_array, pick_frames, plot_loss_curves, show_grid
-from mnistdiff.training.ema import ema_decay_at
-from mnistdiff.training.state import TrainState
 from mnistdiff.course.widgets import denoising_player, timestep_explorer
 
 PROFILE = get_profile()
@@ -88,7 +86,7 @@ print(f"profile: {PROFILE.name}, device: {DEVICE}, T = {T} timesteps, {PROFILE.d
 
 # %%
 preview = get_ddpm(device=DEVICE, progress=False)
-show_grid(preview.sample(32, mode="ddim", ddim_steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE)[0], nrow=16,
+show_grid(preview.sample(32, sampler="ddim", steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE)[0], nrow=16,
           title=f"the trained DDPM ({PROFILE.name} profile), DDIM-{PROFILE.ddim_steps}")
 plt.show()
 
@@ -412,14 +410,15 @@ print(f"w_t < 1 for t ≤ {int((min_snr_weight(schedule, all_t, GAMMA) < 1).sum(
 #
 # with $d = 0.999$ and $n$ the number of updates so far (the first update copies $\theta$; the warm-up
 # of $d_n$ lets the random initial weights be forgotten within a few hundred steps). The network is
-# the `smoke` profile's tiny UNet, the schedule this profile's. First, two steps of our loop against
-# the package's pieces: the same optimiser, learning-rate schedule and EMA built by
-# `TrainState.create`, the package's loss `make_diffusion_loss`, stepped as `TrainLoop.train_step`
-# steps them.
+# the `smoke` profile's tiny UNet, the schedule this profile's, and the run `PROFILE.inline_steps` steps
+# long. First, the loss of our loop's first batch against the package's loss `make_diffusion_loss`,
+# with the same draws of $t$ and $\epsilon$. (The package trains with this same loop, written once as
+# `TrainState` and `TrainLoop.train_step`; `tests/test_training_loop.py` checks that two of its steps give
+# the same weights and EMA weights as two steps of this one.)
 
 # %%
 SMALL = get_profile("smoke").ddpm.unet  # 71 k parameters: a few hundred steps take well under a minute
-INLINE_STEPS = 40 if PROFILE.name == "smoke" else 160
+INLINE_STEPS = PROFILE.inline_steps  # 160 in the `book` profile
 INLINE_BATCH, INLINE_LR, INLINE_DECAY = 64, 2e-3, 0.999
 train = load_mnist("train")
 
@@ -432,26 +431,24 @@ def lr_factor(step: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
-def algorithm1(sched: NoiseSchedule, steps: int, seed: int = SEED, check_steps: int | None = None):
-    """Train a fresh SMALL UNet with L_simple for ``steps`` steps → (network, EMA weights, losses).
+def draw_batch(data_gen: torch.Generator, sched: NoiseSchedule, step: int, seed: int = SEED):
+    """Step ``step``'s batch: x_0 from the data (``data_gen``), then t and ε from a generator seeded per step."""
+    x0 = train.images[torch.randint(0, len(train.images), (INLINE_BATCH,), generator=data_gen)]  # x_0 ~ q(x_0)
+    noise_gen = torch.Generator().manual_seed(seed + 1 + step)
+    t = torch.randint(0, sched.num_timesteps, (INLINE_BATCH,), generator=noise_gen)  # indices t − 1, t ~ U{1..T}
+    eps = torch.randn(x0.shape, generator=noise_gen)  # ε ~ N(0, I)
+    return x0, t, eps
 
-    With ``check_steps``, stop after that many steps and also return the package's state trained alongside.
-    """
+
+def algorithm1(sched: NoiseSchedule, steps: int, seed: int = SEED):
+    """Train a fresh SMALL UNet with L_simple for ``steps`` steps → (network, EMA weights, losses)."""
     torch.manual_seed(seed)
     net = UNet(SMALL)
-    twin = UNet(SMALL)
-    twin.load_state_dict(net.state_dict())
     ema = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.AdamW(net.parameters(), lr=INLINE_LR, weight_decay=0.0)
-    cfg = TrainConfig(lr=INLINE_LR, batch_size=INLINE_BATCH, warmup_steps=max(steps // 10, 1), ema_decay=INLINE_DECAY)
-    pkg = TrainState.create(twin, cfg, total_steps=steps) if check_steps else None
-    pkg_loss = make_diffusion_loss(sched)
     data_gen, losses = torch.Generator().manual_seed(seed), []
-    for step in range(check_steps or steps):
-        x0 = train.images[torch.randint(0, len(train.images), (INLINE_BATCH,), generator=data_gen)]  # x_0 ~ q(x_0)
-        noise_gen = torch.Generator().manual_seed(seed + 1 + step)
-        t = torch.randint(0, sched.num_timesteps, (INLINE_BATCH,), generator=noise_gen)  # indices t − 1, t ~ U{1..T}
-        eps = torch.randn(x0.shape, generator=noise_gen)  # ε ~ N(0, I)
+    for step in range(steps):
+        x0, t, eps = draw_batch(data_gen, sched, step, seed)
         for group in opt.param_groups:
             group["lr"] = INLINE_LR * lr_factor(step, steps)
         loss = loss_inline(net, sched, x0, t, eps)  # ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²
@@ -464,35 +461,27 @@ def algorithm1(sched: NoiseSchedule, steps: int, seed: int = SEED, check_steps: 
             for e, p in zip(ema, net.parameters()):
                 e.mul_(d).add_(p.detach(), alpha=1 - d)
         losses.append(loss.item())
-        if pkg is not None:  # the package's step on the twin, with the same batch and the same draws of t, ε
-            pkg_value = pkg_loss(twin, x0, torch.Generator().manual_seed(seed + 1 + step))
-            torch.testing.assert_close(pkg_value, loss)
-            pkg.optimizer.zero_grad(set_to_none=True)
-            pkg_value.backward()
-            torch.nn.utils.clip_grad_norm_(twin.parameters(), cfg.grad_clip)
-            pkg.optimizer.step()
-            pkg.scheduler.step()
-            pkg.ema.update_parameters(twin)
-    return net, ema, losses, pkg
+    return net, ema, losses
 
 
-net, ema, losses, pkg = algorithm1(schedule, INLINE_STEPS, check_steps=2)
-for ours, theirs in zip(net.parameters(), pkg.model.parameters()):
-    torch.testing.assert_close(ours, theirs)
-for ours, theirs in zip(ema, pkg.ema.module.parameters()):
-    torch.testing.assert_close(ours, theirs)
-print(f"2 steps: our losses {losses[0]:.4f}, {losses[1]:.4f} equal make_diffusion_loss's; our weights and EMA "
-      f"equal TrainState's (EMA decay of the 2nd update: d_1 = {ema_decay_at(1, INLINE_DECAY):.4f})")
+torch.manual_seed(SEED)
+first_net = UNet(SMALL)  # algorithm1's network before its first step
+x0_first, t_first, eps_first = draw_batch(torch.Generator().manual_seed(SEED), schedule, 0)
+with torch.no_grad():
+    ours = loss_inline(first_net, schedule, x0_first, t_first, eps_first)
+    theirs = make_diffusion_loss(schedule)(first_net, x0_first, torch.Generator().manual_seed(SEED + 1))
+torch.testing.assert_close(ours, theirs)
+print(f"the first batch's loss: ours {ours.item():.4f}, make_diffusion_loss's {theirs.item():.4f} (the same t and ε)")
 
 # %% [markdown]
-# Now the whole run, `INLINE_STEPS` steps of batch 64 (160 in the `book` profile), and its loss
-# curve. The loss of each step is noisy, because every batch draws its own timesteps and some $t$
+# Now the whole run, `INLINE_STEPS` steps of batch 64 (`PROFILE.inline_steps`: 160 in the `book` profile),
+# and its loss curve. The loss of each step is noisy, because every batch draws its own timesteps and some $t$
 # are much harder than others (next section); a running mean shows the trend. At the end, the raw
 # and the EMA weights are scored on the same 512 test images with the same $t$ and $\epsilon$.
 
 # %%
 start = time.perf_counter()
-net, ema, losses, _ = algorithm1(schedule, INLINE_STEPS)
+net, ema, losses = algorithm1(schedule, INLINE_STEPS)
 inline_seconds = time.perf_counter() - start
 ema_net = UNet(SMALL)
 with torch.no_grad():
@@ -526,11 +515,11 @@ plt.show()
 #
 # ### The package's training
 #
-# `get_ddpm` loads this profile's trained model from `checkpoints/<profile>/ddpm.pt`, or trains it
+# `get_ddpm` loads this profile's trained model from `checkpoints/<profile>/ddpm.safetensors`, or trains it
 # with the package's training loop (AdamW, warm-up and cosine learning-rate decay, gradient clipping,
 # an exponential moving average of the weights) and stores it. The `book` profile's checkpoint is
 # committed with the repository: a 0.63 M-parameter UNet trained with min-SNR-5 for 4 epochs on all 60,000 images
-# on two CPU cores (`python -m mnistdiff train all --profile book`; its sidecar records the recipe,
+# on two CPU cores (`python -m mnistdiff train all --profile book`; the file's header records the recipe,
 # the CPU and the minutes, printed below). The `smoke` profile trains a tiny model for seconds on
 # a subset, enough to see the machinery work but not to draw digits; `full` is the reference
 # recipe for a GPU (1.7 M parameters, 100 epochs).
@@ -581,7 +570,7 @@ def loss_by_t(net: torch.nn.Module, sched: NoiseSchedule, images: torch.Tensor, 
     return centre, torch.bincount(which, weights=per_image.double(), minlength=bins) / count
 
 
-LOSS_IMAGES = test.images[: 400 if PROFILE.name == "smoke" else 1000]
+LOSS_IMAGES = test.images[: PROFILE.loss_by_t_images]
 centre, by_t = loss_by_t(model.unet, schedule, LOSS_IMAGES)
 print(f"{'t (bin mean)':>13} {'‖ε − ε_θ‖²':>11}")
 for k in range(0, len(centre), 4):
@@ -632,7 +621,7 @@ plt.show()
 # Solution 2.2: the same inline run under the linear schedule; loss against t of both tiny models.
 linear_schedule = NoiseSchedule.make("linear", T)
 start = time.perf_counter()
-net_linear, _, losses_linear, _ = algorithm1(linear_schedule, INLINE_STEPS)
+net_linear, _, losses_linear = algorithm1(linear_schedule, INLINE_STEPS)
 print(f"linear-schedule run: {INLINE_STEPS} steps in {time.perf_counter() - start:.1f} s")
 runs = {"cosine": loss_by_t(net, schedule, LOSS_IMAGES), "linear": loss_by_t(net_linear, linear_schedule, LOSS_IMAGES)}
 x0_power = LOSS_IMAGES.pow(2).mean().double()  # the mean of x_0² per pixel
@@ -1012,13 +1001,14 @@ plt.show()
 # ## 4. Sampling
 #
 # Algorithm 2 is that step in a loop: $x_T \sim \mathcal N(0, I)$, then $t = T, T-1, \dots, 1$ (the
-# network sees the indices $T - 1, \dots, 0$). The package's `DiffusionModel.sample(mode="ddpm")`
+# network sees the indices $T - 1, \dots, 0$). The package's `DiffusionModel.sample(sampler="ddpm")`
 # runs it (`mnistdiff.ddpm.p_sample_loop`) with one seeded random generator, so the same seed always
 # gives the same digits:
 
 # %%
 start = time.perf_counter()
-samples, frames = model.sample(PROFILE.num_samples, mode="ddpm", seed=SEED, device=DEVICE, return_intermediates=True)
+samples, frames = model.sample(PROFILE.num_samples, sampler="ddpm", seed=SEED, device=DEVICE,
+                               return_intermediates=True)
 seconds = time.perf_counter() - start
 print(f"{PROFILE.num_samples} samples × {T} network calls in {seconds:.1f} s "
       f"({seconds / PROFILE.num_samples * 1e3:.0f} ms per sample on {DEVICE})")

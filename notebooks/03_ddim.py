@@ -74,13 +74,13 @@ print(f"profile: {PROFILE.name}, device: {DEVICE}")
 preview = get_ddpm(device=DEVICE, progress=False)
 fig, axes = plt.subplots(2, 1, figsize=(8, 2.6))
 for ax, eta in zip(axes, (1.0, 0.0)):
-    x, _ = preview.sample(16, mode="ddim", ddim_steps=PROFILE.ddim_steps, eta=eta, seed=SEED, device=DEVICE)
+    x, _ = preview.sample(16, sampler="ddim", steps=PROFILE.ddim_steps, eta=eta, seed=SEED, device=DEVICE)
     show_grid(x, nrow=16, ax=ax, title=f"DDIM-{PROFILE.ddim_steps}, η = {eta:g}")
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The trained DDPM of chapter 2 (loaded from `checkpoints/<profile>/ddpm.pt`, or trained now if
+# The trained DDPM of chapter 2 (loaded from `checkpoints/<profile>/ddpm.safetensors`, or trained now if
 # this notebook runs first):
 
 # %%
@@ -355,7 +355,7 @@ ab1 = float(schedule.alphas_cumprod[t1].double())
 x0_naive = (x_T - (1 - ab0).sqrt() * eps_hat) / ab0.sqrt()  # float32, unclipped
 x1_naive = ab1**0.5 * x0_naive + (1 - ab1) ** 0.5 * eps_hat  # eq. 12 with η = 0, as written
 x1_clip = ab1**0.5 * x0_naive.clamp(-1, 1) + (1 - ab1) ** 0.5 * eps_hat  # x̂_0 clipped, the raw ε̂ kept
-x1_safe, x0_safe = ddim_step(schedule.to(DEVICE), x_T, eps_hat, t0, t1)  # clipped, ε̂ recomputed, float64
+x1_safe, x0_safe = ddim_step(schedule.to(DEVICE), x_T, eps_hat, t0, t1, eta=0.0)  # clipped, ε̂ recomputed, float64
 first_steps = {"naive (as written)": (x0_naive, x1_naive), "clip only": (x0_naive.clamp(-1, 1), x1_clip),
                "package (clip, recompute ε̂)": (x0_safe, x1_safe)}
 
@@ -382,7 +382,7 @@ for name, (x0_v, x1_v) in first_steps.items():
 
 # %%
 with torch.no_grad():
-    rest = dict(timesteps=steps[1:], device=DEVICE)
+    rest = dict(timesteps=steps[1:], eta=0.0, device=DEVICE)
     finished = {name: ddim_sample_loop(model.unet, schedule, x_T.shape, x_T=x1_v, **rest).images.clamp(-1, 1).cpu()
                 for name, (_, x1_v) in first_steps.items()}
 from_naive, from_safe = finished["naive (as written)"], finished["package (clip, recompute ε̂)"]
@@ -418,8 +418,8 @@ def timed_sample(n: int, **kwargs) -> tuple[torch.Tensor, float]:
     return x, (time.perf_counter() - start) / n
 
 
-ddpm, ddpm_sec = timed_sample(N, mode="ddpm")
-ddim, ddim_sec = timed_sample(N, mode="ddim", ddim_steps=PROFILE.ddim_steps, eta=0.0)
+ddpm, ddpm_sec = timed_sample(N, sampler="ddpm")
+ddim, ddim_sec = timed_sample(N, sampler="ddim", steps=PROFILE.ddim_steps, eta=0.0)
 fig, axes = plt.subplots(1, 2, figsize=(10, 1.2 + 1.2 * ((N + 7) // 8)))
 show_grid(ddpm, nrow=8, title=f"DDPM, {T} steps: {ddpm_sec * 1e3:.0f} ms/sample", ax=axes[0])
 show_grid(ddim, nrow=8, title=f"DDIM, {PROFILE.ddim_steps} steps, η = 0: {ddim_sec * 1e3:.0f} ms/sample", ax=axes[1])
@@ -453,9 +453,9 @@ plt.show()
 
 # %%
 N_CHECK = min(N, 4)  # T network calls per image: a few images prove the point
-# float32 network (fast="off"): under bf16 the two samplers' tiny rounding differences would grow over T steps
-ddim_all, _ = timed_sample(N_CHECK, mode="ddim", ddim_steps=T, eta=1.0, fast="off")
-ddpm_few, _ = timed_sample(N_CHECK, mode="ddpm", fast="off")
+# float32 network (precision="fp32"): under bf16 the two samplers' tiny rounding differences would grow over T steps
+ddim_all, _ = timed_sample(N_CHECK, sampler="ddim", steps=T, eta=1.0, precision="fp32")
+ddpm_few, _ = timed_sample(N_CHECK, sampler="ddpm", precision="fp32")
 gap = (ddim_all - ddpm_few).abs().max().item()
 torch.testing.assert_close(ddim_all, ddpm_few, rtol=0, atol=5e-3)
 print(f"DDIM (S = T = {T}, η = 1) vs DDPM, same seed: max |difference| = {gap:.1e} over {N_CHECK} images")
@@ -499,9 +499,9 @@ def quality(x: torch.Tensor) -> dict[str, float]:
 # %%
 results = []
 for S in PROFILE.ddim_step_sweep:
-    x, sec = timed_sample(N_EVAL, mode="ddim", ddim_steps=S, eta=0.0)
+    x, sec = timed_sample(N_EVAL, sampler="ddim", steps=S, eta=0.0)
     results.append({"sampler": f"DDIM {S}", "steps": S, "ms/sample": sec * 1e3, **quality(x)})
-x, sec = (ddpm, ddpm_sec) if N_EVAL == N else timed_sample(N_EVAL, mode="ddpm")
+x, sec = (ddpm, ddpm_sec) if N_EVAL == N else timed_sample(N_EVAL, sampler="ddpm")
 results.append({"sampler": f"DDPM {T}", "steps": T, "ms/sample": sec * 1e3, **quality(x)})
 
 keys = [k for k in results[0] if k not in ("sampler", "steps")]
@@ -537,7 +537,7 @@ plt.show()
 # :class: tip
 # Section 2 argued that the original code's "leading" list, which starts at $t = T - c + 1$, asks the network
 # for a trace of a digit that pure noise does not hold. Sample `N` images with $S = 10$ steps and
-# $\eta = 0$ from the same $x_T$ with both lists (`ddim_sample_loop(..., timesteps=...)`). *Predict*
+# $\eta = 0$ from the same $x_T$ with both lists (`ddim_sample_loop(..., timesteps=..., eta=0.0)`). *Predict*
 # first: will the leading list be visibly worse on this model? Lin et al. (§3.3) find that it cannot
 # produce images much brighter or darker than average: what does that predict for the spread of the
 # samples' mean brightness? Measure with `quality` and that spread.
@@ -569,7 +569,8 @@ print(f"test digits: spread (std) of the per-image mean pixel value {real_means.
 by_list = {}
 for name, idx in lists.items():
     with torch.no_grad():
-        x = ddim_sample_loop(model.unet, schedule, x_T_lead.shape, x_T=x_T_lead, timesteps=idx, device=DEVICE)
+        x = ddim_sample_loop(model.unet, schedule, x_T_lead.shape, x_T=x_T_lead, timesteps=idx, eta=0.0,
+                             device=DEVICE)
     by_list[name] = x.images.clamp(-1, 1).cpu()
     q = ", ".join(f"{k} {v:.3f}" for k, v in quality(by_list[name]).items())
     spread = by_list[name].flatten(1).mean(1).std().item()
@@ -631,7 +632,7 @@ def grain_and_balance(x: torch.Tensor) -> tuple[float, float, int]:
 real_grain = grain_and_balance(load_mnist("test").images[:N])[0]
 print(f"real test digits:        grain {real_grain:.3f}")
 for eta in (0.0, 1.0):
-    x, _ = timed_sample(N, mode="ddim", ddim_steps=PROFILE.ddim_steps, eta=eta)
+    x, _ = timed_sample(N, sampler="ddim", steps=PROFILE.ddim_steps, eta=eta)
     g, share, top = grain_and_balance(x)
     print(f"DDIM-{PROFILE.ddim_steps}, η = {eta:g}:  grain {g:.3f}, most common digit {top} ({share:.0%} of {N})")
 
@@ -660,8 +661,9 @@ for eta in (0.0, 1.0):
 # ([arXiv:2206.00364](https://arxiv.org/abs/2206.00364), §4, Fig. 5b) find the same, that
 # stochastic sampling helps most when the network is weaker. For that reason the package's
 # *default* is $\eta = 1$ (`mnistdiff.config.DEFAULT_ETA`, used by `DiffusionModel.sample` and
-# `python -m mnistdiff sample`); `ddim_sample_loop` keeps the paper's $\eta = 0$. More training is one
-# remedy; a better-posed target is the other.
+# `python -m mnistdiff sample`); the core loops, `ddim_step` and `ddim_sample_loop`, have no default and take
+# $\eta$ from their caller (this chapter passes the paper's $\eta = 0$ wherever it means the deterministic
+# sampler). More training is one remedy; a better-posed target is the other.
 #
 # **The principled fix for the ill-posed end: $v$-prediction.** An $\epsilon$-network is ill-posed where
 # $\bar\alpha_t \to 0$. At $t = T$ the input $x_T$ is almost exactly $\epsilon$, so predicting $\hat\epsilon$ is easy,
@@ -754,8 +756,9 @@ inv_steps = ddim_timesteps(T, PROFILE.ddim_steps)
 digits8 = load_mnist("test").images[:8].to(DEVICE)
 latents = ddim_invert(model.unet, schedule, digits8, inv_steps)
 with torch.no_grad():
-    recon = ddim_sample_loop(model.unet, schedule, digits8.shape, x_T=latents, timesteps=inv_steps, device=DEVICE)
-    recon_noclip = ddim_sample_loop(model.unet, schedule, digits8.shape, x_T=latents, timesteps=inv_steps,
+    recon = ddim_sample_loop(model.unet, schedule, digits8.shape, x_T=latents, timesteps=inv_steps, eta=0.0,
+                             device=DEVICE)
+    recon_noclip = ddim_sample_loop(model.unet, schedule, digits8.shape, x_T=latents, timesteps=inv_steps, eta=0.0,
                                     device=DEVICE, clip_range=None)
 recon, recon_noclip = recon.images.clamp(-1, 1), recon_noclip.images.clamp(-1, 1)
 
@@ -810,7 +813,7 @@ for S in PROFILE.ddim_step_sweep:
     idx = ddim_timesteps(T, S)
     lat = latents if idx == inv_steps else ddim_invert(model.unet, schedule, digits8, idx)
     with torch.no_grad():
-        rec = ddim_sample_loop(model.unet, schedule, digits8.shape, x_T=lat, timesteps=idx, device=DEVICE)
+        rec = ddim_sample_loop(model.unet, schedule, digits8.shape, x_T=lat, timesteps=idx, eta=0.0, device=DEVICE)
     print(f"S = {S:>3}: reconstruction error {pixel_error(rec.images.clamp(-1, 1), digits8):.4f} per pixel, "
           f"std of the inverted x_T {lat.std().item():.3f}")
 
@@ -847,7 +850,8 @@ norms = torch.randn(10_000, 32 * 32, generator=gen).norm(dim=1)
 weights = torch.linspace(0, 1, 9)
 path = torch.stack([slerp(z_a, z_b, float(w)) for w in weights]).to(DEVICE)
 with torch.no_grad():
-    strip = ddim_sample_loop(model.unet, schedule, path.shape, x_T=path, ddim_steps=PROFILE.ddim_steps, device=DEVICE)
+    strip = ddim_sample_loop(model.unet, schedule, path.shape, x_T=path, ddim_steps=PROFILE.ddim_steps, eta=0.0,
+                             device=DEVICE)
 show_grid(strip.images.clamp(-1, 1).cpu(), nrow=9,
           title=f"slerp between two x_T, decoded with DDIM-{PROFILE.ddim_steps}, η = 0")
 plt.show()
@@ -891,7 +895,7 @@ print("slerp path norms:", " ".join(f"{v:.1f}" for v in path.flatten(1).norm(dim
 line = torch.stack([(1 - w) * z_a + w * z_b for w in weights]).to(DEVICE)
 with torch.no_grad():
     strip_line = ddim_sample_loop(model.unet, schedule, line.shape, x_T=line, ddim_steps=PROFILE.ddim_steps,
-                                  device=DEVICE)
+                                  eta=0.0, device=DEVICE)
 fig, axes = plt.subplots(2, 1, figsize=(8, 2.6))
 show_grid(strip.images.clamp(-1, 1).cpu(), nrow=9, title="slerp", ax=axes[0])
 show_grid(strip_line.images.clamp(-1, 1).cpu(), nrow=9, title="straight line", ax=axes[1])

@@ -77,7 +77,7 @@ print(f"profile: {PROFILE.name}, device: {DEVICE}")
 # chapter 5 fixes it.
 
 # %%
-preview_vae, _ = get_vae(device=DEVICE, progress=False)
+preview_vae = get_vae(device=DEVICE, progress=False)
 shown = load_mnist("test").subset(16, seed=SEED).images.to(DEVICE)
 with torch.no_grad():
     recon = preview_vae.decode(preview_vae.encode(shown).mode()).clamp(-1, 1)
@@ -403,13 +403,15 @@ print(f"our negative_elbo matches vae_loss: {loss.item():.1f} = reconstruction {
 #
 # ## Training (or loading) the profile's VAE
 #
-# `get_vae` loads `checkpoints/<profile>/vae.pt` if it exists and matches the profile's config, and
+# `get_vae` loads `checkpoints/<profile>/vae.safetensors` if it exists and matches the profile's config, and
 # trains it otherwise, with the same `mnistdiff.training.pipelines.train_vae` as the command line
 # (`python -m mnistdiff train vae`): AdamW, a cosine learning-rate schedule and an exponential
-# moving average of the weights, which is what we get back.
+# moving average of the weights, which is what we get back. The file's header (`vae.meta`) records
+# how it was trained.
 
 # %%
-vae, meta = get_vae(device=DEVICE, progress=False)
+vae = get_vae(device=DEVICE, progress=False)
+meta = vae.meta
 cfg = PROFILE.vae
 print(f"{cfg.train.epochs} epochs on {cfg.train.subset or 60_000:,} training images, batch {cfg.train.batch_size}, "
       f"lr {cfg.train.lr:g}, kl_weight {cfg.kl_weight:g}")
@@ -523,8 +525,9 @@ plt.show()
 # ## The KL weight: a sweep
 #
 # How does $\lambda$ shape all this? We train three small VAEs (`VAEConfig(base_channels=8)`, 200
-# Adam steps of 64 digits from 4,096 — 60 in the smoke profile — about 15 s each on a CPU), identical but for
-# $\lambda \in \{10^{-6}, 1, 30\}$, and record the two terms of the loss separately at every step. For
+# Adam steps of 64 digits from 4,096 — `PROFILE.vae_sweep_steps`, 60 in the smoke profile — about 15 s each
+# on a CPU), identical but for $\lambda \in \{10^{-6}, 1, 30\}$, and record the two terms of the loss
+# separately at every step. For
 # each we count the **active units**: the latent coordinates whose posterior mean varies across test
 # digits, $\operatorname{Var}_x \mu_j(x) > 0.01$ (Burda et al., [arXiv:1509.00519](https://arxiv.org/abs/1509.00519)).
 # A coordinate the KL term has won is *inactive*: its posterior is the prior, $\mu_j = 0$ and
@@ -533,7 +536,7 @@ plt.show()
 
 
 # %%
-SWEEP_STEPS = 60 if PROFILE.name == "smoke" else 200
+SWEEP_STEPS = PROFILE.vae_sweep_steps  # 200 in the `book` profile
 
 
 def train_small_vae(kl_weight: float, steps: int = SWEEP_STEPS, seed: int = SEED,

@@ -67,7 +67,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mnistdiff import VAE, LatentCodec, NoiseSchedule, UNet, compute_latent_scale, encode_dataset, generate, make_diffusion_loss
 from mnistdiff import DDPMRunConfig, LDMRunConfig, VAEConfig, count_parameters
-from mnistdiff import default_device, get_ldm, get_profile, get_vae, load_mnist
+from mnistdiff import DEFAULT_ETA, default_device, get_ldm, get_profile, get_vae, load_mnist
 from mnistdiff import frames_grid, plot_loss_curves, show_grid
 
 PROFILE = get_profile()
@@ -83,7 +83,7 @@ print(f"profile: {PROFILE.name}, device: {DEVICE}")
 
 # %%
 preview = get_ldm(device=DEVICE, progress=False)
-show_grid(preview.sample(32, mode="ddim", ddim_steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE)[0], nrow=16,
+show_grid(preview.sample(32, sampler="ddim", steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE)[0], nrow=16,
           title=f"latent diffusion ({PROFILE.name} profile), DDIM-{PROFILE.ddim_steps}, decoded")
 plt.show()
 
@@ -142,7 +142,7 @@ print(f"decoding once:         {decoder:7.1f} MFLOP per sample  (paid once, not 
 # the one chapter 4 trained (or trains it now, if this notebook runs on its own).
 
 # %%
-vae, vae_meta = get_vae(device=DEVICE, progress=False)
+vae = get_vae(device=DEVICE, progress=False)
 vae.requires_grad_(False)
 print(f"VAE: {sum(p.numel() for p in vae.parameters()):,} parameters, {count_parameters(vae)} of them trainable; "
       f"latent {vae.config.latent_channels}×{vae.config.latent_size}×{vae.config.latent_size}")
@@ -308,8 +308,8 @@ print("our encode/decode match mnistdiff.latent.LatentCodec")
 # Training is chapter 2's loop with one change at the start of each batch: the code is drawn from
 # the posterior, $z_0 = \kappa\,(\mu + \sigma \odot \epsilon_z)$ — the reparameterisation of chapter 4 —
 # rather than taken at its mean, so that the model also learns the small neighbourhood of each code
-# the decoder accepts. `get_ldm` loads `checkpoints/<profile>/ldm.pt` if it was trained on *this*
-# VAE (it stores the VAE file's SHA-256 and the scale) and trains it otherwise, with
+# the decoder accepts. `get_ldm` loads `checkpoints/<profile>/ldm.safetensors` if it was trained on *this*
+# VAE (its header stores the SHA-256 of the VAE's weights and the scale) and trains it otherwise, with
 # `mnistdiff.training.pipelines.train_ldm`.
 
 # %%
@@ -370,7 +370,7 @@ print(f"our L_LDM matches make_diffusion_loss: {ours.item():.4f} on {len(batch_m
 # clips $\hat x_0$ to $[-c, c]$, where $c = \max |\kappa z|$ over the training codes, stored with the
 # checkpoint (`ldm.clip_range`). Some clipping is still needed: at $t = T$ the estimate
 # $\hat x_0$ is divided by $\sqrt{\bar\alpha_T}$ (chapter 3), and unclipped codes blow up.
-# And `fast=ldm.fast` runs the network in the precision measured fastest on this machine when the
+# And `precision=ldm.precision` runs the network in the precision measured fastest on this machine when the
 # model was loaded (float32 or bf16 autocast), as `ldm.sample` does, so the two give the same digits.
 
 
@@ -387,22 +387,23 @@ def sample_with_codes(n: int, **kwargs) -> tuple[torch.Tensor, list, list[torch.
         return decode(z)
 
     images, frames = generate(ldm.unet, ldm.schedule, n, shape=ldm.sample_shape, seed=SEED, device=DEVICE,
-                              clip_range=ldm.clip_range, fast=ldm.fast,
+                              clip_range=ldm.clip_range, precision=ldm.precision,
                               batch_size=n, decode=decode_keeping_codes, **kwargs)
     return images, frames, codes
 
 
 start = time.perf_counter()
-ddpm_images, frames, codes = sample_with_codes(PROFILE.num_samples, mode="ddpm", return_intermediates=True)
+ddpm_images, frames, codes = sample_with_codes(PROFILE.num_samples, sampler="ddpm", return_intermediates=True)
 ddpm_seconds = time.perf_counter() - start
-package_images, _ = ldm.sample(PROFILE.num_samples, mode="ddpm", seed=SEED, device=DEVICE)
+package_images, _ = ldm.sample(PROFILE.num_samples, sampler="ddpm", seed=SEED, device=DEVICE)
 torch.testing.assert_close(ddpm_images, package_images)
 print(f"our decode around the sampler equals ldm.sample: {PROFILE.num_samples} samples in {ddpm_seconds:.2f} s "
       f"({ldm.schedule.num_timesteps} DDPM steps)")
 
 start = time.perf_counter()
-ddim_images, _ = ldm.sample(PROFILE.num_samples, mode="ddim", ddim_steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE)
-print(f"DDIM: {PROFILE.num_samples} samples in {time.perf_counter() - start:.2f} s ({PROFILE.ddim_steps} steps, η = 0)")
+ddim_images, _ = ldm.sample(PROFILE.num_samples, sampler="ddim", steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE)
+print(f"DDIM: {PROFILE.num_samples} samples in {time.perf_counter() - start:.2f} s ({PROFILE.ddim_steps} steps, "
+      f"η = {DEFAULT_ETA:g})")
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
 show_grid(ddpm_images, nrow=8, title=f"latent diffusion, DDPM ({ldm.schedule.num_timesteps} steps)", ax=axes[0])
@@ -460,7 +461,7 @@ plt.show()
 
 # %%
 n_check = PROFILE.eval_samples
-_, _, generated = sample_with_codes(n_check, mode="ddim", ddim_steps=PROFILE.ddim_steps)
+_, _, generated = sample_with_codes(n_check, sampler="ddim", steps=PROFILE.ddim_steps)
 z_gen, z_real = generated[0], means * scale
 print(f"{'':10}{'real scaled codes':>40}{f'{n_check} generated codes (DDIM)':>44}")
 for c in range(C):
@@ -504,8 +505,8 @@ print(f"entries outside [-1, 1]: real {(z_real.abs() > 1).float().mean().item():
 clip_ranges = {f"stored (±{ldm.clip_range[1]:.2f})": ldm.clip_range, "pixel range (±1)": (-1.0, 1.0), "none": None}
 fig, axes = plt.subplots(1, 3, figsize=(12, 2.6))
 for ax, (name, clip) in zip(axes, clip_ranges.items()):
-    codes_c, _ = generate(ldm.unet, ldm.schedule, 64, shape=ldm.sample_shape, mode="ddim", ddim_steps=PROFILE.ddim_steps,
-                          seed=SEED, device=DEVICE, clip_range=clip, fast=ldm.fast)
+    codes_c, _ = generate(ldm.unet, ldm.schedule, 64, shape=ldm.sample_shape, sampler="ddim", steps=PROFILE.ddim_steps,
+                          seed=SEED, device=DEVICE, clip_range=clip, precision=ldm.precision)
     print(f"clip {name:<18} generated codes: std {codes_c.std().item():.3f}, max |z| {codes_c.abs().max().item():.2f}"
           f"   (real scaled codes: std {(means * scale).std().item():.3f})")
     show_grid(decode(codes_c.to(DEVICE)).cpu(), nrow=16, ax=ax, title=f"clip: {name}")
@@ -527,7 +528,7 @@ plt.show()
 # %%
 from mnistdiff.evaluation.metrics import evaluate, real_floor
 
-SCALE_RUN_STEPS = 60 if PROFILE.name == "smoke" else 600  # Adam steps of 128 codes per run
+SCALE_RUN_STEPS = PROFILE.scale_run_steps  # Adam steps of 128 codes per run (600 in the `book` profile)
 
 
 def train_on_codes(factor: float, steps: int = SCALE_RUN_STEPS, seed: int = SEED) -> torch.nn.Module:
@@ -553,7 +554,7 @@ for name, factor in ((f"scaled (κ = {scale:.2f})", scale), ("raw codes (× 1)",
     start = time.perf_counter()
     unet_f = train_on_codes(factor)
     c_f = float((means * factor).abs().max())
-    z_f, _ = generate(unet_f, sched, n_scale, shape=ldm.sample_shape, mode="ddim", ddim_steps=PROFILE.ddim_steps,
+    z_f, _ = generate(unet_f, sched, n_scale, shape=ldm.sample_shape, sampler="ddim", steps=PROFILE.ddim_steps,
                       seed=SEED, device=DEVICE, clip_range=(-c_f, c_f))
     with torch.no_grad():
         images_f = vae.decode(z_f.to(DEVICE) / factor).clamp(-1, 1).cpu()
@@ -601,7 +602,7 @@ floor_fid = real_floor(n_fid, seed=SEED, device=DEVICE, include_memorisation=Fal
 print(f"real floor at n = {n_fid}: FID {floor_fid:.2f}")
 for steps in [s for s in (5, 10, 20) if s <= ldm.schedule.num_timesteps]:
     start = time.perf_counter()
-    images, _ = ldm.sample(n_fid, mode="ddim", ddim_steps=steps, seed=SEED, device=DEVICE)
+    images, _ = ldm.sample(n_fid, sampler="ddim", steps=steps, seed=SEED, device=DEVICE)
     seconds = time.perf_counter() - start
     fid = evaluate(images, seed=SEED, device=DEVICE, include_memorisation=False)["fid"]
     print(f"DDIM-{steps:<3} FID {fid:6.2f}   ({seconds:.1f} s for {n_fid} samples)")

@@ -71,13 +71,10 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 
 from mnistdiff import DEFAULT_ETA, default_device, get_ddpm, get_ldm, get_profile, load_mnist, show_grid
-from mnistdiff.course.generators import course_generators
-from mnistdiff.evaluation import report
 from mnistdiff.evaluation.metrics import (
     classifier_features, frechet_distance, kernel_inception_distance, precision_recall, reference_features,
 )
 from mnistdiff.evaluation.umap_eval import embed, fit_umap, knn_two_sample_accuracy
-from mnistdiff.files import repo_root
 
 PROFILE = get_profile()
 DEVICE = default_device()
@@ -324,9 +321,13 @@ assert all(abs(kid) < 3 * std for _, kid, std in floors_63.values())
 #
 # `get_ddpm` and `get_ldm` load the checkpoints that chapters 2 and 5 stored (or train them, if this
 # notebook runs on its own); the latent model carries its VAE. `course_generators` lists
-# every generator of the course, each with a function that draws $n$ digits from one seed:
+# every generator of the course, each with a function that draws $n$ digits from one seed, and
+# `mnistdiff.evaluation.report` draws, scores and stores them:
 
 # %%
+from mnistdiff.course.generators import course_generators
+from mnistdiff.evaluation import report
+
 ddpm = get_ddpm(device=DEVICE, progress=False)
 ldm = get_ldm(device=DEVICE, progress=False)
 vae = ldm.codec.vae
@@ -444,17 +445,15 @@ plt.show()
 #
 # All the numbers, the floor first. Arrows say which direction is better; the k-NN accuracies are
 # best at 0.5; the nearest-training-image distance should be close to the floor's.
-# `mnistdiff.evaluation.report.write_results` stores them in `results/<profile>/evaluation.json` (written to a
+# `report.save_results` stores them in `results/<profile>/evaluation.json` (written to a
 # temporary file and renamed, so a reader never sees half a file); the book's results page is
 # built from it.
 
 # %%
-results = report.build_results(
-    PROFILE.name, DEVICE, N, floor, scores, umap_scores=umap_scores, floor_umap_name=report.FLOOR_NAME,
-    seed=SEED, extra={"umap_real": PROFILE.umap_real}, other_floors=other_floors,
-)
-path = report.write_results(results)
-print("wrote", path.relative_to(repo_root()) if path.is_relative_to(repo_root()) else path)
+results, path = report.save_results("evaluation", PROFILE, device=DEVICE, n_samples=N, floor=floor, generators=scores,
+                                    seed=SEED, umap_scores=umap_scores, other_floors=other_floors,
+                                    umap_real=PROFILE.umap_real)
+print("wrote", path)
 display(Markdown(report.results_table(results)))
 
 # %% [markdown]

@@ -66,11 +66,6 @@ from mnistdiff import DEFAULT_ETA, DEFAULT_GUIDANCE, ddim_step, ddim_timesteps, 
 from mnistdiff import default_device, encode_dataset, get_cldm, get_ldm, get_profile, load_mnist, q_sample
 from mnistdiff import plot_loss_curves, show_grid
 from mnistdiff.course.widgets import guidance_explorer
-from mnistdiff.evaluation import report
-from mnistdiff.evaluation.guidance import ACCURACY_TOLERANCE, balanced_labels, guidance_sweep, label_accuracy
-from mnistdiff.evaluation.guidance import recommend_guidance
-from mnistdiff.evaluation.metrics import real_floor
-from mnistdiff.files import repo_root
 
 PROFILE = get_profile()
 DEVICE = default_device()
@@ -87,7 +82,7 @@ print(f"profile: {PROFILE.name}, device: {DEVICE}")
 # %%
 cldm = get_cldm(device=DEVICE, progress=False)
 digit_rows = torch.arange(10).repeat_interleave(12)
-preview, _ = cldm.sample(len(digit_rows), mode="ddim", ddim_steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE,
+preview, _ = cldm.sample(len(digit_rows), sampler="ddim", steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE,
                          labels=digit_rows, guidance=DEFAULT_GUIDANCE)
 show_grid(preview, nrow=12, title=f"asked for 0…9 (one row each), w = {DEFAULT_GUIDANCE:g}, {PROFILE.name} profile")
 plt.show()
@@ -216,8 +211,8 @@ print(f"loss of one batch: by hand {ours.item():.5f}, package {theirs.item():.5f
 
 # %% [markdown]
 # The checkpoint was trained by `python -m mnistdiff train cldm VAE_CKPT` with the `book` profile's
-# settings (in `train all`, after the three models of chapters 2–5). Its sidecar records how long
-# that took and where:
+# settings (in `train all`, after the three models of chapters 2–5). Its file's header (`cldm.meta`) records
+# how long that took and where:
 
 # %%
 meta = cldm.meta
@@ -370,25 +365,28 @@ def guided_ddim(y: torch.Tensor, w: float, steps: int, seed: int = SEED, eta: fl
 
 y20 = torch.arange(20, device=DEVICE) % 10
 ours = guided_ddim(y20, 3.0, PROFILE.ddim_steps)
-theirs, _ = cldm.sample(20, mode="ddim", ddim_steps=PROFILE.ddim_steps, eta=1.0, seed=SEED, device=DEVICE,
-                        labels=y20, guidance=3.0, fast="off")
+theirs, _ = cldm.sample(20, sampler="ddim", steps=PROFILE.ddim_steps, eta=1.0, seed=SEED, device=DEVICE,
+                        labels=y20, guidance=3.0, precision="fp32")
 torch.testing.assert_close(ours, theirs)
 print("guided DDIM by hand equals DiffusionModel.sample(labels=y, guidance=3)")
 
 # %% [markdown]
-# The ancestral sampler of chapter 2 takes the same guided prediction: `mode="ddpm"` runs all
+# The ancestral sampler of chapter 2 takes the same guided prediction: `sampler="ddpm"` runs all
 # $T$ steps, each with its two halves. (In the `book` profile: accuracy 0.97 at $w = 1$ and 1.00 at
 # $w = 2$.) The classifier (chapter 6's) reads each sample, and the
 # accuracy counts how often it reads the digit asked for. This is DDPM at $w = 1$ (no guidance) and
-# at `DEFAULT_GUIDANCE`, on `PROFILE.ancestral_samples` samples as in chapter 6:
+# at `DEFAULT_GUIDANCE`, on `PROFILE.ancestral_samples` samples as in chapter 6 (`balanced_labels` asks for
+# each digit equally often; `label_accuracy` is the classifier's reading of them):
 
 # %%
+from mnistdiff.evaluation.guidance import balanced_labels, label_accuracy
+
 n_ddpm = PROFILE.ancestral_samples or PROFILE.guidance_samples
 y_ddpm = balanced_labels(n_ddpm)
 fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
 for ax, w in zip(axes, (1.0, DEFAULT_GUIDANCE)):
     start = time.perf_counter()
-    x_ddpm, _ = cldm.sample(n_ddpm, mode="ddpm", seed=SEED, device=DEVICE, labels=y_ddpm, guidance=w)
+    x_ddpm, _ = cldm.sample(n_ddpm, sampler="ddpm", seed=SEED, device=DEVICE, labels=y_ddpm, guidance=w)
     acc, _ = label_accuracy(x_ddpm, y_ddpm, DEVICE)
     order = torch.argsort(y_ddpm, stable=True)[: 10 * min(n_ddpm // 10, 10)]
     show_grid(x_ddpm[order], nrow=min(n_ddpm // 10, 10), ax=ax,
@@ -407,7 +405,7 @@ plt.show()
 # %%
 n_each = 8
 grid_labels = torch.arange(10).repeat_interleave(n_each)
-grid = {w: cldm.sample(len(grid_labels), mode="ddim", ddim_steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE,
+grid = {w: cldm.sample(len(grid_labels), sampler="ddim", steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE,
                        labels=grid_labels, guidance=w)[0] for w in PROFILE.guidance_scales}
 fig, axes = plt.subplots(1, len(grid), figsize=(3.3 * len(grid), 4.6))
 for ax, (w, images) in zip(axes, grid.items()):
@@ -444,10 +442,14 @@ explorer
 #   gets the classifier's own accuracy on real digits.
 #
 # `mnistdiff.evaluation.guidance.guidance_sweep` does the drawing and scoring, and
-# `report.write_results` stores the table in `results/<profile>/guidance.json`, from which the book's
+# `report.save_results` stores the table in `results/<profile>/guidance.json`, from which the book's
 # results page is built.
 
 # %%
+from mnistdiff.evaluation import report
+from mnistdiff.evaluation.guidance import ACCURACY_TOLERANCE, guidance_sweep, recommend_guidance
+from mnistdiff.evaluation.metrics import real_floor
+
 n_w = PROFILE.guidance_samples
 start = time.perf_counter()
 rows, swept = guidance_sweep(cldm, PROFILE.guidance_scales, n_w, ddim_steps=PROFILE.ddim_steps, seed=SEED,
@@ -456,16 +458,13 @@ real = load_mnist("train").subset(n_w, seed=SEED)
 floor = {**real_floor(n_w, seed=SEED, device=DEVICE, include_memorisation=False),
          "label_accuracy": label_accuracy(real.images, real.labels, DEVICE)[0]}
 recommended = recommend_guidance(rows)
-per_class = {name: row.pop("per_class_accuracy") for name, row in rows.items()}
-results = report.build_results(
-    PROFILE.name, DEVICE, n_w, floor, rows, seed=SEED,
-    extra={"sampler": f"DDIM-{PROFILE.ddim_steps}, eta {DEFAULT_ETA:g}",
-           "guidance_scales": list(PROFILE.guidance_scales), "recommended_guidance": recommended,
-           "per_class_accuracy": per_class, "checkpoint_minutes": round(meta["seconds"] / 60, 1)},
+results, path = report.save_results(
+    "guidance", PROFILE, device=DEVICE, n_samples=n_w, floor=floor, generators=rows, seed=SEED, model=cldm,
+    sampler=f"DDIM-{PROFILE.ddim_steps}, eta {DEFAULT_ETA:g}", guidance_scales=list(PROFILE.guidance_scales),
+    recommended_guidance=recommended,
 )
-path = report.write_results(results, report.results_dir() / PROFILE.name / "guidance.json")
-print(f"scored {len(rows)} weights × {n_w} samples in {time.perf_counter() - start:.0f} s; "
-      f"wrote {path.relative_to(repo_root()) if path.is_relative_to(repo_root()) else path}")
+per_class = results["per_class_accuracy"]  # each digit's accuracy at each w, a section of the results file
+print(f"scored {len(rows)} weights × {n_w} samples in {time.perf_counter() - start:.0f} s; wrote {path}")
 display(Markdown(report.results_table(results)))
 
 # %%
@@ -593,7 +592,16 @@ read_as = classifier_features(swept[1.0][asked == weakest], device=DEVICE)[1].ar
 wrong = read_as[read_as != weakest]
 common = torch.bincount(wrong, minlength=10).argmax().item() if len(wrong) else weakest
 print(f"weakest at w = 1: {weakest} (accuracy {acc1[weakest]:.3f}); read as {common} most often when wrong")
-assert acc4[weakest] >= acc1[weakest] - 0.05 or PROFILE.name == "smoke"
+# What is asserted holds under every profile. Which digit is weakest, and whether w = 4 fixes it, are facts about a
+# trained model (the `book` profile's numbers are in the solution); the smoke profile's, which the tests run, is read
+# at about chance, so a check of them would pass or fail by luck there. The per-digit table, though, must add up to
+# each weight's accuracy under any model: the mean of the per-digit accuracies, weighted by how often each digit was
+# asked for (n/10 times).
+counts = torch.bincount(asked, minlength=10).double()
+for name, row in rows.items():
+    acc_d = torch.tensor([0.0 if a is None else a for a in per_class[name]], dtype=torch.float64)  # None: not asked
+    by_digit = (acc_d * counts).sum() / counts.sum()
+    assert abs(by_digit.item() - row["label_accuracy"]) < 1e-5, (name, by_digit.item(), row["label_accuracy"])
 
 # %% [markdown]
 # :::{admonition} Exercise 7.3 (a change to the code): guide only in the middle of the trajectory
@@ -656,7 +664,8 @@ for name, net in (("w = 4 everywhere", IntervalGuidance(unet, y_int, 4.0, 0, T_)
 # :::{admonition} Solution 7.4
 # :class: dropdown
 # The cell prints the measured milliseconds per sample and the ratio of the guided weights to
-# $w = 1$. In the `book` profile a guided sample costs 1.76× a conditional one (21–22 ms against
+# $w = 1$, and counts what causes the cost: the inputs the network sees, $2B$ per guided step against $B$.
+# In the `book` profile a guided sample costs 1.76× a conditional one (21–22 ms against
 # 12 ms per sample): below 2. Part of each sample's cost is the VAE decoding (once per
 # sample, whatever $w$) and the sampler's own arithmetic, and a batch of $2B$ uses the two cores
 # better than a batch of $B$. On a GPU with large batches the ratio comes closer to 2, which is
@@ -670,7 +679,21 @@ for name, row in rows.items():
     print(f"{name:<8} {row['seconds_per_sample'] * 1e3:6.2f} ms per sample  ({row['seconds_per_sample'] / base:.2f}× w = 1)")
 guided_ratio = np.mean([r["seconds_per_sample"] / base for r in rows.values() if r["guidance"] not in (0.0, 1.0)])
 print(f"a guided sample costs {guided_ratio:.2f}× a conditional one here ({DEVICE})")
-assert guided_ratio > 1.0 or PROFILE.name == "smoke"
+# The seconds depend on the machine and its load, and on the smoke profile's tiny network the timing noise is as large
+# as the effect (w = 0 and w = 1 cost the same, yet their rows can differ by a quarter). So what is asserted, under
+# every profile, is the cause: counted by a hook on the network, a guided sampler sends twice the inputs through it.
+seen: list[int] = []
+hook = cldm.unet.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+inputs = {}
+try:
+    for w in (1.0, 4.0):
+        seen.clear()
+        cldm.sample(10, steps=PROFILE.ddim_steps, labels=balanced_labels(10), guidance=w, seed=SEED, device=DEVICE)
+        inputs[w] = sum(seen)
+finally:
+    hook.remove()
+print(f"network inputs for 10 samples of DDIM-{PROFILE.ddim_steps}: {inputs[1.0]} at w = 1, {inputs[4.0]} at w = 4")
+assert inputs[4.0] == 2 * inputs[1.0], inputs
 
 # %% [markdown]
 # ## What we learned
