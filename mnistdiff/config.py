@@ -258,12 +258,12 @@ class TrainConfig:
 class DDPMRunConfig:
     """Pixel-space DDPM: the UNet, the schedule and the training run."""
 
+    latent: ClassVar[bool] = False
+
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     kind: str = _kind("ddpm")
-    #: whether the model diffuses in a VAE's latents (its commands take the VAE checkpoint first)
-    latent: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """An unconditional UNet: class labels are the ``cldm``'s (:class:`CLDMRunConfig`)."""
@@ -274,12 +274,12 @@ class DDPMRunConfig:
 class VAERunConfig:
     """The VAE and its training run; loss = reconstruction + ``kl_weight``·KL."""
 
+    latent: ClassVar[bool] = False
+
     vae: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-4, batch_size=128, sample_every=4))
     kl_weight: float = _setting(1e-6, "weight of the KL term in the VAE loss (reconstruction + kl_weight·KL)")
     kind: str = _kind("vae")
-    #: whether the model diffuses in a VAE's latents (its commands take the VAE checkpoint first)
-    latent: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """Check the values: a bad one raises :class:`ConfigError` naming it."""
@@ -290,6 +290,8 @@ class VAERunConfig:
 class LDMRunConfig:
     """Latent diffusion: a UNet on the VAE's ``latent_channels`` × 4 × 4 latents."""
 
+    latent: ClassVar[bool] = True
+
     unet: UNetConfig = field(
         default_factory=lambda: UNetConfig(
             in_channels=2, image_size=4, base_channels=64, channel_mults=(1, 2), attention_resolutions=(4, 2)
@@ -298,8 +300,6 @@ class LDMRunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     kind: str = _kind("ldm")
-    #: whether the model diffuses in a VAE's latents (its commands take the VAE checkpoint first)
-    latent: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         """An unconditional UNet: class labels are the ``cldm``'s (:class:`CLDMRunConfig`)."""
@@ -320,6 +320,8 @@ class CLDMRunConfig:
     training label is replaced by ∅ with probability ``p_uncond``, so one network learns ε(x, t, y) and ε(x, t, ∅).
     """
 
+    latent: ClassVar[bool] = True
+
     unet: UNetConfig = field(
         default_factory=lambda: dataclasses.replace(LDMRunConfig().unet, num_classes=MNIST_CLASSES)
     )
@@ -327,8 +329,6 @@ class CLDMRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     p_uncond: float = _setting(0.1, "probability that a training label is replaced by ∅ (no label), in [0, 1)")
     kind: str = _kind("cldm")
-    #: whether the model diffuses in a VAE's latents (its commands take the VAE checkpoint first)
-    latent: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         """Check the values: a bad one raises :class:`ConfigError` naming it."""
@@ -338,7 +338,8 @@ class CLDMRunConfig:
         _fraction("p_uncond", self.p_uncond)
 
 
-#: The run config of each model kind, by its ``kind`` tag (the tag is written once, in the class's ``kind`` field).
+#: The run config of each model kind, by its ``kind`` tag (the tag is written once, in the class's ``kind`` field;
+#: the class's ``latent`` says whether the model diffuses in a VAE's latents, so its commands take the VAE too).
 RUN_CONFIGS: dict[str, type[Any]] = {cls.kind: cls for cls in (DDPMRunConfig, VAERunConfig, LDMRunConfig,
                                                              CLDMRunConfig)}
 #: The kind of the VAE, whose latents the latent kinds diffuse in; the kinds that diffuse (a DiffusionModel holds
