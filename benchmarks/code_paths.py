@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -66,7 +65,9 @@ def lines_by_layer() -> dict[str, int]:
 
 
 def kind_places() -> dict[str, list[str]]:
-    """For each kind, the package's modules whose code (not docstrings or comments) holds the string literal."""
+    """For each kind, the package's modules whose code (not docstrings or comments) holds its name as a string
+    literal, and the line. (``"ddpm"`` is also the name of DDPM's ancestral *sampler*; those lines are listed too,
+    so that a reader can tell them apart.)"""
     places: dict[str, list[str]] = {k: [] for k in KINDS}
     for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text())
@@ -74,11 +75,9 @@ def kind_places() -> dict[str, list[str]]:
                       if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
                       and node.body and isinstance(node.body[0], ast.Expr)
                       and isinstance(node.body[0].value, ast.Constant)}
-        literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-                    and id(n) not in docstrings}
-        for kind in KINDS:
-            if kind in literals or any(re.fullmatch(rf"(train|load|get)_{kind}", s) for s in literals):
-                places[kind].append(str(path.relative_to(REPO)))
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Constant) and n.value in KINDS and id(n) not in docstrings:
+                places[str(n.value)].append(f"{path.relative_to(REPO)}:{n.lineno}")
     return places
 
 
@@ -106,8 +105,9 @@ def main() -> None:
                           "--ddim_steps", "5", "--individual", "1", "--out", str(root / "samples")])
         train = crossed(["train", "ddpm", "--profile", "smoke", "--epochs", "1", "--subset", "64", "--quiet",
                          "--out", str(root / "runs")])
-    doc = {"sample ldm": sample, "train ddpm": train, "lines": lines_by_layer(), "kind_places": kind_places(),
-           "kind_place_counts": {k: len(v) for k, v in kind_places().items()}}
+    places = kind_places()
+    doc = {"sample ldm": sample, "train ddpm": train, "lines": lines_by_layer(), "kind_places": places,
+           "kind_modules": {k: len({p.split(":")[0] for p in v}) for k, v in places.items()}}
     text = json.dumps(doc, indent=2)
     print(text)
     if args.out:

@@ -161,3 +161,22 @@ def test_bad_names_and_clashing_fields_are_refused():
     with pytest.raises(ValueError, match="per_class_accuracy"):
         save_results("guidance", PROFILE, device="cpu", n_samples=100, floor=inputs["floor"],
                      generators=inputs["rows"], per_class_accuracy={})
+
+
+def test_course_times_of_a_partial_run_are_merged_with_each_chapters_cpu():
+    from mnistdiff.course.runner import _merged
+
+    intel, amd = "CPU: Intel", "CPU: AMD"
+    previous = {"profile": "book", "device": intel, "notebooks": {"01_unet": 10.0, "02_ddpm": 20.0},
+                "total_seconds": 30.0, "runs": "a note", "executed": {"02_ddpm": "2026-12-01"}}
+    same = _merged(previous, {"profile": "book", "device": intel, "notebooks": {"02_ddpm": 25.0},
+                              "total_seconds": 25.0, "executed": {"02_ddpm": "2026-12-02"}})
+    assert same["notebooks"] == {"01_unet": 10.0, "02_ddpm": 25.0} and same["total_seconds"] == 35.0
+    assert same["device"] == intel and "devices" not in same and same["runs"] == "a note"
+    other = _merged(same, {"profile": "book", "device": amd, "notebooks": {"03_ddim": 5.0}, "total_seconds": 5.0,
+                           "executed": {"03_ddim": "2026-12-02"}})
+    assert other["devices"] == {"01_unet": intel, "02_ddpm": intel, "03_ddim": amd}
+    assert other["device"] == f"{intel} (01, 02); {amd} (03)" and other["total_seconds"] == 40.0
+    again = _merged(other, {"profile": "book", "device": amd, "notebooks": {"01_unet": 9.0}, "total_seconds": 9.0,
+                            "executed": {"01_unet": "2026-12-03"}})
+    assert again["devices"]["01_unet"] == amd and again["device"] == f"{amd} (01, 03); {intel} (02)"

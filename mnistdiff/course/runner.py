@@ -60,12 +60,22 @@ def run_course(
     executed = {name: time.strftime("%Y-%m-%d") for name in times}
     record = {"profile": prof, "device": device_name(), "notebooks": times, "total_seconds": total,
               "executed": executed}
-    if results.exists() and notebooks:
-        previous = json.loads(results.read_text())
-        if previous.get("device") == record["device"]:  # a partial run on the same CPU: merge, keep the notes
-            record = {**previous, **record,
-                      "notebooks": {**previous.get("notebooks", {}), **times},
-                      "executed": {**previous.get("executed", {}), **executed}}
-            record["total_seconds"] = round(sum(record["notebooks"].values()), 1)
+    if results.exists() and notebooks:  # a partial run: merge with the record, keep its notes
+        record = _merged(json.loads(results.read_text()), record)
     atomic_write_text(results, json.dumps(record, indent=2) + "\n")
     return times
+
+
+def _merged(previous: dict, record: dict) -> dict:
+    """``record`` (some chapters) over ``previous``; where the chapters ran on different CPUs, ``devices`` names each
+    chapter's and ``device`` lists them all (the book's table shows it)."""
+    merged = {**previous, **record, "notebooks": {**previous.get("notebooks", {}), **record["notebooks"]},
+              "executed": {**previous.get("executed", {}), **record["executed"]}}
+    devices = {**{n: previous.get("device") for n in previous.get("notebooks", {})}, **previous.get("devices", {}),
+               **{n: record["device"] for n in record["notebooks"]}}
+    if len(set(devices.values())) > 1:
+        merged["devices"] = dict(sorted(devices.items()))
+        merged["device"] = "; ".join(f"{d} ({', '.join(sorted(n[:2] for n in devices if devices[n] == d))})"
+                                     for d in dict.fromkeys(devices.values()))
+    merged["total_seconds"] = round(sum(merged["notebooks"].values()), 1)
+    return merged
