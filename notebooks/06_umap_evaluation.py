@@ -361,7 +361,7 @@ plt.show()
 # own $n$ and is read against the floor at that $n$: every metric here depends on the sample count.
 
 # %%
-floor = report.real_floor(N, seed=SEED, device=DEVICE)
+floor = report.floor_row(N, seed=SEED, device=DEVICE)
 scores = report.score_samples(samples, seed=SEED, device=DEVICE)
 # a generator drawn on fewer samples (the 1000-step samplers) is compared with the floor at its own n
 other_floors = report.floors_for(scores, N, seed=SEED, device=DEVICE)

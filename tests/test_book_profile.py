@@ -170,8 +170,8 @@ def test_ancestral_samplers_draw_fewer_and_get_their_own_floor():
     scores = {name: {"n": int(s.images.shape[0])} for name, s in samples.items()}
     floors = evaluation.floors_for(scores, 40, device="cpu")
     assert list(floors) == ["12"] and floors["12"]["n"] == 12
-    assert floors["12"]["fid"] == pytest.approx(evaluation.real_floor(12, device="cpu")["fid"])
-    results = evaluation.build_results("tiny", "cpu", 40, evaluation.real_floor(40, device="cpu"),
+    assert floors["12"]["fid"] == pytest.approx(evaluation.floor_row(12, device="cpu")["fid"])
+    results = evaluation.build_results("tiny", "cpu", 40, evaluation.floor_row(40, device="cpu"),
                                        {"slow": {"label": "slow", "n": 12, "fid": 1.0}}, other_floors=floors)
     table = evaluation.results_table(results)
     assert "real (floor), n = 12" in table and "| n |" in table.replace("| generator | n |", "| n |")

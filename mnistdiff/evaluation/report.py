@@ -25,7 +25,7 @@ Typical use (what chapter 6 does, step by step)::
     specs = course_generators(ddpm=ddpm, ldm=ldm, vae=vae, profile=PROFILE, device=DEVICE)  # mnistdiff.course
     samples = draw_samples(specs, n, seed=0, device=DEVICE)
     scores = score_samples(samples, seed=0, device=DEVICE)
-    floor = real_floor(n, seed=0, device=DEVICE)
+    floor = floor_row(n, seed=0, device=DEVICE)
     real, labels, floor_images = umap_reference_sets(PROFILE.umap_real, n, seed=0)
     fig, umap_scores = umap_compare(samples, real, labels, floor_images, seed=0, device=DEVICE)
     results, path = save_results("evaluation", PROFILE, device=DEVICE, n_samples=n, floor=floor,
@@ -52,7 +52,7 @@ from mnistdiff.evaluation.metrics import METRIC_KEYS, TABLE_COLUMNS, format_valu
 from mnistdiff.files import atomic_write_text, repo_root
 
 __all__ = [
-    "GeneratorSpec", "Samples", "draw_samples", "score_samples", "real_floor", "floors_for", "umap_reference_sets",
+    "GeneratorSpec", "Samples", "draw_samples", "score_samples", "floor_row", "floors_for", "umap_reference_sets",
     "umap_compare", "build_results", "results_dir", "results_path", "write_results", "save_results", "SavedResults",
     "ROW_SECTIONS", "results_table", "FLOOR_NAME",
 ]
@@ -182,9 +182,10 @@ def score_samples(samples: Mapping[str, Samples], *, seed: int = 0, device: torc
     return out
 
 
-def real_floor(n: int, *, seed: int = 0, device: torch.device | str | None = None) -> dict[str, Any]:
-    """The real-vs-real floor at ``n`` samples: :func:`mnistdiff.evaluation.metrics.real_floor` (``n`` real
-    training images scored like a generator), with its ``class_histogram``."""
+def floor_row(n: int, *, seed: int = 0, device: torch.device | str | None = None) -> dict[str, Any]:
+    """The real-vs-real floor at ``n`` samples as a row of the results table: the scalars of
+    :func:`mnistdiff.evaluation.metrics.real_floor` (``n`` real training images scored like a generator), ``n``
+    and the ``class_histogram``."""
     from mnistdiff.evaluation.metrics import real_floor as _floor
 
     m = _floor(n, seed=seed, device=device)
@@ -196,7 +197,7 @@ def floors_for(scores: Mapping[str, Mapping[str, Any]], n: int, *, seed: int = 0
     """The real floor at every sample count in ``scores`` other than ``n`` (the main floor's), keyed by ``str(n)``:
     a generator scored on fewer samples is compared with the floor at its own count."""
     counts = sorted({int(e["n"]) for e in scores.values() if "n" in e} - {int(n)})
-    return {str(k): {key: v for key, v in real_floor(k, seed=seed, device=device).items() if key != "class_histogram"}
+    return {str(k): {key: v for key, v in floor_row(k, seed=seed, device=device).items() if key != "class_histogram"}
             for k in counts}
 
 
@@ -207,7 +208,7 @@ def umap_reference_sets(
 
     Returns ``(real_images, real_labels, floor_images)``: ``n_real`` *test* images (the UMAP is
     fitted on part of them; the rest are the held-out real points every set is compared with) and
-    the ``n_floor`` *training* images of :func:`real_floor` (the real-vs-real reference, scored in
+    the ``n_floor`` *training* images of :func:`floor_row` (the real-vs-real reference, scored in
     the UMAP exactly like a generator). The VAE reconstructions are of those same training images,
     never of the test images, so no reconstruction sits on top of its own original in the map.
     """
@@ -265,7 +266,7 @@ def build_results(profile: str, device: torch.device | str | None, n_samples: in
                   other_floors: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Assemble the results file's dict (see the module docstring for its layout).
 
-    ``floor``: :func:`real_floor`'s dict; ``generators``: :func:`score_samples`'s. ``umap_scores``:
+    ``floor``: :func:`floor_row`'s dict; ``generators``: :func:`score_samples`'s. ``umap_scores``:
     the scores of :func:`mnistdiff.evaluation.umap_eval.umap_evaluation` (name → ``knn_accuracy_*``); the
     entry named ``floor_umap_name`` holds the real-vs-real reference and goes into ``floor``, the
     others into their generators. Class histograms move to ``class_histograms`` (so every entry of
