@@ -12,13 +12,13 @@
 #   bench          benchmarks/bench_throughput.py at full sizes (its own --time-budget; JSON after every figure)
 #   classifier     only if mnistdiff/assets/classifier.pt is missing: scripts/train_classifier.py (GPU)
 #   vae            python -m mnistdiff train vae --profile full <fast settings>
-#   ldm            python -m mnistdiff train ldm checkpoints/full/vae.pt --profile full <fast settings>
+#   ldm            python -m mnistdiff train ldm checkpoints/full/vae.safetensors --profile full <fast settings>
 #   sample_ldm     python -m mnistdiff sample ldm ... 10,000 images, DDIM-50;  evaluate_ldm: ... evaluate
 #   ddpm           python -m mnistdiff train ddpm --profile full <fast settings> --compile
 #                  (last of the three: it is the largest, and gets the time left less its evaluation's)
 #   sample_ddpm    python -m mnistdiff sample ddpm ... 10,000 images, DDIM-50; evaluate_ddpm: ... evaluate
 #
-# After each training stage the final model.pt + .json are copied to checkpoints/full/{ddpm,vae,ldm}.*
+# After each training stage the final model.safetensors is copied to checkpoints/full/{ddpm,vae,ldm}.safetensors
 # (QUICK: to a scratch folder, never into the repository). Each stage is timed and logged; a failed or
 # timed-out stage is recorded and the later stages still run (LDM and its evaluation need the VAE).
 #
@@ -28,7 +28,7 @@
 #   $OUT/summary.json                stages (status, seconds), device, benchmark summary, training and
 #                                    evaluation metrics, whether each checkpoint's config equals profiles.FULL
 #   $OUT/benchmark.json              the benchmark's JSON (copy it to results/full/benchmark.json)
-#   $OUT/checkpoints_{ddpm,vae,ldm}.tar.gz   checkpoints/full/<kind>.pt + .json (untar in the repo root)
+#   $OUT/checkpoints_{ddpm,vae,ldm}.tar.gz   checkpoints/full/<kind>.safetensors (untar in the repo root)
 #   $OUT/artifacts.tar.gz            experiment folders (logs, loss curves, sample grids; no weights),
 #                                    samples (grid.png, samples.npz, eval.json), stage logs
 #   $OUT/classifier.tar.gz           only when the classifier had to be trained here
@@ -184,7 +184,10 @@ info = load(work / "device.json") or {}
 bench = load(out / "benchmark.json") or {}
 training, evaluation = {}, {}
 for kind in ("ddpm", "vae", "ldm"):
-    side = load(ckpt / f"{kind}.json")
+    side = None
+    if (ckpt / f"{kind}.safetensors").is_file():
+        from mnistdiff.modelfile import read_model_meta
+        side = read_model_meta(ckpt / f"{kind}.safetensors")
     if side:
         m = side.get("metrics", {})
         training[kind] = {k: m.get(k) for k in ("parameters", "epochs", "training_seconds", "train_images_per_second",
@@ -221,7 +224,7 @@ pack_artifacts() {
   # experiments without weights (they travel in checkpoints_*.tar.gz), samples, stage logs
   local list="$WORK/artifacts.list"
   (cd "$WORK" && find experiments samples logs stages.tsv device.json config_*.json -type f \
-      ! -name 'last.pt' ! -name 'last.json' ! -name 'model.pt' ! -name '*.tmp' 2>/dev/null) > "$list" || true
+      ! -name 'last.pt' ! -name 'last.json' ! -name 'model.safetensors' ! -name '*.tmp' 2>/dev/null) > "$list" || true
   tar -C "$WORK" -czf "$OUT/artifacts.tar.gz.tmp" -T "$list" 2>/dev/null || true
   if [ -f "$OUT/artifacts.tar.gz.tmp" ] && (( $(stat -c %s "$OUT/artifacts.tar.gz.tmp") > 16000000 )); then
     log "artifacts.tar.gz over 16 MB: leaving out samples.npz and PDFs"
@@ -234,12 +237,12 @@ pack_artifacts() {
 
 pack_checkpoint() {  # kind
   local kind=$1 dest="$OUT/checkpoints_$1.tar.gz"
-  [ -f "$CKPT_DIR/$kind.pt" ] || return 0
-  # paths inside: checkpoints/full/KIND.{pt,json} (CKPT_DIR's last two folders): untar in the repo root
+  [ -f "$CKPT_DIR/$kind.safetensors" ] || return 0
+  # paths inside: checkpoints/full/KIND.safetensors (CKPT_DIR's last two folders): untar in the repo root
   local base rel
   base=$(dirname "$(dirname "$CKPT_DIR")")
   rel="$(basename "$(dirname "$CKPT_DIR")")/$(basename "$CKPT_DIR")"
-  tar -C "$base" -czf "$dest.tmp" "$rel/$kind.pt" "$rel/$kind.json"
+  tar -C "$base" -czf "$dest.tmp" "$rel/$kind.safetensors"
   mv -f "$dest.tmp" "$dest"
   if (( $(stat -c %s "$dest") > 16777216 )); then
     log "WARNING: $dest is over 16 MiB and will not come back from the device machine"
@@ -323,7 +326,7 @@ if want classifier && [ ! -f mnistdiff/assets/classifier.pt ]; then
 fi
 
 # train KIND COMPILE RESERVE CAP ARGS...: train with the repo's command, copy the final model to
-# $CKPT_DIR/KIND.pt/.json, check its config against the profile, pack it.
+# $CKPT_DIR/KIND.safetensors, check its config against the profile, pack it.
 train() {
   local kind=$1 compile=$2 reserve=$3 cap=$4; shift 4
   local extra=()
@@ -335,19 +338,20 @@ train() {
   fi
   local exp
   exp=$(sed -n 's/^experiment: //p' "$WORK/logs/$kind.log" | tail -n 1)
-  if [ -z "$exp" ] || [ ! -f "$exp/checkpoints/model.pt" ]; then
-    record "$kind-copy" failed 1 0 "no model.pt found (experiment: ${exp:-?})"
+  if [ -z "$exp" ] || [ ! -f "$exp/checkpoints/model.safetensors" ]; then
+    record "$kind-copy" failed 1 0 "no model.safetensors found (experiment: ${exp:-?})"
     return 0
   fi
-  cp "$exp/checkpoints/model.pt" "$CKPT_DIR/$kind.pt.tmp" && mv -f "$CKPT_DIR/$kind.pt.tmp" "$CKPT_DIR/$kind.pt"
-  cp "$exp/checkpoints/model.json" "$CKPT_DIR/$kind.json.tmp" && mv -f "$CKPT_DIR/$kind.json.tmp" "$CKPT_DIR/$kind.json"
-  log "copied $exp/checkpoints/model.pt → $CKPT_DIR/$kind.pt (+ .json)"
-  "$PY" - "$kind" "$CKPT_DIR/$kind.json" "$PROFILE_NAME" "$WORK/config_$kind.json" <<'PYEOF' || true
+  cp "$exp/checkpoints/model.safetensors" "$CKPT_DIR/$kind.safetensors.tmp" \
+    && mv -f "$CKPT_DIR/$kind.safetensors.tmp" "$CKPT_DIR/$kind.safetensors"
+  log "copied $exp/checkpoints/model.safetensors → $CKPT_DIR/$kind.safetensors"
+  "$PY" - "$kind" "$CKPT_DIR/$kind.safetensors" "$PROFILE_NAME" "$WORK/config_$kind.json" <<'PYEOF' || true
 import json, sys
 from mnistdiff.config import to_dict
 from mnistdiff.course.profiles import PROFILES
-kind, sidecar, profile, out = sys.argv[1:5]
-found = json.load(open(sidecar))["config"]
+from mnistdiff.modelfile import read_model_meta
+kind, model_file, profile, out = sys.argv[1:5]
+found = read_model_meta(model_file)["config"]
 expected = json.loads(json.dumps(to_dict(getattr(PROFILES[profile], kind))))
 diffs = [f"{section}.{k}: profile {expected[section].get(k)!r}, trained {v!r}"
          for section in found if isinstance(found[section], dict)
@@ -368,18 +372,18 @@ PYEOF
 sample_eval() {
   local kind=$1 reserve=$2 dir="$WORK/samples/$1" model_args
   if [ "$kind" = ldm ]; then
-    model_args=(ldm "$CKPT_DIR/vae.pt" "$CKPT_DIR/ldm.pt")
+    model_args=(ldm "$CKPT_DIR/vae.safetensors" "$CKPT_DIR/ldm.safetensors")
   else
-    model_args=(ddpm "$CKPT_DIR/ddpm.pt")
+    model_args=(ddpm "$CKPT_DIR/ddpm.safetensors")
   fi
-  if [ ! -f "$CKPT_DIR/$kind.pt" ]; then
+  if [ ! -f "$CKPT_DIR/$kind.safetensors" ]; then
     record "sample_$kind" skipped - 0 "no $kind checkpoint"
     return 0
   fi
   local dev=()
   [ "$QUICK" = 1 ] && dev=(--device cpu) || dev=(--device "$DEVICE")
   if run_stage "sample_$kind" 120 $((reserve + 25)) "$PY" -m mnistdiff sample "${model_args[@]}" \
-       --num_samples "$EVAL_SAMPLES" --mode ddim --ddim_steps "$DDIM_STEPS" --batch_size "$SAMPLE_BATCH" \
+       --num_samples "$EVAL_SAMPLES" --sampler ddim --steps "$DDIM_STEPS" --batch_size "$SAMPLE_BATCH" \
        --individual 0 --seed 0 --out "$dir" "${dev[@]}"; then
     run_stage "evaluate_$kind" 120 "$reserve" "$PY" -m mnistdiff evaluate "$dir/samples.npz" \
       --out "$dir/eval.json" "${dev[@]}" || true
@@ -392,10 +396,10 @@ if want vae; then
   refresh
 fi
 if want ldm; then
-  if [ -f "$CKPT_DIR/vae.pt" ]; then
-    train ldm "$LDM_COMPILE" $((R_EVAL_LDM + R_DDPM + R_EVAL_DDPM)) 150 "$CKPT_DIR/vae.pt" $LDM_ARGS
+  if [ -f "$CKPT_DIR/vae.safetensors" ]; then
+    train ldm "$LDM_COMPILE" $((R_EVAL_LDM + R_DDPM + R_EVAL_DDPM)) 150 "$CKPT_DIR/vae.safetensors" $LDM_ARGS
   else
-    record ldm skipped - 0 "no VAE checkpoint at $CKPT_DIR/vae.pt"
+    record ldm skipped - 0 "no VAE checkpoint at $CKPT_DIR/vae.safetensors"
   fi
   refresh
 fi

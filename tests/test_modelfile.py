@@ -531,3 +531,43 @@ def test_convert_refuses_what_is_not_a_model(tmp_path, vae_pair):
     with pytest.raises(CheckpointIntegrityError, match=r"SHA-256 does not match"):  # the old pair is verified
         convert_checkpoint(ddpm)
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json"] * 3 + [".pt"] * 3
+
+
+def test_a_diffusion_model_saves_and_loads_as_one_file_and_samples_the_same(tmp_path):
+    """DiffusionModel.save → DiffusionModel.load: the same weights, config and provenance, the same samples bit for
+    bit; a latent model needs the VAE it was trained on, and refuses another one."""
+    from mnistdiff.model import DiffusionModel, load_vae, save_vae
+
+    torch.manual_seed(0)
+    cfg = DDPMRunConfig(unet=UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(), num_heads=1,
+                                        norm_groups=4, image_size=8), diffusion=DiffusionConfig(timesteps=20))
+    unet = UNet(cfg.unet)
+    for p in unet.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    model = DiffusionModel(unet.eval(), NoiseSchedule.from_config(cfg.diffusion), cfg, {"seconds": 1.5})
+    path = model.save(tmp_path / "ddpm.safetensors", metrics={"note": "by hand"})
+    again = DiffusionModel.load(path)
+    assert again.config == cfg and again.kind == "ddpm" and again.meta["seconds"] == 1.5
+    assert again.meta["metrics"] == {"note": "by hand"}
+    a = model.sample(3, steps=4, seed=7).images
+    b = again.sample(3, steps=4, seed=7).images
+    assert torch.equal(a, b)
+
+    vcfg = VAERunConfig(vae=VAEConfig(base_channels=8, channel_mults=(1, 2, 2), norm_groups=4))
+    vae_path = save_vae(VAE(vcfg.vae), tmp_path / "vae.safetensors", vcfg)
+    other_path = save_vae(VAE(vcfg.vae), tmp_path / "other.safetensors", vcfg)  # other random weights
+    vae = load_vae(vae_path)
+    assert vae.meta["kind"] == "vae" and vae.meta["weights_sha256"] == weights_sha256(vae.state_dict())
+    lcfg = LDMRunConfig(unet=UNetConfig(in_channels=2, image_size=4, base_channels=8, channel_mults=(1,),
+                                        attention_resolutions=(), num_heads=1, norm_groups=4),
+                        diffusion=DiffusionConfig(timesteps=20))
+    ldm_path = save_model_file(tmp_path / "ldm.safetensors", UNet(lcfg.unet).state_dict(),
+                               {"kind": "ldm", "config": to_dict(lcfg), "latent_scale": 0.5, "latent_clip": 3.0,
+                                "vae_weights_sha256": vae.meta["weights_sha256"]})
+    ldm = DiffusionModel.load(ldm_path, vae=vae_path)
+    assert ldm.codec is not None and ldm.codec.scale == 0.5 and ldm.clip_range == (-3.0, 3.0)
+    assert ldm.sample(2, steps=3).images.shape == (2, 1, 32, 32)
+    with pytest.raises(CheckpointError, match="pass the VAE it was trained on"):
+        DiffusionModel.load(ldm_path)
+    with pytest.raises(CheckpointError, match="trained on a different VAE"):
+        DiffusionModel.load(ldm_path, vae=other_path)
