@@ -8,7 +8,8 @@ class share from 10 %. Variants: η = 0 and η = 1; the EMA or the raw weights o
 the first step's x̂_0 replaced by 0 (no information at t = T − 1); "leading" timesteps 980, 960, … 0
 (no ill-conditioned first step); dynamic thresholding (Saharia et al. 2022) instead of clipping.
 
-    python scripts/eta_study.py checkpoints/book/ddpm.safetensors --last checkpoints/book/runs/<run>-ddpm/checkpoints/last.pt
+    python scripts/eta_study.py checkpoints/book/ddpm.safetensors \
+        --last checkpoints/book/runs/<run>-ddpm/checkpoints/last.pt
 """
 
 from __future__ import annotations
