@@ -229,7 +229,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     """The sampler's keyword arguments of :meth:`~mnistdiff.model.DiffusionModel.sample` from the options."""
     precision, compile = (args.precision, args.compile) if args.fast is None else OLD_FAST[args.fast]
-    positive("batch_size", args.batch_size)
     return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
                 precision=precision, compile=compile)
 

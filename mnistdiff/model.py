@@ -40,6 +40,7 @@ from mnistdiff.config import (
     DDPMRunConfig,
     LDMRunConfig,
     VAERunConfig,
+    _positive,
     from_dict,
     to_dict,
 )
@@ -237,11 +238,6 @@ def _matching_vae(path: str | Path, meta: dict[str, Any], vae: str | Path | VAE 
         raise CheckpointError(f"{path} was trained on a different VAE than the one given (their weights' SHA-256 "
                               "differ): pass the VAE checkpoint it was trained with")
     return vae.to(device).eval()
-
-
-def _positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and value > 0):
-        raise ConfigError(f"{name} must be a positive number, got {value}", name)
 
 
 def _old_spellings(old: dict[str, Any], sampler: str, steps: int, precision: str | None,
