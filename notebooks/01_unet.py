@@ -83,6 +83,9 @@ print("images:", tuple(train.images.shape), train.images.dtype)
 print(f"range: [{pixels.min().item():.1f}, {pixels.max().item():.1f}]   mean: {pixels.mean().item():.4f}   "
       f"std: {pixels.std().item():.4f}")
 print("images per digit:", torch.bincount(train.labels, minlength=10).tolist())
+inner = train.images[:, :, 2:-2, 2:-2]  # MNIST's own 28×28 pixels; the 2-pixel border around them is padding
+assert inner.shape[-2:] == (28, 28) and train.images.shape[-2:] == (32, 32)
+assert (train.images == -1).sum() - (inner == -1).sum() == train.images.numel() - inner.numel()  # border: background
 
 # %%
 show_grid(train.images[:32], nrow=16, title="MNIST training images, padded to 32×32")

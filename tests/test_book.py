@@ -131,7 +131,7 @@ def test_results_page_refuses_invalid_json(tmp_path):
 
 
 def test_course_times_table(tmp_path):
-    full = {"profile": "full", "device": "H100", "notebooks": {"01_unet": 30, "02_ddpm": 754.4}}
+    full = {"profile": "full", "device": "H100", "notebooks": {"01_unet": 30, "02_ddpm": 754.4}, "total_of": "one run"}
     _write(tmp_path / "full" / "course_times.json", full)
     smoke = {"profile": "smoke", "device": "cpu", "notebooks": {"01_unet": 4.2}}
     _write(tmp_path / "smoke" / "course_times.json", smoke)
@@ -139,7 +139,7 @@ def test_course_times_table(tmp_path):
     assert "| chapter | full (H100) | smoke (cpu) |" in md
     assert "| `01_unet` | 30 s | 4.2 s |" in md
     assert "| `02_ddpm` | 12 min 34 s | — |" in md
-    assert "| **total** | 13 min 04 s | 4.2 s |" in md
+    assert "| **total** | 13 min 04 s (one run) | 4.2 s (runs not recorded) |" in md
     assert "No timings" in R.course_times_markdown(tmp_path / "none")
 
 
@@ -478,7 +478,7 @@ class DevTools:
         """A new tab showing ``url`` after its load event; returns its session id."""
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Page", "Runtime", "Log"):
+        for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable", session=session)
         self.send("Page.setLifecycleEventsEnabled", {"enabled": True}, session=session)
         self.send(
@@ -518,6 +518,11 @@ class DevTools:
                 e = p["entry"]
                 out.append(f"{e.get('source')}: {e.get('text')} {e.get('url', '')}")
         return out
+
+    def requests(self, session: str) -> list[str]:
+        """The URLs the page has requested so far (documents, scripts, styles, fonts, images, fetches)."""
+        return [ev["params"]["request"]["url"] for ev in self.events
+                if ev.get("sessionId") == session and ev.get("method") == "Network.requestWillBeSent"]
 
     def screenshot(self, session: str, path: Path) -> None:
         data = self.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
@@ -702,6 +707,11 @@ _CHECK_JS = """
   out.mjx = document.querySelectorAll('mjx-container').length;
   out.merror = document.querySelectorAll('mjx-merror').length;
   out.images = Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);
+  // the denoising player's buttons (matplotlib's HTML animation): each shows an icon drawn from the book's own files
+  const buttons = Array.from(document.querySelectorAll('.anim-buttons button'));
+  out.player_buttons = buttons.length;
+  out.player_icons = buttons.filter(b => { const s = b.querySelector('svg');
+    return s && s.getBoundingClientRect().width > 0; }).length;
   out.fonts = Array.from(document.fonts || []).filter(f => f.family.indexOf('MJX') >= 0).map(f => [f.family, f.status]);
   return out;
 })()
@@ -712,6 +722,7 @@ def _browser_check(browser: DevTools, page: Path, screenshot: Path | None = None
     session = browser.open(page.as_uri())
     result = browser.evaluate(session, _CHECK_JS)
     result["page_errors"] = browser.errors(session)
+    result["requests"] = browser.requests(session)
     if screenshot is not None:
         browser.screenshot(session, screenshot)
     target = browser.send("Target.getTargetInfo", session=session)["targetInfo"]["targetId"]
@@ -733,6 +744,9 @@ class TestInChromium:
             assert "error" not in r, f"{name}: {r['error']}"
             assert "font_error" not in r, f"{name}: MathJax fonts: {r['font_error']}"
             assert not r["page_errors"], f"{name}: the page reported errors: {r['page_errors']}"
+            own = (built.as_uri() + "/", "data:", "blob:")
+            outside = [u for u in r["requests"] if not u.startswith(own)]
+            assert r["requests"] and not outside, f"{name}: requests that leave the book's own files: {outside}"
             if r["math"]:
                 assert r.get("mathjax"), f"{name}: has math but MathJax did not load (raw TeX shows)"
                 assert r["mjx"] >= r["math"], f"{name}: {r['math']} math elements, {r['mjx']} typeset"
@@ -744,8 +758,11 @@ class TestInChromium:
             assert not not_loaded, f"{name}: images that did not load: {not_loaded}"
             if page.parent.name == "chapters":
                 assert r["images"], f"{name}: a chapter without a single figure (were its outputs stored?)"
+            assert r["player_icons"] == r["player_buttons"], f"{name}: player buttons without an icon: {r}"
+            report[name]["player_buttons"] = r["player_buttons"]
         print("\n".join(f"{k}: {v}" for k, v in report.items()))
         assert report["intro.html"]["mjx"] > 0
+        assert report["chapters/02_ddpm.html"]["player_buttons"] > 0, "chapter 2's denoising player is missing"
         assert sum(v["mjx"] for k, v in report.items() if k.startswith("chapters")) > 0, "no chapter has typeset math"
 
 

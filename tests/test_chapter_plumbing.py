@@ -173,6 +173,7 @@ def test_course_times_of_a_partial_run_are_merged_with_each_chapters_cpu():
                               "total_seconds": 25.0, "executed": {"02_ddpm": "2026-12-02"}})
     assert same["notebooks"] == {"01_unet": 10.0, "02_ddpm": 25.0} and same["total_seconds"] == 35.0
     assert same["device"] == intel and "devices" not in same and same["runs"] == "a note"
+    assert same["total_of"] == "a sum of 2 runs"  # 01 from one run, 02 from another: the total says so
     other = _merged(same, {"profile": "book", "device": amd, "notebooks": {"03_ddim": 5.0}, "total_seconds": 5.0,
                            "executed": {"03_ddim": "2026-12-02"}})
     assert other["devices"] == {"01_unet": intel, "02_ddpm": intel, "03_ddim": amd}

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
 from mnistdiff.course.chapters import CHAPTERS, chapter_name
 from mnistdiff.course.profiles import ENV_VAR, profile_name
 from mnistdiff.devices import device_name
+from mnistdiff.evaluation.report import results_dir
 from mnistdiff.files import atomic_write_text, repo_root
 
 __all__ = ["run_course", "notebook_path"]
@@ -37,7 +39,6 @@ def run_course(
 ) -> dict[str, float]:
     """Execute notebooks top to bottom in fresh kernels; returns seconds per notebook."""
     import nbformat
-    from nbclient import NotebookClient
 
     prof = profile_name(profile)
     os.environ[ENV_VAR] = prof  # the kernels inherit it
@@ -45,25 +46,36 @@ def run_course(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [notebook_path(n) for n in notebooks] if notebooks else [NOTEBOOK_DIR / f"{n}.ipynb" for n in CHAPTERS]
     times: dict[str, float] = {}
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
     print(f"running {len(paths)} notebooks, profile {prof}, on {device_name()}")
-    for path in paths:
-        nb = nbformat.read(path, as_version=4)
-        t0 = time.perf_counter()
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
-        times[path.stem] = round(time.perf_counter() - t0, 1)
-        atomic_write_text(out_dir / path.name, nbformat.writes(nb) + "\n")
-        print(f"  {path.stem:<22} {times[path.stem]:8.1f} s  → {out_dir / path.name}")
+    with tempfile.TemporaryDirectory(prefix="mnistdiff-kernel-") as sockets:
+        for path in paths:
+            nb = nbformat.read(path, as_version=4)
+            t0 = time.perf_counter()
+            _client(nb, timeout, Path(sockets) / path.stem).execute()
+            times[path.stem] = round(time.perf_counter() - t0, 1)
+            atomic_write_text(out_dir / path.name, nbformat.writes(nb) + "\n")
+            print(f"  {path.stem:<22} {times[path.stem]:8.1f} s  → {out_dir / path.name}")
     total = round(sum(times.values()), 1)
     print(f"  {'total':<22} {total:8.1f} s")
-    results = REPO_ROOT / "results" / prof / "course_times.json"
-    executed = {name: time.strftime("%Y-%m-%d") for name in times}
+    results = results_dir() / prof / "course_times.json"  # a run of every chapter replaces the record
     record = {"profile": prof, "device": device_name(), "notebooks": times, "total_seconds": total,
-              "executed": executed}
-    if results.exists() and notebooks:  # a partial run: merge with the record, keep its notes
+              "total_of": "one run", "executed": {name: started for name in times}}
+    if results.exists() and notebooks:  # a run of some chapters keeps the others' entries and notes
         record = _merged(json.loads(results.read_text()), record)
     atomic_write_text(results, json.dumps(record, indent=2) + "\n")
     return times
+
+
+def _client(nb: object, timeout: int, sockets: Path) -> object:
+    """A notebook client whose kernel talks over local IPC sockets named ``sockets-<n>``: no TCP port, so the kernel
+    has no "running over TCP without encryption" warning to print (a warning the reader could not act on)."""
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets))
+    return NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
+                          resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
 
 
 def _merged(previous: dict, record: dict) -> dict:
@@ -78,4 +90,6 @@ def _merged(previous: dict, record: dict) -> dict:
         merged["device"] = "; ".join(f"{d} ({', '.join(sorted(n[:2] for n in devices if devices[n] == d))})"
                                      for d in dict.fromkeys(devices.values()))
     merged["total_seconds"] = round(sum(merged["notebooks"].values()), 1)
+    runs = {merged["executed"].get(n) for n in merged["notebooks"]}
+    merged["total_of"] = "one run" if len(runs) == 1 and None not in runs else f"a sum of {len(runs)} runs"
     return merged

@@ -142,12 +142,14 @@ def _duration(seconds: Any) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _read_course_times(results_dir: Path) -> tuple[dict[str, Mapping[str, Any]], dict[str, str]]:
-    """``({profile: {chapter: seconds}}, {profile: device})`` from every ``*/course_times.json``."""
+def _read_course_times(results_dir: Path) -> tuple[dict[str, Mapping[str, Any]], dict[str, str], dict[str, str]]:
+    """``({profile: {chapter: seconds}}, {profile: device}, {profile: what the total sums})`` from every
+    ``*/course_times.json``."""
     times: dict[str, Mapping[str, Any]] = {}
     devices: dict[str, str] = {}
+    sums: dict[str, str] = {}
     if not Path(results_dir).is_dir():
-        return times, devices
+        return times, devices, sums
     paths = sorted(Path(results_dir).glob("*/course_times.json"), key=lambda p: _profile_sort_key(p.parent.name))
     for path in paths:
         data = _read_json(path)
@@ -156,7 +158,8 @@ def _read_course_times(results_dir: Path) -> tuple[dict[str, Mapping[str, Any]],
         profile = str(data.get("profile") or path.parent.name)
         times[profile] = data["notebooks"]
         devices[profile] = cell_text(data.get("device") or data.get("device_name") or "not recorded")
-    return times, devices
+        sums[profile] = str(data.get("total_of") or "runs not recorded")
+    return times, devices, sums
 
 
 def _total(notebooks: Mapping[str, Any]) -> str:
@@ -171,7 +174,7 @@ def course_times_markdown(results_dir: Path, chapters: Sequence[str] = CHAPTERS,
     Chapter names link to their page when ``book_dir/chapters/<name>.ipynb`` exists (the table
     is included by ``book_dir/intro.md``, so links are relative to it).
     """
-    times, devices = _read_course_times(results_dir)
+    times, devices, sums = _read_course_times(results_dir)
     if not times:
         return (
             "No timings have been recorded yet: the course command writes them to "
@@ -187,5 +190,5 @@ def course_times_markdown(results_dir: Path, chapters: Sequence[str] = CHAPTERS,
         return f"`{name}`"
 
     rows = [[label(n), *(_duration(times[p][n]) if n in times[p] else "—" for p in profiles)] for n in names]
-    rows.append(["**total**", *(_total(times[p]) for p in profiles)])
+    rows.append(["**total**", *(f"{_total(times[p])} ({sums[p]})" for p in profiles)])
     return table(["chapter", *(f"{p} ({devices[p]})" for p in profiles)], rows)
