@@ -37,7 +37,7 @@ import pytest
 import yaml
 
 from mnistdiff.book import extension
-from mnistdiff.course.chapters import CHAPTERS
+from mnistdiff.course.chapters import CHAPTERS, LESSONS
 
 # The book's tooling lives in book/_ext/mnistdiff_book (not in the installed package).
 T = extension("tables")
@@ -787,8 +787,8 @@ class TestInChromium:
 
 def test_exercises_are_shown_and_solutions_collapsed(built):
     """Every chapter's exercises are admonitions; their prose solutions are dropdowns (one per
-    exercise) and their code solutions toggled (closed) cells in the built book."""
-    for chapter in CHAPTERS:
+    exercise) and their code solutions toggled (closed) cells in the built book (the opener has none)."""
+    for chapter in LESSONS:
         html = (built / "chapters" / f"{chapter}.html").read_text()
         n = int(chapter[:2])
         exercises = set(re.findall(rf"Exercise {n}\.(\d+)", html))
@@ -802,3 +802,13 @@ def test_notation_page_is_built_and_linked_from_every_chapter(built):
     assert (built / "notation.html").is_file()
     for chapter in CHAPTERS:
         assert 'href="../notation.html"' in (built / "chapters" / f"{chapter}.html").read_text(), chapter
+
+
+def test_intro_quotes_the_training_minutes_the_model_files_record(built):
+    """The introduction's training time is a substitution generated from the committed models' own records."""
+    from mnistdiff.modelfile import read_model_meta
+
+    seconds = sum(read_model_meta(p)["seconds"] for p in sorted((REPO / "checkpoints" / "book").glob("*.safetensors")))
+    assert (BOOK / "intro.md").read_text().count("{{ book_train_minutes }} minutes") == 2
+    html = (built / "intro.html").read_text()
+    assert html.count(f"{seconds / 60:.0f} minutes on two CPU cores") == 2 and "book_train_minutes" not in html

@@ -16,7 +16,7 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from mnistdiff.course.chapters import CHAPTERS
+from mnistdiff.course.chapters import CHAPTERS, LESSONS
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KINDS = "derivation|a change to the code|an experiment"
@@ -48,7 +48,7 @@ def _exercises(chapter: str) -> tuple[list[tuple[int, int]], list[tuple[int, int
     return exercises, prose, code
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS)
+@pytest.mark.parametrize("chapter", LESSONS)
 def test_every_exercise_has_a_collapsed_solution(chapter):
     exercises, prose, code = _exercises(chapter)
     number = int(chapter[:2])
@@ -61,7 +61,7 @@ def test_every_exercise_has_a_collapsed_solution(chapter):
         assert m and (int(m[1]), int(m[2])) in exercises, f"{chapter}: solution cell names no exercise"
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS)
+@pytest.mark.parametrize("chapter", LESSONS)
 def test_every_chapter_has_three_to_five_exercises_of_mixed_kinds(chapter):
     exercises, _, _ = _exercises(chapter)
     assert 3 <= len(exercises) <= 5, f"{chapter} has {len(exercises)} exercises"
@@ -85,7 +85,7 @@ def test_every_chapter_links_the_notation_page(chapter):
     assert "](../notation.md)" in _markdown(chapter), f"{chapter} does not link ../notation.md"
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS)
+@pytest.mark.parametrize("chapter", LESSONS)
 def test_smoke_caveats_gather_in_one_admonition(chapter):
     """Each chapter states what the smoke profile changes once, in one note near its top."""
     text = _markdown(chapter)

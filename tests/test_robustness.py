@@ -622,7 +622,7 @@ BAD_ARGS = [
     (["sample", "ddpm", "{tmp}/missing.safetensors"], r"checkpoint .*missing\.safetensors does not exist"),
     (["sample", "ddpm", "{tmp}/a_file"], r"a_file is not a model file \(not in the safetensors format\)"),
     (["sample", "ddpm", "{ddpm}", "--out", "/proc/nope"], r"output folder /proc/nope is not writable"),
-    (["course", "--notebooks", "99"], r"unknown chapter '99'; choose from 01_unet"),
+    (["course", "--notebooks", "99"], r"unknown chapter '99'; choose from 00_the_idea, 01_unet"),
     (["sample", "ddpm", "{ddpm}", "--ddim_steps", "10", "--out", "{tmp}/a_file"],
      r"output folder .*a_file is not writable"),
     (["sample", "ldm", "{ddpm}", "{ddpm}"], r"holds a 'ddpm' model, expected a 'ldm' one"),

@@ -52,7 +52,12 @@ def run_course(
         for path in paths:
             nb = nbformat.read(path, as_version=4)
             t0 = time.perf_counter()
-            _client(nb, timeout, Path(sockets) / path.stem).execute()
+            client = _client(nb, timeout, Path(sockets) / path.stem)
+            try:
+                client.execute()
+            finally:  # the client does not own the kernel it was given: shut it down here
+                if client.km.has_kernel:
+                    client.km.shutdown_kernel(now=True)
             times[path.stem] = round(time.perf_counter() - t0, 1)
             atomic_write_text(out_dir / path.name, nbformat.writes(nb) + "\n")
             print(f"  {path.stem:<22} {times[path.stem]:8.1f} s  → {out_dir / path.name}")

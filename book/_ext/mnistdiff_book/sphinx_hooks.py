@@ -7,7 +7,9 @@ Before the table of contents is read it writes, into the book's folder:
 * ``api/``: one autodoc page per module of the package (:mod:`.api_pages`), and
   ``_generated/_toc.yml``: ``_toc.yml`` with the API pages listed in reading order.
 
-So a plain ``jupyter-book build book`` regenerates them too. As Sphinx reads each notebook it
+It also sets the MyST substitutions the introduction quotes (``{{ book_train_minutes }}``, from the
+committed book models' own files: :func:`substitutions`). So a plain ``jupyter-book build book``
+regenerates them too. As Sphinx reads each notebook it
 removes the widget views that a static book cannot show (:mod:`.widgets_strip`).
 """
 
@@ -50,7 +52,20 @@ def write_generated(
     return [book_dir / rel for rel in files]
 
 
+def substitutions(checkpoints: Path | None = None) -> dict[str, str]:
+    """Numbers the book's Markdown pages quote, generated: ``book_train_minutes``, the minutes the committed
+    ``checkpoints/book/*.safetensors`` models took to train together (each file records its own seconds)."""
+    from mnistdiff.modelfile import SUFFIX, read_model_meta
+
+    folder = Path(checkpoints) if checkpoints is not None else BOOK_DIR.parent / "checkpoints" / "book"
+    seconds = [read_model_meta(path).get("seconds") for path in sorted(folder.glob(f"*{SUFFIX}"))]
+    known = [float(s) for s in seconds if isinstance(s, (int, float))]
+    minutes = f"{sum(known) / 60:.0f}" if known and len(known) == len(seconds) else "(not recorded)"
+    return {"book_train_minutes": minutes}
+
+
 def _on_config_inited(app: Any, config: Any) -> None:
+    config.myst_substitutions = {**(config.myst_substitutions or {}), **substitutions()}
     book_dir = Path(app.srcdir)
     results_dir = config.mnistdiff_results_dir or None
     modules = package_modules()  # once: the pages and the table of contents list the same modules
