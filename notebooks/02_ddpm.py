@@ -43,8 +43,8 @@
 # equations, figures and printed results, while the package's arrays (and the tensors passed to
 # it) hold the 0-based index $t - 1$.
 #
-# **Run time.** a few minutes on two CPU cores with the committed `book` checkpoint (most of it
-# the 1000-step sampler); measured times in the [introduction](../intro.md).
+# **Run time.** A few minutes on two CPU cores with the committed `book` checkpoint (most of it
+# the $T$-step sampler of section 4); measured times in the [introduction](../intro.md).
 # *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 #
 # :::{admonition} The smoke profile
@@ -52,8 +52,8 @@
 # The book shows this chapter executed with the `book` profile's committed checkpoints. Run under
 # `MNISTDIFF_PROFILE=smoke` (the test suite does), the DDPM is a tiny model trained for seconds on a
 # subset with $T = 100$: enough to run every code path, not to draw digits, so every sample figure
-# shows noise-like blobs, the loss curves are short, and the numbers the cells print differ from
-# those the text quotes for the `book` profile. The code paths are the same.
+# shows noise-like blobs, the loss curves are short, and the numbers the cells print (and the
+# sentences generated from them) differ from the `book` profile's. The code paths are the same.
 # :::
 
 # %%
@@ -63,13 +63,14 @@ import time
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from IPython.display import Image, Markdown, display
 from matplotlib.ticker import MaxNLocator
 
 from mnistdiff import NoiseSchedule, UNet, diffusion_loss, make_diffusion_loss, min_snr_weight, p_mean_variance
 from mnistdiff import p_sample, predict_x0_from_eps, q_posterior, q_sample
 from mnistdiff import default_device, get_ddpm, get_profile, load_mnist
 from mnistdiff import grid_array, pick_frames, plot_loss_curves, show_grid
-from mnistdiff.course.widgets import denoising_player, timestep_explorer
+from mnistdiff.course.widgets import denoising_player, frame_strip_png, image_slider
 
 PROFILE = get_profile()
 DEVICE = default_device()
@@ -82,7 +83,7 @@ print(f"profile: {PROFILE.name}, device: {DEVICE}, T = {T} timesteps, {PROFILE.d
 # **Where this chapter ends.** Digits drawn by the model it trains: this profile's trained DDPM
 # (loaded, or trained if it is missing), sampled with chapter 3's fast sampler, DDIM with
 # `PROFILE.ddim_steps` steps and the package's default $\eta$. Section 4 draws them with the
-# 1000-step sampler this chapter derives; chapter 6 measures how close they are to real digits.
+# $T$-step sampler this chapter derives; chapter 6 measures how close they are to real digits.
 
 # %%
 preview = get_ddpm(device=DEVICE, progress=False)
@@ -161,11 +162,16 @@ for t in (1, 100, 250, 500, 750, 900, 1000):  # ᾱ_t is alphas_cumprod[t - 1]
 print(f"last step of the cosine schedule: β_1000 = {cos1000.betas[-1].item():.6f} (clipped), "
       f"ᾱ_1000 = {cos1000.alphas_cumprod[-1].item():.3e}")
 
+# %% tags=["remove-input"]
+half, three_quarters = 1000 // 2, 3 * 1000 // 4  # t = T/2 and 3T/4 of the table's T = 1000 (index t − 1)
+lin_ab, cos_ab = lin1000.alphas_cumprod, cos1000.alphas_cumprod
+Markdown(rf"""Halfway through, the linear schedule has kept $\bar\alpha = {lin_ab[half - 1]:.2f}$ of the signal's
+variance and at three quarters only ${lin_ab[three_quarters - 1]:.3f}$; the cosine schedule still has
+${cos_ab[half - 1]:.2f}$ and ${cos_ab[three_quarters - 1]:.2f}$, and only reaches (almost) zero at the very end.""")
+
 # %% [markdown]
-# Halfway through, the linear schedule has kept $\bar\alpha = 0.08$ of the signal's variance and at
-# three quarters only $0.003$; the cosine schedule still has $0.49$ and $0.14$, and only reaches
-# (almost) zero at the very end. On the right, the same curves as the natural log of the
-# signal-to-noise ratio, $\ln \mathrm{SNR}_t = \ln(\bar\alpha_t/(1-\bar\alpha_t))$:
+# Below, $\bar\alpha_t$ of both schedules (left) and the same curves as the natural log of the
+# signal-to-noise ratio (right), $\ln \mathrm{SNR}_t = \ln(\bar\alpha_t/(1-\bar\alpha_t))$:
 # the cosine schedule is nearly linear in it over most of the chain.
 
 # %%
@@ -225,11 +231,22 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Drag the slider to move through every $t$ of this profile's schedule (the strip above the
-# slider is the static version, for when the notebook is not running):
+# Drag the slider to move through every $t = 1, \dots, T$ of this profile's schedule: each frame is
+# `q_sample` of the same digit with the same $\epsilon$, at the array index $t - 1$. The strip above
+# the slider is the static version, for when the notebook is not running:
 
 # %%
-timestep_explorer(digit, schedule, frames=PROFILE.widget_frames, seed=SEED)
+every_t = torch.arange(1, T + 1)  # t = 1, …, T
+x_every_t = q_sample(schedule, digit.expand(T, -1, -1, -1), every_t - 1, eps[:1].expand(T, -1, -1, -1))
+ab_every_t = schedule.alphas_cumprod.double()
+strip_t = torch.linspace(1, T, PROFILE.widget_frames).round().long().tolist()  # from t = 1 to t = T
+display(Image(frame_strip_png([x_every_t[t - 1] for t in strip_t],
+                              [f"t={t}\nᾱ={ab_every_t[t - 1].item():.3f}" for t in strip_t],
+                              title=r"$q(x_t \mid x_0)$: the same digit and the same noise as $t$ grows"), format="png"))
+image_slider(list(x_every_t.unbind()),
+             [f"t = {t}<br>ᾱ<sub>t</sub> = {a:.4f} &nbsp; √ᾱ<sub>t</sub> = {a ** 0.5:.3f} &nbsp; "
+              f"√(1−ᾱ<sub>t</sub>) = {(1 - a) ** 0.5:.3f}" for t, a in zip(every_t.tolist(), ab_every_t.tolist())],
+             description="t", nrow=1, zoom=4, fallback="none")
 
 # %% [markdown]
 # :::{admonition} Exercise 2.1 (derivation): $T$ steps are one step
@@ -253,8 +270,8 @@ timestep_explorer(digit, schedule, frames=PROFILE.widget_frames, seed=SEED)
 # The cell below runs the recursion $m_t = \sqrt{\alpha_t}\,m_{t-1}$, $v_t = \alpha_t v_{t-1} + \beta_t$
 # from $m_0 = 1$, $v_0 = 0$ and checks it against $\sqrt{\bar\alpha_t}$ and $1 - \bar\alpha_t$ at every
 # $t$; then it runs the chain itself on a pixel of value $x_0 = 0.7$ and prints the sample mean and
-# standard deviation beside eq. 4's at three timesteps (they agree to Monte Carlo error, about
-# $0.007$ for 20,000 samples).
+# standard deviation beside eq. 4's at three timesteps (they agree to Monte Carlo error: the standard
+# error of a mean of 20,000 samples is $1/\sqrt{20\,000} \approx 0.007$ times their standard deviation).
 # :::
 
 # %% tags=["solution", "hide-cell"]
@@ -278,6 +295,7 @@ for t in range(1, T + 1):
         torch.testing.assert_close(x.mean(), mean, rtol=0, atol=0.03)
         torch.testing.assert_close(x.std(), std, rtol=0, atol=0.03)
         print(f"{t:>5} {x.mean().item():>8.4f} {mean.item():>9.4f} {x.std().item():>7.4f} {std.item():>9.4f}")
+assert round(1 / math.sqrt(x.numel()), 3) == 0.007  # the standard error of a mean of 20,000 samples, per unit std
 print(f"the recursion equals eq. 4 at all {T} timesteps; the sampled chain agrees to Monte Carlo error")
 
 # %% [markdown]
@@ -328,10 +346,22 @@ print(f"L_simple of the untrained network: {ours.item():.4f} (= mean ε², since
 # \|\epsilon - \hat\epsilon\|^2 = \mathrm{SNR}_t\,\|x_0 - \hat x_0\|^2,
 # \qquad \mathrm{SNR}_t = \frac{\bar\alpha_t}{1-\bar\alpha_t}.
 # $$
-#
-# The weight $\mathrm{SNR}_t$ is about $4\times10^4$ at $t = 1$ and vanishes at $t = T$: the
-# nearly clean steps, where the only task is to remove a faint grain, dominate the gradient, and
-# the noisy steps that decide the digit's shape get little of it. Hang et al. (2023,
+
+# %% tags=["remove-input"]
+def times_ten(value: float) -> str:
+    """``value`` in LaTeX as m × 10^e with one decimal (24208.5 → $2.4\times 10^{4}$)."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return rf"${mantissa}\times 10^{{{int(exponent)}}}$"
+
+
+snr_sched = schedule.alphas_cumprod.double() / (1 - schedule.alphas_cumprod.double())  # SNR_t at index t − 1
+Markdown(rf"""The weight $\mathrm{{SNR}}_t$ is about {times_ten(snr_sched[0].item())} at $t = 1$
+(from $\bar\alpha_1 = {schedule.alphas_cumprod[0].item():.6f}$) and vanishes at $t = T$
+({times_ten(snr_sched[-1].item())}): the nearly clean steps, where the only task is to remove a faint grain, dominate
+the gradient, and the noisy steps that decide the digit's shape get little of it.""")
+
+# %% [markdown]
+# Hang et al. (2023,
 # [arXiv:2303.09556](https://arxiv.org/abs/2303.09556)) see the timesteps as tasks that compete and cap
 # the weight at $\gamma$ (they recommend $\gamma = 5$): the $x_0$ error is weighted by
 # $\min(\mathrm{SNR}_t, \gamma)$, that is, the $\epsilon$ error by
@@ -344,15 +374,16 @@ print(f"L_simple of the untrained network: {ours.item():.4f} (= mean ε², since
 # which is 1 wherever $\mathrm{SNR}_t \le \gamma$ and $\gamma/\mathrm{SNR}_t$ near $t = 1$. Nothing
 # else changes: the same network, target and sampler. They report convergence several times
 # faster; a short training budget is where that matters, so the `book` profile trains its DDPM with
-# $\gamma = 5$ (`PROFILE.ddpm.diffusion.min_snr_gamma`; `None` means $L_\text{simple}$). On this
-# book's budget (4 epochs on two CPU cores, everything else equal) it lowered the classifier-FID of
-# 256 DDIM-50 samples from 3.97 to 2.83 and raised their precision from 0.691 to 0.707
-# (`benchmarks/README.md` has the table). $L_\gamma$ is not comparable with $L_\text{simple}$: the
-# clean steps count less, so the `book` profile's loss curves below sit lower than an
-# $L_\text{simple}$ run's would.
+# $\gamma = 5$ (`PROFILE.ddpm.diffusion.min_snr_gamma`; `None` means $L_\text{simple}$). On the
+# `book` profile's budget, in two training runs that differed only in the loss, the min-SNR-5 model
+# drew the better samples by chapter 6's measures (a lower classifier-FID, a higher precision);
+# `benchmarks/README.md` (*min-SNR-γ against L_simple*) records both runs' scores. $L_\gamma$ is not
+# comparable with $L_\text{simple}$: the clean steps count less, so the `book` profile's loss curves
+# below sit lower than an $L_\text{simple}$ run's would.
 
 # %%
 GAMMA = PROFILE.ddpm.diffusion.min_snr_gamma or 5.0  # the profile's γ (smoke and full train on L_simple)
+assert get_profile("book").ddpm.diffusion.min_snr_gamma == 5  # the book profile trains with min-SNR-5
 
 
 def min_snr_inline(sched: NoiseSchedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -473,11 +504,11 @@ with torch.no_grad():
 torch.testing.assert_close(ours, theirs)
 print(f"the first batch's loss: ours {ours.item():.4f}, make_diffusion_loss's {theirs.item():.4f} (the same t and ε)")
 
-# %% [markdown]
-# Now the whole run, `INLINE_STEPS` steps of batch 64 (`PROFILE.inline_steps`: 160 in the `book` profile),
-# and its loss curve. The loss of each step is noisy, because every batch draws its own timesteps and some $t$
-# are much harder than others (next section); a running mean shows the trend. At the end, the raw
-# and the EMA weights are scored on the same 512 test images with the same $t$ and $\epsilon$.
+# %% tags=["remove-input"]
+Markdown(rf"""Now the whole run, {INLINE_STEPS} steps of batch {INLINE_BATCH} (`PROFILE.inline_steps` of the
+`{PROFILE.name}` profile), and its loss curve. The loss of each step is noisy, because every batch draws its own
+timesteps and some $t$ are much harder than others (next section); a running mean shows the trend. At the end, the
+raw and the EMA weights are scored on the same 512 test images with the same $t$ and $\epsilon$.""")
 
 # %%
 start = time.perf_counter()
@@ -506,23 +537,50 @@ ax.grid(alpha=0.3)
 fig.tight_layout()
 plt.show()
 
+# %% tags=["remove-input"]
+def ema_memory(updates: int, decay: float) -> float:
+    """1 / (1 − d_n) at the last of ``updates`` updates (n = updates − 1): roughly how many recent steps the EMA
+    averages."""
+    return 1 / (1 - min(decay, updates / (9 + updates)))
+
+
+book_train = get_profile("book").ddpm.train
+book_updates = (book_train.subset or len(train.images)) // book_train.batch_size * book_train.epochs
+full_decay_from = round((10 * INLINE_DECAY - 1) / (1 - INLINE_DECAY))  # the n at which (1 + n)/(10 + n) = d
+ema_verdict = "worse" if ema_eval > raw_eval else ("better" if ema_eval < raw_eval else "the same")
+Markdown(rf"""The EMA's memory, about $1/(1-d_n)$ updates, is not yet the {1 / (1 - INLINE_DECAY):.0f} steps of
+$1/(1-d)$: the warm-up makes it $(10 + n)/9$, one step longer every nine updates, and $d_n$ reaches $d$ only after
+{full_decay_from:,} updates. At the end of this {INLINE_STEPS}-step run the EMA averages roughly the last
+{ema_memory(INLINE_STEPS, INLINE_DECAY):.0f} steps' weights: close to the raw ones but a little older, so it need not
+score better, and here it scores {ema_verdict} ({ema_eval:.4f} against {raw_eval:.4f}, printed above). The average is
+meant for longer runs, where it smooths the noise of the last updates once the loss has flattened; even the `book`
+profile's DDPM ({book_updates:,} updates) ends inside the warm-up, averaging roughly its last
+{ema_memory(book_updates, book_train.ema_decay):.0f} steps. The package evaluates (the eval loss below) and samples
+with the EMA weights.""")
+
 # %% [markdown]
-# The EMA's memory is long, $1/(1-d) = 1000$ steps, and the warm-up of $d_n$ shortens it only at the
-# start: in so short a run the EMA weights still carry a share of the early, worse weights, so they
-# need not score better than the raw ones (compare the two numbers printed above). The average pays
-# off over the package's runs of thousands of steps, where it smooths the last steps' noise; the
-# package evaluates (the eval loss below) and samples with the EMA weights.
-#
 # ### The package's training
 #
 # `get_ddpm` loads this profile's trained model from `checkpoints/<profile>/ddpm.safetensors`, or trains it
 # with the package's training loop (AdamW, warm-up and cosine learning-rate decay, gradient clipping,
 # an exponential moving average of the weights) and stores it. The `book` profile's checkpoint is
-# committed with the repository: a 0.63 M-parameter UNet trained with min-SNR-5 for 4 epochs on all 60,000 images
-# on two CPU cores (`python -m mnistdiff train all --profile book`; the file's header records the recipe,
-# the CPU and the minutes, printed below). The `smoke` profile trains a tiny model for seconds on
-# a subset, enough to see the machinery work but not to draw digits; `full` is the reference
-# recipe for a GPU (1.7 M parameters, 100 epochs).
+# committed with the repository (`python -m mnistdiff train all --profile book`); the file's header
+# records the recipe, the CPU and the minutes, printed below.
+
+# %% tags=["remove-input"]
+def unet_parameters(profile_name: str) -> int:
+    """The number of parameters of a profile's DDPM UNet (built, not trained)."""
+    return sum(p.numel() for p in UNet(get_profile(profile_name).ddpm.unet).parameters())
+
+
+book_gamma = get_profile("book").ddpm.diffusion.min_snr_gamma  # 5: asserted in section 2
+smoke_train, full_train = get_profile("smoke").ddpm.train, get_profile("full").ddpm.train
+Markdown(rf"""The `book` profile's DDPM is a {unet_parameters("book") / 1e6:.2f} M-parameter UNet trained with
+min-SNR-{book_gamma:g} for {book_train.epochs} epochs on all
+{book_train.subset or len(train.images):,} training images on two CPU cores. The `smoke` profile trains a
+{unet_parameters("smoke") / 1e3:.0f} k-parameter model for seconds on a subset of {smoke_train.subset:,} images, enough to
+see the machinery work but not to draw digits; `full` is the reference recipe for a GPU
+({unet_parameters("full") / 1e6:.1f} M parameters, {full_train.epochs} epochs).""")
 
 # %%
 start = time.perf_counter()
@@ -604,10 +662,10 @@ plt.show()
 #
 # :::{admonition} Solution 2.2
 # :class: dropdown
-# Under the linear schedule $\bar\alpha_t$ is down to $0.08$ by $t = T/2$ and $0.003$ by $3T/4$: for the
-# last part of the chain $x_t$ is practically pure noise, copying the input is already almost
-# exact, and the network has next to nothing to learn there. Since $t$ is drawn uniformly, that
-# share of every batch is wasted; under the cosine schedule the copy's loss stays high until close
+# Under the linear schedule $\bar\alpha_t$ is down to $0.08$ by $t = T/2$ and $0.003$ by $3T/4$
+# (section 1's table, $T = 1000$): for the last part of the chain $x_t$ is practically pure noise,
+# copying the input is already almost exact, and the network has next to nothing to learn there.
+# Since $t$ is drawn uniformly, that share of every batch is wasted; under the cosine schedule the copy's loss stays high until close
 # to the end. The cell prints, for each schedule, the share of timesteps at which copying the input
 # already scores below 0.01 (about a third of the chain under the linear schedule against 7 % under
 # the cosine one, for $T = 100$ and $T = 1000$ alike), and
@@ -641,6 +699,11 @@ for (name, (c, l)), sched in zip(runs.items(), (schedule, linear_schedule)):
     share[name] = (copy_loss(sched) < 0.01).double().mean().item()
     print(f"{name:>9} " + " ".join(f"{v:>11.4f}" for v in in_quarter) + f"   {share[name]:>5.0%} of the t")
 assert share["linear"] > share["cosine"], share
+assert round(lin1000.alphas_cumprod[499].item(), 2) == 0.08 and round(lin1000.alphas_cumprod[749].item(), 3) == 0.003
+for T_check in (100, 1000):  # the smoke profile's T and the book's: the same shares
+    cos_share, lin_share = ((copy_loss(NoiseSchedule.make(kind, T_check)) < 0.01).double().mean().item()
+                            for kind in ("cosine", "linear"))
+    assert round(cos_share, 2) == 0.07 and abs(lin_share - 1 / 3) < 0.03, (T_check, cos_share, lin_share)
 fig, ax = plt.subplots(figsize=(6, 3.2))
 for (name, (c, l)), sched in zip(runs.items(), (schedule, linear_schedule)):
     line, = ax.plot(c, l, "o-", label=f"tiny UNet, {name} schedule, {INLINE_STEPS} steps")
@@ -897,21 +960,24 @@ ax.grid(alpha=0.3)
 fig.tight_layout()
 plt.show()
 
+# %% tags=["remove-input"]
+beta_2, ab_1 = schedule.betas.double()[1].item(), schedule.alphas_cumprod.double()[0].item()
+Markdown(rf"""The bound weights the steps very unequally. For $\sigma_t^2 = \tilde\beta_t$ the weight simplifies to
+$w_t = \beta_t / (2\alpha_t(1-\bar\alpha_{{t-1}}))$: {w_small[0].item():.2f} at $t = 2$ (there $\alpha_t \approx 1$ and
+$\beta_t/(1-\bar\alpha_{{t-1}}) = {beta_2 / (1 - ab_1):.2f}$), then falling with $\beta_t/(1-\bar\alpha_{{t-1}})$ through the
+middle of the chain ({w_small[T // 2 - 2].item():.2g} at $t = {T // 2}$), and rising again at the very end of the cosine
+schedule, to {w_small[-1].item():.0f} at $t = T$, where $\beta_t$ is clipped near 1 and $\alpha_t$ is tiny: the largest
+weight is {times_ten((w_small.max() / w_small.min()).item())} times the smallest. $L_\text{{simple}}$ flattens all of this
+to 1: relative to the bound it moves weight from the nearly clean steps to the middle of the chain, gives up some
+likelihood and gains samples that look better (Ho et al., section 3.4); min-SNR-$\gamma$ reweights once more, by a
+different rule.""")
+
 # %% [markdown]
-# The bound weights the steps very unequally. For $\sigma_t^2 = \tilde\beta_t$ the weight simplifies to
-# $w_t = \beta_t / (2\alpha_t(1-\bar\alpha_{t-1}))$: about $1/2$ at $t = 2$, where $\beta_t \approx 1 - \bar\alpha_{t-1}$,
-# then falling with $\beta_t/(1-\bar\alpha_{t-1})$ by orders of magnitude through the middle of the chain,
-# and rising again at the very end of the cosine schedule, where $\beta_t$ is clipped near 1 and
-# $\alpha_t$ is tiny (the printed values). $L_\text{simple}$ flattens all of this to 1: relative to
-# the bound it moves weight from the nearly clean steps to the middle of the chain, gives up some
-# likelihood and gains samples that look better (Ho et al., section 3.4); min-SNR-$\gamma$ reweights once
-# more, by a different rule.
-#
 # ### The score view
 #
 # There is a second reading of what the network learns. The **score** of a distribution is the
 # gradient of its log density, $\nabla_x \ln q(x)$: it points towards where the data is denser.
-# **Tweedie's formula** (Efron, *Tweedie's formula and selection bias*, 2011) gives the best guess of
+# **Tweedie's formula** (Efron 2011, *Tweedie's formula and selection bias*) gives the best guess of
 # $x_0$ from a Gaussian-noised $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$ through the
 # score of the noisy marginal $q(x_t)$:
 #
@@ -1051,6 +1117,26 @@ plt.show()
 change = [(rows[c][1] - rows[-1][1]).abs().mean().item() for c in range(len(picks))]
 print("mean |x̂_0 − x_0| per pixel, by frame: " + ", ".join(f"t={t}: {v:.3f}" for t, v in zip(shown_t, change)))
 
+# %% tags=["remove-input"]
+t_first, x_first = frames[picks[0]][0], frames[picks[0]][1][:4].to(DEVICE)  # t = T and x_T
+with torch.no_grad():
+    index_T = torch.full((x_first.shape[0],), t_first - 1, device=DEVICE)
+    eps_first = model.unet(x_first, index_T).float()
+x0_first = predict_x0_from_eps(schedule.to(DEVICE), x_first, index_T, eps_first).cpu()  # unclipped
+ab_T, ab_T1 = (schedule.alphas_cumprod.double()[i].item() for i in (-1, -2))
+at_bounds = (rows[0][1].abs() == 1).float().mean().item()  # rows[0]: the frame at t = T, x̂_0 clipped
+Markdown(rf"""The first column's $\hat x_0$, at $t = T$, is {"black-and-white speckle" if at_bounds > 0.5 else "no digit"}:
+{at_bounds:.1%} of its pixels sit exactly at the clipping bounds $\pm 1$. That is no bug. $x_T$ holds almost nothing
+of a digit ($\sqrt{{\bar\alpha_T}} =$ {times_ten(ab_T ** 0.5)}), so
+$\hat x_0 = (x_T - \sqrt{{1-\bar\alpha_T}}\,\hat\epsilon)/\sqrt{{\bar\alpha_T}}$ multiplies any error of the
+network's $\hat\epsilon$ by $1/\sqrt{{\bar\alpha_T}} \approx$ {times_ten(ab_T ** -0.5)}: to put $\hat x_0$ anywhere
+near a digit, $\hat\epsilon$ would have to match $x_T$ to within about $\sqrt{{\bar\alpha_T}}$ per pixel. Here the two differ by {(x_first - eps_first).abs().mean().item():.3f} per
+pixel on average, the unclipped $\hat x_0$ has a median magnitude of {x0_first.abs().median().item():,.0f}, and
+clipping turns it into $\pm 1$. The sampler does not suffer from it: at $t = T$ the posterior mean gives $\hat x_0$ a
+weight of only $\sqrt{{\bar\alpha_{{T-1}}}}\,\beta_T/(1-\bar\alpha_T) =$
+{times_ten(ab_T1 ** 0.5 * schedule.betas.double()[-1].item() / (1 - ab_T))}, so $x_{{T-1}}$ is still almost pure noise.
+Chapter 3 (section 3, *The delicate first step*) treats this step in full.""")
+
 # %% [markdown]
 # The same trajectory as a player (the animation plays without a running kernel; with one, the
 # slider steps through the frames):
@@ -1080,9 +1166,8 @@ denoising_player(frames, count=min(4, PROFILE.num_samples))
 # requires at every step, $\sqrt{1-\bar\alpha_{t-1}}\,\hat\epsilon$, instead of dropping it. The cell
 # prints, for both chains from the same $x_T$, the mean standard deviation of the pixels within an
 # image and the share of pixels beyond $\pm 0.9$, and shows the two sets of images one above the
-# other. With the `book` profile's trained model the outcome is stark: the normal chains draw eight
-# digits (pixel spread 0.53 within an image), and all eight $\sigma_t = 0$ chains end on a blank
-# black image (spread 0.010, every pixel beyond $\pm 0.9$). The over-processing goes all the way: a
+# other; under them it says, for this profile's model, how far the $\sigma_t = 0$ chains went. With
+# the `book` profile's trained model the over-processing goes all the way, to blank black images: a
 # network that keeps removing noise that is not there shrinks every image towards what is most
 # common in the data, which on MNIST is the black background.
 # :::
@@ -1106,6 +1191,11 @@ print(f"with σ_t z: pixel std within an image {std_noisy:.3f}, pixels beyond ±
 print(f"σ_t = 0:    pixel std within an image {std_quiet:.3f}, pixels beyond ±0.9 {sat_quiet:.1%}")
 show_grid(torch.cat([noisy, quiet]), nrow=n_quiet, title="same x_T: with σ_t z (top), σ_t = 0 (bottom)")
 plt.show()
+blank = (quiet.flatten(1).std(1) < 0.05) & (quiet.flatten(1).mean(1) < -0.9)  # a near-constant black image
+blank_words = f"all {n_quiet}" if bool(blank.all()) else f"{int(blank.sum())} of the {n_quiet}"
+Markdown(rf"""With this profile's (`{PROFILE.name}`) model the chains with $\sigma_t z$ have a pixel spread of
+{std_noisy:.2f} within an image and {sat_noisy:.1%} of their pixels beyond $\pm 0.9$; the $\sigma_t = 0$ chains
+have {std_quiet:.3f} and {sat_quiet:.1%}, and {blank_words} end on a blank black image.""")
 
 # %% [markdown]
 # ## What we learned, and what comes next
@@ -1123,5 +1213,5 @@ plt.show()
 #   $[-1, 1]$) — equivalently Ho et al.'s eq. 11; $\hat x_0$ is Tweedie's formula, and
 #   $-\epsilon_\theta/\sqrt{1-\bar\alpha_t}$ is an estimate of the score.
 # - **Sampling** takes $T$ network calls per image. That is the price we pay next:
-#   [chapter 3](03_ddim.ipynb) samples with the *same* trained network in 20 or 50 steps instead of
-#   1000, with DDIM.
+#   [chapter 3](03_ddim.ipynb) samples with the *same* trained network in tens of steps instead of
+#   $T$, with DDIM.

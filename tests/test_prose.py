@@ -90,7 +90,7 @@ def test_generated_numbers_count_and_typed_ones_need_a_fact(tmp_path: Path) -> N
     nb = _notebook([
         _code("T = 1000\nfid = 2.0813\nassert abs(1024 ** 0.5 / 2 - 16.0) < 1e-9"),
         _md("With $T = 1000$ steps and 1,024 pixels the constant is 16.0; the FID is 2.08."),
-        _code('Markdown(f"The FID is {fid:.2f} against a floor of 0.28.")',
+        _code('print(f"{T:<26}")\nMarkdown(f"The FID is {fid:.2f} against a floor of 0.28.")',
               markdown_output="The FID is 2.08 against a floor of 0.28."),
     ])
     path = tmp_path / "nb.ipynb"

@@ -153,9 +153,10 @@ def _fstring_text(src: str) -> list[str]:
         tree = ast.parse("\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("%", "!"))))
     except SyntaxError:
         return []
+    specs = {id(n.format_spec) for n in ast.walk(tree) if isinstance(n, ast.FormattedValue) and n.format_spec}
     parts = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.JoinedStr):
+        if isinstance(node, ast.JoinedStr) and id(node) not in specs:  # not a format spec such as {x:<26}
             parts += [v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)]
     return parts
 
