@@ -812,3 +812,16 @@ def test_intro_quotes_the_training_minutes_the_model_files_record(built):
     assert (BOOK / "intro.md").read_text().count("{{ book_train_minutes }} minutes") == 2
     html = (built / "intro.html").read_text()
     assert html.count(f"{seconds / 60:.0f} minutes on two CPU cores") == 2 and "book_train_minutes" not in html
+
+
+def test_readme_table_of_chapter_times_is_generated_from_the_results():
+    """The README's chapter times are the results files' (regenerate: ``python -m mnistdiff.book --readme``)."""
+    readme = (REPO / "README.md").read_text()
+    assert readme == R.readme_with_course_times(readme, REPO / "results"), (
+        "README.md's table of chapter times differs from results/*/course_times.json: run "
+        "`python -m mnistdiff.book --readme`"
+    )
+    stale = readme.replace("| `01_unet` |", "| `01_unet` | 1 s |", 1)
+    assert R.readme_with_course_times(stale, REPO / "results") == readme  # the check can fail, and the fix restores it
+    with pytest.raises(ValueError, match="no generated block"):
+        R.readme_with_course_times("# a README without the markers\n", REPO / "results")

@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
         "--results", type=Path, default=None, help="results folder (default: results/ or $MNISTDIFF_RESULTS_DIR)"
     )
     parser.add_argument("--incremental", action="store_true", help="rebuild only changed pages")
+    parser.add_argument("--readme", action="store_true",
+                        help="instead of building, regenerate the README's table of chapter times from the results")
     parser.add_argument(
         "--vendor-mathjax", type=Path, metavar="NODE_MODULES", default=None,
         help="instead of building, copy MathJax from NODE_MODULES (after `npm ci`) into book/_vendor/mathjax",
@@ -110,6 +112,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mnistdiff.book [--book DIR] [--output DIR] [--results DIR]``: build the HTML book."""
     args = _parser().parse_args(argv)
+    if args.readme:
+        from mnistdiff.files import atomic_write_text
+
+        from .results_pages import readme_with_course_times
+
+        readme = REPO_ROOT / "README.md"
+        results = args.results or default_results_dir(args.book)
+        atomic_write_text(readme, readme_with_course_times(readme.read_text(encoding="utf-8"), results))
+        print(f"[{PROG}] README's table of chapter times regenerated from {results}")
+        return 0
     if args.vendor_mathjax is not None:
         print(f"[{PROG}] MathJax vendored into {vendor_mathjax(args.vendor_mathjax)}")
         return 0

@@ -12,7 +12,8 @@ from typing import Any, Mapping, Sequence
 from .layout import CHAPTERS, GENERATED_NOTE
 from .tables import cell_text, flatten, is_scalar, render_json, table
 
-__all__ = ["PROFILE_ORDER", "PROVENANCE_KEYS", "load_results", "results_markdown", "course_times_markdown"]
+__all__ = ["PROFILE_ORDER", "PROVENANCE_KEYS", "load_results", "results_markdown", "course_times_markdown",
+           "README_BEGIN", "README_END", "readme_with_course_times"]
 
 #: Profiles in the order the tables show them; others follow alphabetically.
 PROFILE_ORDER: tuple[str, ...] = ("book", "full", "smoke")
@@ -192,3 +193,19 @@ def course_times_markdown(results_dir: Path, chapters: Sequence[str] = CHAPTERS,
     rows = [[label(n), *(_duration(times[p][n]) if n in times[p] else "—" for p in profiles)] for n in names]
     rows.append(["**total**", *(f"{_total(times[p])} ({sums[p]})" for p in profiles)])
     return table(["chapter", *(f"{p} ({devices[p]})" for p in profiles)], rows)
+
+
+#: The README's table of chapter times lies between these two lines, generated (``python -m mnistdiff.book --readme``).
+README_BEGIN = "<!-- generated from results/*/course_times.json by `python -m mnistdiff.book --readme`: do not edit -->"
+README_END = "<!-- end of generated table -->"
+
+
+def readme_with_course_times(readme: str, results_dir: Path) -> str:
+    """``readme`` with the text between :data:`README_BEGIN` and :data:`README_END` replaced by the course-times
+    table (the one the introduction shows); a ``ValueError`` if the markers are missing."""
+    start, end = readme.find(README_BEGIN), readme.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no generated block: put the lines {README_BEGIN!r} and {README_END!r} "
+                         "where the table of chapter times belongs")
+    table_md = course_times_markdown(results_dir)
+    return readme[: start + len(README_BEGIN)] + "\n\n" + table_md.rstrip("\n") + "\n\n" + readme[end:]
