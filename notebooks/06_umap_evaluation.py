@@ -43,16 +43,38 @@
 # - measure the overlap of two sets with a **k-NN two-sample test** (0.5 = indistinguishable);
 # - say how precision, classifier confidence and a UMAP picture can each be fooled, and what catches it;
 # - rank the course's generators by quality and speed, and write the results file the book reads.
-#
-# **Run time.** 20–25 minutes on two CPU cores with the `book` profile (2,000 samples
-# per generator, 100 for the 1000-step samplers), most of it sampling the pixel-space model;
-# measured times in the [introduction](../intro.md). *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
+
+# %% tags=["remove-input"]
+# the run time of this chapter's last recorded book-profile run, and the share of it spent sampling in pixel space
+import json
+
+from IPython.display import Markdown
+
+from mnistdiff import get_profile
+from mnistdiff.evaluation.report import results_dir, results_path
+
+BOOK = get_profile("book")
+times_path, book_path = results_dir() / "book" / "course_times.json", results_path("book")
+book_seconds = json.loads(times_path.read_text())["notebooks"].get("06_umap_evaluation") if times_path.exists() else None
+if book_seconds and book_path.exists():
+    pixel_seconds = sum(g.get("sampling_seconds", 0) for g in json.loads(book_path.read_text())["generators"].values()
+                        if g["space"] == "pixel")
+    run_time = (f"{book_seconds / 60:.0f} minutes on two CPU cores in the last recorded run with the `book` profile, "
+                f"{pixel_seconds / book_seconds:.0%} of it sampling the pixel-space model")
+else:
+    run_time = "the longest of the course with the `book` profile, most of it sampling the pixel-space model"
+Markdown(f"""**Run time.** {run_time} ({BOOK.eval_samples:,} samples per generator, {BOOK.ancestral_samples} for the
+{BOOK.ddpm.diffusion.timesteps}-step samplers); measured times in the [introduction](../intro.md).""")
+
+# %% [markdown]
+# *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 #
 # :::{admonition} The smoke profile
 # :class: note
 # Under the `smoke` profile (the one the tests run, 128 samples per generator) the models train for
-# seconds and draw blobs, so the scores of the generators only show that the machinery works: the
-# sentences about what the generators reach describe the `book` profile. The real-digit floors, the
+# seconds and draw blobs, so the scores of the generators only show that the machinery works. The
+# sentences that read the generators' scores are generated from the run, so under this profile they
+# describe blobs; the ones the book shows read the `book` profile's models. The real-digit floors, the
 # checks against the package and the measurements on blurred digits and noise mean the same in both.
 # The smoke profile's blobs even show the first failure of *How these numbers mislead* in the
 # extreme: their precision can come out near 1 while their recall is near 0.
@@ -75,6 +97,11 @@ from mnistdiff.evaluation.metrics import (
     classifier_features, frechet_distance, kernel_inception_distance, precision_recall, reference_features,
 )
 from mnistdiff.evaluation.umap_eval import embed, fit_umap, knn_two_sample_accuracy
+
+# Ho et al., Table 1 (CIFAR-10), quoted above: the bound in bits/dim of their model trained on the true bound, and of
+# their L_simple model, whose samples have their best FID
+HO_BITS_PER_DIM = {"true bound": 3.70, "L_simple": 3.75}
+assert HO_BITS_PER_DIM["L_simple"] > HO_BITS_PER_DIM["true bound"]  # the better sampler has the worse bound
 
 PROFILE = get_profile()
 DEVICE = default_device()
@@ -100,6 +127,7 @@ print(f"profile: {PROFILE.name}, device: {DEVICE}, {N} samples per generator")
 feats, probs = classifier_features(load_mnist("test").images[:4], device="cpu")
 print("features φ(x):", tuple(feats.shape), "  class probabilities:", tuple(probs.shape))
 print("labels of those four:", load_mnist("test").labels[:4].tolist(), " predicted:", probs.argmax(1).tolist())
+assert feats.shape[1] == 128  # the dimension of φ quoted below
 
 # %% [markdown]
 # ## The Fréchet distance
@@ -210,8 +238,8 @@ print("FID floor:", ", ".join(f"n = {n}: {f:.2f}" for n, f in zip(sizes, floor_c
 # $\mathbb E\lVert v \rVert^2 = \sum_i \mathbb E v_i^2 = \operatorname{tr}\operatorname{Cov}(v)$,
 # which gives the formula. (Two disjoint halves of one finite set behave exactly like independent
 # draws here: the covariance of the difference of their means is $2S^2/n$, with $S^2$ the set's own
-# covariance.) The cell prints the measured mean term next to the prediction: they agree to within
-# about two standard errors of the 50 repeats. The covariance term has a bias of the same order
+# covariance.) The cell prints the measured mean term next to the prediction and checks that they
+# agree to within two standard errors of the 50 repeats. The covariance term has a bias of the same order
 # (estimated eigenvalues spread out, and the trace of the square root is concave), so the whole floor
 # follows $1/n$, as the figure shows; the mean term is the part of it we can write down exactly.
 # :::
@@ -229,6 +257,7 @@ for n in (25, 50, 100):
     print(f"n = {n:3d}: mean term {np.mean(terms):.3f} ± {np.std(terms) / np.sqrt(50):.3f}, "
           f"predicted tr Σ (1/n + 1/n) = {predicted:.3f}")
     assert 0.75 < np.mean(terms) / predicted < 1.33
+    assert abs(np.mean(terms) - predicted) < 2 * np.std(terms) / np.sqrt(50)  # within two standard errors
 
 # %% [markdown]
 # ## More than one number
@@ -282,6 +311,8 @@ ours = precision_recall_knn(pr_real, torch.from_numpy(real_feats))
 torch.testing.assert_close(ours, precision_recall(pr_real, real_feats, k=3), rtol=0, atol=1e-12)
 print(f"{N} real training digits against {N} test digits: precision {ours[0]:.3f}, recall {ours[1]:.3f}"
       "   (matches mnistdiff.evaluation.metrics)")
+assert max(ours) < 1  # real digits against real digits do not reach 1 (below)
+assert abs(np.log2(10) - 3.32) < 0.005  # the class entropy of ten equally common digits, in bits (above)
 
 # %% [markdown]
 # Even real digits against real digits do not reach 1: a ball built from $k = 3$ neighbours misses
@@ -357,13 +388,13 @@ plt.show()
 #
 # Every generator's samples go through `mnistdiff.evaluation.metrics.evaluate`; the floor is the same
 # evaluation of $n$ real training digits (`mnistdiff.evaluation.metrics.real_floor`). Where the profile draws
-# fewer samples from the slow 1000-step samplers (`PROFILE.ancestral_samples`), their row carries its
+# fewer samples from the slow $T$-step ancestral samplers (`PROFILE.ancestral_samples`), their row carries its
 # own $n$ and is read against the floor at that $n$: every metric here depends on the sample count.
 
 # %%
 floor = report.floor_row(N, seed=SEED, device=DEVICE)
 scores = report.score_samples(samples, seed=SEED, device=DEVICE)
-# a generator drawn on fewer samples (the 1000-step samplers) is compared with the floor at its own n
+# a generator drawn on fewer samples (the T-step samplers) is compared with the floor at its own n
 other_floors = report.floors_for(scores, N, seed=SEED, device=DEVICE)
 
 # %% [markdown]
@@ -433,7 +464,8 @@ print(f"k-NN accuracy, {m} real digits vs {m} samples of {default.spec.label}, c
 # Now the map. Each panel shows the real digits the UMAP was fitted on, coloured by class, and in
 # black the points placed on it: held-out real digits (first panel: what "indistinguishable" looks
 # like), then real training digits (the floor), then each generator. Each title gives the k-NN
-# accuracy of that set against the held-out real digits, in the map and in pixel space.
+# accuracy of that set against the held-out real digits, in the map, in pixel space and in the
+# classifier's features.
 
 # %%
 real_images, real_labels, floor_images = report.umap_reference_sets(PROFILE.umap_real, N, seed=SEED)
@@ -459,30 +491,57 @@ display(Markdown(report.results_table(results)))
 # %% [markdown]
 # ## Quality against cost
 #
-# Left: FID against the number of DDIM steps for the package's default, stochastic DDIM
+# The table's FIDs cannot be set side by side as they are: where the ancestral samplers are scored
+# on fewer samples, their FIDs carry the larger bias of a smaller $n$. That bias roughly *adds* to the
+# distance FID measures (exercise 6.2), so both panels plot **FID minus the real floor at the
+# generator's own $n$**: an estimate of the distance left once the sampling bias is taken out, 0 for
+# samples as good as real digits, comparable across $n$ though noisier at small $n$ (it can even come
+# out below 0). A ratio to the floor would not do: the floor falls like $1/n$ while the distance does
+# not, so one generator would score a ratio closer to 1 the fewer samples it is scored on.
+#
+# Left: that excess FID against the number of DDIM steps for the package's default, stochastic DDIM
 # ($\eta = 1$), with deterministic DDIM ($\eta = 0$) at `PROFILE.ddim_steps` steps (chapter 3 sweeps it
-# over the steps), full DDPM and the floor for reference. Right: every generator's FID against its
+# over the steps) and full DDPM for reference. Right: every generator's excess FID against its
 # sampling time per digit — the trade-off the course has been about.
 
 # %%
 gens = results["generators"]
+
+
+def floor_at(n: int) -> dict:
+    """The real floor at n samples: the table's main floor row, or the one stored for another n."""
+    return results["floor"] if n == results["n_samples"] else results["floors"][str(n)]
+
+
+excess = {name: g["fid"] - floor_at(g["n"])["fid"] for name, g in gens.items()}  # FID − floor at the same n
+
+
+def ms(g: dict) -> str:
+    """A generator's milliseconds per sample, to three significant digits or to the millisecond."""
+    t = g["seconds_per_sample"] * 1e3
+    return f"{t:,.0f}" if t >= 100 else f"{t:.3g}"
+
+
+n_note = {name: "" if g["n"] == N else f" (n = {g['n']})" for name, g in gens.items()}
+
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 1.25]})
 for eta, marker in ((0.0, "o-"), (1.0, "s--")):
-    pts = sorted((g["steps"], g["fid"]) for g in gens.values()
+    pts = sorted((g["steps"], excess[name]) for name, g in gens.items()
                  if g["sampler"] == "ddim" and g["space"] == "pixel" and g["eta"] == eta)
     ax1.plot(*zip(*pts), marker, label=f"DDIM, η = {eta:g}")
-ax1.axhline(gens["ddpm"]["fid"], color="C2", lw=1, label=f"DDPM, {gens['ddpm']['steps']} steps (n = {gens['ddpm']['n']})")
-ax1.axhline(results["floor"]["fid"], color="k", ls=":", lw=1, label="real floor")
-ax1.set(xscale="log", xlabel="sampling steps", ylabel="FID", title="DDIM: steps and η")
+ax1.axhline(excess["ddpm"], color="C2", lw=1, label=f"DDPM, {gens['ddpm']['steps']} steps{n_note['ddpm']}")
+ax1.axhline(0, color="k", ls=":", lw=1, label="real floor (at each n)")
+ax1.set(xscale="log", xlabel="sampling steps", ylabel="FID − real floor at the same n", title="DDIM: steps and η")
 ax1.set_xticks(PROFILE.ddim_step_sweep, [str(s) for s in PROFILE.ddim_step_sweep])
 ax1.minorticks_off()
 ax1.legend(fontsize=8)
 markers = {"pixel": "o", "latent": "s", "vae": "^"}
-for i, g in enumerate(gens.values()):
-    ax2.scatter(g["seconds_per_sample"], g["fid"], marker=markers[g["space"]], color=plt.cm.tab20(i % 20), s=40,
-                label=g["label"])
-ax2.axhline(results["floor"]["fid"], color="k", ls=":", lw=1, label="real floor")
-ax2.set(xscale="log", xlabel=f"seconds per sample ({results['device']})", ylabel="FID",
+for i, (name, g) in enumerate(gens.items()):
+    ax2.scatter(g["seconds_per_sample"], excess[name], marker=markers[g["space"]], color=plt.cm.tab20(i % 20), s=40,
+                label=g["label"] + n_note[name])
+ax2.axhline(0, color="k", ls=":", lw=1, label="real floor (at each n)")
+ax2.set_yscale("symlog", linthresh=1)  # linear within ±1 of the floor, logarithmic beyond
+ax2.set(xscale="log", xlabel=f"seconds per sample ({results['device']})", ylabel="FID − real floor at the same n",
         title="quality vs cost (○ pixels, □ latents, △ VAE)")
 ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
 fig.tight_layout()
@@ -491,28 +550,100 @@ plt.show()
 # %% [markdown]
 # ## Reading the results
 #
-# A few things to look for:
-#
-# - **Against the floor.** A generator is good when its FID and KID are close to the floor's, its
-#   precision and recall close to the floor's, and its k-NN accuracies close to 0.5.
-# - **DDIM steps and $\eta$.** FID falls as steps are added and levels off. For a well-trained
-#   network deterministic DDIM ($\eta = 0$) usually does better than stochastic ($\eta = 1$) at few
-#   steps, because the noise injected at each step must be removed again by the few steps that
-#   follow; for this book's briefly trained network $\eta = 1$ can win instead, because the fresh noise
-#   also corrects the network's errors (chapter 3, section 7). Compare the two rows at equal steps,
-#   for the pixel model and for latent diffusion.
-# - **Latent diffusion** is much cheaper per sample; its quality is bounded by the **VAE
-#   reconstructions** row, and its gap to that row is what the latent diffusion model itself loses.
-# - **The VAE prior** shows, in numbers, what chapter 4 showed in pictures.
-# - **Precision vs recall.** A generator with good precision but low recall makes nice digits of too
-#   few kinds; the class entropy and histogram say which digits are missing.
-# - **Memorisation.** A nearest-training-image distance well below the floor's would mean copying.
-#   The VAE reconstructions are *supposed* to be close: they are copies of training digits.
+# A generator is good when its FID and KID are close to the floor's, its precision and recall close
+# to the floor's, and its k-NN accuracies close to 0.5, always against the floor at the generator's
+# own $n$. The table of this run, read that way:
+
+
+# %% tags=["remove-input"]
+def side(value: float, ref: float, higher: str = "above", lower: str = "below") -> str:
+    """'above' / 'below' / 'level with' a reference value, as the value compares with it."""
+    return higher if value > ref else lower if value < ref else "level with"
+
+
+def vs_floor(name: str) -> str:
+    """One generator's row read against the floor at its own n: FID, precision, recall."""
+    g, f = gens[name], floor_at(gens[name]["n"])
+    return (f"**{g['label']}** (n = {g['n']:,}): FID {g['fid']:.2f}, {abs(excess[name]):.2f} {side(g['fid'], f['fid'])} "
+            f"the floor's {f['fid']:.2f}; precision {g['precision']:.3f}, {side(g['precision'], f['precision'])} "
+            f"the floor's {f['precision']:.3f}; recall {g['recall']:.3f}, {side(g['recall'], f['recall'])} "
+            f"its {f['recall']:.3f}")
+
+
+# DDIM's steps (η = DEFAULT_ETA, pixels) and the two η at PROFILE.ddim_steps, in pixels and in latents
+sweep = sorted((g["steps"], g["fid"]) for g in gens.values()
+               if g["space"] == "pixel" and g["sampler"] == "ddim" and g["eta"] == DEFAULT_ETA)
+falls = all(b[1] < a[1] for a, b in zip(sweep, sweep[1:]))
+S, other_eta = PROFILE.ddim_steps, 1 - DEFAULT_ETA
+eta_pairs = [(space, gens[f"{prefix}ddim_{S}_eta{DEFAULT_ETA:g}"], gens[f"{prefix}ddim_{S}_eta{other_eta:g}"])
+             for space, prefix in (("the pixel model", ""), ("latent diffusion", "ldm_"))]
+eta_reading = "; ".join(f"for {space}, η = {DEFAULT_ETA:g} is {side(-a['fid'], -b['fid'], 'better', 'worse')} "
+                        f"({a['fid']:.2f} against {b['fid']:.2f})" for space, a, b in eta_pairs)
+# latent diffusion against the pixel model at the same steps and η, and against its decoder's bound
+pix, lat = eta_pairs[0][1], eta_pairs[1][1]
+rec, prior, fl = gens["vae_reconstruction"], gens["vae_prior"], results["floor"]
+bound = (f"its FID, {lat['fid']:.2f}, is {lat['fid'] - rec['fid']:.2f} above the reconstructions' {rec['fid']:.2f}, "
+         "and that gap is what the latent diffusion model itself loses" if lat["fid"] >= rec["fid"] else
+         f"here its FID, {lat['fid']:.2f}, is below the reconstructions' {rec['fid']:.2f}, so the bound says nothing "
+         "while both are this far from the floor")
+# precision and recall, each against the floor at the generator's own n
+names = [k for k in gens if k != "vae_reconstruction"]
+groups = {(p, r): [f"*{gens[k]['label']}*{n_note[k]}" for k in names
+                   if (gens[k]["precision"] >= floor_at(gens[k]["n"])["precision"]) == p
+                   and (gens[k]["recall"] >= floor_at(gens[k]["n"])["recall"]) == r]
+          for p in (True, False) for r in (True, False)}
+narrow = [k for k in names if gens[k]["precision"] >= floor_at(gens[k]["n"])["precision"]
+          and gens[k]["recall"] < floor_at(gens[k]["n"])["recall"]]
+entropy_gap = [floor_at(gens[k]["n"])["class_entropy"] - gens[k]["class_entropy"] for k in narrow]  # bits
+classes = ("" if not narrow else
+           f" Their class entropy is within {max(map(abs, entropy_gap)):.2f} bits of the floor's, so all ten digits "
+           "are there and what they miss is variety within the classes." if max(map(abs, entropy_gap)) < 0.1 else
+           f" Their class entropy falls up to {max(entropy_gap):.2f} bits below the floor's: they miss whole digits.")
+meaning = {(True, False): "precision at or above the floor's, recall below it; by the balls, what they draw lies "
+                          "among real digits but covers too little of them." + classes,
+           (False, True): "recall at or above the floor's, precision below it; they cover the real digits, but part "
+                          "of their samples lie off the real manifold.",
+           (False, False): "both below the floor's.", (True, True): "both at or above the floor's."}
+pr_reading = "".join(f"\n  - {'; '.join(groups[key])}: {meaning[key]}" for key in meaning if groups[key])
+below = [f"*{gens[k]['label']}*{n_note[k]}" for k in gens if excess[k] < 0]
+verb, its = ("scores", "its") if len(below) == 1 else ("score", "their")
+below_note = ("" if not below else f"\n\n{'; '.join(below)} {verb} a FID below the floor at {its} $n$: not better "
+              "than real digits, but closer to them than $n$ samples can resolve.")
+# memorisation: the nearest-training-image distance of each generator against the floor's at its n
+closest = min(names, key=lambda k: gens[k]["nn_train_distance"] / floor_at(gens[k]["n"])["nn_train_distance"])
+nn_ratio = gens[closest]["nn_train_distance"] / floor_at(gens[closest]["n"])["nn_train_distance"]
+Markdown(f"""
+{chr(10).join("- " + vs_floor(k) for k in gens)}{below_note}
+
+A few things to look for in it:
+
+- **DDIM steps and $\\eta$.** With η = {DEFAULT_ETA:g}, FID goes {" → ".join(f"{f:.2f}" for _, f in sweep)} from
+  {sweep[0][0]} to {sweep[-1][0]} steps{", falling at each larger step count" if falls else ", not falling steadily"}. For a
+  well-trained network deterministic DDIM ($\\eta = 0$) usually does better than stochastic ($\\eta = 1$) at few
+  steps, because the noise injected at each step must be removed again by the few steps that follow; for a briefly
+  trained network $\\eta = 1$ can win instead, because the fresh noise also corrects the network's errors (chapter 3,
+  section 7). At {S} steps, {eta_reading}.
+- **Latent diffusion** takes {ms(lat)} ms per sample against the pixel model's {ms(pix)} at the same steps and η ({pix['seconds_per_sample'] / lat['seconds_per_sample']:.1f}
+  times cheaper). Its quality is bounded by the **VAE reconstructions** row: {bound}.
+- **The VAE prior** shows, in numbers, what chapter 4 showed in pictures: FID {prior['fid']:.2f} against the floor's
+  {fl['fid']:.2f}, precision {prior['precision']:.3f} and recall {prior['recall']:.3f}, class entropy
+  {prior['class_entropy']:.2f} bits against the floor's {fl['class_entropy']:.2f}.
+- **Precision vs recall.** A generator with good precision but low recall makes nice digits of too few kinds; the
+  class entropy and histogram say which digits are missing. Here:{pr_reading}
+- **Memorisation.** A nearest-training-image distance well below the floor's would mean copying. The closest to the
+  training digits is *{gens[closest]['label']}*, at {nn_ratio:.0%} of the floor's distance at its $n$
+  ({"not near copying" if nn_ratio > 0.8 else "worth a look at its nearest training images"}); the VAE
+  reconstructions, *supposed* to be close since they are copies of training digits, are at
+  {rec['nn_train_distance'] / fl['nn_train_distance']:.0%}.
+""")
 
 # %%
-best = min((g for g in gens.values() if g["space"] != "vae" or g["sampler"] == "prior"), key=lambda g: g["fid"])
+# the lowest FID among the generators scored on all N samples (a FID on fewer samples is not comparable with it)
+best = min((g for g in gens.values() if g["n"] == N and (g["space"] != "vae" or g["sampler"] == "prior")),
+           key=lambda g: g["fid"])
 fastest = min(gens.values(), key=lambda g: g["seconds_per_sample"] if g["sampler"] != "reconstruction" else np.inf)
-print(f"lowest FID among the generators: {best['label']} ({best['fid']:.2f}; floor {results['floor']['fid']:.2f})")
+print(f"lowest FID among the generators scored on {N} samples: {best['label']} ({best['fid']:.2f}; "
+      f"floor {results['floor']['fid']:.2f})")
 print(f"fastest generator: {fastest['label']} ({fastest['seconds_per_sample'] * 1e3:.2f} ms per sample)")
 
 # %% [markdown]
@@ -546,14 +677,19 @@ rows_blur = [("real training digits (the floor)", floor["precision"], floor["rec
              (default.spec.label, *(scores[default.spec.name][key] for key in ("precision", "recall", "fid")))]
 for name, prec, rec, fid in rows_blur:
     print(f"{name:<34} precision {prec:.3f}   recall {rec:.3f}   FID {fid:6.2f}")
+assert blur_recall < floor["recall"] / 2 and blur_fid > floor["fid"]  # blur: recall collapses, FID rises
 
 # the balls: how much of that precision do the 10 % largest real balls (around outlying digits) give?
 real_radii = torch.cdist(pr_real, pr_real).topk(4, largest=False).values[:, 3]  # k = 3
 small = real_radii < real_radii.quantile(0.9)
+ball_precision = {}  # (precision, precision with only the 90 % smaller real balls)
 for name, f in (("real training digits", torch.from_numpy(real_feats)), ("blurred digits", blur_feats)):
     inside = torch.cdist(f, pr_real) <= real_radii[None, :]
-    print(f"{name:<21} precision {inside.any(1).double().mean():.3f}, "
-          f"counting only the 90 % smaller real balls {inside[:, small].any(1).double().mean():.3f}")
+    ball_precision[name] = (inside.any(1).double().mean().item(), inside[:, small].any(1).double().mean().item())
+    print(f"{name:<21} precision {ball_precision[name][0]:.3f}, "
+          f"counting only the 90 % smaller real balls {ball_precision[name][1]:.3f}")
+share_lost = {name: 1 - small_only / all_balls for name, (all_balls, small_only) in ball_precision.items()}
+assert share_lost["blurred digits"] > 2 * share_lost["real training digits"]  # the large balls carry the blur
 
 fig, axes = plt.subplots(2, 1, figsize=(7, 1.3))
 show_grid(real_train.images[:16], nrow=16, ax=axes[0])
@@ -562,18 +698,27 @@ axes[0].set_title("real training digits, and the same digits blurred (σ = 1 pix
 fig.tight_layout(pad=0.3)
 plt.show()
 
+# %% tags=["remove-input"]
+ddim_precision = [g["precision"] for g in gens.values() if g["space"] == "pixel" and g["sampler"] == "ddim"]
+lo, hi = min(ddim_precision), max(ddim_precision)
+like_ddim = ("about as much as" if lo - 0.01 <= blur_precision <= hi + 0.01 else
+             "less than" if blur_precision < lo else "more than")
+Markdown(f"""The blurred digits keep {blur_precision / floor['precision']:.0%} of the floor's precision ({blur_precision:.3f}
+against {floor['precision']:.3f}; {like_ddim} the pixel-space DDIM samplers reach in this run's table, {lo:.3f} to
+{hi:.3f}), while their recall falls to {blur_recall:.3f} against the floor's {floor['recall']:.3f}. Precision asks only
+whether a sample lies inside *some* real ball, and the balls around outlying real digits, whose third neighbour is far
+away, are large: together they cover much of the space between the classes, where blurred digits fall. Drop the
+largest tenth of the balls and the blurred digits lose {share_lost['blurred digits']:.0%} of their precision
+({ball_precision['blurred digits'][0]:.3f} → {ball_precision['blurred digits'][1]:.3f}), the real digits only
+{share_lost['real training digits']:.0%} of theirs ({ball_precision['real training digits'][0]:.3f} →
+{ball_precision['real training digits'][1]:.3f}). **The fix** is to never read precision alone. Recall collapses for
+the blurred digits (their own balls are small and tight, so few real digits fall in them), FID rises to
+{blur_fid:.2f} against the floor's {floor['fid']:.2f}, and the floor says what precision real digits reach.""")
+
 # %% [markdown]
-# The blurred digits keep most of the floor's precision (about as much as the pixel-space DDIM
-# samplers reach in the book profile's results, 0.68 to 0.72), while their recall falls far below the
-# floor's. Precision asks only whether a sample lies inside *some* real ball, and the balls around outlying
-# real digits, whose third neighbour is far away, are large: together they cover much of the space
-# between the classes, where blurred digits fall. The cell prints how much of each set's precision
-# is left when the largest tenth of the balls is dropped: the blurred digits lose far more of theirs
-# than the real ones. **The fix** is to never read precision alone. Recall collapses for the blurred
-# digits (their own balls are small and tight, so few real digits fall in them), FID rises well above
-# the floor, and the floor says what precision real digits reach. Naeem et al.'s *density* and
-# *coverage* ([arXiv:2002.09797](https://arxiv.org/abs/2002.09797)) count how many real balls
-# contain a sample instead of asking whether one does, which makes them robust to such outliers.
+# Naeem et al.'s *density* and *coverage* ([arXiv:2002.09797](https://arxiv.org/abs/2002.09797))
+# count how many real balls contain a sample instead of asking whether one does, which makes them
+# robust to such outliers.
 #
 # :::{admonition} Exercise 6.4 (a change to the code): the $k$ of the balls
 # :class: tip
@@ -625,6 +770,7 @@ nn_real = torch.cdist(torch.from_numpy(real_feats), pr_real).min(1).values
 nn_noise = torch.cdist(noise_feats, pr_real).min(1).values
 print(f"feature distance to the nearest real digit, median: real training digits {nn_real.median():.2f}, "
       f"noise {nn_noise.median():.2f};  median real ball radius (k = 3) {real_radii.median():.2f}")
+assert nn_noise.median() > 2 * nn_real.median() and noise_hist.max() > 0.9  # what catches the noise (below)
 
 # %% [markdown]
 # A softmax compares the logits with each other, not with anything the classifier has seen: an input
@@ -634,7 +780,7 @@ print(f"feature distance to the nearest real digit, median: real training digits
 # [arXiv:1706.04599](https://arxiv.org/abs/1706.04599)) makes the confidence honest on inputs *like*
 # the training digits; it does not make it low on noise. **The fix** is an out-of-distribution check
 # next to the confidence: here, the distance of each image's features to the nearest real digit,
-# much larger for noise than for real digits (the cell prints both), and the class
+# more than twice as large for noise as for real digits (the cell prints both), and the class
 # histogram, which puts nearly all the noise into one class.
 #
 # :::{admonition} Exercise 6.5 (an experiment): the precision of noise
@@ -647,20 +793,23 @@ print(f"feature distance to the nearest real digit, median: real training digits
 # :::{admonition} Solution 6.5
 # :class: dropdown
 # At $n = 500$ the noise features lie outside every real ball (their nearest real digit is much
-# farther away than a typical ball's radius): precision 0.000. The noise features sit close to each
-# other, so their own balls are small and reach no real digit: recall 0.000 too. FID is far above every
-# generator's (about 124). But at $n = 128$ the same noise scores a precision of **0.984**: with so few
-# real digits, the outlying ones have balls of radius up to about 7, the noise features all lie about
-# 6 from the nearest real digit and within about 1.7 of each other, and one large ball swallows them
-# all. This is the blur lesson in its extreme form: precision is only as good as its smallest real
-# set, and it must be read with recall (still 0) and FID. The cell prints and checks these numbers,
-# which use the full test set and fixed seeds, so they are the same in every profile.
+# farther away than a typical ball's radius): precision 0. The noise features sit close to each
+# other, so their own balls are small and reach no real digit: recall 0 too. FID is above 100,
+# higher than any generator's in the table. But at $n = 128$ the same noise scores a precision
+# **near 1**: with so few real digits, the balls around outlying digits are wide (the largest is
+# wider than the noise's typical distance to its nearest real digit), the noise features lie much
+# closer to each other than to any real digit, and a single real ball swallows nearly all of them
+# (it is the only one that holds any). This is the blur lesson in its extreme form: precision is
+# only as reliable as its real set is large, and it must be read with recall (still 0) and FID. The
+# cell prints these numbers and checks each claim; they use the full test set and fixed seeds, so
+# they are the same in every profile.
 # :::
 
 # %% tags=["solution", "hide-cell"]
 # Solution 6.5: precision, recall and FID of uniform noise, against 500 and against 128 real test digits.
 noise_fid = frechet_distance(noise_feats, test_feats)
-noise_pr = {}
+assert get_profile("smoke").eval_samples == 128  # the smoke profile's sample count
+noise_pr, geometry = {}, {}
 for n in (500, 128):
     ref_idx = torch.randperm(len(test_feats), generator=torch.Generator().manual_seed(SEED + 1))[:n]
     ref = torch.from_numpy(test_feats)[ref_idx]
@@ -668,11 +817,16 @@ for n in (500, 128):
     radii = torch.cdist(ref, ref).topk(4, largest=False).values[:, 3]
     to_real = torch.cdist(noise_feats[:n], ref).min(1).values.median()
     to_noise = torch.cdist(noise_feats[:n], noise_feats[:n]).median()
+    balls_hit = (torch.cdist(noise_feats[:n], ref) <= radii[None, :]).any(0).sum().item()  # real balls holding noise
+    geometry[n] = (radii.max().item(), to_real.item(), to_noise.item(), balls_hit)
     print(f"n = {n}: uniform noise precision {noise_pr[n][0]:.3f}, recall {noise_pr[n][1]:.3f};  largest real ball "
-          f"{radii.max():.2f}, noise to the nearest real digit {to_real:.2f}, noise to noise {to_noise:.2f} (medians)")
+          f"{radii.max():.2f}, noise to the nearest real digit {to_real:.2f}, noise to noise {to_noise:.2f} (medians); "
+          f"real balls holding noise: {balls_hit}")
 print(f"FID of the 500 noise images {noise_fid:.1f} (floor at n = {N}: {floor['fid']:.2f})")
-assert noise_pr[500][0] < 0.05 and max(noise_pr[500][1], noise_pr[128][1]) < 0.05 and noise_pr[128][0] > 0.5
-assert noise_fid > 10 * floor["fid"]
+assert noise_pr[500] == (0.0, 0.0) and noise_pr[128][1] == 0.0 and noise_pr[128][0] > 0.9
+largest_ball, to_real, to_noise, balls_hit = geometry[128]
+assert largest_ball > to_real and to_noise < to_real / 2 and balls_hit == 1  # n = 128: one wide ball holds the noise
+assert noise_fid > 100 and noise_fid > max(s["fid"] for s in scores.values()) and noise_fid > 10 * floor["fid"]
 
 # %% [markdown]
 # ### UMAP places noise on the map
@@ -719,12 +873,22 @@ for ax, (name, emb), colour in zip(axes, (("held-out real digits", emb_held), ("
 fig.suptitle(f"UMAP fitted on {n_fit} real digits (colour: class)", fontsize=10)
 plt.show()
 
+# %% tags=["remove-input"]
+# a cluster's size in the map: the median distance of a fitted digit to the median point of its class's cluster
+clusters = [emb_fit[torch.from_numpy(labels_fit == c)] for c in np.unique(labels_fit)]
+cluster_radius = np.median([torch.cdist(e, e.median(0).values[None]).median().item() for e in clusters])
+(held_map, held_pix), (noise_map, noise_pix) = umap_rows["held-out real digits"], umap_rows["uniform noise"]
+Markdown(f"""In the map the noise lands on and between a few of the digit clusters, not in a region of its own: its
+median distance to the nearest fitted point in the map, {noise_map:.2f} (a held-out real digit's: {held_map:.2f}),
+is {noise_map / cluster_radius:.0%} of a cluster's typical radius (a fitted digit lies a median {cluster_radius:.2f} from the middle of its class's cluster),
+and the k-NN test in the map tells it from held-out real digits with an accuracy of
+{acc_map:.3f}{", short of a clean separation" if acc_map < 0.99 else ""}. In pixel space it is
+{noise_pix / held_pix:.1f} times as far from its nearest fitted digit as a held-out real digit is ({noise_pix:.2f}
+against {held_pix:.2f}), and the k-NN accuracy there is {acc_pixels:.3f}.
+{"Only the original space shows plainly" if acc_pixels > acc_map else "The original space shows at least as plainly"}
+that it is nothing like a digit.""")
+
 # %% [markdown]
-# In the map the noise lands on and between a few of the digit clusters, not in a region of its own:
-# its distance to the nearest fitted point in the map is a fraction of a cluster's size, and the
-# k-NN test in the map cannot fully separate it from real digits. In pixel space it is about three
-# times as far from every fitted digit as a real digit is, and the k-NN accuracy there is 1.000 (the
-# cell prints both). Only the original space shows that it is nothing like a digit.
 # **The fix**: read a UMAP picture for *where* samples fall (missing or crowded regions), never as
 # proof that they are real; check the distance of each placed point to its nearest fitted image in
 # the original space, and the k-NN accuracies in pixels and features that the table carries next to
@@ -747,13 +911,51 @@ plt.show()
 #   0.5 for indistinguishable.
 # - Every number can be fooled alone: precision by blur, confidence by noise, a UMAP position by
 #   anything `transform` is given. Read them together, and next to the floor.
-# - The course's generators span a trade-off: full DDPM is slow and good, DDIM buys speed with few
-#   steps, latent diffusion buys much more speed and is bounded by its decoder.
-#
-# That ends the course. To go further: train the full profile on a GPU
-# (`python -m mnistdiff course --profile full`), add class conditioning and classifier-free guidance
-# (Ho & Salimans, [arXiv:2207.12598](https://arxiv.org/abs/2207.12598)), or try another schedule
-# and watch what it does to the table.
+
+# %% tags=["remove-input"]
+# the trade-off, read from the table: each generator's FID minus the floor at its own n, and its time per sample
+def cost(name: str) -> str:
+    return f"*{gens[name]['label']}*{n_note[name]}: {ms(gens[name])} ms per sample, FID {excess[name]:+.2f}"
+
+
+diffusion = [k for k, g in gens.items() if g["space"] != "vae"]
+pixel = [k for k in diffusion if gens[k]["space"] == "pixel"]
+latent = [k for k in diffusion if gens[k]["space"] == "latent"]
+default_sweep = sorted((k for k in pixel if gens[k]["sampler"] == "ddim" and gens[k]["eta"] == DEFAULT_ETA),
+                       key=lambda k: gens[k]["steps"])
+fewest, most = default_sweep[0], default_sweep[-1]
+best_pixel = min(pixel, key=excess.get)
+best_latent = min([k for k in latent if gens[k]["n"] == N] or latent, key=excess.get)  # prefer the full n
+listed = list(dict.fromkeys(["ddpm", most, fewest, best_pixel, best_latent]))
+closer = excess[best_latent] < excess[best_pixel]
+faster = gens["ddpm"]["seconds_per_sample"] / gens[best_latent]["seconds_per_sample"]
+few_faster = gens[most]["seconds_per_sample"] / gens[fewest]["seconds_per_sample"]
+lat_recall, lat_floor_recall = gens[best_latent]["recall"], floor_at(gens[best_latent]["n"])["recall"]
+pixel_recall_ok = all(gens[k]["recall"] >= floor_at(gens[k]["n"])["recall"] for k in pixel)
+recall_note = (f", though its recall is below the floor's ({lat_recall:.3f} against {lat_floor_recall:.3f}) where "
+               "every pixel-space sampler's reaches it" if lat_recall < lat_floor_recall and pixel_recall_ok else "")
+bounded = (f"It is bounded by its decoder, whose reconstructions score {excess['vae_reconstruction']:+.2f}."
+           if excess[best_latent] >= excess["vae_reconstruction"] else
+           f"Its decoder's reconstructions score {excess['vae_reconstruction']:+.2f}, no better: with models this far "
+           "from the floor, the decoder's bound does not bind.")
+ddpm_note = (f" Full DDPM is scored on only {gens['ddpm']['n']} samples, so its numbers are the least certain of the "
+             "table." if gens["ddpm"]["n"] < N else "")
+Markdown(f"""- The course's generators span a trade-off between quality and cost. Read at each generator's own $n$, with FID
+  as its excess over the floor: {"; ".join(cost(k) for k in listed)}. DDIM buys speed with fewer steps
+  ({few_faster:.1f} times faster at {gens[fewest]["steps"]} steps than at {gens[most]["steps"]}),
+  {"at a price in quality" if excess[fewest] > excess[most] else "here at no price in quality"}. Latent diffusion
+  ({gens[best_latent]["label"]}) is {faster:.0f} times faster than full DDPM {"and" if closer else "but"} ends
+  {"closer to the floor than any pixel-space sampler" if closer else
+   "further from the floor than the best pixel-space sampler, " + gens[best_pixel]["label"]}{recall_note}.
+  {bounded}{ddpm_note}""")
+
+# %% [markdown]
+# That ends the unconditional models. [Chapter 7](07_guidance.ipynb) answers the question they leave
+# open, "can I ask for a 7?": it adds class conditioning and classifier-free guidance (Ho & Salimans,
+# [arXiv:2207.12598](https://arxiv.org/abs/2207.12598)) to the latent model and measures their price
+# with this chapter's tools. To go further on your own: train the full profile on a GPU
+# (`python -m mnistdiff course --profile full`), or try another schedule and watch what it does to
+# the table.
 
 # %%
 print(f"chapter 6 ran in {time.perf_counter() - T_START:.0f} s ({PROFILE.name} profile, {DEVICE})")
