@@ -18,7 +18,7 @@
 # DDPM sampling (chapter 2) costs $T$ network calls per image — 1000 in the paper. Song, Meng &
 # Ermon's **denoising diffusion implicit models** (DDIM,
 # [arXiv:2010.02502](https://arxiv.org/abs/2010.02502)) sample with the **same trained network** in
-# 20 to 50 steps, with no retraining. The key observation: the DDPM loss only ever looks at the
+# a few dozen steps, with no retraining. The key observation: the DDPM loss only ever looks at the
 # marginals $q(x_t \mid x_0)$, never at how the chain gets from one step to the next. Any process
 # with the same marginals is trained by the same loss — and some of those processes can skip steps,
 # or have no randomness at all.
@@ -44,16 +44,19 @@
 # :class: note
 # The book shows this chapter executed with the `book` profile's committed checkpoints. Run under
 # `MNISTDIFF_PROFILE=smoke` (the test suite does), the model is trained for seconds, $T = 100$, and every
-# figure shows noise-like blobs instead of digits; the code paths are the same. The numbers quoted in
-# the text are the `book` profile's; the derivations and the checks against the package do not depend
-# on the profile.
+# figure shows noise-like blobs instead of digits; the code paths are the same. The sentences that quote a
+# measured number are written by the cells from what they computed, so under smoke they quote the smoke
+# run; the descriptions of the figures are the `book` profile's. The derivations and the checks against
+# the package do not depend on the profile.
 # :::
 
 # %%
+import math
 import time
 
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import Markdown
 
 from mnistdiff import NoiseSchedule, ddim_sample_loop, ddim_step, ddim_timesteps
 from mnistdiff import default_device, get_ddpm, get_profile, load_mnist, show_grid
@@ -67,7 +70,7 @@ print(f"profile: {PROFILE.name}, device: {DEVICE}")
 
 # %% [markdown]
 # **Where this chapter ends.** Chapter 2's network, sampled in `PROFILE.ddim_steps` steps instead of
-# 1000 (top: the package's default $\eta = 1$; bottom: the deterministic $\eta = 0$, from the same noise;
+# all $T$ (top: the package's default $\eta = 1$; bottom: the deterministic $\eta = 0$, from the same noise;
 # section 7 explains the difference):
 
 # %%
@@ -280,7 +283,7 @@ eta_max = [((1 - a) / (1 - a / a_next)) ** 0.5 for a, a_next in zip(abar, abar[1
 k = min(range(len(eta_max)), key=eta_max.__getitem__)
 print(f"largest allowed η per step: smallest {min(eta_max):.6f} (the step from t = {ode_steps[k] + 1}), "
       f"largest {max(eta_max):.3f}")
-assert min(eta_max) >= 1
+assert min(eta_max) >= 1 and k == 0  # just above 1, at the first step
 
 # %% [markdown]
 # ## 2. Which timesteps? Start at $t = T$
@@ -309,6 +312,7 @@ print(f"leading spacing, S = 10: t = {[i + 1 for i in leading]}")
 for name, i0 in (("this list", 999), ("leading", leading[0])):
     ab = cos1000.alphas_cumprod[i0].item()
     print(f"{name:>10} starts at t = {i0 + 1}: ᾱ_t = {ab:.3e}, the training inputs there hold {ab**0.5:.1%} of x_0")
+assert round(cos1000.alphas_cumprod[leading[0]].item() ** 0.5, 2) == 0.15  # the leading list's first input: 15 % of x_0
 
 # %% [markdown]
 # With the leading list, the first step asks the network to find the 15 % of a digit that is in
@@ -328,7 +332,10 @@ for name, i0 in (("this list", 999), ("leading", leading[0])):
 # %%
 # NBVAL_CHECK_OUTPUT
 for T_show in (100, 1000):
-    ab = NoiseSchedule.make("cosine", T_show).alphas_cumprod[-1].double().item()
+    sched_show = NoiseSchedule.make("cosine", T_show)
+    ab = sched_show.alphas_cumprod[-1].double().item()
+    assert abs(sched_show.betas[-1].item() - 0.999) < 1e-6  # the last β, clipped
+    assert abs(ab / sched_show.alphas_cumprod[-2].double().item() - 0.001) < 1e-6  # so ᾱ_T = 0.001 ᾱ_{T−1}
     root = torch.tensor(1 - ab, dtype=torch.float32).sqrt().item()
     print(f"cosine schedule, T = {T_show:>4}: ᾱ_T = {ab:.3e},  1/√ᾱ_T = {ab ** -0.5:>6,.0f},  "
           f"√(1 − ᾱ) in float32 = {root:.9f}")
@@ -359,26 +366,33 @@ x1_safe, x0_safe = ddim_step(schedule.to(DEVICE), x_T, eps_hat, t0, t1, eta=0.0)
 first_steps = {"naive (as written)": (x0_naive, x1_naive), "clip only": (x0_naive.clamp(-1, 1), x1_clip),
                "package (clip, recompute ε̂)": (x0_safe, x1_safe)}
 
-print(f"network error |x_T − ε̂|: mean {(x_T - eps_hat).abs().mean().item():.4f}; "
+net_err = (x_T - eps_hat).abs().mean().item()
+first_stats = {name: (x0_v.abs().max().item(), x1_v.std().item(), (x1_v - x1_safe).abs().mean().item())
+               for name, (x0_v, x1_v) in first_steps.items()}
+print(f"network error |x_T − ε̂|: mean {net_err:.4f}; "
       f"a noisy image at t = {t1 + 1} has a standard deviation of about 1. After the first step:")
 print(f"{'first step':<30}{'max |x̂_0|':>12}{'std(x_t1)':>12}{'mean |x_t1 − package x_t1|':>30}")
-for name, (x0_v, x1_v) in first_steps.items():
-    print(f"{name:<30}{x0_v.abs().max().item():>12,.0f}{x1_v.std().item():>12.4f}"
-          f"{(x1_v - x1_safe).abs().mean().item():>30.4f}")
+for name, (x0_max, x1_std, x1_gap) in first_stats.items():
+    print(f"{name:<30}{x0_max:>12,.0f}{x1_std:>12.4f}{x1_gap:>30.4f}")
+
+# %% tags=["remove-input"]
+naive_max, naive_std, _ = first_stats["naive (as written)"]
+clip_std, clip_gap = first_stats["clip only"][1:]
+Markdown(rf"""The naive step multiplies the network's error, {net_err:.4f} per pixel on average, into a
+$\hat x_0$ as large as {naive_max:,.0f}, and then re-noises *that* to level $t_1$: $x_{{t_1}}$ has a standard
+deviation of {naive_std:.1f}, {naive_std / clip_std:.0f} times the scale the network was trained on (a
+standard deviation near 1). **Clipping** is what removes the blow-up: with $\hat x_0$ in $[-1, 1]$, $x_{{t_1}}$
+is back on the training scale (a standard deviation of {clip_std:.4f}).""")
 
 # %% [markdown]
-# The naive step multiplies the network's small error into a huge $\hat x_0$ and then re-noises
-# *that* to level $t_1$: $x_{t_1}$ is far off the scale the network was trained on (a standard
-# deviation near 1; the book model's naive step gives about 9.5). **Clipping** is what removes the
-# blow-up: with $\hat x_0$ in $[-1, 1]$, $x_{t_1}$ is back on the training scale. Keeping the raw
-# $\hat\epsilon$ with the clipped $\hat x_0$ leaves the two terms of eq. 12 slightly inconsistent with
-# $x_t$: they no longer add up to $x_t$ at the level $t$. Recomputing $\hat\epsilon$ from the clipped
-# $\hat x_0$ keeps the step on the line between $\hat x_0$ and $x_t$ (and at $t = T$ it gives
+# Keeping the raw $\hat\epsilon$ with the clipped $\hat x_0$ leaves the two terms of eq. 12 slightly
+# inconsistent with $x_t$: they no longer add up to $x_t$ at the level $t$. Recomputing $\hat\epsilon$ from
+# the clipped $\hat x_0$ keeps the step on the line between $\hat x_0$ and $x_t$ (and at $t = T$ it gives
 # $\hat\epsilon \approx x_T$, which is right: $x_T$ *is* noise). The difference between the two is the
 # network's error, $\lvert x_T - \hat\epsilon\rvert$, carried into $x_{t_1}$ with weight
-# $\sqrt{1 - \bar\alpha_{t_1}} \approx 1$: the table's last column (about 0.013 per pixel for the book
-# model) — small here, because this network's $\hat\epsilon$ at $t = T$ is close to $x_T$. Finishing
-# all three from their $x_{t_1}$ with the package's sampler:
+# $\sqrt{1 - \bar\alpha_{t_1}} \approx 1$: the table's last column for "clip only" matches the network's mean
+# error printed above it, and is as small as that error. Finishing all three from their $x_{t_1}$ with the
+# package's sampler:
 
 # %%
 with torch.no_grad():
@@ -391,18 +405,26 @@ show_grid(from_naive, nrow=8, title="naive first step, then the package's steps"
 show_grid(from_safe, nrow=8, title="the package's steps throughout", ax=axes[1])
 fig.tight_layout()
 plt.show()
-for name in ("naive (as written)", "clip only"):
-    gap = (finished[name] - from_safe).abs().mean().item()
+final_gap = {name: (finished[name] - from_safe).abs().mean().item() for name in ("naive (as written)", "clip only")}
+for name, gap in final_gap.items():
     print(f"mean |difference| from the package's final samples, {name} first step: {gap:.4f} per pixel")
 
+# %% tags=["remove-input"]
+closer = final_gap["naive (as written)"] / final_gap["clip only"]
+if closer >= 5:
+    clip_words = (rf"{closer:.0f} times closer than the naive one: clipping does almost all of the work, and "
+                  rf"recomputing $\hat\epsilon$ is a consistency fix that costs nothing")
+else:
+    clip_words = (rf"only {closer:.1f} times closer than the naive one: this network's error at $t = T$ is large, "
+                  rf"so the consistency fix, recomputing $\hat\epsilon$, matters as much as the clip")
+Markdown(rf"""The later steps clip, so they may pull a derailed trajectory partway back; how far depends on
+what the network does with inputs {naive_std / clip_std:.0f} times larger than any it was trained on, which
+nothing controls (here the naive first step changes the final samples by {final_gap["naive (as written)"]:.2f}
+per pixel on average, on pixels in $[-1, 1]$). The "clip only" step ends within
+{final_gap["clip only"]:.3f} per pixel of the package's, {clip_words}. The package's first step never leaves
+the training range.""")
+
 # %% [markdown]
-# The later steps clip, so they may pull a derailed trajectory partway back; how far depends on
-# what the network does with inputs tens or hundreds of times larger than any it was trained on,
-# which nothing controls (for the book model the naive first step changes the final samples by about
-# 0.47 per pixel, on pixels in $[-1, 1]$). The "clip only" step ends within about 0.01 per pixel of the
-# package's, invisible in a grid: clipping does almost all of the work, and recomputing $\hat\epsilon$
-# is a consistency fix that costs nothing. The package's first step never leaves the training range.
-#
 # ## 4. DDIM and DDPM from the same noise
 #
 # The package's `DiffusionModel.sample` seeds one random generator, draws $x_T$ from it, and (when
@@ -468,14 +490,18 @@ print(f"DDIM (S = T = {T}, η = 1) vs DDPM, same seed: max |difference| = {gap:.
 # the Fréchet distance on the features of an MNIST classifier (classifier-FID; Heusel et al.,
 # [arXiv:1706.08500](https://arxiv.org/abs/1706.08500)) and the others `evaluate` returns. On a GPU
 # each setting gets `PROFILE.eval_samples` samples; on a CPU we keep to `PROFILE.num_samples` so that
-# the chapter runs in seconds — with so few samples FID is strongly biased upwards, so read the
-# *trend*, not the values. Chapter 6 scores every sampler on `PROFILE.eval_samples` samples.
+# the chapter runs in seconds. With so few samples FID is strongly biased upwards, and noisy: it varies
+# from one set of samples to the next even when nothing else changes. So we score the **floor** beside
+# the samplers: `N_EVAL` real training digits, measured the same way (`mnistdiff.evaluation.metrics.real_floor`,
+# as in chapter 6), the best a generator can expect at that $n$; and five such sets of real digits, drawn
+# with different seeds, show how far the score of $n$ images moves by chance alone. Chapter 6 scores every
+# sampler on `PROFILE.eval_samples` samples.
 
 # %%
 N_EVAL = PROFILE.eval_samples if DEVICE.type == "cuda" else N
 try:
     from mnistdiff.evaluation.classifier import load_classifier
-    from mnistdiff.evaluation.metrics import evaluate
+    from mnistdiff.evaluation.metrics import evaluate, real_floor
 
     load_classifier(DEVICE)  # raises when the classifier's weights are missing
     QUALITY = "FID"
@@ -496,6 +522,14 @@ def quality(x: torch.Tensor) -> dict[str, float]:
     return {"pixel W1": (torch.quantile(x.flatten().float(), q) - torch.quantile(real, q)).abs().mean().item()}
 
 
+def real_quality(n: int, seed: int) -> dict[str, float]:
+    """The floor: the same measures for n real training digits, a seeded subset (`real_floor` for the metrics)."""
+    if QUALITY == "FID":
+        m = real_floor(n, seed=seed, device=DEVICE, include_memorisation=False)
+        return {"FID": m["fid"], "precision": m["precision"], "recall": m["recall"], "confidence": m["confidence"]}
+    return quality(load_mnist("train").subset(n, seed=seed).images)
+
+
 # %%
 results = []
 for S in PROFILE.ddim_step_sweep:
@@ -504,11 +538,16 @@ for S in PROFILE.ddim_step_sweep:
 x, sec = (ddpm, ddpm_sec) if N_EVAL == N else timed_sample(N_EVAL, sampler="ddpm")
 results.append({"sampler": f"DDPM {T}", "steps": T, "ms/sample": sec * 1e3, **quality(x)})
 
+floor_sets = [real_quality(N_EVAL, seed=SEED + k) for k in range(5)]  # five sets of N_EVAL real digits
+floor = floor_sets[0]
+chance = [f[QUALITY] for f in floor_sets]
+
 keys = [k for k in results[0] if k not in ("sampler", "steps")]
 print(f"{N_EVAL} samples per setting, on {DEVICE}")
 print(f"{'sampler':<12}" + "".join(f"{k[:14]:>16}" for k in keys))
-for r in results:
-    print(f"{r['sampler']:<12}" + "".join(f"{r[k]:>16.3f}" for k in keys))
+for r in results + [{"sampler": "real (floor)", **floor}]:
+    print(f"{r['sampler']:<12}" + "".join(f"{r[k]:>16.3f}" if k in r else f"{'—':>16}" for k in keys))
+print(f"{QUALITY} of five sets of {N_EVAL} real digits: " + ", ".join(f"{v:.3f}" for v in chance))
 
 # %%
 ddim_rows = results[:-1]
@@ -519,6 +558,8 @@ axes[0].set(xscale="log", yscale="log", xlabel="network calls (steps)", ylabel="
             title=f"sampling time ({DEVICE})")
 axes[1].plot([r["steps"] for r in ddim_rows], [r[QUALITY] for r in ddim_rows], "o-", label="DDIM, η = 0")
 axes[1].axhline(results[-1][QUALITY], color="C3", ls="--", label=f"DDPM ({T} steps)")
+axes[1].axhline(floor[QUALITY], color="k", ls=":", label=f"floor: {N_EVAL} real digits")
+axes[1].axhspan(min(chance), max(chance), color="k", alpha=0.1, label=f"five sets of {N_EVAL} real digits")
 axes[1].set(xscale="log", xlabel="network calls (steps)", ylabel=QUALITY[:40] + " (lower is better)",
             title=f"quality ({N_EVAL} samples)")
 for ax in axes:
@@ -527,12 +568,36 @@ for ax in axes:
 fig.tight_layout()
 plt.show()
 
+# %% tags=["remove-input"]
+per_step = [r["ms/sample"] / r["steps"] for r in results]
+first_row, last_row, ddpm_q = ddim_rows[0], ddim_rows[-1], results[-1][QUALITY]
+chance_spread = max(chance) - min(chance)
+ddim_gap = last_row[QUALITY] - ddpm_q
+if abs(ddim_gap) <= chance_spread:
+    verdict = (f"the difference between DDIM-{last_row['steps']} and DDPM, {abs(ddim_gap):.2f}, is within that spread: "
+               f"at this $n$ the table cannot rank them")
+else:
+    verdict = (f"DDIM-{last_row['steps']} is {'better' if ddim_gap < 0 else 'worse'} than DDPM by {abs(ddim_gap):.2f}, "
+               f"more than that spread")
+above = sum(r[QUALITY] > max(chance) for r in results)
+above = (f"all {above} samplers score" if above == len(results) else f"{above} of the {len(results)} samplers score")
+if max(per_step) < 1.5 * min(per_step):
+    timing = (f"Time is proportional to the number of steps, one network call each: {min(per_step):.1f} to "
+              f"{max(per_step):.1f} ms per step for every sampler in the table, DDPM included")
+else:
+    timing = (f"Time should be proportional to the number of steps, one network call each; in this run the cost "
+              f"of a step ranged from {min(per_step):.1f} to {max(per_step):.1f} ms, the noise of a busy machine")
+Markdown(f"""{timing}, so DDIM with
+{last_row['steps']} steps costs {last_row['ms/sample'] / results[-1]['ms/sample']:.1%} of DDPM's time. Quality
+is harder to read at this $n$. DDIM's {QUALITY} goes from {first_row[QUALITY]:.2f} at {first_row['steps']} steps
+to {last_row[QUALITY]:.2f} at {last_row['steps']}, against {ddpm_q:.2f} for DDPM with all {T} steps and
+{floor[QUALITY]:.2f} for {N_EVAL} real digits; but five sets of {N_EVAL} real digits alone score from
+{min(chance):.2f} to {max(chance):.2f}, a spread of {chance_spread:.2f} that is pure chance. {above[0].upper() + above[1:]}
+above the worst of those real sets, and {verdict}. Song et al. (Table 1) find, on CIFAR-10 with enough samples to
+tell, that DDIM needs a few dozen steps to come close to DDPM with 1000; chapter 6 scores these samplers on
+`PROFILE.eval_samples` samples each.""")
+
 # %% [markdown]
-# Time is proportional to the number of steps: one network call each. Quality improves quickly and
-# then flattens: DDIM with 50 steps comes close to DDPM with 1000 (Song et al., Table 1), at a
-# twentieth of the cost. (With so few samples the FID column is noisy; chapter 6 has the
-# 2,000-sample numbers.)
-#
 # :::{admonition} Exercise 3.2 (an experiment): leading against trailing timesteps
 # :class: tip
 # Section 2 argued that the original code's "leading" list, which starts at $t = T - c + 1$, asks the network
@@ -548,15 +613,14 @@ plt.show()
 # For $T = 1000$ and $S = 10$ the leading list starts at $t = 901$, where the training inputs hold 15 % of
 # $x_0$. The network's first $\hat x_0$ explains $x_T$ as such an input, and a digit's overall brightness —
 # its lowest frequency — is something pure noise holds almost none of (the mean of $x_T$'s 1024 pixels has
-# a standard deviation of $1/32$), so every sample is pulled towards the average brightness. The cell
-# prints the standard deviation over images of the mean pixel value: for the book model it is indeed
-# smaller with the leading list (about 0.07 against 0.10 with the package's list), as Lin et al. predict.
-# But on MNIST that does not hurt: the test digits' own spread, also printed, is 0.063, below both,
-# because every image is a bright stroke on black and brightness has little room to vary. The two lists
-# give mostly the same digits (a mean difference of about 0.09 per pixel), and their FID, precision and
-# recall on 64 samples differ by less than such small-sample metrics vary from seed to seed (the leading
-# list's FID is even slightly lower). On this model and data the leading list is not measurably worse; on
-# Lin et al.'s photographs, where brightness varies widely, the same restriction is a visible flaw.
+# a standard deviation of $1/32$), so every sample is pulled towards the average brightness: Lin et al.'s
+# prediction is a *smaller* spread of brightness over the samples with the leading list. On MNIST that
+# matters less than on photographs, because every image is a bright stroke on black and brightness has
+# little room to vary; the cell prints the test digits' own spread for comparison. It also prints how far
+# the two lists' samples differ (against two different samples of one list, for scale) and their metrics,
+# whose differences should be set against section 5's spread between sets of real digits: a difference
+# smaller than that is chance. The paragraph under the cell says what this run shows. On Lin et al.'s
+# photographs, where brightness varies widely, the same restriction is a visible flaw.
 # :::
 
 # %% tags=["solution", "hide-cell"]
@@ -566,20 +630,37 @@ lists = {"package (from t = T)": ddim_timesteps(T, S_LEAD), "leading": list(rang
 x_T_lead = torch.randn((N, 1, 32, 32), generator=torch.Generator(device=DEVICE).manual_seed(SEED), device=DEVICE)
 real_means = load_mnist("test").images[:1000].flatten(1).mean(1)
 print(f"test digits: spread (std) of the per-image mean pixel value {real_means.std().item():.3f}")
-by_list = {}
+by_list, q_list, bright = {}, {}, {}
 for name, idx in lists.items():
     with torch.no_grad():
         x = ddim_sample_loop(model.unet, schedule, x_T_lead.shape, x_T=x_T_lead, timesteps=idx, eta=0.0,
                              device=DEVICE)
     by_list[name] = x.images.clamp(-1, 1).cpu()
-    q = ", ".join(f"{k} {v:.3f}" for k, v in quality(by_list[name]).items())
-    spread = by_list[name].flatten(1).mean(1).std().item()
-    print(f"{name:<21} starts at t = {idx[0] + 1:>4}: {q}; brightness spread {spread:.3f}")
-gap = (by_list["leading"] - by_list["package (from t = T)"]).abs().mean().item()
-print(f"mean |difference| between the two lists' samples: {gap:.3f} per pixel")
+    q_list[name] = quality(by_list[name])
+    q = ", ".join(f"{k} {v:.3f}" for k, v in q_list[name].items())
+    bright[name] = by_list[name].flatten(1).mean(1).std().item()
+    print(f"{name.ljust(21)} starts at t = {idx[0] + 1:>4}: {q}; brightness spread {bright[name]:.3f}")
+pkg = by_list["package (from t = T)"]
+gap = (by_list["leading"] - pkg).abs().mean().item()
+other = (pkg - pkg.roll(1, 0)).abs().mean().item()
+print(f"mean |difference| between the two lists' samples: {gap:.3f} per pixel "
+      f"(between two different samples of one list: {other:.3f})")
 fig = show_grid(torch.cat([v[:16] for v in by_list.values()]), nrow=16,
                 title=f"S = {S_LEAD}, η = 0, same x_T: top, the package's list; bottom, leading")
 plt.show()
+b_lead, b_pkg, b_real = bright["leading"], bright["package (from t = T)"], real_means.std().item()
+q_lead, q_pkg = q_list["leading"][QUALITY], q_list["package (from t = T)"][QUALITY]
+chance_n = chance if N_EVAL == N else [real_quality(N, seed=SEED + k)[QUALITY] for k in range(5)]  # sets of N real digits
+chance_spread_n = max(chance_n) - min(chance_n)
+real_where = "below both" if b_real < min(b_lead, b_pkg) else "above both" if b_real > max(b_lead, b_pkg) else "between the two"
+Markdown(f"""In this run the leading list's brightness spread is {b_lead:.3f}, against {b_pkg:.3f} with the
+package's list: {"smaller, as Lin et al. predict" if b_lead < b_pkg else "not smaller, so this run does not show the effect Lin et al. predict"}.
+The test digits' own spread is {b_real:.3f}, {real_where}. The two lists give
+{"mostly the same digits" if gap < other / 2 else "visibly different digits"} (a mean difference of {gap:.3f} per
+pixel, against {other:.3f} between two different samples), and their {QUALITY}s, {q_pkg:.2f} with the package's
+list and {q_lead:.2f} with the leading one, differ by {abs(q_lead - q_pkg):.2f},
+{"less than" if abs(q_lead - q_pkg) <= chance_spread_n else "more than"} the {chance_spread_n:.2f} by which sets of
+{N} real digits differ (section 5). {"On this model and data the leading list is not measurably worse." if abs(q_lead - q_pkg) <= chance_spread_n else ("The leading list is measurably worse here." if q_lead > q_pkg else "The leading list is even measurably better here.")}""")
 
 # %% [markdown]
 # ## 6. The effect of $\eta$
@@ -595,10 +676,13 @@ explorer = ddim_explorer(model, PROFILE.ddim_step_sweep, etas=(0.0, 0.5, 1.0), s
 explorer
 
 # %% [markdown]
-# With few steps, the stochastic samplers are worse: each step's fresh noise has to be removed
-# again by the next, and with few steps there is no time to do so (Song et al., Table 1, where
-# $\eta = 1$ with 10 steps is much worse than $\eta = 0$). How far each sample moves away from its
-# $\eta = 0$ version, at `PROFILE.ddim_steps` steps:
+# On Song et al.'s well-trained CIFAR-10 model, with few steps the stochastic samplers are worse: each
+# step's fresh noise has to be removed again by the later steps, and with few steps there is little time
+# to do so (their Table 1, where $\eta = 1$ with 10 steps is much worse than $\eta = 0$). This book's
+# network shows the opposite. In the explorer the $\eta = 0$ row carries the same blobs and grain at every
+# $S$, while the $\eta = 1$ samples are clean even at the fewest steps: fresh noise here *corrects* the
+# errors that the deterministic sampler accumulates. Section 7 measures that and explains it. First, how
+# far each sample moves away from its $\eta = 0$ version, at `PROFILE.ddim_steps` steps:
 
 # %%
 S = PROFILE.ddim_steps if PROFILE.ddim_steps in PROFILE.ddim_step_sweep else PROFILE.ddim_step_sweep[-1]
@@ -611,53 +695,119 @@ for eta in (0.5, 1.0):
 # ## 7. Why $\eta = 0$ is fragile on a briefly trained network
 #
 # The DDIM paper's well-trained CIFAR-10 model samples *better* with $\eta = 0$ (Song et al., Table 1).
-# This book's DDPM was trained for half an hour on two CPU cores, and with it the deterministic
-# sampler is visibly worse: many $\eta = 0$ samples keep a grainy background, and the classifier
-# finds too many of one digit. Let us measure it on one batch, from the same $x_T$: the share of
-# pixels brighter than $10/255$ ("grain": real digits are mostly black) and the largest share of one
-# predicted class.
+# This book's DDPM was trained for about half an hour on two CPU cores, and with it the deterministic
+# sampler is visibly worse: many $\eta = 0$ samples keep a grainy background or a blob. Let us measure
+# it for each number of steps of the sweep, on one batch from the same $x_T$: the share of pixels
+# brighter than $10/255$ ("grain": real digits are mostly black), with its standard error over the batch,
+# and, at `PROFILE.ddim_steps` steps, the largest share of one predicted digit.
 
 # %%
 from mnistdiff.data import to_uint8
 from mnistdiff.evaluation.metrics import class_statistics, classifier_features
 
 
-def grain_and_balance(x: torch.Tensor) -> tuple[float, float, int]:
-    """Share of pixels > 10/255, share of the most common predicted digit, and that digit."""
+def grain(x: torch.Tensor) -> tuple[float, float]:
+    """The share of pixels brighter than 10/255: its mean over the images and the standard error of that mean."""
+    per_image = (to_uint8(x) > 10).float().flatten(1).mean(1)
+    return per_image.mean().item(), per_image.std().item() / len(per_image) ** 0.5
+
+
+def top_digit(x: torch.Tensor) -> tuple[int, float]:
+    """The most common digit the classifier reads in x, and its share."""
     hist = class_statistics(classifier_features(x, device=DEVICE)[1])["class_histogram"]
     top = max(range(10), key=lambda d: hist[d])
-    return float((to_uint8(x) > 10).float().mean()), hist[top], top
+    return top, hist[top]
 
 
-real_grain = grain_and_balance(load_mnist("test").images[:N])[0]
-print(f"real test digits:        grain {real_grain:.3f}")
+real_digits = load_mnist("test").images[:N]
+real_grain, real_top = grain(real_digits), top_digit(real_digits)
+print(f"real test digits: grain {real_grain[0]:.3f} ± {real_grain[1]:.3f}; "
+      f"most common digit {real_top[0]} ({real_top[1]:.0%} of {N})")
+grain_at, at_steps = {}, {}
+for S in PROFILE.ddim_step_sweep:
+    for eta in (0.0, 1.0):
+        x, _ = timed_sample(N, sampler="ddim", steps=S, eta=eta)
+        grain_at[S, eta] = grain(x)
+        if S == PROFILE.ddim_steps:
+            at_steps[eta] = x
+    print(f"DDIM-{S:<4} grain  η = 0: {grain_at[S, 0.0][0]:.3f} ± {grain_at[S, 0.0][1]:.3f}   "
+          f"η = 1: {grain_at[S, 1.0][0]:.3f} ± {grain_at[S, 1.0][1]:.3f}")
+balance = {}
 for eta in (0.0, 1.0):
-    x, _ = timed_sample(N, sampler="ddim", steps=PROFILE.ddim_steps, eta=eta)
-    g, share, top = grain_and_balance(x)
-    print(f"DDIM-{PROFILE.ddim_steps}, η = {eta:g}:  grain {g:.3f}, most common digit {top} ({share:.0%} of {N})")
+    x = at_steps[eta] if eta in at_steps else timed_sample(N, sampler="ddim", steps=PROFILE.ddim_steps, eta=eta)[0]
+    balance[eta] = top_digit(x)
+    print(f"DDIM-{PROFILE.ddim_steps}, η = {eta:g}: most common digit {balance[eta][0]} ({balance[eta][1]:.0%} of {N})")
+
+# %% tags=["remove-input"]
+S_few, S_most = PROFILE.ddim_step_sweep[0], PROFILE.ddim_step_sweep[-1]
+
+
+def z_score(S: int) -> float:
+    """The difference of the grain between η = 0 and η = 1 at S steps, in standard errors."""
+    (g0, se0), (g1, se1) = grain_at[S, 0.0], grain_at[S, 1.0]
+    return (g0 - g1) / (se0**2 + se1**2) ** 0.5
+
+
+def chance_words(z: float) -> str:
+    return ("far more than chance" if abs(z) > 3 else "more than chance, if not by much" if abs(z) > 2
+            else "within chance")
+
+
+binom_se = (0.1 * 0.9 / N) ** 0.5  # the standard error of one digit's share, for a balanced sampler
+binom_se_eval = (0.1 * 0.9 / PROFILE.eval_samples) ** 0.5
+(g0f, _), (g1f, _) = grain_at[S_few, 0.0], grain_at[S_few, 1.0]
+(g0m, _), (g1m, _) = grain_at[S_most, 0.0], grain_at[S_most, 1.0]
+
+
+def grainier(S: int) -> str:
+    z = z_score(S)
+    return rf"$\eta = {0 if z > 0 else 1}$ is the grainier by {abs(z):.1f} standard errors, {chance_words(z)}"
+
+
+if g0f > g1f and g0m > g1m:
+    widest = ("The gap is widest at the fewest steps, where each step is longest." if g0f - g1f > g0m - g1m
+              else "The gap does not narrow with more steps.")
+else:
+    widest = r"In this run $\eta = 0$ is not the grainier sampler at every step count."
+shares = (balance[0.0][1], balance[1.0][1])
+if max(shares) <= 0.1 + 3 * binom_se:
+    balance_words = (f"but that says little: with {N} samples one digit's share has a binomial standard error of "
+                     f"{binom_se * 100:.2f} percentage points around the 10 % of a balanced sampler, and the largest "
+                     f"of ten shares lies above 10 % even for real digits ({real_top[1]:.0%} of these {N} test "
+                     f"digits). {N} samples cannot show an imbalance of a few points")
+else:
+    balance_words = (f"more than three binomial standard errors ({binom_se * 100:.2f} percentage points each, for {N} "
+                     f"samples) above the 10 % of a balanced sampler: an imbalance this large is no accident of the "
+                     f"sample")
+Markdown(rf"""With {S_few} steps, $\eta = 0$ leaves a grain of {g0f:.3f} and $\eta = 1$ {g1f:.3f}, against
+{real_grain[0]:.3f} for real digits: {grainier(S_few)}. With {S_most} steps it is {g0m:.3f} against {g1m:.3f}:
+{grainier(S_most)}. {widest} The most common digit, at {PROFILE.ddim_steps} steps, takes {shares[0]:.0%} of the
+$\eta = 0$ samples and {shares[1]:.0%} of the $\eta = 1$ ones, {balance_words}. (Chapter 6's class histograms
+use {PROFILE.eval_samples:,} samples, where that standard error is {binom_se_eval * 100:.2f} points.)""")
 
 # %% [markdown]
 # Why? Where could the difference come from — a bug, or the sampler's nature? We checked the
-# suspects one at a time (`scripts/eta_study.py`, 128 samples of the book model, numbers in
+# suspects one at a time on an earlier checkpoint of the book model, trained with the unweighted
+# $L_\text{simple}$ before chapter 2's min-SNR weighting (`scripts/eta_study.py`, numbers in
 # `benchmarks/README.md`):
 #
 # - **The EMA weights** (could the average still hold early, worse weights?): the raw weights
-#   of the last step give the same grain with $\eta = 0$ (0.194 against 0.204 for the EMA). Not the EMA.
+#   of the last step gave the same grain with $\eta = 0$ as the EMA weights. Not the EMA.
 # - **The ill-conditioned first step** (its $\hat x_0$ is a clipped $\pm 1$ pattern, since
 #   $1/\sqrt{\bar\alpha_T} \approx 2\cdot 10^4$ magnifies every error): replacing that $\hat x_0$ by 0, or
-#   starting at $t = 981$ where the division is harmless ("leading" spacing), lowers the grain only
-#   a little (0.186 and 0.187). Dynamic thresholding (Saharia et al. 2022) instead of clipping makes
-#   it much worse (0.445).
-# - **Stochasticity**: $\eta = 1$ brings the grain to that of real digits (0.141 against 0.135), with the same
-#   network and the same number of steps.
+#   starting at $t = 981$ where the division is harmless ("leading" spacing), lowered the grain only
+#   a little. Dynamic thresholding (Saharia et al. 2022) instead of clipping made it much worse.
+# - **Stochasticity**: $\eta = 1$ brought the grain down to that of real digits, with the same network and
+#   the same number of steps; the table above measures the same comparison on the current checkpoint.
 #
 # So it is not a bug but the nature of the sampler. DDIM with $\eta = 0$ integrates an ODE: each
 # step trusts the network's $\hat\epsilon$ completely and carries its error to the next step, and
 # nothing ever removes it. A network that predicts the noise imperfectly — at mid and low noise
 # levels, where a stroke and a speck of noise look alike — leaves some of that noise in the image,
-# and the deterministic path keeps it to the end. With $\eta > 0$ every step replaces part of the
+# and the deterministic path keeps it to the end. With few steps a second error adds to it: each Euler
+# step is long, and misses the curve by more. With $\eta > 0$ every step replaces part of the
 # predicted noise with fresh noise of exactly the right size, so the next network call sees an
-# input like those it was trained on and can correct the error: Karras et al.
+# input like those it was trained on and can correct both errors: Karras et al.
 # ([arXiv:2206.00364](https://arxiv.org/abs/2206.00364), §4, Fig. 5b) find the same, that
 # stochastic sampling helps most when the network is weaker. For that reason the package's
 # *default* is $\eta = 1$ (`mnistdiff.config.DEFAULT_ETA`, used by `DiffusionModel.sample` and
@@ -772,21 +922,34 @@ show_grid(torch.cat([digits8, (latents / 3).clamp(-1, 1), recon]).cpu(), nrow=8,
           title=f"test digits → inverted x_T (÷3 to show) → DDIM-{len(inv_steps)} back")
 plt.show()
 centred = digits8.flatten(1) - digits8.flatten(1).mean(1, keepdim=True)
-print(f"inverted x_T: mean {latents.mean().item():.3f}, std {latents.std().item():.3f} (noise: 0 and 1), "
-      f"cosine with the centred digit {torch.nn.functional.cosine_similarity(latents.flatten(1), centred).mean():.3f}")
-print(f"reconstruction error, DDIM-{len(inv_steps)} down again:  {pixel_error(recon, digits8):.4f} per pixel")
-print(f"                      the same without clipping x̂_0: {pixel_error(recon_noclip, digits8):.4f} per pixel")
-print(f"for scale: a test digit against the next one:       {pixel_error(digits8.roll(1, 0), digits8):.4f} per pixel")
+lat_std = latents.std().item()
+lat_cos = torch.nn.functional.cosine_similarity(latents.flatten(1), centred).mean().item()
+inv_err = {"clip": pixel_error(recon, digits8), "no clip": pixel_error(recon_noclip, digits8),
+           "other digit": pixel_error(digits8.roll(1, 0), digits8)}
+print(f"inverted x_T: mean {latents.mean().item():.3f}, std {lat_std:.3f} (noise: 0 and 1), "
+      f"cosine with the centred digit {lat_cos:.3f}")
+print(f"reconstruction error, DDIM-{len(inv_steps)} down again:  {inv_err['clip']:.4f} per pixel")
+print(f"                      the same without clipping x̂_0: {inv_err['no clip']:.4f} per pixel")
+print(f"for scale: a test digit against the next one:       {inv_err['other digit']:.4f} per pixel")
+
+# %% tags=["remove-input"]
+round_trip = ("works well: the reconstructions are the test digits" if inv_err["clip"] < inv_err["other digit"] / 3
+              else "works only in part: the reconstructions are closer to the test digits than another digit is"
+              if inv_err["clip"] < inv_err["other digit"] else "fails: the reconstructions are no closer to the test "
+              "digits than another digit is")
+outline = ", so the digit's outline shows through" if lat_cos > 0.1 else ""
+noclip = ("more than between two different digits: the reconstruction is lost"
+          if inv_err["no clip"] > inv_err["other digit"] else "a large part of the way to another digit's")
+Markdown(rf"""Here the round trip {round_trip}, with an error of {inv_err["clip"]:.3f} per pixel against
+{inv_err["other digit"]:.3f} between two different test digits. {"But" if inv_err["clip"] < inv_err["other digit"] else "And"}
+the inverted $x_T$ is not quite noise: its standard deviation is {lat_std:.2f} rather than 1, and its cosine with
+the centred digit is {lat_cos:.2f} rather than about 0{outline}. A briefly trained network's slopes are not those of the
+exact ODE, so its "inverse" is partly an autoencoder that hides the digit in the noise. The clipping of
+section 3 is essential here too: the first sampling step, at $t = T$, divides the difference between the
+network's $\hat\epsilon$ and the one the inversion used by $\sqrt{{\bar\alpha_T}}$, and without the clip the
+reconstruction error is {inv_err["no clip"]:.3f} per pixel, {noclip}.""")
 
 # %% [markdown]
-# For the book model the round trip works well: the reconstructions are the test digits, with an error
-# of about 0.05 per pixel against 0.25 between two different digits. But the inverted $x_T$ is not quite
-# noise: its standard deviation is below 1 (about 0.87) and the digit's outline shows through. A briefly
-# trained network's slopes are not those of the exact ODE, so its "inverse" is partly an autoencoder that
-# hides the digit in the noise. The clipping of section 3 is essential here too: the first sampling step,
-# at $t = T$, divides the difference between the network's $\hat\epsilon$ and the one the inversion used by
-# $\sqrt{\bar\alpha_T}$, and without the clip the reconstruction is lost (the second error above).
-#
 # :::{admonition} Exercise 3.4 (an experiment): inversion with more or fewer steps
 # :class: tip
 # Invert the same digits and sample them back with each step count in `PROFILE.ddim_step_sweep`. Euler's
@@ -796,26 +959,38 @@ print(f"for scale: a test digit against the next one:       {pixel_error(digits8
 #
 # :::{admonition} Solution 3.4
 # :class: dropdown
-# The naive prediction is that the error falls with $S$. On the book model it does not: the cell prints
-# errors of about 0.032, 0.035 and 0.048 per pixel for $S = 10$, 20 and 50. What changes with $S$ is the
-# latent: its standard deviation grows from about 0.59 to 0.74 and 0.87, closer to that of real noise.
-# With few, long steps the inversion is a crude encoder that leaves much of the digit in $x_T$, and the
-# sampler finds it again; with more steps the inversion comes closer to the ODE, the latent looks more
-# like noise, and more of the reconstruction rests on the ill-posed first steps near $t = T$, where the
-# mismatch between the two directions is largest. A faithful inversion is one whose $x_T$ is both
-# noise-like and decodes to the digit, and this network gets closer to the first with more steps at
-# some cost in the second.
+# The naive prediction is that the error falls with $S$, since each Euler step is more accurate. But the
+# step count changes the latent too, and the cell prints both. With few, long steps the inversion is a crude
+# encoder that leaves much of the digit in $x_T$ (a standard deviation well below 1), and the sampler finds
+# it again; with more steps the inversion comes closer to the ODE, the latent looks more like noise, and
+# more of the reconstruction rests on the ill-posed first steps near $t = T$, where the mismatch between
+# the two directions is largest. So the error need not fall with $S$. A faithful inversion is one whose
+# $x_T$ is both noise-like and decodes to the digit; the paragraph under the cell says how this network
+# trades one against the other.
 # :::
 
 # %% tags=["solution", "hide-cell"]
 # Solution 3.4: invert with S steps and sample back with the same S, for every S of the profile's sweep.
+inv_sweep = {}
 for S in PROFILE.ddim_step_sweep:
     idx = ddim_timesteps(T, S)
     lat = latents if idx == inv_steps else ddim_invert(model.unet, schedule, digits8, idx)
     with torch.no_grad():
         rec = ddim_sample_loop(model.unet, schedule, digits8.shape, x_T=lat, timesteps=idx, eta=0.0, device=DEVICE)
-    print(f"S = {S:>3}: reconstruction error {pixel_error(rec.images.clamp(-1, 1), digits8):.4f} per pixel, "
-          f"std of the inverted x_T {lat.std().item():.3f}")
+    inv_sweep[S] = (pixel_error(rec.images.clamp(-1, 1), digits8), lat.std().item())
+    print(f"S = {S:>3}: reconstruction error {inv_sweep[S][0]:.4f} per pixel, std of the inverted x_T {inv_sweep[S][1]:.3f}")
+
+
+def trend(values: list[float]) -> str:
+    pairs = list(zip(values, values[1:]))
+    return "grows" if all(b > a for a, b in pairs) else "falls" if all(b < a for a, b in pairs) else "does not move one way"
+
+
+errs, stds = [e for e, _ in inv_sweep.values()], [v for _, v in inv_sweep.values()]
+steps_words = ", ".join(f"{S}" for S in inv_sweep)
+Markdown(f"""Here, for $S$ = {steps_words}, the reconstruction error {trend(errs)} with $S$
+({", ".join(f"{e:.3f}" for e in errs)} per pixel) and the inverted $x_T$'s standard deviation {trend(stds)}
+({", ".join(f"{v:.2f}" for v in stds)}; 1 for real noise). {"More steps give a more noise-like latent at some cost in the reconstruction." if trend(errs) == "grows" and trend(stds) == "grows" else "More steps give a more noise-like latent and a better reconstruction: the naive prediction holds." if trend(errs) == "falls" and trend(stds) == "grows" else "The two do not trade against each other simply here."}""")
 
 # %% [markdown]
 # **Interpolation.** The inversion's $x_T$ is only nearly noise, but any two real noises $x_T^{(0)}$, $x_T^{(1)}$
@@ -844,26 +1019,69 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
     return (torch.sin((1 - w) * theta) * a + torch.sin(w * theta) * b) / torch.sin(theta)
 
 
+def decode(x_T: torch.Tensor) -> torch.Tensor:
+    """DDIM with `PROFILE.ddim_steps` steps and η = 0, a function of x_T alone: images in [−1, 1], on the CPU."""
+    with torch.no_grad():
+        out = ddim_sample_loop(model.unet, schedule, x_T.shape, x_T=x_T.to(DEVICE), ddim_steps=PROFILE.ddim_steps,
+                               eta=0.0, device=DEVICE)
+    return out.images.clamp(-1, 1).cpu()
+
+
+def read(x: torch.Tensor) -> tuple[list[int], list[float]]:
+    """The digit the classifier reads in each image, and its confidence."""
+    conf, digit = classifier_features(x, device=DEVICE)[1].max(1)
+    return digit.tolist(), conf.tolist()
+
+
+# the two ends: of 16 seeded noises, the two whose samples the classifier reads most confidently, as two
+# different digits, so that the path joins two good samples (the seed's first two noises decode to blobs)
 gen = torch.Generator().manual_seed(SEED)
-z_a, z_b = torch.randn(2, 1, 32, 32, generator=gen)
+candidates = torch.randn(16, 1, 32, 32, generator=gen)
 norms = torch.randn(10_000, 32 * 32, generator=gen).norm(dim=1)
+d = candidates[0].numel()
+assert d == 1024 and abs(math.sqrt(d / 2) - 22.6) < 0.05  # the straight line's midpoint norm, for orthogonal ends
+cand_digit, cand_conf = read(decode(candidates))
+order = sorted(range(len(candidates)), key=lambda i: -cand_conf[i])
+i_a = order[0]
+i_b = next((i for i in order if cand_digit[i] != cand_digit[i_a]), order[1])
+z_a, z_b = candidates[i_a], candidates[i_b]
 weights = torch.linspace(0, 1, 9)
-path = torch.stack([slerp(z_a, z_b, float(w)) for w in weights]).to(DEVICE)
-with torch.no_grad():
-    strip = ddim_sample_loop(model.unet, schedule, path.shape, x_T=path, ddim_steps=PROFILE.ddim_steps, eta=0.0,
-                             device=DEVICE)
-show_grid(strip.images.clamp(-1, 1).cpu(), nrow=9,
-          title=f"slerp between two x_T, decoded with DDIM-{PROFILE.ddim_steps}, η = 0")
+path = torch.stack([slerp(z_a, z_b, float(w)) for w in weights])
+strip = decode(path)
+strip_digit, strip_conf = read(strip)
+show_grid(strip, nrow=9, title=f"slerp between two x_T, decoded with DDIM-{PROFILE.ddim_steps}, η = 0")
 plt.show()
 cos = torch.nn.functional.cosine_similarity(z_a.flatten(), z_b.flatten(), dim=0).item()
-print(f"norms of 10,000 noises in d = 1024: mean {norms.mean():.2f}, std {norms.std():.2f} (√d = 32, 1/√2 = 0.71)")
-print(f"the two ends: norms {z_a.norm():.2f} and {z_b.norm():.2f}, cos θ = {cos:.3f}")
-print("slerp path norms:", " ".join(f"{v:.1f}" for v in path.flatten(1).norm(dim=1).tolist()))
+path_norms = path.flatten(1).norm(dim=1)
+print(f"norms of 10,000 noises in d = {d}: mean {norms.mean():.2f}, std {norms.std():.2f} (√d = 32, 1/√2 = 0.71)")
+print(f"the two ends (noises {i_a} and {i_b} of {len(candidates)}): norms {z_a.norm():.2f} and {z_b.norm():.2f}, "
+      f"cos θ = {cos:.3f}")
+print("slerp path norms:", " ".join(f"{v:.1f}" for v in path_norms.tolist()))
+print("the classifier reads:", " ".join(f"{k} ({c:.2f})" for k, c in zip(strip_digit, strip_conf)))
+
+# %% tags=["remove-input"]
+lo, hi = (norms.mean() - 3 * norms.std()).item(), (norms.mean() + 3 * norms.std()).item()
+inside = bool(((path_norms > lo) & (path_norms < hi)).all())
+k_min = min(range(len(strip_conf)), key=strip_conf.__getitem__)
+if strip_conf[k_min] > 0.9:
+    reading = "every frame is read confidently as a digit"
+elif strip_conf[k_min] > 0.5:
+    reading = (f"the frames in between are read less surely (the least, {strip_conf[k_min]:.2f}, is frame {k_min + 1}): "
+               "shapes between two digits")
+else:
+    reading = (f"some frames in between are not read as any one digit (the least confidence, {strip_conf[k_min]:.2f}, "
+               f"is frame {k_min + 1}): the path passes through shapes that are not digits")
+ends = ("the two candidates the classifier reads most confidently as different digits"
+        if cand_digit[i_a] != cand_digit[i_b] else "the two candidates the classifier reads most confidently")
+Markdown(f"""The ends are {ends}: {"an" if cand_digit[i_a] == 8 else "a"} {cand_digit[i_a]} ({cand_conf[i_a]:.2f})
+and {"an" if cand_digit[i_b] == 8 else "a"} {cand_digit[i_b]} ({cand_conf[i_b]:.2f}). The path's noises have
+norms from {path_norms.min():.1f} to {path_norms.max():.1f}, {"all" if inside else "not all"} within three standard
+deviations of real noise's ({lo:.1f} to {hi:.1f}). Along the strip the classifier reads
+{", ".join(str(k) for k in strip_digit)}, with confidence from {min(strip_conf):.2f} to {max(strip_conf):.2f}:
+{reading}. (A confident reading is necessary for a digit-like frame, not sufficient: the classifier is
+confident on some shapes that are no digit, so look at the strip too.)""")
 
 # %% [markdown]
-# The path's noises all have norms within the spread of real noise, and the strip changes from one digit
-# to the other through shapes that are (for the book model) digit-like all the way.
-#
 # :::{admonition} Exercise 3.5 (a change to the code): the straight line instead
 # :class: tip
 # Replace `slerp` by linear interpolation, $(1 - w)\,x^{(0)} + w\,x^{(1)}$. *Predict* the norm of the
@@ -884,29 +1102,47 @@ print("slerp path norms:", " ".join(f"{v:.1f}" for v in path.flatten(1).norm(dim
 # about $\sqrt{d/2} \approx 22.6$ for nearly orthogonal ends: some thirteen standard deviations below any
 # real noise. The sampler removes "noise" of the size it expects at each level, so from a too-small $x_T$
 # it has less left to build the digit from: expect fainter, thinner strokes in the middle of the path.
-# The cell prints the norms and the contrast: for the book model the straight path's midpoint norm is
-# about 22.8, and its decoded frames lose contrast towards the middle (a pixel standard deviation of about
-# 0.33 at the midpoint, against 0.6–0.7 along the slerp strip); the middle digits are thin strokes or
-# fragments. Slerp keeps every frame a typical noise, and every decoded frame a typical sample.
+# The cell prints the norms and the contrast of both strips, and, for scale, the range of contrast of
+# real test digits; the paragraph under it says what this run shows. Slerp keeps every frame a typical
+# noise. That makes every decoded frame a sample like any other of this sampler, not necessarily a
+# better digit: where the sampler's own samples are too thick, a fainter frame can even look cleaner.
 # :::
 
 # %% tags=["solution", "hide-cell"]
 # Solution 3.5: the straight path between the same two noises, its norms, and the contrast of both strips.
-line = torch.stack([(1 - w) * z_a + w * z_b for w in weights]).to(DEVICE)
-with torch.no_grad():
-    strip_line = ddim_sample_loop(model.unet, schedule, line.shape, x_T=line, ddim_steps=PROFILE.ddim_steps,
-                                  eta=0.0, device=DEVICE)
+line = torch.stack([(1 - w) * z_a + w * z_b for w in weights])
+strip_line = decode(line)
 fig, axes = plt.subplots(2, 1, figsize=(8, 2.6))
-show_grid(strip.images.clamp(-1, 1).cpu(), nrow=9, title="slerp", ax=axes[0])
-show_grid(strip_line.images.clamp(-1, 1).cpu(), nrow=9, title="straight line", ax=axes[1])
+show_grid(strip, nrow=9, title="slerp", ax=axes[0])
+show_grid(strip_line, nrow=9, title="straight line", ax=axes[1])
 fig.tight_layout()
 plt.show()
 print("straight-line norms: ", " ".join(f"{v:.1f}" for v in line.flatten(1).norm(dim=1).tolist()))
-for name, x in (("slerp", strip.images), ("straight line", strip_line.images)):
-    contrast = x.clamp(-1, 1).flatten(1).std(1).tolist()
-    print(f"pixel std per frame, {name:<13}", " ".join(f"{v:.2f}" for v in contrast))
-mid_norm = line[len(weights) // 2].norm().item()
+contrast = {name: x.flatten(1).std(1).tolist() for name, x in (("slerp", strip), ("straight line", strip_line))}
+for name, c in contrast.items():
+    print(f"pixel std per frame, {name.ljust(13)}", " ".join(f"{v:.2f}" for v in c))
+real_c = load_mnist("test").images[:1000].flatten(1).std(1)
+real_c05, real_med, real_c95 = real_c.quantile(torch.tensor([0.05, 0.5, 0.95])).tolist()
+print(f"pixel std of real test digits: 5th percentile {real_c05:.2f}, median {real_med:.2f}, "
+      f"95th percentile {real_c95:.2f}")
+mid = len(weights) // 2
+mid_norm = line[mid].norm().item()
 assert mid_norm < norms.mean().item() - 5 * norms.std().item()  # the midpoint is far below any real noise's norm
+line_mid, slerp_c = contrast["straight line"][mid], contrast["slerp"]
+faint = {name: sum(v < real_c05 for v in c) for name, c in contrast.items()}
+faint_words = " and ".join(f"{'none' if k == 0 else k} of the {name} frames" for name, k in faint.items())
+if line_mid < min(slerp_c):
+    verdict = "the prediction holds: the straight line thins the strokes in the middle of the path"
+    if abs(line_mid - real_med) < min(abs(v - real_med) for v in slerp_c):
+        verdict += (". Yet its midpoint is closer to the median real digit than any slerp frame: fainter than this "
+                    "sampler's own samples, not fainter than real digits")
+else:
+    verdict = "the prediction does not hold in this run"
+Markdown(f"""Here the straight path's midpoint has norm {mid_norm:.1f},
+{(norms.mean().item() - mid_norm) / norms.std().item():.0f} standard deviations below real noise's mean, and the
+contrast of its decoded frames goes from {contrast["straight line"][0]:.2f} at one end to {line_mid:.2f} at the
+midpoint, against {min(slerp_c):.2f} to {max(slerp_c):.2f} along the slerp strip; real test digits have a median of
+{real_med:.2f} and a 5th percentile of {real_c05:.2f}, and {faint_words} fall below that. So {verdict}.""")
 
 # %% [markdown]
 # ## What we learned, and what comes next
@@ -916,10 +1152,12 @@ assert mid_norm < norms.mean().item() - 5 * norms.std().item()  # the midpoint i
 # - The timestep list must **start at $T$**, where training inputs are pure noise like $x_T$;
 #   there $\bar\alpha \approx 2\cdot10^{-9}$ (cosine, $T = 1000$), so $\hat x_0$ must be **clipped** and
 #   $\hat\epsilon$ **recomputed** from it, or the first step throws the sample off the data scale.
-# - With every step and $\eta = 1$, DDIM **is** DDPM; with 20–50 steps it is nearly as good at a small
-#   fraction of the cost.
-# - $\eta = 0$ is deterministic and carries every error of the network to the end; on a briefly trained
-#   network $\eta = 1$ corrects them and is the better default.
+# - With every step and $\eta = 1$, DDIM **is** DDPM; with a few dozen steps it costs a few percent of
+#   DDPM's time, and Song et al. find it nearly as good. Judging that on a few dozen samples needs the
+#   floor and its chance spread beside the scores (section 5).
+# - $\eta = 0$ is deterministic and carries every error of the network, and of each long step, to the end;
+#   on a briefly trained network $\eta = 1$ corrects them, most visibly with few steps, and is the better
+#   default.
 # - DDIM with $\eta = 0$ is **Euler's method** for the ODE $d\bar x/d\sigma = \epsilon_\theta$ in
 #   $\bar x = x/\sqrt{\bar\alpha}$, $\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}$: the probability-flow ODE
 #   of the score. Run
