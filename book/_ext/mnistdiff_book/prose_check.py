@@ -36,8 +36,7 @@ _SUPERSCRIPT = str.maketrans("⁻⁰¹²³⁴⁵⁶⁷⁸⁹", "-0123456789")
 _NUMBER = re.compile(
     r"(?<![A-Za-z_0-9.])(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
     r"(?P<exp>\s?[×x·]\s?10(?:\^\{?-?\d+\}?|[⁻⁰¹²³⁴⁵⁶⁷⁸⁹]+))?"
-    r"(?P<pct>\s?%)?(?![A-Za-z_0-9])",
-    re.ASCII if False else 0,
+    r"(?P<pct>\s?%)?(?![A-Za-z_0-9])"
 )
 _REFERENCE = re.compile(
     r"(?:\b(?:chapters?|ch\.|exercises?|solutions?|algorithms?|eqs?\.|equations?|sections?|§|figures?|fig\.|"
