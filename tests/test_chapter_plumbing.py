@@ -181,3 +181,21 @@ def test_course_times_of_a_partial_run_are_merged_with_each_chapters_cpu():
     again = _merged(other, {"profile": "book", "device": amd, "notebooks": {"01_unet": 9.0}, "total_seconds": 9.0,
                             "executed": {"01_unet": "2026-12-03"}})
     assert again["devices"]["01_unet"] == amd and again["device"] == f"{amd} (01, 03); {intel} (02)"
+
+
+def test_course_times_are_recorded_after_each_chapter(tmp_path):
+    """A run stopped half-way keeps the times of the chapters it finished; a finished whole run replaces the record."""
+    import json
+
+    from mnistdiff.course.runner import _record_times
+
+    path = tmp_path / "course_times.json"
+    previous = {"profile": "book", "device": "CPU: X", "notebooks": {"01_unet": 10.0, "07_guidance": 70.0},
+                "total_seconds": 80.0, "executed": {"01_unet": "a", "07_guidance": "a"}}
+    _record_times(path, "book", {"01_unet": 12.0}, "b", previous)  # the first chapter of a run, which then stops
+    partial = json.loads(path.read_text())
+    assert partial["notebooks"] == {"01_unet": 12.0, "07_guidance": 70.0} and partial["total_of"] == "a sum of 2 runs"
+    _record_times(path, "book", {"01_unet": 12.0, "07_guidance": 71.0}, "b", None)  # the whole run, finished
+    whole = json.loads(path.read_text())
+    assert whole["notebooks"] == {"01_unet": 12.0, "07_guidance": 71.0} and whole["total_of"] == "one run"
+    assert whole["total_seconds"] == 83.0

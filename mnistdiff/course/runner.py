@@ -47,6 +47,8 @@ def run_course(
     paths = [notebook_path(n) for n in notebooks] if notebooks else [NOTEBOOK_DIR / f"{n}.ipynb" for n in CHAPTERS]
     times: dict[str, float] = {}
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    results = results_dir() / prof / "course_times.json"
+    previous = json.loads(results.read_text()) if results.exists() else None
     print(f"running {len(paths)} notebooks, profile {prof}, on {device_name()}")
     with tempfile.TemporaryDirectory(prefix="mnistdiff-kernel-") as sockets:
         for path in paths:
@@ -61,15 +63,22 @@ def run_course(
             times[path.stem] = round(time.perf_counter() - t0, 1)
             atomic_write_text(out_dir / path.name, nbformat.writes(nb) + "\n")
             print(f"  {path.stem:<22} {times[path.stem]:8.1f} s  → {out_dir / path.name}")
-    total = round(sum(times.values()), 1)
-    print(f"  {'total':<22} {total:8.1f} s")
-    results = results_dir() / prof / "course_times.json"  # a run of every chapter replaces the record
-    record = {"profile": prof, "device": device_name(), "notebooks": times, "total_seconds": total,
-              "total_of": "one run", "executed": {name: started for name in times}}
-    if results.exists() and notebooks:  # a run of some chapters keeps the others' entries and notes
-        record = _merged(json.loads(results.read_text()), record)
-    atomic_write_text(results, json.dumps(record, indent=2) + "\n")
+            # after each chapter, so a run stopped half-way keeps the times of those it finished; a finished run of
+            # every chapter replaces the record, any other keeps the other chapters' entries
+            whole = not notebooks and len(times) == len(paths)
+            _record_times(results, prof, times, started, None if whole else previous)
+    print(f"  {'total':<22} {sum(times.values()):8.1f} s")
     return times
+
+
+def _record_times(path: Path, prof: str, times: dict[str, float], started: str, previous: dict | None) -> None:
+    """Write ``course_times.json``: this run's ``times``, over the ``previous`` record when given."""
+    record = {"profile": prof, "device": device_name(), "notebooks": dict(times),
+              "total_seconds": round(sum(times.values()), 1), "total_of": "one run",
+              "executed": {name: started for name in times}}
+    if previous is not None:
+        record = _merged(previous, record)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def _client(nb: object, timeout: int, sockets: Path) -> object:

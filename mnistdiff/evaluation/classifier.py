@@ -41,6 +41,11 @@ __all__ = [
     "CLASSIFIER_PATH",
     "CLASSIFIER_META_PATH",
     "FEATURE_DIM",
+    "MNISTResNet",
+    "ARCHITECTURES",
+    "FEATURE_SPACES",
+    "PRIMARY_SPACE",
+    "SPACE_RECIPES",
     "load_classifier",
     "train_classifier",
     "evaluate_accuracy",
@@ -51,10 +56,30 @@ CLASSIFIER_PATH = ASSET_DIR / "classifier.pt"
 CLASSIFIER_META_PATH = ASSET_DIR / "classifier.json"
 FEATURE_DIM = 128
 
-RETRAIN_HINT = (
-    "Restore the committed file with `git checkout -- mnistdiff/assets/classifier.pt mnistdiff/assets/classifier.json` "
-    "or retrain it with `python scripts/train_classifier.py` (a few minutes on CPU)."
-)
+#: The feature spaces every sample-quality metric is computed in, by name → the weight file (its JSON
+#: sidecar beside it). ``classifier`` is the project's classifier, ``resnet`` the second, independent one.
+FEATURE_SPACES: dict[str, Path] = {"classifier": CLASSIFIER_PATH, "resnet": ASSET_DIR / "resnet.pt"}
+#: The space whose class probabilities give confidence, the class histogram and the digit accuracy.
+PRIMARY_SPACE = "classifier"
+#: How each space's committed weights were trained (``scripts/train_classifier.py --space NAME``):
+#: :func:`train_classifier`'s keyword arguments.
+SPACE_RECIPES: dict[str, dict] = {
+    "classifier": {"architecture": "vgg", "seed": 0, "epochs": 4},
+    "resnet": {"architecture": "resnet", "seed": 1, "epochs": 3, "num_threads": 1},
+}
+
+
+def _retrain_hint(path: Path) -> str:
+    space = next((name for name, p in FEATURE_SPACES.items() if p == path), PRIMARY_SPACE)
+    return (f"Restore the committed file with `git checkout -- {_shown(path)} {_shown(path.with_suffix('.json'))}` "
+            f"or retrain it with `python scripts/train_classifier.py --space {space}` (minutes on a CPU).")
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(ASSET_DIR.parents[1]))
+    except ValueError:
+        return str(path)
 
 
 class ClassifierWeightsError(RuntimeError):
@@ -105,53 +130,158 @@ class MNISTClassifier(nn.Module):
         """Logits ``(N, 10)`` of images ``(N, 1, 28, 28)`` in [-1, 1]."""
         return self.head(self.dropout(self.features(x)))
 
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features (N, 128), logits (N, 10))`` from one pass (eval mode: dropout is the identity)."""
+        f = self.features(x)
+        return f, self.head(self.dropout(f))
 
-_LOADED: dict[tuple[str, str], MNISTClassifier] = {}
+
+class _ResBlock(nn.Module):
+    """A ResNet basic block (He et al. 2016): ``relu(x' + BN(conv(relu(BN(conv(x))))))``, ``x'`` the
+    input, or its 1×1 projection where the stride or the width changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.skip = (nn.Identity() if stride == 1 and c_in == c_out else
+                     nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.skip(x) + self.bn2(self.conv2(h)))
+
+
+class MNISTResNet(nn.Module):
+    """The second, independent feature network: a small ResNet (≈ 0.17 M parameters).
+
+    Another architecture than :class:`MNISTClassifier` (residual blocks, global average pooling, no
+    fully connected bottleneck, no dropout), trained from another seed, so that a verdict which
+    holds in both feature spaces is not an artefact of one network. Its features are read at all
+    three stages, so they keep what the classifier's last layer has learnt to ignore: the first stage
+    works at full resolution and sees the strokes' edges, hence blur.
+
+        stem conv3×3 → BN → ReLU, block          28 × 28, widths[0]  ─ mean over space ─┐
+        block (stride 2), block                  14 × 14, widths[1]  ─ mean over space ─┤ pooled(x)
+        block (stride 2), block                   7 ×  7, widths[2]  ─ mean over space ─┘ (N, 112)
+        linear 112 → 10 on pooled(x)                                  = forward(x), logits (N, 10)
+        (pooled(x) − mean) / std / √(width / widths[0]), per stage    = features(x), (N, 112)
+
+    The mean and standard deviation are per channel, over the training digits (set once after
+    training by :meth:`fit_normalisation`, stored with the weights). Standardising puts every
+    channel on one scale, and the stage factor gives each stage the same total variance, so the
+    strokes (stage 1), their parts (stage 2) and the digit's shape (stage 3) count alike in a distance.
+    """
+
+    def __init__(self, widths: tuple[int, int, int] | list[int] = (16, 32, 64)) -> None:
+        super().__init__()
+        a, b, c = widths
+        self.stem = nn.Sequential(nn.Conv2d(1, a, 3, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True))
+        self.stages = nn.ModuleList([
+            _ResBlock(a, a),
+            nn.Sequential(_ResBlock(a, b, stride=2), _ResBlock(b, b)),
+            nn.Sequential(_ResBlock(b, c, stride=2), _ResBlock(c, c)),
+        ])
+        self.head = nn.Linear(a + b + c, 10)
+        stage_scale = torch.cat([torch.full((w,), math.sqrt(w / a)) for w in (a, b, c)])
+        self.register_buffer("feature_mean", torch.zeros(a + b + c))
+        self.register_buffer("feature_std", stage_scale)  # becomes std · stage factor in fit_normalisation
+        self.register_buffer("stage_scale", stage_scale)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-stage spatial means, concatenated: ``(N, 112)`` for images ``(N, 1, 28, 28)`` in [-1, 1]."""
+        MNISTClassifier._check(x)
+        h, pooled = self.stem(x), []
+        for stage in self.stages:
+            h = stage(h)
+            pooled.append(h.mean(dim=(2, 3)))
+        return torch.cat(pooled, dim=1)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features (N, 112), logits (N, 10))`` from one pass."""
+        raw = self.pooled(x)
+        return (raw - self.feature_mean) / self.feature_std, self.head(raw)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised, stage-balanced pooled features ``(N, 112)`` of images ``(N, 1, 28, 28)`` in [-1, 1]."""
+        return self.embed(x)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, 10)`` of images ``(N, 1, 28, 28)`` in [-1, 1]."""
+        return self.head(self.pooled(x))
+
+    @torch.no_grad()
+    def fit_normalisation(self, images: torch.Tensor, batch_size: int = 1000) -> None:
+        """Set the features' mean and scale from ``images`` ``(N, 1, 28, 28)`` (the training digits), in eval mode."""
+        was_training = self.training
+        self.eval()
+        device = self.feature_mean.device
+        raw = torch.cat([self.pooled(images[i : i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
+        self.feature_mean.copy_(raw.mean(0))
+        self.feature_std.copy_(raw.std(0).clamp_min(1e-6) * self.stage_scale)
+        self.train(was_training)
+
+
+#: The feature networks' architectures, by the name a weight file's sidecar gives (``"architecture"``).
+ARCHITECTURES: dict[str, type[nn.Module]] = {"vgg": MNISTClassifier, "resnet": MNISTResNet}
+
+
+_LOADED: dict[tuple[str, str], nn.Module] = {}
 
 
 def load_classifier(
     device: str | torch.device | None = None,
     path: str | Path | None = None,
     meta_path: str | Path | None = None,
-) -> MNISTClassifier:
-    """The committed classifier in eval mode on ``device`` (default: CUDA if present, else CPU).
+    *,
+    space: str = PRIMARY_SPACE,
+) -> nn.Module:
+    """A committed feature network in eval mode on ``device`` (default: CUDA if present, else CPU).
 
-    The weight file's SHA-256 is checked against ``classifier.json`` before it is read (with
+    ``space``: a key of :data:`FEATURE_SPACES` (default the project's classifier); ``path``: another
+    weight file instead (its sidecar ``meta_path``, default beside it, names the architecture).
+    The weight file's SHA-256 is checked against its sidecar JSON before it is read (with
     ``torch.load(..., weights_only=True)``); a missing, corrupt or mismatched file raises
     :class:`ClassifierWeightsError` saying how to restore it. The model is cached per
     (path, device), so repeated calls are free. Its parameters are frozen (``requires_grad=False``).
     """
     device = resolve_device(device)
-    path = Path(path) if path is not None else CLASSIFIER_PATH
+    if space not in FEATURE_SPACES:
+        raise ValueError(f"unknown feature space {space!r}; expected one of {sorted(FEATURE_SPACES)}")
+    path = Path(path) if path is not None else FEATURE_SPACES[space]
+    hint = _retrain_hint(path)
     meta_path = Path(meta_path) if meta_path is not None else path.with_suffix(".json")
     key = (str(path.resolve()), str(device))
     if key in _LOADED:
         return _LOADED[key]
     if not path.is_file():
-        raise ClassifierWeightsError(f"classifier weights {path} are missing. {RETRAIN_HINT}")
+        raise ClassifierWeightsError(f"classifier weights {path} are missing. {hint}")
     if not meta_path.is_file():
         raise ClassifierWeightsError(
-            f"classifier sidecar {meta_path} (with the weights' SHA-256) is missing. {RETRAIN_HINT}"
+            f"classifier sidecar {meta_path} (with the weights' SHA-256) is missing. {hint}"
         )
     try:
         meta = json.loads(meta_path.read_text())
-        expected = meta["sha256"]
+        expected, architecture = meta["sha256"], ARCHITECTURES[meta["architecture"]]
     except (ValueError, KeyError) as err:
         raise ClassifierWeightsError(
-            f"classifier sidecar {meta_path} is unreadable or has no 'sha256' ({err}). {RETRAIN_HINT}"
+            f"classifier sidecar {meta_path} is unreadable, or lacks 'sha256' or a known 'architecture' "
+            f"({sorted(ARCHITECTURES)}): {err}. {hint}"
         ) from err
     actual = sha256_file(path)
     if actual != expected:
         raise ClassifierWeightsError(
             f"classifier weights {path} are corrupt or do not belong to {meta_path}: "
-            f"SHA-256 {actual[:16]}… ≠ expected {str(expected)[:16]}…. {RETRAIN_HINT}"
+            f"SHA-256 {actual[:16]}… ≠ expected {str(expected)[:16]}…. {hint}"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model = MNISTClassifier(**meta.get("arch", {}))
+        model = architecture(**meta.get("arch", {}))
         model.load_state_dict(state)
     except Exception as err:  # noqa: BLE001 - any failure here means an unusable file
-        raise ClassifierWeightsError(f"classifier weights {path} could not be loaded ({err}). {RETRAIN_HINT}") from err
+        raise ClassifierWeightsError(f"classifier weights {path} could not be loaded ({err}). {hint}") from err
     model.eval().requires_grad_(False).to(device)
     _LOADED[key] = model
     return model
@@ -187,7 +317,9 @@ def train_classifier(
     device: str | torch.device = "cpu",
     num_threads: int | None = None,
     log: Callable[[str], None] | None = print,
-) -> tuple[MNISTClassifier, dict]:
+    architecture: str = "vgg",
+    arch: dict | None = None,
+) -> tuple[nn.Module, dict]:
     """Train the classifier from scratch, reproducibly, and (optionally) write weights + sidecar.
 
     Adam with a one-cycle learning-rate schedule (Smith & Topin 2019), cross-entropy loss, no data
@@ -199,6 +331,10 @@ def train_classifier(
     When ``out_path`` is not None, the state dict is written atomically (temp file + ``os.replace``)
     and a JSON sidecar ``out_path.with_suffix('.json')`` records its SHA-256, the test accuracy,
     the seed, the hyper-parameters, the torch version and the training time in seconds.
+
+    ``architecture``: a key of :data:`ARCHITECTURES` (``"vgg"``: :class:`MNISTClassifier`, the project's
+    classifier; ``"resnet"``: :class:`MNISTResNet`, the second feature space); ``arch``: its keyword
+    arguments (default: the class's defaults).
 
     ``subset`` / ``test_subset`` train / measure on seeded subsets (for quick tests only; the
     committed weights use all 60 000 training and all 10 000 test images). Per-epoch test accuracy
@@ -214,7 +350,9 @@ def train_classifier(
     with _deterministic():
         x_train, y_train = _digits("train", data_dir, subset, seed)
         x_test, y_test = _digits("test", data_dir, test_subset, seed)
-        model = MNISTClassifier().to(device)
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {architecture!r}; expected one of {sorted(ARCHITECTURES)}")
+        model = ARCHITECTURES[architecture](**(arch or {})).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=max_lr, weight_decay=weight_decay)
         steps_per_epoch = math.ceil(len(x_train) / batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=epochs * steps_per_epoch)
@@ -225,20 +363,24 @@ def train_classifier(
                 acc = evaluate_accuracy(model, x_test, y_test)
                 log(f"epoch {epoch + 1}/{epochs}: train loss {loss:.4f}, test accuracy {acc:.4%} "
                     f"({time.perf_counter() - t0:.0f} s)")
+    if isinstance(model, MNISTResNet):
+        model.fit_normalisation(x_train)
     seconds = time.perf_counter() - t0
     model.eval().cpu()
     meta = {"test_accuracy": evaluate_accuracy(model, x_test, y_test), "seed": seed, "epochs": epochs,
             "batch_size": batch_size, "max_lr": max_lr, "weight_decay": weight_decay, "subset": subset,
-            "test_subset": test_subset, **_provenance(model, device, seconds)}
+            "test_subset": test_subset, **_provenance(model, architecture, arch, device, seconds)}
     if out_path is not None:
         _save(model, meta, Path(out_path))
     return model, meta
 
 
-def _provenance(model: MNISTClassifier, device: torch.device, seconds: float) -> dict:
+def _provenance(model: nn.Module, architecture: str, arch: dict | None, device: torch.device,
+                seconds: float) -> dict:
     """How the weights were made: optimiser, architecture, parameters, torch, threads, device, time."""
-    return {"optimizer": "Adam + OneCycleLR, no augmentation",
-            "arch": {"width": 32, "feature_dim": FEATURE_DIM, "dropout": 0.3},
+    defaults = {"vgg": {"width": 32, "feature_dim": FEATURE_DIM, "dropout": 0.3}, "resnet": {"widths": [16, 32, 64]}}
+    return {"optimizer": "Adam + OneCycleLR, no augmentation", "architecture": architecture,
+            "arch": {**defaults.get(architecture, {}), **(arch or {})},
             "num_parameters": sum(p.numel() for p in model.parameters()), "torch_version": torch.__version__,
             "num_threads": torch.get_num_threads(), "device": str(device), "seconds": round(seconds, 1)}
 

@@ -3,7 +3,8 @@
 Images may be given as uint8 ``[0, 255]`` or float ``[-1, 1]``, as torch tensors or numpy arrays,
 28×28 or 32×32 (the 2-pixel padding of :func:`mnistdiff.data.load_mnist` is cropped), shaped
 ``(N, 1, H, W)`` or ``(N, H, W)``; see :func:`prepare_images`. The features are the penultimate
-layer of :class:`mnistdiff.evaluation.classifier.MNISTClassifier`.
+layer of :class:`mnistdiff.evaluation.classifier.MNISTClassifier` or, in the second feature space,
+the standardised, pooled stages of :class:`mnistdiff.evaluation.classifier.MNISTResNet`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from mnistdiff.data import to_unit_range
 from mnistdiff.devices import resolve_device
-from mnistdiff.evaluation.classifier import load_classifier
+from mnistdiff.evaluation.classifier import PRIMARY_SPACE, load_classifier
 
 __all__ = ["ArrayLike", "RANGE_TOL", "prepare_images", "pixels01", "classifier_features"]
 
@@ -101,21 +102,23 @@ def pixels01(images: ArrayLike) -> torch.Tensor:
 
 @torch.no_grad()
 def classifier_features(
-    x: ArrayLike, batch_size: int = 500, device: str | torch.device | None = None
+    x: ArrayLike, batch_size: int = 500, device: str | torch.device | None = None, *, space: str = PRIMARY_SPACE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features and class probabilities of the committed classifier.
+    """Features and class probabilities of a committed feature network.
 
-    ``x``: images in any form :func:`prepare_images` accepts, N of them.
-    Returns ``(feats, probs)`` as float32 CPU tensors of shapes ``(N, 128)`` and ``(N, 10)``.
+    ``x``: images in any form :func:`prepare_images` accepts, N of them. ``space``: a key of
+    :data:`~mnistdiff.evaluation.classifier.FEATURE_SPACES` (default the project's classifier, whose
+    penultimate layer gives D = 128; ``"resnet"``, the independent ResNet, gives D = 112).
+    Returns ``(feats, probs)`` as float32 CPU tensors of shapes ``(N, D)`` and ``(N, 10)``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     images = prepare_images(x)
     device = resolve_device(device)
-    model = load_classifier(device)
+    model = load_classifier(device, space=space)
     feats, probs = [], []
     for i in range(0, images.shape[0], batch_size):
-        f = model.features(images[i : i + batch_size].to(device))
+        f, logits = model.embed(images[i : i + batch_size].to(device))
         feats.append(f.float().cpu())
-        probs.append(torch.softmax(model.head(f), dim=1).float().cpu())
+        probs.append(torch.softmax(logits, dim=1).float().cpu())
     return torch.cat(feats), torch.cat(probs)

@@ -1,7 +1,11 @@
-"""Sample-quality metrics for MNIST generators, on the features of the project's own classifier.
+"""Sample-quality metrics for MNIST generators, in two independent feature spaces.
 
-Every metric here compares a set of generated images with real MNIST images through the
-penultimate features ``φ(x) ∈ R^128`` of :class:`mnistdiff.evaluation.classifier.MNISTClassifier`:
+Every metric here compares a set of generated images with real MNIST images through features
+``φ(x)``: the penultimate layer ``φ(x) ∈ R^128`` of the project's classifier
+(:class:`mnistdiff.evaluation.classifier.MNISTClassifier`) and, as a second opinion, the pooled stages
+``φ(x) ∈ R^112`` of an independently trained ResNet (:class:`~mnistdiff.evaluation.classifier.MNISTResNet`;
+its metrics carry the suffix ``_resnet``, see :func:`space_key`). A model that looks good in only
+one of them is not good:
 
 * **classifier-FID** — the Fréchet distance between Gaussians fitted to the two feature sets
   (Heusel et al. 2017, eq. 6):  ``‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^{1/2})``.
@@ -32,6 +36,7 @@ Images may be given as uint8 ``[0, 255]`` or float ``[-1, 1]``, as torch tensors
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ import numpy as np
 import torch
 
 from mnistdiff.devices import resolve_device
+from mnistdiff.evaluation.classifier import FEATURE_SPACES, PRIMARY_SPACE
 from mnistdiff.evaluation.distances import (
     class_statistics,
     frechet_distance,
@@ -69,12 +75,25 @@ __all__ = [
     "format_value",
     "TABLE_COLUMNS",
     "METRIC_KEYS",
+    "SPACE_METRICS",
+    "space_key",
 ]
+
+#: The metrics computed in every feature space (the others come from the primary space or from pixels).
+SPACE_METRICS = ("fid", "kid", "kid_std", "precision", "recall")
+
+
+def space_key(metric: str, space: str) -> str:
+    """The results key of ``metric`` in feature ``space``: ``fid`` in the project's classifier's space,
+    ``fid_resnet`` in the ResNet's."""
+    return metric if space == PRIMARY_SPACE else f"{metric}_{space}"
+
 
 #: the scalar metrics that :func:`evaluate` and :func:`real_floor` return, in display order
 METRIC_KEYS = (
-    "fid", "kid", "precision", "recall", "confidence", "class_entropy", "class_max_deviation",
-    "nn_train_distance", "nn_train_distance_min",
+    "fid", "kid", "precision", "recall",
+    *(space_key(m, s) for s in FEATURE_SPACES if s != PRIMARY_SPACE for m in ("fid", "kid", "precision", "recall")),
+    "confidence", "class_entropy", "class_max_deviation", "nn_train_distance", "nn_train_distance_min",
 )
 
 #: How a metric is shown in every table (:func:`format_metrics`, :func:`~mnistdiff.evaluation.report.results_table`):
@@ -87,6 +106,9 @@ TABLE_COLUMNS: tuple[tuple[str, str, str, float], ...] = (
     ("kid", "KID ↓", "{:.4f}", 1.0),
     ("precision", "precision ↑", "{:.3f}", 1.0),
     ("recall", "recall ↑", "{:.3f}", 1.0),
+    ("fid_resnet", "FID ResNet ↓", "{:.2f}", 1.0),
+    ("precision_resnet", "precision ResNet ↑", "{:.3f}", 1.0),
+    ("recall_resnet", "recall ResNet ↑", "{:.3f}", 1.0),
     ("confidence", "confidence ↑", "{:.3f}", 1.0),
     ("class_entropy", "class entropy (bits)", "{:.2f}", 1.0),
     ("nn_train_distance", "NN-train distance", "{:.2f}", 1.0),
@@ -126,30 +148,29 @@ def _subset_rows(n_total: int, n: int | None, seed: int) -> torch.Tensor | None:
 
 
 def reference_features(
-    device: str | torch.device | None = None, n_ref: int | None = None, seed: int = 0
+    device: str | torch.device | None = None, n_ref: int | None = None, seed: int = 0, *, space: str = PRIMARY_SPACE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classifier features ``(n_ref, 128)`` and probabilities ``(n_ref, 10)`` of the MNIST test set
+    """Features ``(n_ref, D)`` and probabilities ``(n_ref, 10)`` in feature ``space`` of the MNIST test set
     (all 10 000 images, or a seeded subset of ``n_ref``), computed once per process and cached.
 
     A subset's features are computed from the subset's images (not sliced from the full set), so a
     result never depends on what was computed earlier in the process.
     """
     from mnistdiff.data import load_mnist
-    from mnistdiff.evaluation.classifier import CLASSIFIER_PATH
 
     device = resolve_device(device)
     test = load_mnist("test").images
     idx = _subset_rows(test.shape[0], n_ref, seed)
-    key = (str(CLASSIFIER_PATH), str(device), None if idx is None else (n_ref, seed))
+    key = (str(FEATURE_SPACES[space]), str(device), None if idx is None else (n_ref, seed))
     if key not in _REF_CACHE:
-        _REF_CACHE[key] = classifier_features(test if idx is None else test[idx], device=device)
+        _REF_CACHE[key] = classifier_features(test if idx is None else test[idx], device=device, space=space)
     return _REF_CACHE[key]
 
 
-def _evaluate_features(
+def _space_distances(
     feats: torch.Tensor,
-    probs: torch.Tensor,
     *,
+    space: str,
     n_ref: int | None,
     seed: int,
     device: torch.device,
@@ -157,7 +178,9 @@ def _evaluate_features(
     kid_subsets: int,
     k: int,
 ) -> dict[str, Any]:
-    ref_f, _ = reference_features(device, n_ref, seed)
+    """FID, KID, precision and recall of ``feats`` ``(N, D)`` against the test set, in feature ``space``
+    (keys from :func:`space_key`), with ``n`` and ``n_ref``."""
+    ref_f, _ = reference_features(device, n_ref, seed, space=space)
     n = feats.shape[0]
     if n <= k:
         raise ValueError(f"need more than k = {k} samples for precision/recall, got {n}")
@@ -166,17 +189,27 @@ def _evaluate_features(
     pr_ref = ref_f if pr_idx is None else ref_f[pr_idx]
     kid, kid_std = kernel_inception_distance(feats, ref_f, kid_subset_size, kid_subsets, seed, return_std=True)
     precision, recall = precision_recall(pr_ref, feats, k=k)
-    out: dict[str, Any] = {
-        "n": int(n),
-        "n_ref": int(ref_f.shape[0]),
-        "fid": frechet_distance(feats, ref_f),
-        "kid": kid,
-        "kid_std": kid_std,
-        "precision": precision,
-        "recall": recall,
-    }
-    out.update(class_statistics(probs))
-    return out
+    values = {"fid": frechet_distance(feats, ref_f), "kid": kid, "kid_std": kid_std, "precision": precision,
+              "recall": recall}
+    return {"n": int(n), "n_ref": int(ref_f.shape[0]), **{space_key(m, space): v for m, v in values.items()}}
+
+
+def _evaluate_images(images: torch.Tensor, spaces: Sequence[str], device: torch.device,
+                     **kw: Any) -> tuple[dict[str, Any], torch.Tensor]:
+    """:func:`_space_distances` in every space of ``spaces`` (the primary first) and the class statistics
+    of the primary space; returns the metrics and the primary space's probabilities ``(N, 10)``."""
+    unknown = [s for s in spaces if s not in FEATURE_SPACES]
+    if unknown or PRIMARY_SPACE not in spaces:
+        raise ValueError(f"spaces must include {PRIMARY_SPACE!r} and name only {sorted(FEATURE_SPACES)}, "
+                         f"got {list(spaces)}")
+    out: dict[str, Any] = {}
+    for space in (PRIMARY_SPACE, *(s for s in spaces if s != PRIMARY_SPACE)):
+        feats, p = classifier_features(images, device=device, space=space)
+        out.update(_space_distances(feats, space=space, device=device, **kw))
+        if space == PRIMARY_SPACE:
+            probs = p
+            out.update(class_statistics(probs))
+    return out, probs
 
 
 def evaluate(
@@ -190,6 +223,7 @@ def evaluate(
     kid_subsets: int = 100,
     k: int = 3,
     labels: ArrayLike | None = None,
+    spaces: Sequence[str] = tuple(FEATURE_SPACES),
 ) -> dict[str, Any]:
     """All metrics for a batch of generated images against the MNIST test set.
 
@@ -198,8 +232,12 @@ def evaluate(
     FID and KID use the whole reference; precision/recall use a seeded reference subset of
     ``min(N, n_ref)`` images so both sets have the same size, as in the paper.
 
+    ``spaces``: the feature spaces (:data:`~mnistdiff.evaluation.classifier.FEATURE_SPACES`) to measure in,
+    by default all of them: a verdict should hold in two independent ones.
+
     Returns a JSON-serialisable dict: ``n``, ``n_ref``, ``fid``, ``kid``, ``kid_std``,
-    ``precision``, ``recall``, ``confidence``, ``class_histogram`` (10 fractions),
+    ``precision``, ``recall`` (in the classifier's space; ``fid_resnet``, ... in the ResNet's, see
+    :func:`space_key`), ``confidence``, ``class_histogram`` (10 fractions),
     ``class_entropy`` (bits), ``class_max_deviation`` and, with ``include_memorisation``,
     ``nn_train_distance`` (mean) and ``nn_train_distance_min`` (see :func:`nearest_train_distance`).
     ``labels`` (N,), the classes a class-conditional model was asked for (−1: none), add
@@ -208,11 +246,8 @@ def evaluate(
     """
     device = resolve_device(device)
     images = prepare_images(samples)
-    feats, probs = classifier_features(images, device=device)
-    out = _evaluate_features(
-        feats, probs, n_ref=n_ref, seed=seed, device=device,
-        kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, k=k,
-    )
+    out, probs = _evaluate_images(images, spaces, device, n_ref=n_ref, seed=seed, kid_subset_size=kid_subset_size,
+                                  kid_subsets=kid_subsets, k=k)
     if labels is not None:
         out.update(label_statistics(probs, labels))
     if include_memorisation:
@@ -232,6 +267,7 @@ def real_floor(
     kid_subset_size: int = 1000,
     kid_subsets: int = 100,
     k: int = 3,
+    spaces: Sequence[str] = tuple(FEATURE_SPACES),
 ) -> dict[str, Any]:
     """The same metrics as :func:`evaluate` for ``n`` real images: the best a generator can reach.
 
@@ -244,16 +280,13 @@ def real_floor(
     if n <= k:
         raise ValueError(f"n must be larger than k = {k}, got {n}")
     device = resolve_device(device)
-    key = (n, seed, str(device), n_ref, include_memorisation, kid_subset_size, kid_subsets, k)
+    key = (n, seed, str(device), n_ref, include_memorisation, kid_subset_size, kid_subsets, k, tuple(spaces))
     if key not in _FLOOR_CACHE:
         from mnistdiff.data import load_mnist
 
         train = load_mnist("train").subset(n, seed=seed)
-        feats, probs = classifier_features(train.images, device=device)
-        out = _evaluate_features(
-            feats, probs, n_ref=n_ref, seed=seed, device=device,
-            kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, k=k,
-        )
+        out, _ = _evaluate_images(prepare_images(train.images), spaces, device, n_ref=n_ref, seed=seed,
+                                  kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, k=k)
         if include_memorisation:
             held_out = load_mnist("test").subset(min(n, 10_000), seed=seed).images
             nn = nearest_train_distance(held_out, device=device)
