@@ -240,6 +240,10 @@ class TrainConfig:
     num_samples: int = _setting(64, "images in each sample grid written during training")
     eval_size: int = _setting(2000, "test images the evaluation loss is measured on")
     precision: str | None = _setting(None, "fp32, bf16, bf16_cl or auto; none: bf16_cl on CUDA, fp32 on a CPU")
+    snapshot_every: int | None = _setting(
+        None, "also keep the EMA model every N epochs as snapshots/epoch_NNN.safetensors (a model file that "
+              "records its training seconds: quality against training time, or an epoch chosen afterwards); "
+              "none: only the last")
 
     def __post_init__(self) -> None:
         """Check the values: a bad one raises :class:`ConfigError` naming it."""
@@ -251,6 +255,8 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}", "precision")
         if self.subset is not None:
             _positive("subset", self.subset)
+        if self.snapshot_every is not None:
+            _positive("snapshot_every", self.snapshot_every)
         _fraction("ema_decay", self.ema_decay)
 
 

@@ -155,6 +155,23 @@ def test_last_pt_keeps_its_keys_and_sidecar_fields(tmp_path):
     assert set(tensors["rng"]) >= {"torch", "perm_gen"}
 
 
+def test_snapshots_are_model_files_of_the_ema_with_their_training_seconds(tmp_path):
+    import dataclasses
+
+    from mnistdiff.modelfile import load_model_file
+
+    task = _task()
+    task.config = dataclasses.replace(task.config, snapshot_every=2, epochs=4)
+    result = fit(task, Experiment.create(tmp_path, "ddpm"), progress=False)
+    snaps = sorted((result.experiment.path / "snapshots").iterdir())
+    assert [p.name for p in snaps] == ["epoch_002.safetensors", "epoch_004.safetensors"]
+    (early, early_meta), (last, last_meta) = (load_model_file(p) for p in snaps)
+    _assert_equal(last, {k: v for k, v in result.ema_model.state_dict().items()})  # the last one is the model's
+    assert (early_meta["epoch"], last_meta["epoch"]) == (2, 4)
+    assert 0 < early_meta["seconds"] < last_meta["seconds"] <= result.seconds + 1e-6
+    assert any(not torch.equal(early[k], last[k]) for k in early)
+
+
 def test_last_pt_without_precision_in_its_sidecar_resumes_bit_exactly(tmp_path):
     """A sidecar from before the precision field: the run resolves it again (fp32) and ends as an uninterrupted one."""
     plain = fit(_task(), Experiment.create(tmp_path / "plain", "ddpm"), progress=False)

@@ -21,11 +21,9 @@ What it guarantees:
 Steps are counted from 1 over the whole run: step ``s`` is batch ``b`` of epoch ``e`` with
 ``s = (e - 1)·steps_per_epoch + b``.
 
-The loop is :meth:`TrainLoop.run_loop`, a few lines over named steps (:meth:`~TrainLoop.train_epoch`,
-:meth:`~TrainLoop.evaluate`, :meth:`~TrainLoop.log_epoch`, :meth:`~TrainLoop.save`,
-:meth:`~TrainLoop.sample_epoch`, :meth:`~TrainLoop.finish`); what they change is one
-:class:`~mnistdiff.training.state.TrainState`. The precision choice lives in
-:mod:`mnistdiff.training.precision`, the signal handling in :mod:`mnistdiff.training.signals`.
+The loop is :meth:`TrainLoop.run_loop`, a few lines over named steps, which change one
+:class:`~mnistdiff.training.state.TrainState`; the precision choice lives in :mod:`mnistdiff.training.precision`,
+the signal handling in :mod:`mnistdiff.training.signals`.
 """
 
 from __future__ import annotations
@@ -197,6 +195,7 @@ class TrainLoop:
             self.log_epoch(eval_loss, time.perf_counter() - started)
             state.next_epoch()
             self.save()
+            self.snapshot()
             self.stop_if_signalled(f"after epoch {state.epoch}")
             self.sample_epoch()
         self.stop_if_signalled(
@@ -265,11 +264,9 @@ class TrainLoop:
         eval_loss = _eval_loss(self.task, self.state.ema.module, self.cfg.seed, self.batch_size, self.autocast)
         if not math.isfinite(eval_loss):
             epoch = self.state.epoch + 1
-            raise TrainingDiverged(
-                f"the EMA model's eval loss became {eval_loss} after epoch {epoch} (step "
-                f"{epoch * self.steps_per_epoch}); training stopped and {self.kept()}. Lower --lr (now "
-                f"{self.cfg.lr:g}) or check the data, and start a new run"
-            )
+            raise TrainingDiverged(f"the EMA model's eval loss became {eval_loss} after epoch {epoch} (step "
+                                   f"{epoch * self.steps_per_epoch}); training stopped and {self.kept()}. Lower --lr "
+                                   f"(now {self.cfg.lr:g}) or check the data, and start a new run")
         return eval_loss
 
     def log_epoch(self, eval_loss: float, seconds: float) -> None:
@@ -288,12 +285,20 @@ class TrainLoop:
         """Write the state to the resumable checkpoint last.pt (the pair it replaces is kept as last.prev.pt)."""
         tensors = self.state.state_dict()
         sidecar = {key: tensors.pop(key) for key in SIDECAR_KEYS}  # history and seconds: in the JSON sidecar
-        save_checkpoint(
-            self.last, tensors, kind=f"{self.task.kind}-resume", config=self.task.run_config,
-            extra={"epoch": self.state.epoch, "step": self.state.step, **sidecar, "precision": self.precision},
-            keep_previous=True,
-        )
+        extra = {"epoch": self.state.epoch, "step": self.state.step, **sidecar, "precision": self.precision}
+        save_checkpoint(self.last, tensors, kind=f"{self.task.kind}-resume", config=self.task.run_config, extra=extra,
+                        keep_previous=True)
         self.saved_epoch = self.state.epoch
+
+    def snapshot(self) -> None:
+        """Every ``snapshot_every`` epochs, the EMA model as ``snapshots/epoch_NNN.safetensors``: a model file with the
+        seconds trained so far, for quality against training time or an epoch chosen afterwards."""
+        state, every = self.state, self.cfg.snapshot_every
+        if every and state.epoch % every == 0:
+            save_model_file(self.experiment.sub("snapshots") / f"epoch_{state.epoch:03d}.safetensors",
+                            state.ema.module.state_dict(),
+                            {"kind": self.task.kind, "config": self.task.run_config, "epoch": state.epoch,
+                             "seconds": round(state.seconds(), 2), "history": state.history, **self.task.extra_meta})
 
     def sample_epoch(self) -> None:
         """The epoch's sample images (every ``sample_every`` epochs and after the last), from a forked RNG."""
@@ -347,14 +352,12 @@ class TrainLoop:
         """performance_metrics.txt: time, throughput, final losses, precision and the device."""
         history, cfg = self.state.history, self.cfg
         images_seen = self.steps_per_epoch * self.batch_size * cfg.epochs
-        return {
-            "kind": self.task.kind, "parameters": count_parameters(self.state.model), "epochs": cfg.epochs,
-            "training_seconds": round(seconds, 2),
-            "train_images_per_second": round(images_seen / max(seconds, 1e-9), 1),
-            "final_train_loss": history[-1]["train_loss"] if history else None,
-            "final_eval_loss": history[-1]["eval_loss"] if history else None, "precision": self.precision,
-            **device_info(self.device),
-        }
+        speed = round(images_seen / max(seconds, 1e-9), 1)
+        return {"kind": self.task.kind, "parameters": count_parameters(self.state.model), "epochs": cfg.epochs,
+                "training_seconds": round(seconds, 2), "train_images_per_second": speed,
+                "final_train_loss": history[-1]["train_loss"] if history else None,
+                "final_eval_loss": history[-1]["eval_loss"] if history else None, "precision": self.precision,
+                **device_info(self.device)}
 
     def global_step(self, step: int) -> int:
         """The 1-based step over the whole run of batch ``step`` (0-based) of the current epoch."""
@@ -370,8 +373,7 @@ class TrainLoop:
         """What a divergence leaves behind (for its message)."""
         if self.saved_epoch is None:
             return "no checkpoint had been written yet (it diverged in its first epoch)"
-        return (f"the last good checkpoint {self.last} (after epoch {self.saved_epoch}) is kept as the latest and "
-                "still verifies")
+        return f"the last good checkpoint {self.last} (after epoch {self.saved_epoch}) is kept as the latest"
 
     def diverged(self, step: int, value: float) -> TrainingDiverged:
         """The error for a NaN/inf training loss at global ``step``."""
