@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Quality against training time: every snapshot of a training run, scored in both feature spaces.
+
+    python -m mnistdiff train ddpm --profile book --snapshot_every 1 --out runs/   # keeps snapshots/epoch_NNN
+    python benchmarks/time_to_quality.py runs/<stamp>-ddpm --n 500         # → results/book/time_to_quality.json
+
+Each snapshot (a model file that records the seconds trained so far) draws ``n`` digits with the package's
+default sampler (DDIM, ``--steps`` 50, η = ``DEFAULT_ETA``, seed 0), which are scored by
+:func:`mnistdiff.evaluation.metrics.evaluate` in both feature spaces, beside the real floor at the same ``n``
+(:func:`~mnistdiff.evaluation.metrics.real_floor`). The file is rewritten after each snapshot, so a run cut short
+keeps what it measured and a rerun skips the snapshots already scored at that ``n``. The CPU is named in the
+file and on every line; time nothing while another job shares the cores.
+
+The target of issue 22: FID within ``--target`` (2) times the floor, precision and recall ≥ 0.80, in both spaces;
+the script prints the first snapshot that meets it and its training minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from mnistdiff.config import DEFAULT_ETA, DEFAULT_STEPS  # noqa: E402
+from mnistdiff.devices import device_name  # noqa: E402
+from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
+from mnistdiff.evaluation.metrics import evaluate, real_floor, space_key  # noqa: E402
+from mnistdiff.evaluation.report import results_dir  # noqa: E402
+from mnistdiff.files import atomic_write_text  # noqa: E402
+from mnistdiff.model import DiffusionModel  # noqa: E402
+
+KEYS = ("fid", "precision", "recall")
+
+
+def meets(row: dict, floor: dict, target: float, pr_min: float = 0.80) -> bool:
+    """FID within ``target`` × the floor, precision and recall ≥ ``pr_min``, in every feature space."""
+    return all(row[space_key("fid", s)] <= target * floor[space_key("fid", s)]
+               and row[space_key("precision", s)] >= pr_min and row[space_key("recall", s)] >= pr_min
+               for s in FEATURE_SPACES)
+
+
+def score_snapshot(path: Path, n: int, steps: int, device: str) -> dict:
+    """One snapshot's epoch, training seconds, sampling seconds and metrics at ``n`` samples."""
+    model = DiffusionModel.load(path, device=device)
+    t0 = time.perf_counter()
+    images, _ = model.sample(n, steps=steps, seed=0, device=device)
+    sampling = time.perf_counter() - t0
+    m = evaluate(images, seed=0, device=device, include_memorisation=False)
+    keys = [space_key(k, s) for s in FEATURE_SPACES for k in KEYS] + ["class_max_deviation"]
+    return {"snapshot": path.name, "epoch": model.meta.get("epoch"), "training_seconds": model.meta["seconds"],
+            "sampling_seconds": round(sampling, 1), **{k: m[k] for k in keys}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a training run's folder (with snapshots/)")
+    p.add_argument("--n", type=int, default=500, help="samples per snapshot, and real digits in the floor")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps")
+    p.add_argument("--target", type=float, default=2.0, help="FID target as a multiple of the floor")
+    p.add_argument("--profile", default="book", help="results/<profile>/ gets the file")
+    p.add_argument("--out", type=Path, default=None, help="default results/<profile>/time_to_quality.json")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    snaps = sorted((args.run / "snapshots").glob("epoch_*.safetensors"))
+    if not snaps:
+        p.error(f"{args.run / 'snapshots'} holds no epoch_NNN.safetensors: train with --snapshot_every 1")
+    out = args.out or results_dir() / args.profile / "time_to_quality.json"
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    same = old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps
+    rows = {r["snapshot"]: r for r in old.get("snapshots", [])} if same else {}
+    floor = real_floor(args.n, seed=0, device=args.device, include_memorisation=False)
+    cpu = device_name(args.device)
+    print(f"{cpu}; n = {args.n}, DDIM-{args.steps}, η = {DEFAULT_ETA:g}; floor " + ", ".join(
+        f"{s}: FID {floor[space_key('fid', s)]:.3f}" for s in FEATURE_SPACES))
+    for snap in snaps:
+        if snap.name not in rows:
+            rows[snap.name] = score_snapshot(snap, args.n, args.steps, args.device)
+        r = rows[snap.name]
+        ratios = "  ".join(f"{s}: FID {r[space_key('fid', s)] / floor[space_key('fid', s)]:5.1f}× floor, "
+                           f"P {r[space_key('precision', s)]:.3f} R {r[space_key('recall', s)]:.3f}"
+                           for s in FEATURE_SPACES)
+        print(f"{snap.name}: {r['training_seconds'] / 60:6.1f} min  {ratios}", flush=True)
+        first = next((x for x in sorted(rows.values(), key=lambda x: x["training_seconds"])
+                      if meets(x, floor, args.target)), None)
+        doc = {"run": str(args.run), "device": cpu, "n": args.n, "steps": args.steps, "eta": DEFAULT_ETA,
+               "target": f"FID ≤ {args.target:g} × floor, precision and recall ≥ 0.80, in both feature spaces",
+               "date": dt.date.today().isoformat(), "torch": torch.__version__.split("+")[0],
+               "floor": {k: floor[k] for k in floor if isinstance(floor[k], float)},
+               "first_meeting_target": first and {"snapshot": first["snapshot"],
+                                                  "training_minutes": round(first["training_seconds"] / 60, 1)},
+               "snapshots": sorted(rows.values(), key=lambda x: x["training_seconds"])}
+        atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    print(f"first snapshot meeting the target: {doc['first_meeting_target'] or 'none yet'}  → {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
