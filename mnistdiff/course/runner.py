@@ -58,7 +58,7 @@ def run_course(
             try:
                 client.execute()
             finally:  # the client does not own the kernel it was given: shut it down here
-                if client.km.has_kernel:
+                if client.km is not None and client.km.has_kernel:
                     client.km.shutdown_kernel(now=True)
             times[path.stem] = round(time.perf_counter() - t0, 1)
             atomic_write_text(out_dir / path.name, nbformat.writes(nb) + "\n")
