@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnistdiff.evaluation.classifier import FEATURE_SPACES, SPACE_RECIPES, train_classifier  # noqa: E402
+from mnistdiff.evaluation.classifier import FEATURE_SPACES, SPACE_RECIPES  # noqa: E402
+from mnistdiff.evaluation.classifier_training import train_classifier  # noqa: E402
 
 MIN_ACCURACY = 0.993
 

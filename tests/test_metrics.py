@@ -93,7 +93,7 @@ def test_corrupt_or_mismatched_weights_are_refused(tmp_path):
 
 
 def test_train_classifier_writes_verified_weights(tmp_path):
-    from mnistdiff.evaluation.classifier import train_classifier
+    from mnistdiff.evaluation.classifier_training import train_classifier
 
     out = tmp_path / "tiny.pt"
     model, meta = train_classifier(epochs=1, subset=256, test_subset=200, batch_size=64, out_path=out, log=None)
