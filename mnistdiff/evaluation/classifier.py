@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistdiff.devices import resolve_device
-from mnistdiff.files import ASSET_DIR
+from mnistdiff.files import ASSET_DIR, repo_root
 from mnistdiff.training.checkpoints import sha256_file
 
 __all__ = [
@@ -72,10 +72,9 @@ def _retrain_hint(path: Path) -> str:
 
 
 def _shown(path: Path) -> str:
-    try:
-        return str(path.relative_to(ASSET_DIR.parents[1]))
-    except ValueError:
-        return str(path)
+    """``path`` relative to the checkout where it lies in it (as ``git checkout`` wants it), else as given."""
+    root = repo_root()
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)
 
 
 class ClassifierWeightsError(RuntimeError):
@@ -247,11 +246,11 @@ def load_classifier(
     if space not in FEATURE_SPACES:
         raise ValueError(f"unknown feature space {space!r}; expected one of {sorted(FEATURE_SPACES)}")
     path = Path(path) if path is not None else FEATURE_SPACES[space]
-    hint = _retrain_hint(path)
     meta_path = Path(meta_path) if meta_path is not None else path.with_suffix(".json")
     key = (str(path.resolve()), str(device))
     if key in _LOADED:
         return _LOADED[key]
+    hint = _retrain_hint(path)
     if not path.is_file():
         raise ClassifierWeightsError(f"classifier weights {path} are missing. {hint}")
     if not meta_path.is_file():
