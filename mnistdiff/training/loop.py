@@ -298,7 +298,7 @@ class TrainLoop:
             save_model_file(self.experiment.sub("snapshots") / f"epoch_{state.epoch:03d}.safetensors",
                             state.ema.module.state_dict(),
                             {"kind": self.task.kind, "config": self.task.run_config, "epoch": state.epoch,
-                             "seconds": round(state.seconds(), 2), "history": state.history, **self.task.extra_meta})
+                             "seconds": state.seconds(), "history": state.history, **self.task.extra_meta})
 
     def sample_epoch(self) -> None:
         """The epoch's sample images (every ``sample_every`` epochs and after the last), from a forked RNG."""
