@@ -60,7 +60,7 @@ def score_snapshot(path: Path, n: int, steps: int, device: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a training run's folder (with snapshots/)")
+    p.add_argument("run", type=Path, help="a training run's folder (with snapshots/), or a folder of epoch_NNN.safetensors")
     p.add_argument("--n", type=int, default=500, help="samples per snapshot, and real digits in the floor")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps")
     p.add_argument("--target", type=float, default=2.0, help="FID target as a multiple of the floor")
@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="default results/<profile>/time_to_quality.json")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    snaps = sorted((args.run / "snapshots").glob("epoch_*.safetensors"))
+    folder = args.run / "snapshots" if (args.run / "snapshots").is_dir() else args.run
+    snaps = sorted(folder.glob("epoch_*.safetensors"))
     if not snaps:
-        p.error(f"{args.run / 'snapshots'} holds no epoch_NNN.safetensors: train with --snapshot_every 1")
+        p.error(f"{folder} holds no epoch_NNN.safetensors: train with --snapshot_every 1")
     out = args.out or results_dir() / args.profile / "time_to_quality.json"
     old = json.loads(out.read_text()) if out.is_file() else {}
     same = old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps
