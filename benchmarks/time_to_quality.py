@@ -37,9 +37,11 @@ from mnistdiff.files import atomic_write_text  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
 
 KEYS = ("fid", "precision", "recall")
+PR_MIN = 0.80  # precision and recall, in every feature space
+CLASS_MAX = 0.03  # the largest class share's distance from 10 %
 
 
-def meets(row: dict, floor: dict, target: float, pr_min: float = 0.80, class_max: float = 0.03) -> bool:
+def meets(row: dict, floor: dict, target: float, pr_min: float = PR_MIN, class_max: float = CLASS_MAX) -> bool:
     """FID within ``target`` × the floor, precision and recall ≥ ``pr_min``, in every feature space, and every
     class's share within ``class_max`` of 10 %."""
     spaces_ok = all(row[space_key("fid", s)] <= target * floor[space_key("fid", s)]
@@ -94,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         first = next((x for x in sorted(rows.values(), key=lambda x: x["training_seconds"])
                       if meets(x, floor, args.target)), None)
         doc = {"run": str(args.run), "device": cpu, "n": args.n, "steps": args.steps, "eta": DEFAULT_ETA,
-               "target": f"FID ≤ {args.target:g} × floor, precision and recall ≥ 0.80, in both feature spaces; "
-                         "every class within ±3 points of 10 %",
+               "target": f"FID ≤ {args.target:g} × floor, precision and recall ≥ {PR_MIN:.2f}, in both feature "
+                         f"spaces; every class within ±{CLASS_MAX * 100:g} points of 10 %",
                "date": dt.date.today().isoformat(), "torch": torch.__version__.split("+")[0],
                "floor": {k: floor[k] for k in floor if isinstance(floor[k], float)},
                "first_meeting_target": first and {"snapshot": first["snapshot"],

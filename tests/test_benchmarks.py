@@ -147,3 +147,18 @@ def test_the_book_can_render_the_json(run):
     doc, _ = run
     md = render_json(doc, "benchmark")
     assert "images_per_second" in md and doc["device_name"] in md
+
+
+def test_time_to_quality_target_needs_every_space_and_class_balance():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ttq", REPO / "benchmarks" / "time_to_quality.py")
+    ttq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ttq)
+    floor = {"fid": 1.0, "fid_resnet": 0.5}
+    row = {"fid": 1.9, "precision": 0.81, "recall": 0.85, "fid_resnet": 0.99, "precision_resnet": 0.80,
+           "recall_resnet": 0.90, "class_max_deviation": 0.026}
+    assert ttq.meets(row, floor, 2.0)
+    for key, bad in [("fid_resnet", 1.01), ("precision", 0.79), ("recall_resnet", 0.799),
+                     ("class_max_deviation", 0.032)]:
+        assert not ttq.meets({**row, key: bad}, floor, 2.0), key
