@@ -51,8 +51,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["load_mnist", "to_uint8", "to_unit_range"], "mnistdiff.data"),
     **dict.fromkeys(["ddim_sample_loop", "ddim_sigma", "ddim_step", "ddim_timesteps"], "mnistdiff.ddim"),
     **dict.fromkeys([
-        "PIXEL_RANGE", "SampleOutput", "clip_x0", "diffusion_loss", "min_snr_weight", "p_mean_variance", "p_sample",
-        "p_sample_loop", "predict_eps_from_x0", "predict_x0_from_eps", "q_posterior", "q_sample"
+        "PIXEL_RANGE", "EpsFromV", "SampleOutput", "clip_x0", "diffusion_loss", "min_snr_weight", "p_mean_variance",
+        "p_sample", "p_sample_loop", "predict_eps_from_v", "predict_eps_from_x0", "predict_x0_from_eps", "q_posterior",
+        "q_sample", "v_target"
     ], "mnistdiff.ddpm"),
     **dict.fromkeys(["default_device", "device_name"], "mnistdiff.devices"),
     **dict.fromkeys(["GuidedDenoiser", "drop_labels", "guided_eps"], "mnistdiff.guidance"),

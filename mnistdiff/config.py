@@ -171,6 +171,7 @@ class DiffusionConfig:
 
     ``min_snr_gamma``: ``None`` trains on L_simple (Ho eq. 14); a number γ weights each timestep's
     ε-loss by min(SNR_t, γ) / SNR_t (min-SNR-γ, Hang et al. 2023; :func:`mnistdiff.ddpm.min_snr_weight`).
+    ``prediction``: the network's target, ε or v (:class:`mnistdiff.ddpm.EpsFromV` shows it to samplers as ε).
     """
 
     timesteps: int = _setting(1000, "diffusion steps T")
@@ -178,6 +179,8 @@ class DiffusionConfig:
     min_snr_gamma: float | None = _setting(
         None, "weight the loss by min(SNR, γ)/SNR with this γ (e.g. 5); none: plain L_simple"
     )
+    prediction: str = _setting("eps", "what the network predicts: eps, the noise (Ho et al.), or v = √ᾱ·ε − √(1−ᾱ)·x_0 "
+                                      "(Salimans & Ho 2022); samplers see an ε-network either way")
 
     def __post_init__(self) -> None:
         """Check the values: a bad one raises :class:`ConfigError` naming it."""
@@ -188,6 +191,8 @@ class DiffusionConfig:
             _positive("min_snr_gamma", self.min_snr_gamma)
         if self.schedule not in ("cosine", "linear"):
             raise ConfigError(f"schedule must be 'cosine' or 'linear', got {self.schedule!r}", "schedule")
+        if self.prediction not in ("eps", "v"):
+            raise ConfigError(f"prediction must be 'eps' or 'v', got {self.prediction!r}", "prediction")
 
 
 @dataclass(frozen=True)
@@ -278,18 +283,22 @@ class DDPMRunConfig:
 
 @dataclass(frozen=True)
 class VAERunConfig:
-    """The VAE and its training run; loss = reconstruction + ``kl_weight``·KL."""
+    """The VAE and its training run; loss = reconstruction + ``kl_weight``·KL (+ ``adv_weight``·(−D(x̂)))."""
 
     latent: ClassVar[bool] = False
 
     vae: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-4, batch_size=128, sample_every=4))
     kl_weight: float = _setting(1e-6, "weight of the KL term in the VAE loss (reconstruction + kl_weight·KL)")
+    adv_weight: float = _setting(0.0, "weight λ of the adversarial term −λ·D(x̂) of a patch critic trained beside "
+                                      "the VAE (latent diffusion's autoencoder; mnistdiff.training.adversarial); "
+                                      "0: the plain ELBO")
     kind: str = _kind("vae")
 
     def __post_init__(self) -> None:
         """Check the values: a bad one raises :class:`ConfigError` naming it."""
         _non_negative("kl_weight", self.kl_weight)
+        _non_negative("adv_weight", self.adv_weight)
 
 
 @dataclass(frozen=True)

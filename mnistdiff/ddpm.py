@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from mnistdiff.schedules import NoiseSchedule, extract
@@ -29,6 +30,10 @@ __all__ = [
     "p_sample_loop",
     "min_snr_weight",
     "diffusion_loss",
+    "PREDICTIONS",
+    "v_target",
+    "predict_eps_from_v",
+    "EpsFromV",
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,6 +42,8 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ClipRange = tuple[float, float] | None
 #: The data range of pixels: the clip range of every pixel-space sampler.
 PIXEL_RANGE: tuple[float, float] = (-1.0, 1.0)
+#: What a network can be trained to predict: the noise ε (Ho et al.) or the velocity v (Salimans & Ho 2022).
+PREDICTIONS = ("eps", "v")
 
 
 class SampleOutput(NamedTuple):
@@ -166,15 +173,54 @@ def p_sample_loop(
     return SampleOutput(x, frames)
 
 
-def min_snr_weight(sched: NoiseSchedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """The min-SNR-γ weight of the ε-loss at timesteps ``t`` (Hang et al. 2023, eq. 9 for ε-prediction): ``(B,)``.
+def v_target(sched: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The velocity v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022, §4): the rate of change of x_t along the
+    quarter circle x_t = cos φ · x_0 + sin φ · ε, with cos φ = √ᾱ_t. Shapes as ``x0``."""
+    return extract(sched.sqrt_alphas_cumprod, t, x0.ndim) * noise - extract(
+        sched.sqrt_one_minus_alphas_cumprod, t, x0.ndim
+    ) * x0
 
-    w_t = min(SNR_t, γ) / SNR_t with SNR_t = ᾱ_t / (1 − ᾱ_t): 1 where the image is mostly noise
+
+def predict_eps_from_v(sched: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """ε from a predicted v:  ε = √ᾱ_t v + √(1 − ᾱ_t) x_t (substitute eq. 4 into v's definition)."""
+    return extract(sched.sqrt_alphas_cumprod, t, x_t.ndim) * v + extract(
+        sched.sqrt_one_minus_alphas_cumprod, t, x_t.ndim
+    ) * x_t
+
+
+class EpsFromV(nn.Module):
+    """A v-prediction network seen as an ε-network, so every sampler runs it unchanged: ``(x_t (B, C, H, W), t (B,)
+    or (), y)`` → ε̂ = √ᾱ_t v̂ + √(1 − ᾱ_t) x_t. Where ᾱ_t → 0 (pure noise) ε̂ leans on x_t itself, not on the
+    network: the ill-conditioned x̂_0 = (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t of an ε-network there is the reason to predict v."""
+
+    def __init__(self, net: nn.Module, sched: NoiseSchedule) -> None:
+        """``net``: the network that predicts v (its weights are the model's); ``sched``: its schedule."""
+        super().__init__()
+        self.net, self.sched = net, sched
+
+    @property
+    def config(self):  # noqa: ANN201 - the wrapped network's config (a UNetConfig)
+        """The wrapped network's config."""
+        return self.net.config
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """ε̂ (B, C, H, W) in float32."""
+        v = (self.net(x, t) if y is None else self.net(x, t, y)).float()
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        return predict_eps_from_v(self.sched, x.float(), t, v)
+
+
+def min_snr_weight(sched: NoiseSchedule, t: torch.Tensor, gamma: float, prediction: str = "eps") -> torch.Tensor:
+    """The min-SNR-γ weight of the loss at timesteps ``t`` (Hang et al. 2023, eq. 9): ``(B,)``.
+
+    For ε-prediction w_t = min(SNR_t, γ) / SNR_t with SNR_t = ᾱ_t / (1 − ᾱ_t): 1 where the image is mostly noise
     (SNR_t ≤ γ), γ / SNR_t → 0 as t → 0. In x_0 terms ‖ε − ε̂‖² = SNR_t ‖x_0 − x̂_0‖², so L_simple
     weights the x_0 error by SNR_t, unbounded at small t; min-SNR-γ caps that weight at γ.
+    For v-prediction ‖v − v̂‖² = (SNR_t + 1) ‖x_0 − x̂_0‖², so w_t = min(SNR_t, γ) / (SNR_t + 1): the same
+    weight on the x_0 error, hence the same objective, in the other parameterisation.
     """
     snr = (sched.sqrt_alphas_cumprod[t] / sched.sqrt_one_minus_alphas_cumprod[t]).double() ** 2
-    return (snr.clamp(max=gamma) / snr).float()
+    return (snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)).float()
 
 
 def diffusion_loss(
@@ -184,17 +230,20 @@ def diffusion_loss(
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     min_snr_gamma: float | None = None,
+    prediction: str = "eps",
 ) -> torch.Tensor:
     """L_simple (Ho eq. 14): E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖², t ~ U{0, …, T−1}.
 
-    With ``min_snr_gamma`` = γ each sample's squared error is weighted by :func:`min_snr_weight`.
+    With ``min_snr_gamma`` = γ each sample's squared error is weighted by :func:`min_snr_weight`. With
+    ``prediction="v"`` the network's output is regressed on :func:`v_target` instead of ε.
     """
     if t is None:
         t = torch.randint(0, sched.num_timesteps, (x0.shape[0],), device=x0.device)
     if noise is None:
         noise = torch.randn_like(x0)
-    eps_hat = model(q_sample(sched, x0, t, noise), t).float()
+    out = model(q_sample(sched, x0, t, noise), t).float()
+    target = noise if prediction == "eps" else v_target(sched, x0, t, noise)
     if min_snr_gamma is None:
-        return F.mse_loss(eps_hat, noise)
-    per_sample = (eps_hat - noise).pow(2).flatten(1).mean(1)
-    return (min_snr_weight(sched, t, min_snr_gamma) * per_sample).mean()
+        return F.mse_loss(out, target)
+    per_sample = (out - target).pow(2).flatten(1).mean(1)
+    return (min_snr_weight(sched, t, min_snr_gamma, prediction) * per_sample).mean()

@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -44,7 +44,7 @@ from mnistdiff.config import (
     from_dict,
     to_dict,
 )
-from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, SampleOutput
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, EpsFromV, SampleOutput
 from mnistdiff.latent import LatentCodec
 from mnistdiff.modelfile import CheckpointError, load_model_file, save_model_file
 from mnistdiff.sampling import OLD_FAST, SAMPLERS, generate, measure_precision
@@ -84,17 +84,25 @@ def _load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], pat
 class DiffusionModel:
     """A trained ε-network with its schedule; ``codec`` (the VAE and κ) is set for a latent model.
 
+    ``unet`` is what the samplers call, ``(x_t, t[, y]) → ε̂``: the UNet itself, or for a v-prediction model the
+    UNet seen as an ε-network (:class:`~mnistdiff.ddpm.EpsFromV`); :attr:`network` is the UNet either way.
+
     ``clip_range`` is what x̂_0 is clipped to while sampling (the training codes' range for a latent model);
     ``precision`` how :meth:`sample` runs the network unless told otherwise (``"fp32"``: as trained).
     """
 
-    unet: UNet
+    unet: UNet | EpsFromV
     schedule: NoiseSchedule
     config: RunConfig
     meta: dict[str, Any] = field(default_factory=dict)
     codec: LatentCodec | None = None
     clip_range: ClipRange = PIXEL_RANGE
     precision: str = "fp32"
+
+    @property
+    def network(self) -> UNet:
+        """The trained UNet itself, whose weights the file holds (:attr:`unet` is it seen as an ε-network)."""
+        return cast(UNet, self.unet.net) if isinstance(self.unet, EpsFromV) else self.unet
 
     @property
     def kind(self) -> str:
@@ -120,9 +128,10 @@ class DiffusionModel:
         the hash its file records."""
         tensors, meta = load_model_file(path, kind=kind or DIFFUSION_KINDS, device=device)
         cfg: RunConfig = from_dict(RUN_CONFIGS[meta["kind"]], meta["config"])
-        unet = UNet(cfg.unet)
+        unet, schedule = UNet(cfg.unet), NoiseSchedule.from_config(cfg.diffusion)
         _load_weights(unet, tensors, path)
-        model = cls(unet.to(device).eval(), NoiseSchedule.from_config(cfg.diffusion), cfg, meta)
+        net = unet if cfg.diffusion.prediction == "eps" else EpsFromV(unet, schedule)
+        model = cls(net.to(device).eval(), schedule, cfg, meta)
         if meta["kind"] in LATENT_KINDS:
             model.codec = LatentCodec(_matching_vae(path, meta, vae, device), float(meta["latent_scale"]))
             model.clip_range = (-float(meta["latent_clip"]), float(meta["latent_clip"]))
@@ -133,7 +142,7 @@ class DiffusionModel:
         meta = {**self.meta, **provenance, "kind": self.kind, "config": to_dict(self.config)}
         for key in ("format_version", "weights_sha256", "torch_version"):
             meta.pop(key, None)  # the file's own, rewritten by save_model_file
-        return save_model_file(path, self.unet.state_dict(), meta)
+        return save_model_file(path, self.network.state_dict(), meta)
 
     def sample(
         self,

@@ -151,9 +151,10 @@ def vae_loss(
     """−ELBO with a weighted KL: mean over the batch of ‖x − x̂‖² (summed over pixels) + kl_weight · KL.
 
     The squared error is a Gaussian log-likelihood up to constants. Returns ``(loss, parts)`` with
-    ``parts = {"recon": …, "kl": …}`` (per-example means, detached).
+    ``parts = {"recon": …, "kl": …}`` (per-example means, detached) and ``parts["x_hat"]``, the reconstructions
+    (B, C, H, W), still in the graph (an adversarial term is computed on them).
     """
     recon, posterior = model(x, noise)
     rec = F.mse_loss(recon.float(), x, reduction="none").flatten(1).sum(1).mean()
     kl = posterior.kl().mean()
-    return rec + kl_weight * kl, {"recon": rec.detach(), "kl": kl.detach()}
+    return rec + kl_weight * kl, {"recon": rec.detach(), "kl": kl.detach(), "x_hat": recon}

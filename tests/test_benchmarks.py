@@ -162,3 +162,26 @@ def test_time_to_quality_target_needs_every_space_and_class_balance():
     for key, bad in [("fid_resnet", 1.01), ("precision", 0.79), ("recall_resnet", 0.799),
                      ("class_max_deviation", 0.032)]:
         assert not ttq.meets({**row, key: bad}, floor, 2.0), key
+
+
+def test_time_to_quality_scores_a_vae_snapshot_by_its_reconstructions_of_the_floor_digits(tmp_path):
+    import importlib.util
+
+    import torch
+
+    from mnistdiff.config import VAEConfig, VAERunConfig
+    from mnistdiff.data import load_mnist
+    from mnistdiff.model import save_vae
+    from mnistdiff.vae import VAE
+
+    spec = importlib.util.spec_from_file_location("ttq", REPO / "benchmarks" / "time_to_quality.py")
+    ttq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ttq)
+    torch.manual_seed(0)
+    cfg = VAERunConfig(vae=VAEConfig(base_channels=8))
+    vae = VAE(cfg.vae).eval()
+    path = save_vae(vae, tmp_path / "epoch_001.safetensors", cfg, seconds=12.5, epoch=1)
+    images, meta = ttq.draw(path, 6, steps=50, device="cpu")
+    real = load_mnist("train").subset(6, seed=0).images  # the digits real_floor(6, seed=0) scores
+    torch.testing.assert_close(images, vae.reconstruct(real))
+    assert meta["seconds"] == 12.5 and meta["epoch"] == 1

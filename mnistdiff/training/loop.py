@@ -22,8 +22,7 @@ Steps are counted from 1 over the whole run: step ``s`` is batch ``b`` of epoch 
 ``s = (e - 1)·steps_per_epoch + b``.
 
 The loop is :meth:`TrainLoop.run_loop`, a few lines over named steps, which change one
-:class:`~mnistdiff.training.state.TrainState`; the precision choice lives in :mod:`mnistdiff.training.precision`,
-the signal handling in :mod:`mnistdiff.training.signals`.
+:class:`~mnistdiff.training.state.TrainState`; the precision choice and signals live in their own modules.
 """
 
 from __future__ import annotations
@@ -67,7 +66,8 @@ class TrainTask:
     ``config``: the run config (a dataclass with a ``train`` field, e.g. :class:`~mnistdiff.config.DDPMRunConfig`),
     recorded with every checkpoint, or a bare :class:`~mnistdiff.config.TrainConfig` for a task of no model kind;
     ``sample_fn(ema_model, folder, tag)`` writes sample images for an epoch (optional);
-    ``extra_meta``: what else the trained model's file records (a latent model's κ, clip range and VAE hash).
+    ``extra_meta``: what else the trained model's file records (a latent model's κ, clip range and VAE hash);
+    ``saved_part(model)``: what model files hold and samplers get (a VAE trained beside its critic: the VAE).
     """
 
     kind: str
@@ -79,6 +79,7 @@ class TrainTask:
     sample_fn: Callable[[nn.Module, Any, str], None] | None = None
     final_fn: Callable[[nn.Module, Experiment], dict[str, Any]] | None = None
     extra_meta: dict[str, Any] = field(default_factory=dict)
+    saved_part: Callable[[nn.Module], nn.Module] = lambda model: model  # noqa: E731
 
     @property
     def train_config(self) -> TrainConfig:
@@ -296,7 +297,7 @@ class TrainLoop:
         state, every = self.state, self.cfg.snapshot_every
         if every and state.epoch % every == 0:
             save_model_file(self.experiment.sub("snapshots") / f"epoch_{state.epoch:03d}.safetensors",
-                            state.ema.module.state_dict(),
+                            self.task.saved_part(state.ema.module).state_dict(),
                             {"kind": self.task.kind, "config": self.task.run_config, "epoch": state.epoch,
                              "seconds": state.seconds(), "history": state.history, **self.task.extra_meta})
 
@@ -306,12 +307,13 @@ class TrainLoop:
         if self.task.sample_fn is not None and (epoch % self.cfg.sample_every == 0 or epoch == self.cfg.epochs):
             # A forked RNG: sampling must not shift the training noise (or a resumed run would differ).
             with torch.random.fork_rng(devices=self.rng_devices):
-                self.task.sample_fn(self.state.ema.module, self.experiment.sub("epoch_samples"), f"epoch_{epoch:03d}")
+                shown = self.task.saved_part(self.state.ema.module)
+                self.task.sample_fn(shown, self.experiment.sub("epoch_samples"), f"epoch_{epoch:03d}")
 
     def finish(self) -> TrainResult:
         """The final metrics and samples (``task.final_fn``), the loss curves and the model file (EMA weights)."""
         seconds = self.state.seconds()
-        ema_model = self.state.ema.module.eval()
+        ema_model = self.task.saved_part(self.state.ema.module).eval()
         metrics = self.metrics(seconds)
         if self.task.final_fn is not None:
             with torch.random.fork_rng(devices=self.rng_devices):
@@ -387,11 +389,8 @@ class TrainLoop:
 
     def interrupted(self, where: str) -> TrainingInterrupted:
         """The error for a SIGINT/SIGTERM seen ``where`` (a resumable checkpoint has been written)."""
-        return TrainingInterrupted(
-            f"training stopped by {signal_name(self.flag.signum)} {where}; a resumable checkpoint is in {self.last}. "
-            f"Continue with: {self.resume_cmd}",
-            self.flag.signum,
-        )
+        return TrainingInterrupted(f"training stopped by {signal_name(self.flag.signum)} {where}; a resumable "
+                                   f"checkpoint is in {self.last}. Continue with: {self.resume_cmd}", self.flag.signum)
 
     def stop_if_signalled(self, where: str) -> None:
         """Raise :class:`TrainingInterrupted` if a signal has arrived (the latest checkpoint is the state's)."""

@@ -23,13 +23,14 @@ from mnistdiff.config import (
     VAERunConfig,
 )
 from mnistdiff.data import load_mnist
-from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, diffusion_loss
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, EpsFromV, diffusion_loss
 from mnistdiff.guidance import balanced_labels, drop_labels
 from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset, scaled_sample
 from mnistdiff.model import load_vae
 from mnistdiff.modelfile import CheckpointError
 from mnistdiff.sampling import generate
 from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.training.adversarial import PatchCritic, VAEWithCritic, adversarial_vae_loss
 from mnistdiff.training.batches import Data
 from mnistdiff.training.experiment import Experiment
 from mnistdiff.training.loop import TrainResult, TrainTask, fit
@@ -41,10 +42,11 @@ __all__ = ["train_ddpm", "train_vae", "train_ldm", "train_cldm", "make_diffusion
 
 
 def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None, min_snr_gamma: float | None = None,
-                        p_uncond: float = 0.0):
+                        p_uncond: float = 0.0, prediction: str = "eps"):
     """The ε-prediction loss for a batch; for latents (``scale`` = κ given) the batch holds [μ, σ] and z = κ·(μ + σε).
 
     ``min_snr_gamma``: weight it by min-SNR-γ (:func:`~mnistdiff.ddpm.min_snr_weight`); ``None``: L_simple.
+    ``prediction``: the network's target, ``"eps"`` or ``"v"`` (:func:`~mnistdiff.ddpm.v_target`).
     A batch ``(x, labels)`` trains a class-conditional model: each label is dropped to ∅ with probability
     ``p_uncond`` (:func:`~mnistdiff.guidance.drop_labels`, Ho & Salimans Algorithm 1).
     """
@@ -60,8 +62,8 @@ def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None, min_sn
         noise = torch.randn(batch.shape, generator=gen, device=batch.device)
         if labels is not None:
             y = drop_labels(labels, p_uncond, gen)
-            return diffusion_loss(lambda x, t: model(x, t, y), sched, batch, t, noise, min_snr_gamma)
-        return diffusion_loss(model, sched, batch, t, noise, min_snr_gamma)
+            return diffusion_loss(lambda x, t: model(x, t, y), sched, batch, t, noise, min_snr_gamma, prediction)
+        return diffusion_loss(model, sched, batch, t, noise, min_snr_gamma, prediction)
 
     return loss_fn
 
@@ -73,14 +75,16 @@ def _data(cfg_train, data_dir: str | Path | None, device: torch.device):
 
 
 def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, decode=None, ddim_steps: int = 50,
-                        clip_range: ClipRange = PIXEL_RANGE, conditional: bool = False):
+                        clip_range: ClipRange = PIXEL_RANGE, conditional: bool = False, prediction: str = "eps"):
     """Epoch samples by DDIM (fast); final samples and denoising steps by full DDPM. A ``conditional`` model is
-    asked for the digits 0, 1, …, 9, 0, … in turn, guided with :data:`~mnistdiff.config.DEFAULT_GUIDANCE`."""
+    asked for the digits 0, 1, …, 9, 0, … in turn, guided with :data:`~mnistdiff.config.DEFAULT_GUIDANCE`; a
+    v-prediction model (``prediction="v"``) is sampled as the ε-network :class:`~mnistdiff.ddpm.EpsFromV`."""
     guide: dict[str, Any] = {}
     if conditional:
         guide = {"labels": balanced_labels(n, MNIST_CLASSES), "guidance": DEFAULT_GUIDANCE}
 
     def sample_fn(model: nn.Module, folder: Path, tag: str) -> None:
+        model = model if prediction == "eps" else EpsFromV(model, sched)
         x, _ = generate(model, sched, n, shape=shape, sampler="ddim", steps=min(ddim_steps, sched.num_timesteps),
                         seed=seed, device=device, decode=decode, clip_range=clip_range, **guide)
         save_grid(x, Path(folder) / f"{tag}.png")
@@ -89,6 +93,7 @@ def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, 
         import time
 
         t0 = time.perf_counter()
+        model = model if prediction == "eps" else EpsFromV(model, sched)
         x, frames = generate(model, sched, n, shape=shape, sampler="ddpm", seed=seed, device=device, decode=decode,
                              return_intermediates=True, clip_range=clip_range, **guide)
         seconds = time.perf_counter() - t0
@@ -120,8 +125,10 @@ def train_ddpm(
     model = UNet(cfg.unet)
     sched = NoiseSchedule.from_config(cfg.diffusion).to(device)
     train, test = _data(cfg.train, data_dir, device)
-    sample_fn, final_fn = _diffusion_samplers(sched, (1, 32, 32), cfg.train.seed, cfg.train.num_samples, device)
-    loss_fn = make_diffusion_loss(sched, None, cfg.diffusion.min_snr_gamma)
+    prediction = cfg.diffusion.prediction
+    sample_fn, final_fn = _diffusion_samplers(sched, (1, 32, 32), cfg.train.seed, cfg.train.num_samples, device,
+                                              prediction=prediction)
+    loss_fn = make_diffusion_loss(sched, None, cfg.diffusion.min_snr_gamma, prediction=prediction)
     task = TrainTask(cfg.kind, model, loss_fn, train.images, test.images, cfg,
                      sample_fn=sample_fn, final_fn=final_fn)
     return _run(task, out, resume, device, progress, compile)
@@ -132,10 +139,12 @@ def train_vae(
     data_dir: str | Path | None = None, resume: str | Path | None = None,
     progress: bool = True, compile: bool | str = False,
 ) -> TrainResult:
-    """Train the VAE (Kingma & Welling 2013) with loss = reconstruction + kl_weight·KL."""
+    """Train the VAE (Kingma & Welling 2013) with loss = reconstruction + kl_weight·KL; with ``cfg.adv_weight`` > 0,
+    beside a patch critic whose adversarial term sharpens the decoder (:mod:`mnistdiff.training.adversarial`)."""
     device = torch.device(device)
     torch.manual_seed(cfg.train.seed)
     model = VAE(cfg.vae)
+    trained = VAEWithCritic(model, PatchCritic(cfg.vae.in_channels)) if cfg.adv_weight else model
     train, test = _data(cfg.train, data_dir, device)
     n = cfg.train.num_samples
     shown = test.images[:n]
@@ -143,6 +152,8 @@ def train_vae(
     def loss_fn(m: nn.Module, batch: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         ls = cfg.vae.latent_size
         noise = torch.randn((batch.shape[0], cfg.vae.latent_channels, ls, ls), generator=gen, device=batch.device)
+        if cfg.adv_weight:
+            return adversarial_vae_loss(m, batch, cfg.kl_weight, cfg.adv_weight, noise)
         return vae_loss(m, batch, cfg.kl_weight, noise)[0]
 
     def sample_fn(m: VAE, folder: Path, tag: str) -> None:
@@ -161,8 +172,8 @@ def train_vae(
                        title="VAE latents: coordinates 0 and 1", project=False)
         return {"test_reconstruction_mse": round(mse, 6)}
 
-    task = TrainTask(cfg.kind, model, loss_fn, train.images, test.images, cfg,
-                     sample_fn=sample_fn, final_fn=final_fn)
+    task = TrainTask(cfg.kind, trained, loss_fn, train.images, test.images, cfg, sample_fn=sample_fn,
+                     final_fn=final_fn, saved_part=lambda m: m.vae if cfg.adv_weight else m)
     return _run(task, out, resume, device, progress, compile)
 
 
@@ -209,10 +220,11 @@ def _latent_task(cfg: LDMRunConfig | CLDMRunConfig, vae_checkpoint: str | Path, 
     shape = (cfg.unet.in_channels, cfg.unet.image_size, cfg.unet.image_size)
     conditional = isinstance(cfg, CLDMRunConfig)
     sample_fn, final_fn = _diffusion_samplers(sched, shape, cfg.train.seed, cfg.train.num_samples, device, codec.decode,
-                                              clip_range=(-clip, clip), conditional=conditional)
+                                              clip_range=(-clip, clip), conditional=conditional,
+                                              prediction=cfg.diffusion.prediction)
     model = UNet(cfg.unet)
     p_uncond = cfg.p_uncond if conditional else 0.0
-    loss_fn = make_diffusion_loss(sched, scale, cfg.diffusion.min_snr_gamma, p_uncond)
+    loss_fn = make_diffusion_loss(sched, scale, cfg.diffusion.min_snr_gamma, p_uncond, cfg.diffusion.prediction)
     train_data: Data = torch.cat([mean_tr, std_tr], 1)
     eval_data: Data = torch.cat([mean_te, std_te], 1)
     if conditional:
