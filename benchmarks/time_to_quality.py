@@ -5,7 +5,7 @@
     python benchmarks/time_to_quality.py runs/<stamp>-ddpm --n 500         # → results/book/time_to_quality.json
 
 Each snapshot (a model file that records the seconds trained so far) draws ``n`` digits with the package's
-default sampler (DDIM, ``--steps`` 50, η = ``DEFAULT_ETA``, seed 0), which are scored by
+default sampler (DDIM, ``--steps`` 50, ``--eta`` η = ``DEFAULT_ETA``, seed 0), which are scored by
 :func:`mnistdiff.evaluation.metrics.evaluate` in both feature spaces, beside the real floor at the same ``n``
 (:func:`~mnistdiff.evaluation.metrics.real_floor`). The file is rewritten after each snapshot, so a run cut short
 keeps what it measured and a rerun skips the snapshots already scored at that ``n``. The CPU is named in the
@@ -55,7 +55,7 @@ def meets(row: dict, floor: dict, target: float, pr_min: float = PR_MIN, class_m
     return spaces_ok and row["class_max_deviation"] <= class_max
 
 
-def draw(path: Path, n: int, steps: int, device: str) -> tuple[torch.Tensor, dict]:
+def draw(path: Path, n: int, steps: int, device: str, eta: float = DEFAULT_ETA) -> tuple[torch.Tensor, dict]:
     """``n`` images from the snapshot at ``path`` and its metadata: a diffusion model's DDIM samples (seed 0), or a
     VAE's reconstructions of the floor's ``n`` training digits (:func:`real_floor`'s subset, seed 0)."""
     if read_model_meta(path)["kind"] == VAE_KIND:
@@ -63,13 +63,13 @@ def draw(path: Path, n: int, steps: int, device: str) -> tuple[torch.Tensor, dic
         real = load_mnist("train").subset(n, seed=0).images
         return vae.reconstruct(real.to(device)).cpu(), vae.meta
     model = DiffusionModel.load(path, device=device)
-    return model.sample(n, steps=steps, seed=0, device=device)[0], model.meta
+    return model.sample(n, steps=steps, eta=eta, seed=0, device=device)[0], model.meta
 
 
-def score_snapshot(path: Path, n: int, steps: int, device: str) -> dict:
+def score_snapshot(path: Path, n: int, steps: int, device: str, eta: float = DEFAULT_ETA) -> dict:
     """One snapshot's epoch, training seconds, sampling seconds and metrics at ``n`` samples."""
     t0 = time.perf_counter()
-    images, meta = draw(path, n, steps, device)
+    images, meta = draw(path, n, steps, device, eta)
     sampling = time.perf_counter() - t0
     m = evaluate(images, seed=0, device=device, include_memorisation=False)
     keys = [space_key(k, s) for s in FEATURE_SPACES for k in KEYS] + ["class_max_deviation"]
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a training run's folder (with snapshots/), or a folder of epoch_NNN.safetensors")
     p.add_argument("--n", type=int, default=500, help="samples per snapshot, and real digits in the floor")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps")
+    p.add_argument("--eta", type=float, default=DEFAULT_ETA, help="DDIM's η (default: the CLI's)")
     p.add_argument("--target", type=float, default=2.0, help="FID target as a multiple of the floor")
     p.add_argument("--profile", default="book", help="results/<profile>/ gets the file")
     p.add_argument("--out", type=Path, default=None, help="default results/<profile>/time_to_quality.json")
@@ -94,15 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{folder} holds no epoch_NNN.safetensors: train with --snapshot_every 1")
     out = args.out or results_dir() / args.profile / "time_to_quality.json"
     old = json.loads(out.read_text()) if out.is_file() else {}
-    same = old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps
+    same = (old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps
+            and old.get("eta", DEFAULT_ETA) == args.eta)
     rows = {r["snapshot"]: r for r in old.get("snapshots", [])} if same else {}
     floor = real_floor(args.n, seed=0, device=args.device, include_memorisation=False)
     cpu = device_name(args.device)
-    print(f"{cpu}; n = {args.n}, DDIM-{args.steps}, η = {DEFAULT_ETA:g}; floor " + ", ".join(
+    print(f"{cpu}; n = {args.n}, DDIM-{args.steps}, η = {args.eta:g}; floor " + ", ".join(
         f"{s}: FID {floor[space_key('fid', s)]:.3f}" for s in FEATURE_SPACES))
     for snap in snaps:
         if snap.name not in rows:
-            rows[snap.name] = score_snapshot(snap, args.n, args.steps, args.device)
+            rows[snap.name] = score_snapshot(snap, args.n, args.steps, args.device, args.eta)
         r = rows[snap.name]
         ratios = "  ".join(f"{s}: FID {r[space_key('fid', s)] / floor[space_key('fid', s)]:5.1f}× floor, "
                            f"P {r[space_key('precision', s)]:.3f} R {r[space_key('recall', s)]:.3f}"
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{snap.name}: {r['training_seconds'] / 60:6.1f} min  {ratios}", flush=True)
         first = next((x for x in sorted(rows.values(), key=lambda x: x["training_seconds"])
                       if meets(x, floor, args.target)), None)
-        doc = {"run": str(args.run), "device": cpu, "n": args.n, "steps": args.steps, "eta": DEFAULT_ETA,
+        doc = {"run": str(args.run), "device": cpu, "n": args.n, "steps": args.steps, "eta": args.eta,
                "target": f"FID ≤ {args.target:g} × floor, precision and recall ≥ {PR_MIN:.2f}, in both feature "
                          f"spaces; every class within ±{CLASS_MAX * 100:g} points of 10 %",
                "date": dt.date.today().isoformat(), "torch": torch.__version__.split("+")[0],
