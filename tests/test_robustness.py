@@ -125,8 +125,8 @@ def hook_loss(monkeypatch, hook):
     """Wrap the diffusion loss: ``hook(kind, n, loss)`` is called on the n-th training ("train") or eval call."""
     real = pipelines.make_diffusion_loss
 
-    def make(sched, scale=None, min_snr_gamma=None):
-        inner = real(sched, scale, min_snr_gamma)
+    def make(*args, **kwargs):
+        inner = real(*args, **kwargs)
         count = {"train": 0, "eval": 0}
 
         def loss_fn(model, batch, gen):
