@@ -34,6 +34,7 @@ __all__ = [
     "v_target",
     "predict_eps_from_v",
     "EpsFromV",
+    "eps_network",
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -208,6 +209,11 @@ class EpsFromV(nn.Module):
         v = (self.net(x, t) if y is None else self.net(x, t, y)).float()
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         return predict_eps_from_v(self.sched, x.float(), t, v)
+
+
+def eps_network(net: nn.Module, sched: NoiseSchedule, prediction: str) -> nn.Module:
+    """``net`` as the ε-network samplers call: itself for ``prediction="eps"``, :class:`EpsFromV` around it for "v"."""
+    return net if prediction == "eps" else EpsFromV(net, sched)
 
 
 def min_snr_weight(sched: NoiseSchedule, t: torch.Tensor, gamma: float, prediction: str = "eps") -> torch.Tensor:

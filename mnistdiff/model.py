@@ -44,7 +44,7 @@ from mnistdiff.config import (
     from_dict,
     to_dict,
 )
-from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, EpsFromV, SampleOutput
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, EpsFromV, SampleOutput, eps_network
 from mnistdiff.latent import LatentCodec
 from mnistdiff.modelfile import CheckpointError, load_model_file, save_model_file
 from mnistdiff.sampling import OLD_FAST, SAMPLERS, generate, measure_precision
@@ -130,7 +130,7 @@ class DiffusionModel:
         cfg: RunConfig = from_dict(RUN_CONFIGS[meta["kind"]], meta["config"])
         unet, schedule = UNet(cfg.unet), NoiseSchedule.from_config(cfg.diffusion)
         _load_weights(unet, tensors, path)
-        net = unet if cfg.diffusion.prediction == "eps" else EpsFromV(unet, schedule)
+        net = cast(UNet | EpsFromV, eps_network(unet, schedule, cfg.diffusion.prediction))
         model = cls(net.to(device).eval(), schedule, cfg, meta)
         if meta["kind"] in LATENT_KINDS:
             model.codec = LatentCodec(_matching_vae(path, meta, vae, device), float(meta["latent_scale"]))

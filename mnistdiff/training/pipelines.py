@@ -23,7 +23,7 @@ from mnistdiff.config import (
     VAERunConfig,
 )
 from mnistdiff.data import load_mnist
-from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, EpsFromV, diffusion_loss
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, diffusion_loss, eps_network
 from mnistdiff.guidance import balanced_labels, drop_labels
 from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset, scaled_sample
 from mnistdiff.model import load_vae
@@ -84,7 +84,7 @@ def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, 
         guide = {"labels": balanced_labels(n, MNIST_CLASSES), "guidance": DEFAULT_GUIDANCE}
 
     def sample_fn(model: nn.Module, folder: Path, tag: str) -> None:
-        model = model if prediction == "eps" else EpsFromV(model, sched)
+        model = eps_network(model, sched, prediction)
         x, _ = generate(model, sched, n, shape=shape, sampler="ddim", steps=min(ddim_steps, sched.num_timesteps),
                         seed=seed, device=device, decode=decode, clip_range=clip_range, **guide)
         save_grid(x, Path(folder) / f"{tag}.png")
@@ -93,7 +93,7 @@ def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, 
         import time
 
         t0 = time.perf_counter()
-        model = model if prediction == "eps" else EpsFromV(model, sched)
+        model = eps_network(model, sched, prediction)
         x, frames = generate(model, sched, n, shape=shape, sampler="ddpm", seed=seed, device=device, decode=decode,
                              return_intermediates=True, clip_range=clip_range, **guide)
         seconds = time.perf_counter() - t0
