@@ -11,6 +11,7 @@ teaches them:
 ``vae``         the 1×32×32 → 2×4×4 VAE and its loss (Kingma & Welling 2013; chapter 4)
 ``latent``      scaled latent codes for latent diffusion (Rombach et al. 2022; chapter 5)
 ``guidance``    label dropout and classifier-free guidance (Ho & Salimans 2022; chapter 7)
+``flows``       flow matching on the straight path: loss, Euler and Heun, the five parameterisations (chapter 8)
 ``sampling``    ``generate``: any sampler, batched, seeded, optionally sped up
 ``model``       ``DiffusionModel``: one trained model, loaded from one file, sampled with typed arguments
 ``modelfile``   the one-file format of a trained model (safetensors; verified on load)
@@ -44,9 +45,10 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys([
         "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "CLDMRunConfig", "ConfigError", "DDPMRunConfig",
-        "DiffusionConfig", "LDMRunConfig", "TrainConfig", "UNetConfig", "VAEConfig", "VAERunConfig"
+        "DiffusionConfig", "FlowRunConfig", "LDMRunConfig", "TrainConfig", "UNetConfig", "VAEConfig", "VAERunConfig"
     ], "mnistdiff.config"),
-    **dict.fromkeys(["checkpoint_path", "get_cldm", "get_ddpm", "get_ldm", "get_vae"], "mnistdiff.course.pretrained"),
+    **dict.fromkeys(["checkpoint_path", "get_cldm", "get_ddpm", "get_flow", "get_ldm", "get_vae"],
+                    "mnistdiff.course.pretrained"),
     **dict.fromkeys(["get_profile"], "mnistdiff.course.profiles"),
     **dict.fromkeys(["load_mnist", "to_uint8", "to_unit_range"], "mnistdiff.data"),
     **dict.fromkeys(["ddim_sample_loop", "ddim_sigma", "ddim_step", "ddim_timesteps"], "mnistdiff.ddim"),
@@ -56,12 +58,16 @@ _EXPORTS: dict[str, str] = {
         "q_sample", "v_target"
     ], "mnistdiff.ddpm"),
     **dict.fromkeys(["default_device", "device_name"], "mnistdiff.devices"),
+    **dict.fromkeys([
+        "PathPoint", "convert", "euler_step", "flow_matching_loss", "flow_nfe", "flow_sample_loop", "flow_timesteps",
+        "heun_step", "interpolate", "sample_time", "straight_path", "velocity", "velocity_target"
+    ], "mnistdiff.flows"),
     **dict.fromkeys(["GuidedDenoiser", "drop_labels", "guided_eps"], "mnistdiff.guidance"),
     **dict.fromkeys(["LatentCodec", "compute_latent_scale", "encode_dataset"], "mnistdiff.latent"),
     **dict.fromkeys(["DiffusionModel", "load_vae"], "mnistdiff.model"),
     **dict.fromkeys(["generate"], "mnistdiff.sampling"),
     **dict.fromkeys(["NoiseSchedule"], "mnistdiff.schedules"),
-    **dict.fromkeys(["make_diffusion_loss"], "mnistdiff.training.pipelines"),
+    **dict.fromkeys(["make_diffusion_loss", "make_flow_loss"], "mnistdiff.training.pipelines"),
     **dict.fromkeys(["NULL_LABEL", "UNet", "count_parameters", "timestep_embedding"], "mnistdiff.unet"),
     **dict.fromkeys(["VAE", "DiagonalGaussian", "vae_loss"], "mnistdiff.vae"),
     **dict.fromkeys([

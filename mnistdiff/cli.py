@@ -102,10 +102,11 @@ def _add_sample(sub: Any) -> None:
 
 def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
     """The sampler's options (``sample``, ``umap``): :meth:`~mnistdiff.model.DiffusionModel.sample` checks them."""
-    p.add_argument("--sampler", "--mode", dest="sampler", choices=SAMPLERS, default="ddim",
-                   help="ddim (--steps steps) or ddpm (all T ancestral steps); --mode is its old spelling")
+    p.add_argument("--sampler", "--mode", dest="sampler", choices=SAMPLERS, default=None,
+                   help="ddim (--steps steps; the default) or ddpm (all T ancestral steps); a flow model: euler (the "
+                        "default) or heun (--steps steps of its ODE); --mode is its old spelling")
     p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=DEFAULT_STEPS,
-                   help=f"DDIM steps (default {DEFAULT_STEPS}); --ddim_steps is its old spelling")
+                   help=f"DDIM, Euler or Heun steps (default {DEFAULT_STEPS}); --ddim_steps is its old spelling")
     p.add_argument("--eta", type=float, default=DEFAULT_ETA,
                    help=f"DDIM noise: 0 deterministic, 1 DDPM-like (default {DEFAULT_ETA:g}; see chapter 3)")
     p.add_argument("--num_samples", type=int, default=num_samples)
@@ -264,6 +265,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     digits, labels = _labels(args)
     options = _sampling(args)
     model = _load(kind, args.checkpoint, args.vae_checkpoint if kind.latent else None, args.device)
+    options["sampler"] = options["sampler"] or model.samplers[0]
     n = len(labels) if labels is not None else args.num_samples
     guidance = getattr(args, "guidance", DEFAULT_GUIDANCE)
     with as_arg_error():
@@ -286,6 +288,7 @@ def _cmd_umap(args: argparse.Namespace) -> int:
     out = writable_dir(args.out)
     options = _sampling(args)
     model = _load(None, args.checkpoint, args.vae, args.device)
+    options["sampler"] = sampler = options["sampler"] or model.samplers[0]
     with as_arg_error():
         images, _ = model.sample(args.num_samples, progress=True, **options)
     from mnistdiff.data import load_mnist
@@ -293,8 +296,8 @@ def _cmd_umap(args: argparse.Namespace) -> int:
     from mnistdiff.files import atomic_write_text
 
     real = load_mnist("test", args.data_dir).subset(args.real, args.seed)
-    steps = f"-{args.steps}" if args.sampler == "ddim" else ""
-    fig, scores = umap_evaluation(real.images, real.labels, {f"{model.kind.upper()} ({args.sampler}{steps})": images},
+    steps = f"-{args.steps}" if sampler != "ddpm" else ""
+    fig, scores = umap_evaluation(real.images, real.labels, {f"{model.kind.upper()} ({sampler}{steps})": images},
                                   seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "umap.png", dpi=130)

@@ -18,27 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [
-    "UNetConfig",
-    "DiffusionConfig",
-    "VAEConfig",
-    "TrainConfig",
-    "DDPMRunConfig",
-    "VAERunConfig",
-    "LDMRunConfig",
-    "CLDMRunConfig",
-    "to_dict",
-    "from_dict",
-    "normalized",
-    "ConfigError",
-    "DEFAULT_ETA",
-    "DEFAULT_GUIDANCE",
-    "DEFAULT_STEPS",
-    "MNIST_CLASSES",
-    "PRECISIONS",
-    "RUN_CONFIGS",
-    "VAE_KIND",
-    "DIFFUSION_KINDS",
-    "LATENT_KINDS",
+    "UNetConfig", "DiffusionConfig", "VAEConfig", "TrainConfig", "DDPMRunConfig", "FlowRunConfig",
+    "VAERunConfig", "LDMRunConfig", "CLDMRunConfig", "to_dict", "from_dict", "normalized", "ConfigError",
+    "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "MNIST_CLASSES", "PRECISIONS", "RUN_CONFIGS", "VAE_KIND",
+    "DIFFUSION_KINDS", "LATENT_KINDS",
 ]
 
 
@@ -46,11 +29,10 @@ __all__ = [
 #: or ``auto``, the fastest of those measured here (bf16 is fast only on CPUs and GPUs with native bf16).
 PRECISIONS = ("fp32", "bf16", "bf16_cl", "auto")
 
-#: DDIM's η where nobody chooses one (``DiffusionModel.sample``, ``python -m mnistdiff sample``): 1, the
-#: stochastic sampler. On the book profile's briefly trained network, deterministic DDIM (η = 0)
-#: leaves grainy backgrounds and skews the digit classes (chapter 3, "Why η = 0 is fragile"); η = 1
-#: corrects each step's error with fresh noise. The core loops (``ddim.ddim_sample_loop``, ``ddim.ddim_step``)
-#: take η explicitly: the reader sees which sampler runs.
+#: DDIM's η where nobody chooses one (``DiffusionModel.sample``, ``python -m mnistdiff sample``): 1, the stochastic
+#: sampler. Deterministic DDIM (η = 0) leaves grainy backgrounds and skews the digit classes of the book's network
+#: (chapter 3, "Why η = 0 is fragile"); η = 1 corrects each step's error with fresh noise. The core loops
+#: (``ddim.ddim_sample_loop``, ``ddim.ddim_step``) take η explicitly: the reader sees which sampler runs.
 DEFAULT_ETA = 1.0
 
 #: DDIM steps where nobody chooses a number (``DiffusionModel.sample``, ``python -m mnistdiff sample``).
@@ -66,11 +48,8 @@ MNIST_CLASSES = 10
 
 
 class ConfigError(ValueError):
-    """An invalid setting; the message names the setting and what it must be.
-
-    ``setting`` is the field at fault where one alone is (the message then starts with its name, and the
-    command line, whose options are named after the fields, reports it as ``--<setting> ...``).
-    """
+    """An invalid setting; the message names the setting and what it must be. ``setting`` is the field at fault
+    where one alone is (the message starts with its name; the command line reports it as ``--<setting> ...``)."""
 
     def __init__(self, message: str, setting: str | None = None) -> None:
         """``message`` says what is wrong; ``setting``: the one field at fault, if one is."""
@@ -225,11 +204,10 @@ class VAEConfig:
 class TrainConfig:
     """One training run: optimiser, schedule of the learning rate, EMA, data, precision and logging.
 
-    ``precision``: ``fp32``; ``bf16`` (autocast); ``bf16_cl`` (autocast and channels_last); ``auto``: on a
-    CPU, the fastest of those three measured by a short probe on the run's own model and batch
+    ``precision``: ``fp32``; ``bf16`` (autocast); ``bf16_cl`` (autocast and channels_last); ``auto``: on a CPU, the
+    fastest of those three measured by a short probe on the run's own model and batch
     (:func:`mnistdiff.training.precision.choose_precision`; bf16 only where the CPU has native bf16), on CUDA
-    ``bf16_cl``;
-    ``None`` (the default): ``bf16_cl`` on CUDA, ``fp32`` on a CPU.
+    ``bf16_cl``; ``None`` (the default): ``bf16_cl`` on CUDA, ``fp32`` on a CPU.
     """
 
     epochs: int = _setting(100, "training epochs")
@@ -270,6 +248,7 @@ class DDPMRunConfig:
     """Pixel-space DDPM: the UNet, the schedule and the training run."""
 
     latent: ClassVar[bool] = False
+    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm")  # what it is sampled with; the first where none is said
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -279,6 +258,28 @@ class DDPMRunConfig:
     def __post_init__(self) -> None:
         """An unconditional UNet: class labels are the ``cldm``'s (:class:`CLDMRunConfig`)."""
         _unconditional(self.unet, self.kind)
+
+
+@dataclass(frozen=True)
+class FlowRunConfig:
+    """Pixel-space flow matching: the DDPM's UNet trained as a velocity network on the straight path
+    x_t = (1 − t)·x_0 + t·ε (:mod:`mnistdiff.flows`); ``time_sampling`` is how training draws t."""
+
+    latent: ClassVar[bool] = False
+    samplers: ClassVar[tuple[str, ...]] = ("euler", "heun")
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    time_sampling: str = _setting("uniform", "how training draws t in [0, 1]: uniform (Lipman et al.) or "
+                                             "logit_normal (Esser et al. 2024: more of the middle of the path)")
+    kind: str = _kind("flow")
+
+    def __post_init__(self) -> None:
+        """An unconditional UNet; a known way of drawing t."""
+        _unconditional(self.unet, self.kind)
+        if self.time_sampling not in ("uniform", "logit_normal"):
+            raise ConfigError(f"time_sampling must be 'uniform' or 'logit_normal', got {self.time_sampling!r}",
+                              "time_sampling")
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,7 @@ class LDMRunConfig:
     """Latent diffusion: a UNet on the VAE's ``latent_channels`` × 4 × 4 latents."""
 
     latent: ClassVar[bool] = True
+    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm")
 
     unet: UNetConfig = field(
         default_factory=lambda: UNetConfig(
@@ -336,6 +338,7 @@ class CLDMRunConfig:
     """
 
     latent: ClassVar[bool] = True
+    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm")
 
     unet: UNetConfig = field(
         default_factory=lambda: dataclasses.replace(LDMRunConfig().unet, num_classes=MNIST_CLASSES)
@@ -353,12 +356,11 @@ class CLDMRunConfig:
         _fraction("p_uncond", self.p_uncond)
 
 
-#: The run config of each model kind, by its ``kind`` tag (the tag is written once, in the class's ``kind`` field;
-#: the class's ``latent`` says whether the model diffuses in a VAE's latents, so its commands take the VAE too).
+#: The run config of each model kind, by its ``kind`` tag (written once, in the class's ``kind`` field; the class's
+#: ``latent`` says whether it diffuses in a VAE's latents, its ``samplers`` what it is sampled with).
 RUN_CONFIGS: dict[str, type[Any]] = {cls.kind: cls for cls in (DDPMRunConfig, VAERunConfig, LDMRunConfig,
-                                                             CLDMRunConfig)}
-#: The kind of the VAE, whose latents the latent kinds diffuse in; the kinds that diffuse (a DiffusionModel holds
-#: one), and those of them that diffuse in a VAE's latents.
+                                                             CLDMRunConfig, FlowRunConfig)}
+#: The VAE's kind; the kinds a DiffusionModel holds (diffusion and flows), and those that work in a VAE's latents.
 VAE_KIND: str = VAERunConfig.kind
 DIFFUSION_KINDS = tuple(k for k in RUN_CONFIGS if k != VAE_KIND)
 LATENT_KINDS = tuple(k for k, cls in RUN_CONFIGS.items() if cls.latent)

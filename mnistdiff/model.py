@@ -38,6 +38,7 @@ from mnistdiff.config import (
     CLDMRunConfig,
     ConfigError,
     DDPMRunConfig,
+    FlowRunConfig,
     LDMRunConfig,
     VAERunConfig,
     _positive,
@@ -54,7 +55,7 @@ from mnistdiff.vae import VAE
 
 __all__ = ["DiffusionModel", "load_vae", "save_vae"]
 
-RunConfig = DDPMRunConfig | LDMRunConfig | CLDMRunConfig
+RunConfig = DDPMRunConfig | LDMRunConfig | CLDMRunConfig | FlowRunConfig
 Labels = torch.Tensor | Sequence[int] | int | None
 
 
@@ -82,17 +83,19 @@ def _load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], pat
 
 @dataclass
 class DiffusionModel:
-    """A trained ε-network with its schedule; ``codec`` (the VAE and κ) is set for a latent model.
+    """A trained ε-network with its schedule, or a flow's velocity network (``schedule`` ``None``); ``codec`` (the
+    VAE and κ) is set for a latent model.
 
     ``unet`` is what the samplers call, ``(x_t, t[, y]) → ε̂``: the UNet itself, or for a v-prediction model the
-    UNet seen as an ε-network (:class:`~mnistdiff.ddpm.EpsFromV`); :attr:`network` is the UNet either way.
+    UNet seen as an ε-network (:class:`~mnistdiff.ddpm.EpsFromV`); a flow's UNet gives the velocity
+    v̂ (:mod:`mnistdiff.flows`). :attr:`network` is the UNet in every case.
 
     ``clip_range`` is what x̂_0 is clipped to while sampling (the training codes' range for a latent model);
     ``precision`` how :meth:`sample` runs the network unless told otherwise (``"fp32"``: as trained).
     """
 
     unet: UNet | EpsFromV
-    schedule: NoiseSchedule
+    schedule: NoiseSchedule | None
     config: RunConfig
     meta: dict[str, Any] = field(default_factory=dict)
     codec: LatentCodec | None = None
@@ -106,8 +109,14 @@ class DiffusionModel:
 
     @property
     def kind(self) -> str:
-        """``ddpm``, ``ldm`` or ``cldm``."""
+        """``ddpm``, ``ldm``, ``cldm`` or ``flow``."""
         return self.config.kind
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        """The samplers it is drawn with (:meth:`sample`'s ``sampler``): ddim and ddpm, or a flow's euler and heun;
+        the first where none is asked for."""
+        return tuple(self.config.samplers)
 
     @property
     def num_classes(self) -> int | None:
@@ -128,9 +137,13 @@ class DiffusionModel:
         the hash its file records."""
         tensors, meta = load_model_file(path, kind=kind or DIFFUSION_KINDS, device=device)
         cfg: RunConfig = from_dict(RUN_CONFIGS[meta["kind"]], meta["config"])
-        unet, schedule = UNet(cfg.unet), NoiseSchedule.from_config(cfg.diffusion)
+        unet = UNet(cfg.unet)
         _load_weights(unet, tensors, path)
-        net = cast(UNet | EpsFromV, eps_network(unet, schedule, cfg.diffusion.prediction))
+        net: UNet | EpsFromV = unet
+        schedule: NoiseSchedule | None = None  # a flow has a path, not a schedule
+        if not isinstance(cfg, FlowRunConfig):
+            schedule = NoiseSchedule.from_config(cfg.diffusion)
+            net = cast(UNet | EpsFromV, eps_network(unet, schedule, cfg.diffusion.prediction))
         model = cls(net.to(device).eval(), schedule, cfg, meta)
         if meta["kind"] in LATENT_KINDS:
             model.codec = LatentCodec(_matching_vae(path, meta, vae, device), float(meta["latent_scale"]))
@@ -148,7 +161,7 @@ class DiffusionModel:
         self,
         num_samples: int,
         *,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         steps: int = DEFAULT_STEPS,
         eta: float = DEFAULT_ETA,
         labels: Labels = None,
@@ -165,17 +178,20 @@ class DiffusionModel:
         """Draw ``num_samples`` images → ``SampleOutput(images (N, 1, 32, 32) in [−1, 1] on the CPU, frames)``.
 
         ``sampler``: ``"ddim"`` (Song et al. eq. 12, ``steps`` steps, noise ``eta``: 0 deterministic, 1 DDPM-like)
-        or ``"ddpm"`` (Ho et al. Algorithm 2, all T steps). ``labels``: a digit, or one per sample (N,), for a
-        class-conditional model, guided with weight ``guidance`` w (ε̃ = ε(∅) + w·(ε(y) − ε(∅)); 0 ignores the
-        label, 1 is the conditional model); ``None``: unconditional samples. ``seed`` makes the draw reproducible
-        (bit for bit on a CPU). ``precision``: ``fp32``, ``bf16``, ``bf16_cl`` or ``auto`` (measured here; default
-        :attr:`precision`); ``compile``: ``torch.compile`` the network (``True`` or a mode). ``frames``
-        (``return_intermediates``) are the first batch's ``[(t, x_t), …]``, decoded. The old spellings ``mode``,
+        or ``"ddpm"`` (Ho et al. Algorithm 2, all T steps); a flow's ``"euler"`` or ``"heun"`` (``steps`` steps of
+        the ODE, :func:`~mnistdiff.flows.flow_sample_loop`); ``None``: the first of :attr:`samplers`. ``labels``: a
+        digit, or one per sample (N,), for a class-conditional model, guided with weight ``guidance`` w
+        (ε̃ = ε(∅) + w·(ε(y) − ε(∅)); 0 ignores the label, 1 is the conditional model); ``None``: unconditional
+        samples. ``seed`` makes the draw reproducible (bit for bit on a CPU). ``precision``: ``fp32``, ``bf16``,
+        ``bf16_cl`` or ``auto`` (measured here; default :attr:`precision`); ``compile``: ``torch.compile`` the
+        network (``True`` or a mode). ``frames`` (``return_intermediates``) are the first batch's ``[(t, x_t), …]``,
+        decoded. The old spellings ``mode``,
         ``ddim_steps`` and ``fast`` still work, with a warning.
         """
         if old:
             sampler, steps, precision, compile = _old_spellings(old, sampler, steps, precision, compile)
         device = torch.device(device) if device is not None else next(self.unet.parameters()).device
+        sampler = sampler or self.samplers[0]
         y = self.check_request(num_samples, sampler, steps, eta, labels, guidance, batch_size, precision or "fp32")
         precision = precision or self.precision
         if precision == "auto":
@@ -196,13 +212,16 @@ class DiffusionModel:
         _positive("num_samples", num_samples)
         if batch_size is not None:
             _positive("batch_size", batch_size)
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}", "sampler")
+        if sampler not in self.samplers:
+            also = "" if sampler not in SAMPLERS else f" ({sampler} samples other kinds)"
+            raise ConfigError(f"sampler: this {self.kind} model is sampled with {' or '.join(self.samplers)}, "
+                              f"got {sampler!r}{also}", "sampler")
         if not 0.0 <= eta <= 1.0:
             raise ConfigError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like noise), got {eta}", "eta")
-        T = self.schedule.num_timesteps
-        if sampler == "ddim" and not (isinstance(steps, int) and 1 <= steps <= T):
-            raise ConfigError(f"steps must be a whole number from 1 to the model's {T} timesteps, got {steps}", "steps")
+        T = self.schedule.num_timesteps if self.schedule is not None else None
+        if sampler != "ddpm" and not (isinstance(steps, int) and 1 <= steps <= (T or steps)):
+            most = f" to the model's {T} timesteps" if T else " or more"
+            raise ConfigError(f"steps must be a whole number from 1{most}, got {steps}", "steps")
         if not (guidance >= 0 and math.isfinite(guidance)):
             raise ConfigError(f"guidance must be a finite number >= 0 (0: no label, 1: the conditional model, "
                               f"> 1: guided), got {guidance}", "guidance")
@@ -249,8 +268,8 @@ def _matching_vae(path: str | Path, meta: dict[str, Any], vae: str | Path | VAE 
     return vae.to(device).eval()
 
 
-def _old_spellings(old: dict[str, Any], sampler: str, steps: int, precision: str | None,
-                   compile: bool | str) -> tuple[str, int, str | None, bool | str]:
+def _old_spellings(old: dict[str, Any], sampler: str | None, steps: int, precision: str | None,
+                   compile: bool | str) -> tuple[str | None, int, str | None, bool | str]:
     """``mode`` → ``sampler``, ``ddim_steps`` → ``steps``, ``fast`` → ``precision`` and ``compile`` (with a warning)."""
     import warnings
 

@@ -1,7 +1,8 @@
 """Generate samples from a trained model (pixel or latent) and write them to a folder.
 
-``generate`` draws N samples in batches with one seeded generator, by ancestral DDPM sampling or
-DDIM; for latent diffusion it decodes the latents (and the intermediate steps) through the VAE.
+``generate`` draws N samples in batches with one seeded generator, by ancestral DDPM sampling or DDIM (a flow
+model: Euler or Heun on its ODE); for latent diffusion it decodes the latents (and the intermediate steps) through
+the VAE.
 ``write_sample_folder`` lays out what the ``sample`` command promises::
 
     generated_samples/
@@ -29,8 +30,9 @@ import torch
 from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from mnistdiff.data import to_uint8
 from mnistdiff.ddim import ddim_sample_loop
-from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, SampleOutput, p_sample_loop
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, p_sample_loop
 from mnistdiff.files import atomic_write_bytes, atomic_write_text
+from mnistdiff.flows import FLOW_SOLVERS, flow_sample_loop
 from mnistdiff.guidance import GuidedDenoiser
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.viz import progression_strip, save_grid, save_image
@@ -39,8 +41,9 @@ __all__ = ["generate", "write_sample_folder", "save_npz", "FastDenoiser", "measu
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
-#: The samplers :func:`generate` runs: DDPM's ancestral sampler over all T steps, or DDIM over ``steps``.
-SAMPLERS = ("ddim", "ddpm")
+#: The samplers :func:`generate` runs: DDPM's ancestral sampler over all T steps, or DDIM over ``steps``; for a flow
+#: model, Euler or Heun over ``steps`` steps of its ODE (:data:`~mnistdiff.flows.FLOW_SOLVERS`).
+SAMPLERS = ("ddim", "ddpm", *FLOW_SOLVERS)
 
 #: ``fast``, the old spelling of (``precision``, ``compile``) (``sample --fast``, ``sample(fast=)``).
 OLD_FAST: dict[str, tuple[str, bool | str]] = {
@@ -112,7 +115,7 @@ def measure_precision(model: torch.nn.Module, shape: tuple[int, int, int], devic
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
-    sched: NoiseSchedule,
+    sched: NoiseSchedule | None,
     num_samples: int,
     *,
     shape: tuple[int, int, int] = (1, 32, 32),
@@ -135,7 +138,8 @@ def generate(
     on CPU, frames)`` (latents, unbounded, when the model works in a latent space and no ``decode`` is given).
 
     The loop under :meth:`mnistdiff.model.DiffusionModel.sample`, which checks the arguments (this does not).
-    ``sampler`` ``"ddim"`` runs ``steps`` DDIM steps with noise ``eta``; ``"ddpm"`` all T ancestral steps.
+    ``sampler`` ``"ddim"`` runs ``steps`` DDIM steps with noise ``eta``; ``"ddpm"`` all T ancestral steps of ``sched``;
+    ``"euler"`` and ``"heun"`` integrate a flow's velocity network ``model`` in ``steps`` steps (``sched`` unused).
     ``shape`` is one sample's shape in the model's space (pixels, or latents with ``decode`` given);
     ``clip_range`` bounds x̂_0 in that space (:data:`~mnistdiff.ddpm.PIXEL_RANGE` for pixels; ``(−c, c)`` for
     latents). ``frames`` (with ``return_intermediates``; else empty) are the first batch's ``[(t, x_t), …]``, decoded.
@@ -157,19 +161,25 @@ def generate(
         n = min(batch_size, num_samples - start)
         want = return_intermediates and start == 0
         net = model if labels is None else GuidedDenoiser(model, labels[start:start + n].to(device), guidance)
-        if sampler == "ddpm":
-            x, fr = p_sample_loop(net, sched, (n, *shape), generator=gen, device=device,
-                                  return_intermediates=want, clip_range=clip_range, progress=progress)
-        else:
-            x, fr = ddim_sample_loop(net, sched, (n, *shape), ddim_steps=steps, eta=eta, generator=gen,
-                                     device=device, return_intermediates=want, clip_range=clip_range,
-                                     progress=progress)
+        x, fr = _sample_loop(net, sched, (n, *shape), sampler, steps, eta, generator=gen, device=device,
+                             return_intermediates=want, clip_range=clip_range, progress=progress)
         if decode is not None:
             x = decode(x)
             fr = [(t, decode(f.to(device)).cpu()) for t, f in fr]
         outs.append(x.float().cpu())  # pixels are already in [−1, 1] (x̂_0 clipped; the decoder clamps)
         frames = fr if want else frames
     return SampleOutput(torch.cat(outs), frames)
+
+
+def _sample_loop(net: Denoiser, sched: NoiseSchedule | None, shape: tuple[int, ...], sampler: str, steps: int,
+                 eta: float, **kw: Any) -> SampleOutput:
+    """One batch of ``shape`` by ``sampler``'s loop; ``kw``: the loops' shared keyword arguments (generator, device,
+    return_intermediates, clip_range, progress)."""
+    if sampler in FLOW_SOLVERS or sched is None:  # a flow (a DDPM sampler without a schedule: the loop refuses it)
+        return flow_sample_loop(net, shape, steps=steps, solver=sampler, **kw)
+    if sampler == "ddpm":
+        return p_sample_loop(net, sched, shape, **kw)
+    return ddim_sample_loop(net, sched, shape, ddim_steps=steps, eta=eta, **kw)
 
 
 def save_npz(path: str | Path, images: torch.Tensor, **meta: Any) -> Path:

@@ -115,6 +115,7 @@ def _tiny(name: str = "tiny"):
         vae=dataclasses.replace(SMOKE.vae, train=dataclasses.replace(SMOKE.vae.train, **train)),
         ldm=dataclasses.replace(SMOKE.ldm, train=dataclasses.replace(SMOKE.ldm.train, **train)),
         cldm=dataclasses.replace(SMOKE.cldm, train=dataclasses.replace(SMOKE.cldm.train, **train)),
+        flow=dataclasses.replace(SMOKE.flow, train=dataclasses.replace(SMOKE.flow.train, **train)),
     )
 
 
@@ -125,17 +126,17 @@ def test_train_all_trains_skips_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MNISTDIFF_CHECKPOINT_DIR", str(tmp_path))
     prof = _tiny()
     seconds = train_all(prof, device="cpu", progress=False)
-    assert set(seconds) == {"ddpm", "vae", "ldm", "cldm"}
+    assert set(seconds) == {"ddpm", "vae", "ldm", "cldm", "flow"}
     for kind in seconds:
         assert checkpoint_path(kind, prof).suffix == ".safetensors" and checkpoint_path(kind, prof).exists()
         assert not checkpoint_path(kind, prof).with_suffix(".json").exists()  # one file per model
     ddpm_weights = read_model_meta(checkpoint_path("ddpm", prof))["weights_sha256"]
 
-    # a second call finds all four trained with these settings and trains nothing
+    # a second call finds all five trained with these settings and trains nothing
     capsys.readouterr()
     train_all(prof, device="cpu", progress=False)
     out = capsys.readouterr().out
-    assert out.count("skipping") == 4 and "training the" not in out
+    assert out.count("skipping") == 5 and "training the" not in out
 
     # a run stopped before its final checkpoint is resumed, not restarted
     run = next((tmp_path / "tiny" / "runs").glob("*-ddpm"))

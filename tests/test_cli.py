@@ -71,15 +71,16 @@ def runs(tmp_path_factory):
     assert main(["train", "ldm", str(vae_ckpt), *TINY, "--timesteps", str(T), "--out", str(out)]) == 0
     assert main(["train", "cldm", str(vae_ckpt), *TINY, "--timesteps", str(T), "--p_uncond", "0.2",
                  "--out", str(out)]) == 0
+    assert main(["train", "flow", *TINY, "--time_sampling", "logit_normal", "--out", str(out)]) == 0
     return {"root": root, "ddpm": _one(out, "*-ddpm"), "vae": vae_exp, "ldm": _one(out, "*-ldm"),
-            "cldm": _one(out, "*-cldm")}
+            "cldm": _one(out, "*-cldm"), "flow": _one(out, "*-flow")}
 
 
 def _sample_args(runs, model: str) -> list[str]:
     ckpt = str(runs[model] / "checkpoints" / "model.safetensors")
     if model in ("ldm", "cldm"):
         return ["sample", model, str(runs["vae"] / "checkpoints" / "model.safetensors"), ckpt]
-    return ["sample", "ddpm", ckpt]
+    return ["sample", model, ckpt]
 
 
 def _sample(runs, model: str, mode: str, name: str, seed: int = 0, individual: int = INDIVIDUAL) -> Path:
@@ -100,10 +101,11 @@ def samples(runs):
 
 COMMON = ["config.txt", "training_log.txt", "loss_curves.png", "performance_metrics.txt"]
 DIRS = ["epoch_samples", "final_samples", "checkpoints"]
-EXTRA = {"ddpm": ["denoising_steps"], "ldm": ["denoising_steps"], "cldm": ["denoising_steps"], "vae": ["latent_space"]}
+EXTRA = {"ddpm": ["denoising_steps"], "ldm": ["denoising_steps"], "cldm": ["denoising_steps"], "vae": ["latent_space"],
+         "flow": ["denoising_steps"]}
 
 
-@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm", "cldm"])
+@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm", "cldm", "flow"])
 def test_experiment_layout(runs, model):
     exp = runs[model]
     assert exp.name.endswith(f"-{model}")
@@ -139,20 +141,23 @@ def test_vae_outputs(runs):
     assert 0 <= mse < 4  # images in [−1, 1]
 
 
-@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm", "cldm"])
+@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm", "cldm", "flow"])
 def test_config_records_the_overrides(runs, model):
     body = json.loads((runs[model] / "config.txt").read_text())
     cfg = body["config"]
     assert body["kind"] == model and body["parameters"] > 0
     assert cfg["train"]["subset"] == 64 and cfg["train"]["epochs"] == 1 and cfg["train"]["batch_size"] == 32
-    if model != "vae":
+    if model == "flow":
+        assert cfg["time_sampling"] == "logit_normal" and "diffusion" not in cfg
+    elif model != "vae":
         assert cfg["diffusion"]["timesteps"] == T
+    if model != "vae":
         assert cfg["unet"]["base_channels"] == getattr(SMOKE, model).unet.base_channels  # the profile's, not overridden
     side = read_model_meta(runs[model] / "checkpoints" / "model.safetensors")
     assert side["kind"] == model and side["config"] == cfg
 
 
-@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm", "cldm"])
+@pytest.mark.parametrize("model", ["ddpm", "vae", "ldm", "cldm", "flow"])
 def test_training_log_and_metrics(runs, model):
     lines = (runs[model] / "training_log.txt").read_text().strip().splitlines()
     assert lines[0].split("\t") == ["epoch", "train_loss", "eval_loss", "lr", "seconds"]
@@ -200,6 +205,36 @@ def test_sample_folder(samples, model, mode):
         else:  # x_T, then one frame per DDIM step, the last being x_0
             assert len(steps) == DDIM_STEPS + 1
             assert steps[0] == "step_0000.pdf" and steps[-1] == f"step_{T:04d}.pdf"
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_sample_flow_folder_and_seeds(runs, solver):
+    """``sample flow --sampler euler|heun --steps N``: the folder ``sample ddpm`` writes, frames labelled 1000·t
+    (x_1 … x_0, one per step), the same samples for the same seed."""
+    out = runs["root"] / "samples" / f"flow-{solver}"
+    args = [*_sample_args(runs, "flow"), "--sampler", solver, "--steps", "4", "--num_samples", str(NUM),
+            "--individual", "1", "--device", "cpu"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--out", str(out) + "-again", "--individual", "0"]) == 0
+    info = json.loads((out / "info.json").read_text())
+    assert info["sampler"] == solver and info["steps"] == 4 and info["kind"] == "flow"
+    steps = sorted(p.name for p in (out / "sample_000" / "steps").glob("*.pdf"))
+    assert steps == [f"step_{t:04d}.pdf" for t in (0, 250, 500, 750, 1000)]
+    with np.load(out / "samples.npz") as a, np.load(str(out) + "-again/samples.npz") as b:
+        assert a["samples"].shape == (NUM, 1, 32, 32) and a["samples"].std() > 0
+        assert np.array_equal(a["samples"], b["samples"])
+
+
+def test_sample_flow_default_sampler_is_euler_and_ddim_is_refused(runs, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main([*_sample_args(runs, "flow"), "--steps", "2", "--num_samples", "2", "--individual", "0",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads((out / "info.json").read_text())["sampler"] == "euler"
+    assert _exit_code([*_sample_args(runs, "flow"), "--sampler", "ddim", "--out", str(tmp_path / "d")]) == 2
+    assert "--sampler: this flow model is sampled with euler or heun, got 'ddim'" in capsys.readouterr().err
+    assert _exit_code([*_sample_args(runs, "ddpm"), "--sampler", "heun", "--out", str(tmp_path / "h")]) == 2
+    assert "this ddpm model is sampled with ddim or ddpm, got 'heun'" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "h").exists()
 
 
 def test_samples_are_deterministic(runs, samples):

@@ -208,7 +208,7 @@ def test_wrong_kind_and_config_are_refused(tmp_path):
 
     vae_file = save_model_file(tmp_path / "vae.safetensors", VAE(SMOKE.vae.vae).state_dict(),
                                {"kind": "vae", "config": to_dict(SMOKE.vae)})
-    with pytest.raises(CheckpointError, match="holds a 'vae' model, expected a 'ddpm' or 'ldm' or 'cldm' one"):
+    with pytest.raises(CheckpointError, match="holds a 'vae' model, expected a 'ddpm' or 'ldm' or 'cldm' or 'flow' one"):
         DiffusionModel.load(vae_file)
 
 
@@ -626,7 +626,7 @@ BAD_ARGS = [
     (["sample", "ddpm", "{ddpm}", "--ddim_steps", "10", "--out", "{tmp}/a_file"],
      r"output folder .*a_file is not writable"),
     (["sample", "ldm", "{ddpm}", "{ddpm}"], r"holds a 'ddpm' model, expected a 'ldm' one"),
-    (["umap", "{vae}"], r"holds a 'vae' model, expected a 'ddpm' or 'ldm' or 'cldm' one"),
+    (["umap", "{vae}"], r"holds a 'vae' model, expected a 'ddpm' or 'ldm' or 'cldm' or 'flow' one"),
     (["umap", "{ddpm}", "--ddim_steps", "10", "--real", "0"], r"--real must be a positive number"),
 ]
 

@@ -15,7 +15,16 @@ from typing import Any
 
 import torch
 
-from mnistdiff.config import VAE_KIND, CLDMRunConfig, ConfigError, DDPMRunConfig, LDMRunConfig, normalized, to_dict
+from mnistdiff.config import (
+    VAE_KIND,
+    CLDMRunConfig,
+    ConfigError,
+    DDPMRunConfig,
+    FlowRunConfig,
+    LDMRunConfig,
+    normalized,
+    to_dict,
+)
 from mnistdiff.course.profiles import Profile, get_profile
 from mnistdiff.devices import resolve_device
 from mnistdiff.files import atomic_copy, repo_root
@@ -24,7 +33,8 @@ from mnistdiff.modelfile import SUFFIX, CheckpointError, read_model_meta
 from mnistdiff.training.kinds import KINDS
 from mnistdiff.vae import VAE
 
-__all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_vae", "get_ldm", "get_cldm", "train_all", "REPO_ROOT"]
+__all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_vae", "get_ldm", "get_cldm", "get_flow", "train_all",
+           "REPO_ROOT"]
 
 REPO_ROOT = repo_root()
 
@@ -144,6 +154,13 @@ def get_cldm(profile: str | Profile | None = None, *, device: str | torch.device
              retrain: bool = False, progress: bool = True) -> DiffusionModel:
     """The profile's class-conditional latent model (chapter 7) with its VAE, loading or training each as needed."""
     return _get(CLDMRunConfig.kind, profile, device, retrain, progress)
+
+
+def get_flow(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
+             retrain: bool = False, progress: bool = True) -> DiffusionModel:
+    """The profile's pixel-space flow-matching model (chapter 8): load ``checkpoints/<profile>/flow.safetensors``,
+    else train and store it."""
+    return _get(FlowRunConfig.kind, profile, device, retrain, progress)
 
 
 def _unfinished_run(runs: Path, kind: str, cfg: Any) -> Path | None:

@@ -21,6 +21,7 @@ from mnistdiff.config import (
     CLDMRunConfig,
     DDPMRunConfig,
     DiffusionConfig,
+    FlowRunConfig,
     LDMRunConfig,
     TrainConfig,
     UNetConfig,
@@ -28,20 +29,21 @@ from mnistdiff.config import (
     VAERunConfig,
 )
 
-__all__ = ["Profile", "PROFILES", "DEFAULT_PROFILE", "get_profile", "profile_name"]
+__all__ = ["Profile", "PROFILES", "DEFAULT_PROFILE", "get_profile", "profile_name", "flow_twin"]
 
 ENV_VAR = "MNISTDIFF_PROFILE"
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Every size that matters for one profile: the four run configs and the evaluation sizes."""
+    """Every size that matters for one profile: the run config of each kind and the evaluation sizes."""
 
     name: str
     ddpm: DDPMRunConfig
     vae: VAERunConfig
     ldm: LDMRunConfig
     cldm: CLDMRunConfig
+    flow: FlowRunConfig
     num_samples: int = 64  # samples shown in grids
     ddim_steps: int = 50
     eval_samples: int = 10_000  # samples per generator for metrics
@@ -58,22 +60,30 @@ class Profile:
     scale_run_steps: int = 600  # chapter 5: Adam steps (of 128 codes) of each run on scaled and unscaled codes
 
 
-FULL = Profile(name="full", ddpm=DDPMRunConfig(), vae=VAERunConfig(), ldm=LDMRunConfig(), cldm=CLDMRunConfig())
+def flow_twin(ddpm: DDPMRunConfig) -> FlowRunConfig:
+    """The flow-matching model of a profile: its pixel DDPM's UNet and training run (chapter 8 compares the two at
+    an equal training budget)."""
+    return FlowRunConfig(unet=ddpm.unet, train=ddpm.train)
+
+
+FULL = Profile(name="full", ddpm=DDPMRunConfig(), vae=VAERunConfig(), ldm=LDMRunConfig(), cldm=CLDMRunConfig(),
+               flow=flow_twin(DDPMRunConfig()))
 
 
 _SMOKE_TRAIN = TrainConfig(
     epochs=2, lr=2e-3, batch_size=64, subset=1024, sample_every=2, warmup_steps=4, num_samples=8, eval_size=128
 )
 _SMOKE_DIFFUSION = DiffusionConfig(timesteps=100)
+_SMOKE_DDPM = DDPMRunConfig(
+    unet=UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,),
+                    num_heads=2),
+    diffusion=_SMOKE_DIFFUSION,
+    train=dataclasses.replace(_SMOKE_TRAIN, epochs=6, sample_every=3),
+)
 
 SMOKE = Profile(
     name="smoke",
-    ddpm=DDPMRunConfig(
-        unet=UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,),
-                        num_heads=2),
-        diffusion=_SMOKE_DIFFUSION,
-        train=dataclasses.replace(_SMOKE_TRAIN, epochs=6, sample_every=3),
-    ),
+    ddpm=_SMOKE_DDPM,
     vae=VAERunConfig(
         vae=VAEConfig(base_channels=8),
         train=dataclasses.replace(_SMOKE_TRAIN, epochs=3, lr=3e-3),
@@ -94,6 +104,7 @@ SMOKE = Profile(
         diffusion=_SMOKE_DIFFUSION,
         train=dataclasses.replace(_SMOKE_TRAIN, epochs=3),
     ),
+    flow=flow_twin(_SMOKE_DDPM),
     num_samples=16,
     ddim_steps=20,
     eval_samples=128,
@@ -108,14 +119,15 @@ SMOKE = Profile(
 )
 
 # The book profile: found by measurement on a 2-core CPU (benchmarks/README.md, "The book profile").
+_BOOK_DDPM = DDPMRunConfig(
+    unet=UNetConfig(base_channels=24, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,)),
+    diffusion=DiffusionConfig(min_snr_gamma=5.0),
+    train=TrainConfig(epochs=4, lr=2e-3, batch_size=128, warmup_steps=200, sample_every=1, num_samples=16,
+                      eval_size=1000, precision="auto"),
+)
 BOOK = Profile(
     name="book",
-    ddpm=DDPMRunConfig(
-        unet=UNetConfig(base_channels=24, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,)),
-        diffusion=DiffusionConfig(min_snr_gamma=5.0),
-        train=TrainConfig(epochs=4, lr=2e-3, batch_size=128, warmup_steps=200, sample_every=1, num_samples=16,
-                          eval_size=1000, precision="auto"),
-    ),
+    ddpm=_BOOK_DDPM,
     vae=VAERunConfig(
         vae=VAEConfig(base_channels=32),
         train=TrainConfig(epochs=3, lr=1e-3, batch_size=128, warmup_steps=100, sample_every=1, num_samples=16,
@@ -136,6 +148,7 @@ BOOK = Profile(
                           eval_size=2000, precision="auto"),
         p_uncond=0.1,
     ),
+    flow=flow_twin(_BOOK_DDPM),
     num_samples=64,
     ddim_steps=50,
     eval_samples=2000,

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from mnistdiff.config import RUN_CONFIGS, CLDMRunConfig, DDPMRunConfig, LDMRunConfig, VAERunConfig
+from mnistdiff.config import RUN_CONFIGS, CLDMRunConfig, DDPMRunConfig, FlowRunConfig, LDMRunConfig, VAERunConfig
 from mnistdiff.model import DiffusionModel, load_vae
 from mnistdiff.training.loop import TrainResult
-from mnistdiff.training.pipelines import train_cldm, train_ddpm, train_ldm, train_vae
+from mnistdiff.training.pipelines import train_cldm, train_ddpm, train_flow, train_ldm, train_vae
 from mnistdiff.vae import VAE
 
 __all__ = ["Kind", "KINDS"]
@@ -70,5 +70,6 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind(VAERunConfig, train_vae, "the VAE"),
     Kind(LDMRunConfig, train_ldm, "the latent diffusion model"),
     Kind(CLDMRunConfig, train_cldm, "the class-conditional latent diffusion model (classifier-free guidance)"),
+    Kind(FlowRunConfig, train_flow, "the pixel-space flow-matching model (the straight path; Euler or Heun)"),
 )}
 assert set(KINDS) == set(RUN_CONFIGS), "every run config is a kind"

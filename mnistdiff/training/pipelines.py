@@ -1,9 +1,10 @@
 """Train each model from its run config: what the command line and the notebooks both call.
 
-``train_ddpm``, ``train_vae``, ``train_ldm`` and ``train_cldm`` build a :class:`~mnistdiff.training.loop.TrainTask`
-from a run config and hand it to :func:`~mnistdiff.training.loop.fit`, which writes the trained model as one file
-(``checkpoints/model.safetensors``); :meth:`mnistdiff.model.DiffusionModel.load` and :func:`mnistdiff.model.load_vae`
-read it back. :mod:`mnistdiff.training.kinds` lists them, one entry per model kind.
+``train_ddpm``, ``train_vae``, ``train_ldm``, ``train_cldm`` and ``train_flow`` build a
+:class:`~mnistdiff.training.loop.TrainTask` from a run config and hand it to :func:`~mnistdiff.training.loop.fit`,
+which writes the trained model as one file (``checkpoints/model.safetensors``);
+:meth:`mnistdiff.model.DiffusionModel.load` and :func:`mnistdiff.model.load_vae` read it back.
+:mod:`mnistdiff.training.kinds` lists them, one entry per model kind.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from mnistdiff.config import (
     MNIST_CLASSES,
     CLDMRunConfig,
     DDPMRunConfig,
+    FlowRunConfig,
     LDMRunConfig,
     VAERunConfig,
 )
 from mnistdiff.data import load_mnist
 from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, diffusion_loss, eps_network
+from mnistdiff.flows import flow_matching_loss, sample_time
 from mnistdiff.guidance import balanced_labels, drop_labels
 from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset, scaled_sample
 from mnistdiff.model import load_vae
@@ -38,7 +41,7 @@ from mnistdiff.unet import UNet
 from mnistdiff.vae import VAE, vae_loss
 from mnistdiff.viz import frames_grid, latent_scatter, save_grid, save_image
 
-__all__ = ["train_ddpm", "train_vae", "train_ldm", "train_cldm", "make_diffusion_loss"]
+__all__ = ["train_ddpm", "train_vae", "train_ldm", "train_cldm", "train_flow", "make_diffusion_loss", "make_flow_loss"]
 
 
 def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None, min_snr_gamma: float | None = None,
@@ -64,6 +67,19 @@ def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None, min_sn
             y = drop_labels(labels, p_uncond, gen)
             return diffusion_loss(lambda x, t: model(x, t, y), sched, batch, t, noise, min_snr_gamma, prediction)
         return diffusion_loss(model, sched, batch, t, noise, min_snr_gamma, prediction)
+
+    return loss_fn
+
+
+def make_flow_loss(time_sampling: str = "uniform"):
+    """The conditional flow-matching loss for a batch of images (:func:`~mnistdiff.flows.flow_matching_loss`), with
+    t drawn as ``time_sampling`` says (:func:`~mnistdiff.flows.sample_time`)."""
+
+    def loss_fn(model: nn.Module, batch: Data, gen: torch.Generator | None) -> torch.Tensor:
+        assert isinstance(batch, torch.Tensor), "a flow model trains on images alone"
+        t = sample_time(batch.shape[0], time_sampling, gen, batch.device)
+        noise = torch.randn(batch.shape, generator=gen, device=batch.device)
+        return flow_matching_loss(model, batch, t, noise)
 
     return loss_fn
 
@@ -107,6 +123,27 @@ def _diffusion_samplers(sched: NoiseSchedule, shape, seed: int, n: int, device, 
     return sample_fn, final_fn
 
 
+def _flow_samplers(seed: int, n: int, device: torch.device, steps: int = 32):
+    """Epoch samples by Euler; final samples, with their frames, by Heun (``steps`` steps each)."""
+
+    def sample_fn(model: nn.Module, folder: Path, tag: str) -> None:
+        x, _ = generate(model, None, n, sampler="euler", steps=steps, seed=seed, device=device)
+        save_grid(x, Path(folder) / f"{tag}.png")
+
+    def final_fn(model: nn.Module, exp: Experiment) -> dict[str, Any]:
+        import time
+
+        t0 = time.perf_counter()
+        x, frames = generate(model, None, n, sampler="heun", steps=steps, seed=seed, device=device,
+                             return_intermediates=True)
+        seconds = time.perf_counter() - t0
+        save_grid(x, exp.sub("final_samples") / "heun_grid.png")
+        save_image(frames_grid(frames), exp.sub("denoising_steps") / "progression.png")
+        return {"heun_sampling_seconds": round(seconds, 2), "heun_steps": steps, "heun_samples": n}
+
+    return sample_fn, final_fn
+
+
 def _run(task: TrainTask, out: str | Path, resume: str | Path | None, device: torch.device, progress: bool,
          compile: bool | str) -> TrainResult:
     """Fit ``task`` in a new experiment folder under ``out``, or continue the run in ``resume``."""
@@ -130,6 +167,23 @@ def train_ddpm(
                                               prediction=prediction)
     loss_fn = make_diffusion_loss(sched, None, cfg.diffusion.min_snr_gamma, prediction=prediction)
     task = TrainTask(cfg.kind, model, loss_fn, train.images, test.images, cfg,
+                     sample_fn=sample_fn, final_fn=final_fn)
+    return _run(task, out, resume, device, progress, compile)
+
+
+def train_flow(
+    cfg: FlowRunConfig, *, out: str | Path = "experiments", device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None, resume: str | Path | None = None,
+    progress: bool = True, compile: bool | str = False,
+) -> TrainResult:
+    """Train a pixel-space flow-matching model (Lipman et al. 2023) on the straight path, the DDPM's UNet as its
+    velocity network, and return the EMA model and its experiment folder."""
+    device = torch.device(device)
+    torch.manual_seed(cfg.train.seed)
+    model = UNet(cfg.unet)
+    train, test = _data(cfg.train, data_dir, device)
+    sample_fn, final_fn = _flow_samplers(cfg.train.seed, cfg.train.num_samples, device)
+    task = TrainTask(cfg.kind, model, make_flow_loss(cfg.time_sampling), train.images, test.images, cfg,
                      sample_fn=sample_fn, final_fn=final_fn)
     return _run(task, out, resume, device, progress, compile)
 
