@@ -9,12 +9,14 @@ and a network v_θ(x_t, t) regresses on the conditional velocity, ‖v_θ(x_t, t
 matching, Lipman et al. eq. 9). Its gradient equals that of regressing on the marginal field
 u_t(x) = E[ε − x_0 | x_t = x] (their Theorem 2), which nobody can compute, so the network learns the marginal field.
 Sampling integrates dx/dt = v_θ(x, t) from noise at t = 1 down to t = 0 (:func:`flow_sample_loop`): Euler, or Heun's
-second-order step (Karras et al. 2022, Algorithm 1: the correction on every step but the last).
+second-order step (Karras et al. 2022, Algorithm 1) with its correction on every step, the last included: EDM skips
+it there because its ODE in σ is singular at σ = 0, but a flow's field is finite at t = 0 (u_0(x) = −x), and on
+chapter 8's Gaussian toy the correction at the last step cuts Heun's error 3-5× for one more call.
 
-One Gaussian path, five targets. Any path x_t = α_t·x_0 + σ_t·ε (the DDPM: α = √ᾱ_t, σ = √(1 − ᾱ_t); the straight
-path: α = 1 − t, σ = t) can be learnt through any of ε, x_0, the score ∇log p_t(x_t | x_0) = −ε/σ_t, Salimans & Ho's
-v = α_t·ε − σ_t·x_0, or the velocity α'_t·x_0 + σ'_t·ε; :func:`convert` turns one into another at a point of the
-path (:class:`PathPoint`).
+One Gaussian path, five targets. Any path x_t = a_t·x_0 + b_t·ε (the DDPM: a = √ᾱ_t, b = √(1 − ᾱ_t); the straight
+path: a = 1 − t, b = t) can be learnt through any of ε, x_0, the score ∇log p_t(x_t | x_0) = −ε/b_t, Salimans & Ho's
+v = a_t·ε − b_t·x_0, or the velocity ȧ_t·x_0 + ḃ_t·ε; :func:`convert` turns one into another at a point of the path
+(:class:`PathPoint`). (The course keeps α and σ for the DDPM's schedule and sampler: book/notation.md.)
 """
 
 from __future__ import annotations
@@ -47,24 +49,24 @@ PARAMETERISATIONS = ("eps", "x0", "score", "v", "velocity")
 
 @dataclass(frozen=True)
 class PathPoint:
-    """A Gaussian path x_t = α·x_0 + σ·ε at one time t: ``alpha`` α_t, ``sigma`` σ_t and their time derivatives
-    ``d_alpha`` α'_t, ``d_sigma`` σ'_t (floats, or tensors that broadcast against x)."""
+    """A Gaussian path x_t = a_t·x_0 + b_t·ε at one time t: ``a`` the signal's coefficient, ``b`` the noise's, and
+    their time derivatives ``da`` = ȧ_t, ``db`` = ḃ_t (floats, or tensors that broadcast against x)."""
 
-    alpha: float | torch.Tensor
-    sigma: float | torch.Tensor
-    d_alpha: float | torch.Tensor
-    d_sigma: float | torch.Tensor
+    a: float | torch.Tensor
+    b: float | torch.Tensor
+    da: float | torch.Tensor
+    db: float | torch.Tensor
 
 
 def straight_path(t: float | torch.Tensor) -> PathPoint:
-    """The straight path at ``t``: α = 1 − t, σ = t, α' = −1, σ' = 1."""
+    """The straight path at ``t``: a = 1 − t, b = t, ȧ = −1, ḃ = 1."""
     return PathPoint(1 - t, t, -1.0, 1.0)
 
 
 def _to_x0_eps(x: torch.Tensor, pred: torch.Tensor, kind: str, p: PathPoint) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x̂_0, ε̂) from a prediction ``pred`` of ``kind`` at x_t = ``x``: x = α·x_0 + σ·ε solved with the target's
+    """(x̂_0, ε̂) from a prediction ``pred`` of ``kind`` at x_t = ``x``: x = a·x_0 + b·ε solved with the target's
     own equation (a 2 × 2 linear system for v and the velocity)."""
-    a, s, da, ds = p.alpha, p.sigma, p.d_alpha, p.d_sigma
+    a, s, da, ds = p.a, p.b, p.da, p.db
     if kind == "eps":
         return (x - s * pred) / a, pred
     if kind == "x0":
@@ -72,10 +74,10 @@ def _to_x0_eps(x: torch.Tensor, pred: torch.Tensor, kind: str, p: PathPoint) -> 
     if kind == "score":
         eps = -s * pred
         return (x - s * eps) / a, eps
-    if kind == "v":  # [x; v] = [[α, σ], [−σ, α]]·[x_0; ε]
+    if kind == "v":  # [x; v] = [[a, b], [−b, a]]·[x_0; ε]
         det = a * a + s * s
         return (a * x - s * pred) / det, (s * x + a * pred) / det
-    if kind == "velocity":  # [x; u] = [[α, σ], [α', σ']]·[x_0; ε]
+    if kind == "velocity":  # [x; u] = [[a, b], [ȧ, ḃ]]·[x_0; ε]
         det = a * ds - da * s
         return (ds * x - s * pred) / det, (a * pred - da * x) / det
     raise ValueError(f"a prediction is one of {', '.join(PARAMETERISATIONS)}, got {kind!r}")
@@ -86,9 +88,9 @@ def _from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, kind: str, p: PathPoint) -
     targets = {
         "eps": lambda: eps,
         "x0": lambda: x0,
-        "score": lambda: -eps / p.sigma,
-        "v": lambda: p.alpha * eps - p.sigma * x0,
-        "velocity": lambda: p.d_alpha * x0 + p.d_sigma * eps,
+        "score": lambda: -eps / p.b,
+        "v": lambda: p.a * eps - p.b * x0,
+        "velocity": lambda: p.da * x0 + p.db * eps,
     }
     if kind not in targets:
         raise ValueError(f"a prediction is one of {', '.join(PARAMETERISATIONS)}, got {kind!r}")
@@ -97,7 +99,7 @@ def _from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, kind: str, p: PathPoint) -
 
 def convert(x: torch.Tensor, pred: torch.Tensor, source: str, target: str, p: PathPoint) -> torch.Tensor:
     """A network's prediction ``pred`` of ``source`` at x_t = ``x`` (B, C, H, W), rewritten as a ``target`` (both
-    in :data:`PARAMETERISATIONS`) at the point ``p`` of the path (σ > 0; α > 0 where ``source`` is ε or the score).
+    in :data:`PARAMETERISATIONS`) at the point ``p`` of the path (b > 0; a > 0 where ``source`` is ε or the score).
 
     >>> x, eps = torch.ones(1), torch.zeros(1)          # at t = 0.5 of the straight path, ε̂ = 0 means x̂_0 = 2
     >>> convert(x, eps, "eps", "velocity", straight_path(0.5))
@@ -162,15 +164,14 @@ def euler_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> tor
 
 def heun_step(model: Denoiser, x: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
     """Heun's step (the trapezoid rule on an Euler predictor; Karras et al. Algorithm 1): the mean of the velocity
-    at both ends. ``v`` = v_θ(x, t) is given; one more network call at the Euler step's end."""
+    at both ends. ``v`` = v_θ(x, t) is given; one more network call at the Euler step's end (t_next = 0 included)."""
     x_euler = euler_step(x, v, t, t_next)
     return x + (t_next - t) * 0.5 * (v + velocity(model, x_euler, t_next))
 
 
 def flow_nfe(solver: str, steps: int) -> int:
-    """Network calls of :func:`flow_sample_loop`: ``steps`` for Euler; 2·steps − 1 for Heun (no correction on
-    the last step, which ends at the data)."""
-    return steps if solver == "euler" else 2 * steps - 1
+    """Network calls of :func:`flow_sample_loop`: ``steps`` for Euler, 2·steps for Heun."""
+    return steps if solver == "euler" else 2 * steps
 
 
 @torch.no_grad()
@@ -200,9 +201,8 @@ def flow_sample_loop(
     frames: list[tuple[int, torch.Tensor]] = [(int(TIME_SCALE), x.cpu())] if return_intermediates else []
     for t, t_next in tqdm(list(zip(times, times[1:])), desc=f"{solver}-{steps}", disable=not progress, leave=False):
         v = velocity(model, x, t)
-        last = t_next == 0.0
-        x = heun_step(model, x, v, t, t_next) if solver == "heun" and not last else euler_step(x, v, t, t_next)
-        if last and clip_range is not None:
+        x = heun_step(model, x, v, t, t_next) if solver == "heun" else euler_step(x, v, t, t_next)
+        if t_next == 0.0 and clip_range is not None:
             x = x.clamp(*clip_range)
         if return_intermediates:
             frames.append((round(TIME_SCALE * t_next), x.cpu()))
