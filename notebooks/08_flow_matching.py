@@ -476,8 +476,9 @@ Markdown(f"Mean absolute error of $\\hat x_0$ per pixel: the DDPM's {err_ddpm:.3
 # %% [markdown]
 # ## 5. DDIM is Euler, and flow Euler is DDIM
 #
-# DDIM's deterministic step (chapter 3, $\eta = 0$) reads the network's guess of $(x_0, \epsilon)$ at $t$, holds it
-# fixed, and moves along the path to the next time $s < t$:
+# DDIM's deterministic step (chapter 3, $\eta = 0$) reads the network's guess $(\hat x_0, \hat\epsilon)$ at $t$ —
+# whatever the network predicts, section 4 converts it — holds it fixed, and moves along the path to the next
+# time $s < t$:
 #
 # $$
 # x_s = a_s\,\hat x_0 + b_s\,\hat\epsilon .
@@ -488,17 +489,15 @@ Markdown(f"Mean absolute error of $\\hat x_0$ per pixel: the DDPM's {err_ddpm:.3
 
 
 # %%
-def ddim_path_step(x: torch.Tensor, eps_hat: torch.Tensor, here: PathPoint, there: PathPoint) -> torch.Tensor:
-    """DDIM with η = 0 on the path x_t = a_t·x_0 + b_t·ε: x̂_0 from ε̂ at ``here``, re-noised to ``there``."""
-    x0_hat = (x - here.b * eps_hat) / here.a
+def ddim_path_step(x0_hat: torch.Tensor, eps_hat: torch.Tensor, there: PathPoint) -> torch.Tensor:
+    """DDIM with η = 0 on the path x_t = a_t·x_0 + b_t·ε: the guess (x̂_0, ε̂) re-noised to the point ``there``."""
     return there.a * x0_hat + there.b * eps_hat
 
 
 k_next = k - 20
 next_point = PathPoint(float(abar[k_next].sqrt()), float((1 - abar[k_next]).sqrt()), 0.0, 0.0)
 package_step, _ = ddim_step(ddpm.schedule, x_t.cpu(), eps_hat.cpu(), k, k_next, eta=0.0, clip_range=None)
-torch.testing.assert_close(ddim_path_step(x_t, eps_hat, ddpm_point, next_point).cpu(), package_step,
-                           rtol=1e-4, atol=1e-4)
+torch.testing.assert_close(ddim_path_step(x0_hat, eps_hat, next_point).cpu(), package_step, rtol=1e-4, atol=1e-4)
 print("ddim_path_step equals mnistdiff.ddim_step (η = 0, no clipping)")
 
 # %% [markdown]
@@ -518,12 +517,13 @@ times = [1 - i / steps_cmp for i in range(steps_cmp + 1)]
 with torch.no_grad():
     for t_now, t_next in zip(times, times[1:]):
         x_euler = euler_step(x_euler, velocity(flow.unet, x_euler, t_now), t_now, t_next)
-        u_now = velocity(flow.unet, x_ddim, t_now)
-        eps_now = convert(x_ddim, u_now, "velocity", "eps", straight_path(t_now))
-        x_ddim = ddim_path_step(x_ddim, eps_now, straight_path(t_now), straight_path(t_next))
+        u_now, here = velocity(flow.unet, x_ddim, t_now), straight_path(t_now)
+        x0_now, eps_now = (convert(x_ddim, u_now, "velocity", target, here) for target in ("x0", "eps"))
+        x_ddim = ddim_path_step(x0_now, eps_now, straight_path(t_next))
         euler_path.append(x_euler)
         ddim_path.append(x_ddim)
-gap_paths = max(float((e - d).abs().max()) for e, d in zip(euler_path, ddim_path))
+gap_paths = float((torch.stack(euler_path) - torch.stack(ddim_path)).abs().max())
+assert math.isfinite(gap_paths)
 pixels = [(16, 16), (12, 16), (20, 14), (8, 8), (16, 22), (24, 18)]  # a few pixels of the first sample
 fig, ax = plt.subplots(figsize=(6, 3.2))
 for i, (r, c) in enumerate(pixels):
@@ -683,8 +683,9 @@ for theta in (theta_cfm, torch.tensor([0.5, -1.0, 0.3, 2.0, 0.0, 0.1], dtype=tor
 # $(\hat x_0, \hat\epsilon)$ does not change with the coordinates: $\hat\epsilon = \epsilon_\theta(x_t, t)$ and
 # $\hat x_0 = (x_t - b_t\hat\epsilon)/a_t$, and the straight path's velocity is $\hat u = \hat\epsilon - \hat x_0$. To
 # evaluate it at a given $(\tilde x, t')$, find the DDPM timestep whose ratio $b_t/a_t$ equals $t'/(1-t')$ and set
-# $x_t = (a_t + b_t)\,\tilde x$. (c) The cell does this with the nearest integer timestep; from the same noise the
-# two samplers step at different times along the same ODE, so the digits are close but not identical.
+# $x_t = (a_t + b_t)\,\tilde x$. (c) The cell does this with the nearest integer timestep, from the same noise as
+# DDIM-20. DDIM on the DDPM is itself flow Euler in these coordinates, at the times $t' = b_t/(a_t + b_t)$ of its
+# timesteps (section 5), so the two samplers integrate one ODE and differ only in where their 20 steps fall.
 # :::
 
 # %% tags=["solution", "hide-cell"]
@@ -707,7 +708,7 @@ as_flow, _ = flow_sample_loop(ddpm_as_velocity, noise.shape, steps=20, x_T=noise
 as_ddim, _ = ddpm.sample(16, sampler="ddim", steps=20, eta=0.0, seed=SEED, device=DEVICE)
 fig, axes = plt.subplots(2, 1, figsize=(8, 2.6))
 show_grid(as_flow, nrow=16, ax=axes[0], title="the DDPM as a flow: Euler, 20 steps")
-show_grid(as_ddim, nrow=16, ax=axes[1], title="the DDPM: DDIM-20, η = 0 (its own noise)")
+show_grid(as_ddim, nrow=16, ax=axes[1], title="the DDPM: DDIM-20, η = 0, from the same noise")
 fig.tight_layout()
 plt.show()
 
