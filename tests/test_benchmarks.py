@@ -185,3 +185,63 @@ def test_time_to_quality_scores_a_vae_snapshot_by_its_reconstructions_of_the_flo
     real = load_mnist("train").subset(6, seed=0).images  # the digits real_floor(6, seed=0) scores
     torch.testing.assert_close(images, vae.reconstruct(real))
     assert meta["seconds"] == 12.5 and meta["epoch"] == 1
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_model(tmp_path, kind: str):
+    import torch
+
+    from mnistdiff.config import DDPMRunConfig, DiffusionConfig, FlowRunConfig, UNetConfig
+    from mnistdiff.model import DiffusionModel
+    from mnistdiff.schedules import NoiseSchedule
+    from mnistdiff.unet import UNet
+
+    torch.manual_seed(0)
+    unet_cfg = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(),
+                          num_heads=2)
+    if kind == "flow":
+        cfg, sched = FlowRunConfig(unet=unet_cfg), None
+    else:
+        cfg = DDPMRunConfig(unet=unet_cfg, diffusion=DiffusionConfig(timesteps=20))
+        sched = NoiseSchedule.from_config(cfg.diffusion)
+    return DiffusionModel(UNet(unet_cfg).eval(), sched, cfg).save(tmp_path / f"{kind}.safetensors", seconds=3.0)
+
+
+def test_nfe_sweep_plans_each_sampler_at_the_calls_it_can_make(tmp_path):
+    from mnistdiff.config import DEFAULT_ETA
+    from mnistdiff.model import DiffusionModel
+
+    sweep = _script("nfe_sweep")
+    flow = DiffusionModel.load(_tiny_model(tmp_path, "flow"))
+    ddpm = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
+    assert [(c["sampler"], c["steps"], c["nfe"]) for c in sweep.configurations(flow, [3, 4, 8])] == [
+        ("euler", 3, 3), ("euler", 4, 4), ("heun", 2, 4), ("euler", 8, 8), ("heun", 4, 8)]  # no Heun at odd NFE
+    plan = sweep.configurations(ddpm, [4])
+    assert [(c["sampler"], c["eta"], c["steps"]) for c in plan] == [("ddim", 0.0, 4), ("ddim", DEFAULT_ETA, 4)]
+
+
+def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, capsys):
+    sweep = _script("nfe_sweep")
+    out = tmp_path / "sweep.json"
+    argv = ["--model", str(_tiny_model(tmp_path, "flow")), "--model", str(_tiny_model(tmp_path, "ddpm")),
+            "--n", "8", "--nfe", "2", "4", "--precision", "fp32", "--out", str(out)]
+    assert sweep.main(argv) == 0
+    doc = json.loads(out.read_text())
+    keys = [r["key"] for r in doc["rows"]]
+    assert sorted(keys) == sorted(["flow:euler:2", "flow:heun:1", "flow:euler:4", "flow:heun:2", "ddpm:ddim-eta0:2",
+                                   "ddpm:ddim-eta1:2", "ddpm:ddim-eta0:4", "ddpm:ddim-eta1:4"])
+    for r in doc["rows"]:
+        assert r["samples_per_second"] > 0 and math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"])
+        assert 0 <= r["precision_resnet"] <= 1 and r["weights_sha256"] == doc["models"][r["model"]]["weights_sha256"]
+    assert doc["n"] == 8 and doc["device"] and "fid_resnet" in doc["floor"]
+    capsys.readouterr()
+    assert sweep.main(argv) == 0  # everything scored already: nothing is sampled again
+    assert "samples/s" not in capsys.readouterr().out

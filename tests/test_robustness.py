@@ -208,7 +208,8 @@ def test_wrong_kind_and_config_are_refused(tmp_path):
 
     vae_file = save_model_file(tmp_path / "vae.safetensors", VAE(SMOKE.vae.vae).state_dict(),
                                {"kind": "vae", "config": to_dict(SMOKE.vae)})
-    with pytest.raises(CheckpointError, match="holds a 'vae' model, expected a 'ddpm' or 'ldm' or 'cldm' or 'flow' one"):
+    with pytest.raises(CheckpointError,
+                       match="holds a 'vae' model, expected a 'ddpm' or 'ldm' or 'cldm' or 'flow' one"):
         DiffusionModel.load(vae_file)
 
 
