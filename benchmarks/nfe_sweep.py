@@ -5,9 +5,11 @@ scored in both feature spaces, in one run.
     python benchmarks/nfe_sweep.py --model checkpoints/book/ddpm.safetensors \\
         --model checkpoints/book/flow.safetensors --n 2000 --nfe 4 8 16 32 64    # → results/book/nfe_sweep.json
 
-A DDPM (or any ε-model) is sampled with DDIM at η = 0 (the probability-flow ODE, comparable with a flow's solvers)
-and at the package's default η; a flow with Euler and Heun. NFE counts network calls per sample: DDIM and Euler
-make one per step, Heun two, so Heun runs NFE/2 steps (odd NFE are skipped for it). Every configuration draws
+Each model is sampled with every step-count sampler it takes (``DiffusionModel.samplers``): a DDPM with DDIM at
+η = 0 (the probability-flow ODE, comparable with a flow's solvers) and at the package's default η, DPM-Solver++(2M)
+and EDM's Heun; a flow with Euler, Heun and DPM-Solver++(2M). NFE counts network calls per sample
+(``DiffusionModel.nfe``): Heun makes two per step (EDM's one fewer at the end), so it runs the steps that make
+exactly the NFE asked for, or is skipped there. Every configuration draws
 ``n`` samples from seed 0, timed (samples per second, on the CPU named in the file), and is scored by
 :func:`mnistdiff.evaluation.metrics.evaluate` beside the real floor at the same ``n``. The file is rewritten after
 each configuration and a rerun with the same ``n`` skips those already scored, so a run cut short keeps what it
@@ -33,7 +35,6 @@ from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import evaluate, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_text  # noqa: E402
-from mnistdiff.flows import flow_nfe  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
 
 KEYS = ("fid", "precision", "recall")
@@ -47,8 +48,8 @@ def configurations(model: DiffusionModel, nfes: list[int]) -> list[dict]:
             if sampler == "ddpm":  # all T ancestral steps: not a step-count sampler
                 continue
             etas = (0.0, DEFAULT_ETA) if sampler == "ddim" else (None,)
-            steps = nfe if sampler in ("ddim", "euler") else nfe // 2
-            if steps < 1 or (sampler == "heun" and flow_nfe("heun", steps) != nfe):
+            steps = next((s for s in (nfe, nfe // 2, (nfe + 1) // 2) if s >= 1 and model.nfe(sampler, s) == nfe), 0)
+            if not steps:  # e.g. a flow's Heun at an odd NFE
                 continue
             out += [{"sampler": sampler, "steps": steps, "eta": eta, "nfe": nfe} for eta in etas]
     return out

@@ -46,10 +46,12 @@ from mnistdiff.config import (
     to_dict,
 )
 from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, EpsFromV, SampleOutput, eps_network
+from mnistdiff.flows import flow_nfe
 from mnistdiff.latent import LatentCodec
 from mnistdiff.modelfile import CheckpointError, load_model_file, save_model_file
 from mnistdiff.sampling import OLD_FAST, SAMPLERS, generate, measure_precision
 from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.solvers import solver_nfe
 from mnistdiff.unet import NULL_LABEL, UNet
 from mnistdiff.vae import VAE
 
@@ -118,6 +120,15 @@ class DiffusionModel:
         the first where none is asked for."""
         return tuple(self.config.samplers)
 
+    def nfe(self, sampler: str, steps: int) -> int:
+        """Network calls per sample of ``sample(sampler=sampler, steps=steps)``: T for DDPM's sampler, 2·steps for a
+        flow's Heun, 2·steps − 1 for EDM's Heun, else ``steps`` (guidance doubles the batch, not the calls)."""
+        if sampler == "ddpm" and self.schedule is not None:
+            return self.schedule.num_timesteps
+        if sampler == "heun":
+            return flow_nfe("heun", steps) if self.schedule is None else solver_nfe("heun", steps)
+        return steps
+
     @property
     def num_classes(self) -> int | None:
         """The classes a class-conditional model can be asked for (``sample(labels=…)``); ``None``: unconditional."""
@@ -179,8 +190,9 @@ class DiffusionModel:
 
         ``sampler``: ``"ddim"`` (Song et al. eq. 12, ``steps`` steps, noise ``eta``: 0 deterministic, 1 DDPM-like)
         or ``"ddpm"`` (Ho et al. Algorithm 2, all T steps); a flow's ``"euler"`` or ``"heun"`` (``steps`` steps of
-        the ODE, :func:`~mnistdiff.flows.flow_sample_loop`); ``None``: the first of :attr:`samplers`. ``labels``: a
-        digit, or one per sample (N,), for a class-conditional model, guided with weight ``guidance`` w
+        the ODE, :func:`~mnistdiff.flows.flow_sample_loop`); ``"dpmpp_2m"`` (any model) or an ε-network's ``"heun"``
+        (EDM's) from :mod:`mnistdiff.solvers`; ``None``: the first of :attr:`samplers`; :meth:`nfe` counts the calls.
+        ``labels``: a digit, or one per sample (N,), for a class-conditional model, guided with weight ``guidance`` w
         (ε̃ = ε(∅) + w·(ε(y) − ε(∅)); 0 ignores the label, 1 is the conditional model); ``None``: unconditional
         samples. ``seed`` makes the draw reproducible (bit for bit on a CPU). ``precision``: ``fp32``, ``bf16``,
         ``bf16_cl`` or ``auto`` (measured here; default :attr:`precision`); ``compile``: ``torch.compile`` the
@@ -214,7 +226,8 @@ class DiffusionModel:
             _positive("batch_size", batch_size)
         if sampler not in self.samplers:
             also = "" if sampler not in SAMPLERS else f" ({sampler} samples other kinds)"
-            raise ConfigError(f"sampler: this {self.kind} model is sampled with {' or '.join(self.samplers)}, "
+            names = f"{', '.join(self.samplers[:-1])} or {self.samplers[-1]}"
+            raise ConfigError(f"sampler: this {self.kind} model is sampled with {names}, "
                               f"got {sampler!r}{also}", "sampler")
         if not 0.0 <= eta <= 1.0:
             raise ConfigError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like noise), got {eta}", "eta")

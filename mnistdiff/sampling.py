@@ -35,6 +35,7 @@ from mnistdiff.files import atomic_write_bytes, atomic_write_text
 from mnistdiff.flows import FLOW_SOLVERS, flow_sample_loop
 from mnistdiff.guidance import GuidedDenoiser
 from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.solvers import SOLVERS, solver_sample_loop
 from mnistdiff.viz import progression_strip, save_grid, save_image
 
 __all__ = ["generate", "write_sample_folder", "save_npz", "FastDenoiser", "measure_precision", "SAMPLERS", "OLD_FAST"]
@@ -42,8 +43,9 @@ __all__ = ["generate", "write_sample_folder", "save_npz", "FastDenoiser", "measu
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
 #: The samplers :func:`generate` runs: DDPM's ancestral sampler over all T steps, or DDIM over ``steps``; for a flow
-#: model, Euler or Heun over ``steps`` steps of its ODE (:data:`~mnistdiff.flows.FLOW_SOLVERS`).
-SAMPLERS = ("ddim", "ddpm", *FLOW_SOLVERS)
+#: model, Euler or Heun over ``steps`` steps of its ODE (:data:`~mnistdiff.flows.FLOW_SOLVERS`); for any model,
+#: DPM-Solver++(2M), and for an ε-network EDM's Heun (:data:`~mnistdiff.solvers.SOLVERS`).
+SAMPLERS = ("ddim", "ddpm", *dict.fromkeys([*FLOW_SOLVERS, *SOLVERS]))
 
 #: ``fast``, the old spelling of (``precision``, ``compile``) (``sample --fast``, ``sample(fast=)``).
 OLD_FAST: dict[str, tuple[str, bool | str]] = {
@@ -139,7 +141,8 @@ def generate(
 
     The loop under :meth:`mnistdiff.model.DiffusionModel.sample`, which checks the arguments (this does not).
     ``sampler`` ``"ddim"`` runs ``steps`` DDIM steps with noise ``eta``; ``"ddpm"`` all T ancestral steps of ``sched``;
-    ``"euler"`` and ``"heun"`` integrate a flow's velocity network ``model`` in ``steps`` steps (``sched`` unused).
+    ``"euler"`` and ``"heun"`` integrate a flow's velocity network ``model`` in ``steps`` steps (``sched`` unused);
+    ``"dpmpp_2m"`` (any model) and an ε-network's ``"heun"`` (EDM's) are :func:`~mnistdiff.solvers.solver_sample_loop`.
     ``shape`` is one sample's shape in the model's space (pixels, or latents with ``decode`` given);
     ``clip_range`` bounds x̂_0 in that space (:data:`~mnistdiff.ddpm.PIXEL_RANGE` for pixels; ``(−c, c)`` for
     latents). ``frames`` (with ``return_intermediates``; else empty) are the first batch's ``[(t, x_t), …]``, decoded.
@@ -175,6 +178,8 @@ def _sample_loop(net: Denoiser, sched: NoiseSchedule | None, shape: tuple[int, .
                  eta: float, **kw: Any) -> SampleOutput:
     """One batch of ``shape`` by ``sampler``'s loop; ``kw``: the loops' shared keyword arguments (generator, device,
     return_intermediates, clip_range, progress)."""
+    if sampler in SOLVERS and (sched is not None or sampler not in FLOW_SOLVERS):
+        return solver_sample_loop(net, sched, shape, solver=sampler, steps=steps, **kw)
     if sampler in FLOW_SOLVERS or sched is None:  # a flow (a DDPM sampler without a schedule: the loop refuses it)
         return flow_sample_loop(net, shape, steps=steps, solver=sampler, **kw)
     if sampler == "ddpm":

@@ -222,10 +222,12 @@ def test_nfe_sweep_plans_each_sampler_at_the_calls_it_can_make(tmp_path):
     sweep = _script("nfe_sweep")
     flow = DiffusionModel.load(_tiny_model(tmp_path, "flow"))
     ddpm = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
-    assert [(c["sampler"], c["steps"], c["nfe"]) for c in sweep.configurations(flow, [3, 4, 8])] == [
-        ("euler", 3, 3), ("euler", 4, 4), ("heun", 2, 4), ("euler", 8, 8), ("heun", 4, 8)]  # no Heun at odd NFE
-    plan = sweep.configurations(ddpm, [4])
-    assert [(c["sampler"], c["eta"], c["steps"]) for c in plan] == [("ddim", 0.0, 4), ("ddim", DEFAULT_ETA, 4)]
+    assert [(c["sampler"], c["steps"], c["nfe"]) for c in sweep.configurations(flow, [3, 4])] == [
+        ("euler", 3, 3), ("dpmpp_2m", 3, 3), ("euler", 4, 4), ("heun", 2, 4), ("dpmpp_2m", 4, 4)]  # Heun: 2 per step
+    plan = sweep.configurations(ddpm, [3, 4])  # EDM's Heun: 2·steps − 1 calls
+    assert [(c["sampler"], c["eta"], c["steps"]) for c in plan] == [
+        ("ddim", 0.0, 3), ("ddim", DEFAULT_ETA, 3), ("dpmpp_2m", None, 3), ("heun", None, 2),
+        ("ddim", 0.0, 4), ("ddim", DEFAULT_ETA, 4), ("dpmpp_2m", None, 4)]
 
 
 def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, capsys):
@@ -236,8 +238,9 @@ def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, 
     assert sweep.main(argv) == 0
     doc = json.loads(out.read_text())
     keys = [r["key"] for r in doc["rows"]]
-    assert sorted(keys) == sorted(["flow:euler:2", "flow:heun:1", "flow:euler:4", "flow:heun:2", "ddpm:ddim-eta0:2",
-                                   "ddpm:ddim-eta1:2", "ddpm:ddim-eta0:4", "ddpm:ddim-eta1:4"])
+    assert sorted(keys) == sorted(["flow:euler:2", "flow:heun:1", "flow:dpmpp_2m:2", "flow:euler:4", "flow:heun:2",
+                                   "flow:dpmpp_2m:4", "ddpm:ddim-eta0:2", "ddpm:ddim-eta1:2", "ddpm:dpmpp_2m:2",
+                                   "ddpm:ddim-eta0:4", "ddpm:ddim-eta1:4", "ddpm:dpmpp_2m:4"])
     for r in doc["rows"]:
         assert r["samples_per_second"] > 0 and math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"])
         assert 0 <= r["precision_resnet"] <= 1 and r["weights_sha256"] == doc["models"][r["model"]]["weights_sha256"]

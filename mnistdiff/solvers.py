@@ -1,0 +1,217 @@
+"""Higher-order solvers of the probability-flow ODE, for every model in the package (chapter 9).
+
+Every model on a Gaussian path x_t = a_t·x_0 + b_t·ε (:class:`~mnistdiff.flows.PathPoint`) gives, at a point of its
+path, a guess of the clean sample x̂_0: an ε-network (the DDPM, the latent models) through
+x̂_0 = (x − b·ε̂)/a, clipped as DDIM clips it; a flow through x̂_0 = x − t·v̂. A solver walks a decreasing list of
+points p_0 (the noisiest) … p_N (the data: a = 1, b = 0), calling ``denoise(x, i)`` → x̂_0 at point i:
+
+* :func:`dpm_solver_pp_2m` — DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): an exponential integrator in the
+  half-log-SNR λ = log(a/b), with h = λ_{i+1} − λ_i,
+
+      x_{i+1} = (b_{i+1}/b_i)·x_i − a_{i+1}·(e^{−h} − 1)·D_i,   D_i = (1 + 1/2r)·x̂_0,i − (1/2r)·x̂_0,i−1,  r = h_{i−1}/h,
+
+  one network call per step; the first step (no previous x̂_0) and the last (to b = 0) are first order, which is
+  DDIM's step exactly.
+* :func:`heun_edm` — Heun's method in EDM's variables x̄ = x/a and σ = b/a, where the ODE is dx̄/dσ = (x̄ − x̂_0)/σ
+  (Karras et al. 2022, Algorithm 1): the trapezoid correction on every step but the last, which ends at σ = 0
+  where that slope is undefined (2N − 1 calls). Karras et al.'s σ spacing (:func:`karras_sigmas`) puts the steps
+  where the ODE bends.
+
+:func:`ddpm_path` and :func:`flow_path` build the points and the denoiser of a model; :func:`solver_sample_loop`
+runs a solver and returns a :class:`~mnistdiff.ddpm.SampleOutput` like every other sampler.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from mnistdiff.ddim import ddim_timesteps
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, clip_x0
+from mnistdiff.flows import TIME_SCALE, PathPoint, flow_timesteps, straight_path
+from mnistdiff.schedules import NoiseSchedule
+
+__all__ = ["SOLVERS", "karras_sigmas", "ddpm_path", "flow_path", "dpm_solver_pp_2m", "heun_edm",
+           "solver_sample_loop", "solver_nfe"]
+
+#: The solvers of this module, by the name ``sample(sampler=…)`` takes (``"heun"`` is EDM's for an ε-network; a
+#: flow's Heun, in its own time t, is :func:`~mnistdiff.flows.flow_sample_loop`'s).
+SOLVERS = ("dpmpp_2m", "heun")
+
+#: ``denoise(x, i)`` → x̂_0: a model's guess of the clean sample at point i of its path.
+Denoise = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> list[float]:
+    """``n`` σ from ``sigma_max`` down to ``sigma_min``, evenly spaced in σ^(1/ρ) (Karras et al. eq. 5)."""
+    if n == 1:
+        return [sigma_max]
+    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return [(hi + i / (n - 1) * (lo - hi)) ** rho for i in range(n)]
+
+
+def _schedule_sigmas(sched: NoiseSchedule) -> torch.Tensor:
+    """σ_k = √((1 − ᾱ_k)/ᾱ_k) of each timestep index k, float64, on the CPU."""
+    abar = sched.alphas_cumprod.double().cpu()
+    return ((1 - abar) / abar).sqrt()
+
+
+def _timestep_of_sigma(log_sigmas: torch.Tensor, sigma: float) -> float:
+    """The fractional timestep index whose σ is ``sigma``, interpolating log σ linearly between neighbours."""
+    log_s = math.log(sigma)
+    k = int(torch.searchsorted(log_sigmas, torch.tensor(log_s, dtype=torch.float64)).clamp(1, len(log_sigmas) - 1))
+    lo, hi = float(log_sigmas[k - 1]), float(log_sigmas[k])
+    w = min(max((log_s - lo) / (hi - lo), 0.0), 1.0)
+    return k - 1 + w
+
+
+def _point_of_sigma(sigma: float) -> PathPoint:
+    """The variance-preserving point with b/a = σ: a = 1/√(1 + σ²), b = σ·a (derivatives unused)."""
+    a = 1 / math.sqrt(1 + sigma**2)
+    return PathPoint(a, sigma * a, 0.0, 0.0)
+
+
+def ddpm_path(model: Denoiser, sched: NoiseSchedule, steps: int, spacing: str = "linspace",
+              clip_range: ClipRange = PIXEL_RANGE) -> tuple[list[PathPoint], Denoise, list[float]]:
+    """The points, the denoiser and the timesteps of an ε-network ``model`` on ``sched``, ``steps`` network points
+    and the clean endpoint. ``spacing``: ``"linspace"``, DDIM's integer timesteps (:func:`~mnistdiff.ddim.
+    ddim_timesteps`); ``"karras"``, Karras et al.'s σ between the schedule's first and last, at fractional
+    timesteps (the network's time embedding takes any real t)."""
+    sigmas = _schedule_sigmas(sched)
+    if spacing == "karras":
+        wanted = karras_sigmas(float(sigmas[0]), float(sigmas[-1]), steps)
+        times = [_timestep_of_sigma(sigmas.log(), s) for s in wanted]
+    elif spacing == "linspace":
+        times = [float(t) for t in ddim_timesteps(sched.num_timesteps, steps)]
+        wanted = [float(sigmas[int(t)]) for t in times]
+    else:
+        raise ValueError(f"spacing must be 'linspace' or 'karras', got {spacing!r}")
+    points = [_point_of_sigma(s) for s in wanted] + [PathPoint(1.0, 0.0, 0.0, 0.0)]
+
+    def denoise(x: torch.Tensor, i: int) -> torch.Tensor:
+        t = torch.full((x.shape[0],), times[i], device=x.device)
+        eps = model(x.float(), t).double()
+        x0 = (x - points[i].b * eps) / points[i].a
+        return clip_x0(x0, clip_range) if clip_range is not None else x0
+
+    return points, denoise, times
+
+
+def flow_path(model: Denoiser, steps: int, clip_range: ClipRange = PIXEL_RANGE
+              ) -> tuple[list[PathPoint], Denoise, list[float]]:
+    """The points (evenly spaced t from 1 to 0), the denoiser x̂_0 = x − t·v̂ and the times of a flow ``model``."""
+    times = flow_timesteps(steps)
+    points = [straight_path(t) for t in times]
+
+    def denoise(x: torch.Tensor, i: int) -> torch.Tensor:
+        t = torch.full((x.shape[0],), TIME_SCALE * times[i], device=x.device)
+        x0 = x - times[i] * model(x.float(), t).double()
+        return clip_x0(x0, clip_range) if clip_range is not None else x0
+
+    return points, denoise, times[:-1]
+
+
+def _half_log_snr(p: PathPoint) -> float:
+    """λ = log(a/b): −∞ at pure noise (a = 0), +∞ at the data (b = 0)."""
+    if p.a == 0:
+        return -math.inf
+    return math.inf if p.b == 0 else math.log(float(p.a)) - math.log(float(p.b))
+
+
+Callback = Callable[[int, torch.Tensor], None]
+
+
+def dpm_solver_pp_2m(denoise: Denoise, points: list[PathPoint], x: torch.Tensor,
+                     callback: Callback | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) from x at ``points[0]`` to ``points[-1]`` (the data), float64; ``callback(i, x)`` after the
+    step that lands on point i."""
+    x = x.double()
+    prev_x0, prev_h = None, math.inf
+    for i in range(len(points) - 1):
+        here, there = points[i], points[i + 1]
+        x0 = denoise(x, i)
+        if there.b == 0:  # the last step, to the data: first order, which lands on x̂_0
+            x = x0
+        else:
+            h = _half_log_snr(there) - _half_log_snr(here)
+            d = x0
+            if prev_x0 is not None and math.isfinite(prev_h):
+                r = prev_h / h
+                d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * prev_x0
+            ratio = float(there.b) / float(here.b)
+            x = ratio * x - float(there.a) * math.expm1(-h) * d
+            prev_x0, prev_h = x0, h
+        if callback is not None:
+            callback(i + 1, x)
+    return x
+
+
+def heun_edm(denoise: Denoise, points: list[PathPoint], x: torch.Tensor,
+             callback: Callback | None = None) -> torch.Tensor:
+    """Heun's method in x̄ = x/a, σ = b/a (Karras et al. Algorithm 1, deterministic) from x at ``points[0]`` (a > 0)
+    to the data, float64; no correction on the last step, to σ = 0. ``callback(i, x)`` after each step."""
+    sig = [float(p.b) / float(p.a) for p in points]
+    xbar = x.double() / float(points[0].a)
+    for i in range(len(points) - 1):
+        d = (xbar - denoise(xbar * float(points[i].a), i)) / sig[i]
+        x_euler = xbar + (sig[i + 1] - sig[i]) * d
+        if sig[i + 1] == 0:
+            xbar = x_euler
+        else:
+            d_next = (x_euler - denoise(x_euler * float(points[i + 1].a), i + 1)) / sig[i + 1]
+            xbar = xbar + (sig[i + 1] - sig[i]) * 0.5 * (d + d_next)
+        if callback is not None:
+            callback(i + 1, xbar * float(points[i + 1].a))
+    return xbar * float(points[-1].a)
+
+
+def solver_nfe(solver: str, steps: int) -> int:
+    """Network calls per sample on an ε-network: ``steps`` for DPM-Solver++(2M), 2·steps − 1 for EDM's Heun."""
+    return steps if solver == "dpmpp_2m" else 2 * steps - 1
+
+
+@torch.no_grad()
+def solver_sample_loop(
+    model: Denoiser,
+    sched: NoiseSchedule | None,
+    shape: tuple[int, ...],
+    *,
+    solver: str,
+    steps: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    x_T: torch.Tensor | None = None,
+    return_intermediates: bool = False,
+    clip_range: ClipRange = PIXEL_RANGE,
+    progress: bool = False,
+) -> SampleOutput:
+    """Sample with ``solver`` (:data:`SOLVERS`) in ``steps`` network points: an ε-network on ``sched`` (DPM-Solver++
+    at DDIM's timesteps, ``"heun"`` EDM's at Karras et al.'s σ), or a flow's velocity network (``sched`` ``None``;
+    DPM-Solver++ only: EDM's variables need a > 0 at the start, and a flow starts at a = 0). Frames, with
+    ``return_intermediates``, are labelled like DDIM's: the network timestep the step lands on + 1 (0: the data),
+    1000·t for a flow."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if sched is None:
+        if solver != "dpmpp_2m":
+            raise ValueError("a flow's Heun is flows.flow_sample_loop(solver='heun'): EDM's variables need a > 0")
+        points, denoise, times = flow_path(model, steps, clip_range)
+        labels = [round(TIME_SCALE * t) for t in times] + [0]
+        start = int(TIME_SCALE)
+    else:
+        points, denoise, times = ddpm_path(model, sched, steps, "linspace" if solver == "dpmpp_2m" else "karras",
+                                           clip_range)
+        labels = [round(t) + 1 for t in times] + [0]
+        start = sched.num_timesteps
+    x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator, device=device)
+    frames: list[tuple[int, torch.Tensor]] = [(start, x.cpu())] if return_intermediates else []
+
+    def keep(i: int, xi: torch.Tensor) -> None:
+        if return_intermediates:
+            frames.append((labels[i], xi.float().cpu()))
+
+    run = dpm_solver_pp_2m if solver == "dpmpp_2m" else heun_edm
+    out = run(denoise, points, x, keep).float()
+    return SampleOutput(out, frames)

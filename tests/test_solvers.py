@@ -1,0 +1,192 @@
+"""The higher-order solvers (``mnistdiff.solvers``) against independent references: diffusers' schedulers run on the
+same ε-network (``DPMSolverMultistepScheduler`` for DPM-Solver++(2M), ``HeunDiscreteScheduler`` with Karras σ for
+EDM's Heun), the exact probability-flow ODE of Gaussian data (orders of convergence, DDIM as the first-order
+baseline), and the samplers through ``DiffusionModel`` (network calls, frames, seeds) for a DDPM and a flow."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mnistdiff.config import DDPMRunConfig, DiffusionConfig, FlowRunConfig, UNetConfig
+from mnistdiff.ddim import ddim_timesteps
+from mnistdiff.flows import PathPoint, straight_path
+from mnistdiff.model import DiffusionModel
+from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.solvers import (
+    SOLVERS,
+    ddpm_path,
+    dpm_solver_pp_2m,
+    heun_edm,
+    karras_sigmas,
+    solver_nfe,
+    solver_sample_loop,
+)
+from mnistdiff.unet import UNet
+
+T = 100
+
+
+def _toy_eps_network():
+    """A smooth stand-in ε-network (a fixed convolution, modulated by t)."""
+    weight = torch.randn(1, 1, 3, 3, generator=torch.Generator().manual_seed(1)) * 0.3
+
+    def net(x, t):
+        wave = torch.cos(t.float() / T)[:, None, None, None]
+        return torch.nn.functional.conv2d(x, weight, padding=1) * wave + 0.1 * x
+
+    return net
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor, rel: float = 1e-4) -> None:
+    """Equal to ``rel`` of the largest value (the stand-in network's samples are not bounded)."""
+    assert float((ours - theirs).abs().max()) <= rel * float(ours.abs().max()), float((ours - theirs).abs().max())
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_dpm_solver_pp_2m_equals_diffusers(schedule):
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched, net, steps = NoiseSchedule.make(schedule, T), _toy_eps_network(), 10
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = solver_sample_loop(net, sched, x_T.shape, solver="dpmpp_2m", steps=steps, x_T=x_T, clip_range=None).images
+    theirs = DPMSolverMultistepScheduler(num_train_timesteps=T, trained_betas=sched.betas.double().numpy(),
+                                         algorithm_type="dpmsolver++", solver_order=2, prediction_type="epsilon",
+                                         final_sigmas_type="zero")
+    theirs.set_timesteps(timesteps=ddim_timesteps(T, steps))
+    x = x_T.clone()
+    for t in theirs.timesteps:
+        x = theirs.step(net(x, torch.full((2,), int(t))), t, x).prev_sample
+    _close(ours, x)
+
+
+def test_edm_heun_equals_diffusers_heun_with_karras_sigmas():
+    from diffusers import HeunDiscreteScheduler
+
+    sched, net, steps = NoiseSchedule.make("linear", T), _toy_eps_network(), 10
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = solver_sample_loop(net, sched, x_T.shape, solver="heun", steps=steps, x_T=x_T, clip_range=None).images
+    theirs = HeunDiscreteScheduler(num_train_timesteps=T, trained_betas=sched.betas.double().numpy(),
+                                   prediction_type="epsilon", use_karras_sigmas=True)
+    theirs.set_timesteps(steps)
+    _, _, times = ddpm_path(net, sched, steps, "karras", None)
+    np.testing.assert_allclose(theirs.timesteps[::2].numpy(), times, rtol=1e-5, atol=1e-6)  # the same timesteps
+    x = x_T.clone() * theirs.init_noise_sigma  # their sample is x/a; ours starts at x_T·√(1 + σ²): 1e-5 apart
+    for t in theirs.timesteps:
+        x = theirs.step(net(theirs.scale_model_input(x, t), torch.full((2,), float(t))), t, x).prev_sample
+    _close(ours, x)
+
+
+# ---------------------------------------------------------------- Gaussian data: the exact probability-flow ODE
+
+MU, S = 0.5, 0.4  # data x_0 ~ N(MU, S²) per pixel
+
+
+def gauss_denoise(points):
+    """The exact E[x_0 | x_t] of Gaussian data at each point."""
+    def denoise(x, i):
+        a, b = points[i].a, points[i].b
+        return MU + a * S**2 / (a**2 * S**2 + b**2) * (x - a * MU)
+    return denoise
+
+
+def ddim_first_order(denoise, points, x):
+    """DDIM (η = 0) on the same points: x' = a'·x̂_0 + b'·ε̂."""
+    for i in range(len(points) - 1):
+        x0 = denoise(x, i)
+        eps = (x - points[i].a * x0) / points[i].b
+        x = points[i + 1].a * x0 + points[i + 1].b * eps
+    return x
+
+
+def vp_points(n: int) -> list[PathPoint]:
+    points = []
+    for s in karras_sigmas(0.002, 80.0, n):
+        a = 1 / math.sqrt(1 + s * s)
+        points.append(PathPoint(a, s * a, 0.0, 0.0))
+    return [*points, PathPoint(1.0, 0.0, 0.0, 0.0)]
+
+
+def _error(run, n: int) -> float:
+    points = vp_points(n)
+    a0, b0 = points[0].a, points[0].b
+    x = torch.randn(4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * math.sqrt(
+        a0**2 * S**2 + b0**2) + a0 * MU
+    exact = MU + S * (x - a0 * MU) / math.sqrt(a0**2 * S**2 + b0**2)  # the ODE's map is affine for Gaussian data
+    return float((run(gauss_denoise(points), points, x) - exact).abs().max())
+
+
+@pytest.mark.parametrize("run", [dpm_solver_pp_2m, heun_edm], ids=["dpmpp_2m", "heun"])
+def test_second_order_solvers_converge_fast_and_beat_ddim(run):
+    errors = [_error(run, n) for n in (32, 64, 128)]
+    assert all(a / b > 3.5 for a, b in zip(errors, errors[1:]))  # second order in the step
+    assert errors[-1] < 2e-3
+    assert 4 * errors[0] < _error(ddim_first_order, 32)
+
+
+def test_ddim_is_first_order_here():
+    errors = [_error(ddim_first_order, n) for n in (16, 32, 64)]
+    assert all(1.6 < a / b < 2.6 for a, b in zip(errors, errors[1:]))
+
+
+def test_dpm_solver_on_a_flow_lands_on_the_exact_flow():
+    """On the straight path (starting at a = 0) DPM-Solver++ runs too, and converges to the exact map μ + s·x_1."""
+    def run(n):
+        points = [straight_path(1 - i / n) for i in range(n + 1)]
+        x1 = torch.randn(4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        return float((dpm_solver_pp_2m(gauss_denoise(points), points, x1) - (MU + S * x1)).abs().max())
+
+    errors = [run(n) for n in (64, 128, 256)]
+    assert all(a / b > 2.8 for a, b in zip(errors, errors[1:])) and errors[-1] < 1e-3
+
+
+def test_karras_sigmas_follow_eq_5():
+    sig = karras_sigmas(0.002, 80.0, 5)
+    assert sig[0] == pytest.approx(80.0) and sig[-1] == pytest.approx(0.002)
+    roots = [s ** (1 / 7) for s in sig]
+    assert np.allclose(np.diff(roots), roots[1] - roots[0])  # evenly spaced in σ^(1/ρ)
+
+
+def test_unknown_solver_and_a_flow_with_edm_heun_are_refused():
+    with pytest.raises(ValueError, match="solver must be one of dpmpp_2m, heun"):
+        solver_sample_loop(_toy_eps_network(), NoiseSchedule.make("linear", T), (1, 1, 4, 4), solver="unipc", steps=2)
+    with pytest.raises(ValueError, match="EDM's variables need a > 0"):
+        solver_sample_loop(_toy_eps_network(), None, (1, 1, 4, 4), solver="heun", steps=2)
+
+
+# ------------------------------------------------------------------------------- through DiffusionModel
+
+TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(), num_heads=2)
+
+
+def _model(kind: str) -> DiffusionModel:
+    torch.manual_seed(0)
+    unet = UNet(TINY).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    if kind == "flow":
+        return DiffusionModel(unet, None, FlowRunConfig(unet=TINY))
+    cfg = DDPMRunConfig(unet=TINY, diffusion=DiffusionConfig(timesteps=T))
+    return DiffusionModel(unet, NoiseSchedule.from_config(cfg.diffusion), cfg)
+
+
+@pytest.mark.parametrize("kind,sampler", [("ddpm", "dpmpp_2m"), ("ddpm", "heun"), ("flow", "dpmpp_2m")])
+def test_models_sample_with_the_solvers_in_the_calls_they_promise(kind, sampler):
+    model = _model(kind)
+    calls = []
+    hook = model.network.register_forward_hook(lambda *_: calls.append(1))
+    out = model.sample(3, sampler=sampler, steps=5, seed=2, return_intermediates=True)
+    hook.remove()
+    assert len(calls) == model.nfe(sampler, 5) == (9 if sampler == "heun" else 5)
+    assert out.images.shape == (3, 1, 32, 32) and out.images.abs().max() <= 1
+    assert len(out.frames) == 6 and out.frames[-1][0] == 0 and out.frames[0][0] == (T if kind == "ddpm" else 1000)
+    assert torch.equal(model.sample(3, sampler=sampler, steps=5, seed=2).images, out.images)
+
+
+def test_the_solvers_are_the_package_samplers():
+    assert set(SOLVERS) <= set(DDPMRunConfig.samplers) and "dpmpp_2m" in FlowRunConfig.samplers
+    assert solver_nfe("dpmpp_2m", 7) == 7 and solver_nfe("heun", 7) == 13
