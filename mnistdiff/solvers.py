@@ -167,6 +167,15 @@ def heun_edm(denoise: Denoise, points: list[PathPoint], x: torch.Tensor,
     return xbar * float(points[-1].a)
 
 
+def _distinct_labels(labels: list[int]) -> list[int]:
+    """Frame labels (one per network point, then 0 for the data) made strictly decreasing: Karras σ at fractional
+    timesteps can put two points within one timestep, and a sample folder names each frame by its label."""
+    out = [0]
+    for label in reversed(labels[1:]):
+        out.append(max(label, out[-1] + 1))
+    return [labels[0], *reversed(out)]
+
+
 def solver_nfe(solver: str, steps: int) -> int:
     """Network calls per sample on an ε-network: ``steps`` for DPM-Solver++(2M), 2·steps − 1 for EDM's Heun."""
     return steps if solver == "dpmpp_2m" else 2 * steps - 1
@@ -190,8 +199,8 @@ def solver_sample_loop(
     """Sample with ``solver`` (:data:`SOLVERS`) in ``steps`` network points: an ε-network on ``sched`` (DPM-Solver++
     at DDIM's timesteps, ``"heun"`` EDM's at Karras et al.'s σ), or a flow's velocity network (``sched`` ``None``;
     DPM-Solver++ only: EDM's variables need a > 0 at the start, and a flow starts at a = 0). Frames, with
-    ``return_intermediates``, are labelled like DDIM's: the network timestep the step lands on + 1 (0: the data),
-    1000·t for a flow."""
+    ``return_intermediates``, are labelled like DDIM's: the network timestep the step lands on + 1 (rounded down and
+    kept distinct; 0: the data), 1000·t for a flow."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     if sched is None:
@@ -203,7 +212,7 @@ def solver_sample_loop(
     else:
         points, denoise, times = ddpm_path(model, sched, steps, "linspace" if solver == "dpmpp_2m" else "karras",
                                            clip_range)
-        labels = [round(t) + 1 for t in times] + [0]
+        labels = _distinct_labels([math.floor(t) + 1 for t in times])
         start = sched.num_timesteps
     x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator, device=device)
     frames: list[tuple[int, torch.Tensor]] = [(start, x.cpu())] if return_intermediates else []

@@ -643,3 +643,19 @@ def test_unsupported_annotations_and_shared_names_are_refused():
         add_config_arguments(argparse.ArgumentParser(), Odd())
     with pytest.raises(TypeError, match="share the option --in_channels"):
         config_options(Both)
+
+
+@pytest.mark.parametrize("model,sampler", [("ldm", "dpmpp_2m"), ("ldm", "heun"), ("cldm", "dpmpp_2m")])
+def test_latent_models_sample_with_the_fast_solvers(runs, tmp_path, model, sampler):
+    """DPM-Solver++(2M) and EDM's Heun run for the latent models too (decoded; a cldm guided), seeded."""
+    out = tmp_path / f"{model}-{sampler}"
+    digit = ["--digit", "3"] if model == "cldm" else []
+    args = [*_sample_args(runs, model), "--sampler", sampler, "--steps", "4", "--num_samples", "3", "--individual",
+            "1", "--device", "cpu", *digit]
+    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--out", str(out) + "-again", "--individual", "0"]) == 0
+    info = json.loads((out / "info.json").read_text())
+    assert info["sampler"] == sampler and info["steps"] == 4
+    with np.load(out / "samples.npz") as a, np.load(str(out) + "-again/samples.npz") as b:
+        assert a["samples"].shape[1:] == (1, 32, 32) and np.array_equal(a["samples"], b["samples"])
+    assert len(list((out / "sample_000" / "steps").glob("*.pdf"))) == 5  # x_T and one frame per step
