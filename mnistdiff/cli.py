@@ -1,4 +1,4 @@
-"""Command line: ``python -m mnistdiff train|sample|umap|evaluate|convert|course``.
+"""Command line: ``python -m mnistdiff train|sample|distill|umap|evaluate|convert|course``.
 
 ``sample cldm`` asks the class-conditional model for digits (``--digit 3``, repeated, or ``all``) with
 classifier-free guidance ``--guidance w`` (ε̃ = ε(∅) + w·(ε(y) − ε(∅))).
@@ -24,12 +24,14 @@ from mnistdiff.cli_checks import (
     as_arg_error,
     check_data_dir,
     check_digits,
+    check_resume_unchanged,
     device_option,
     positive,
     readable_file,
     resume_base,
     writable_dir,
 )
+from mnistdiff.cli_distill import add_distill_parser, run_distill
 from mnistdiff.cli_options import add_config_arguments, config_from_args, option_message
 from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, MNIST_CLASSES, PRECISIONS, ConfigError
 from mnistdiff.course.profiles import PROFILES
@@ -106,10 +108,12 @@ def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
                    help="ddim (--steps steps; the default) or ddpm (all T ancestral steps); a flow model: euler (the "
                         "default) or heun (--steps steps of its ODE); any model: dpmpp_2m (DPM-Solver++(2M)), and heun "
                         "(EDM's, Karras sigmas) for a DDPM, LDM or CLDM; --mode is its old spelling")
-    p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=DEFAULT_STEPS,
-                   help=f"the sampler's steps (default {DEFAULT_STEPS}); --ddim_steps is its old spelling")
-    p.add_argument("--eta", type=float, default=DEFAULT_ETA,
-                   help=f"DDIM noise: 0 deterministic, 1 DDPM-like (default {DEFAULT_ETA:g}; see chapter 3)")
+    p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=None,
+                   help=f"the sampler's steps (default {DEFAULT_STEPS}; a distilled student's own); --ddim_steps is "
+                        "its old spelling")
+    p.add_argument("--eta", type=float, default=None,
+                   help=f"DDIM noise: 0 deterministic, 1 DDPM-like (default {DEFAULT_ETA:g}, a distilled student's 0; "
+                        "see chapter 3)")
     p.add_argument("--num_samples", type=int, default=num_samples)
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -126,10 +130,10 @@ def _add_guidance(p: argparse.ArgumentParser) -> None:
     p.add_argument("--digit", action="append", default=None, metavar="D",
                    help="the digit to ask for, 0-9; repeat it for several, or 'all' for 0-9 (one grid row each). "
                         "--num_samples is then per digit. Left out: unconditional samples (no label)")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, metavar="W",
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
                    help="classifier-free guidance weight w >= 0 in eps = eps(no label) + w*(eps(digit) - "
                         "eps(no label)): 0 ignores the digit, 1 is the conditional model "
-                        f"(default {DEFAULT_GUIDANCE:g})")
+                        f"(default {DEFAULT_GUIDANCE:g}; a distilled student's, folded in)")
 
 
 def _add_evaluate_and_course(sub: Any) -> None:
@@ -159,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
+    add_distill_parser(sub)
     _add_evaluate_and_course(sub)
     return parser
 
@@ -184,19 +189,6 @@ def _cmd_train_all(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_resume_unchanged(base: Any, cfg: Any) -> None:
-    """A resumed run keeps the settings it was started with: options that change them are an error."""
-    from mnistdiff.config import to_dict
-    from mnistdiff.training.checkpoints import config_diffs
-
-    diffs = [f"{k}: the run has {x!r}, the options give {y!r}" for k, x, y in config_diffs(to_dict(base), to_dict(cfg))]
-    if diffs:
-        raise ArgError(
-            "--resume continues a run with the settings it was started with, but " + "; ".join(diffs)
-            + ". Drop those options (they are read from the run), or start a new run."
-        )
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     """``train <kind>`` (and ``train all``): every argument checked, then the run."""
     if args.model == "all":
@@ -205,7 +197,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     base = resume_base(args, kind.config) if args.resume else None
     cfg = _train_config(args, base)
     if base is not None:
-        _check_resume_unchanged(base, cfg)
+        check_resume_unchanged(base, cfg)
     device = device_option(args.device)
     if args.resume:
         writable_dir(args.resume, "--resume folder")
@@ -266,9 +258,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     digits, labels = _labels(args)
     options = _sampling(args)
     model = _load(kind, args.checkpoint, args.vae_checkpoint if kind.latent else None, args.device)
-    options["sampler"] = options["sampler"] or model.samplers[0]
+    defaults = model.sampling_defaults()
+    options.update({k: defaults[k] for k in ("sampler", "steps", "eta") if options[k] is None})
     n = len(labels) if labels is not None else args.num_samples
-    guidance = getattr(args, "guidance", DEFAULT_GUIDANCE)
+    guidance = defaults["guidance"] if getattr(args, "guidance", None) is None else args.guidance
     with as_arg_error():
         images, frames = model.sample(n, labels=labels, guidance=guidance, return_intermediates=args.individual > 0,
                                       progress=True, **options)
@@ -289,7 +282,9 @@ def _cmd_umap(args: argparse.Namespace) -> int:
     out = writable_dir(args.out)
     options = _sampling(args)
     model = _load(None, args.checkpoint, args.vae, args.device)
-    options["sampler"] = sampler = options["sampler"] or model.samplers[0]
+    defaults = model.sampling_defaults()
+    options.update({k: defaults[k] for k in ("sampler", "steps", "eta") if options[k] is None})
+    sampler = options["sampler"]
     with as_arg_error():
         images, _ = model.sample(args.num_samples, progress=True, **options)
     from mnistdiff.data import load_mnist
@@ -297,7 +292,7 @@ def _cmd_umap(args: argparse.Namespace) -> int:
     from mnistdiff.files import atomic_write_text
 
     real = load_mnist("test", args.data_dir).subset(args.real, args.seed)
-    steps = f"-{args.steps}" if sampler != "ddpm" else ""
+    steps = f"-{options['steps']}" if sampler != "ddpm" else ""
     fig, scores = umap_evaluation(real.images, real.labels, {f"{model.kind.upper()} ({sampler}{steps})": images},
                                   seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -358,8 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit code: 0, 2 for a bad argument, 1 for a failure, 128 + N for signal N."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": _cmd_train, "sample": _cmd_sample, "umap": _cmd_umap, "evaluate": _cmd_evaluate,
-                "convert": _cmd_convert, "course": _cmd_course}
+    handlers = {"train": _cmd_train, "sample": _cmd_sample, "distill": lambda a: run_distill(a, _load),
+                "umap": _cmd_umap, "evaluate": _cmd_evaluate, "convert": _cmd_convert, "course": _cmd_course}
     from mnistdiff.data import MNISTDataError
     from mnistdiff.training.loop import TrainingDiverged, TrainingInterrupted
 

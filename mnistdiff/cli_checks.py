@@ -33,6 +33,7 @@ __all__ = [
     "check_data_dir",
     "check_digits",
     "resume_base",
+    "check_resume_unchanged",
 ]
 
 
@@ -145,3 +146,16 @@ def resume_base(args: argparse.Namespace, cls: type) -> Any:
         return from_dict(cls, meta.get("config") or {})
     except (ConfigError, TypeError) as err:
         raise ArgError(f"the config stored in {last}'s sidecar is not valid ({err}): start a new run") from err
+
+
+def check_resume_unchanged(base: Any, cfg: Any) -> None:
+    """A resumed run keeps the settings it was started with: options that change them are an error."""
+    from mnistdiff.config import to_dict
+    from mnistdiff.training.checkpoints import config_diffs
+
+    diffs = [f"{k}: the run has {x!r}, the options give {y!r}" for k, x, y in config_diffs(to_dict(base), to_dict(cfg))]
+    if diffs:
+        raise ArgError(
+            "--resume continues a run with the settings it was started with, but " + "; ".join(diffs)
+            + ". Drop those options (they are read from the run), or start a new run."
+        )

@@ -130,6 +130,20 @@ class DiffusionModel:
         return steps
 
     @property
+    def distillation(self) -> dict[str, Any] | None:
+        """A distilled student's record (:mod:`mnistdiff.training.distill`): its ``timesteps`` and the ``guidance``
+        weight folded in; ``None`` for any other model."""
+        return self.meta.get("distillation")
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """What :meth:`sample` uses where nothing is said: the first sampler, ``DEFAULT_STEPS``, ``DEFAULT_ETA``,
+        ``DEFAULT_GUIDANCE``; a distilled student's own steps, η = 0 (it was distilled deterministic) and its w."""
+        d = self.distillation
+        if d:
+            return {"sampler": "ddim", "steps": len(d["timesteps"]), "eta": 0.0, "guidance": float(d["guidance"])}
+        return {"sampler": self.samplers[0], "steps": DEFAULT_STEPS, "eta": DEFAULT_ETA, "guidance": DEFAULT_GUIDANCE}
+
+    @property
     def num_classes(self) -> int | None:
         """The classes a class-conditional model can be asked for (``sample(labels=…)``); ``None``: unconditional."""
         return self.unet.config.num_classes
@@ -173,10 +187,10 @@ class DiffusionModel:
         num_samples: int,
         *,
         sampler: str | None = None,
-        steps: int = DEFAULT_STEPS,
-        eta: float = DEFAULT_ETA,
+        steps: int | None = None,
+        eta: float | None = None,
         labels: Labels = None,
-        guidance: float = DEFAULT_GUIDANCE,
+        guidance: float | None = None,
         seed: int = 0,
         device: str | torch.device | None = None,
         precision: str | None = None,
@@ -203,8 +217,13 @@ class DiffusionModel:
         if old:
             sampler, steps, precision, compile = _old_spellings(old, sampler, steps, precision, compile)
         device = torch.device(device) if device is not None else next(self.unet.parameters()).device
-        sampler = sampler or self.samplers[0]
+        given = {"sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}
+        chosen = {**self.sampling_defaults(), **{k: v for k, v in given.items() if v is not None}}
+        sampler, steps, eta, guidance = (chosen[k] for k in given)
         y = self.check_request(num_samples, sampler, steps, eta, labels, guidance, batch_size, precision or "fp32")
+        timesteps = None
+        if self.distillation:  # the student is the guided model: one conditional call per step, on its own grid
+            timesteps, guidance = list(self.distillation["timesteps"]), 1.0
         precision = precision or self.precision
         if precision == "auto":
             self.measure_precision(device)
@@ -215,7 +234,7 @@ class DiffusionModel:
         return generate(self.unet, self.schedule, num_samples, shape=self.sample_shape, sampler=sampler, steps=steps,
                         eta=eta, seed=seed, device=device, batch_size=batch_size, decode=decode,
                         return_intermediates=return_intermediates, progress=progress, precision=precision,
-                        compile=compile, clip_range=self.clip_range, labels=y, guidance=guidance)
+                        compile=compile, clip_range=self.clip_range, labels=y, guidance=guidance, timesteps=timesteps)
 
     def check_request(self, num_samples: int, sampler: str, steps: int, eta: float, labels: Labels, guidance: float,
                       batch_size: int | None = None, precision: str = "fp32") -> torch.Tensor | None:
@@ -240,7 +259,18 @@ class DiffusionModel:
                               f"> 1: guided), got {guidance}", "guidance")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", "precision")
+        if self.distillation:
+            self._check_student(sampler, steps, eta, guidance)
         return self._labels(labels, num_samples)
+
+    def _check_student(self, sampler: str, steps: int, eta: float, guidance: float) -> None:
+        """A distilled student runs only as it was distilled: DDIM, η = 0, its steps, its guidance weight."""
+        want = self.sampling_defaults()
+        for name, value in (("sampler", sampler), ("steps", steps), ("eta", eta), ("guidance", guidance)):
+            if value != want[name]:
+                raise ConfigError(f"{name}: this student was distilled to sample with sampler=ddim, steps="
+                                  f"{want['steps']}, eta=0 and guidance={want['guidance']:g} folded in; got "
+                                  f"{name}={value!r}", name)
 
     def _labels(self, labels: Labels, n: int) -> torch.Tensor | None:
         """``labels`` as an (n,) int64 tensor of digits (or ∅, :data:`~mnistdiff.unet.NULL_LABEL`)."""
@@ -281,8 +311,8 @@ def _matching_vae(path: str | Path, meta: dict[str, Any], vae: str | Path | VAE 
     return vae.to(device).eval()
 
 
-def _old_spellings(old: dict[str, Any], sampler: str | None, steps: int, precision: str | None,
-                   compile: bool | str) -> tuple[str | None, int, str | None, bool | str]:
+def _old_spellings(old: dict[str, Any], sampler: str | None, steps: int | None, precision: str | None,
+                   compile: bool | str) -> tuple[str | None, int | None, str | None, bool | str]:
     """``mode`` → ``sampler``, ``ddim_steps`` → ``steps``, ``fast`` → ``precision`` and ``compile`` (with a warning)."""
     import warnings
 

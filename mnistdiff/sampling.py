@@ -135,6 +135,7 @@ def generate(
     clip_range: ClipRange = PIXEL_RANGE,
     labels: torch.Tensor | None = None,
     guidance: float = DEFAULT_GUIDANCE,
+    timesteps: list[int] | None = None,
 ) -> SampleOutput:
     """Draw ``num_samples`` samples → :class:`~mnistdiff.ddpm.SampleOutput` ``(images (N, 1, 32, 32) in [−1, 1]
     on CPU, frames)`` (latents, unbounded, when the model works in a latent space and no ``decode`` is given).
@@ -150,6 +151,7 @@ def generate(
     through :class:`FastDenoiser`, in batches as equal as possible (few shapes to compile).
     ``labels`` (N,) ask a class-conditional model for those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none),
     guided with weight ``guidance`` (:class:`~mnistdiff.guidance.GuidedDenoiser`; 1: the conditional model).
+    ``timesteps``: DDIM's own list instead of ``steps`` evenly spaced ones (a distilled student's grid).
     """
     device = torch.device(device)
     batch_size = batch_size or (2048 if device.type == "cuda" else 256)
@@ -164,7 +166,7 @@ def generate(
         n = min(batch_size, num_samples - start)
         want = return_intermediates and start == 0
         net = model if labels is None else GuidedDenoiser(model, labels[start:start + n].to(device), guidance)
-        x, fr = _sample_loop(net, sched, (n, *shape), sampler, steps, eta, generator=gen, device=device,
+        x, fr = _sample_loop(net, sched, (n, *shape), sampler, steps, eta, timesteps, generator=gen, device=device,
                              return_intermediates=want, clip_range=clip_range, progress=progress)
         if decode is not None:
             x = decode(x)
@@ -175,7 +177,7 @@ def generate(
 
 
 def _sample_loop(net: Denoiser, sched: NoiseSchedule | None, shape: tuple[int, ...], sampler: str, steps: int,
-                 eta: float, **kw: Any) -> SampleOutput:
+                 eta: float, timesteps: list[int] | None, **kw: Any) -> SampleOutput:
     """One batch of ``shape`` by ``sampler``'s loop; ``kw``: the loops' shared keyword arguments (generator, device,
     return_intermediates, clip_range, progress)."""
     if sampler in SOLVERS and (sched is not None or sampler not in FLOW_SOLVERS):
@@ -184,7 +186,7 @@ def _sample_loop(net: Denoiser, sched: NoiseSchedule | None, shape: tuple[int, .
         return flow_sample_loop(net, shape, steps=steps, solver=sampler, **kw)
     if sampler == "ddpm":
         return p_sample_loop(net, sched, shape, **kw)
-    return ddim_sample_loop(net, sched, shape, ddim_steps=steps, eta=eta, **kw)
+    return ddim_sample_loop(net, sched, shape, ddim_steps=steps, eta=eta, timesteps=timesteps, **kw)
 
 
 def save_npz(path: str | Path, images: torch.Tensor, **meta: Any) -> Path:

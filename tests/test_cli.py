@@ -659,3 +659,30 @@ def test_latent_models_sample_with_the_fast_solvers(runs, tmp_path, model, sampl
     with np.load(out / "samples.npz") as a, np.load(str(out) + "-again/samples.npz") as b:
         assert a["samples"].shape[1:] == (1, 32, 32) and np.array_equal(a["samples"], b["samples"])
     assert len(list((out / "sample_000" / "steps").glob("*.pdf"))) == 5  # x_T and one frame per step
+
+
+def test_distill_writes_a_student_that_samples_as_it_was_distilled(runs, tmp_path, capsys):
+    """``distill`` halves the teacher's grid round by round; the student is a cldm file whose header records its
+    timesteps and folded guidance, and ``sample`` runs it so by default (η = 0, its steps), refusing other settings."""
+    vae = str(runs["vae"] / "checkpoints" / "model.safetensors")
+    teacher = str(runs["cldm"] / "checkpoints" / "model.safetensors")
+    student = tmp_path / "student.safetensors"
+    assert main(["distill", vae, teacher, "--steps", "2", "--start_steps", "8", "--iterations", "3", "--batch_size",
+                 "16", "--subset", "64", "--quiet", "--device", "cpu", "--out", str(student)]) == 0
+    meta = read_model_meta(student)
+    d = meta["distillation"]
+    assert meta["kind"] == "cldm" and meta["config"]["diffusion"]["prediction"] == "v"
+    assert len(d["timesteps"]) == 2 and d["timesteps"][0] == T - 1 and d["guidance"] == 2.0
+    assert [r["steps"] for r in d["rounds"]] == [4, 2] and meta["vae_weights_sha256"]
+    out = tmp_path / "s"
+    assert main(["sample", "cldm", vae, str(student), "--digit", "3", "--num_samples", "2", "--individual", "0",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    info = json.loads((out / "info.json").read_text())
+    assert (info["steps"], info["eta"], info["guidance"]) == (2, 0.0, 2.0)
+    capsys.readouterr()
+    assert _exit_code(["sample", "cldm", vae, str(student), "--digit", "3", "--steps", "5", "--out",
+                       str(tmp_path / "bad")]) == 2
+    assert "--steps: this student was distilled to sample with sampler=ddim, steps=2" in capsys.readouterr().err
+    assert _exit_code(["distill", vae, teacher, "--steps", "3", "--start_steps", "8", "--out",
+                       str(tmp_path / "x.safetensors")]) == 2
+    assert "--start_steps must be steps × 2, 4, 8" in capsys.readouterr().err
