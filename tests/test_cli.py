@@ -661,28 +661,55 @@ def test_latent_models_sample_with_the_fast_solvers(runs, tmp_path, model, sampl
     assert len(list((out / "sample_000" / "steps").glob("*.pdf"))) == 5  # x_T and one frame per step
 
 
-def test_distill_writes_a_student_that_samples_as_it_was_distilled(runs, tmp_path, capsys):
-    """``distill`` halves the teacher's grid round by round; the student is a cldm file whose header records its
-    timesteps and folded guidance, and ``sample`` runs it so by default (η = 0, its steps), refusing other settings."""
+@pytest.fixture(scope="module")
+def student(runs):
+    """The tiny cldm distilled to 2 steps (from 8, two rounds of 3 iterations)."""
     vae = str(runs["vae"] / "checkpoints" / "model.safetensors")
     teacher = str(runs["cldm"] / "checkpoints" / "model.safetensors")
-    student = tmp_path / "student.safetensors"
+    path = runs["root"] / "student.safetensors"
     assert main(["distill", vae, teacher, "--steps", "2", "--start_steps", "8", "--iterations", "3", "--batch_size",
-                 "16", "--subset", "64", "--quiet", "--device", "cpu", "--out", str(student)]) == 0
-    meta = read_model_meta(student)
+                 "16", "--subset", "64", "--quiet", "--device", "cpu", "--out", str(path)]) == 0
+    return {"vae": vae, "teacher": teacher, "student": path}
+
+
+def test_distill_writes_a_student_that_samples_as_it_was_distilled(runs, student, tmp_path, capsys):
+    """``distill`` halves the teacher's grid round by round; the student is a cldm file whose header records its
+    timesteps and folded guidance, and ``sample`` runs it so by default (η = 0, its steps), refusing other settings."""
+    vae, teacher = student["vae"], student["teacher"]
+    meta = read_model_meta(student["student"])
     d = meta["distillation"]
     assert meta["kind"] == "cldm" and meta["config"]["diffusion"]["prediction"] == "v"
     assert len(d["timesteps"]) == 2 and d["timesteps"][0] == T - 1 and d["guidance"] == 2.0
     assert [r["steps"] for r in d["rounds"]] == [4, 2] and meta["vae_weights_sha256"]
     out = tmp_path / "s"
-    assert main(["sample", "cldm", vae, str(student), "--digit", "3", "--num_samples", "2", "--individual", "0",
-                 "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["sample", "cldm", vae, str(student["student"]), "--digit", "3", "--num_samples", "2",
+                 "--individual", "0", "--device", "cpu", "--out", str(out)]) == 0
     info = json.loads((out / "info.json").read_text())
     assert (info["steps"], info["eta"], info["guidance"]) == (2, 0.0, 2.0)
     capsys.readouterr()
-    assert _exit_code(["sample", "cldm", vae, str(student), "--digit", "3", "--steps", "5", "--out",
+    assert _exit_code(["sample", "cldm", vae, str(student["student"]), "--digit", "3", "--steps", "5", "--out",
                        str(tmp_path / "bad")]) == 2
     assert "--steps: this student was distilled to sample with sampler=ddim, steps=2" in capsys.readouterr().err
     assert _exit_code(["distill", vae, teacher, "--steps", "3", "--start_steps", "8", "--out",
                        str(tmp_path / "x.safetensors")]) == 2
     assert "--start_steps must be steps × 2, 4, 8" in capsys.readouterr().err
+
+
+def test_distilled_vs_teacher_benchmark_scores_every_generator(student, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dvt", Path(__file__).parents[1] / "benchmarks"
+                                                  / "distilled_vs_teacher.py")
+    dvt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dvt)
+    out = tmp_path / "distillation.json"
+    assert dvt.main([student["vae"], student["teacher"], str(student["student"]), "--n", "10", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    rows = doc["generators"]
+    assert list(rows) == [f"teacher, DDIM-{T} (default η and w)", "teacher, DDIM-2, η = 0",
+                          "teacher, DPM-Solver++(2M), 2 steps", "student, 2 steps"]
+    assert rows["student, 2 steps"]["network_evaluations_per_sample"] == 2  # guidance folded: one call per step
+    assert rows["teacher, DDIM-2, η = 0"]["network_evaluations_per_sample"] == 4  # guided: two per step
+    assert rows[f"teacher, DDIM-{T} (default η and w)"]["network_calls"] == T  # DDIM-50, capped at the tiny T
+    for r in rows.values():
+        assert 0 <= r["label_accuracy"] <= 1 and r["samples_per_second"] > 0 and math.isfinite(r["fid_resnet"])
