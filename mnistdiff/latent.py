@@ -60,6 +60,8 @@ class LatentCodec:
         return post.mode() * self.scale
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Unscale and decode; the result is clamped to [−1, 1]."""
-        return self.vae.decode(z / self.scale).float().clamp(-1.0, 1.0)
+    def decode(self, z: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+        """Unscale and decode; the result is clamped to [−1, 1]. ``bf16``: under bf16 autocast (faster where the
+        hardware has it; :meth:`mnistdiff.model.DiffusionModel.measure_precision` decides by timing it)."""
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return self.vae.decode(z / self.scale).float().clamp(-1.0, 1.0)

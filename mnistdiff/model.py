@@ -18,6 +18,7 @@ which checks nothing per step. The VAE is loaded by :func:`load_vae` (its run co
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, EpsFromV, SampleOutput, eps_n
 from mnistdiff.flows import flow_nfe
 from mnistdiff.latent import LatentCodec
 from mnistdiff.modelfile import CheckpointError, load_model_file, save_model_file
-from mnistdiff.sampling import OLD_FAST, SAMPLERS, generate, measure_precision
+from mnistdiff.sampling import OLD_FAST, SAMPLERS, generate, measure_decoder, measure_precision
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.solvers import solver_nfe
 from mnistdiff.unet import NULL_LABEL, UNet
@@ -93,7 +94,9 @@ class DiffusionModel:
     v̂ (:mod:`mnistdiff.flows`). :attr:`network` is the UNet in every case.
 
     ``clip_range`` is what x̂_0 is clipped to while sampling (the training codes' range for a latent model);
-    ``precision`` how :meth:`sample` runs the network unless told otherwise (``"fp32"``: as trained).
+    ``precision`` how :meth:`sample` runs the network unless told otherwise (``"fp32"``: as trained), and
+    ``decode_precision`` how a latent model's VAE decodes (``"fp32"``, or ``"bf16"`` where :meth:`measure_precision`
+    found it faster); an explicit ``sample(precision="fp32")`` runs both in float32.
     """
 
     unet: UNet | EpsFromV
@@ -103,6 +106,7 @@ class DiffusionModel:
     codec: LatentCodec | None = None
     clip_range: ClipRange = PIXEL_RANGE
     precision: str = "fp32"
+    decode_precision: str = "fp32"
 
     @property
     def network(self) -> UNet:
@@ -224,12 +228,14 @@ class DiffusionModel:
         timesteps = None
         if self.distillation:  # the student is the guided model: one conditional call per step, on its own grid
             timesteps, guidance = list(self.distillation["timesteps"]), 1.0
-        precision = precision or self.precision
+        asked, precision = precision, precision or self.precision
         if precision == "auto":
             self.measure_precision(device)
             precision = self.precision
-        decode = self.codec.decode if self.codec is not None else None
+        decode = None
         if self.codec is not None:
+            bf16 = asked in ("bf16", "bf16_cl") or (asked != "fp32" and self.decode_precision == "bf16")
+            decode = functools.partial(self.codec.decode, bf16=bf16)
             self.codec.vae.to(device)
         return generate(self.unet, self.schedule, num_samples, shape=self.sample_shape, sampler=sampler, steps=steps,
                         eta=eta, seed=seed, device=device, batch_size=batch_size, decode=decode,
@@ -289,9 +295,14 @@ class DiffusionModel:
 
     def measure_precision(self, device: str | torch.device | None = None) -> dict[str, float]:
         """Time fp32 against bf16 + channels_last on ``device`` and keep the faster as :attr:`precision` (bf16 is
-        fast only where the hardware has it: measured, never assumed). Returns network calls per second of each."""
+        fast only where the hardware has it: measured, never assumed); a latent model's decoder likewise, fp32 against
+        bf16, as :attr:`decode_precision`. Returns network calls (and images decoded) per second of each."""
         device = device if device is not None else next(self.unet.parameters()).device
         self.precision, speeds = measure_precision(self.unet, self.sample_shape, device)
+        if self.codec is not None:
+            self.codec.vae.to(device)
+            self.decode_precision, decode_speeds = measure_decoder(self.codec.decode, self.sample_shape, device)
+            speeds = {**speeds, **decode_speeds}
         self.meta["sampling_speeds"] = speeds
         return speeds
 

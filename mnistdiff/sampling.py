@@ -38,7 +38,8 @@ from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.solvers import SOLVERS, solver_sample_loop
 from mnistdiff.viz import progression_strip, save_grid, save_image
 
-__all__ = ["generate", "write_sample_folder", "save_npz", "FastDenoiser", "measure_precision", "SAMPLERS", "OLD_FAST"]
+__all__ = ["generate", "write_sample_folder", "save_npz", "FastDenoiser", "measure_precision", "measure_decoder",
+           "SAMPLERS", "OLD_FAST"]
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -112,6 +113,23 @@ def measure_precision(model: torch.nn.Module, shape: tuple[int, int, int], devic
             torch.cuda.synchronize(device)
         speeds[precision] = round(calls * batch_size / (time.perf_counter() - t0), 1)
     return max(speeds, key=speeds.__getitem__), speeds
+
+
+@torch.no_grad()
+def measure_decoder(decode: Callable[..., torch.Tensor], shape: tuple[int, int, int],
+                    device: torch.device | str = "cpu", batch_size: int = 256, calls: int = 2
+                    ) -> tuple[str, dict[str, float]]:
+    """``"bf16"`` or ``"fp32"``: whichever runs ``decode(z, bf16=…)`` (a latent model's VAE decoder) faster here, timed
+    like :func:`measure_precision`. Returns the choice and images decoded per second of each."""
+    z = torch.randn((batch_size, *shape), device=torch.device(device))
+    speeds: dict[str, float] = {}
+    for name in ("fp32", "bf16"):
+        decode(z, bf16=name == "bf16")
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            decode(z, bf16=name == "bf16")
+        speeds[f"decode_{name}"] = round(calls * batch_size / (time.perf_counter() - t0), 1)
+    return max(("fp32", "bf16"), key=lambda n: speeds[f"decode_{n}"]), speeds
 
 
 @torch.no_grad()

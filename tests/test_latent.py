@@ -116,3 +116,32 @@ def test_codec_with_latent_unet_shapes(vae, images):
     with torch.no_grad():
         eps = UNet(cfg)(z, torch.tensor([0, 5]))
     assert codec.decode(eps).shape == (2, 1, 32, 32)
+
+
+def test_codec_decodes_in_bf16_when_asked_close_to_float32(vae):
+    """bf16 autocast decodes to within bf16's precision of the float32 decode (and is not the same computation)."""
+    z = torch.randn(8, vae.config.latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    codec = LatentCodec(vae, 1.5)
+    full, half = codec.decode(z), codec.decode(z, bf16=True)
+    assert half.dtype == torch.float32 and half.shape == full.shape
+    assert 0 < float((half - full).abs().max()) < 0.05
+
+
+def test_measured_bf16_decoding_is_used_unless_float32_is_asked_for(vae, monkeypatch):
+    from mnistdiff.config import LDMRunConfig, UNetConfig
+    from mnistdiff.model import DiffusionModel
+    from mnistdiff.schedules import NoiseSchedule
+    from mnistdiff.unet import UNet
+
+    cfg = LDMRunConfig(unet=UNetConfig(in_channels=vae.config.latent_channels, image_size=4, base_channels=8,
+                                       channel_mults=(1,), num_res_blocks=1, attention_resolutions=(), num_heads=2))
+    codec = LatentCodec(vae, 1.5)
+    seen = []
+    monkeypatch.setattr(codec, "decode", lambda z, bf16=False: seen.append(bf16) or torch.zeros(z.shape[0], 1, 32, 32))
+    model = DiffusionModel(UNet(cfg.unet).eval(), NoiseSchedule.make("cosine", 10), cfg, codec=codec,
+                           clip_range=(-3.0, 3.0), decode_precision="bf16")
+    model.sample(2, steps=2)
+    model.sample(2, steps=2, precision="fp32")
+    model.decode_precision = "fp32"
+    model.sample(2, steps=2)
+    assert seen == [True, False, False]
