@@ -47,7 +47,7 @@ _EXPORTS: dict[str, str] = {
         "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "CLDMRunConfig", "ConfigError", "DDPMRunConfig",
         "DiffusionConfig", "FlowRunConfig", "LDMRunConfig", "TrainConfig", "UNetConfig", "VAEConfig", "VAERunConfig"
     ], "mnistdiff.config"),
-    **dict.fromkeys(["checkpoint_path", "get_cldm", "get_ddpm", "get_flow", "get_ldm", "get_vae"],
+    **dict.fromkeys(["checkpoint_path", "get_cldm", "get_cldm_distilled", "get_ddpm", "get_flow", "get_ldm", "get_vae"],
                     "mnistdiff.course.pretrained"),
     **dict.fromkeys(["get_profile"], "mnistdiff.course.profiles"),
     **dict.fromkeys(["load_mnist", "to_uint8", "to_unit_range"], "mnistdiff.data"),

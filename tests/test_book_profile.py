@@ -116,6 +116,7 @@ def _tiny(name: str = "tiny"):
         ldm=dataclasses.replace(SMOKE.ldm, train=dataclasses.replace(SMOKE.ldm.train, **train)),
         cldm=dataclasses.replace(SMOKE.cldm, train=dataclasses.replace(SMOKE.cldm.train, **train)),
         flow=dataclasses.replace(SMOKE.flow, train=dataclasses.replace(SMOKE.flow.train, **train)),
+        distill=dataclasses.replace(SMOKE.distill, iterations=2, batch_size=8, subset=32),
     )
 
 
@@ -126,7 +127,10 @@ def test_train_all_trains_skips_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MNISTDIFF_CHECKPOINT_DIR", str(tmp_path))
     prof = _tiny()
     seconds = train_all(prof, device="cpu", progress=False)
-    assert set(seconds) == {"ddpm", "vae", "ldm", "cldm", "flow"}
+    assert set(seconds) == {"ddpm", "vae", "ldm", "cldm", "flow", "cldm_distilled"}
+    student = read_model_meta(checkpoint_path("cldm_distilled", prof))
+    assert student["distillation"]["teacher_weights_sha256"] == read_model_meta(checkpoint_path("cldm", prof))[
+        "weights_sha256"]
     for kind in seconds:
         assert checkpoint_path(kind, prof).suffix == ".safetensors" and checkpoint_path(kind, prof).exists()
         assert not checkpoint_path(kind, prof).with_suffix(".json").exists()  # one file per model
@@ -136,7 +140,7 @@ def test_train_all_trains_skips_and_resumes(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     train_all(prof, device="cpu", progress=False)
     out = capsys.readouterr().out
-    assert out.count("skipping") == 5 and "training the" not in out
+    assert out.count("skipping") == 5 and "training the" not in out and "distilling" not in out
 
     # a run stopped before its final checkpoint is resumed, not restarted
     run = next((tmp_path / "tiny" / "runs").glob("*-ddpm"))

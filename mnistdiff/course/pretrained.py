@@ -33,8 +33,11 @@ from mnistdiff.modelfile import SUFFIX, CheckpointError, read_model_meta
 from mnistdiff.training.kinds import KINDS
 from mnistdiff.vae import VAE
 
-__all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_vae", "get_ldm", "get_cldm", "get_flow", "train_all",
-           "REPO_ROOT"]
+__all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_vae", "get_ldm", "get_cldm", "get_flow",
+           "get_cldm_distilled", "train_all", "REPO_ROOT", "STUDENT"]
+
+#: The file name (in ``checkpoints/<profile>/``) of the cldm's distilled student: a cldm file, not a kind of its own.
+STUDENT = "cldm_distilled"
 
 REPO_ROOT = repo_root()
 
@@ -163,6 +166,44 @@ def get_flow(profile: str | Profile | None = None, *, device: str | torch.device
     return _get(FlowRunConfig.kind, profile, device, retrain, progress)
 
 
+def _student_matches(path: Path, prof: Profile, teacher: DiffusionModel) -> bool:
+    """Whether the stored student was distilled with the profile's settings from this very teacher."""
+    if not path.exists():
+        return False
+    record = read_model_meta(path).get("distillation") or {}
+    return (record.get("config") == to_dict(prof.distill)
+            and record.get("teacher_weights_sha256") == teacher.meta.get("weights_sha256"))
+
+
+def _distil_else_load(prof: Profile, device: torch.device, progress: bool) -> Path:
+    """``checkpoints/<profile>/cldm_distilled.safetensors``: kept if it matches (:func:`_student_matches`), else
+    distilled now from the profile's cldm (loaded, else trained) and stored."""
+    from mnistdiff.data import load_mnist
+    from mnistdiff.training.distill import progressive_distillation
+
+    teacher = _load_else_train(CLDMRunConfig.kind, prof, device, False, progress)
+    path = checkpoint_dir(prof) / f"{STUDENT}{SUFFIX}"
+    if _student_matches(path, prof, teacher):
+        return path
+    print(f"[mnistdiff] no {prof.name} student distilled from this cldm at {_shown(path)}: distilling one now")
+    train = load_mnist("train").subset(prof.distill.subset, prof.distill.seed)
+    return progressive_distillation(teacher, train.images, train.labels, prof.distill, path, device, progress)
+
+
+def get_cldm_distilled(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
+                       progress: bool = True) -> DiffusionModel:
+    """The profile's cldm distilled into a few-step student with its guidance folded in (chapter 9): load it, else
+    distil it (:func:`~mnistdiff.training.distill.progressive_distillation`, the profile's ``distill`` settings)."""
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    path = _distil_else_load(prof, resolve_device(device), progress)
+    print(f"[mnistdiff] loading {_shown(path)}")
+    student = DiffusionModel.load(path, vae=checkpoint_path(VAE_KIND, prof), device=resolve_device(device))
+    student.precision = prof.sample_precision
+    if student.precision == "auto":
+        student.measure_precision(resolve_device(device))
+    return student
+
+
 def _unfinished_run(runs: Path, kind: str, cfg: Any) -> Path | None:
     """The newest run of ``kind`` under ``runs`` that stopped before its final checkpoint, with the config ``cfg``."""
     for run in sorted(runs.glob(f"*-{kind}"), reverse=True):
@@ -180,7 +221,7 @@ def _unfinished_run(runs: Path, kind: str, cfg: Any) -> Path | None:
 def train_all(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
               data_dir: str | Path | None = None, progress: bool = True) -> dict[str, float]:
     """Train the profile's models in the order of :data:`~mnistdiff.training.kinds.KINDS` into
-    ``checkpoints/<profile>/``; resumable.
+    ``checkpoints/<profile>/``, then distil the cldm's student; resumable.
 
     A model whose stored file already has exactly the profile's config (training settings included) is
     skipped; a run that was stopped (Ctrl-C, SIGTERM, a session's end) is resumed from its ``last.pt`` in
@@ -205,6 +246,8 @@ def train_all(profile: str | Profile | None = None, *, device: str | torch.devic
             _store(result.checkpoint, dest)
             print(f"[mnistdiff] stored {_shown(dest)} ({result.seconds / 60:.1f} min of training)")
         seconds[kind] = float(read_model_meta(dest).get("seconds", 0.0))
+    student = _distil_else_load(prof, resolve_device(device), progress)  # chapter 9's student, after its teacher
+    seconds[STUDENT] = float(read_model_meta(student).get("seconds", 0.0))
     print("[mnistdiff] training minutes: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items())
           + f"; total {sum(seconds.values()) / 60:.1f}")
     return seconds
