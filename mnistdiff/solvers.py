@@ -14,8 +14,8 @@ points p_0 (the noisiest) … p_N (the data: a = 1, b = 0), calling ``denoise(x,
   DDIM's step exactly.
 * :func:`heun_edm` — Heun's method in EDM's variables x̄ = x/a and σ = b/a, where the ODE is dx̄/dσ = (x̄ − x̂_0)/σ
   (Karras et al. 2022, Algorithm 1): the trapezoid correction on every step but the last, which ends at σ = 0
-  where that slope is undefined (2N − 1 calls). Karras et al.'s σ spacing (:func:`karras_sigmas`) puts the steps
-  where the ODE bends.
+  where that slope is undefined (2N − 1 calls). Karras et al.'s σ spacing (:func:`karras_sigmas`, from their
+  σ_max = 80, :data:`KARRAS_SIGMA_MAX`) puts the steps where the ODE bends.
 
 :func:`ddpm_path` and :func:`flow_path` build the points and the denoiser of a model; :func:`solver_sample_loop`
 runs a solver and returns a :class:`~mnistdiff.ddpm.SampleOutput` like every other sampler.
@@ -33,7 +33,7 @@ from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, clip_
 from mnistdiff.flows import TIME_SCALE, PathPoint, flow_timesteps, straight_path
 from mnistdiff.schedules import NoiseSchedule
 
-__all__ = ["SOLVERS", "karras_sigmas", "ddpm_path", "flow_path", "dpm_solver_pp_2m", "heun_edm",
+__all__ = ["SOLVERS", "KARRAS_SIGMA_MAX", "karras_sigmas", "ddpm_path", "flow_path", "dpm_solver_pp_2m", "heun_edm",
            "solver_sample_loop", "solver_nfe"]
 
 #: The solvers of this module, by the name ``sample(sampler=…)`` takes (``"heun"`` is EDM's for an ε-network; a
@@ -73,15 +73,22 @@ def _point_of_sigma(sigma: float) -> PathPoint:
     return PathPoint(a, sigma * a, 0.0, 0.0)
 
 
+#: The largest σ = b/a where Karras et al.'s spacing starts (their σ_max): a cosine schedule's last timestep has
+#: σ ≈ 10⁴, and spacing from there would spend most steps where the sample is still pure noise.
+KARRAS_SIGMA_MAX = 80.0
+
+
 def ddpm_path(model: Denoiser, sched: NoiseSchedule, steps: int, spacing: str = "linspace",
-              clip_range: ClipRange = PIXEL_RANGE) -> tuple[list[PathPoint], Denoise, list[float]]:
+              clip_range: ClipRange = PIXEL_RANGE, sigma_max: float | None = KARRAS_SIGMA_MAX
+              ) -> tuple[list[PathPoint], Denoise, list[float]]:
     """The points, the denoiser and the timesteps of an ε-network ``model`` on ``sched``, ``steps`` network points
     and the clean endpoint. ``spacing``: ``"linspace"``, DDIM's integer timesteps (:func:`~mnistdiff.ddim.
-    ddim_timesteps`); ``"karras"``, Karras et al.'s σ between the schedule's first and last, at fractional
-    timesteps (the network's time embedding takes any real t)."""
+    ddim_timesteps`); ``"karras"``, Karras et al.'s σ from ``sigma_max`` (``None``: the schedule's last, as
+    diffusers does) down to the schedule's first, at fractional timesteps (the time embedding takes any real t)."""
     sigmas = _schedule_sigmas(sched)
     if spacing == "karras":
-        wanted = karras_sigmas(float(sigmas[0]), float(sigmas[-1]), steps)
+        top = float(sigmas[-1]) if sigma_max is None else min(sigma_max, float(sigmas[-1]))
+        wanted = karras_sigmas(float(sigmas[0]), top, steps)
         times = [_timestep_of_sigma(sigmas.log(), s) for s in wanted]
     elif spacing == "linspace":
         times = [float(t) for t in ddim_timesteps(sched.num_timesteps, steps)]

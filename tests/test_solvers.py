@@ -68,11 +68,11 @@ def test_edm_heun_equals_diffusers_heun_with_karras_sigmas():
 
     sched, net, steps = NoiseSchedule.make("linear", T), _toy_eps_network(), 10
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    ours = solver_sample_loop(net, sched, x_T.shape, solver="heun", steps=steps, x_T=x_T, clip_range=None).images
+    points, denoise, times = ddpm_path(net, sched, steps, "karras", None, sigma_max=None)  # σ_max: the schedule's
+    ours = heun_edm(denoise, points, x_T).float()
     theirs = HeunDiscreteScheduler(num_train_timesteps=T, trained_betas=sched.betas.double().numpy(),
                                    prediction_type="epsilon", use_karras_sigmas=True)
     theirs.set_timesteps(steps)
-    _, _, times = ddpm_path(net, sched, steps, "karras", None)
     np.testing.assert_allclose(theirs.timesteps[::2].numpy(), times, rtol=1e-5, atol=1e-6)  # the same timesteps
     x = x_T.clone() * theirs.init_noise_sigma  # their sample is x/a; ours starts at x_T·√(1 + σ²): 1e-5 apart
     for t in theirs.timesteps:
@@ -190,3 +190,12 @@ def test_models_sample_with_the_solvers_in_the_calls_they_promise(kind, sampler)
 def test_the_solvers_are_the_package_samplers():
     assert set(SOLVERS) <= set(DDPMRunConfig.samplers) and "dpmpp_2m" in FlowRunConfig.samplers
     assert solver_nfe("dpmpp_2m", 7) == 7 and solver_nfe("heun", 7) == 13
+
+
+def test_karras_spacing_starts_at_edms_sigma_max_not_at_a_cosine_schedules_last_timestep():
+    sched = NoiseSchedule.make("cosine", 1000)
+    points, _, times = ddpm_path(_toy_eps_network(), sched, 10, "karras")
+    assert points[0].b / points[0].a == pytest.approx(80.0, rel=1e-6)
+    assert times[0] < 999 and times[-1] == pytest.approx(0.0, abs=1e-6)
+    widest, _, _ = ddpm_path(_toy_eps_network(), sched, 10, "karras", sigma_max=None)
+    assert widest[0].b / widest[0].a > 1000  # the schedule's own last σ
