@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=2000, help="samples per configuration, and real digits in the floor")
     p.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="network calls per sample")
     p.add_argument("--precision", default="auto", choices=("fp32", "bf16", "bf16_cl", "auto"),
-                   help="how the network runs (auto: the faster of fp32 and bf16_cl, measured here once per model)")
+                   help="how the network runs (auto: the fastest of fp32, bf16 and bf16_cl, measured here once per "
+                        "model)")
     p.add_argument("--profile", default="book", help="results/<profile>/ gets the file")
     p.add_argument("--out", type=Path, default=None, help="default results/<profile>/nfe_sweep.json")
     p.add_argument("--device", default="cpu")

@@ -92,16 +92,17 @@ class FastDenoiser(torch.nn.Module):
 @torch.no_grad()
 def measure_precision(model: torch.nn.Module, shape: tuple[int, int, int], device: torch.device | str = "cpu",
                       batch_size: int = 128, calls: int = 2) -> tuple[str, dict[str, float]]:
-    """``"bf16_cl"`` or ``"fp32"``: whichever runs ``model`` faster here, timed on ``calls`` forward passes of a
-    ``batch_size`` batch after one warm-up each. bf16 is fast on CPUs with AMX/AVX-512 bf16 and slow
-    on others, so this is measured, never assumed. Returns the choice and network calls per second."""
+    """``"fp32"``, ``"bf16"`` or ``"bf16_cl"``: whichever runs ``model`` fastest here, timed on ``calls`` forward
+    passes of a ``batch_size`` batch after one warm-up each. bf16 is fast on CPUs with AMX/AVX-512 bf16 and slow on
+    others, and channels_last helps on some and hurts on others (the training probe on an AMD EPYC: bf16 fastest,
+    bf16_cl slower), so this is measured, never assumed. Returns the choice and network calls per second."""
     import copy
 
     device = torch.device(device)
     x = torch.randn((batch_size, *shape), device=device)
     t = torch.zeros(batch_size, device=device, dtype=torch.long)  # any t costs the same; 0 is in every schedule
     speeds: dict[str, float] = {}
-    for precision in ("fp32", "bf16_cl"):
+    for precision in ("fp32", "bf16", "bf16_cl"):
         net = FastDenoiser(copy.deepcopy(model).to(device).eval(), device.type, precision)
         net(x, t)
         if device.type == "cuda":
