@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, clip_x0
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, as_float, clip_x0
 from mnistdiff.schedules import NoiseSchedule
 
 __all__ = ["ddim_timesteps", "ddim_sigma", "ddim_step", "ddim_sample_loop"]
@@ -121,7 +121,7 @@ def ddim_sample_loop(
     for i, t in enumerate(tqdm(steps, desc=f"DDIM-{len(steps)} sampling", disable=not progress, leave=False)):
         t_prev = steps[i + 1] if i + 1 < len(steps) else -1
         t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
-        eps = model(x, t_batch).float()
+        eps = as_float(model(x, t_batch))
         noise = torch.randn(x.shape, generator=generator, device=device) if eta > 0 else None
         x, _ = ddim_step(host_sched, x, eps, t, t_prev, eta, noise, clip_range)
         if return_intermediates:

@@ -55,6 +55,12 @@ class SampleOutput(NamedTuple):
     frames: list[tuple[int, torch.Tensor]]
 
 
+def as_float(eps: torch.Tensor) -> torch.Tensor:
+    """A network's output as float32 (bf16 autocast's included), or kept in float64 where a wrapper computed it so
+    (:class:`EpsFromV`)."""
+    return eps if eps.dtype == torch.float64 else eps.float()
+
+
 def clip_x0(x0: torch.Tensor, clip_range: ClipRange) -> torch.Tensor:
     """Clip a predicted x̂_0 to ``clip_range = (low, high)``: :data:`PIXEL_RANGE` for pixels, the range
     stored with a latent checkpoint for latents; ``None`` → unchanged."""
@@ -205,10 +211,13 @@ class EpsFromV(nn.Module):
         return self.net.config
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """ε̂ (B, C, H, W) in float32."""
-        v = (self.net(x, t) if y is None else self.net(x, t, y)).float()
+        """ε̂ (B, C, H, W) in float64, from the same ᾱ_t the samplers read: their x̂_0 = (x − √(1 − ᾱ)·ε̂)/√ᾱ then
+        recovers √ᾱ·x − √(1 − ᾱ)·v̂, where float32 coefficients would leave a rounding error multiplied by
+        1/√ᾱ_t (≈ 3·10⁴ at a cosine schedule's last timestep)."""
+        v = (self.net(x, t) if y is None else self.net(x, t, y)).double()
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        return predict_eps_from_v(self.sched, x.float(), t, v)
+        a = extract(self.sched.alphas_cumprod, t, x.ndim).double()
+        return a.sqrt() * v + (1 - a).sqrt() * x.double()
 
 
 def eps_network(net: nn.Module, sched: NoiseSchedule, prediction: str) -> nn.Module:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 
+from mnistdiff.ddpm import as_float
 from mnistdiff.unet import NULL_LABEL
 
 __all__ = ["NULL_LABEL", "balanced_labels", "drop_labels", "guided_eps", "GuidedDenoiser"]
@@ -50,10 +51,10 @@ def guided_eps(model: ConditionalDenoiser, x_t: torch.Tensor, t: torch.Tensor, y
     """
     null = torch.full_like(y, NULL_LABEL)
     if w == 0:
-        return model(x_t, t, null).float()
+        return as_float(model(x_t, t, null))
     if w == 1:
-        return model(x_t, t, y).float()
-    eps_y, eps_null = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null])).float().chunk(2)
+        return as_float(model(x_t, t, y))
+    eps_y, eps_null = as_float(model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))).chunk(2)
     return eps_null + w * (eps_y - eps_null)
 
 

@@ -30,7 +30,7 @@ import torch
 from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from mnistdiff.data import to_uint8
 from mnistdiff.ddim import ddim_sample_loop
-from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, p_sample_loop
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, as_float, p_sample_loop
 from mnistdiff.files import atomic_write_bytes, atomic_write_text
 from mnistdiff.flows import FLOW_SOLVERS, flow_sample_loop
 from mnistdiff.guidance import GuidedDenoiser
@@ -78,7 +78,7 @@ class FastDenoiser(torch.nn.Module):
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self.inner(x, t, *y).float()
+            return as_float(self.inner(x, t, *y))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         """ε̂ for ``x``, ``t`` (and the labels ``y`` of a class-conditional model)."""

@@ -78,3 +78,13 @@ def test_only_a_distilled_latent_student_is_exported(tmp_path):
     teacher = DiffusionModel(UNet(cfg.unet), NoiseSchedule.make("cosine", 10), cfg)
     with pytest.raises(ValueError, match="takes a distilled class-conditional latent model"):
         export_student(teacher, tmp_path)
+
+
+def test_the_package_samples_the_student_as_the_page_will(exported):
+    """``DiffusionModel.sample`` of the student draws what ``onnx_sample`` draws from the same noise: a v-model's ε̂
+    is formed in float64 from the ᾱ the sampler reads, so x̂_0 = √ᾱ·z − √(1 − ᾱ)·v̂ survives even where ᾱ ≈ 0."""
+    student, out, _ = exported
+    y = torch.tensor([2, 5, 8])
+    images, _ = student.sample(3, labels=y, seed=11)
+    z = torch.randn((3, 2, 4, 4), generator=torch.Generator().manual_seed(11))  # the sampler's first draw
+    torch.testing.assert_close(onnx_sample(out, z, y), images, rtol=0, atol=1e-4)
