@@ -1,4 +1,4 @@
-"""Command line: ``python -m mnistdiff train|sample|distill|umap|evaluate|convert|course``.
+"""Command line: ``python -m mnistdiff train|sample|distill|export|umap|evaluate|convert|course``.
 
 ``sample cldm`` asks the class-conditional model for digits (``--digit 3``, repeated, or ``all``) with
 classifier-free guidance ``--guidance w`` (ε̃ = ε(∅) + w·(ε(y) − ε(∅))).
@@ -32,6 +32,7 @@ from mnistdiff.cli_checks import (
     writable_dir,
 )
 from mnistdiff.cli_distill import add_distill_parser, run_distill
+from mnistdiff.cli_export import add_export_parser, run_export
 from mnistdiff.cli_options import add_config_arguments, config_from_args, option_message
 from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, MNIST_CLASSES, PRECISIONS, ConfigError
 from mnistdiff.course.profiles import PROFILES
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     add_distill_parser(sub)
+    add_export_parser(sub)
     _add_evaluate_and_course(sub)
     return parser
 
@@ -354,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": _cmd_train, "sample": _cmd_sample, "distill": lambda a: run_distill(a, _load),
-                "umap": _cmd_umap, "evaluate": _cmd_evaluate, "convert": _cmd_convert, "course": _cmd_course}
+                "export": lambda a: run_export(a, _load), "umap": _cmd_umap, "evaluate": _cmd_evaluate,
+                "convert": _cmd_convert, "course": _cmd_course}
     from mnistdiff.data import MNISTDataError
     from mnistdiff.training.loop import TrainingDiverged, TrainingInterrupted
 

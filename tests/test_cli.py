@@ -713,3 +713,15 @@ def test_distilled_vs_teacher_benchmark_scores_every_generator(student, tmp_path
     assert rows[f"teacher, DDIM-{T} (default η and w)"]["network_calls"] == T  # DDIM-50, capped at the tiny T
     for r in rows.values():
         assert 0 <= r["label_accuracy"] <= 1 and r["samples_per_second"] > 0 and math.isfinite(r["fid_resnet"])
+
+
+def test_export_writes_checked_onnx_files_of_a_student_and_refuses_a_teacher(student, tmp_path, capsys):
+    out = tmp_path / "web"
+    assert main(["export", student["vae"], str(student["student"]), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"unet.onnx", "decoder.onnx", "sampler.json"}
+    printed = capsys.readouterr().out
+    assert "largest difference from PyTorch: unet" in printed and "MB" in printed
+    assert json.loads((out / "sampler.json").read_text())["timesteps"] == read_model_meta(student["student"])[
+        "distillation"]["timesteps"]
+    assert _exit_code(["export", student["vae"], student["teacher"], "--out", str(tmp_path / "t")]) == 2
+    assert "not a distilled student" in capsys.readouterr().err

@@ -1,0 +1,47 @@
+"""``python -m mnistdiff export``: a distilled student's network and its VAE's decoder as ONNX graphs for the
+browser, with ``sampler.json`` (:mod:`mnistdiff.export`); checked with onnxruntime against PyTorch before it returns.
+Every argument is checked before any work starts (exit code 2 with a message)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from mnistdiff.cli_checks import ArgError, as_arg_error, writable_dir
+
+__all__ = ["add_export_parser", "run_export"]
+
+#: The largest difference from PyTorch an exported graph may show on fixed inputs (issue 25).
+TOLERANCE = 1e-4
+
+
+def add_export_parser(sub: Any) -> None:
+    """``export VAE STUDENT --out DIR``."""
+    p = sub.add_parser("export", help="write a distilled cldm student and its VAE decoder as ONNX for the browser")
+    p.add_argument("vae_checkpoint", help="the VAE's model file the student's teacher was trained on")
+    p.add_argument("checkpoint", help="the distilled student (python -m mnistdiff distill)")
+    p.add_argument("--out", required=True, help="the folder to write unet.onnx, decoder.onnx and sampler.json into")
+
+
+def run_export(args: argparse.Namespace, load: Callable[..., Any]) -> int:
+    """``export``: load and check the student, write the files, run them with onnxruntime; prints sizes and errors."""
+    from mnistdiff.training.kinds import KINDS
+
+    out = writable_dir(args.out)
+    student = load(KINDS["cldm"], args.checkpoint, args.vae_checkpoint, "cpu")
+    if student.distillation is None:
+        raise ArgError(f"{args.checkpoint} is a cldm but not a distilled student: distil it first "
+                       "(python -m mnistdiff distill VAE CLDM --out STUDENT)")
+    from mnistdiff.export import check_export, export_student
+
+    with as_arg_error():
+        paths = export_student(student, out)
+    errors = check_export(student, out)
+    for path in paths.values():
+        print(f"{path}  {path.stat().st_size / 1e6:.2f} MB")
+    print("largest difference from PyTorch: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    if max(errors.values()) > TOLERANCE:
+        print(f"error: an exported graph differs from PyTorch by more than {TOLERANCE:g}")
+        return 1
+    return 0
