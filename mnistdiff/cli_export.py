@@ -17,11 +17,16 @@ TOLERANCE = 1e-4
 
 
 def add_export_parser(sub: Any) -> None:
-    """``export VAE STUDENT --out DIR``."""
+    """``export VAE STUDENT [--teacher CLDM] --out DIR``."""
     p = sub.add_parser("export", help="write a distilled cldm student and its VAE decoder as ONNX for the browser")
     p.add_argument("vae_checkpoint", help="the VAE's model file the student's teacher was trained on")
     p.add_argument("checkpoint", help="the distilled student (python -m mnistdiff distill)")
-    p.add_argument("--out", required=True, help="the folder to write unet.onnx, decoder.onnx and sampler.json into")
+    p.add_argument("--teacher", default=None,
+                   help="the student's teacher (the cldm it was distilled from), exported too: the page then also "
+                        "samples it at any guidance weight and 4-64 steps")
+    p.add_argument("--out", required=True,
+                   help="the folder to write student.onnx.gz, decoder.onnx.gz, [teacher.onnx.gz] (gzipped ONNX) "
+                        "and sampler.json into")
 
 
 def run_export(args: argparse.Namespace, load: Callable[..., Any]) -> int:
@@ -35,9 +40,14 @@ def run_export(args: argparse.Namespace, load: Callable[..., Any]) -> int:
                        "(python -m mnistdiff distill VAE CLDM --out STUDENT)")
     from mnistdiff.export import check_export, export_student
 
+    teacher = None
+    if args.teacher is not None:
+        teacher = load(KINDS["cldm"], args.teacher, args.vae_checkpoint, "cpu")
+        if teacher.meta.get("weights_sha256") != student.distillation.get("teacher_weights_sha256"):
+            raise ArgError(f"{args.checkpoint} was not distilled from {args.teacher} (its teacher's weights differ)")
     with as_arg_error():
-        paths = export_student(student, out)
-    errors = check_export(student, out)
+        paths = export_student(student, out, teacher)
+    errors = check_export(student, out, teacher)
     for path in paths.values():
         print(f"{path}  {path.stat().st_size / 1e6:.2f} MB")
     print("largest difference from PyTorch: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))

@@ -2,9 +2,11 @@
 a page's sampler needs as JSON (issue 25; the page runs them with onnxruntime-web).
 
 The page mirrors :meth:`mnistdiff.model.DiffusionModel.sample` for a student: for each of its timesteps t (high to
-low), v̂ = unet(z, t, y); x̂_0 = clip(√ᾱ_t·z − √(1 − ᾱ_t)·v̂, ±c); ε̂ = (z − √ᾱ_t·x̂_0)/√(1 − ᾱ_t); then DDIM (η = 0)
-to the next timestep, z = √ᾱ_next·x̂_0 + √(1 − ᾱ_next)·ε̂ (ᾱ = 1 after the last); the image is decoder(z).
-``sampler.json`` holds the timesteps, ᾱ at each, the clip c, the latent shape and the guidance weight folded in.
+low), v̂ = student(z, t, y); x̂_0 = clip(√ᾱ_t·z − √(1 − ᾱ_t)·v̂, ±c); ε̂ = (z − √ᾱ_t·x̂_0)/√(1 − ᾱ_t); then DDIM
+(η = 0) to the next timestep, z = √ᾱ_next·x̂_0 + √(1 − ᾱ_next)·ε̂ (ᾱ = 1 after the last); the image is decoder(z).
+With the student's teacher exported too, the page also runs the teacher at any w and 4-64 DDIM steps (η = 0):
+the same loop with x̂_0 from the guided ε̃. ``sampler.json`` holds, per network, its timesteps, ᾱ at each, the clip
+c, what it predicts and its guidance weight, and the latent shape and files' hashes.
 :func:`check_export` runs the graphs with onnxruntime and reports their largest difference from PyTorch.
 
 Needs the ``[export]`` extra (onnx, onnxscript, onnxruntime); nothing else in the package imports this module.
@@ -12,18 +14,23 @@ Needs the ``[export]`` extra (onnx, onnxscript, onnxruntime); nothing else in th
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mnistdiff.files import atomic_write_text
+from mnistdiff.config import DEFAULT_GUIDANCE
+from mnistdiff.ddim import ddim_timesteps
+from mnistdiff.files import atomic_write_bytes, atomic_write_text
 from mnistdiff.model import DiffusionModel
+from mnistdiff.unet import NULL_LABEL
 
-__all__ = ["OPSET", "export_student", "check_export", "onnx_sample"]
+__all__ = ["OPSET", "TEACHER_STEPS", "export_student", "check_export", "onnx_sample"]
 
 #: The ONNX opset the graphs are written in.
 OPSET = 20
@@ -42,11 +49,15 @@ class _Decoder(nn.Module):
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], output: str, path: Path) -> Path:
-    """``module`` as one self-contained ONNX file at ``path``, its batch dimension dynamic."""
+    """``module`` as one self-contained ONNX graph, its batch dimension dynamic, gzipped at ``path`` (``*.onnx.gz``:
+    a fifth smaller to download; the page inflates it with the browser's ``DecompressionStream``)."""
     batch = torch.export.Dim("batch")
     params = list(module.forward.__code__.co_varnames[1:1 + len(args)])
-    torch.onnx.export(module.eval(), args, str(path), input_names=names, output_names=[output], dynamo=True,
-                      opset_version=OPSET, external_data=False, dynamic_shapes={p: {0: batch} for p in params})
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "graph.onnx"
+        torch.onnx.export(module.eval(), args, str(onnx_path), input_names=names, output_names=[output], dynamo=True,
+                          opset_version=OPSET, external_data=False, dynamic_shapes={p: {0: batch} for p in params})
+        atomic_write_bytes(path, gzip.compress(onnx_path.read_bytes(), compresslevel=9, mtime=0))
     return path
 
 
@@ -54,69 +65,134 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def export_student(student: DiffusionModel, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``unet.onnx`` ((z, t, y) → v̂), ``decoder.onnx`` (z → image) and ``sampler.json`` into ``out_dir``."""
+#: The step counts the page offers for the teacher (DDIM, η = 0), each with its timesteps in ``sampler.json``.
+TEACHER_STEPS = (4, 8, 16, 32, 64)
+
+
+def _network_constants(model: DiffusionModel, timesteps: list[int], path: Path) -> dict[str, Any]:
+    abar = model.schedule.alphas_cumprod.double() if model.schedule is not None else None
+    assert abar is not None
+    return {"file": path.name, "sha256": _sha256(path), "prediction": model.config.diffusion.prediction,
+            "clip": float(model.clip_range[1]), "timesteps": [int(s) for s in timesteps],
+            "alphas_cumprod": [float(abar[s]) for s in timesteps], "weights_sha256": model.meta.get("weights_sha256")}
+
+
+def _check_teacher(teacher: DiffusionModel, student: DiffusionModel) -> None:
+    if teacher.config.diffusion.prediction != "eps" or teacher.num_classes is None or teacher.distillation:
+        raise ValueError("the teacher must be a class-conditional ε-prediction latent model (a cldm, not a student)")
+    if teacher.sample_shape != student.sample_shape:
+        raise ValueError(f"the teacher samples {teacher.sample_shape}, the student {student.sample_shape}")
+
+
+def _teacher_constants(teacher: DiffusionModel, path: Path) -> dict[str, Any]:
+    """The teacher's ᾱ at every timestep, its DDIM timesteps for each of :data:`TEACHER_STEPS`, its default w."""
+    T = teacher.schedule.num_timesteps if teacher.schedule is not None else 0
+    out = _network_constants(teacher, list(range(T)), path)
+    out.pop("timesteps")
+    out["steps"] = {str(n): ddim_timesteps(T, n) for n in TEACHER_STEPS if n <= T}
+    out["guidance"] = DEFAULT_GUIDANCE
+    return out
+
+
+def export_student(student: DiffusionModel, out_dir: str | Path, teacher: DiffusionModel | None = None
+                   ) -> dict[str, Path]:
+    """Write ``student.onnx.gz`` ((z, t, y) → v̂), ``decoder.onnx.gz`` (z → image), with ``teacher`` also
+    ``teacher.onnx.gz`` ((z, t, y) → ε̂, y = −1 for ∅), and ``sampler.json`` into ``out_dir``. The graphs are gzipped
+    (``gunzip -k`` gives the ``.onnx`` files), each self-contained, opset :data:`OPSET`."""
     record = student.distillation
     if record is None or student.codec is None or student.schedule is None:
         raise ValueError("export_student takes a distilled class-conditional latent model (mnistdiff distill)")
+    if teacher is not None:
+        _check_teacher(teacher, student)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     c, h, w = student.sample_shape
-    z, t, y = torch.randn(2, c, h, w), torch.tensor(record["timesteps"][:2]), torch.tensor([3, 7])
-    paths = {"unet": _export(student.network, (z, t, y), ["z", "t", "y"], "v", out / "unet.onnx"),
-             "decoder": _export(_Decoder(student), (z,), ["z"], "image", out / "decoder.onnx")}
-    abar = student.schedule.alphas_cumprod.double()
+    z, t, y = torch.randn(2, c, h, w), torch.tensor(record["timesteps"][:2]), torch.tensor([3, NULL_LABEL])
+    paths = {"student": _export(student.network, (z, t, y), ["z", "t", "y"], "v", out / "student.onnx.gz"),
+             "decoder": _export(_Decoder(student), (z,), ["z"], "image", out / "decoder.onnx.gz")}
     constants: dict[str, Any] = {
-        "timesteps": [int(s) for s in record["timesteps"]],
-        "alphas_cumprod": [float(abar[s]) for s in record["timesteps"]],
-        "clip": float(student.clip_range[1]), "latent_shape": [c, h, w], "guidance": record["guidance"],
-        "num_classes": student.num_classes, "prediction": "v", "opset": OPSET,
-        "files": {k: {"name": p.name, "sha256": _sha256(p)} for k, p in paths.items()},
-        "student_weights_sha256": student.meta.get("weights_sha256"),
+        "opset": OPSET, "latent_shape": [c, h, w], "num_classes": student.num_classes, "null_label": NULL_LABEL,
+        "decoder": {"file": paths["decoder"].name, "sha256": _sha256(paths["decoder"])},
+        "student": {**_network_constants(student, record["timesteps"], paths["student"]),
+                    "guidance": record["guidance"]},
     }
+    if teacher is not None:
+        paths["teacher"] = _export(teacher.network, (z, t, y), ["z", "t", "y"], "eps", out / "teacher.onnx.gz")
+        constants["teacher"] = _teacher_constants(teacher, paths["teacher"])
     paths["sampler"] = out / "sampler.json"
-    atomic_write_text(paths["sampler"], json.dumps(constants, indent=2) + "\n")
+    atomic_write_text(paths["sampler"], json.dumps(constants, indent=1) + "\n")
     return paths
 
 
-def check_export(student: DiffusionModel, out_dir: str | Path, seed: int = 0) -> dict[str, float]:
-    """The largest absolute difference between the exported graphs under onnxruntime and PyTorch, on fixed inputs."""
+def _session(path: Path) -> Any:
+    """An onnxruntime session of a gzipped graph ``*.onnx.gz``."""
     import onnxruntime as ort
 
+    return ort.InferenceSession(gzip.decompress(path.read_bytes()), providers=["CPUExecutionProvider"])
+
+
+def check_export(student: DiffusionModel, out_dir: str | Path, teacher: DiffusionModel | None = None,
+                 seed: int = 0) -> dict[str, float]:
+    """The largest absolute difference between each exported graph under onnxruntime and PyTorch, on fixed inputs
+    (four latents, timesteps from T − 1 to 0, digits with ∅ among them)."""
     out = Path(out_dir)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((4, *student.sample_shape), generator=g)
-    t = torch.tensor([999, 745, 492, 0]).clamp(max=student.schedule.num_timesteps - 1 if student.schedule else 999)
-    y = torch.tensor([0, 3, 7, 9])
+    T = student.schedule.num_timesteps if student.schedule is not None else 1000
+    t, y = torch.tensor([T - 1, (3 * T) // 4, T // 2, 0]), torch.tensor([0, 3, NULL_LABEL, 9])
+    nets = {"student": student, **({"teacher": teacher} if teacher is not None else {})}
     errors = {}
     with torch.no_grad():
-        for name, feeds, ref in (
-            ("unet", {"z": z, "t": t, "y": y}, student.network(z, t, y)),
-            ("decoder", {"z": z}, _Decoder(student)(z)),
-        ):
-            session = ort.InferenceSession(str(out / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-            got = session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+        checks = [(name, {"z": z, "t": t, "y": y}, m.network(z, t, y)) for name, m in nets.items()]
+        for name, feeds, ref in [*checks, ("decoder", {"z": z}, _Decoder(student)(z))]:
+            got = _session(out / f"{name}.onnx.gz").run(None, {k: v.numpy() for k, v in feeds.items()})[0]
             errors[name] = float((torch.from_numpy(got) - ref).abs().max())
     return errors
 
 
-def onnx_sample(out_dir: str | Path, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The page's sampler in Python, on the exported graphs alone (onnxruntime, ``sampler.json``): from the noise
-    ``z`` (B, c, h, w) and the digits ``y`` (B,) to images (B, 1, 32, 32). The reference the page's JavaScript is
-    checked against, itself checked against :meth:`~mnistdiff.model.DiffusionModel.sample`."""
-    import onnxruntime as ort
+def _predict_x0(net: Any, c: dict[str, Any], x: torch.Tensor, t: int, y: torch.Tensor, a: float,
+                w: float | None) -> torch.Tensor:
+    """x̂_0 (float64, clipped) from one network (v̂: √ᾱ·x − √(1 − ᾱ)·v̂) or, guided, from ε̃ = ε(∅) + w·(ε(y) − ε(∅))
+    (x − √(1 − ᾱ)·ε̃)/√ᾱ, with one call where w is 0 or 1 and one batch of 2B otherwise, as guided_eps does."""
+    def call(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        feeds = {"z": xs.float().numpy(), "t": torch.full((xs.shape[0],), t).numpy(), "y": ys.numpy()}
+        return torch.from_numpy(net.run(None, feeds)[0]).double()
 
+    if c["prediction"] == "v":
+        x0 = a**0.5 * x - (1 - a) ** 0.5 * call(x, y)
+    else:
+        null = torch.full_like(y, NULL_LABEL)
+        if w in (0.0, 1.0):
+            eps = call(x, null if w == 0 else y)
+        else:
+            eps_y, eps_null = call(torch.cat([x, x]), torch.cat([y, null])).chunk(2)
+            eps = eps_null + w * (eps_y - eps_null)
+        x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5
+    return x0.clamp(-c["clip"], c["clip"])
+
+
+def onnx_sample(out_dir: str | Path, z: torch.Tensor, y: torch.Tensor, *, teacher_steps: int | None = None,
+                guidance: float | None = None) -> torch.Tensor:
+    """The page's sampler in Python, on the exported graphs alone (onnxruntime, ``sampler.json``): from the noise
+    ``z`` (B, c, h, w) and the digits ``y`` (B,) to images (B, 1, 32, 32). The student by default; with
+    ``teacher_steps`` the teacher, guided with weight ``guidance`` (default: its ``guidance``). Each step: x̂_0 from
+    the network, ε̂ = (z − √ᾱ_t·x̂_0)/√(1 − ᾱ_t), then DDIM (η = 0) to the next timestep (ᾱ = 1 after the last).
+    The reference the page's JavaScript is checked against, itself checked against the package's samplers."""
     out = Path(out_dir)
     constants = json.loads((out / "sampler.json").read_text())
-    unet = ort.InferenceSession(str(out / "unet.onnx"), providers=["CPUExecutionProvider"])
-    decoder = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
-    abars = [*constants["alphas_cumprod"], 1.0]
+    name = "student" if teacher_steps is None else "teacher"
+    c = constants[name]
+    if teacher_steps is None:
+        timesteps, abars, w = c["timesteps"], list(c["alphas_cumprod"]), None
+    else:
+        timesteps = c["steps"][str(teacher_steps)]
+        abars = [c["alphas_cumprod"][s] for s in timesteps]
+        w = float(c["guidance"] if guidance is None else guidance)
+    net, abars = _session(out / c["file"]), [*abars, 1.0]
     x = z.double()
-    for i, t in enumerate(constants["timesteps"]):
-        feeds = {"z": x.float().numpy(), "t": torch.full((x.shape[0],), t).numpy(), "y": y.numpy()}
-        v = torch.from_numpy(unet.run(None, feeds)[0]).double()
+    for i, t in enumerate(timesteps):
         a, a_next = abars[i], abars[i + 1]
-        x0 = (a**0.5 * x - (1 - a) ** 0.5 * v).clamp(-constants["clip"], constants["clip"])
+        x0 = _predict_x0(net, c, x, t, y, a, w)
         eps = (x - a**0.5 * x0) / (1 - a) ** 0.5
         x = a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps
-    return torch.from_numpy(decoder.run(None, {"z": x.float().numpy()})[0])
+    return torch.from_numpy(_session(out / constants["decoder"]["file"]).run(None, {"z": x.float().numpy()})[0])

@@ -576,6 +576,17 @@ explorer = guidance_explorer(cldm, digits=range(10), scales=PROFILE.guidance_sca
 explorer
 
 # %% [markdown]
+# ## Try it in your browser
+#
+# In the rendered book, the generator below runs this chapter's model in your browser: pick a digit, a guidance
+# weight $w$ and a number of DDIM steps (deterministic, $\eta = 0$), and press Generate. Each step costs two network
+# calls, $\epsilon(z_t, t, y)$ and $\epsilon(z_t, t, \varnothing)$, except at $w = 0$ and $w = 1$, which need one.
+# Its other model is chapter 9's distilled student, which draws a digit in four calls. (In Jupyter the box stays
+# empty: the explorer above does the same with a kernel.)
+#
+# <div class="mnistdiff-generator"></div>
+
+# %% [markdown]
 # ## Measuring the trade-off
 #
 # For each $w$ we draw the same $n$ = `PROFILE.guidance_samples` samples, asking for each digit

@@ -286,7 +286,7 @@ def test_the_tooling_lives_outside_the_package():
     assert (BOOK / "_ext" / "mnistdiff_book" / "sphinx_hooks.py").is_file()
     assert callable(extension("sphinx_hooks").setup)
     proc = subprocess.run([sys.executable, "-m", "mnistdiff.book", "--help"], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0 and "--book" in proc.stdout and "--vendor-mathjax" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "--book" in proc.stdout and "--vendor" in proc.stdout, proc.stderr
 
 
 def test_tooling_modules_and_functions_are_small():
@@ -344,11 +344,26 @@ def test_mathjax_is_vendored_and_small():
     assert (root / match.group(1)).is_file()
     fonts = list((root / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
     assert len(fonts) >= 20
-    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in (root / "mathjax").rglob("*") if p.is_file())
     assert size < 2_500_000, f"vendored MathJax is {size} bytes"
     assert not (BOOK / "_static").exists(), (
         "jupyter-book adds every .js/.css under book/_static to every page: keep MathJax in book/_vendor"
     )
+
+
+def test_onnxruntime_web_is_vendored_at_the_pinned_version_and_only_its_cpu_build():
+    """book/_vendor/onnxruntime-web holds the WebAssembly CPU build of the version package.json pins (no WebGPU or
+    WebGL builds, no source maps), with its licence; the generator's script loads it from there, never a CDN."""
+    V = extension("vendor")
+    folder = BOOK / "_vendor" / "onnxruntime-web"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*V.ORT_FILES, "LICENSE", "VERSION"])
+    pinned = json.loads((REPO / "package.json").read_text())["devDependencies"]["onnxruntime-web"]
+    assert (folder / "VERSION").read_text().startswith(f"onnxruntime-web {pinned} ")
+    assert f"ONNX Runtime Web v{pinned}" in (folder / "ort.wasm.min.js").read_text()[:200]
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    assert size < 16_000_000, f"vendored onnxruntime-web is {size} bytes"
+    script = (BOOK / "_assets" / "generator" / "generator.js").read_text()
+    assert "../onnxruntime-web/" in script and not re.search(r"https?://(?!localhost)", script)
 
 
 # ------------------------------------------------------------------------------------------
@@ -783,6 +798,133 @@ class TestInChromium:
         assert r["mjx"] == r["math"]  # taken after MathJax finished
         with capsys.disabled():  # shown even when pytest captures output
             print(f"\n[book] screenshot of the rendered chapter: {shot}")
+
+
+    def test_the_live_generator_draws_what_python_draws(self, built, browser):
+        """Served over HTTP (as GitHub Pages serves it), the introduction's generator runs the exported models with the
+        vendored onnxruntime-web: from fixed noise its JavaScript sampler gives Python's digits (``onnx_sample``, itself
+        checked against the package's samplers in tests/test_export.py) within 1e-3, for the student and the guided
+        teacher, with the network calls each should cost; nothing is fetched from outside the book. On the page
+        itself, the classifier reads the digit asked for in at least 9 of 10 of the generator's canvases, for three
+        digits; it prints one digit's time and the page's added download (at most 15 MB)."""
+        import torch
+
+        from mnistdiff.evaluation.guidance import label_accuracy
+        from mnistdiff.export import onnx_sample
+
+        models = built / "_static" / "generator" / "models"
+        latent = json.loads((models / "sampler.json").read_text())["latent_shape"]
+        z = torch.randn((3, *latent), generator=torch.Generator().manual_seed(0))
+        y = [1, 4, 7]
+        # (options, network calls per digit, frames): the student's 4 steps; guided, 2 calls a step; w = 0, one
+        cases = [({"model": "student"}, 4, 4), ({"model": "teacher", "steps": 8, "guidance": 3.0}, 16, 8),
+                 ({"model": "teacher", "steps": 4, "guidance": 0.0}, 4, 4)]
+        with _http_server(built) as url:
+            session = browser.open(url + "/intro.html")
+            for case, nfe, frames in cases:
+                args = json.dumps({**case, "digits": y, "noise": z.flatten().tolist(), "frames": True})
+                got = browser.evaluate(session, f"window.mnistdiffGenerator.sample({args}).then(r => ({{"
+                                       "images: Array.from(r.images), nfe: r.nfe, frames: r.frames.length}))")
+                want = onnx_sample(models, z, torch.tensor(y), teacher_steps=case.get("steps"),
+                                   guidance=case.get("guidance"))
+                error = (torch.tensor(got["images"]).reshape(want.shape) - want).abs().max().item()
+                assert error < 1e-3, f"{case}: the page's digits differ from Python's by {error:.2e}"
+                print(f"[generator] {case}: largest difference from Python {error:.1e}")
+                assert (got["nfe"], got["frames"]) == (nfe, frames), (case, got["nfe"], got["frames"])
+            for digit in (0, 4, 7):  # the page itself: choose a digit, press Generate, read its ten canvases
+                drawn = browser.evaluate(session, _GENERATE_JS % digit)
+                assert drawn["frames"] == 4 and "network calls each" in drawn["status"], drawn
+                images = torch.tensor(drawn["pixels"], dtype=torch.float32).reshape(-1, 1, 32, 32) / 127.5 - 1
+                accuracy, _ = label_accuracy(images, torch.full((len(images),), digit), device="cpu")
+                print(f"[generator] digit {digit}: the classifier reads {accuracy * len(images):.0f} of {len(images)}")
+                assert len(images) == 10 and accuracy >= 0.9, (digit, accuracy, drawn["status"])
+            one = browser.evaluate(session, _ONE_DIGIT_JS)
+            print(f"[generator] one digit (student, 4 calls, no frames): median {one:.0f} ms of 5 on {_cpu_name()}")
+            download = sum(_served_file(built, url, u).stat().st_size for u in set(browser.requests(session))
+                           if "/_static/generator/" in u or "/_static/onnxruntime-web/" in u)
+            print(f"[generator] the page's added download: {download / 1e6:.1f} MB")
+            assert download <= 15e6, f"the generator downloads {download / 1e6:.1f} MB (at most 15)"
+            errors = [e for e in browser.errors(session) if not e.endswith("/favicon.ico")]  # the browser's own ask
+            assert not errors, errors
+            outside = [u for u in browser.requests(session) if not u.startswith(url + "/")]
+            assert not outside, f"requests that leave the book: {outside}"
+
+
+# Choose the digit %d (student, seed 0), press Generate, wait for the canvases; their grey levels and the status line.
+_GENERATE_JS = """new Promise((resolve, reject) => {
+  const root = document.querySelector('.mnistdiff-generator');
+  root.querySelector('select[aria-label=digit]').value = '%d';
+  root.querySelector('.mg-digits').replaceChildren();
+  root.querySelector('button').click();
+  const started = Date.now();
+  const timer = setInterval(() => {
+    const canvases = [...root.querySelectorAll('.mg-digits canvas')];
+    if (canvases.length || Date.now() - started > 60000) {
+      clearInterval(timer);
+      const pixels = canvases.flatMap(c => [...c.getContext('2d').getImageData(0, 0, 32, 32).data]
+                                            .filter((_, i) => i %% 4 === 0));
+      resolve({pixels: pixels, frames: root.querySelectorAll('.mg-frames canvas').length,
+               status: root.querySelector('.mg-status').textContent});
+    }
+  }, 100);
+})"""
+
+# The median time of one digit drawn by the student (no frames), of five, after the models have loaded.
+_ONE_DIGIT_JS = """(async () => {
+  const times = [];
+  for (let i = 0; i < 5; i++) times.push((await window.mnistdiffGenerator.sample({digits: [7], seed: i})).ms);
+  return times.sort((a, b) => a - b)[2];
+})()"""
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (lscpu), for the printed times."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "an unnamed CPU"
+
+
+def _served_file(root: Path, base: str, url: str) -> Path:
+    """The file under ``root`` that ``url`` (served from ``base``) names."""
+    return root / unquote(urlsplit(url[len(base):]).path).lstrip("/")
+
+
+class _http_server:
+    """The built book served on 127.0.0.1 (a free port) by the standard library, as ``python -m http.server`` would."""
+
+    def __init__(self, root: Path) -> None:
+        import functools
+        import http.server
+        import threading
+
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _quiet_handler():
+    import http.server
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                          ".mjs": "text/javascript", ".gz": "application/gzip"}
+
+        def log_message(self, *args) -> None:
+            pass
+
+    return Handler
+
+
+_QuietHandler = _quiet_handler()
 
 
 def test_exercises_are_shown_and_solutions_collapsed(built):

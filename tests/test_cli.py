@@ -718,10 +718,24 @@ def test_distilled_vs_teacher_benchmark_scores_every_generator(student, tmp_path
 def test_export_writes_checked_onnx_files_of_a_student_and_refuses_a_teacher(student, tmp_path, capsys):
     out = tmp_path / "web"
     assert main(["export", student["vae"], str(student["student"]), "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} == {"unet.onnx", "decoder.onnx", "sampler.json"}
+    assert {p.name for p in out.iterdir()} == {"student.onnx.gz", "decoder.onnx.gz", "sampler.json"}
     printed = capsys.readouterr().out
-    assert "largest difference from PyTorch: unet" in printed and "MB" in printed
-    assert json.loads((out / "sampler.json").read_text())["timesteps"] == read_model_meta(student["student"])[
-        "distillation"]["timesteps"]
+    assert "largest difference from PyTorch: student" in printed and "MB" in printed
+    assert json.loads((out / "sampler.json").read_text())["student"]["timesteps"] == read_model_meta(
+        student["student"])["distillation"]["timesteps"]
     assert _exit_code(["export", student["vae"], student["teacher"], "--out", str(tmp_path / "t")]) == 2
     assert "not a distilled student" in capsys.readouterr().err
+
+
+def test_export_with_the_teacher_adds_its_graph_and_refuses_another_cldm(student, tmp_path, capsys):
+    out = tmp_path / "web"
+    args = ["export", student["vae"], str(student["student"]), "--teacher", student["teacher"], "--out", str(out)]
+    assert main(args) == 0
+    assert {p.name for p in out.iterdir()} == {"student.onnx.gz", "teacher.onnx.gz", "decoder.onnx.gz", "sampler.json"}
+    assert "teacher" in capsys.readouterr().out.split("largest difference from PyTorch:")[1]
+    teacher = json.loads((out / "sampler.json").read_text())["teacher"]
+    assert teacher["prediction"] == "eps" and teacher["weights_sha256"] == read_model_meta(student["teacher"])[
+        "weights_sha256"]
+    args[4] = str(student["student"])  # the student as its own teacher: not the cldm it was distilled from
+    assert _exit_code(args[:-1] + [str(tmp_path / "x")]) == 2
+    assert "was not distilled from" in capsys.readouterr().err

@@ -1,7 +1,8 @@
-"""The browser export (``mnistdiff.export``, issue 25) on a tiny distilled student: the ONNX graphs run under
-onnxruntime and agree with PyTorch within 1e-4 on fixed inputs; ``sampler.json`` holds the student's own constants;
-and the page's sampler written in Python on the exported files alone (``onnx_sample``) reproduces the same loop
-run in PyTorch (float64 DDIM from v̂, the student's timesteps)."""
+"""The browser export (``mnistdiff.export``, issue 25) on a tiny distilled student and its tiny teacher: the ONNX
+graphs run under onnxruntime and agree with PyTorch within 1e-4 on fixed inputs (∅ labels included);
+``sampler.json`` holds each network's own constants; and the page's sampler written in Python on the exported files
+alone (``onnx_sample``) reproduces the package's own samplers: the student's loop, and the teacher's guided DDIM
+(η = 0) at w = 0, 1 and 2.5, from the same noise."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import pytest
 import torch
 
 from mnistdiff.config import CLDMRunConfig, DiffusionConfig, UNetConfig, VAEConfig
+from mnistdiff.ddim import ddim_timesteps
 from mnistdiff.ddpm import EpsFromV
 from mnistdiff.export import check_export, export_student, onnx_sample
 from mnistdiff.latent import LatentCodec
 from mnistdiff.model import DiffusionModel
 from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.unet import UNet
+from mnistdiff.unet import NULL_LABEL, UNet
 from mnistdiff.vae import VAE
 
 T, TIMESTEPS, CLIP = 50, [49, 30, 12], 2.5
@@ -36,28 +38,40 @@ def exported(tmp_path_factory):
     codec = LatentCodec(VAE(VAEConfig(base_channels=8)).eval(), 1.7)
     student = DiffusionModel(EpsFromV(unet, sched), sched, cfg, codec=codec, clip_range=(-CLIP, CLIP),
                              meta={"distillation": {"timesteps": TIMESTEPS, "guidance": 2.0}, "weights_sha256": "x"})
+    teacher_cfg = CLDMRunConfig(unet=unet_cfg, diffusion=DiffusionConfig(timesteps=T, prediction="eps"))
+    teacher_unet = UNet(unet_cfg).eval()
+    with torch.no_grad():
+        for p in teacher_unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    teacher = DiffusionModel(teacher_unet, sched, teacher_cfg, codec=codec, clip_range=(-CLIP, CLIP),
+                             meta={"weights_sha256": "t"})
     out = tmp_path_factory.mktemp("export")
-    return student, out, export_student(student, out)
+    return student, out, export_student(student, out, teacher), teacher
 
 
 def test_the_graphs_agree_with_pytorch(exported):
-    student, out, _ = exported
-    errors = check_export(student, out)
-    assert set(errors) == {"unet", "decoder"} and max(errors.values()) < 1e-4, errors
+    student, out, _, teacher = exported
+    errors = check_export(student, out, teacher)
+    assert set(errors) == {"student", "teacher", "decoder"} and max(errors.values()) < 1e-4, errors
 
 
-def test_sampler_json_holds_the_students_constants(exported):
-    student, out, paths = exported
+def test_sampler_json_holds_each_networks_constants(exported):
+    student, out, paths, _ = exported
     constants = json.loads(paths["sampler"].read_text())
     abar = student.schedule.alphas_cumprod.double()
-    assert constants["timesteps"] == TIMESTEPS and constants["clip"] == CLIP and constants["latent_shape"] == [2, 4, 4]
-    assert constants["alphas_cumprod"] == pytest.approx([float(abar[t]) for t in TIMESTEPS])
-    assert constants["guidance"] == 2.0 and constants["num_classes"] == 10 and constants["prediction"] == "v"
-    assert {f["name"] for f in constants["files"].values()} == {"unet.onnx", "decoder.onnx"}
+    s, t = constants["student"], constants["teacher"]
+    assert s["timesteps"] == TIMESTEPS and s["clip"] == CLIP and constants["latent_shape"] == [2, 4, 4]
+    assert s["alphas_cumprod"] == pytest.approx([float(abar[t]) for t in TIMESTEPS])
+    assert s["guidance"] == 2.0 and constants["num_classes"] == 10 and s["prediction"] == "v"
+    assert t["prediction"] == "eps" and t["alphas_cumprod"] == pytest.approx(abar.tolist()) and t["guidance"] == 2.0
+    assert t["steps"] == {str(n): ddim_timesteps(T, n) for n in (4, 8, 16, 32)}  # 64 > T is left out
+    files = (s["file"], t["file"], constants["decoder"]["file"])
+    assert files == ("student.onnx.gz", "teacher.onnx.gz", "decoder.onnx.gz")
+    assert constants["null_label"] == NULL_LABEL and s["weights_sha256"] == "x" and t["weights_sha256"] == "t"
 
 
 def test_the_pages_sampler_on_the_exported_files_matches_pytorch(exported):
-    student, out, _ = exported
+    student, out, _, _ = exported
     g = torch.Generator().manual_seed(3)
     z, y = torch.randn(4, 2, 4, 4, generator=g), torch.tensor([1, 4, 7, 9])
     abar = [float(a) for a in student.schedule.alphas_cumprod.double()[TIMESTEPS]] + [1.0]
@@ -72,6 +86,22 @@ def test_the_pages_sampler_on_the_exported_files_matches_pytorch(exported):
     torch.testing.assert_close(onnx_sample(out, z, y), want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.5])
+def test_the_pages_teacher_sampler_matches_the_packages_guided_ddim(exported, w):
+    """The teacher on the page is the package's DDIM (η = 0) with classifier-free guidance, from the same noise."""
+    _, out, _, teacher = exported
+    y = torch.tensor([0, 6, 9])
+    images, _ = teacher.sample(3, sampler="ddim", steps=8, eta=0.0, labels=y, guidance=w, seed=5)
+    z = torch.randn((3, 2, 4, 4), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(onnx_sample(out, z, y, teacher_steps=8, guidance=w), images, rtol=0, atol=1e-4)
+
+
+def test_a_teacher_that_does_not_fit_is_refused(exported, tmp_path):
+    student, _, _, teacher = exported
+    with pytest.raises(ValueError, match="must be a class-conditional ε-prediction"):
+        export_student(student, tmp_path, student)
+
+
 def test_only_a_distilled_latent_student_is_exported(tmp_path):
     cfg = CLDMRunConfig(unet=UNetConfig(in_channels=2, image_size=4, base_channels=8, channel_mults=(1,),
                                         num_res_blocks=1, attention_resolutions=(), num_heads=2, num_classes=10))
@@ -83,8 +113,32 @@ def test_only_a_distilled_latent_student_is_exported(tmp_path):
 def test_the_package_samples_the_student_as_the_page_will(exported):
     """``DiffusionModel.sample`` of the student draws what ``onnx_sample`` draws from the same noise: a v-model's ε̂
     is formed in float64 from the ᾱ the sampler reads, so x̂_0 = √ᾱ·z − √(1 − ᾱ)·v̂ survives even where ᾱ ≈ 0."""
-    student, out, _ = exported
+    student, out, _, _ = exported
     y = torch.tensor([2, 5, 8])
     images, _ = student.sample(3, labels=y, seed=11)
     z = torch.randn((3, 2, 4, 4), generator=torch.Generator().manual_seed(11))  # the sampler's first draw
     torch.testing.assert_close(onnx_sample(out, z, y), images, rtol=0, atol=1e-4)
+
+
+def test_the_books_generator_runs_the_committed_models():
+    """``book/_assets/generator/models`` is the export of the committed book student and its teacher: each graph's
+    hash is the one ``sampler.json`` records, and the weights it records are those of the model files. (After
+    retraining, re-export: ``python -m mnistdiff export checkpoints/book/vae.safetensors
+    checkpoints/book/cldm_distilled.safetensors --teacher checkpoints/book/cldm.safetensors --out
+    book/_assets/generator/models``.)"""
+    import hashlib
+    from pathlib import Path
+
+    from mnistdiff.modelfile import read_model_meta
+
+    repo = Path(__file__).resolve().parents[1]
+    models, book = repo / "book" / "_assets" / "generator" / "models", repo / "checkpoints" / "book"
+    constants = json.loads((models / "sampler.json").read_text())
+    for name, model_file in (("student", "cldm_distilled"), ("teacher", "cldm")):
+        want = read_model_meta(book / f"{model_file}.safetensors")["weights_sha256"]
+        assert constants[name]["weights_sha256"] == want, f"the page's {name} is not {model_file}: re-export"
+    for name in ("student", "teacher", "decoder"):
+        entry = constants[name]
+        assert hashlib.sha256((models / entry["file"]).read_bytes()).hexdigest() == entry["sha256"], name
+    assert read_model_meta(book / "cldm_distilled.safetensors")["vae_weights_sha256"] == read_model_meta(
+        book / "vae.safetensors")["weights_sha256"]

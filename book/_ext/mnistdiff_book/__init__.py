@@ -10,7 +10,7 @@ It lives beside the book it builds, in ``book/_ext/``, which ``book/_config.yml`
 * :mod:`.widgets_strip`: ipywidget views and CDN links out of the notebooks, as Sphinx reads them;
 * :mod:`.sphinx_hooks`: the Sphinx extension (``setup``) that writes the generated pages;
 * :mod:`.build`: the build runner and its command line (``python -m mnistdiff.book``);
-* :mod:`.mathjax`: copying MathJax into ``book/_vendor`` (maintainers only).
+* :mod:`.vendor`: copying MathJax and onnxruntime-web into ``book/_vendor`` (maintainers only).
 
 Importing this package imports none of them.
 """

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .layout import BOOK_DIR, CHAPTERS, REPO_ROOT, default_results_dir
-from .mathjax import vendor_mathjax
+from .vendor import vendor_all
 
 __all__ = ["build_command", "build", "main"]
 
@@ -103,8 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--readme", action="store_true",
                         help="instead of building, regenerate the README's table of chapter times from the results")
     parser.add_argument(
-        "--vendor-mathjax", type=Path, metavar="NODE_MODULES", default=None,
-        help="instead of building, copy MathJax from NODE_MODULES (after `npm ci`) into book/_vendor/mathjax",
+        "--vendor", type=Path, metavar="NODE_MODULES", default=None,
+        help="instead of building, copy MathJax and onnxruntime-web from NODE_MODULES (after `npm ci`) "
+             "into book/_vendor",
     )
     return parser
 
@@ -122,8 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         atomic_write_text(readme, readme_with_course_times(readme.read_text(encoding="utf-8"), results))
         print(f"[{PROG}] README's table of chapter times regenerated from {results}")
         return 0
-    if args.vendor_mathjax is not None:
-        print(f"[{PROG}] MathJax vendored into {vendor_mathjax(args.vendor_mathjax)}")
+    if args.vendor is not None:
+        print(f"[{PROG}] vendored into {', '.join(str(p) for p in vendor_all(args.vendor))}")
         return 0
     try:
         build(args.book, args.output, args.results, fresh=not args.incremental)

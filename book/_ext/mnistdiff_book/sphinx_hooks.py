@@ -10,7 +10,8 @@ Before the table of contents is read it writes, into the book's folder:
 It also sets the MyST substitutions the introduction quotes (``{{ book_train_minutes }}``, from the
 committed book models' own files: :func:`substitutions`). So a plain ``jupyter-book build book``
 regenerates them too. As Sphinx reads each notebook it
-removes the widget views that a static book cannot show (:mod:`.widgets_strip`).
+removes the widget views that a static book cannot show (:mod:`.widgets_strip`), and it adds the live generator's
+script to the pages that place one.
 """
 
 from __future__ import annotations
@@ -87,7 +88,14 @@ def _on_source_read(app: Any, docname: str, source: list[str]) -> None:
             source[0] = cleaned
 
 
+#: The live generator's script (book/_assets, copied to _static/), added to the pages that place one.
+GENERATOR_JS = "generator/generator.js"
+GENERATOR_MARK = 'class="mnistdiff-generator"'
+
+
 def _on_html_page_context(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    if GENERATOR_MARK in context.get("body", ""):
+        app.add_js_file(GENERATOR_JS)  # called here, it goes on this page only
     # sphinx-thebe (loaded by Jupyter Book even with thebe off) registers its inline
     # configuration script twice, which throws "THEBE_JS_URL has already been declared" on
     # every page; keep each script once.
