@@ -57,7 +57,7 @@ import math
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 
 from mnistdiff import (
     PathPoint,
@@ -638,6 +638,28 @@ plt.show()
 # them — and a Langevin corrector; all share the ODE's marginals. What the straight path changes is where a
 # solver's steps fall and how curved the trajectories are; chapter 9 takes the solvers further.
 #
+# ## 7. Measured: the DDPM against the flow, call for call
+#
+# The book's pixel DDPM and its flow twin (the same UNet, the same training run) were sampled with each of their
+# samplers at 4 to 64 network calls per sample and scored in chapter 6's two feature spaces, n = 2,000 against the
+# test digits, by `benchmarks/nfe_sweep.py` (too long to run inside a chapter). Each FID is drawn as a multiple
+# of its space's real-vs-real floor at the same n: 1 is as close as n samples can tell.
+
+# %%
+from mnistdiff.evaluation.nfe_sweep import load_sweep, plot_sweep, sweep_table
+from mnistdiff.evaluation.report import results_dir
+
+sweep = load_sweep(results_dir() / "book" / "nfe_sweep.json")
+if sweep is None:
+    display(Markdown("*Not measured yet:* `python benchmarks/nfe_sweep.py --model checkpoints/book/ddpm.safetensors "
+                     "--model checkpoints/book/flow.safetensors --n 2000` writes `results/book/nfe_sweep.json`."))
+else:
+    plot_sweep(sweep)
+    plt.show()
+    display(Markdown(f"Measured on {sweep['device']} ({sweep['date']}), n = {sweep['n']:,}, seed 0:\n\n"
+                     + sweep_table(sweep)))
+
+# %% [markdown]
 # ## Exercises
 #
 # :::{admonition} Exercise 8.1 (derivation): the constant between the two losses

@@ -50,7 +50,7 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 
 from mnistdiff import (
     PathPoint,
@@ -291,6 +291,24 @@ for ax, (sampler, steps, extra) in zip(axes, settings):
     show_grid(images, nrow=20, ax=ax, title=f"{sampler}, {steps} steps: {ddpm.nfe(sampler, steps)} network calls")
 fig.tight_layout()
 plt.show()
+
+# %% [markdown]
+# Measured on the book's models at n = 2,000 in both feature spaces (`benchmarks/nfe_sweep.py`, too long for a
+# chapter), each FID as a multiple of its space's floor:
+
+# %%
+from mnistdiff.evaluation.nfe_sweep import load_sweep, plot_sweep, sweep_table
+from mnistdiff.evaluation.report import results_dir
+
+sweep = load_sweep(results_dir() / "book" / "nfe_sweep.json")
+if sweep is None:
+    display(Markdown("*Not measured yet:* `python benchmarks/nfe_sweep.py --model checkpoints/book/ddpm.safetensors "
+                     "--model checkpoints/book/flow.safetensors --n 2000` writes `results/book/nfe_sweep.json`."))
+else:
+    plot_sweep(sweep)
+    plt.show()
+    display(Markdown(f"Measured on {sweep['device']} ({sweep['date']}), n = {sweep['n']:,}, seed 0:\n\n"
+                     + sweep_table(sweep)))
 
 # %% [markdown]
 # ## 5. Distillation: one step where the teacher takes two

@@ -1,0 +1,101 @@
+"""Quality against network calls (chapters 8 and 9): what ``benchmarks/nfe_sweep.py`` measured, read back as curves,
+one plot and one table.
+
+The sweep's file (``results/<profile>/nfe_sweep.json``) holds one row per model, sampler and number of network calls
+per sample (NFE): samples per second and FID, precision and recall in each feature space, and the real-vs-real floor
+at the same n. Each FID is shown as a multiple of its space's floor, so the two spaces share one scale and 1 is the
+best an n-sample estimate can say.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mnistdiff.evaluation.classifier import FEATURE_SPACES
+from mnistdiff.evaluation.metrics import space_key
+
+__all__ = ["SAMPLER_NAMES", "load_sweep", "curve_label", "sweep_curves", "plot_sweep", "sweep_table",
+           "fewest_calls"]
+
+#: How the book names each sampler.
+SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "heun": "Heun", "euler": "Euler"}
+
+
+def load_sweep(path: str | Path) -> dict[str, Any] | None:
+    """The sweep's JSON document, or ``None`` where it has not been measured (no file)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def curve_label(row: Mapping[str, Any]) -> str:
+    """``"ddpm, DDIM η = 0"``: the model and its sampler (η where it has one)."""
+    name = SAMPLER_NAMES.get(row["sampler"], row["sampler"])
+    eta = "" if row.get("eta") is None else f" η = {row['eta']:g}"
+    return f"{row['model']}, {name}{eta}"
+
+
+def sweep_curves(doc: Mapping[str, Any], space: str) -> dict[str, list[tuple[int, float]]]:
+    """Per model and sampler, ``[(nfe, FID / floor), …]`` by NFE, in feature ``space``."""
+    key = space_key("fid", space)
+    floor = float(doc["floor"][key])
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for row in doc["rows"]:
+        curves.setdefault(curve_label(row), []).append((int(row["nfe"]), float(row[key]) / floor))
+    return {label: sorted(points) for label, points in curves.items()}
+
+
+def plot_sweep(doc: Mapping[str, Any], target: float = 2.0) -> Any:
+    """One panel per feature space: FID as a multiple of the floor (log) against network calls per sample (log 2),
+    one line per model and sampler; the floor (1×) and ``target`` drawn. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    spaces = list(FEATURE_SPACES)
+    fig, axes = plt.subplots(1, len(spaces), figsize=(5.2 * len(spaces), 3.8), sharey=True)
+    for ax, space in zip(axes, spaces):
+        for label, points in sweep_curves(doc, space).items():
+            nfe, ratio = zip(*points)
+            ax.plot(nfe, ratio, marker="o", ms=3.5, label=label, ls="--" if label.startswith("flow") else "-")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.axhline(target, color="k", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("network calls per sample")
+        ax.set_title(f"{space} features (n = {doc['n']:,}; floor = 1, {target:g}× dotted)")
+    axes[0].set_ylabel("FID / real floor")
+    axes[-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def sweep_table(doc: Mapping[str, Any]) -> str:
+    """Every row as a Markdown table: model and sampler, NFE, samples/s, then FID (× floor), P and R per space."""
+    spaces = list(FEATURE_SPACES)
+    head = ["model, sampler", "NFE", "samples/s"] + [f"{s} {m}" for s in spaces for m in ("FID (× floor)", "P", "R")]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in doc["rows"]:
+        cells = [curve_label(row), str(row["nfe"]), f"{row['samples_per_second']:.1f}"]
+        for s in spaces:
+            fid, floor = row[space_key("fid", s)], doc["floor"][space_key("fid", s)]
+            cells += [f"{fid:.3g} ({fid / floor:.1f}×)", f"{row[space_key('precision', s)]:.3f}",
+                      f"{row[space_key('recall', s)]:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fewest_calls(doc: Mapping[str, Any], reference: str, within: float = 1.2) -> dict[str, int | None]:
+    """For each curve, the fewest network calls at which its FID is within ``within`` × the FID of the ``reference``
+    row (a row's ``key``, e.g. ``"ddpm:ddim-eta1:50"``) in every feature space; ``None`` where it never is."""
+    ref = next((r for r in doc["rows"] if r["key"] == reference), None)
+    if ref is None:
+        raise KeyError(f"no row {reference!r} in the sweep (its rows: {', '.join(r['key'] for r in doc['rows'])})")
+    keys = [space_key("fid", s) for s in FEATURE_SPACES]
+    best: dict[str, int | None] = {}
+    for row in sorted(doc["rows"], key=lambda r: r["nfe"]):
+        label = curve_label(row)
+        ok = all(row[k] <= within * ref[k] for k in keys)
+        if best.get(label) is None:
+            best[label] = int(row["nfe"]) if ok else None
+    return best

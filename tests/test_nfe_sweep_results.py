@@ -1,0 +1,63 @@
+"""Reading the NFE sweep back (``mnistdiff.evaluation.nfe_sweep``): curves as multiples of the floor, the table, the
+fewest calls at equal quality, and the plot, on a small document written here by hand."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+import pytest
+
+from mnistdiff.evaluation.nfe_sweep import curve_label, fewest_calls, load_sweep, plot_sweep, sweep_curves, sweep_table
+
+matplotlib.use("Agg")
+
+
+def _row(model, sampler, eta, nfe, fid, fid_resnet):
+    eta_key = "" if eta is None else f"-eta{eta:g}"
+    return {"key": f"{model}:{sampler}{eta_key}:{nfe}", "model": model, "sampler": sampler, "eta": eta, "nfe": nfe,
+            "steps": nfe, "samples_per_second": 100.0 / nfe, "fid": fid, "precision": 0.8, "recall": 0.9,
+            "fid_resnet": fid_resnet, "precision_resnet": 0.7, "recall_resnet": 0.85}
+
+
+DOC = {"n": 500, "floor": {"fid": 0.5, "fid_resnet": 0.25},
+       "rows": [_row("ddpm", "ddim", 1.0, 50, 1.0, 1.0), _row("ddpm", "ddim", 1.0, 10, 3.0, 2.0),
+                _row("ddpm", "dpmpp_2m", None, 10, 1.1, 1.3), _row("ddpm", "dpmpp_2m", None, 4, 2.0, 1.1),
+                _row("flow", "euler", None, 8, 1.15, 1.0), _row("flow", "euler", None, 4, 1.5, 1.0)]}
+
+
+def test_curves_are_fid_over_the_floor_by_calls():
+    curves = sweep_curves(DOC, "resnet")
+    assert curves["ddpm, DDIM η = 1"] == [(10, 8.0), (50, 4.0)]
+    assert curves["ddpm, DPM-Solver++(2M)"] == [(4, 4.4), (10, 5.2)]
+    assert sweep_curves(DOC, "classifier")["flow, Euler"] == [(4, 3.0), (8, 2.3)]
+
+
+def test_fewest_calls_within_the_reference_in_both_spaces():
+    # DPM++ at 4 calls is within 1.2× in the classifier's space (2.0 > 1.2: no); at 10, 1.1 and 1.3 > 1.2: no
+    assert fewest_calls(DOC, "ddpm:ddim-eta1:50") == {"ddpm, DDIM η = 1": 50, "ddpm, DPM-Solver++(2M)": None,
+                                                      "flow, Euler": 8}
+    assert fewest_calls(DOC, "ddpm:ddim-eta1:50", within=1.3)["ddpm, DPM-Solver++(2M)"] == 10
+    with pytest.raises(KeyError, match="no row 'ddpm:heun:8'"):
+        fewest_calls(DOC, "ddpm:heun:8")
+
+
+def test_table_has_a_row_per_measurement_with_floor_multiples():
+    table = sweep_table(DOC).splitlines()
+    assert len(table) == 2 + len(DOC["rows"])
+    assert table[2].startswith("| ddpm, DDIM η = 1 | 50 | 2.0 | 1 (2.0×) | 0.800 | 0.900 | 1 (4.0×) | 0.700 | 0.850 |")
+
+
+def test_plot_draws_each_curve_in_each_space_with_floor_and_target():
+    fig = plot_sweep(DOC)
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        assert len(ax.get_lines()) == 3 + 2  # three curves, the floor and the target
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert curve_label(DOC["rows"][0]) in [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+
+
+def test_an_unmeasured_sweep_is_none(tmp_path):
+    assert load_sweep(tmp_path / "nfe_sweep.json") is None
+    (tmp_path / "nfe_sweep.json").write_text(json.dumps(DOC))
+    assert load_sweep(tmp_path / "nfe_sweep.json") == DOC
