@@ -3,7 +3,7 @@
 scored in both feature spaces, in one run.
 
     python benchmarks/nfe_sweep.py --model checkpoints/book/ddpm.safetensors \\
-        --model checkpoints/book/flow.safetensors --n 2000 --nfe 4 8 16 32 64    # → results/book/nfe_sweep.json
+        --model checkpoints/book/flow.safetensors --n 2000    # → results/book/nfe_sweep.json
 
 Each model is sampled with every step-count sampler it takes (``DiffusionModel.samplers``): a DDPM with DDIM at
 η = 0 (the probability-flow ODE, comparable with a flow's solvers) and at the package's default η, DPM-Solver++(2M)
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, action="append", required=True,
                    help="a pixel model file (ddpm or flow); repeat for several")
     p.add_argument("--n", type=int, default=2000, help="samples per configuration, and real digits in the floor")
-    p.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="network calls per sample")
+    p.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 10, 16, 32, 50, 64],
+                   help="network calls per sample (10: issue 24's budget; 50: DDIM-50, the reference)")
     p.add_argument("--precision", default="auto", choices=("fp32", "bf16", "bf16_cl", "auto"),
                    help="how the network runs (auto: the fastest of fp32, bf16 and bf16_cl, measured here once per "
                         "model)")
