@@ -57,7 +57,7 @@ import math
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import Markdown, display
+from IPython.display import Markdown
 
 from mnistdiff import (
     PathPoint,
@@ -646,18 +646,12 @@ plt.show()
 # of its space's real-vs-real floor at the same n: 1 is as close as n samples can tell.
 
 # %%
-from mnistdiff.evaluation.nfe_sweep import load_sweep, plot_sweep, sweep_table
+from mnistdiff.evaluation.nfe_sweep import sweep_report
 from mnistdiff.evaluation.report import results_dir
 
-sweep = load_sweep(results_dir() / "book" / "nfe_sweep.json")
-if sweep is None:
-    display(Markdown("*Not measured yet:* `python benchmarks/nfe_sweep.py --model checkpoints/book/ddpm.safetensors "
-                     "--model checkpoints/book/flow.safetensors --n 2000` writes `results/book/nfe_sweep.json`."))
-else:
-    plot_sweep(sweep)
-    plt.show()
-    display(Markdown(f"Measured on {sweep['device']} ({sweep['date']}), n = {sweep['n']:,}, seed 0:\n\n"
-                     + sweep_table(sweep)))
+fig, table = sweep_report(results_dir() / "book" / "nfe_sweep.json")
+plt.show()
+Markdown(table)
 
 # %% [markdown]
 # ## Exercises

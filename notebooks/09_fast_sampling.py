@@ -50,7 +50,7 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import Markdown, display
+from IPython.display import Markdown
 
 from mnistdiff import (
     PathPoint,
@@ -297,18 +297,12 @@ plt.show()
 # chapter), each FID as a multiple of its space's floor:
 
 # %%
-from mnistdiff.evaluation.nfe_sweep import load_sweep, plot_sweep, sweep_table
+from mnistdiff.evaluation.nfe_sweep import sweep_report
 from mnistdiff.evaluation.report import results_dir
 
-sweep = load_sweep(results_dir() / "book" / "nfe_sweep.json")
-if sweep is None:
-    display(Markdown("*Not measured yet:* `python benchmarks/nfe_sweep.py --model checkpoints/book/ddpm.safetensors "
-                     "--model checkpoints/book/flow.safetensors --n 2000` writes `results/book/nfe_sweep.json`."))
-else:
-    plot_sweep(sweep)
-    plt.show()
-    display(Markdown(f"Measured on {sweep['device']} ({sweep['date']}), n = {sweep['n']:,}, seed 0:\n\n"
-                     + sweep_table(sweep)))
+fig, table = sweep_report(results_dir() / "book" / "nfe_sweep.json")
+plt.show()
+Markdown(table)
 
 # %% [markdown]
 # ## 5. Distillation: one step where the teacher takes two

@@ -17,7 +17,7 @@ from typing import Any
 from mnistdiff.evaluation.classifier import FEATURE_SPACES
 from mnistdiff.evaluation.metrics import space_key
 
-__all__ = ["SAMPLER_NAMES", "load_sweep", "curve_label", "sweep_curves", "plot_sweep", "sweep_table",
+__all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "load_sweep", "sweep_report", "curve_label", "sweep_curves", "plot_sweep", "sweep_table",
            "fewest_calls"]
 
 #: How the book names each sampler.
@@ -28,6 +28,21 @@ def load_sweep(path: str | Path) -> dict[str, Any] | None:
     """The sweep's JSON document, or ``None`` where it has not been measured (no file)."""
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+#: What a chapter says where the book's sweep has not been measured.
+NOT_MEASURED = ("*Not measured yet:* `python benchmarks/nfe_sweep.py --model checkpoints/book/ddpm.safetensors "
+                "--model checkpoints/book/flow.safetensors --n 2000` writes `results/book/nfe_sweep.json`.")
+
+
+def sweep_report(path: str | Path) -> tuple[Any, str]:
+    """What a chapter shows of the sweep at ``path``: ``(figure, Markdown)``, the plot and the table under a line
+    naming the CPU, date and n; ``(None, NOT_MEASURED)`` where there is no file."""
+    doc = load_sweep(path)
+    if doc is None:
+        return None, NOT_MEASURED
+    text = f"Measured on {doc['device']} ({doc['date']}), n = {doc['n']:,}, seed 0:\n\n" + sweep_table(doc)
+    return plot_sweep(doc), text
 
 
 def curve_label(row: Mapping[str, Any]) -> str:
