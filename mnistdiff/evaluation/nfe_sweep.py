@@ -17,8 +17,8 @@ from typing import Any
 from mnistdiff.evaluation.classifier import FEATURE_SPACES
 from mnistdiff.evaluation.metrics import space_key
 
-__all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "load_sweep", "sweep_report", "curve_label", "sweep_curves", "plot_sweep", "sweep_table",
-           "fewest_calls"]
+__all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "load_sweep", "sweep_report", "curve_label", "sweep_curves",
+           "plot_sweep", "sweep_table", "fewest_calls"]
 
 #: How the book names each sampler.
 SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "heun": "Heun", "euler": "Euler"}
