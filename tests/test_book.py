@@ -821,6 +821,9 @@ class TestInChromium:
                  ({"model": "teacher", "steps": 4, "guidance": 0.0}, 4, 4)]
         with _http_server(built) as url:
             session = browser.open(url + "/intro.html")
+            first = browser.evaluate(session, "(async () => { const t = performance.now(); await "
+                                              "window.mnistdiffGenerator.load(); return performance.now() - t; })()")
+            print(f"[generator] first load (runtime, student and decoder): {first:.0f} ms")
             for case, nfe, frames in cases:
                 args = json.dumps({**case, "digits": y, "noise": z.flatten().tolist(), "frames": True})
                 got = browser.evaluate(session, f"window.mnistdiffGenerator.sample({args}).then(r => ({{"
