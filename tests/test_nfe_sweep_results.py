@@ -8,7 +8,15 @@ import json
 import matplotlib
 import pytest
 
-from mnistdiff.evaluation.nfe_sweep import curve_label, fewest_calls, load_sweep, plot_sweep, sweep_curves, sweep_table
+from mnistdiff.evaluation.nfe_sweep import (
+    curve_label,
+    equal_quality_table,
+    fewest_calls,
+    load_sweep,
+    plot_sweep,
+    sweep_curves,
+    sweep_table,
+)
 
 matplotlib.use("Agg")
 
@@ -35,9 +43,13 @@ def test_curves_are_fid_over_the_floor_by_calls():
 
 def test_fewest_calls_within_the_reference_in_both_spaces():
     # DPM++ at 4 calls is within 1.2× in the classifier's space (2.0 > 1.2: no); at 10, 1.1 and 1.3 > 1.2: no
-    assert fewest_calls(DOC, "ddpm:ddim-eta1:50") == {"ddpm, DDIM η = 1": 50, "ddpm, DPM-Solver++(2M)": None,
-                                                      "flow, Euler": 8}
-    assert fewest_calls(DOC, "ddpm:ddim-eta1:50", within=1.3)["ddpm, DPM-Solver++(2M)"] == 10
+    best = fewest_calls(DOC, "ddpm:ddim-eta1:50")
+    assert {k: r and r["nfe"] for k, r in best.items()} == {"ddpm, DDIM η = 1": 50, "ddpm, DPM-Solver++(2M)": None,
+                                                             "flow, Euler": 8}
+    assert fewest_calls(DOC, "ddpm:ddim-eta1:50", within=1.3)["ddpm, DPM-Solver++(2M)"]["nfe"] == 10
+    table = equal_quality_table(DOC, "ddpm:ddim-eta1:50").splitlines()
+    assert table[2:] == ["| ddpm, DDIM η = 1 | 50 | 2.0 |", "| ddpm, DPM-Solver++(2M) | not within |  |",
+                         "| flow, Euler | 8 | 12.5 |"]
     with pytest.raises(KeyError, match="no row 'ddpm:heun:8'"):
         fewest_calls(DOC, "ddpm:heun:8")
 

@@ -18,7 +18,7 @@ from mnistdiff.evaluation.classifier import FEATURE_SPACES
 from mnistdiff.evaluation.metrics import space_key
 
 __all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "load_sweep", "sweep_report", "curve_label", "sweep_curves",
-           "plot_sweep", "sweep_table", "fewest_calls"]
+           "plot_sweep", "sweep_table", "fewest_calls", "equal_quality_table"]
 
 #: How the book names each sampler.
 SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "heun": "Heun", "euler": "Euler"}
@@ -100,17 +100,28 @@ def sweep_table(doc: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def fewest_calls(doc: Mapping[str, Any], reference: str, within: float = 1.2) -> dict[str, int | None]:
-    """For each curve, the fewest network calls at which its FID is within ``within`` × the FID of the ``reference``
-    row (a row's ``key``, e.g. ``"ddpm:ddim-eta1:50"``) in every feature space; ``None`` where it never is."""
+def fewest_calls(doc: Mapping[str, Any], reference: str, within: float = 1.2) -> dict[str, Mapping[str, Any] | None]:
+    """For each curve, its row with the fewest network calls whose FID is within ``within`` × the FID of the
+    ``reference`` row (a row's ``key``, e.g. ``"ddpm:ddim-eta1:50"``) in every feature space, so that its NFE and
+    samples per second are read at equal quality; ``None`` where no row of the curve is."""
     ref = next((r for r in doc["rows"] if r["key"] == reference), None)
     if ref is None:
         raise KeyError(f"no row {reference!r} in the sweep (its rows: {', '.join(r['key'] for r in doc['rows'])})")
     keys = [space_key("fid", s) for s in FEATURE_SPACES]
-    best: dict[str, int | None] = {}
+    best: dict[str, Mapping[str, Any] | None] = dict.fromkeys(curve_label(r) for r in doc["rows"])  # the file's order
     for row in sorted(doc["rows"], key=lambda r: r["nfe"]):
         label = curve_label(row)
-        ok = all(row[k] <= within * ref[k] for k in keys)
         if best.get(label) is None:
-            best[label] = int(row["nfe"]) if ok else None
+            best[label] = row if all(row[k] <= within * ref[k] for k in keys) else None
     return best
+
+
+def equal_quality_table(doc: Mapping[str, Any], reference: str, within: float = 1.2) -> str:
+    """Markdown: each curve's fewest network calls within ``within`` × the reference's FID in both spaces, and its
+    samples per second there (measured in the same run, on the same CPU)."""
+    lines = [f"| model, sampler | fewest calls within {within:g}× of `{reference}` | samples/s there |",
+             "| --- | --- | --- |"]
+    for label, row in fewest_calls(doc, reference, within).items():
+        calls, speed = (str(row["nfe"]), f"{row['samples_per_second']:.1f}") if row else ("not within", "")
+        lines.append(f"| {label} | {calls} | {speed} |")
+    return "\n".join(lines)
