@@ -17,7 +17,7 @@ from typing import Any
 from mnistdiff.evaluation.classifier import FEATURE_SPACES
 from mnistdiff.evaluation.metrics import space_key
 
-__all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "load_sweep", "sweep_report", "curve_label", "sweep_curves",
+__all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "REFERENCE", "load_sweep", "sweep_report", "curve_label", "sweep_curves",
            "plot_sweep", "sweep_table", "fewest_calls", "equal_quality_table"]
 
 #: How the book names each sampler.
@@ -35,13 +35,20 @@ NOT_MEASURED = ("*Not measured yet:* `python benchmarks/nfe_sweep.py --model che
                 "--model checkpoints/book/flow.safetensors --n 2000` writes `results/book/nfe_sweep.json`.")
 
 
+#: The row the others are compared with at equal quality: the pixel DDPM at the CLI's default, DDIM-50 with η = 1.
+REFERENCE = "ddpm:ddim-eta1:50"
+
+
 def sweep_report(path: str | Path) -> tuple[Any, str]:
     """What a chapter shows of the sweep at ``path``: ``(figure, Markdown)``, the plot and the table under a line
-    naming the CPU, date and n; ``(None, NOT_MEASURED)`` where there is no file."""
+    naming the CPU, date and n, then each curve's calls and speed at :data:`REFERENCE`'s quality where the sweep
+    has that row; ``(None, NOT_MEASURED)`` where there is no file."""
     doc = load_sweep(path)
     if doc is None:
         return None, NOT_MEASURED
     text = f"Measured on {doc['device']} ({doc['date']}), n = {doc['n']:,}, seed 0:\n\n" + sweep_table(doc)
+    if any(r["key"] == REFERENCE for r in doc["rows"]):
+        text += "\n\nAt equal quality:\n\n" + equal_quality_table(doc, REFERENCE)
     return plot_sweep(doc), text
 
 
