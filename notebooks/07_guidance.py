@@ -584,7 +584,7 @@ explorer
 # Its other model is chapter 9's distilled student, which draws a digit in four calls. (In Jupyter the box stays
 # empty: the explorer above does the same with a kernel.)
 #
-# <div class="mnistdiff-generator"></div>
+# <div class="mnistdiff-generator" data-model="teacher" data-steps="16"></div>
 
 # %% [markdown]
 # ## Measuring the trade-off

@@ -8,7 +8,8 @@
  *   student (v̂):  x̂_0 = √ᾱ_t·z − √(1 − ᾱ_t)·v̂
  *   teacher (ε̂):  ε̃ = ε(∅) + w·(ε(y) − ε(∅)),  x̂_0 = (z − √(1 − ᾱ_t)·ε̃)/√ᾱ_t
  * then ε̂ = (z − √ᾱ_t·x̂_0)/√(1 − ᾱ_t) and DDIM (η = 0) to the next timestep, z = √ᾱ_next·x̂_0 + √(1 − ᾱ_next)·ε̂
- * (ᾱ = 1 after the last); the digit is decoder(z). A page places it with <div class="mnistdiff-generator"></div>.
+ * (ᾱ = 1 after the last); the digit is decoder(z). A page places it with <div class="mnistdiff-generator"></div>
+ * (data-model, data-steps, data-guidance and data-digit preset its controls).
  */
 (function () {
   "use strict";
@@ -245,6 +246,13 @@
       button,
     ]);
     root.appendChild(row);
+    // a page may preset the box: <div class="mnistdiff-generator" data-model="teacher" data-steps="16"
+    // data-guidance="4" data-digit="3">
+    const preset = root.dataset;
+    if (preset.digit) digit.value = preset.digit;
+    if (preset.model) model.value = preset.model;
+    if (preset.guidance) guidance.value = preset.guidance;
+    if (preset.steps) steps.dataset.preset = preset.steps;
     return { digit, model, steps, guidance, wText, seed, button };
   }
 
@@ -256,7 +264,7 @@
       return;
     }
     const options = student ? [String(constants.student.timesteps.length)] : Object.keys(constants.teacher.steps);
-    const keep = c.steps.value;
+    const keep = c.steps.value || c.steps.dataset.preset;
     c.steps.replaceChildren(...options.map((n) => el("option", { value: n, text: n })));
     c.steps.value = options.includes(keep) ? keep : options[Math.min(2, options.length - 1)];
     c.guidance.disabled = c.steps.disabled = student;
