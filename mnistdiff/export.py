@@ -69,29 +69,26 @@ def _sha256(path: Path) -> str:
 TEACHER_STEPS = (4, 8, 16, 32, 64)
 
 
-def _network_constants(model: DiffusionModel, timesteps: list[int], path: Path) -> dict[str, Any]:
-    abar = model.schedule.alphas_cumprod.double() if model.schedule is not None else None
-    assert abar is not None
+def _network_constants(model: DiffusionModel, path: Path, timesteps: list[int]) -> dict[str, Any]:
+    """What the page needs of one exported network: its file and hash, what it predicts, its clip, the weights it
+    holds, and ᾱ at ``timesteps``."""
+    assert model.schedule is not None
+    abar = model.schedule.alphas_cumprod.double()
     return {"file": path.name, "sha256": _sha256(path), "prediction": model.config.diffusion.prediction,
-            "clip": float(model.clip_range[1]), "timesteps": [int(s) for s in timesteps],
-            "alphas_cumprod": [float(abar[s]) for s in timesteps], "weights_sha256": model.meta.get("weights_sha256")}
+            "clip": float(model.clip_range[1]), "weights_sha256": model.meta.get("weights_sha256"),
+            "alphas_cumprod": [float(abar[s]) for s in timesteps]}
 
 
 def _check_teacher(teacher: DiffusionModel, student: DiffusionModel) -> None:
+    """The teacher is the class-conditional ε-model the student was distilled from (its weights' hash)."""
     if teacher.config.diffusion.prediction != "eps" or teacher.num_classes is None or teacher.distillation:
         raise ValueError("the teacher must be a class-conditional ε-prediction latent model (a cldm, not a student)")
     if teacher.sample_shape != student.sample_shape:
         raise ValueError(f"the teacher samples {teacher.sample_shape}, the student {student.sample_shape}")
-
-
-def _teacher_constants(teacher: DiffusionModel, path: Path) -> dict[str, Any]:
-    """The teacher's ᾱ at every timestep, its DDIM timesteps for each of :data:`TEACHER_STEPS`, its default w."""
-    T = teacher.schedule.num_timesteps if teacher.schedule is not None else 0
-    out = _network_constants(teacher, list(range(T)), path)
-    out.pop("timesteps")
-    out["steps"] = {str(n): ddim_timesteps(T, n) for n in TEACHER_STEPS if n <= T}
-    out["guidance"] = DEFAULT_GUIDANCE
-    return out
+    record = student.distillation or {}
+    if teacher.meta.get("weights_sha256") != record.get("teacher_weights_sha256"):
+        raise ValueError("the student was not distilled from this teacher (its teacher's weights differ): export it "
+                         "with the cldm it was distilled from")
 
 
 def export_student(student: DiffusionModel, out_dir: str | Path, teacher: DiffusionModel | None = None
@@ -113,12 +110,15 @@ def export_student(student: DiffusionModel, out_dir: str | Path, teacher: Diffus
     constants: dict[str, Any] = {
         "opset": OPSET, "latent_shape": [c, h, w], "num_classes": student.num_classes, "null_label": NULL_LABEL,
         "decoder": {"file": paths["decoder"].name, "sha256": _sha256(paths["decoder"])},
-        "student": {**_network_constants(student, record["timesteps"], paths["student"]),
-                    "guidance": record["guidance"]},
+        "student": {**_network_constants(student, paths["student"], record["timesteps"]),
+                    "timesteps": [int(s) for s in record["timesteps"]], "guidance": record["guidance"]},
     }
     if teacher is not None:
         paths["teacher"] = _export(teacher.network, (z, t, y), ["z", "t", "y"], "eps", out / "teacher.onnx.gz")
-        constants["teacher"] = _teacher_constants(teacher, paths["teacher"])
+        T = int(teacher.schedule.num_timesteps) if teacher.schedule is not None else 0
+        constants["teacher"] = {**_network_constants(teacher, paths["teacher"], list(range(T))),
+                                "steps": {str(n): ddim_timesteps(T, n) for n in TEACHER_STEPS if n <= T},
+                                "guidance": DEFAULT_GUIDANCE}
     paths["sampler"] = out / "sampler.json"
     atomic_write_text(paths["sampler"], json.dumps(constants, indent=1) + "\n")
     return paths

@@ -19,6 +19,8 @@ from __future__ import annotations
 import ast
 import base64
 import fcntl
+import functools
+import http.server
 import json
 import os
 import pkgutil
@@ -28,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -38,6 +41,7 @@ import yaml
 
 from mnistdiff.book import extension
 from mnistdiff.course.chapters import CHAPTERS, LESSONS
+from mnistdiff.devices import cpu_name
 
 # The book's tooling lives in book/_ext/mnistdiff_book (not in the installed package).
 T = extension("tables")
@@ -842,7 +846,8 @@ class TestInChromium:
                 print(f"[generator] digit {digit}: the classifier reads {accuracy * len(images):.0f} of {len(images)}")
                 assert len(images) == 10 and accuracy >= 0.9, (digit, accuracy, drawn["status"])
             one = browser.evaluate(session, _ONE_DIGIT_JS)
-            print(f"[generator] one digit (student, 4 calls, no frames): median {one:.0f} ms of 5 on {_cpu_name()}")
+            print(f"[generator] one digit (student, 4 calls, no frames): median {one:.0f} ms of 5 "
+                  f"on {cpu_name()} (one WebAssembly thread)")
             download = sum(_served_file(built, url, u).stat().st_size for u in set(browser.requests(session))
                            if "/_static/generator/" in u or "/_static/onnxruntime-web/" in u)
             print(f"[generator] the page's added download: {download / 1e6:.1f} MB")
@@ -880,27 +885,25 @@ _ONE_DIGIT_JS = """(async () => {
 })()"""
 
 
-def _cpu_name() -> str:
-    """The CPU's model name (lscpu), for the printed times."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "an unnamed CPU"
-
-
 def _served_file(root: Path, base: str, url: str) -> Path:
     """The file under ``root`` that ``url`` (served from ``base``) names."""
     return root / unquote(urlsplit(url[len(base):]).path).lstrip("/")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """``python -m http.server``'s handler, silent, with the types the generator's files need on any machine."""
+
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                      ".mjs": "text/javascript", ".gz": "application/gzip"}
+
+    def log_message(self, *args) -> None:
+        pass
 
 
 class _http_server:
     """The built book served on 127.0.0.1 (a free port) by the standard library, as ``python -m http.server`` would."""
 
     def __init__(self, root: Path) -> None:
-        import functools
-        import http.server
-        import threading
-
         handler = functools.partial(_QuietHandler, directory=str(root))
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -912,22 +915,6 @@ class _http_server:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def _quiet_handler():
-    import http.server
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
-                          ".mjs": "text/javascript", ".gz": "application/gzip"}
-
-        def log_message(self, *args) -> None:
-            pass
-
-    return Handler
-
-
-_QuietHandler = _quiet_handler()
 
 
 def test_exercises_are_shown_and_solutions_collapsed(built):

@@ -736,6 +736,6 @@ def test_export_with_the_teacher_adds_its_graph_and_refuses_another_cldm(student
     teacher = json.loads((out / "sampler.json").read_text())["teacher"]
     assert teacher["prediction"] == "eps" and teacher["weights_sha256"] == read_model_meta(student["teacher"])[
         "weights_sha256"]
-    args[4] = str(student["student"])  # the student as its own teacher: not the cldm it was distilled from
+    args[4] = str(student["student"])  # the student as its own teacher (export's other refusals: test_export.py)
     assert _exit_code(args[:-1] + [str(tmp_path / "x")]) == 2
-    assert "was not distilled from" in capsys.readouterr().err
+    assert "the teacher must be a class-conditional ε-prediction latent model" in capsys.readouterr().err

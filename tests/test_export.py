@@ -37,7 +37,8 @@ def exported(tmp_path_factory):
     sched = NoiseSchedule.from_config(cfg.diffusion)
     codec = LatentCodec(VAE(VAEConfig(base_channels=8)).eval(), 1.7)
     student = DiffusionModel(EpsFromV(unet, sched), sched, cfg, codec=codec, clip_range=(-CLIP, CLIP),
-                             meta={"distillation": {"timesteps": TIMESTEPS, "guidance": 2.0}, "weights_sha256": "x"})
+                             meta={"weights_sha256": "x", "distillation": {
+                                 "timesteps": TIMESTEPS, "guidance": 2.0, "teacher_weights_sha256": "t"}})
     teacher_cfg = CLDMRunConfig(unet=unet_cfg, diffusion=DiffusionConfig(timesteps=T, prediction="eps"))
     teacher_unet = UNet(unet_cfg).eval()
     with torch.no_grad():
@@ -100,6 +101,11 @@ def test_a_teacher_that_does_not_fit_is_refused(exported, tmp_path):
     student, _, _, teacher = exported
     with pytest.raises(ValueError, match="must be a class-conditional ε-prediction"):
         export_student(student, tmp_path, student)
+    other = DiffusionModel(teacher.network, teacher.schedule, teacher.config, codec=teacher.codec,
+                           clip_range=teacher.clip_range, meta={"weights_sha256": "another"})
+    with pytest.raises(ValueError, match="not distilled from this teacher"):
+        export_student(student, tmp_path / "other", other)
+    assert not (tmp_path / "other").exists()  # refused before anything is written
 
 
 def test_only_a_distilled_latent_student_is_exported(tmp_path):

@@ -272,7 +272,7 @@
     c.wText.textContent = Number(c.guidance.value).toFixed(1);
   }
 
-  async function generate(root, c, out, status) {
+  async function generate(c, out, status) {
     c.button.disabled = true;
     status.textContent = "loading the models…";
     try {
@@ -317,7 +317,7 @@
     else fetchJSON(MODELS + "sampler.json").then((cs) => { constants = cs; sync(); }, sync);
     c.model.addEventListener("change", sync);
     c.guidance.addEventListener("input", () => (c.wText.textContent = Number(c.guidance.value).toFixed(1)));
-    c.button.addEventListener("click", () => generate(root, c, out, status));
+    c.button.addEventListener("click", () => generate(c, out, status));
   }
 
   function init() {
