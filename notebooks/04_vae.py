@@ -506,7 +506,7 @@ print(f"summed squared error to the eight: the mean {total_sq_error(mean_seven):
 
 # %% [markdown]
 # Latent diffusion's autoencoders (Esser et al. 2021, eq. 4-7; Rombach et al. 2022, appendix G) add a loss that
-# does not average: a **critic** $D$, a small convolutional network that scores every 22-pixel patch of an
+# does not average: a **critic** $D$, a small convolutional network that scores every overlapping patch of an
 # image as real (positive) or reconstructed (negative) (a *PatchGAN*, Isola et al. 2017). The critic is trained
 # with the hinge loss
 #
