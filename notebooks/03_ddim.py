@@ -35,8 +35,8 @@
 # - trade sampling time against sample quality with the number of steps and $\eta$;
 # - run the ODE backwards to **invert** a digit into noise, and interpolate between noises with **slerp**.
 #
-# **Run time.** a few minutes on two CPU cores with the committed `book` checkpoint; measured
-# times in the [introduction](../intro.md). Symbols follow the course's [notation](../notation.md):
+# **Run time.** with the committed `book` checkpoint, most of it the $T$-step sampler's 64 digits ($64T$
+# network calls); measured times in the [introduction](../intro.md). Symbols follow the course's [notation](../notation.md):
 # timesteps $t = 1, \dots, T$ in equations and printed results, the package's 0-based index $t - 1$ in code.
 # *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
 #

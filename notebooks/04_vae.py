@@ -55,7 +55,6 @@
 # :::
 
 # %%
-import json
 import math
 import time
 
@@ -544,20 +543,10 @@ print(f"critic logits: {tuple(d_real.shape[1:])} per image, one per patch; λ/w 
 # reconstructions of 2,000 training digits against the test digits, beside the real floor at the same n:
 
 # %%
-from mnistdiff.evaluation.report import results_dir
+from mnistdiff.course.measured import time_to_quality_table
 
-vae_rows = []
-for name, label in (("time_to_quality_vae_book_n2000.json", "plain ELBO, 3 epochs"),
-                    ("time_to_quality_vae_adv_8ep_n2000.json", "ELBO + critic (w = 0.5), 8 epochs")):
-    path = results_dir() / "book" / name
-    if path.is_file():
-        doc = json.loads(path.read_text())
-        last_row, floor = doc["snapshots"][-1], doc["floor"]
-        vae_rows.append(f"| {label} | {last_row['training_seconds'] / 60:.1f} | "
-                        f"{last_row['fid']:.3f} ({last_row['fid'] / floor['fid']:.2f}×) | "
-                        f"{last_row['fid_resnet']:.3f} ({last_row['fid_resnet'] / floor['fid_resnet']:.2f}×) |")
-Markdown("| VAE | training min | classifier FID (× floor) | ResNet FID (× floor) |\n| --- | --- | --- | --- |\n"
-         + "\n".join(vae_rows) if vae_rows else "*Not measured yet* (`benchmarks/time_to_quality.py` on a VAE run).")
+Markdown(time_to_quality_table({"plain ELBO, 3 epochs": "time_to_quality_vae_book_n2000.json",
+                                "ELBO + critic (w = 0.5), 8 epochs": "time_to_quality_vae_adv_8ep_n2000.json"}, "VAE"))
 
 # %% [markdown]
 # ## The latent space

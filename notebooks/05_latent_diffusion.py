@@ -43,14 +43,11 @@
 
 # %% tags=["remove-input"]
 # the run time of this chapter's last recorded book-profile run
-import json
-
 from IPython.display import Markdown
 
-from mnistdiff.evaluation.report import results_dir
+from mnistdiff.course.measured import recorded_seconds
 
-times_path = results_dir() / "book" / "course_times.json"
-book_seconds = json.loads(times_path.read_text())["notebooks"].get("05_latent_diffusion") if times_path.exists() else None
+book_seconds = recorded_seconds("05_latent_diffusion")
 run_time = (f"about {book_seconds / 60:.0f} minutes on two CPU cores in the last recorded run with the `book` profile"
             if book_seconds else "a few minutes on two CPU cores with the `book` profile")
 Markdown(f"""**Run time.** {run_time}: the VAE and the latent model load from the committed `book` checkpoints,

@@ -46,18 +46,16 @@
 
 # %% tags=["remove-input"]
 # the run time of this chapter's last recorded book-profile run, and the share of it spent sampling in pixel space
-import json
 
 from IPython.display import Markdown
 
 from mnistdiff import get_profile
-from mnistdiff.evaluation.report import results_dir, results_path
+from mnistdiff.course.measured import book_result, recorded_seconds
 
 BOOK = get_profile("book")
-times_path, book_path = results_dir() / "book" / "course_times.json", results_path("book")
-book_seconds = json.loads(times_path.read_text())["notebooks"].get("06_umap_evaluation") if times_path.exists() else None
-if book_seconds and book_path.exists():
-    pixel_seconds = sum(g.get("sampling_seconds", 0) for g in json.loads(book_path.read_text())["generators"].values()
+book_seconds, book_evaluation = recorded_seconds("06_umap_evaluation"), book_result("evaluation.json")
+if book_seconds and book_evaluation:
+    pixel_seconds = sum(g.get("sampling_seconds", 0) for g in book_evaluation["generators"].values()
                         if g["space"] == "pixel")
     run_time = (f"{book_seconds / 60:.0f} minutes on two CPU cores in the last recorded run with the `book` profile, "
                 f"{pixel_seconds / book_seconds:.0%} of it sampling the pixel-space model")

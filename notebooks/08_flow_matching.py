@@ -646,10 +646,10 @@ plt.show()
 # of its space's real-vs-real floor at the same n: 1 is as close as n samples can tell.
 
 # %%
+from mnistdiff.course.measured import book_result
 from mnistdiff.evaluation.nfe_sweep import sweep_report
-from mnistdiff.evaluation.report import results_dir
 
-fig, table = sweep_report(results_dir() / "book" / "nfe_sweep.json")
+fig, table = sweep_report(book_result("nfe_sweep.json"))
 plt.show()
 Markdown(table)
 

@@ -297,10 +297,10 @@ plt.show()
 # chapter), each FID as a multiple of its space's floor:
 
 # %%
+from mnistdiff.course.measured import book_result
 from mnistdiff.evaluation.nfe_sweep import sweep_report
-from mnistdiff.evaluation.report import results_dir
 
-fig, table = sweep_report(results_dir() / "book" / "nfe_sweep.json")
+fig, table = sweep_report(book_result("nfe_sweep.json"))
 plt.show()
 Markdown(table)
 

@@ -78,8 +78,8 @@ def test_an_unmeasured_sweep_is_none(tmp_path):
 def test_the_chapters_report_is_the_plot_and_table_or_says_not_measured(tmp_path):
     from mnistdiff.evaluation.nfe_sweep import NOT_MEASURED, sweep_report
 
-    assert sweep_report(tmp_path / "none.json") == (None, NOT_MEASURED)
+    assert sweep_report(load_sweep(tmp_path / "none.json")) == (None, NOT_MEASURED)
     (tmp_path / "s.json").write_text(json.dumps({**DOC, "device": "CPU: X", "date": "2026-12-03"}))
-    fig, text = sweep_report(tmp_path / "s.json")
+    fig, text = sweep_report(load_sweep(tmp_path / "s.json"))
     assert len(fig.axes) == 2 and text.startswith("Measured on CPU: X (2026-12-03), n = 500, seed 0:")
     assert sweep_table(DOC) in text and text.endswith(equal_quality_table(DOC, "ddpm:ddim-eta1:50"))

@@ -39,11 +39,10 @@ NOT_MEASURED = ("*Not measured yet:* `python benchmarks/nfe_sweep.py --model che
 REFERENCE = "ddpm:ddim-eta1:50"
 
 
-def sweep_report(path: str | Path) -> tuple[Any, str]:
-    """What a chapter shows of the sweep at ``path``: ``(figure, Markdown)``, the plot and the table under a line
-    naming the CPU, date and n, then each curve's calls and speed at :data:`REFERENCE`'s quality where the sweep
-    has that row; ``(None, NOT_MEASURED)`` where there is no file."""
-    doc = load_sweep(path)
+def sweep_report(doc: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """What a chapter shows of the sweep ``doc`` (:func:`load_sweep`'s): ``(figure, Markdown)``, the plot and the
+    table under a line naming the CPU, date and n, then each curve's calls and speed at :data:`REFERENCE`'s quality
+    where the sweep has that row; ``(None, NOT_MEASURED)`` where it is not measured (``None``)."""
     if doc is None:
         return None, NOT_MEASURED
     text = f"Measured on {doc['device']} ({doc['date']}), n = {doc['n']:,}, seed 0:\n\n" + sweep_table(doc)
