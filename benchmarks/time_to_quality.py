@@ -14,7 +14,7 @@ file and on every line; time nothing while another job shares the cores.
 The target of issue 22: FID within ``--target`` (2) times the floor, precision and recall ≥ 0.80, in both spaces,
 and every class within ±3 points of 10 %; the script prints the first snapshot that meets it and its training minutes.
 
-A VAE's snapshots (``train vae --snapshot_every``) are scored by their reconstructions of the floor's own ``n``
+A latent model's snapshots are decoded by ``--vae`` (the VAE it was trained on). A VAE's snapshots (``train vae --snapshot_every``) are scored by their reconstructions of the floor's own ``n``
 training digits, the best a latent model on that VAE can emit (issue 22's VAE target: ``--target 1.5``).
 """
 
@@ -55,21 +55,24 @@ def meets(row: dict, floor: dict, target: float, pr_min: float = PR_MIN, class_m
     return spaces_ok and row["class_max_deviation"] <= class_max
 
 
-def draw(path: Path, n: int, steps: int, device: str, eta: float = DEFAULT_ETA) -> tuple[torch.Tensor, dict]:
-    """``n`` images from the snapshot at ``path`` and its metadata: a diffusion model's DDIM samples (seed 0), or a
-    VAE's reconstructions of the floor's ``n`` training digits (:func:`real_floor`'s subset, seed 0)."""
+def draw(path: Path, n: int, steps: int, device: str, eta: float = DEFAULT_ETA,
+         vae: Path | None = None) -> tuple[torch.Tensor, dict]:
+    """``n`` images from the snapshot at ``path`` and its metadata: a diffusion model's DDIM samples (seed 0; a latent
+    model decoded by ``vae``, the VAE it was trained on), or a VAE's reconstructions of the floor's ``n`` training
+    digits (:func:`real_floor`'s subset, seed 0)."""
     if read_model_meta(path)["kind"] == VAE_KIND:
         vae = load_vae(path, device=device)
         real = load_mnist("train").subset(n, seed=0).images
         return vae.reconstruct(real.to(device)).cpu(), vae.meta
-    model = DiffusionModel.load(path, device=device)
+    model = DiffusionModel.load(path, vae=vae, device=device)
     return model.sample(n, steps=steps, eta=eta, seed=0, device=device)[0], model.meta
 
 
-def score_snapshot(path: Path, n: int, steps: int, device: str, eta: float = DEFAULT_ETA) -> dict:
+def score_snapshot(path: Path, n: int, steps: int, device: str, eta: float = DEFAULT_ETA,
+                   vae: Path | None = None) -> dict:
     """One snapshot's epoch, training seconds, sampling seconds and metrics at ``n`` samples."""
     t0 = time.perf_counter()
-    images, meta = draw(path, n, steps, device, eta)
+    images, meta = draw(path, n, steps, device, eta, vae)
     sampling = time.perf_counter() - t0
     m = evaluate(images, seed=0, device=device, include_memorisation=False)
     keys = [space_key(k, s) for s in FEATURE_SPACES for k in KEYS] + ["class_max_deviation"]
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="book", help="results/<profile>/ gets the file")
     p.add_argument("--out", type=Path, default=None, help="default results/<profile>/time_to_quality.json")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--vae", type=Path, default=None, help="a latent model's VAE (the model file it was trained on)")
     args = p.parse_args(argv)
     folder = args.run / "snapshots" if (args.run / "snapshots").is_dir() else args.run
     snaps = sorted(folder.glob("epoch_*.safetensors"))
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{s}: FID {floor[space_key('fid', s)]:.3f}" for s in FEATURE_SPACES))
     for snap in snaps:
         if snap.name not in rows:
-            rows[snap.name] = score_snapshot(snap, args.n, args.steps, args.device, args.eta)
+            rows[snap.name] = score_snapshot(snap, args.n, args.steps, args.device, args.eta, args.vae)
         r = rows[snap.name]
         ratios = "  ".join(f"{s}: FID {r[space_key('fid', s)] / floor[space_key('fid', s)]:5.1f}× floor, "
                            f"P {r[space_key('precision', s)]:.3f} R {r[space_key('recall', s)]:.3f}"
