@@ -443,8 +443,9 @@ print(f"our L_LDM matches make_diffusion_loss: {ours.item():.4f} on {len(batch_m
 # clips $\hat x_0$ to $[-c, c]$, where $c = \max |\kappa z|$ over the training codes, stored with the
 # checkpoint (`ldm.clip_range`). Some clipping is still needed: at $t = T$ the estimate
 # $\hat x_0$ is divided by $\sqrt{\bar\alpha_T}$ (chapter 3), and unclipped codes blow up.
-# And `precision=ldm.precision` runs the network in the precision measured fastest on this machine when the
-# model was loaded (float32 or bf16 autocast), as `ldm.sample` does, so the two give the same digits.
+# And `precision="fp32"` runs both the network and the decoder in float32 on both sides: left to itself,
+# `ldm.sample` runs each in the precision measured fastest on this machine when the model was loaded (float32 or
+# bf16 autocast, `ldm.precision` and `ldm.decode_precision`), and our `decode` is float32.
 
 
 # %%
@@ -460,7 +461,7 @@ def sample_with_codes(n: int, **kwargs) -> tuple[torch.Tensor, list, list[torch.
         return decode(z)
 
     images, frames = generate(ldm.unet, ldm.schedule, n, shape=ldm.sample_shape, seed=SEED, device=DEVICE,
-                              clip_range=ldm.clip_range, precision=ldm.precision,
+                              clip_range=ldm.clip_range, precision="fp32",
                               batch_size=n, decode=decode_keeping_codes, **kwargs)
     return images, frames, codes
 
@@ -468,7 +469,7 @@ def sample_with_codes(n: int, **kwargs) -> tuple[torch.Tensor, list, list[torch.
 start = time.perf_counter()
 ddpm_images, frames, codes = sample_with_codes(PROFILE.num_samples, sampler="ddpm", return_intermediates=True)
 ddpm_seconds = time.perf_counter() - start
-package_images, _ = ldm.sample(PROFILE.num_samples, sampler="ddpm", seed=SEED, device=DEVICE)
+package_images, _ = ldm.sample(PROFILE.num_samples, sampler="ddpm", seed=SEED, device=DEVICE, precision="fp32")
 torch.testing.assert_close(ddpm_images, package_images)
 print(f"our decode around the sampler equals ldm.sample: {PROFILE.num_samples} samples in {ddpm_seconds:.2f} s "
       f"({ldm.schedule.num_timesteps} DDPM steps)")
