@@ -749,6 +749,21 @@ def _browser_check(browser: DevTools, page: Path, screenshot: Path | None = None
     return result
 
 
+def _rounding_sensitivity(models, z, y: list[int], case: dict) -> float:
+    """How far Python's own digits move when the noise moves by one part in 10⁷ (float32 rounding): the unguided
+    teacher's first step divides ε̂ by √ᾱ_T ≈ 5·10⁻⁵ wherever x̂_0 stays inside the clip, so two float32 runtimes
+    (WebAssembly and onnxruntime's CPU kernels) can differ there by more than 1e-3 with no difference in the sampler;
+    a sampler that differs moves the digits by tenths."""
+    import torch
+
+    from mnistdiff.export import onnx_sample
+
+    kwargs = {"teacher_steps": case.get("steps"), "guidance": case.get("guidance")}
+    base = onnx_sample(models, z, torch.tensor(y), **kwargs)
+    return max((onnx_sample(models, z * (1 + k * 1e-7), torch.tensor(y), **kwargs) - base).abs().max().item()
+               for k in (1, -1))
+
+
 @needs_chromium
 class TestInChromium:
     """The rendered pages in headless Chromium (a class, so that their skips fold into one line)."""
@@ -835,8 +850,9 @@ class TestInChromium:
                 want = onnx_sample(models, z, torch.tensor(y), teacher_steps=case.get("steps"),
                                    guidance=case.get("guidance"))
                 error = (torch.tensor(got["images"]).reshape(want.shape) - want).abs().max().item()
-                assert error < 1e-3, f"{case}: the page's digits differ from Python's by {error:.2e}"
-                print(f"[generator] {case}: largest difference from Python {error:.1e}")
+                allowed = max(1e-3, 10 * _rounding_sensitivity(models, z, y, case))
+                assert error < allowed, f"{case}: the page's digits differ from Python's by {error:.2e} ({allowed:.1e})"
+                print(f"[generator] {case}: largest difference from Python {error:.1e} (allowed {allowed:.1e})")
                 assert (got["nfe"], got["frames"]) == (nfe, frames), (case, got["nfe"], got["frames"])
             for digit in (0, 4, 7):  # the page itself: choose a digit, press Generate, read its ten canvases
                 drawn = browser.evaluate(session, _GENERATE_JS % digit)
