@@ -14,8 +14,9 @@ file and on every line; time nothing while another job shares the cores.
 The target of issue 22: FID within ``--target`` (2) times the floor, precision and recall ≥ 0.80, in both spaces,
 and every class within ±3 points of 10 %; the script prints the first snapshot that meets it and its training minutes.
 
-A latent model's snapshots are decoded by ``--vae`` (the VAE it was trained on). A VAE's snapshots (``train vae --snapshot_every``) are scored by their reconstructions of the floor's own ``n``
-training digits, the best a latent model on that VAE can emit (issue 22's VAE target: ``--target 1.5``).
+A latent model's snapshots are decoded by ``--vae`` (the VAE it was trained on). A VAE's snapshots
+(``train vae --snapshot_every``) are scored by their reconstructions of the floor's own ``n`` training digits,
+the best a latent model on that VAE can emit (issue 22's VAE target: ``--target 1.5``).
 """
 
 from __future__ import annotations
