@@ -3,8 +3,6 @@ fewest calls at equal quality, and the plot, on a small document written here by
 
 from __future__ import annotations
 
-import json
-
 import matplotlib
 import pytest
 
@@ -12,7 +10,6 @@ from mnistdiff.evaluation.nfe_sweep import (
     curve_label,
     equal_quality_table,
     fewest_calls,
-    load_sweep,
     plot_sweep,
     sweep_curves,
     sweep_table,
@@ -69,17 +66,10 @@ def test_plot_draws_each_curve_in_each_space_with_floor_and_target():
     assert curve_label(DOC["rows"][0]) in [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
 
 
-def test_an_unmeasured_sweep_is_none(tmp_path):
-    assert load_sweep(tmp_path / "nfe_sweep.json") is None
-    (tmp_path / "nfe_sweep.json").write_text(json.dumps(DOC))
-    assert load_sweep(tmp_path / "nfe_sweep.json") == DOC
-
-
-def test_the_chapters_report_is_the_plot_and_table_or_says_not_measured(tmp_path):
+def test_the_chapters_report_is_the_plot_and_table_or_says_not_measured():
     from mnistdiff.evaluation.nfe_sweep import NOT_MEASURED, sweep_report
 
-    assert sweep_report(load_sweep(tmp_path / "none.json")) == (None, NOT_MEASURED)
-    (tmp_path / "s.json").write_text(json.dumps({**DOC, "device": "CPU: X", "date": "2026-12-03"}))
-    fig, text = sweep_report(load_sweep(tmp_path / "s.json"))
+    assert sweep_report(None) == (None, NOT_MEASURED)  # not measured: book_result gives None (test_measured.py)
+    fig, text = sweep_report({**DOC, "device": "CPU: X", "date": "2026-12-03"})
     assert len(fig.axes) == 2 and text.startswith("Measured on CPU: X (2026-12-03), n = 500, seed 0:")
     assert sweep_table(DOC) in text and text.endswith(equal_quality_table(DOC, "ddpm:ddim-eta1:50"))

@@ -5,7 +5,7 @@
   (``python -m mnistdiff train all --profile book``, resumable, which also trains the flow twin, not committed yet);
   the checkpoints are committed, so every chapter loads them in seconds on any machine. The default.
 * ``full``: the reference settings (the dataclass defaults), meant for a GPU.
-* ``smoke``: every code path, tiny models and sample counts; all seven notebooks run in a few
+* ``smoke``: every code path, tiny models and sample counts; every notebook runs in a few
   minutes on two CPU cores. The test suite (nbval) uses it; its models draw blobs, not digits.
 
 This module is the only place that reads the variable.

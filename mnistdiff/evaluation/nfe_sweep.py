@@ -9,25 +9,17 @@ best an n-sample estimate can say.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from mnistdiff.evaluation.classifier import FEATURE_SPACES
 from mnistdiff.evaluation.metrics import space_key
 
-__all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "REFERENCE", "load_sweep", "sweep_report", "curve_label", "sweep_curves",
+__all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "REFERENCE", "sweep_report", "curve_label", "sweep_curves",
            "plot_sweep", "sweep_table", "fewest_calls", "equal_quality_table"]
 
 #: How the book names each sampler.
 SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "heun": "Heun", "euler": "Euler"}
-
-
-def load_sweep(path: str | Path) -> dict[str, Any] | None:
-    """The sweep's JSON document, or ``None`` where it has not been measured (no file)."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 #: What a chapter says where the book's sweep has not been measured.
@@ -40,7 +32,8 @@ REFERENCE = "ddpm:ddim-eta1:50"
 
 
 def sweep_report(doc: Mapping[str, Any] | None) -> tuple[Any, str]:
-    """What a chapter shows of the sweep ``doc`` (:func:`load_sweep`'s): ``(figure, Markdown)``, the plot and the
+    """What a chapter shows of the sweep ``doc`` (``mnistdiff.course.measured.book_result("nfe_sweep.json")``):
+    ``(figure, Markdown)``, the plot and the
     table under a line naming the CPU, date and n, then each curve's calls and speed at :data:`REFERENCE`'s quality
     where the sweep has that row; ``(None, NOT_MEASURED)`` where it is not measured (``None``)."""
     if doc is None:
