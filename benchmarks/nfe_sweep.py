@@ -1,19 +1,26 @@
 #!/usr/bin/env python
 """Quality against network calls: each model with each of its samplers at several numbers of network calls (NFE),
-scored in both feature spaces, in one run.
+scored in both feature spaces, in one run; then the speed of every configuration, timed side by side in one run.
 
     python benchmarks/nfe_sweep.py --model checkpoints/book/ddpm.safetensors \\
-        --model checkpoints/book/flow.safetensors --n 2000    # → results/book/nfe_sweep.json
+        --model checkpoints/book/flow.safetensors --model checkpoints/book/ldm.safetensors \\
+        --vae checkpoints/book/vae.safetensors --n 2000
+    python benchmarks/nfe_sweep.py --speed --model … (the same models)      # → results/book/nfe_sweep.json
 
-Each model is sampled with every step-count sampler it takes (``DiffusionModel.samplers``): a DDPM with DDIM at
-η = 0 (the probability-flow ODE, comparable with a flow's solvers) and at the package's default η, DPM-Solver++(2M)
-and EDM's Heun; a flow with Euler, Heun and DPM-Solver++(2M). NFE counts network calls per sample
-(``DiffusionModel.nfe``): Heun makes two per step (EDM's one fewer at the end), so it runs the steps that make
-exactly the NFE asked for, or is skipped there. Every configuration draws
-``n`` samples from seed 0, timed (samples per second, on the CPU named in the file), and is scored by
+Each model is sampled with every step-count sampler it takes (``DiffusionModel.samplers``): a DDPM or LDM with DDIM
+at η = 0 (the probability-flow ODE, comparable with a flow's solvers) and at the package's default η,
+DPM-Solver++(2M) and EDM's Heun; a flow with Euler, Heun and DPM-Solver++(2M). NFE counts network calls per sample
+(``DiffusionModel.nfe``): Heun makes two per step (EDM's one fewer at the end), so at each NFE asked for, every
+sampler runs the most steps whose calls do not exceed it, and the row records the calls it made (EDM's Heun: 3, 7,
+9, … where 4, 8, 10 are asked). Every configuration draws ``n`` samples from seed 0 and is scored by
 :func:`mnistdiff.evaluation.metrics.evaluate` beside the real floor at the same ``n``. The file is rewritten after
 each configuration and a rerun with the same ``n`` skips those already scored, so a run cut short keeps what it
-measured. Time nothing while another job shares the cores.
+measured; so the quality pass may share the cores with other work.
+
+Speed is a second pass (``--speed``), because a time is only worth comparing with times taken on the same quiet
+machine: every scored configuration draws ``--speed_n`` samples once more, timed, all in one run, after one untimed
+warm-up per model; the file records the CPU, the date and the load average before it began (time nothing while
+another job shares the cores).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,19 +48,28 @@ from mnistdiff.model import DiffusionModel  # noqa: E402
 KEYS = ("fid", "precision", "recall")
 
 
+def steps_within(model: DiffusionModel, sampler: str, nfe: int) -> int:
+    """The most steps of ``sampler`` whose network calls per sample do not exceed ``nfe`` (0: not even one)."""
+    steps = 0
+    while model.nfe(sampler, steps + 1) <= nfe:
+        steps += 1
+    return steps
+
+
 def configurations(model: DiffusionModel, nfes: list[int]) -> list[dict]:
-    """(sampler, steps, η, nfe) for each of ``model``'s step-count samplers at each NFE it can make exactly."""
-    out = []
+    """(sampler, steps, η, nfe) for each of ``model``'s step-count samplers at each NFE asked for, with the most steps
+    within it (``nfe``: the calls they make); a configuration that two NFEs reach is listed once."""
+    out: list[dict] = []
     for nfe in nfes:
         for sampler in model.samplers:
             if sampler == "ddpm":  # all T ancestral steps: not a step-count sampler
                 continue
+            steps = steps_within(model, sampler, nfe)
             etas = (0.0, DEFAULT_ETA) if sampler == "ddim" else (None,)
-            steps = next((s for s in (nfe, nfe // 2, (nfe + 1) // 2) if s >= 1 and model.nfe(sampler, s) == nfe), 0)
-            if not steps:  # e.g. a flow's Heun at an odd NFE
-                continue
-            out += [{"sampler": sampler, "steps": steps, "eta": eta, "nfe": nfe} for eta in etas]
-    return out
+            out += [{"sampler": sampler, "steps": steps, "eta": eta, "nfe": model.nfe(sampler, steps)}
+                    for eta in etas if steps]
+    unique = {(c["sampler"], c["steps"], c["eta"]): c for c in out}
+    return list(unique.values())
 
 
 def key(model_name: str, c: dict) -> str:
@@ -61,28 +78,94 @@ def key(model_name: str, c: dict) -> str:
 
 
 def score(model: DiffusionModel, c: dict, n: int, device: str) -> dict:
-    """Draw ``n`` samples with configuration ``c`` (seed 0) in the model's precision, time them, and score them in
-    both spaces."""
-    extra = {} if c["eta"] is None else {"eta": c["eta"]}
+    """Draw ``n`` samples with configuration ``c`` (seed 0) in the model's precision and score them in both spaces
+    (``sampling_seconds``: the draw's wall time, a record, not a speed: see :func:`speed`)."""
     t0 = time.perf_counter()
-    images, _ = model.sample(n, sampler=c["sampler"], steps=c["steps"], seed=0, device=device, **extra)
+    images, _ = model.sample(n, sampler=c["sampler"], steps=c["steps"], seed=0, device=device, **_eta(c))
     seconds = time.perf_counter() - t0
     m = evaluate(images, seed=0, device=device, include_memorisation=False)
     metrics = {space_key(k, s): m[space_key(k, s)] for s in FEATURE_SPACES for k in KEYS}
-    return {**c, "sampling_seconds": round(seconds, 2), "samples_per_second": round(n / seconds, 1), **metrics,
-            "class_max_deviation": m["class_max_deviation"]}
+    return {**c, "sampling_seconds": round(seconds, 2), **metrics, "class_max_deviation": m["class_max_deviation"]}
+
+
+def speed(model: DiffusionModel, c: dict, n: int, device: str) -> float:
+    """Samples per second of configuration ``c``: ``n`` samples drawn once, timed (decoding included)."""
+    t0 = time.perf_counter()
+    model.sample(n, sampler=c["sampler"], steps=c["steps"], seed=1, device=device, **_eta(c))
+    return round(n / (time.perf_counter() - t0), 1)
+
+
+def _eta(c: dict) -> dict:
+    return {} if c["eta"] is None else {"eta": c["eta"]}
+
+
+def load_models(paths: list[Path], vae: Path | None, precision: str, device: str) -> dict[str, DiffusionModel]:
+    """Each model file, by kind (its rows' name), in ``precision`` (``auto``: measured here, once per model, before
+    anything is timed); a latent model takes ``vae``. Its file is ``model.meta["file"]``."""
+    models = {}
+    for path in paths:
+        model = DiffusionModel.load(path, vae=vae, device=device)
+        if model.kind in models:
+            raise SystemExit(f"two {model.kind} models given: the sweep names each model's rows by its kind")
+        model.meta["file"] = str(path)
+        if precision == "auto":
+            model.measure_precision(device)
+        else:
+            model.precision = precision
+        models[model.kind] = model
+    return models
+
+
+def quality_pass(models: dict[str, DiffusionModel], doc: dict, args: argparse.Namespace, out: Path) -> None:
+    """Score every configuration not yet in ``doc`` (same n, same weights), rewriting ``out`` after each."""
+    rows = {r["key"]: r for r in doc["rows"]}
+    for name, model in models.items():
+        sha = model.meta["weights_sha256"]
+        doc["models"][name] = {"file": model.meta["file"], "weights_sha256": sha,
+                               "training_seconds": model.meta.get("seconds"), "precision": model.precision}
+        for c in configurations(model, args.nfe):
+            k = key(name, c)
+            if k in rows and rows[k].get("weights_sha256") == sha:
+                continue
+            rows[k] = r = {"key": k, "model": name, "weights_sha256": sha, **score(model, c, args.n, args.device)}
+            floor = doc["floor"]
+            print(f"{k:28s} NFE {r['nfe']:3d}  " + "  ".join(
+                f"{s}: FID {r[space_key('fid', s)] / floor[space_key('fid', s)]:5.1f}× floor, "
+                f"P {r[space_key('precision', s)]:.3f} R {r[space_key('recall', s)]:.3f}" for s in FEATURE_SPACES),
+                flush=True)
+            doc["rows"] = sorted(rows.values(), key=lambda x: (x["model"], x["sampler"], str(x["eta"]), x["nfe"]))
+            atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
+def speed_pass(models: dict[str, DiffusionModel], doc: dict, args: argparse.Namespace, out: Path) -> None:
+    """Time every scored configuration of ``models`` in this one run (one untimed warm-up per model first)."""
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.2f} before timing: another job may share the cores", flush=True)
+    for name, model in models.items():
+        model.sample(8, steps=2, seed=0, device=args.device)  # warm-up: first-call allocations, not timed
+        for r in doc["rows"]:
+            if r["model"] == name and r["weights_sha256"] == model.meta["weights_sha256"]:
+                r["samples_per_second"] = speed(model, r, args.speed_n, args.device)
+                print(f"{r['key']:28s} NFE {r['nfe']:3d}  {r['samples_per_second']:8.1f} samples/s", flush=True)
+    doc["speed"] = {"device": device_name(args.device), "date": dt.date.today().isoformat(), "n": args.speed_n,
+                    "load_average_before": round(load, 2)}
+    atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, action="append", required=True,
-                   help="a pixel model file (ddpm or flow); repeat for several")
+                   help="a model file (ddpm, flow or ldm); repeat for several")
+    p.add_argument("--vae", type=Path, default=None, help="the VAE a latent model (ldm) was trained on")
     p.add_argument("--n", type=int, default=2000, help="samples per configuration, and real digits in the floor")
     p.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 10, 16, 32, 50, 64],
                    help="network calls per sample (10: issue 24's budget; 50: DDIM-50, the reference)")
     p.add_argument("--precision", default="auto", choices=("fp32", "bf16", "bf16_cl", "auto"),
                    help="how the network runs (auto: the fastest of fp32, bf16 and bf16_cl, measured here once per "
                         "model)")
+    p.add_argument("--speed", action="store_true", help="time the scored configurations instead (a quiet machine)")
+    p.add_argument("--speed_n", type=int, default=256, help="samples per timed draw (--speed)")
     p.add_argument("--profile", default="book", help="results/<profile>/ gets the file")
     p.add_argument("--out", type=Path, default=None, help="default results/<profile>/nfe_sweep.json")
     p.add_argument("--device", default="cpu")
@@ -90,37 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     out = args.out or results_dir() / args.profile / "nfe_sweep.json"
     old = json.loads(out.read_text()) if out.is_file() else {}
-    rows = {r["key"]: r for r in old.get("rows", [])} if old.get("n") == args.n else {}
-    floor = real_floor(args.n, seed=0, device=args.device, include_memorisation=False)
-    cpu = device_name(args.device)
-    print(f"{cpu}; n = {args.n}; floor " + ", ".join(f"{s}: FID {floor[space_key('fid', s)]:.3f}"
-                                                     for s in FEATURE_SPACES), flush=True)
-    models = {}
-    for path in args.model:
-        model = DiffusionModel.load(path, device=args.device)
-        if args.precision == "auto":
-            model.measure_precision(args.device)  # once, before anything is timed
-        else:
-            model.precision = args.precision
-        name = model.kind
-        models[name] = {"file": str(path), "weights_sha256": model.meta["weights_sha256"],
-                        "training_seconds": model.meta.get("seconds"), "precision": model.precision}
-        for c in configurations(model, args.nfe):
-            k = key(name, c)
-            if k in rows and rows[k].get("weights_sha256") == model.meta["weights_sha256"]:
-                continue
-            rows[k] = {"key": k, "model": name, "weights_sha256": model.meta["weights_sha256"],
-                       **score(model, c, args.n, args.device)}
-            r = rows[k]
-            print(f"{k:28s} NFE {r['nfe']:3d}  {r['samples_per_second']:7.1f} samples/s  " + "  ".join(
-                f"{s}: FID {r[space_key('fid', s)] / floor[space_key('fid', s)]:5.1f}× floor, "
-                f"P {r[space_key('precision', s)]:.3f} R {r[space_key('recall', s)]:.3f}" for s in FEATURE_SPACES),
-                flush=True)
-            doc = {"device": cpu, "n": args.n, "precision": args.precision, "date": dt.date.today().isoformat(),
-                   "torch": torch.__version__.split("+")[0], "models": {**old.get("models", {}), **models},
-                   "floor": {k2: floor[k2] for k2 in floor if isinstance(floor[k2], float)},
-                   "rows": sorted(rows.values(), key=lambda x: (x["model"], x["sampler"], str(x["eta"]), x["nfe"]))}
-            atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    if args.speed and old.get("n") != args.n:
+        p.error(f"--speed times the configurations scored at --n {args.n}: {out} has none (run without --speed)")
+    models = load_models(args.model, args.vae, args.precision, args.device)
+    if args.speed:
+        speed_pass(models, old, args, out)
+    else:
+        floor = real_floor(args.n, seed=0, device=args.device, include_memorisation=False)
+        doc = {**old, "device": device_name(args.device), "n": args.n, "precision": args.precision,
+               "date": dt.date.today().isoformat(), "torch": torch.__version__.split("+")[0],
+               "models": old.get("models", {}) if old.get("n") == args.n else {},
+               "floor": {k: floor[k] for k in floor if isinstance(floor[k], float)},
+               "rows": old.get("rows", []) if old.get("n") == args.n else []}
+        print(f"{doc['device']}; n = {args.n}; floor " + ", ".join(
+            f"{s}: FID {floor[space_key('fid', s)]:.3f}" for s in FEATURE_SPACES), flush=True)
+        quality_pass(models, doc, args, out)
     print(f"→ {out}")
     return 0
 

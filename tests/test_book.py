@@ -147,6 +147,18 @@ def test_course_times_table(tmp_path):
     assert "No timings" in R.course_times_markdown(tmp_path / "none")
 
 
+def test_chapter_run_time_line(tmp_path):
+    times = {"profile": "book", "device": "CPU: B", "notebooks": {"02_ddpm": 203.6, "06_umap_evaluation": 811.3},
+             "devices": {"02_ddpm": "CPU: A, 2 threads"}, "executed": {"02_ddpm": "2026-12-03T15:43:49"}}
+    _write(tmp_path / "book" / "course_times.json", times)
+    assert R.chapter_run_time(tmp_path, "02_ddpm") == (
+        "*This page is the chapter as the course command executed it with the `book` profile on 2026-12-03: "
+        "3 min 24 s on CPU: A, 2 threads.*")
+    assert R.chapter_run_time(tmp_path, "06_umap_evaluation").endswith(": 13 min 31 s on CPU: B.*")  # no date kept
+    assert R.chapter_run_time(tmp_path, "07_guidance") is None  # not recorded: no line, never a guess
+    assert R.chapter_run_time(tmp_path / "none", "02_ddpm") is None
+
+
 def _widget_nb(with_fallback: bool) -> dict:
     outputs = [
         {
@@ -931,6 +943,19 @@ class _http_server:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_each_chapter_page_says_how_long_its_execution_took(built):
+    times = json.loads((RESULTS / "book" / "course_times.json").read_text())["notebooks"]
+    for name in CHAPTERS:
+        text = (built / "chapters" / f"{name}.html").read_text(encoding="utf-8")
+        if name not in times:
+            assert "as the course command executed it" not in text
+            continue
+        minutes, seconds = divmod(round(times[name]), 60)
+        took = f"{minutes} min {seconds:02d} s" if minutes else None
+        assert "as the course command executed it with the <code" in text, name
+        assert took is None or took in text, (name, took)
 
 
 def test_exercises_are_shown_and_solutions_collapsed(built):

@@ -11,6 +11,7 @@ from mnistdiff.evaluation.nfe_sweep import (
     equal_quality_table,
     fewest_calls,
     plot_sweep,
+    reference_key,
     sweep_curves,
     sweep_table,
 )
@@ -45,10 +46,29 @@ def test_fewest_calls_within_the_reference_in_both_spaces():
                                                              "flow, Euler": 8}
     assert fewest_calls(DOC, "ddpm:ddim-eta1:50", within=1.3)["ddpm, DPM-Solver++(2M)"]["nfe"] == 10
     table = equal_quality_table(DOC, "ddpm:ddim-eta1:50").splitlines()
-    assert table[2:] == ["| ddpm, DDIM η = 1 | 50 | 2.0 |", "| ddpm, DPM-Solver++(2M) | not within |  |",
-                         "| flow, Euler | 8 | 12.5 |"]
+    ref = "`ddpm:ddim-eta1:50`"
+    assert table[2:] == [f"| ddpm, DDIM η = 1 | {ref} | 50 | 2.0 |",
+                         f"| ddpm, DPM-Solver++(2M) | {ref} | not within |  |", f"| flow, Euler | {ref} | 8 | 12.5 |"]
     with pytest.raises(KeyError, match="no row 'ddpm:heun:8'"):
         fewest_calls(DOC, "ddpm:heun:8")
+
+
+def test_each_model_is_read_against_its_own_ddim_50_else_the_pixel_ddpms():
+    # the LDM's own DDIM-50 (FID 2, 2) is the bar for its solver, not the pixel DDPM's (1, 1); the flow has none
+    ldm = [_row("ldm", "ddim", 1.0, 50, 2.0, 2.0), _row("ldm", "dpmpp_2m", None, 10, 2.3, 2.2)]
+    doc = {**DOC, "rows": DOC["rows"] + ldm}
+    assert reference_key(doc, "ldm") == "ldm:ddim-eta1:50" and reference_key(doc, "flow") == "ddpm:ddim-eta1:50"
+    best = fewest_calls(doc)
+    assert best["ldm, DPM-Solver++(2M)"]["nfe"] == 10 and best["flow, Euler"]["nfe"] == 8
+    assert fewest_calls(doc, "ddpm:ddim-eta1:50")["ldm, DPM-Solver++(2M)"] is None  # 2.3 > 1.2 × 1
+    assert "| ldm, DPM-Solver++(2M) | `ldm:ddim-eta1:50` | 10 | 10.0 |" in equal_quality_table(doc).splitlines()
+    no_reference = {**DOC, "rows": ldm[1:]}
+    assert reference_key(no_reference, "ldm") is None and fewest_calls(no_reference) == {"ldm, DPM-Solver++(2M)": None}
+
+
+def test_speed_not_timed_is_said_not_invented():
+    untimed = {**DOC, "rows": [{k: v for k, v in r.items() if k != "samples_per_second"} for r in DOC["rows"]]}
+    assert sweep_table(untimed).splitlines()[2].startswith("| ddpm, DDIM η = 1 | 50 | not measured | 1 (2.0×)")
 
 
 def test_table_has_a_row_per_measurement_with_floor_multiples():
@@ -71,5 +91,8 @@ def test_the_chapters_report_is_the_plot_and_table_or_says_not_measured():
 
     assert sweep_report(None) == (None, NOT_MEASURED)  # not measured: book_result gives None (test_measured.py)
     fig, text = sweep_report({**DOC, "device": "CPU: X", "date": "2026-12-03"})
-    assert len(fig.axes) == 2 and text.startswith("Measured on CPU: X (2026-12-03), n = 500, seed 0:")
+    assert len(fig.axes) == 2 and text.startswith("Quality measured on CPU: X (2026-12-03), n = 500, seed 0; speed not")
     assert sweep_table(DOC) in text and text.endswith(equal_quality_table(DOC, "ddpm:ddim-eta1:50"))
+    speed = {"device": "CPU: Y", "date": "2026-12-04", "n": 256}
+    _, text = sweep_report({**DOC, "device": "CPU: X", "date": "2026-12-03", "speed": speed})
+    assert "speed timed in one run on CPU: Y (2026-12-04), 256 samples per configuration." in text

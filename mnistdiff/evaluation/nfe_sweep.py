@@ -2,9 +2,10 @@
 one plot and one table.
 
 The sweep's file (``results/<profile>/nfe_sweep.json``) holds one row per model, sampler and number of network calls
-per sample (NFE): samples per second and FID, precision and recall in each feature space, and the real-vs-real floor
-at the same n. Each FID is shown as a multiple of its space's floor, so the two spaces share one scale and 1 is the
-best an n-sample estimate can say.
+per sample (NFE): FID, precision and recall in each feature space, the real-vs-real floor at the same n, and the
+samples per second that its speed pass timed, all configurations in one run (``speed``: the CPU, date and n). Each
+FID is shown as a multiple of its space's floor, so the two spaces share one scale and 1 is the best an n-sample
+estimate can say.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from mnistdiff.evaluation.classifier import FEATURE_SPACES
 from mnistdiff.evaluation.metrics import space_key
 
 __all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "REFERENCE", "sweep_report", "curve_label", "sweep_curves",
-           "plot_sweep", "sweep_table", "fewest_calls", "equal_quality_table"]
+           "plot_sweep", "sweep_table", "reference_key", "fewest_calls", "equal_quality_table"]
 
 #: How the book names each sampler.
 SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "heun": "Heun", "euler": "Euler"}
@@ -24,24 +25,34 @@ SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "heun": "Heun",
 
 #: What a chapter says where the book's sweep has not been measured.
 NOT_MEASURED = ("*Not measured yet:* `python benchmarks/nfe_sweep.py --model checkpoints/book/ddpm.safetensors "
-                "--model checkpoints/book/flow.safetensors --n 2000` writes `results/book/nfe_sweep.json`.")
+                "--model checkpoints/book/flow.safetensors --model checkpoints/book/ldm.safetensors --vae "
+                "checkpoints/book/vae.safetensors --n 2000` writes `results/book/nfe_sweep.json`.")
 
 
-#: The row the others are compared with at equal quality: the pixel DDPM at the CLI's default, DDIM-50 with η = 1.
+#: The row a pixel model is compared with at equal quality: the pixel DDPM at DDIM-50 with η = 1, the course's
+#: sampler before chapter 9. A model with its own DDIM-50 η = 1 row (the LDM) is compared with that instead.
 REFERENCE = "ddpm:ddim-eta1:50"
 
 
 def sweep_report(doc: Mapping[str, Any] | None) -> tuple[Any, str]:
     """What a chapter shows of the sweep ``doc`` (``mnistdiff.course.measured.book_result("nfe_sweep.json")``):
-    ``(figure, Markdown)``, the plot and the
-    table under a line naming the CPU, date and n, then each curve's calls and speed at :data:`REFERENCE`'s quality
-    where the sweep has that row; ``(None, NOT_MEASURED)`` where it is not measured (``None``)."""
+    ``(figure, Markdown)``, the plot and the table under a line naming the CPU, date and n, then each curve's fewest
+    calls and speed at its reference's quality (:func:`reference_key`); ``(None, NOT_MEASURED)`` where it is not
+    measured (``None``)."""
     if doc is None:
         return None, NOT_MEASURED
-    text = f"Measured on {doc['device']} ({doc['date']}), n = {doc['n']:,}, seed 0:\n\n" + sweep_table(doc)
-    if any(r["key"] == REFERENCE for r in doc["rows"]):
-        text += "\n\nAt equal quality:\n\n" + equal_quality_table(doc, REFERENCE)
+    text = f"Quality measured on {doc['device']} ({doc['date']}), n = {doc['n']:,}, seed 0; " + _speed_line(doc)
+    text += "\n\n" + sweep_table(doc)
+    if any(reference_key(doc, r["model"]) for r in doc["rows"]):
+        text += "\n\nAt equal quality:\n\n" + equal_quality_table(doc)
     return plot_sweep(doc), text
+
+
+def _speed_line(doc: Mapping[str, Any]) -> str:
+    sp = doc.get("speed")
+    if not sp:
+        return "speed not measured (`benchmarks/nfe_sweep.py --speed`)."
+    return f"speed timed in one run on {sp['device']} ({sp['date']}), {sp['n']:,} samples per configuration."
 
 
 def curve_label(row: Mapping[str, Any]) -> str:
@@ -90,7 +101,7 @@ def sweep_table(doc: Mapping[str, Any]) -> str:
     head = ["model, sampler", "NFE", "samples/s"] + [f"{s} {m}" for s in spaces for m in ("FID (× floor)", "P", "R")]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in doc["rows"]:
-        cells = [curve_label(row), str(row["nfe"]), f"{row['samples_per_second']:.1f}"]
+        cells = [curve_label(row), str(row["nfe"]), _speed(row)]
         for s in spaces:
             fid, floor = row[space_key("fid", s)], doc["floor"][space_key("fid", s)]
             cells += [f"{fid:.3g} ({fid / floor:.1f}×)", f"{row[space_key('precision', s)]:.3f}",
@@ -99,28 +110,45 @@ def sweep_table(doc: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def fewest_calls(doc: Mapping[str, Any], reference: str, within: float = 1.2) -> dict[str, Mapping[str, Any] | None]:
+def _speed(row: Mapping[str, Any]) -> str:
+    return f"{row['samples_per_second']:.1f}" if "samples_per_second" in row else "not measured"
+
+
+def reference_key(doc: Mapping[str, Any], model: str) -> str | None:
+    """The row ``model``'s curves are compared with at equal quality: its own DDIM-50 η = 1 row where the sweep has
+    one, else :data:`REFERENCE` (a flow is read against the DDPM of the same pixels); ``None`` if neither is there."""
+    keys = {r["key"] for r in doc["rows"]}
+    own = f"{model}:ddim-eta1:50"
+    return own if own in keys else REFERENCE if REFERENCE in keys else None
+
+
+def fewest_calls(doc: Mapping[str, Any], reference: str | None = None,
+                 within: float = 1.2) -> dict[str, Mapping[str, Any] | None]:
     """For each curve, its row with the fewest network calls whose FID is within ``within`` × the FID of the
-    ``reference`` row (a row's ``key``, e.g. ``"ddpm:ddim-eta1:50"``) in every feature space, so that its NFE and
-    samples per second are read at equal quality; ``None`` where no row of the curve is."""
-    ref = next((r for r in doc["rows"] if r["key"] == reference), None)
-    if ref is None:
+    reference row in every feature space (``reference``: a row's ``key``, e.g. ``"ddpm:ddim-eta1:50"``; ``None``:
+    each model's :func:`reference_key`), so that its NFE and samples per second are read at equal quality; ``None``
+    where no row of the curve is (or the curve has no reference)."""
+    if reference is not None and not any(r["key"] == reference for r in doc["rows"]):
         raise KeyError(f"no row {reference!r} in the sweep (its rows: {', '.join(r['key'] for r in doc['rows'])})")
+    by_key = {r["key"]: r for r in doc["rows"]}
     keys = [space_key("fid", s) for s in FEATURE_SPACES]
     best: dict[str, Mapping[str, Any] | None] = dict.fromkeys(curve_label(r) for r in doc["rows"])  # the file's order
     for row in sorted(doc["rows"], key=lambda r: r["nfe"]):
         label = curve_label(row)
-        if best.get(label) is None:
+        ref = by_key.get(reference or reference_key(doc, row["model"]) or "")
+        if best.get(label) is None and ref is not None:
             best[label] = row if all(row[k] <= within * ref[k] for k in keys) else None
     return best
 
 
-def equal_quality_table(doc: Mapping[str, Any], reference: str, within: float = 1.2) -> str:
-    """Markdown: each curve's fewest network calls within ``within`` × the reference's FID in both spaces, and its
-    samples per second there (measured in the same run, on the same CPU)."""
-    lines = [f"| model, sampler | fewest calls within {within:g}× of `{reference}` | samples/s there |",
-             "| --- | --- | --- |"]
+def equal_quality_table(doc: Mapping[str, Any], reference: str | None = None, within: float = 1.2) -> str:
+    """Markdown: each curve's fewest network calls within ``within`` × its reference's FID in both spaces
+    (:func:`fewest_calls`), and its samples per second there (timed in one run, on one CPU)."""
+    head = f"| model, sampler | compared with | fewest calls within {within:g}× its FID (both spaces) | samples/s |"
+    lines = [head, "| --- | --- | --- | --- |"]
+    models = {curve_label(r): r["model"] for r in doc["rows"]}
     for label, row in fewest_calls(doc, reference, within).items():
-        calls, speed = (str(row["nfe"]), f"{row['samples_per_second']:.1f}") if row else ("not within", "")
-        lines.append(f"| {label} | {calls} | {speed} |")
+        ref = reference or reference_key(doc, models[label]) or "none"
+        calls, speed = (str(row["nfe"]), _speed(row)) if row else ("not within", "")
+        lines.append(f"| {label} | `{ref}` | {calls} | {speed} |")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from .layout import CHAPTERS, GENERATED_NOTE
 from .tables import cell_text, flatten, is_scalar, render_json, table
 
 __all__ = ["PROFILE_ORDER", "PROVENANCE_KEYS", "load_results", "results_markdown", "course_times_markdown",
-           "README_BEGIN", "README_END", "readme_with_course_times"]
+           "chapter_run_time", "README_BEGIN", "README_END", "readme_with_course_times"]
 
 #: Profiles in the order the tables show them; others follow alphabetically.
 PROFILE_ORDER: tuple[str, ...] = ("book", "full", "smoke")
@@ -193,6 +193,21 @@ def course_times_markdown(results_dir: Path, chapters: Sequence[str] = CHAPTERS,
     rows = [[label(n), *(_duration(times[p][n]) if n in times[p] else "—" for p in profiles)] for n in names]
     rows.append(["**total**", *(f"{_total(times[p])} ({sums[p]})" for p in profiles)])
     return table(["chapter", *(f"{p} ({devices[p]})" for p in profiles)], rows)
+
+
+def chapter_run_time(results_dir: Path, chapter: str, profile: str = "book") -> str | None:
+    """One line for the top of ``chapter``'s page: how long its ``profile`` run took, on which CPU and when
+    (``results_dir/<profile>/course_times.json``, as the course command recorded it); ``None`` if not recorded."""
+    path = Path(results_dir) / profile / "course_times.json"
+    data = _read_json(path) if path.is_file() else {}
+    seconds = data.get("notebooks", {}).get(chapter) if isinstance(data, Mapping) else None
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return None
+    device = data.get("devices", {}).get(chapter) or data.get("device") or "a CPU not recorded"
+    date = str(data.get("executed", {}).get(chapter, ""))[:10]
+    when = f" on {date}" if date else ""
+    return (f"*This page is the chapter as the course command executed it with the `{profile}` profile{when}: "
+            f"{_duration(seconds)} on {cell_text(device)}.*")
 
 
 #: The README's table of chapter times lies between these two lines, generated (``python -m mnistdiff.book --readme``).

@@ -10,8 +10,9 @@ Before the table of contents is read it writes, into the book's folder:
 It also sets the MyST substitutions the introduction quotes (``{{ book_train_minutes }}``, from the
 committed book models' own files: :func:`substitutions`). So a plain ``jupyter-book build book``
 regenerates them too. As Sphinx reads each notebook it
-removes the widget views that a static book cannot show (:mod:`.widgets_strip`), and it adds the live generator's
-script to the pages that place one.
+removes the widget views that a static book cannot show (:mod:`.widgets_strip`) and puts under each chapter's title
+how long the course command took to execute it, on which CPU and when (``course_times.json``), and it adds the live
+generator's script to the pages that place one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 
 from .api_pages import api_modules, api_pages, expand_api_toc, package_modules
 from .layout import BOOK_DIR, GENERATED_NOTE, default_results_dir, write_if_changed
-from .results_pages import course_times_markdown, results_markdown
+from .results_pages import chapter_run_time, course_times_markdown, results_markdown
 from .widgets_strip import clean_notebook_source
 
 __all__ = ["write_generated", "setup"]
@@ -86,6 +87,23 @@ def _on_source_read(app: Any, docname: str, source: list[str]) -> None:
         cleaned = clean_notebook_source(source[0])
         if cleaned is not None:
             source[0] = cleaned
+        results_dir = app.config.mnistdiff_results_dir or default_results_dir(Path(app.srcdir))
+        line = chapter_run_time(Path(results_dir), Path(docname).name) if docname.startswith("chapters/") else None
+        if line:
+            source[0] = _with_line_after_title(source[0], line)
+
+
+def _with_line_after_title(text: str, line: str) -> str:
+    """The notebook JSON ``text`` with a Markdown cell holding ``line`` after its first cell (the title); ``text``
+    unchanged if it is not a notebook (myst-nb reports that itself)."""
+    try:
+        nb = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text
+    if not isinstance(nb, dict) or not nb.get("cells"):
+        return text
+    nb["cells"].insert(1, {"cell_type": "markdown", "metadata": {}, "source": line})
+    return json.dumps(nb, ensure_ascii=False)
 
 
 #: The live generator's script (book/_assets, copied to _static/), added to the pages that place one.
