@@ -248,7 +248,8 @@ class DDPMRunConfig:
     """Pixel-space DDPM: the UNet, the schedule and the training run."""
 
     latent: ClassVar[bool] = False
-    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "heun")  # the first: where none is said
+    #: the samplers it takes; the first: where none is said
+    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "heun")
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -266,7 +267,7 @@ class FlowRunConfig:
     x_t = (1 − t)·x_0 + t·ε (:mod:`mnistdiff.flows`); ``time_sampling`` is how training draws t."""
 
     latent: ClassVar[bool] = False
-    samplers: ClassVar[tuple[str, ...]] = ("euler", "heun", "dpmpp_2m")
+    samplers: ClassVar[tuple[str, ...]] = ("euler", "heun", "dpmpp_2m", "dpmpp_2m_sde")
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -307,7 +308,7 @@ class LDMRunConfig:
     """Latent diffusion: a UNet on the VAE's ``latent_channels`` × 4 × 4 latents."""
 
     latent: ClassVar[bool] = True
-    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "heun")
+    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "heun")
 
     unet: UNetConfig = field(
         default_factory=lambda: UNetConfig(
@@ -338,7 +339,7 @@ class CLDMRunConfig:
     """
 
     latent: ClassVar[bool] = True
-    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "heun")
+    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "heun")
 
     unet: UNetConfig = field(
         default_factory=lambda: dataclasses.replace(LDMRunConfig().unet, num_classes=MNIST_CLASSES)

@@ -162,7 +162,8 @@ def generate(
     The loop under :meth:`mnistdiff.model.DiffusionModel.sample`, which checks the arguments (this does not).
     ``sampler`` ``"ddim"`` runs ``steps`` DDIM steps with noise ``eta``; ``"ddpm"`` all T ancestral steps of ``sched``;
     ``"euler"`` and ``"heun"`` integrate a flow's velocity network ``model`` in ``steps`` steps (``sched`` unused);
-    ``"dpmpp_2m"`` (any model) and an ε-network's ``"heun"`` (EDM's) are :func:`~mnistdiff.solvers.solver_sample_loop`.
+    ``"dpmpp_2m"``, ``"dpmpp_2m_sde"`` (any model) and an ε-network's ``"heun"`` (EDM's) are
+    :func:`~mnistdiff.solvers.solver_sample_loop`.
     ``shape`` is one sample's shape in the model's space (pixels, or latents with ``decode`` given);
     ``clip_range`` bounds x̂_0 in that space (:data:`~mnistdiff.ddpm.PIXEL_RANGE` for pixels; ``(−c, c)`` for
     latents). ``frames`` (with ``return_intermediates``; else empty) are the first batch's ``[(t, x_t), …]``, decoded.

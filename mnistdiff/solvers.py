@@ -12,6 +12,13 @@ points p_0 (the noisiest) … p_N (the data: a = 1, b = 0), calling ``denoise(x,
 
   one network call per step; the first step (no previous x̂_0) and the last (to b = 0) are first order, which is
   DDIM's step exactly.
+* :func:`dpm_solver_pp_2m_sde` — its stochastic twin (Lu et al. 2022, §5 and Appendix; diffusers'
+  ``sde-dpmsolver++``): the same D_i on the reverse SDE, solved exactly in its linear part,
+
+      x_{i+1} = (b_{i+1}/b_i)·e^{−h}·x_i + a_{i+1}·(1 − e^{−2h})·D_i + b_{i+1}·√(1 − e^{−2h})·z,   z ~ N(0, I),
+
+  which forgets a share e^{−h} of the old noise and draws the rest afresh, as DDPM's posterior step (DDIM's η = 1)
+  does; the noise corrects the network's errors as it goes, where the ODE carries them to the end.
 * :func:`heun_edm` — Heun's method in EDM's variables x̄ = x/a and σ = b/a, where the ODE is dx̄/dσ = (x̄ − x̂_0)/σ
   (Karras et al. 2022, Algorithm 1): the trapezoid correction on every step but the last, which ends at σ = 0
   where that slope is undefined (2N − 1 calls). Karras et al.'s σ spacing (:func:`karras_sigmas`, from their
@@ -33,12 +40,12 @@ from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, clip_
 from mnistdiff.flows import TIME_SCALE, PathPoint, flow_timesteps, straight_path
 from mnistdiff.schedules import NoiseSchedule
 
-__all__ = ["SOLVERS", "KARRAS_SIGMA_MAX", "karras_sigmas", "ddpm_path", "flow_path", "dpm_solver_pp_2m", "heun_edm",
-           "solver_sample_loop", "solver_nfe"]
+__all__ = ["SOLVERS", "KARRAS_SIGMA_MAX", "karras_sigmas", "ddpm_path", "flow_path", "dpm_solver_pp_2m",
+           "dpm_solver_pp_2m_sde", "heun_edm", "solver_sample_loop", "solver_nfe"]
 
 #: The solvers of this module, by the name ``sample(sampler=…)`` takes (``"heun"`` is EDM's for an ε-network; a
 #: flow's Heun, in its own time t, is :func:`~mnistdiff.flows.flow_sample_loop`'s).
-SOLVERS = ("dpmpp_2m", "heun")
+SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde", "heun")
 
 #: ``denoise(x, i)`` → x̂_0: a model's guess of the clean sample at point i of its path.
 Denoise = Callable[[torch.Tensor, int], torch.Tensor]
@@ -155,6 +162,32 @@ def dpm_solver_pp_2m(denoise: Denoise, points: list[PathPoint], x: torch.Tensor,
     return x
 
 
+def dpm_solver_pp_2m_sde(denoise: Denoise, points: list[PathPoint], x: torch.Tensor,
+                         generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE from x at ``points[0]`` to the data, float64, the noise z of each step drawn from
+    ``generator`` (float32, then widened, as DDIM draws its η noise); ``callback(i, x)`` after each step."""
+    x = x.double()
+    prev_x0, prev_h = None, math.inf
+    for i in range(len(points) - 1):
+        here, there = points[i], points[i + 1]
+        x0 = denoise(x, i)
+        if there.b == 0:  # the last step, to the data: e^{−h} = 0 and b' = 0 leave x̂_0
+            x = x0
+        else:
+            h = _half_log_snr(there) - _half_log_snr(here)
+            d = x0
+            if prev_x0 is not None and math.isfinite(prev_h):
+                r = prev_h / h
+                d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * prev_x0
+            kept = 0.0 if here.b == 0 else float(there.b) / float(here.b) * math.exp(-h)
+            z = torch.randn(x.shape, generator=generator, device=x.device).double()
+            x = kept * x - float(there.a) * math.expm1(-2 * h) * d + float(there.b) * math.sqrt(-math.expm1(-2 * h)) * z
+            prev_x0, prev_h = x0, h
+        if callback is not None:
+            callback(i + 1, x)
+    return x
+
+
 def heun_edm(denoise: Denoise, points: list[PathPoint], x: torch.Tensor,
              callback: Callback | None = None) -> torch.Tensor:
     """Heun's method in x̄ = x/a, σ = b/a (Karras et al. Algorithm 1, deterministic) from x at ``points[0]`` (a > 0)
@@ -184,8 +217,9 @@ def _distinct_labels(labels: list[int]) -> list[int]:
 
 
 def solver_nfe(solver: str, steps: int) -> int:
-    """Network calls per sample on an ε-network: ``steps`` for DPM-Solver++(2M), 2·steps − 1 for EDM's Heun."""
-    return steps if solver == "dpmpp_2m" else 2 * steps - 1
+    """Network calls per sample on an ε-network: ``steps`` for DPM-Solver++(2M) and its SDE twin, 2·steps − 1 for
+    EDM's Heun."""
+    return 2 * steps - 1 if solver == "heun" else steps
 
 
 @torch.no_grad()
@@ -204,20 +238,20 @@ def solver_sample_loop(
     progress: bool = False,
 ) -> SampleOutput:
     """Sample with ``solver`` (:data:`SOLVERS`) in ``steps`` network points: an ε-network on ``sched`` (DPM-Solver++
-    at DDIM's timesteps, ``"heun"`` EDM's at Karras et al.'s σ), or a flow's velocity network (``sched`` ``None``;
-    DPM-Solver++ only: EDM's variables need a > 0 at the start, and a flow starts at a = 0). Frames, with
-    ``return_intermediates``, are labelled like DDIM's: the network timestep the step lands on + 1 (rounded down and
-    kept distinct; 0: the data), 1000·t for a flow."""
+    and its SDE twin at DDIM's timesteps, ``"heun"`` EDM's at Karras et al.'s σ), or a flow's velocity network
+    (``sched`` ``None``; DPM-Solver++ only: EDM's variables need a > 0 at the start, and a flow starts at a = 0).
+    Frames, with ``return_intermediates``, are labelled like DDIM's: the network timestep the step lands on + 1
+    (rounded down and kept distinct; 0: the data), 1000·t for a flow."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     if sched is None:
-        if solver != "dpmpp_2m":
+        if solver == "heun":
             raise ValueError("a flow's Heun is flows.flow_sample_loop(solver='heun'): EDM's variables need a > 0")
         points, denoise, times = flow_path(model, steps, clip_range)
         labels = [round(TIME_SCALE * t) for t in times] + [0]
         start = int(TIME_SCALE)
     else:
-        points, denoise, times = ddpm_path(model, sched, steps, "linspace" if solver == "dpmpp_2m" else "karras",
+        points, denoise, times = ddpm_path(model, sched, steps, "karras" if solver == "heun" else "linspace",
                                            clip_range)
         labels = _distinct_labels([math.floor(t) + 1 for t in times])
         start = sched.num_timesteps
@@ -228,6 +262,8 @@ def solver_sample_loop(
         if return_intermediates:
             frames.append((labels[i], xi.float().cpu()))
 
-    run = dpm_solver_pp_2m if solver == "dpmpp_2m" else heun_edm
-    out = run(denoise, points, x, keep).float()
+    if solver == "dpmpp_2m_sde":
+        out = dpm_solver_pp_2m_sde(denoise, points, x, generator, keep).float()
+    else:
+        out = (dpm_solver_pp_2m if solver == "dpmpp_2m" else heun_edm)(denoise, points, x, keep).float()
     return SampleOutput(out, frames)

@@ -224,11 +224,13 @@ def test_nfe_sweep_plans_each_sampler_at_the_calls_it_can_make(tmp_path):
     ddpm = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
     # a flow's Heun makes 2 calls per step: at 3 calls it runs 1 step (2 calls), at 4, 2 steps
     assert [(c["sampler"], c["steps"], c["nfe"]) for c in sweep.configurations(flow, [3, 4])] == [
-        ("euler", 3, 3), ("heun", 1, 2), ("dpmpp_2m", 3, 3), ("euler", 4, 4), ("heun", 2, 4), ("dpmpp_2m", 4, 4)]
+        ("euler", 3, 3), ("heun", 1, 2), ("dpmpp_2m", 3, 3), ("dpmpp_2m_sde", 3, 3),
+        ("euler", 4, 4), ("heun", 2, 4), ("dpmpp_2m", 4, 4), ("dpmpp_2m_sde", 4, 4)]
     plan = sweep.configurations(ddpm, [3, 4])  # EDM's Heun: 2·steps − 1 calls, so 2 steps (3 calls) for both
     assert [(c["sampler"], c["eta"], c["steps"], c["nfe"]) for c in plan] == [
-        ("ddim", 0.0, 3, 3), ("ddim", DEFAULT_ETA, 3, 3), ("dpmpp_2m", None, 3, 3), ("heun", None, 2, 3),
-        ("ddim", 0.0, 4, 4), ("ddim", DEFAULT_ETA, 4, 4), ("dpmpp_2m", None, 4, 4)]
+        ("ddim", 0.0, 3, 3), ("ddim", DEFAULT_ETA, 3, 3), ("dpmpp_2m", None, 3, 3), ("dpmpp_2m_sde", None, 3, 3),
+        ("heun", None, 2, 3), ("ddim", 0.0, 4, 4), ("ddim", DEFAULT_ETA, 4, 4), ("dpmpp_2m", None, 4, 4),
+        ("dpmpp_2m_sde", None, 4, 4)]
 
 
 def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, capsys):
@@ -239,10 +241,10 @@ def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, 
     assert sweep.main(argv) == 0
     doc = json.loads(out.read_text())
     keys = [r["key"] for r in doc["rows"]]
-    assert sorted(keys) == sorted(["flow:euler:2", "flow:heun:1", "flow:dpmpp_2m:2", "flow:euler:4", "flow:heun:2",
-                                   "flow:dpmpp_2m:4", "ddpm:ddim-eta0:2", "ddpm:ddim-eta1:2", "ddpm:dpmpp_2m:2",
-                                   "ddpm:heun:1", "ddpm:ddim-eta0:4", "ddpm:ddim-eta1:4", "ddpm:dpmpp_2m:4",
-                                   "ddpm:heun:2"])  # EDM's Heun: 1 step (1 call) within 2, 2 steps (3 calls) within 4
+    # EDM's Heun: 1 step (1 call) within 2, 2 steps (3 calls) within 4
+    assert sorted(keys) == sorted([f"{m}:{sampler}:{nfe}" for nfe in (2, 4) for m, sampler in (
+        ("flow", "euler"), ("flow", "dpmpp_2m"), ("flow", "dpmpp_2m_sde"), ("ddpm", "ddim-eta0"), ("ddpm", "ddim-eta1"),
+        ("ddpm", "dpmpp_2m"), ("ddpm", "dpmpp_2m_sde"))] + ["flow:heun:1", "flow:heun:2", "ddpm:heun:1", "ddpm:heun:2"])
     for r in doc["rows"]:
         assert "samples_per_second" not in r and math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"])
         assert 0 <= r["precision_resnet"] <= 1 and r["weights_sha256"] == doc["models"][r["model"]]["weights_sha256"]

@@ -231,9 +231,11 @@ def test_sample_flow_default_sampler_is_euler_and_ddim_is_refused(runs, tmp_path
                  "--device", "cpu", "--out", str(out)]) == 0
     assert json.loads((out / "info.json").read_text())["sampler"] == "euler"
     assert _exit_code([*_sample_args(runs, "flow"), "--sampler", "ddim", "--out", str(tmp_path / "d")]) == 2
-    assert "--sampler: this flow model is sampled with euler, heun or dpmpp_2m, got 'ddim'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--sampler: this flow model is sampled with euler, heun, dpmpp_2m or dpmpp_2m_sde, got 'ddim'" in err
     assert _exit_code([*_sample_args(runs, "ddpm"), "--sampler", "euler", "--out", str(tmp_path / "h")]) == 2
-    assert "this ddpm model is sampled with ddim, ddpm, dpmpp_2m or heun, got 'euler'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "this ddpm model is sampled with ddim, ddpm, dpmpp_2m, dpmpp_2m_sde or heun, got 'euler'" in err
     assert not (tmp_path / "d").exists() and not (tmp_path / "h").exists()
 
 

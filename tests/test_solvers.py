@@ -20,6 +20,7 @@ from mnistdiff.solvers import (
     SOLVERS,
     ddpm_path,
     dpm_solver_pp_2m,
+    dpm_solver_pp_2m_sde,
     heun_edm,
     karras_sigmas,
     solver_nfe,
@@ -61,6 +62,41 @@ def test_dpm_solver_pp_2m_equals_diffusers(schedule):
     for t in theirs.timesteps:
         x = theirs.step(net(x, torch.full((2,), int(t))), t, x).prev_sample
     _close(ours, x)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_dpm_solver_pp_2m_sde_equals_diffusers_given_the_same_noise(schedule):
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched, net, steps = NoiseSchedule.make(schedule, T), _toy_eps_network(), 10
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = solver_sample_loop(net, sched, x_T.shape, solver="dpmpp_2m_sde", steps=steps, x_T=x_T, clip_range=None,
+                              generator=torch.Generator().manual_seed(5)).images
+    theirs = DPMSolverMultistepScheduler(num_train_timesteps=T, trained_betas=sched.betas.double().numpy(),
+                                         algorithm_type="sde-dpmsolver++", solver_order=2, prediction_type="epsilon",
+                                         final_sigmas_type="zero")
+    theirs.set_timesteps(timesteps=ddim_timesteps(T, steps))
+    noise, x = torch.Generator().manual_seed(5), x_T.clone()
+    for k, t in enumerate(theirs.timesteps):  # our noise, step by step; none on the last step (to σ = 0)
+        z = torch.randn(x.shape, generator=noise) if k < steps - 1 else torch.zeros_like(x)
+        x = theirs.step(net(x, torch.full((2,), int(t))), t, x, variance_noise=z).prev_sample
+    _close(ours, x)
+    ode = solver_sample_loop(net, sched, x_T.shape, solver="dpmpp_2m", steps=steps, x_T=x_T, clip_range=None).images
+    assert float((ours - ode).abs().max()) > 0.1  # the noise is really there
+
+
+def test_dpm_solver_pp_2m_sde_samples_gaussian_data_exactly_in_the_limit():
+    # with the exact denoiser of x_0 ~ N(MU, S²), the reverse SDE's samples have that mean and spread, from any start
+    points = vp_points(64)
+    x = torch.randn(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x0 = dpm_solver_pp_2m_sde(gauss_denoise(points), points, x * math.hypot(points[0].a * S, points[0].b),
+                              generator=torch.Generator().manual_seed(1))
+    assert abs(float(x0.mean()) - MU) < 0.01 and abs(float(x0.std()) - S) < 0.01
+    # and the stochastic steps correct a start that is off the path, which the ODE carries to the end
+    shifted = x * math.hypot(points[0].a * S, points[0].b) + 3 * points[0].b
+    sde = dpm_solver_pp_2m_sde(gauss_denoise(points), points, shifted, generator=torch.Generator().manual_seed(1))
+    ode = dpm_solver_pp_2m(gauss_denoise(points), points, shifted)
+    assert abs(float(sde.mean()) - MU) < 0.5 * abs(float(ode.mean()) - MU)
 
 
 def test_edm_heun_equals_diffusers_heun_with_karras_sigmas():
@@ -151,7 +187,7 @@ def test_karras_sigmas_follow_eq_5():
 
 
 def test_unknown_solver_and_a_flow_with_edm_heun_are_refused():
-    with pytest.raises(ValueError, match="solver must be one of dpmpp_2m, heun"):
+    with pytest.raises(ValueError, match="solver must be one of dpmpp_2m, dpmpp_2m_sde, heun"):
         solver_sample_loop(_toy_eps_network(), NoiseSchedule.make("linear", T), (1, 1, 4, 4), solver="unipc", steps=2)
     with pytest.raises(ValueError, match="EDM's variables need a > 0"):
         solver_sample_loop(_toy_eps_network(), None, (1, 1, 4, 4), solver="heun", steps=2)
@@ -174,7 +210,8 @@ def _model(kind: str) -> DiffusionModel:
     return DiffusionModel(unet, NoiseSchedule.from_config(cfg.diffusion), cfg)
 
 
-@pytest.mark.parametrize("kind,sampler", [("ddpm", "dpmpp_2m"), ("ddpm", "heun"), ("flow", "dpmpp_2m")])
+@pytest.mark.parametrize("kind,sampler", [("ddpm", "dpmpp_2m"), ("ddpm", "dpmpp_2m_sde"), ("ddpm", "heun"),
+                                         ("flow", "dpmpp_2m"), ("flow", "dpmpp_2m_sde")])
 def test_models_sample_with_the_solvers_in_the_calls_they_promise(kind, sampler):
     model = _model(kind)
     calls = []

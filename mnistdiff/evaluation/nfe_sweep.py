@@ -20,7 +20,8 @@ __all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "REFERENCE", "sweep_report", "curve_
            "plot_sweep", "sweep_table", "reference_key", "fewest_calls", "equal_quality_table"]
 
 #: How the book names each sampler.
-SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "heun": "Heun", "euler": "Euler"}
+SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "dpmpp_2m_sde": "DPM-Solver++(2M) SDE", "heun": "Heun",
+                 "euler": "Euler"}
 
 
 #: What a chapter says where the book's sweep has not been measured.
