@@ -27,7 +27,7 @@
 #
 # - write the probability-flow ODE in EDM's variables $\bar x = x/a_t$, $\sigma = b_t/a_t$, and Heun's step on it;
 # - derive DPM-Solver++ as an exponential integrator in the half-log-SNR $\lambda = \ln(a_t/b_t)$, show that its
-#   first-order step is DDIM, and add the multistep correction;
+#   first-order step is DDIM, add the multistep correction, and solve the reverse SDE the same way;
 # - choose where the steps go (Karras et al.'s $\sigma$ spacing);
 # - derive the target of progressive distillation and fold classifier-free guidance into a student.
 #
@@ -63,7 +63,7 @@ from mnistdiff import (
 )
 from mnistdiff.evaluation.features import classifier_features
 from mnistdiff.guidance import balanced_labels
-from mnistdiff.solvers import ddpm_path, dpm_solver_pp_2m, heun_edm, karras_sigmas
+from mnistdiff.solvers import ddpm_path, dpm_solver_pp_2m, dpm_solver_pp_2m_sde, heun_edm, karras_sigmas
 from mnistdiff.training.distill import distillation_target
 
 PROFILE = get_profile()
@@ -215,6 +215,54 @@ with torch.no_grad():
 print("dpm_solver_pp_2m_inline equals mnistdiff.solvers.dpm_solver_pp_2m")
 
 # %% [markdown]
+# **The stochastic twin.** The package samples the DDPM with DDIM's $\eta = 1$ by default, because in chapter 6's
+# two feature spaces that beats the deterministic $\eta = 0$ at the same steps: the noise injected at each step
+# corrects the network's errors as it goes, where the ODE carries them to the end. DPM-Solver++ has the same choice (Lu et
+# al. 2022, §5): solved on the reverse SDE instead of the ODE, its linear part still integrates exactly, and a step
+# keeps only a share $e^{-h}$ of the old noise and draws the rest afresh,
+#
+# $$
+# x_s = \frac{b_s}{b_t}\,e^{-h}\,x_t + a_s\,(1 - e^{-2h})\,D + b_s\sqrt{1 - e^{-2h}}\;z, \qquad z \sim \mathcal N(0, I),
+# $$
+#
+# with the same $D$ as above (its first-order step is DDPM's posterior step, DDIM's $\eta = 1$). One network call per
+# step, like its twin:
+
+
+# %%
+def dpm_solver_pp_2m_sde_inline(denoise, points: list[PathPoint], x: torch.Tensor,
+                                generator: torch.Generator) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE from points[0] to the data; the noise of each step drawn from ``generator``."""
+    def lam(p: PathPoint) -> float:
+        return math.log(p.a / p.b)
+
+    x = x.double()
+    previous = None
+    for i in range(len(points) - 1):
+        here, there = points[i], points[i + 1]
+        x0 = denoise(x, i)
+        if there.b == 0:
+            x = x0
+            break
+        h = lam(there) - lam(here)
+        d = x0
+        if previous is not None:
+            r = previous[1] / h
+            d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * previous[0]
+        z = torch.randn(x.shape, generator=generator, device=x.device).double()
+        x = (there.b / here.b) * math.exp(-h) * x + there.a * (1 - math.exp(-2 * h)) * d \
+            + there.b * math.sqrt(1 - math.exp(-2 * h)) * z
+        previous = (x0, h)
+    return x
+
+
+with torch.no_grad():
+    ours = dpm_solver_pp_2m_sde_inline(denoise, points, x_T, torch.Generator(device=DEVICE).manual_seed(SEED))
+    package = dpm_solver_pp_2m_sde(denoise, points, x_T, torch.Generator(device=DEVICE).manual_seed(SEED))
+    torch.testing.assert_close(ours, package)
+print("dpm_solver_pp_2m_sde_inline equals mnistdiff.solvers.dpm_solver_pp_2m_sde")
+
+# %% [markdown]
 # ## 3. Accuracy per network call, where the answer is known
 #
 # For Gaussian data $x_0 \sim \mathcal N(\mu, s_0^2)$ the denoiser is exact, $\hat x_0 = \mu + \frac{a s_0^2}{a^2 s_0^2 +
@@ -279,16 +327,19 @@ Markdown(f"On this toy, {best_near(8)}; {best_near(16)}; {best_near(32)}.")
 # %% [markdown]
 # ## 4. On the trained DDPM
 #
-# The same solvers on chapter 2's network, from the same noise, at about ten network calls each, beside DDIM-50
-# (`model.sample(sampler=…, steps=…)`; `model.nfe` counts the calls). Chapter 6's two feature spaces score them
+# The same solvers on chapter 2's network, from the same noise, at about ten network calls each, beside DDIM-50:
+# first the deterministic samplers, then the stochastic ones (`model.sample(sampler=…, steps=…)`; `model.nfe` counts
+# the calls). Chapter 6's two feature spaces score them
 # against network calls in `results/<profile>/nfe_sweep.json` (`benchmarks/nfe_sweep.py`).
 
 # %%
-settings = [("ddim", 50, {"eta": 0.0}), ("ddim", 10, {"eta": 0.0}), ("heun", 5, {}), ("dpmpp_2m", 10, {})]
+settings = [("ddim", 50, {"eta": 0.0}), ("ddim", 10, {"eta": 0.0}), ("heun", 5, {}), ("dpmpp_2m", 10, {}),
+            ("ddim", 50, {"eta": 1.0}), ("ddim", 10, {"eta": 1.0}), ("dpmpp_2m_sde", 10, {})]
 fig, axes = plt.subplots(len(settings), 1, figsize=(9, 1.2 * len(settings)))
 for ax, (sampler, steps, extra) in zip(axes, settings):
     images, _ = ddpm.sample(20, sampler=sampler, steps=steps, seed=SEED, device=DEVICE, **extra)
-    show_grid(images, nrow=20, ax=ax, title=f"{sampler}, {steps} steps: {ddpm.nfe(sampler, steps)} network calls")
+    eta = f", η = {extra['eta']:g}" if extra else ""
+    show_grid(images, nrow=20, ax=ax, title=f"{sampler}{eta}, {steps} steps: {ddpm.nfe(sampler, steps)} network calls")
 fig.tight_layout()
 plt.show()
 
