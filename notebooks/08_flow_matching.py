@@ -647,11 +647,40 @@ plt.show()
 
 # %%
 from mnistdiff.course.measured import book_result
-from mnistdiff.evaluation.nfe_sweep import sweep_report
+from mnistdiff.evaluation.nfe_sweep import head_to_head, head_to_head_table, select, sweep_report
 
-fig, table = sweep_report(book_result("nfe_sweep.json"))
+sweep = book_result("nfe_sweep.json")
+fig, table = sweep_report(select(sweep, ("ddpm", "flow")) if sweep else None)
 plt.show()
 Markdown(table)
+
+# %% [markdown]
+# Call for call, which path draws better digits? Below, at each number of calls both models were measured at, the
+# best of each model's deterministic solvers (the ODE: Euler, Heun and DPM-Solver++ for the flow; DDIM with
+# $\eta = 0$, Heun and DPM-Solver++ for the DDPM), then the best of all their samplers, the stochastic ones included,
+# each FID as a multiple of its space's floor:
+
+# %%
+ODE = ("Euler", "Heun", "DPM-Solver++(2M)", "DDIM η = 0")
+
+
+def verdict(doc: dict, samplers) -> str:
+    """Who is ahead in both spaces at which call counts, and where the two spaces disagree."""
+    rows = head_to_head(doc, ("flow", samplers), ("ddpm", samplers))
+    calls = {who: [str(h["nfe"]) for h in rows if h["ahead"] == who] for who in ("flow", "ddpm", "split")}
+    said = [f"the {who} at {', '.join(c)} calls" for who, c in calls.items() if c and who != "split"]
+    split = f"; the spaces disagree at {', '.join(calls['split'])}" if calls["split"] else ""
+    return "ahead in both spaces: " + ("; ".join(said) if said else "neither model at any count") + split + "."
+
+
+if sweep and any(r["model"] == "flow" for r in sweep["rows"]):
+    text = (f"**ODE solvers only**\n\n{head_to_head_table(sweep, ('flow', ODE), ('ddpm', ODE))}\n\n"
+            f"Deterministic, {verdict(sweep, ODE)}\n\n**Every sampler**\n\n"
+            f"{head_to_head_table(sweep, ('flow', None), ('ddpm', None))}\n\nWith every sampler, "
+            f"{verdict(sweep, None)}")
+else:
+    text = "*Not measured yet:* the sweep has no flow rows (`benchmarks/nfe_sweep.py`)."
+Markdown(text)
 
 # %% [markdown]
 # ## Exercises

@@ -7,11 +7,15 @@ import matplotlib
 import pytest
 
 from mnistdiff.evaluation.nfe_sweep import (
+    best_per_nfe,
     curve_label,
     equal_quality_table,
     fewest_calls,
+    head_to_head,
+    head_to_head_table,
     plot_sweep,
     reference_key,
+    select,
     sweep_curves,
     sweep_table,
 )
@@ -96,3 +100,26 @@ def test_the_chapters_report_is_the_plot_and_table_or_says_not_measured():
     speed = {"device": "CPU: Y", "date": "2026-12-04", "n": 256}
     _, text = sweep_report({**DOC, "device": "CPU: X", "date": "2026-12-03", "speed": speed})
     assert "speed timed in one run on CPU: Y (2026-12-04), 256 samples per configuration." in text
+
+
+def test_best_per_nfe_takes_the_row_whose_worse_space_is_best():
+    # worse-space ratios (classifier floor 0.5, ResNet 0.25): DDIM-10 η = 1 8.0, DPM++ at 10 5.2, DPM++ at 4 4.4
+    best = best_per_nfe(DOC, "ddpm")
+    assert {nfe: r["key"] for nfe, r in best.items()} == {4: "ddpm:dpmpp_2m:4", 10: "ddpm:dpmpp_2m:10",
+                                                         50: "ddpm:ddim-eta1:50"}
+    assert list(best_per_nfe(DOC, "ddpm", ["DDIM η = 1"])) == [10, 50]
+    assert [r["key"] for r in select(DOC, ["flow"])["rows"]] == ["flow:euler:8", "flow:euler:4"]
+
+
+def test_head_to_head_says_who_is_ahead_in_both_spaces_or_split():
+    # at 4 calls: flow Euler (3.0×, 4.0×) against DDPM DPM++ (4.0×, 4.4×): the flow, in both spaces; at 10: flow
+    # Euler (2.0×, 6.0×) against DPM++ (2.2×, 5.2×): ahead in one space each
+    doc = {**DOC, "rows": DOC["rows"] + [_row("flow", "euler", None, 10, 1.0, 1.5)]}
+    assert [(h["nfe"], h["ahead"]) for h in head_to_head(doc, ("flow", None), ("ddpm", None))] == [
+        (4, "flow"), (10, "split")]  # no other NFE has both
+    lines = head_to_head_table(doc, ("flow", None), ("ddpm", None)).splitlines()
+    assert lines[2:] == ["| 4 | Euler | DPM-Solver++(2M) | 3.0× vs 4.0× | 4.0× vs 4.4× | flow |",
+                         "| 10 | Euler | DPM-Solver++(2M) | 2.0× vs 2.2× | 6.0× vs 5.2× | split |"]
+    assert lines[1].count("---") == len(lines[2].split(" | "))
+    only_eta1 = head_to_head(doc, ("flow", None), ("ddpm", ["DDIM η = 1"]))
+    assert [(h["nfe"], h["ahead"], h["rows"][1]["key"]) for h in only_eta1] == [(10, "flow", "ddpm:ddim-eta1:10")]

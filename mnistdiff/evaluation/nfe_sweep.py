@@ -10,14 +10,15 @@ estimate can say.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mnistdiff.evaluation.classifier import FEATURE_SPACES
 from mnistdiff.evaluation.metrics import space_key
 
 __all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "REFERENCE", "sweep_report", "curve_label", "sweep_curves",
-           "plot_sweep", "sweep_table", "reference_key", "fewest_calls", "equal_quality_table"]
+           "plot_sweep", "sweep_table", "reference_key", "fewest_calls", "equal_quality_table", "select",
+           "best_per_nfe", "head_to_head", "head_to_head_table"]
 
 #: How the book names each sampler.
 SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "dpmpp_2m_sde": "DPM-Solver++(2M) SDE", "heun": "Heun",
@@ -54,6 +55,62 @@ def _speed_line(doc: Mapping[str, Any]) -> str:
     if not sp:
         return "speed not measured (`benchmarks/nfe_sweep.py --speed`)."
     return f"speed timed in one run on {sp['device']} ({sp['date']}), {sp['n']:,} samples per configuration."
+
+
+def select(doc: Mapping[str, Any], models: Sequence[str]) -> dict[str, Any]:
+    """``doc`` with only the rows of ``models`` (e.g. chapter 8's ``("ddpm", "flow")``)."""
+    return {**doc, "rows": [r for r in doc["rows"] if r["model"] in models]}
+
+
+def best_per_nfe(doc: Mapping[str, Any], model: str, samplers: Sequence[str] | None = None
+                 ) -> dict[int, Mapping[str, Any]]:
+    """``{nfe: row}``: at each NFE, ``model``'s row (among ``samplers``, a curve label's sampler part such as
+    ``"DDIM η = 0"``; ``None``: all) with the smallest FID / floor, the larger of its two spaces' ratios."""
+    best: dict[int, Mapping[str, Any]] = {}
+    for row in doc["rows"]:
+        if row["model"] != model or (samplers is not None and _sampler_label(row) not in samplers):
+            continue
+        if row["nfe"] not in best or _worst_ratio(doc, row) < _worst_ratio(doc, best[row["nfe"]]):
+            best[row["nfe"]] = row
+    return dict(sorted(best.items()))
+
+
+def _sampler_label(row: Mapping[str, Any]) -> str:
+    return curve_label(row).split(", ", 1)[1]
+
+
+def _worst_ratio(doc: Mapping[str, Any], row: Mapping[str, Any]) -> float:
+    return max(float(row[space_key("fid", s)]) / float(doc["floor"][space_key("fid", s)]) for s in FEATURE_SPACES)
+
+
+def head_to_head(doc: Mapping[str, Any], a: tuple[str, Sequence[str] | None],
+                 b: tuple[str, Sequence[str] | None]) -> list[dict[str, Any]]:
+    """At each NFE both models were measured at, the best row of each (:func:`best_per_nfe`; ``a``, ``b``:
+    ``(model, samplers)``): ``{"nfe", "rows": (row a, row b), "ratios": (FID / floor per space of a, of b),
+    "ahead": a's model, b's, or "split" (each ahead in one space)}``."""
+    best_a, best_b = best_per_nfe(doc, *a), best_per_nfe(doc, *b)
+    out = []
+    for nfe in sorted(set(best_a) & set(best_b)):
+        rows = (best_a[nfe], best_b[nfe])
+        ra, rb = ([float(r[space_key("fid", s)]) / float(doc["floor"][space_key("fid", s)]) for s in FEATURE_SPACES]
+                  for r in rows)
+        ahead = a[0] if all(x < y for x, y in zip(ra, rb)) else b[0] if all(y < x for x, y in zip(ra, rb)) else "split"
+        out.append({"nfe": nfe, "rows": rows, "ratios": (ra, rb), "ahead": ahead})
+    return out
+
+
+def head_to_head_table(doc: Mapping[str, Any], a: tuple[str, Sequence[str] | None],
+                       b: tuple[str, Sequence[str] | None]) -> str:
+    """:func:`head_to_head` as Markdown: NFE, each model's best sampler, FID / floor of both per space, who is
+    ahead in both spaces."""
+    spaces = list(FEATURE_SPACES)
+    lines = [f"| NFE | best {a[0]} | best {b[0]} | " + " | ".join(f"{s}: {a[0]} vs {b[0]}" for s in spaces)
+             + " | ahead in both spaces |", "|" + " --- |" * (4 + len(spaces))]
+    for h in head_to_head(doc, a, b):
+        cells = [f"{x:.1f}× vs {y:.1f}×" for x, y in zip(*h["ratios"])]
+        lines.append(f"| {h['nfe']} | {_sampler_label(h['rows'][0])} | {_sampler_label(h['rows'][1])} | "
+                     + " | ".join(cells) + f" | {h['ahead']} |")
+    return "\n".join(lines)
 
 
 def curve_label(row: Mapping[str, Any]) -> str:
