@@ -224,6 +224,31 @@ def test_kid_matches_naive_mmd():
     assert got == pytest.approx(_naive_kid(x, y), rel=1e-10)
 
 
+@pytest.mark.parametrize("limit", [None, 0], ids=["whole-set kernels", "per-subset kernels"])
+def test_kid_sums_equal_the_subset_by_subset_definition(limit, monkeypatch):
+    from mnistdiff.evaluation import distances
+
+    if limit is not None:
+        monkeypatch.setattr(distances, "KERNEL_ENTRIES_LIMIT", limit)
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((90, 6)), rng.standard_normal((150, 6)) + 0.3
+
+    def by_definition(y):
+        draws = np.random.default_rng(7)  # the same draws, in the same order, as kernel_inception_distance(seed=7)
+        values = []
+        for _ in range(5):
+            ia, ib = draws.choice(90, 40, replace=False), draws.choice(150, 40, replace=False)
+            values.append(_naive_kid(x[ia], y[ib]))
+        return pytest.approx((np.mean(values), np.std(values)), rel=1e-10)
+
+    got = metrics.kernel_inception_distance(x, y, subset_size=40, num_subsets=5, seed=7, return_std=True)
+    assert got == by_definition(y)
+    # the second set's terms are reused for the same set and draws, and never for another set of the same shape
+    assert metrics.kernel_inception_distance(x, y, subset_size=40, num_subsets=5, seed=7, return_std=True) == got
+    assert metrics.kernel_inception_distance(x, 2 * y, subset_size=40, num_subsets=5, seed=7,
+                                             return_std=True) == by_definition(2 * y)
+
+
 def test_kid_identical_near_zero_and_shift_positive():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((600, 8))

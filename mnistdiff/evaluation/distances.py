@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -90,8 +91,8 @@ def frechet_distance(f1: ArrayLike, f2: ArrayLike) -> float:
 
 
 def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    d = x.shape[1]
-    return (x @ y.T / d + 1.0) ** 3
+    g = x @ y.T / x.shape[1] + 1.0
+    return g * g * g  # not g ** 3: numpy's power is ten times slower than two products
 
 
 def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
@@ -101,6 +102,59 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     sxx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
     syy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
     return float(sxx + syy - 2 * kxy.mean())
+
+
+#: A kernel between two whole sets is computed once, and each subset's terms read from it, up to this many entries
+#: (a float64 matrix of 400 MB); a larger pair has its kernels computed per subset.
+KERNEL_ENTRIES_LIMIT = 50_000_000
+
+#: Each reference set's within-set term per subset, by (the set's bytes' hash, the draws' arguments): ``evaluate``
+#: compares every generator with the same 10,000 test digits and draws the same subsets of them.
+_WITHIN_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def _indicators(draws: list[np.ndarray], n: int) -> np.ndarray:
+    """``(S, n)``: row s is 1 at the rows of subset s, 0 elsewhere, so that ``rows @ K @ cols.T`` sums K over each
+    pair of subsets with two matrix products instead of S gathers."""
+    out = np.zeros((len(draws), n))
+    for s, i in enumerate(draws):
+        out[s, i] = 1.0
+    return out
+
+
+def _within_means(f: np.ndarray, draws: list[np.ndarray]) -> np.ndarray:
+    """Σ_{i≠j} k(f_i, f_j) / (m(m−1)) over each subset of rows ``draws`` (each of m rows)."""
+    m = len(draws[0])
+    if f.shape[0] ** 2 <= KERNEL_ENTRIES_LIMIT:
+        k, rows = _poly_kernel(f, f), _indicators(draws, f.shape[0])
+        return (((rows @ k) * rows).sum(1) - rows @ np.diag(k)) / (m * (m - 1))
+    out = []
+    for i in draws:
+        k = _poly_kernel(f[i], f[i])
+        out.append((k.sum() - np.trace(k)) / (m * (m - 1)))
+    return np.array(out)
+
+
+def _cross_means(a: np.ndarray, b: np.ndarray, draws: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Σ_{i,j} k(a_i, b_j) / m² over each pair of subsets ``draws``."""
+    m = len(draws[0][0])
+    if a.shape[0] * b.shape[0] <= KERNEL_ENTRIES_LIMIT:
+        rows, cols = _indicators([ia for ia, _ in draws], a.shape[0]), _indicators([ib for _, ib in draws], b.shape[0])
+        return ((rows @ _poly_kernel(a, b)) * cols).sum(1) / (m * m)
+    return np.array([_poly_kernel(a[ia], b[ib]).mean() for ia, ib in draws])
+
+
+def _mmd2_subsets(a: np.ndarray, b: np.ndarray, draws: list[tuple[np.ndarray, np.ndarray]], key: tuple) -> np.ndarray:
+    """:func:`_mmd2_unbiased` of ``a[ia]`` against ``b[ib]`` for each ``(ia, ib)`` of ``draws``, with each kernel
+    computed once for the whole sets where it fits (:data:`KERNEL_ENTRIES_LIMIT`) and ``b``'s within-set terms
+    cached under ``key`` (its hash and the draws' arguments)."""
+    syy = _WITHIN_CACHE.get(key)
+    if syy is None:
+        syy = _within_means(b, [ib for _, ib in draws])
+        if len(_WITHIN_CACHE) >= 16:
+            _WITHIN_CACHE.pop(next(iter(_WITHIN_CACHE)))
+        _WITHIN_CACHE[key] = syy
+    return _within_means(a, [ia for ia, _ in draws]) + syy - 2 * _cross_means(a, b, draws)
 
 
 def kernel_inception_distance(
@@ -120,7 +174,10 @@ def kernel_inception_distance(
         MMD²ᵤ = 1/(m(m−1)) Σ_{i≠j} k(xᵢ, xⱼ) + 1/(m(m−1)) Σ_{i≠j} k(yᵢ, yⱼ) − 2/m² Σ_{i,j} k(xᵢ, yⱼ)
 
     with ``k(x, y) = (xᵀy / D + 1)³``. Unbiased, so it can be slightly negative for identical
-    distributions. Seeded (``numpy.random.default_rng(seed)``) and deterministic.
+    distributions. Seeded (``numpy.random.default_rng(seed)``) and deterministic. Each kernel is computed once
+    for the whole sets where it fits and the subsets' terms read from it, and the second set's own terms are kept
+    for the next call with the same set and draws (the test digits every generator is compared with): the same
+    sums as subset by subset (:func:`_mmd2_unbiased`), in a fraction of the time.
     Returns the mean, or ``(mean, std over subsets)`` with ``return_std=True``.
     """
     a = _as_float64_2d(f1, "f1", min_rows=2)
@@ -132,11 +189,10 @@ def kernel_inception_distance(
         raise ValueError(f"num_subsets must be ≥ 1, got {num_subsets}")
     m = min(subset_size, a.shape[0], b.shape[0])
     rng = np.random.default_rng(seed)
-    vals = np.empty(num_subsets)
-    for s in range(num_subsets):
-        ia = rng.choice(a.shape[0], m, replace=False)
-        ib = rng.choice(b.shape[0], m, replace=False)
-        vals[s] = _mmd2_unbiased(a[ia], b[ib])
+    draws = [(rng.choice(a.shape[0], m, replace=False), rng.choice(b.shape[0], m, replace=False))
+             for _ in range(num_subsets)]
+    key = (hashlib.sha256(b.tobytes()).hexdigest(), b.shape, a.shape[0], m, seed, num_subsets)
+    vals = _mmd2_subsets(a, b, draws, key)
     mean, std = float(vals.mean()), float(vals.std())
     return (mean, std) if return_std else mean
 
