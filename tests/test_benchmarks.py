@@ -259,3 +259,23 @@ def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, 
     assert [r["fid"] for r in timed["rows"]] == [r["fid"] for r in doc["rows"]]  # the scores are kept
     with pytest.raises(SystemExit):  # nothing scored at this n: nothing to time
         sweep.main([a if a != "8" else "16" for a in argv] + ["--speed"])
+
+
+def test_seed_spread_scores_each_seed_and_summarises_both_spaces(tmp_path):
+    import numpy as np
+
+    spread = _script("seed_spread")
+    out = tmp_path / "spread.json"
+    argv = [str(_tiny_model(tmp_path, "ddpm")), "--sampler", "ddim", "--steps", "2", "--n", "8", "--out", str(out)]
+    assert spread.main([*argv, "--seeds", "0", "1", "2"]) == 0
+    doc = json.loads(out.read_text())
+    assert [d["seed"] for d in doc["draws"]] == [0, 1, 2] == [f["seed"] for f in doc["floors"]]
+    for key in ("fid", "fid_resnet"):
+        values = np.array([d[key] for d in doc["draws"]])
+        assert len(set(values)) == 3  # each seed draws other samples
+        assert doc["spread"][key]["mean"] == pytest.approx(values.mean())
+        assert doc["spread"][key]["std"] == pytest.approx(values.std(ddof=1))
+        assert doc["spread"][key]["max"] == values.max() and doc["floor_spread"][key]["min"] > 0
+    assert doc["sampling"]["sampler"] == "ddim" and doc["sampling"]["steps"] == 2
+    with pytest.raises(SystemExit):
+        spread.main([*argv, "--seeds", "0"])

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""How much a FID at n samples moves with the seed alone: one model and sampler, drawn from several seeds, each draw
+scored in both feature spaces, and the real floor drawn from as many seeds of real training digits.
+
+    python benchmarks/seed_spread.py checkpoints/book/ldm.safetensors --vae checkpoints/book/vae.safetensors \\
+        --sampler ddim --steps 50 --seeds 0 1 2 3 4 --n 2000          # → results/book/seed_spread_ldm.json
+
+A sweep or a table that compares two samplers at one seed each reads a difference that the seed alone can make as
+a difference between the samplers; this measures the size of that. For each seed the model draws ``n`` samples and
+:func:`mnistdiff.evaluation.metrics.evaluate` scores them; the floor is :func:`~mnistdiff.evaluation.metrics.
+real_floor` at the same ``n`` from each seed (other real digits). The file gives every draw and, per space, the
+mean, the standard deviation and the range, of the model's FID and of the floor's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from mnistdiff.devices import device_name  # noqa: E402
+from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
+from mnistdiff.evaluation.metrics import evaluate, real_floor, space_key  # noqa: E402
+from mnistdiff.evaluation.report import results_dir  # noqa: E402
+from mnistdiff.files import atomic_write_text  # noqa: E402
+from mnistdiff.model import DiffusionModel  # noqa: E402
+
+KEYS = ("fid", "precision", "recall")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, standard deviation (n − 1) and range of ``values``."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
+
+
+def summary(draws: list[dict]) -> dict[str, dict[str, float]]:
+    """:func:`spread` of each space's FID over ``draws``."""
+    return {space_key("fid", s): spread([d[space_key("fid", s)] for d in draws]) for s in FEATURE_SPACES}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path)
+    p.add_argument("--vae", type=Path, default=None, help="the VAE a latent model was trained on")
+    p.add_argument("--sampler", default=None, help="default: the model's own")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--profile", default="book")
+    p.add_argument("--out", type=Path, default=None, help="default results/<profile>/seed_spread_<kind>.json")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    if len(args.seeds) < 2:
+        p.error("a spread needs at least two seeds")
+    torch.manual_seed(0)
+    model = DiffusionModel.load(args.model, vae=args.vae, device=args.device)
+    options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("eta", args.eta)) if v is not None}
+    draws, floors = [], []
+    for seed in args.seeds:
+        images, _ = model.sample(args.n, seed=seed, device=args.device, precision="fp32", **options)
+        m = evaluate(images, seed=seed, device=args.device, include_memorisation=False)
+        f = real_floor(args.n, seed=seed, device=args.device, include_memorisation=False)
+        draws.append({"seed": seed, **{space_key(k, s): m[space_key(k, s)] for s in FEATURE_SPACES for k in KEYS}})
+        floors.append({"seed": seed, **{space_key(k, s): f[space_key(k, s)] for s in FEATURE_SPACES for k in KEYS}})
+        print(f"seed {seed}: " + "  ".join(f"{s}: FID {m[space_key('fid', s)]:.3f} (floor {f[space_key('fid', s)]:.3f})"
+                                           for s in FEATURE_SPACES), flush=True)
+    doc = {"device": device_name(args.device), "date": dt.date.today().isoformat(), "n": args.n,
+           "model": {"file": str(args.model), "kind": model.kind, "weights_sha256": model.meta["weights_sha256"]},
+           "sampling": {**model.sampling_defaults(), **options, "precision": "fp32"},
+           "draws": draws, "floors": floors, "spread": summary(draws), "floor_spread": summary(floors)}
+    out = args.out or results_dir() / args.profile / f"seed_spread_{model.kind}.json"
+    atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    for s in FEATURE_SPACES:
+        g, f = doc["spread"][space_key("fid", s)], doc["floor_spread"][space_key("fid", s)]
+        print(f"{s}: FID {g['mean']:.3f} ± {g['std']:.3f} (range {g['min']:.3f}-{g['max']:.3f}); "
+              f"floor {f['mean']:.3f} ± {f['std']:.3f}")
+    print(f"→ {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
