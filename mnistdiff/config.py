@@ -248,8 +248,7 @@ class DDPMRunConfig:
     """Pixel-space DDPM: the UNet, the schedule and the training run."""
 
     latent: ClassVar[bool] = False
-    #: the samplers it takes; the first: where none is said
-    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "heun")
+    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "heun")  # first: the default
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
