@@ -570,8 +570,9 @@ def vs_floor(name: str) -> str:
             f"its {f['recall']:.3f}")
 
 
-# DDIM's steps and η, read from the benchmark's sweep (the book's models, its n, both spaces)
-S, other_eta = PROFILE.ddim_steps, 1 - DEFAULT_ETA
+# DDIM's steps and η, read from the benchmark's sweep (the book's models, its n, both spaces), the two η compared at
+# the book profile's steps; S: this profile's steps, which the table's DDIM rows use
+S, S_BOOK, other_eta = PROFILE.ddim_steps, BOOK.ddim_steps, 1 - DEFAULT_ETA
 
 
 def swept(model: str, eta: float) -> dict[int, dict]:
@@ -586,7 +587,7 @@ def sweep_ratio(r: dict, space: str) -> str:
 
 
 pixel_default = swept("ddpm", DEFAULT_ETA)
-eta_pairs = [(space, swept(m, DEFAULT_ETA).get(S), swept(m, other_eta).get(S))
+eta_pairs = [(space, swept(m, DEFAULT_ETA).get(S_BOOK), swept(m, other_eta).get(S_BOOK))
              for space, m in (("the pixel model", "ddpm"), ("latent diffusion", "ldm"))]
 if pixel_default and all(a and b for _, a, b in eta_pairs):
     steps = sorted(pixel_default)
@@ -603,9 +604,9 @@ if pixel_default and all(a and b for _, a, b in eta_pairs):
         "For a well-trained network deterministic DDIM ($\\eta = 0$) usually does better than stochastic "
         "($\\eta = 1$) at few steps, because the noise injected at each step must be removed again by the few "
         "steps that follow; for a briefly trained network $\\eta = 1$ can win instead, because the fresh noise also "
-        f"corrects the network's errors (chapter 3, section 7). At {S} steps, {eta_reading}.")
+        f"corrects the network's errors (chapter 3, section 7). At {S_BOOK} steps, {eta_reading}.")
 else:
-    ddim_bullet = "Not measured yet: " + NOT_MEASURED
+    ddim_bullet = NOT_MEASURED
 # latent diffusion against the pixel model at the same steps and η, and against its decoder's bound
 pix, lat = gens[f"ddim_{S}_eta{DEFAULT_ETA:g}"], gens[f"ldm_ddim_{S}_eta{DEFAULT_ETA:g}"]
 rec, prior, fl = gens["vae_reconstruction"], gens["vae_prior"], results["floor"]
