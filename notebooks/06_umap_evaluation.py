@@ -45,24 +45,18 @@
 # - rank the course's generators by quality and speed, and write the results file the book reads.
 
 # %% tags=["remove-input"]
-# the run time of this chapter's last recorded book-profile run, and the share of it spent sampling in pixel space
+# what this chapter spends its time on with the book profile (the time itself is the book's, under the title)
 
 from IPython.display import Markdown
 
 from mnistdiff import get_profile
-from mnistdiff.course.measured import book_result, recorded_seconds
 
 BOOK = get_profile("book")
-book_seconds, book_evaluation = recorded_seconds("06_umap_evaluation"), book_result("evaluation.json")
-if book_seconds and book_evaluation:
-    pixel_seconds = sum(g.get("sampling_seconds", 0) for g in book_evaluation["generators"].values()
-                        if g["space"] == "pixel")
-    run_time = (f"{book_seconds / 60:.0f} minutes on two CPU cores in the last recorded run with the `book` profile, "
-                f"{pixel_seconds / book_seconds:.0%} of it sampling the pixel-space model")
-else:
-    run_time = "the longest of the course with the `book` profile, most of it sampling the pixel-space model"
-Markdown(f"""**Run time.** {run_time} ({BOOK.eval_samples:,} samples per generator, {BOOK.ancestral_samples} for the
-{BOOK.ddpm.diffusion.timesteps}-step samplers); measured times in the [introduction](../intro.md).""")
+Markdown(f"""**Run time.** the longest chapter of the course with the `book` profile: {BOOK.eval_samples:,} samples
+per generator ({BOOK.ancestral_samples} for the {BOOK.ddpm.diffusion.timesteps}-step samplers), most of the time spent
+sampling the pixel-space model. Other step counts, $\\eta$ and solvers are read from a benchmark run at the same
+$n$ rather than sampled here. In the book, the time of the run it shows is under the title; every chapter's is in
+the [introduction](../intro.md).""")
 
 # %% [markdown]
 # *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
@@ -351,8 +345,9 @@ assert all(abs(kid) < 3 * std for _, kid, std in floors_63.values())
 #
 # `get_ddpm` and `get_ldm` load the checkpoints that chapters 2 and 5 stored (or train them, if this
 # notebook runs on its own); the latent model carries its VAE. `course_generators` lists
-# every generator of the course, each with a function that draws $n$ digits from one seed, and
-# `mnistdiff.evaluation.report` draws, scores and stores them:
+# every way the course has of making a digit, each model with its $T$-step ancestral sampler and the package's
+# default sampler, each with a function that draws $n$ digits from one seed, and
+# `mnistdiff.evaluation.report` draws, scores and stores them (other step counts and samplers: below):
 
 # %%
 from mnistdiff.course.generators import course_generators
@@ -492,16 +487,13 @@ display(Markdown(report.results_table(results)))
 #
 # The table's FIDs cannot be set side by side as they are: where the ancestral samplers are scored
 # on fewer samples, their FIDs carry the larger bias of a smaller $n$. That bias roughly *adds* to the
-# distance FID measures (exercise 6.2), so both panels plot **FID minus the real floor at the
+# distance FID measures (exercise 6.2), so the figure below plots **FID minus the real floor at the
 # generator's own $n$**: an estimate of the distance left once the sampling bias is taken out, 0 for
 # samples as good as real digits, comparable across $n$ though noisier at small $n$ (it can even come
 # out below 0). A ratio to the floor would not do: the floor falls like $1/n$ while the distance does
 # not, so one generator would score a ratio closer to 1 the fewer samples it is scored on.
 #
-# Left: that excess FID against the number of DDIM steps for the package's default, stochastic DDIM
-# ($\eta = 1$), with deterministic DDIM ($\eta = 0$) at `PROFILE.ddim_steps` steps (chapter 3 sweeps it
-# over the steps) and full DDPM for reference. Right: every generator's excess FID against its
-# sampling time per digit — the trade-off the course has been about.
+# Every generator's excess FID against its sampling time per digit, the trade-off the course has been about:
 
 # %%
 gens = results["generators"]
@@ -523,30 +515,39 @@ def ms(g: dict) -> str:
 
 n_note = {name: "" if g["n"] == N else f" (n = {g['n']})" for name, g in gens.items()}
 
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 1.25]})
-for eta, marker in ((0.0, "o-"), (1.0, "s--")):
-    pts = sorted((g["steps"], excess[name]) for name, g in gens.items()
-                 if g["sampler"] == "ddim" and g["space"] == "pixel" and g["eta"] == eta)
-    ax1.plot(*zip(*pts), marker, label=f"DDIM, η = {eta:g}")
-ax1.axhline(excess["ddpm"], color="C2", lw=1, label=f"DDPM, {gens['ddpm']['steps']} steps{n_note['ddpm']}")
-ax1.axhline(0, color="k", ls=":", lw=1, label="real floor (at each n)")
-ax1.set(xscale="log", xlabel="sampling steps", ylabel="FID − real floor at the same n", title="DDIM: steps and η")
-ax1.set_xticks(PROFILE.ddim_step_sweep, [str(s) for s in PROFILE.ddim_step_sweep])
-ax1.minorticks_off()
-ax1.legend(fontsize=8)
+fig, ax = plt.subplots(figsize=(7.5, 4))
 markers = {"pixel": "o", "latent": "s", "vae": "^"}
 for i, (name, g) in enumerate(gens.items()):
-    ax2.scatter(g["seconds_per_sample"], excess[name], marker=markers[g["space"]], color=plt.cm.tab20(i % 20), s=40,
-                label=g["label"] + n_note[name])
-ax2.axhline(0, color="k", ls=":", lw=1, label="real floor (at each n)")
-ax2.set_yscale("symlog", linthresh=1)  # linear within ±1 of the floor, logarithmic beyond
-ax2.set(xscale="log", xlabel=f"seconds per sample ({results['device']})", ylabel="FID − real floor at the same n",
-        title="quality vs cost (○ pixels, □ latents, △ VAE)")
-ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.scatter(g["seconds_per_sample"], excess[name], marker=markers[g["space"]], color=plt.cm.tab10(i % 10), s=40,
+               label=g["label"] + n_note[name])
+ax.axhline(0, color="k", ls=":", lw=1, label="real floor (at each n)")
+ax.set_yscale("symlog", linthresh=1)  # linear within ±1 of the floor, logarithmic beyond
+ax.set(xscale="log", xlabel=f"seconds per sample ({results['device']})", ylabel="FID − real floor at the same n",
+       title="quality vs cost (○ pixels, □ latents, △ VAE)")
+ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# How many steps, and how much noise? Every step count and $\eta$ of DDIM (chapter 3) would be one more
+# generator here, each drawing $n$ samples; `benchmarks/nfe_sweep.py` draws them once, on the book's pixel model
+# and its latent model, at the book's $n$ and in both feature spaces, and this chapter reads its file
+# (`mnistdiff.course.measured.book_result`). Each FID is a multiple of the floor at the same $n$ (both are
+# scored at one $n$), 1 the best $n$ samples can show, the dotted line twice the floor:
+
+# %%
+from mnistdiff.course.measured import book_result
+from mnistdiff.evaluation.nfe_sweep import NOT_MEASURED, plot_sweep
+
+sweep = book_result("nfe_sweep.json")
+ddim_sweep = None if sweep is None else {
+    **sweep, "rows": [r for r in sweep["rows"] if r["model"] in ("ddpm", "ldm") and r["sampler"] == "ddim"]}
+if ddim_sweep and ddim_sweep["rows"]:
+    plot_sweep(ddim_sweep)
+    plt.show()
+else:
+    display(Markdown(NOT_MEASURED))
+
 # ## Reading the results
 #
 # A generator is good when its FID and KID are close to the floor's, its precision and recall close
@@ -569,17 +570,45 @@ def vs_floor(name: str) -> str:
             f"its {f['recall']:.3f}")
 
 
-# DDIM's steps (η = DEFAULT_ETA, pixels) and the two η at PROFILE.ddim_steps, in pixels and in latents
-sweep = sorted((g["steps"], g["fid"]) for g in gens.values()
-               if g["space"] == "pixel" and g["sampler"] == "ddim" and g["eta"] == DEFAULT_ETA)
-falls = all(b[1] < a[1] for a, b in zip(sweep, sweep[1:]))
-S, other_eta = PROFILE.ddim_steps, 1 - DEFAULT_ETA
-eta_pairs = [(space, gens[f"{prefix}ddim_{S}_eta{DEFAULT_ETA:g}"], gens[f"{prefix}ddim_{S}_eta{other_eta:g}"])
-             for space, prefix in (("the pixel model", ""), ("latent diffusion", "ldm_"))]
-eta_reading = "; ".join(f"for {space}, η = {DEFAULT_ETA:g} is {side(-a['fid'], -b['fid'], 'better', 'worse')} "
-                        f"({a['fid']:.2f} against {b['fid']:.2f})" for space, a, b in eta_pairs)
+# DDIM's steps and η, read from the benchmark's sweep (the book's models, its n, both spaces), the two η compared at
+# the book profile's steps; S: this profile's steps, which the table's DDIM rows use
+S, S_BOOK, other_eta = PROFILE.ddim_steps, BOOK.ddim_steps, 1 - DEFAULT_ETA
+
+
+def swept(model: str, eta: float) -> dict[int, dict]:
+    """The sweep's DDIM rows of ``model`` at ``eta``, by steps."""
+    rows = ddim_sweep["rows"] if ddim_sweep else []
+    return {r["steps"]: r for r in rows if r["model"] == model and r["eta"] == eta}
+
+
+def sweep_ratio(r: dict, space: str) -> str:
+    key = "fid" if space == "classifier" else f"fid_{space}"
+    return f"{r[key] / ddim_sweep['floor'][key]:.1f}×"
+
+
+pixel_default = swept("ddpm", DEFAULT_ETA)
+eta_pairs = [(space, swept(m, DEFAULT_ETA).get(S_BOOK), swept(m, other_eta).get(S_BOOK))
+             for space, m in (("the pixel model", "ddpm"), ("latent diffusion", "ldm"))]
+if pixel_default and all(a and b for _, a, b in eta_pairs):
+    steps = sorted(pixel_default)
+    falls = all(pixel_default[b]["fid"] < pixel_default[a]["fid"] for a, b in zip(steps, steps[1:]))
+    path = " → ".join(f"{sweep_ratio(pixel_default[k], 'classifier')}" for k in steps)
+    eta_reading = "; ".join(
+        f"for {space}, η = {DEFAULT_ETA:g} is {side(-a['fid'], -b['fid'], 'better', 'worse')} in the classifier's "
+        f"space ({sweep_ratio(a, 'classifier')} the floor against {sweep_ratio(b, 'classifier')}) and "
+        f"{side(-a['fid_resnet'], -b['fid_resnet'], 'better', 'worse')} in the ResNet's ({sweep_ratio(a, 'resnet')} "
+        f"against {sweep_ratio(b, 'resnet')})" for space, a, b in eta_pairs)
+    ddim_bullet = (
+        f"With η = {DEFAULT_ETA:g} the pixel model's FID goes {path} the floor from {steps[0]} to {steps[-1]} steps "
+        f"(the benchmark, n = {ddim_sweep['n']:,}, classifier features){', falling at each larger step count' if falls else ', not falling steadily'}. "
+        "For a well-trained network deterministic DDIM ($\\eta = 0$) usually does better than stochastic "
+        "($\\eta = 1$) at few steps, because the noise injected at each step must be removed again by the few "
+        "steps that follow; for a briefly trained network $\\eta = 1$ can win instead, because the fresh noise also "
+        f"corrects the network's errors (chapter 3, section 7). At {S_BOOK} steps, {eta_reading}.")
+else:
+    ddim_bullet = NOT_MEASURED
 # latent diffusion against the pixel model at the same steps and η, and against its decoder's bound
-pix, lat = eta_pairs[0][1], eta_pairs[1][1]
+pix, lat = gens[f"ddim_{S}_eta{DEFAULT_ETA:g}"], gens[f"ldm_ddim_{S}_eta{DEFAULT_ETA:g}"]
 rec, prior, fl = gens["vae_reconstruction"], gens["vae_prior"], results["floor"]
 bound = (f"its FID, {lat['fid']:.2f}, is {lat['fid'] - rec['fid']:.2f} above the reconstructions' {rec['fid']:.2f}, "
          "and that gap is what the latent diffusion model itself loses" if lat["fid"] >= rec["fid"] else
@@ -616,12 +645,7 @@ Markdown(f"""
 
 A few things to look for in it:
 
-- **DDIM steps and $\\eta$.** With η = {DEFAULT_ETA:g}, FID goes {" → ".join(f"{f:.2f}" for _, f in sweep)} from
-  {sweep[0][0]} to {sweep[-1][0]} steps{", falling at each larger step count" if falls else ", not falling steadily"}. For a
-  well-trained network deterministic DDIM ($\\eta = 0$) usually does better than stochastic ($\\eta = 1$) at few
-  steps, because the noise injected at each step must be removed again by the few steps that follow; for a briefly
-  trained network $\\eta = 1$ can win instead, because the fresh noise also corrects the network's errors (chapter 3,
-  section 7). At {S} steps, {eta_reading}.
+- **DDIM steps and $\\eta$.** {ddim_bullet}
 - **Latent diffusion** takes {ms(lat)} ms per sample against the pixel model's {ms(pix)} at the same steps and η ({pix['seconds_per_sample'] / lat['seconds_per_sample']:.1f}
   times cheaper). Its quality is bounded by the **VAE reconstructions** row: {bound}.
 - **The VAE prior** shows, in numbers, what chapter 4 showed in pictures: FID {prior['fid']:.2f} against the floor's
@@ -698,13 +722,12 @@ fig.tight_layout(pad=0.3)
 plt.show()
 
 # %% tags=["remove-input"]
-ddim_precision = [g["precision"] for g in gens.values() if g["space"] == "pixel" and g["sampler"] == "ddim"]
-lo, hi = min(ddim_precision), max(ddim_precision)
-like_ddim = ("about as much as" if lo - 0.01 <= blur_precision <= hi + 0.01 else
-             "less than" if blur_precision < lo else "more than")
+default_precision = scores[default.spec.name]["precision"]
+like_default = ("about as much as" if abs(blur_precision - default_precision) <= 0.01 else
+                "less than" if blur_precision < default_precision else "more than")
 Markdown(f"""The blurred digits keep {blur_precision / floor['precision']:.0%} of the floor's precision ({blur_precision:.3f}
-against {floor['precision']:.3f}; {like_ddim} the pixel-space DDIM samplers reach in this run's table, {lo:.3f} to
-{hi:.3f}), while their recall falls to {blur_recall:.3f} against the floor's {floor['recall']:.3f}. Precision asks only
+against {floor['precision']:.3f}; {like_default} the package's default sampler reaches in this run's table,
+{default_precision:.3f}), while their recall falls to {blur_recall:.3f} against the floor's {floor['recall']:.3f}. Precision asks only
 whether a sample lies inside *some* real ball, and the balls around outlying real digits, whose third neighbour is far
 away, are large: together they cover much of the space between the classes, where blurred digits fall. Drop the
 largest tenth of the balls and the blurred digits lose {share_lost['blurred digits']:.0%} of their precision
@@ -1012,15 +1035,22 @@ def cost(name: str) -> str:
 diffusion = [k for k, g in gens.items() if g["space"] != "vae"]
 pixel = [k for k in diffusion if gens[k]["space"] == "pixel"]
 latent = [k for k in diffusion if gens[k]["space"] == "latent"]
-default_sweep = sorted((k for k in pixel if gens[k]["sampler"] == "ddim" and gens[k]["eta"] == DEFAULT_ETA),
-                       key=lambda k: gens[k]["steps"])
-fewest, most = default_sweep[0], default_sweep[-1]
 best_pixel = min(pixel, key=excess.get)
 best_latent = min([k for k in latent if gens[k]["n"] == N] or latent, key=excess.get)  # prefer the full n
-listed = list(dict.fromkeys(["ddpm", most, fewest, best_pixel, best_latent]))
+listed = list(dict.fromkeys(["ddpm", best_pixel, best_latent]))
 closer = excess[best_latent] < excess[best_pixel]
 faster = gens["ddpm"]["seconds_per_sample"] / gens[best_latent]["seconds_per_sample"]
-few_faster = gens[most]["seconds_per_sample"] / gens[fewest]["seconds_per_sample"]
+if pixel_default:  # the benchmark's DDIM with the default η, fewest and most steps (time ∝ network calls)
+    fewest, most = min(pixel_default), max(pixel_default)
+    few, full = pixel_default[fewest], pixel_default[most]
+    price = ("at a price in quality" if min(few[k] - full[k] for k in ("fid", "fid_resnet")) > 0 else
+             "at no price in quality in at least one space")
+    steps_text = (f"DDIM buys speed with fewer steps ({most // fewest if most % fewest == 0 else most / fewest:g} "
+                  f"times fewer network calls at {fewest} steps than at {most}), {price}: the benchmark's "
+                  f"{sweep_ratio(few, 'classifier')} and {sweep_ratio(few, 'resnet')} the floor against "
+                  f"{sweep_ratio(full, 'classifier')} and {sweep_ratio(full, 'resnet')}.")
+else:
+    steps_text = "What fewer DDIM steps cost in quality is not measured yet (`benchmarks/nfe_sweep.py`)."
 lat_recall, lat_floor_recall = gens[best_latent]["recall"], floor_at(gens[best_latent]["n"])["recall"]
 pixel_recall_ok = all(gens[k]["recall"] >= floor_at(gens[k]["n"])["recall"] for k in pixel)
 recall_note = (f", though its recall is below the floor's ({lat_recall:.3f} against {lat_floor_recall:.3f}) where "
@@ -1032,9 +1062,7 @@ bounded = (f"It is bounded by its decoder, whose reconstructions score {excess['
 ddpm_note = (f" Full DDPM is scored on only {gens['ddpm']['n']} samples, so its numbers are the least certain of the "
              "table." if gens["ddpm"]["n"] < N else "")
 Markdown(f"""- The course's generators span a trade-off between quality and cost. Read at each generator's own $n$, with FID
-  as its excess over the floor: {"; ".join(cost(k) for k in listed)}. DDIM buys speed with fewer steps
-  ({few_faster:.1f} times faster at {gens[fewest]["steps"]} steps than at {gens[most]["steps"]}),
-  {"at a price in quality" if excess[fewest] > excess[most] else "here at no price in quality"}. Latent diffusion
+  as its excess over the floor: {"; ".join(cost(k) for k in listed)}. {steps_text} Latent diffusion
   ({gens[best_latent]["label"]}) is {faster:.0f} times faster than full DDPM {"and" if closer else "but"} ends
   {"closer to the floor than any pixel-space sampler" if closer else
    "further from the floor than the best pixel-space sampler, " + gens[best_pixel]["label"]}{recall_note}.

@@ -182,8 +182,9 @@ def test_ancestral_samplers_draw_fewer_and_get_their_own_floor():
     assert "real (floor), n = 12" in table and "| n |" in table.replace("| generator | n |", "| n |")
 
 
-def test_course_generators_sweep_the_default_eta_and_compare_the_other_at_one_step_count():
-    """The step sweep runs with the default η; every other η (and the LDM's DDIM) at profile.ddim_steps."""
+def test_course_generators_draw_each_model_once_with_the_default_sampler_unless_asked_for_more():
+    """By default one DDIM per model (profile.ddim_steps, the default η): the sweep of steps, η and solvers is the
+    benchmark's; asked for, a step sweep runs with the first η and every other η at profile.ddim_steps."""
     from types import SimpleNamespace
 
     from mnistdiff.config import DEFAULT_ETA
@@ -192,12 +193,14 @@ def test_course_generators_sweep_the_default_eta_and_compare_the_other_at_one_st
 
     prof = get_profile("book")
     model = SimpleNamespace(schedule=NoiseSchedule.make("cosine", 1000))
-    specs = course_generators(ddpm=model, ldm=model, vae=None, profile=prof, device="cpu")
-    names = [s.name for s in specs]
     d, s = f"{DEFAULT_ETA:g}", prof.ddim_steps
-    assert names == ["ddpm", *[f"ddim_{k}_eta{d}" for k in prof.ddim_step_sweep], f"ddim_{s}_eta0",
-                     "ldm_ddpm", f"ldm_ddim_{s}_eta{d}", f"ldm_ddim_{s}_eta0"]
-    assert [(x.steps, x.eta) for x in specs if x.name.startswith("ldm_ddim")] == [(s, DEFAULT_ETA), (s, 0.0)]
+    specs = course_generators(ddpm=model, ldm=model, vae=None, profile=prof, device="cpu")
+    assert [x.name for x in specs] == ["ddpm", f"ddim_{s}_eta{d}", "ldm_ddpm", f"ldm_ddim_{s}_eta{d}"]
+    assert [(x.steps, x.eta) for x in specs if "ddim" in x.name] == [(s, DEFAULT_ETA), (s, DEFAULT_ETA)]
+    more = course_generators(ddpm=model, ldm=model, vae=None, profile=prof, device="cpu", ddim_steps=(10, 20),
+                             etas=(DEFAULT_ETA, 0.0))
+    assert [x.name for x in more] == ["ddpm", f"ddim_10_eta{d}", f"ddim_20_eta{d}", f"ddim_{s}_eta0",
+                                      "ldm_ddpm", f"ldm_ddim_{s}_eta{d}", f"ldm_ddim_{s}_eta0"]
 
 
 def test_the_ddpm_task_trains_on_its_configs_loss_weighting(tmp_path, monkeypatch):

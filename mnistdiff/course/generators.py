@@ -4,9 +4,9 @@ Chapter 6 asks one question of each way the course has of making a digit: how cl
 samples to real MNIST? The generators are
 
 * the pixel-space DDPM with ancestral sampling over all ``T`` steps (Ho et al. 2020);
-* DDIM with the same network at each step count of ``profile.ddim_step_sweep`` with the package's
-  default η, and at ``profile.ddim_steps`` with each further η (Song et al. 2020);
-* latent diffusion, sampled with DDPM and with DDIM at ``profile.ddim_steps`` (Rombach et al. 2022);
+* DDIM with the same network at ``profile.ddim_steps`` steps with the package's default η (Song et al. 2020);
+  other step counts, η and solvers are measured by ``benchmarks/nfe_sweep.py``, which chapters 6, 8 and 9 read;
+* latent diffusion, sampled with DDPM and with the same DDIM (Rombach et al. 2022);
 * the VAE on its own: decoded draws from its prior ``N(0, I)`` (Kingma & Welling 2013), and its
   reconstructions of real training images — the best that latent diffusion, which can only emit
   what the decoder can draw, could reach.
@@ -61,7 +61,7 @@ def _pixel_specs(ddpm: Any, profile: Profile, device: torch.device, ddim_steps: 
     T = ddpm.schedule.num_timesteps
     specs = [GeneratorSpec("ddpm", f"DDPM, {T} steps", "pixel", "ddpm", T, None,
                            _diffusion_sampler(ddpm, device, sampler="ddpm"), profile.ancestral_samples)]
-    sweep = [s for s in (ddim_steps if ddim_steps is not None else profile.ddim_step_sweep) if s <= T]
+    sweep = [s for s in (ddim_steps if ddim_steps is not None else (profile.ddim_steps,)) if s <= T]
     for i, eta in enumerate(etas):
         for steps in (sweep if i == 0 else [min(profile.ddim_steps, T)]):
             specs.append(GeneratorSpec(
@@ -93,15 +93,15 @@ def course_generators(
     profile: Profile,
     device: torch.device | str | None = None,
     ddim_steps: Sequence[int] | None = None,
-    etas: Sequence[float] = (DEFAULT_ETA, 0.0),
+    etas: Sequence[float] = (DEFAULT_ETA,),
     ldm_ddim_steps: int | None = None,
 ) -> list[GeneratorSpec]:
     """Every generator of the course, in the order the tables show them.
 
     ``ddpm``: the pixel-space :class:`~mnistdiff.model.DiffusionModel`; ``ldm``: the latent one
     (with its ``codec``); ``vae``: the VAE. Any of them may be None to leave its generators out.
-    The pixel model's DDIM runs every step count of ``ddim_steps`` (default ``profile.ddim_step_sweep``,
-    capped at the model's T) with the first η of ``etas`` (the package's default sampler), and each
+    The pixel model's DDIM runs every step count of ``ddim_steps`` (default: ``profile.ddim_steps`` alone,
+    capped at the model's T) with the first η of ``etas`` (default: the package's, ``DEFAULT_ETA``), and each
     further η at ``profile.ddim_steps`` only; latent diffusion's DDIM runs each η of ``etas`` at
     ``ldm_ddim_steps`` (default ``profile.ddim_steps``). The two ancestral (T-step) samplers draw at
     most ``profile.ancestral_samples``. Names: ``ddpm``, ``ddim_<S>_eta<η>``, ``ldm_ddpm``,
