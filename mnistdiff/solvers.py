@@ -137,6 +137,14 @@ def _half_log_snr(p: PathPoint) -> float:
 Callback = Callable[[int, torch.Tensor], None]
 
 
+def _multistep_x0(x0: torch.Tensor, prev_x0: torch.Tensor | None, prev_h: float, h: float) -> torch.Tensor:
+    """DPM-Solver++(2M)'s D = (1 + 1/2r)·x̂_0,i − (1/2r)·x̂_0,i−1 with r = h_{i−1}/h_i; x̂_0 itself on a first step."""
+    if prev_x0 is None or not math.isfinite(prev_h):
+        return x0
+    r = prev_h / h
+    return (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * prev_x0
+
+
 def dpm_solver_pp_2m(denoise: Denoise, points: list[PathPoint], x: torch.Tensor,
                      callback: Callback | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) from x at ``points[0]`` to ``points[-1]`` (the data), float64; ``callback(i, x)`` after the
@@ -150,10 +158,7 @@ def dpm_solver_pp_2m(denoise: Denoise, points: list[PathPoint], x: torch.Tensor,
             x = x0
         else:
             h = _half_log_snr(there) - _half_log_snr(here)
-            d = x0
-            if prev_x0 is not None and math.isfinite(prev_h):
-                r = prev_h / h
-                d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * prev_x0
+            d = _multistep_x0(x0, prev_x0, prev_h, h)
             ratio = float(there.b) / float(here.b)
             x = ratio * x - float(there.a) * math.expm1(-h) * d
             prev_x0, prev_h = x0, h
@@ -175,10 +180,7 @@ def dpm_solver_pp_2m_sde(denoise: Denoise, points: list[PathPoint], x: torch.Ten
             x = x0
         else:
             h = _half_log_snr(there) - _half_log_snr(here)
-            d = x0
-            if prev_x0 is not None and math.isfinite(prev_h):
-                r = prev_h / h
-                d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * prev_x0
+            d = _multistep_x0(x0, prev_x0, prev_h, h)
             kept = 0.0 if here.b == 0 else float(there.b) / float(here.b) * math.exp(-h)
             z = torch.randn(x.shape, generator=generator, device=x.device).double()
             x = kept * x - float(there.a) * math.expm1(-2 * h) * d + float(there.b) * math.sqrt(-math.expm1(-2 * h)) * z
