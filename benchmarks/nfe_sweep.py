@@ -116,6 +116,11 @@ def load_models(paths: list[Path], vae: Path | None, precision: str, device: str
     return models
 
 
+def write(out: Path, doc: dict) -> None:
+    """The sweep's file, atomically: a run cut short keeps every configuration already written."""
+    atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
 def quality_pass(models: dict[str, DiffusionModel], doc: dict, args: argparse.Namespace, out: Path) -> None:
     """Score every configuration not yet in ``doc`` (same n, same weights), rewriting ``out`` after each."""
     rows = {r["key"]: r for r in doc["rows"]}
@@ -134,7 +139,7 @@ def quality_pass(models: dict[str, DiffusionModel], doc: dict, args: argparse.Na
                 f"P {r[space_key('precision', s)]:.3f} R {r[space_key('recall', s)]:.3f}" for s in FEATURE_SPACES),
                 flush=True)
             doc["rows"] = sorted(rows.values(), key=lambda x: (x["model"], x["sampler"], str(x["eta"]), x["nfe"]))
-            atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+            write(out, doc)
 
 
 def speed_pass(models: dict[str, DiffusionModel], doc: dict, args: argparse.Namespace, out: Path) -> None:
@@ -150,7 +155,7 @@ def speed_pass(models: dict[str, DiffusionModel], doc: dict, args: argparse.Name
                 print(f"{r['key']:28s} NFE {r['nfe']:3d}  {r['samples_per_second']:8.1f} samples/s", flush=True)
     doc["speed"] = {"device": device_name(args.device), "date": dt.date.today().isoformat(), "n": args.speed_n,
                     "load_average_before": round(load, 2)}
-    atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    write(out, doc)
 
 
 def main(argv: list[str] | None = None) -> int:
