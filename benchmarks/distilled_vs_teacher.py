@@ -28,13 +28,11 @@ import torch  # noqa: E402
 from mnistdiff.config import DEFAULT_STEPS, MNIST_CLASSES  # noqa: E402
 from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
-from mnistdiff.evaluation.metrics import evaluate, real_floor, space_key  # noqa: E402
+from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_text  # noqa: E402
 from mnistdiff.guidance import balanced_labels  # noqa: E402
 from mnistdiff.model import DiffusionModel, load_vae  # noqa: E402
-
-KEYS = ("fid", "precision", "recall")
 
 
 def generators(teacher: DiffusionModel, student: DiffusionModel) -> dict[str, tuple[DiffusionModel, dict]]:
@@ -63,7 +61,7 @@ def score(model: DiffusionModel, options: dict, n: int, device: str) -> dict:
     return {"network_calls": calls, "network_evaluations_per_sample": calls * (2 if guided else 1),
             "sampling_seconds": round(seconds, 2), "samples_per_second": round(n / seconds, 1),
             "label_accuracy": m["label_accuracy"], "class_max_deviation": m["class_max_deviation"],
-            **{space_key(k, s): m[space_key(k, s)] for s in FEATURE_SPACES for k in KEYS}}
+            **distribution_metrics(m)}
 
 
 def main(argv: list[str] | None = None) -> int:

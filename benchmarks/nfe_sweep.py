@@ -40,12 +40,10 @@ import torch  # noqa: E402
 from mnistdiff.config import DEFAULT_ETA  # noqa: E402
 from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
-from mnistdiff.evaluation.metrics import evaluate, real_floor, space_key  # noqa: E402
+from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_text  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
-
-KEYS = ("fid", "precision", "recall")
 
 
 def steps_within(model: DiffusionModel, sampler: str, nfe: int) -> int:
@@ -84,8 +82,8 @@ def score(model: DiffusionModel, c: dict, n: int, device: str) -> dict:
     images, _ = model.sample(n, sampler=c["sampler"], steps=c["steps"], seed=0, device=device, **_eta(c))
     seconds = time.perf_counter() - t0
     m = evaluate(images, seed=0, device=device, include_memorisation=False)
-    metrics = {space_key(k, s): m[space_key(k, s)] for s in FEATURE_SPACES for k in KEYS}
-    return {**c, "sampling_seconds": round(seconds, 2), **metrics, "class_max_deviation": m["class_max_deviation"]}
+    return {**c, "sampling_seconds": round(seconds, 2), **distribution_metrics(m),
+            "class_max_deviation": m["class_max_deviation"]}
 
 
 def speed(model: DiffusionModel, c: dict, n: int, device: str) -> float:
@@ -99,21 +97,22 @@ def _eta(c: dict) -> dict:
     return {} if c["eta"] is None else {"eta": c["eta"]}
 
 
-def load_models(paths: list[Path], vae: Path | None, precision: str, device: str) -> dict[str, DiffusionModel]:
+def load_models(paths: list[Path], vae: Path | None, precision: str, device: str
+                ) -> tuple[dict[str, DiffusionModel], dict[str, str]]:
     """Each model file, by kind (its rows' name), in ``precision`` (``auto``: measured here, once per model, before
-    anything is timed); a latent model takes ``vae``. Its file is ``model.meta["file"]``."""
-    models = {}
+    anything is timed), and each kind's file; a latent model takes ``vae``."""
+    models, files = {}, {}
     for path in paths:
         model = DiffusionModel.load(path, vae=vae, device=device)
         if model.kind in models:
             raise SystemExit(f"two {model.kind} models given: the sweep names each model's rows by its kind")
-        model.meta["file"] = str(path)
+        files[model.kind] = str(path)
         if precision == "auto":
             model.measure_precision(device)
         else:
             model.precision = precision
         models[model.kind] = model
-    return models
+    return models, files
 
 
 def write(out: Path, doc: dict) -> None:
@@ -121,12 +120,14 @@ def write(out: Path, doc: dict) -> None:
     atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
-def quality_pass(models: dict[str, DiffusionModel], doc: dict, args: argparse.Namespace, out: Path) -> None:
-    """Score every configuration not yet in ``doc`` (same n, same weights), rewriting ``out`` after each."""
+def quality_pass(models: dict[str, DiffusionModel], files: dict[str, str], doc: dict, args: argparse.Namespace,
+                 out: Path) -> None:
+    """Score every configuration not yet in ``doc`` (same n, same weights), rewriting ``out`` after each;
+    ``files``: each model's file, by kind, for the record."""
     rows = {r["key"]: r for r in doc["rows"]}
     for name, model in models.items():
         sha = model.meta["weights_sha256"]
-        doc["models"][name] = {"file": model.meta["file"], "weights_sha256": sha,
+        doc["models"][name] = {"file": files[name], "weights_sha256": sha,
                                "training_seconds": model.meta.get("seconds"), "precision": model.precision}
         for c in configurations(model, args.nfe):
             k = key(name, c)
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     old = json.loads(out.read_text()) if out.is_file() else {}
     if args.speed and old.get("n") != args.n:
         p.error(f"--speed times the configurations scored at --n {args.n}: {out} has none (run without --speed)")
-    models = load_models(args.model, args.vae, args.precision, args.device)
+    models, files = load_models(args.model, args.vae, args.precision, args.device)
     if args.speed:
         speed_pass(models, old, args, out)
     else:
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                "rows": old.get("rows", []) if old.get("n") == args.n else []}
         print(f"{doc['device']}; n = {args.n}; floor " + ", ".join(
             f"{s}: FID {floor[space_key('fid', s)]:.3f}" for s in FEATURE_SPACES), flush=True)
-        quality_pass(models, doc, args, out)
+        quality_pass(models, files, doc, args, out)
     print(f"→ {out}")
     return 0
 

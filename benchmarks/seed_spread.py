@@ -27,12 +27,10 @@ import torch  # noqa: E402
 
 from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
-from mnistdiff.evaluation.metrics import evaluate, real_floor, space_key  # noqa: E402
+from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_text  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
-
-KEYS = ("fid", "precision", "recall")
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -69,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         images, _ = model.sample(args.n, seed=seed, device=args.device, precision="fp32", **options)
         m = evaluate(images, seed=seed, device=args.device, include_memorisation=False)
         f = real_floor(args.n, seed=seed, device=args.device, include_memorisation=False)
-        draws.append({"seed": seed, **{space_key(k, s): m[space_key(k, s)] for s in FEATURE_SPACES for k in KEYS}})
-        floors.append({"seed": seed, **{space_key(k, s): f[space_key(k, s)] for s in FEATURE_SPACES for k in KEYS}})
+        draws.append({"seed": seed, **distribution_metrics(m)})
+        floors.append({"seed": seed, **distribution_metrics(f)})
         print(f"seed {seed}: " + "  ".join(f"{s}: FID {m[space_key('fid', s)]:.3f} (floor {f[space_key('fid', s)]:.3f})"
                                            for s in FEATURE_SPACES), flush=True)
     doc = {"device": device_name(args.device), "date": dt.date.today().isoformat(), "n": args.n,

@@ -36,13 +36,12 @@ from mnistdiff.config import DEFAULT_ETA, DEFAULT_STEPS, VAE_KIND  # noqa: E402
 from mnistdiff.data import load_mnist  # noqa: E402
 from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
-from mnistdiff.evaluation.metrics import evaluate, real_floor, space_key  # noqa: E402
+from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_text  # noqa: E402
 from mnistdiff.model import DiffusionModel, load_vae  # noqa: E402
 from mnistdiff.modelfile import read_model_meta  # noqa: E402
 
-KEYS = ("fid", "precision", "recall")
 PR_MIN = 0.80  # precision and recall, in every feature space
 CLASS_MAX = 0.03  # the largest class share's distance from 10 %
 
@@ -76,9 +75,9 @@ def score_snapshot(path: Path, n: int, steps: int, device: str, eta: float = DEF
     images, meta = draw(path, n, steps, device, eta, vae)
     sampling = time.perf_counter() - t0
     m = evaluate(images, seed=0, device=device, include_memorisation=False)
-    keys = [space_key(k, s) for s in FEATURE_SPACES for k in KEYS] + ["class_max_deviation"]
     return {"snapshot": path.name, "epoch": meta.get("epoch"), "training_seconds": meta["seconds"],
-            "sampling_seconds": round(sampling, 1), **{k: m[k] for k in keys}}
+            "sampling_seconds": round(sampling, 1), **distribution_metrics(m),
+            "class_max_deviation": m["class_max_deviation"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,6 +90,9 @@ def test_evaluate_reports_both_spaces_and_can_leave_one_out(real):
         metrics.evaluate(real, n_ref=N_REF, device="cpu", spaces=("resnet",))
     floor = metrics.real_floor(N, n_ref=N_REF, device="cpu", kid_subsets=10, include_memorisation=False)
     assert {"fid", "fid_resnet", "precision_resnet", "recall_resnet"} <= set(floor)
+    picked = metrics.distribution_metrics(both)  # what every benchmark's results row keeps
+    assert picked == {k: both[k] for k in ("fid", "precision", "recall", "fid_resnet", "precision_resnet",
+                                           "recall_resnet")}
 
 
 def test_the_second_space_sees_blur(real):

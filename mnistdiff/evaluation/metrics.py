@@ -77,6 +77,7 @@ __all__ = [
     "METRIC_KEYS",
     "SPACE_METRICS",
     "space_key",
+    "distribution_metrics",
 ]
 
 #: The metrics computed in every feature space (the others come from the primary space or from pixels).
@@ -87,6 +88,12 @@ def space_key(metric: str, space: str) -> str:
     """The results key of ``metric`` in feature ``space``: ``fid`` in the project's classifier's space,
     ``fid_resnet`` in the ResNet's."""
     return metric if space == PRIMARY_SPACE else f"{metric}_{space}"
+
+
+def distribution_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """FID, precision and recall in every feature space, picked out of :func:`evaluate`'s (or :func:`real_floor`'s)
+    ``metrics``: ``{"fid": …, "precision": …, "recall": …, "fid_resnet": …, …}``, the columns a results table keeps."""
+    return {space_key(k, s): metrics[space_key(k, s)] for s in FEATURE_SPACES for k in ("fid", "precision", "recall")}
 
 
 #: the scalar metrics that :func:`evaluate` and :func:`real_floor` return, in display order
