@@ -9,7 +9,9 @@ scored in both feature spaces, in one run; then the speed of every configuration
 
 Each model is sampled with every step-count sampler it takes (``DiffusionModel.samplers``): a DDPM or LDM with DDIM
 at η = 0 (the probability-flow ODE, comparable with a flow's solvers) and at the package's default η,
-DPM-Solver++(2M) and EDM's Heun; a flow with Euler, Heun and DPM-Solver++(2M). NFE counts network calls per sample
+DPM-Solver++(2M) and its SDE twin (each on Karras et al.'s σ, the default, and on DDIM's timesteps: the spacing
+changes them more than the solver does) and EDM's Heun; a flow with Euler, Heun and DPM-Solver++(2M). NFE counts
+network calls per sample
 (``DiffusionModel.nfe``): Heun makes two per step (EDM's one fewer at the end), so at each NFE asked for, every
 sampler runs the most steps whose calls do not exceed it, and the row records the calls it made (EDM's Heun: 3, 7,
 9, … where 4, 8, 10 are asked). Every configuration draws ``n`` samples from seed 0 and is scored by
@@ -64,22 +66,25 @@ def configurations(model: DiffusionModel, nfes: list[int]) -> list[dict]:
                 continue
             steps = steps_within(model, sampler, nfe)
             etas = (0.0, DEFAULT_ETA) if sampler == "ddim" else (None,)
-            out += [{"sampler": sampler, "steps": steps, "eta": eta, "nfe": model.nfe(sampler, steps)}
-                    for eta in etas if steps]
-    unique = {(c["sampler"], c["steps"], c["eta"]): c for c in out}
+            spacing = model.spacing(sampler)
+            spacings = (spacing, "linspace") if spacing and sampler != "heun" else (spacing,)
+            out += [{"sampler": sampler, "steps": steps, "eta": eta, "spacing": sp, "nfe": model.nfe(sampler, steps)}
+                    for eta in etas for sp in spacings if steps]
+    unique = {(c["sampler"], c["steps"], c["eta"], c["spacing"]): c for c in out}
     return list(unique.values())
 
 
 def key(model_name: str, c: dict) -> str:
     eta = "" if c["eta"] is None else f"-eta{c['eta']:g}"
-    return f"{model_name}:{c['sampler']}{eta}:{c['steps']}"
+    spacing = f"-{c['spacing']}" if c.get("spacing") else ""
+    return f"{model_name}:{c['sampler']}{eta}{spacing}:{c['steps']}"
 
 
 def score(model: DiffusionModel, c: dict, n: int, device: str) -> dict:
     """Draw ``n`` samples with configuration ``c`` (seed 0) in the model's precision and score them in both spaces
     (``sampling_seconds``: the draw's wall time, a record, not a speed: see :func:`speed`)."""
     t0 = time.perf_counter()
-    images, _ = model.sample(n, sampler=c["sampler"], steps=c["steps"], seed=0, device=device, **_eta(c))
+    images, _ = model.sample(n, sampler=c["sampler"], steps=c["steps"], seed=0, device=device, **_options(c))
     seconds = time.perf_counter() - t0
     m = evaluate(images, seed=0, device=device, include_memorisation=False)
     return {**c, "sampling_seconds": round(seconds, 2), **distribution_metrics(m),
@@ -89,12 +94,13 @@ def score(model: DiffusionModel, c: dict, n: int, device: str) -> dict:
 def speed(model: DiffusionModel, c: dict, n: int, device: str) -> float:
     """Samples per second of configuration ``c``: ``n`` samples drawn once, timed (decoding included)."""
     t0 = time.perf_counter()
-    model.sample(n, sampler=c["sampler"], steps=c["steps"], seed=1, device=device, **_eta(c))
+    model.sample(n, sampler=c["sampler"], steps=c["steps"], seed=1, device=device, **_options(c))
     return round(n / (time.perf_counter() - t0), 1)
 
 
-def _eta(c: dict) -> dict:
-    return {} if c["eta"] is None else {"eta": c["eta"]}
+def _options(c: dict) -> dict:
+    """η and the spacing of configuration ``c``, where it has them."""
+    return {k: c[k] for k in ("eta", "spacing") if c.get(k) is not None}
 
 
 def load_models(paths: list[Path], vae: Path | None, precision: str, device: str

@@ -39,6 +39,7 @@ from mnistdiff.course.profiles import PROFILES
 from mnistdiff.model import DiffusionModel
 from mnistdiff.modelfile import CheckpointError
 from mnistdiff.sampling import OLD_FAST, SAMPLERS
+from mnistdiff.solvers import SPACINGS
 from mnistdiff.training.kinds import KINDS, Kind
 
 __all__ = ["main", "build_parser"]
@@ -116,6 +117,9 @@ def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
     p.add_argument("--eta", type=float, default=None,
                    help=f"DDIM noise: 0 deterministic, 1 DDPM-like (default {DEFAULT_ETA:g}, a distilled student's 0; "
                         "see chapter 3)")
+    p.add_argument("--spacing", choices=SPACINGS, default=None,
+                   help="where dpmpp_2m, dpmpp_2m_sde and heun put their steps on a DDPM, LDM or CLDM: karras "
+                        "(Karras et al.'s sigmas, the default) or linspace (DDIM's timesteps); see chapter 9")
     p.add_argument("--num_samples", type=int, default=num_samples)
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -227,7 +231,7 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     """The sampler's keyword arguments of :meth:`~mnistdiff.model.DiffusionModel.sample` from the options."""
     precision, compile = (args.precision, args.compile) if args.fast is None else OLD_FAST[args.fast]
     return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-                precision=precision, compile=compile)
+                precision=precision, compile=compile, spacing=args.spacing)
 
 
 def _load(kind: Kind | None, checkpoint: str, vae: str | None, device: str | None) -> DiffusionModel:
@@ -269,7 +273,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         images, frames = model.sample(n, labels=labels, guidance=guidance, return_intermediates=args.individual > 0,
                                       progress=True, **options)
     info = {"checkpoint": str(args.checkpoint), "vae_checkpoint": getattr(args, "vae_checkpoint", None),
-            "kind": kind.name, **{k: v for k, v in options.items() if k != "batch_size"}}
+            "kind": kind.name, **{k: v for k, v in options.items() if k not in ("batch_size", "spacing")},
+            "spacing": options["spacing"] or model.spacing(options["sampler"])}
     if kind.conditional:
         info.update(digits=digits, guidance=guidance)
         labels = labels if labels is not None else torch.full((n,), NULL_LABEL)

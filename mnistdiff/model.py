@@ -52,7 +52,7 @@ from mnistdiff.latent import LatentCodec
 from mnistdiff.modelfile import CheckpointError, load_model_file, save_model_file
 from mnistdiff.sampling import OLD_FAST, SAMPLERS, generate, measure_decoder, measure_precision
 from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.solvers import solver_nfe
+from mnistdiff.solvers import SOLVERS, SPACINGS, solver_nfe
 from mnistdiff.unet import NULL_LABEL, UNet
 from mnistdiff.vae import VAE
 
@@ -147,6 +147,11 @@ class DiffusionModel:
             return {"sampler": "ddim", "steps": len(d["timesteps"]), "eta": 0.0, "guidance": float(d["guidance"])}
         return {"sampler": self.samplers[0], "steps": DEFAULT_STEPS, "eta": DEFAULT_ETA, "guidance": DEFAULT_GUIDANCE}
 
+    def spacing(self, sampler: str) -> str | None:
+        """Where ``sampler`` puts its points by default on this model: ``"karras"`` for a solver on an ε-network
+        (:data:`~mnistdiff.solvers.SPACINGS`), ``None`` where it has no choice (DDIM, DDPM, a flow)."""
+        return "karras" if self.schedule is not None and sampler in SOLVERS and not self.distillation else None
+
     @property
     def num_classes(self) -> int | None:
         """The classes a class-conditional model can be asked for (``sample(labels=…)``); ``None``: unconditional."""
@@ -202,6 +207,7 @@ class DiffusionModel:
         batch_size: int | None = None,
         return_intermediates: bool = False,
         progress: bool = False,
+        spacing: str | None = None,
         **old: Any,
     ) -> SampleOutput:
         """Draw ``num_samples`` images → ``SampleOutput(images (N, 1, 32, 32) in [−1, 1] on the CPU, frames)``.
@@ -210,7 +216,8 @@ class DiffusionModel:
         or ``"ddpm"`` (Ho et al. Algorithm 2, all T steps); a flow's ``"euler"`` or ``"heun"`` (``steps`` steps of
         the ODE, :func:`~mnistdiff.flows.flow_sample_loop`); ``"dpmpp_2m"``, ``"dpmpp_2m_sde"`` (any model) or an
         ε-network's ``"heun"`` (EDM's) from :mod:`mnistdiff.solvers`; ``None``: the first of :attr:`samplers`;
-        :meth:`nfe` counts the calls.
+        :meth:`nfe` counts the calls. ``spacing``: where those three solvers put their points on a DDPM or latent
+        model (``"karras"``, Karras et al.'s σ, the default; ``"linspace"``, DDIM's timesteps).
         ``labels``: a digit, or one per sample (N,), for a class-conditional model, guided with weight ``guidance`` w
         (ε̃ = ε(∅) + w·(ε(y) − ε(∅)); 0 ignores the label, 1 is the conditional model); ``None``: unconditional
         samples. ``seed`` makes the draw reproducible (bit for bit on a CPU). ``precision``: ``fp32``, ``bf16``,
@@ -225,7 +232,8 @@ class DiffusionModel:
         given = {"sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}
         chosen = {**self.sampling_defaults(), **{k: v for k, v in given.items() if v is not None}}
         sampler, steps, eta, guidance = (chosen[k] for k in given)
-        y = self.check_request(num_samples, sampler, steps, eta, labels, guidance, batch_size, precision or "fp32")
+        y = self.check_request(num_samples, sampler, steps, eta, labels, guidance, batch_size, precision or "fp32",
+                               spacing)
         timesteps = None
         if self.distillation:  # the student is the guided model: one conditional call per step, on its own grid
             timesteps, guidance = list(self.distillation["timesteps"]), 1.0
@@ -241,10 +249,12 @@ class DiffusionModel:
         return generate(self.unet, self.schedule, num_samples, shape=self.sample_shape, sampler=sampler, steps=steps,
                         eta=eta, seed=seed, device=device, batch_size=batch_size, decode=decode,
                         return_intermediates=return_intermediates, progress=progress, precision=precision,
-                        compile=compile, clip_range=self.clip_range, labels=y, guidance=guidance, timesteps=timesteps)
+                        compile=compile, clip_range=self.clip_range, labels=y, guidance=guidance, timesteps=timesteps,
+                        spacing=spacing)
 
     def check_request(self, num_samples: int, sampler: str, steps: int, eta: float, labels: Labels, guidance: float,
-                      batch_size: int | None = None, precision: str = "fp32") -> torch.Tensor | None:
+                      batch_size: int | None = None, precision: str = "fp32", spacing: str | None = None
+                      ) -> torch.Tensor | None:
         """:meth:`sample`'s arguments, checked once: a :class:`~mnistdiff.config.ConfigError` names the one at fault.
         Returns the labels as a (N,) tensor (``None``: unconditional)."""
         _positive("num_samples", num_samples)
@@ -266,9 +276,21 @@ class DiffusionModel:
                               f"> 1: guided), got {guidance}", "guidance")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", "precision")
+        if spacing is not None:
+            self._check_spacing(sampler, spacing)
         if self.distillation:
             self._check_student(sampler, steps, eta, guidance)
         return self._labels(labels, num_samples)
+
+    def _check_spacing(self, sampler: str, spacing: str) -> None:
+        """A spacing is a choice of the solvers on an ε-network (DDPM, LDM, CLDM): DDIM keeps its timesteps, a flow
+        its evenly spaced t."""
+        if spacing not in SPACINGS:
+            raise ConfigError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}", "spacing")
+        if self.spacing(sampler) is None:
+            raise ConfigError(f"spacing: only {', '.join(SOLVERS)} on a DDPM, LDM or CLDM model choose where their "
+                              f"points go; this {self.kind} model's {sampler} does not (leave --spacing out)",
+                              "spacing")
 
     def _check_student(self, sampler: str, steps: int, eta: float, guidance: float) -> None:
         """A distilled student runs only as it was distilled: DDIM, η = 0, its steps, its guidance weight."""

@@ -155,6 +155,7 @@ def generate(
     labels: torch.Tensor | None = None,
     guidance: float = DEFAULT_GUIDANCE,
     timesteps: list[int] | None = None,
+    spacing: str | None = None,
 ) -> SampleOutput:
     """Draw ``num_samples`` samples → :class:`~mnistdiff.ddpm.SampleOutput` ``(images (N, 1, 32, 32) in [−1, 1]
     on CPU, frames)`` (latents, unbounded, when the model works in a latent space and no ``decode`` is given).
@@ -172,6 +173,8 @@ def generate(
     ``labels`` (N,) ask a class-conditional model for those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none),
     guided with weight ``guidance`` (:class:`~mnistdiff.guidance.GuidedDenoiser`; 1: the conditional model).
     ``timesteps``: DDIM's own list instead of ``steps`` evenly spaced ones (a distilled student's grid).
+    ``spacing``: where an ε-network's solver puts its points (:data:`~mnistdiff.solvers.SPACINGS`; ``None``: the
+    solvers' default, Karras et al.'s σ).
     """
     device = torch.device(device)
     batch_size = batch_size or (2048 if device.type == "cuda" else 256)
@@ -186,8 +189,8 @@ def generate(
         n = min(batch_size, num_samples - start)
         want = return_intermediates and start == 0
         net = model if labels is None else GuidedDenoiser(model, labels[start:start + n].to(device), guidance)
-        x, fr = _sample_loop(net, sched, (n, *shape), sampler, steps, eta, timesteps, generator=gen, device=device,
-                             return_intermediates=want, clip_range=clip_range, progress=progress)
+        x, fr = _sample_loop(net, sched, (n, *shape), sampler, steps, eta, timesteps, spacing, generator=gen,
+                             device=device, return_intermediates=want, clip_range=clip_range, progress=progress)
         if decode is not None:
             x = decode(x)
             fr = [(t, decode(f.to(device)).cpu()) for t, f in fr]
@@ -197,11 +200,12 @@ def generate(
 
 
 def _sample_loop(net: Denoiser, sched: NoiseSchedule | None, shape: tuple[int, ...], sampler: str, steps: int,
-                 eta: float, timesteps: list[int] | None, **kw: Any) -> SampleOutput:
+                 eta: float, timesteps: list[int] | None, spacing: str | None, **kw: Any) -> SampleOutput:
     """One batch of ``shape`` by ``sampler``'s loop; ``kw``: the loops' shared keyword arguments (generator, device,
     return_intermediates, clip_range, progress)."""
     if sampler in SOLVERS and (sched is not None or sampler not in FLOW_SOLVERS):
-        return solver_sample_loop(net, sched, shape, solver=sampler, steps=steps, **kw)
+        return solver_sample_loop(net, sched, shape, solver=sampler, steps=steps,
+                                  **({"spacing": spacing} if spacing else {}), **kw)
     if sampler in FLOW_SOLVERS or sched is None:  # a flow (a DDPM sampler without a schedule: the loop refuses it)
         return flow_sample_loop(net, shape, steps=steps, solver=sampler, **kw)
     if sampler == "ddpm":

@@ -227,10 +227,14 @@ def test_nfe_sweep_plans_each_sampler_at_the_calls_it_can_make(tmp_path):
         ("euler", 3, 3), ("heun", 1, 2), ("dpmpp_2m", 3, 3), ("dpmpp_2m_sde", 3, 3),
         ("euler", 4, 4), ("heun", 2, 4), ("dpmpp_2m", 4, 4), ("dpmpp_2m_sde", 4, 4)]
     plan = sweep.configurations(ddpm, [3, 4])  # EDM's Heun: 2·steps − 1 calls, so 2 steps (3 calls) for both
-    assert [(c["sampler"], c["eta"], c["steps"], c["nfe"]) for c in plan] == [
-        ("ddim", 0.0, 3, 3), ("ddim", DEFAULT_ETA, 3, 3), ("dpmpp_2m", None, 3, 3), ("dpmpp_2m_sde", None, 3, 3),
-        ("heun", None, 2, 3), ("ddim", 0.0, 4, 4), ("ddim", DEFAULT_ETA, 4, 4), ("dpmpp_2m", None, 4, 4),
-        ("dpmpp_2m_sde", None, 4, 4)]
+    # DPM-Solver++ and its SDE twin on Karras σ (the default) and on DDIM's timesteps; EDM's Heun on Karras σ only
+    assert [(c["sampler"], c["eta"], c["spacing"], c["steps"], c["nfe"]) for c in plan] == [
+        ("ddim", 0.0, None, 3, 3), ("ddim", DEFAULT_ETA, None, 3, 3), ("dpmpp_2m", None, "karras", 3, 3),
+        ("dpmpp_2m", None, "linspace", 3, 3), ("dpmpp_2m_sde", None, "karras", 3, 3),
+        ("dpmpp_2m_sde", None, "linspace", 3, 3), ("heun", None, "karras", 2, 3),
+        ("ddim", 0.0, None, 4, 4), ("ddim", DEFAULT_ETA, None, 4, 4), ("dpmpp_2m", None, "karras", 4, 4),
+        ("dpmpp_2m", None, "linspace", 4, 4), ("dpmpp_2m_sde", None, "karras", 4, 4),
+        ("dpmpp_2m_sde", None, "linspace", 4, 4)]
 
 
 def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, capsys):
@@ -244,7 +248,9 @@ def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, 
     # EDM's Heun: 1 step (1 call) within 2, 2 steps (3 calls) within 4
     assert sorted(keys) == sorted([f"{m}:{sampler}:{nfe}" for nfe in (2, 4) for m, sampler in (
         ("flow", "euler"), ("flow", "dpmpp_2m"), ("flow", "dpmpp_2m_sde"), ("ddpm", "ddim-eta0"), ("ddpm", "ddim-eta1"),
-        ("ddpm", "dpmpp_2m"), ("ddpm", "dpmpp_2m_sde"))] + ["flow:heun:1", "flow:heun:2", "ddpm:heun:1", "ddpm:heun:2"])
+        ("ddpm", "dpmpp_2m-karras"), ("ddpm", "dpmpp_2m-linspace"), ("ddpm", "dpmpp_2m_sde-karras"),
+        ("ddpm", "dpmpp_2m_sde-linspace"))]
+        + ["flow:heun:1", "flow:heun:2", "ddpm:heun-karras:1", "ddpm:heun-karras:2"])
     for r in doc["rows"]:
         assert "samples_per_second" not in r and math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"])
         assert 0 <= r["precision_resnet"] <= 1 and r["weights_sha256"] == doc["models"][r["model"]]["weights_sha256"]

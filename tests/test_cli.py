@@ -306,6 +306,7 @@ def test_train_ldm_rejects_non_vae_checkpoint(runs, tmp_path, capsys):
         (["--batch_size", "0"], "--batch_size must be a positive number"),
         (["--eta", "1.5"], "--eta must be in [0, 1]"),
         (["--num_samples", "0"], "--num_samples must be"),
+        (["--spacing", "karras", "--steps", "4"], "--spacing: only dpmpp_2m, dpmpp_2m_sde, heun"),  # DDIM: its own
     ],
 )
 def test_sample_bad_arguments_exit_2(runs, tmp_path, capsys, extra, message):
@@ -657,10 +658,23 @@ def test_latent_models_sample_with_the_fast_solvers(runs, tmp_path, model, sampl
     assert main([*args, "--out", str(out)]) == 0
     assert main([*args, "--out", str(out) + "-again", "--individual", "0"]) == 0
     info = json.loads((out / "info.json").read_text())
-    assert info["sampler"] == sampler and info["steps"] == 4
+    assert info["sampler"] == sampler and info["steps"] == 4 and info["spacing"] == "karras"
     with np.load(out / "samples.npz") as a, np.load(str(out) + "-again/samples.npz") as b:
         assert a["samples"].shape[1:] == (1, 32, 32) and np.array_equal(a["samples"], b["samples"])
     assert len(list((out / "sample_000" / "steps").glob("*.pdf"))) == 5  # x_T and one frame per step
+
+
+def test_sample_spacing_moves_a_solvers_steps_and_is_recorded(runs, tmp_path):
+    """``--spacing linspace`` puts DPM-Solver++'s steps on DDIM's timesteps: other samples from the same seed."""
+    args = [*_sample_args(runs, "ddpm"), "--sampler", "dpmpp_2m", "--steps", "3", "--num_samples", "2", "--device",
+            "cpu"]
+    drawn = {}
+    for spacing in ("karras", "linspace"):
+        assert main([*args, "--spacing", spacing, "--out", str(tmp_path / spacing)]) == 0
+        assert json.loads((tmp_path / spacing / "info.json").read_text())["spacing"] == spacing
+        with np.load(tmp_path / spacing / "samples.npz") as a:
+            drawn[spacing] = a["samples"]
+    assert not np.array_equal(drawn["karras"], drawn["linspace"])
 
 
 @pytest.fixture(scope="module")

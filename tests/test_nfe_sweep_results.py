@@ -43,6 +43,13 @@ def test_curves_are_fid_over_the_floor_by_calls():
     assert sweep_curves(DOC, "classifier")["flow, Euler"] == [(4, 3.0), (8, 2.3)]
 
 
+def test_a_solver_on_ddim_timesteps_is_its_own_curve():
+    linspace = {**_row("ddpm", "dpmpp_2m", None, 10, 5.0, 5.0), "spacing": "linspace"}
+    karras = {**_row("ddpm", "dpmpp_2m", None, 10, 1.1, 1.3), "spacing": "karras"}
+    curves = sweep_curves({**DOC, "rows": [linspace, karras]}, "classifier")
+    assert curves == {"ddpm, DPM-Solver++(2M) on DDIM's timesteps": [(10, 10.0)], "ddpm, DPM-Solver++(2M)": [(10, 2.2)]}
+
+
 def test_fewest_calls_within_the_reference_in_both_spaces():
     # DPM++ at 4 calls is within 1.2× in the classifier's space (2.0 > 1.2: no); at 10, 1.1 and 1.3 > 1.2: no
     best = fewest_calls(DOC, "ddpm:ddim-eta1:50")

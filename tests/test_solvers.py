@@ -17,6 +17,7 @@ from mnistdiff.flows import PathPoint, straight_path
 from mnistdiff.model import DiffusionModel
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.solvers import (
+    KARRAS_SIGMA_MAX,
     SOLVERS,
     ddpm_path,
     dpm_solver_pp_2m,
@@ -53,7 +54,8 @@ def test_dpm_solver_pp_2m_equals_diffusers(schedule):
 
     sched, net, steps = NoiseSchedule.make(schedule, T), _toy_eps_network(), 10
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    ours = solver_sample_loop(net, sched, x_T.shape, solver="dpmpp_2m", steps=steps, x_T=x_T, clip_range=None).images
+    ours = solver_sample_loop(net, sched, x_T.shape, solver="dpmpp_2m", steps=steps, x_T=x_T, clip_range=None,
+                              spacing="linspace").images
     theirs = DPMSolverMultistepScheduler(num_train_timesteps=T, trained_betas=sched.betas.double().numpy(),
                                          algorithm_type="dpmsolver++", solver_order=2, prediction_type="epsilon",
                                          final_sigmas_type="zero")
@@ -71,7 +73,7 @@ def test_dpm_solver_pp_2m_sde_equals_diffusers_given_the_same_noise(schedule):
     sched, net, steps = NoiseSchedule.make(schedule, T), _toy_eps_network(), 10
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     ours = solver_sample_loop(net, sched, x_T.shape, solver="dpmpp_2m_sde", steps=steps, x_T=x_T, clip_range=None,
-                              generator=torch.Generator().manual_seed(5)).images
+                              generator=torch.Generator().manual_seed(5), spacing="linspace").images
     theirs = DPMSolverMultistepScheduler(num_train_timesteps=T, trained_betas=sched.betas.double().numpy(),
                                          algorithm_type="sde-dpmsolver++", solver_order=2, prediction_type="epsilon",
                                          final_sigmas_type="zero")
@@ -81,7 +83,8 @@ def test_dpm_solver_pp_2m_sde_equals_diffusers_given_the_same_noise(schedule):
         z = torch.randn(x.shape, generator=noise) if k < steps - 1 else torch.zeros_like(x)
         x = theirs.step(net(x, torch.full((2,), int(t))), t, x, variance_noise=z).prev_sample
     _close(ours, x)
-    ode = solver_sample_loop(net, sched, x_T.shape, solver="dpmpp_2m", steps=steps, x_T=x_T, clip_range=None).images
+    ode = solver_sample_loop(net, sched, x_T.shape, solver="dpmpp_2m", steps=steps, x_T=x_T, clip_range=None,
+                             spacing="linspace").images
     assert float((ours - ode).abs().max()) > 0.1  # the noise is really there
 
 
@@ -229,10 +232,33 @@ def test_the_solvers_are_the_package_samplers():
     assert solver_nfe("dpmpp_2m", 7) == 7 and solver_nfe("heun", 7) == 13
 
 
-def test_karras_spacing_starts_at_edms_sigma_max_not_at_a_cosine_schedules_last_timestep():
+def test_karras_spacing_starts_at_its_sigma_max_not_at_a_cosine_schedules_last_timestep():
     sched = NoiseSchedule.make("cosine", 1000)
     points, _, times = ddpm_path(_toy_eps_network(), sched, 10, "karras")
-    assert points[0].b / points[0].a == pytest.approx(80.0, rel=1e-6)
+    assert points[0].b / points[0].a == pytest.approx(KARRAS_SIGMA_MAX, rel=1e-6)
+    edm, _, _ = ddpm_path(_toy_eps_network(), sched, 10, "karras", sigma_max=80.0)
+    assert edm[0].b / edm[0].a == pytest.approx(80.0, rel=1e-6)
     assert times[0] < 999 and times[-1] == pytest.approx(0.0, abs=1e-6)
     widest, _, _ = ddpm_path(_toy_eps_network(), sched, 10, "karras", sigma_max=None)
     assert widest[0].b / widest[0].a > 1000  # the schedule's own last σ
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "dpmpp_2m_sde", "heun"])
+def test_an_eps_networks_solvers_walk_karras_sigmas_unless_told_linspace(solver):
+    # the loop's points are ddpm_path's at the spacing asked for (Karras σ from KARRAS_SIGMA_MAX by default)
+    sched, net, steps = NoiseSchedule.make("cosine", T), _toy_eps_network(), 6
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    run = {"dpmpp_2m": dpm_solver_pp_2m, "heun": heun_edm,
+           "dpmpp_2m_sde": lambda d, p, x: dpm_solver_pp_2m_sde(d, p, x, torch.Generator().manual_seed(3))}[solver]
+    outs = {}
+    for spacing in ("karras", "linspace"):
+        points, denoise, _ = ddpm_path(net, sched, steps, spacing, None)
+        want = run(denoise, points, x_T).float()
+        kw = {} if spacing == "karras" else {"spacing": "linspace"}
+        got = solver_sample_loop(net, sched, x_T.shape, solver=solver, steps=steps, x_T=x_T, clip_range=None,
+                                 generator=torch.Generator().manual_seed(3), **kw).images
+        torch.testing.assert_close(got, want)
+        outs[spacing] = got
+    assert float((outs["karras"] - outs["linspace"]).abs().max()) > 1e-3  # the spacing really changes the path
+    with pytest.raises(ValueError, match="spacing"):
+        solver_sample_loop(net, sched, x_T.shape, solver=solver, steps=steps, spacing="uniform")

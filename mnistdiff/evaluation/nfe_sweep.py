@@ -114,10 +114,12 @@ def head_to_head_table(doc: Mapping[str, Any], a: tuple[str, Sequence[str] | Non
 
 
 def curve_label(row: Mapping[str, Any]) -> str:
-    """``"ddpm, DDIM η = 0"``: the model and its sampler (η where it has one)."""
+    """``"ddpm, DDIM η = 0"``: the model and its sampler (η where it has one; ``" on DDIM's timesteps"`` where a
+    solver ran there instead of on its default Karras σ)."""
     name = SAMPLER_NAMES.get(row["sampler"], row["sampler"])
     eta = "" if row.get("eta") is None else f" η = {row['eta']:g}"
-    return f"{row['model']}, {name}{eta}"
+    spacing = " on DDIM's timesteps" if row.get("spacing") == "linspace" else ""
+    return f"{row['model']}, {name}{eta}{spacing}"
 
 
 def sweep_curves(doc: Mapping[str, Any], space: str) -> dict[str, list[tuple[int, float]]]:
