@@ -285,3 +285,25 @@ def test_seed_spread_scores_each_seed_and_summarises_both_spaces(tmp_path):
     assert doc["sampling"]["sampler"] == "ddim" and doc["sampling"]["steps"] == 2
     with pytest.raises(SystemExit):
         spread.main([*argv, "--seeds", "0"])
+
+
+def test_karras_sigma_max_moves_only_where_the_spacing_starts(tmp_path):
+    import torch
+
+    from mnistdiff.model import DiffusionModel
+    from mnistdiff.solvers import KARRAS_SIGMA_MAX
+
+    study = _script("karras_sigma_max")
+    model = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
+    # the package's own σ_max draws exactly what model.sample draws; another σ_max draws other samples
+    package = study.draw(model, "dpmpp_2m", 3, KARRAS_SIGMA_MAX, 4, "cpu")
+    assert torch.equal(package, model.sample(4, sampler="dpmpp_2m", steps=3, seed=0).images)
+    assert not torch.equal(package, study.draw(model, "dpmpp_2m", 3, 80.0, 4, "cpu"))
+    out = tmp_path / "sigma.json"
+    argv = ["--model", str(tmp_path / "ddpm.safetensors"), "--sampler", "dpmpp_2m", "--steps", "3", "--n", "8",
+            "--sigma_max", "20", "80", "--out", str(out)]
+    assert study.main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert [r["sigma_max"] for r in doc["rows"]] == [20.0, 80.0] and doc["package_sigma_max"] == KARRAS_SIGMA_MAX
+    assert all(math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"]) and r["nfe"] == 3 for r in doc["rows"])
+    assert study.main(argv) == 0 and len(json.loads(out.read_text())["rows"]) == 2  # a rerun scores nothing again
