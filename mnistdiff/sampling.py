@@ -164,18 +164,15 @@ def generate(
     ``sampler`` ``"ddim"`` runs ``steps`` DDIM steps with noise ``eta``; ``"ddpm"`` all T ancestral steps of ``sched``;
     ``"euler"`` and ``"heun"`` integrate a flow's velocity network ``model`` in ``steps`` steps (``sched`` unused);
     ``"dpmpp_2m"``, ``"dpmpp_2m_sde"`` (any model) and an ε-network's ``"heun"`` (EDM's) are
-    :func:`~mnistdiff.solvers.solver_sample_loop`.
-    ``shape`` is one sample's shape in the model's space (pixels, or latents with ``decode`` given);
-    ``clip_range`` bounds x̂_0 in that space (:data:`~mnistdiff.ddpm.PIXEL_RANGE` for pixels; ``(−c, c)`` for
-    latents). ``frames`` (with ``return_intermediates``; else empty) are the first batch's ``[(t, x_t), …]``, decoded.
-    ``precision`` (``"bf16"``, ``"bf16_cl"``; default ``"fp32"``: as trained) and ``compile`` run the network
-    through :class:`FastDenoiser`, in batches as equal as possible (few shapes to compile).
+    :func:`~mnistdiff.solvers.solver_sample_loop`. ``shape`` is one sample's shape in the model's space (pixels, or
+    latents with ``decode`` given); ``clip_range`` bounds x̂_0 in that space (:data:`~mnistdiff.ddpm.PIXEL_RANGE`
+    for pixels; ``(−c, c)`` for latents). ``frames`` (with ``return_intermediates``; else empty) are the first
+    batch's ``[(t, x_t), …]``, decoded. ``precision`` (``"bf16"``, ``"bf16_cl"``; default ``"fp32"``: as trained)
+    and ``compile`` run the network through :class:`FastDenoiser`, in batches as equal as possible (few shapes).
     ``labels`` (N,) ask a class-conditional model for those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none),
     guided with weight ``guidance`` (:class:`~mnistdiff.guidance.GuidedDenoiser`; 1: the conditional model).
-    ``timesteps``: DDIM's own list instead of ``steps`` evenly spaced ones (a distilled student's grid).
-    ``spacing``: where an ε-network's solver puts its points (:data:`~mnistdiff.solvers.SPACINGS`; ``None``: the
-    solvers' default, Karras et al.'s σ).
-    """
+    ``timesteps``: DDIM's own list instead of ``steps`` evenly spaced ones (a distilled student's grid); ``spacing``:
+    where an ε-network's solver puts its points (:data:`~mnistdiff.solvers.SPACINGS`; ``None``: Karras σ)."""
     device = torch.device(device)
     batch_size = batch_size or (2048 if device.type == "cuda" else 256)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -204,8 +201,8 @@ def _sample_loop(net: Denoiser, sched: NoiseSchedule | None, shape: tuple[int, .
     """One batch of ``shape`` by ``sampler``'s loop; ``kw``: the loops' shared keyword arguments (generator, device,
     return_intermediates, clip_range, progress)."""
     if sampler in SOLVERS and (sched is not None or sampler not in FLOW_SOLVERS):
-        return solver_sample_loop(net, sched, shape, solver=sampler, steps=steps,
-                                  **({"spacing": spacing} if spacing else {}), **kw)
+        where: dict[str, Any] = {"spacing": spacing} if spacing else {}  # else the solvers' default
+        return solver_sample_loop(net, sched, shape, solver=sampler, steps=steps, **where, **kw)
     if sampler in FLOW_SOLVERS or sched is None:  # a flow (a DDPM sampler without a schedule: the loop refuses it)
         return flow_sample_loop(net, shape, steps=steps, solver=sampler, **kw)
     if sampler == "ddpm":

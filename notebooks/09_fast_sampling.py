@@ -140,9 +140,11 @@ print("heun_inline equals mnistdiff.solvers.heun_edm; its timesteps:", [round(t,
 
 # %% [markdown]
 # **Where the steps go.** Karras et al. space the $N$ noise levels evenly in $\sigma^{1/\rho}$ between
-# $\sigma_{\max} = 80$ and the smallest, $\rho = 7$ (their eq. 5): many small steps at low noise, where the ODE bends
+# $\sigma_{\max}$ and the smallest, $\rho = 7$ (their eq. 5): many small steps at low noise, where the ODE bends
 # and the details of the digit are decided, few at high noise, where it is nearly straight. (The cosine schedule's
 # last timestep has $\sigma \approx 10^4$; spacing from there, as diffusers does, spends most steps on pure noise.)
+# EDM starts at $\sigma_{\max} = 80$, chosen for CIFAR-10 and ImageNet; the package starts at 20
+# (`solvers.KARRAS_SIGMA_MAX`), for a reason section 4 measures: a 32 × 32 digit is drowned much sooner.
 # The network is called at the fractional timesteps whose $\sigma$ these are (its sinusoidal time embedding takes
 # any real $t$). Against
 # DDIM's evenly spaced timesteps:
@@ -354,6 +356,30 @@ from mnistdiff.evaluation.nfe_sweep import sweep_report
 fig, table = sweep_report(book_result("nfe_sweep.json"))
 plt.show()
 Markdown(table)
+
+# %% [markdown]
+# **The spacing matters more than the solver.** The same DPM-Solver++(2M) SDE, the same ten calls, the same noise:
+# on DDIM's evenly spaced timesteps (`spacing="linspace"`) and on Karras et al.'s $\sigma$ from the package's
+# $\sigma_{\max}$ (the default):
+
+# %%
+fig, axes = plt.subplots(2, 1, figsize=(9, 2.4))
+for ax, spacing in zip(axes, ("linspace", "karras")):
+    images, _ = ddpm.sample(20, sampler="dpmpp_2m_sde", steps=10, spacing=spacing, seed=SEED, device=DEVICE)
+    show_grid(images, nrow=20, ax=ax, title=f"DPM-Solver++(2M) SDE, 10 calls, spacing={spacing!r}")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# And where the spacing should start, measured on the book's models (`benchmarks/karras_sigma_max.py`, n = 2,000,
+# both feature spaces): EDM's $\sigma_{\max} = 80$ against smaller ones. Too small a $\sigma_{\max}$ starts where
+# the digit still shows through the noise, which pure Gaussian noise does not have; too large spends calls where
+# nothing is decided yet.
+
+# %%
+from mnistdiff.evaluation.nfe_sweep import sigma_max_table
+
+Markdown(sigma_max_table(book_result("karras_sigma_max.json")))
 
 # %% [markdown]
 # ## 5. Distillation: one step where the teacher takes two
