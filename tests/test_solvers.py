@@ -227,6 +227,21 @@ def test_models_sample_with_the_solvers_in_the_calls_they_promise(kind, sampler)
     assert torch.equal(model.sample(3, sampler=sampler, steps=5, seed=2).images, out.images)
 
 
+def test_a_spacing_is_asked_of_an_eps_networks_solvers_only():
+    from mnistdiff.config import ConfigError
+
+    ddpm, flow = _model("ddpm"), _model("flow")
+    assert ddpm.spacing("dpmpp_2m") == "karras" and ddpm.spacing("ddim") is None and flow.spacing("dpmpp_2m") is None
+    default = ddpm.sample(2, sampler="dpmpp_2m_sde", steps=4, seed=1).images
+    assert torch.equal(ddpm.sample(2, sampler="dpmpp_2m_sde", steps=4, seed=1, spacing="karras").images, default)
+    assert not torch.equal(ddpm.sample(2, sampler="dpmpp_2m_sde", steps=4, seed=1, spacing="linspace").images, default)
+    for model, sampler, spacing, message in [(ddpm, "ddim", "karras", "only dpmpp_2m"),
+                                             (flow, "dpmpp_2m", "linspace", "only dpmpp_2m"),
+                                             (ddpm, "dpmpp_2m", "uniform", "spacing must be one of karras, linspace")]:
+        with pytest.raises(ConfigError, match=message):
+            model.sample(2, sampler=sampler, steps=4, spacing=spacing)
+
+
 def test_the_solvers_are_the_package_samplers():
     assert set(SOLVERS) <= set(DDPMRunConfig.samplers) and "dpmpp_2m" in FlowRunConfig.samplers
     assert solver_nfe("dpmpp_2m", 7) == 7 and solver_nfe("heun", 7) == 13
