@@ -331,7 +331,7 @@ Markdown(f"On this toy, {best_near(8)}; {best_near(16)}; {best_near(32)}.")
 #
 # The same solvers on chapter 2's network, from the same noise, at about ten network calls each, beside DDIM-50:
 # first the deterministic samplers, then the stochastic ones (`model.sample(sampler=…, steps=…)`; `model.nfe` counts
-# the calls). Chapter 6's two feature spaces score them
+# the calls; the solvers on Karras σ, the package's default spacing). Chapter 6's two feature spaces score them
 # against network calls in `results/<profile>/nfe_sweep.json` (`benchmarks/nfe_sweep.py`).
 
 # %%
