@@ -139,7 +139,8 @@ def quality_pass(models: dict[str, DiffusionModel], files: dict[str, str], doc: 
             k = key(name, c)
             if k in rows and rows[k].get("weights_sha256") == sha:
                 continue
-            rows[k] = r = {"key": k, "model": name, "weights_sha256": sha, **score(model, c, args.n, args.device)}
+            rows[k] = r = {"key": k, "model": name, "weights_sha256": sha, **score(model, c, args.n, args.device),
+                           "device": device_name(args.device), "date": dt.date.today().isoformat()}
             floor = doc["floor"]
             print(f"{k:28s} NFE {r['nfe']:3d}  " + "  ".join(
                 f"{s}: FID {r[space_key('fid', s)] / floor[space_key('fid', s)]:5.1f}× floor, "

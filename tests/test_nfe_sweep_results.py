@@ -104,6 +104,10 @@ def test_the_chapters_report_is_the_plot_and_table_or_says_not_measured():
     fig, text = sweep_report({**DOC, "device": "CPU: X", "date": "2026-12-03"})
     assert len(fig.axes) == 2 and text.startswith("Quality measured on CPU: X (2026-12-03), n = 500, seed 0; speed not")
     assert sweep_table(DOC) in text and text.endswith(equal_quality_table(DOC, "ddpm:ddim-eta1:50"))
+    later = {**DOC["rows"][0], "key": "ddpm:ddim-eta1:10", "device": "CPU: Y", "date": "2026-12-04"}
+    _, text = sweep_report({**DOC, "device": "CPU: Y", "date": "2026-12-04",  # rows scored on two machines
+                            "rows": [{**r, "device": "CPU: X", "date": "2026-12-03"} for r in DOC["rows"]] + [later]})
+    assert text.startswith("Quality measured on CPU: X (2026-12-03) and CPU: Y (2026-12-04), n = 500")
     speed = {"device": "CPU: Y", "date": "2026-12-04", "n": 256}
     _, text = sweep_report({**DOC, "device": "CPU: X", "date": "2026-12-03", "speed": speed})
     assert "speed timed in one run on CPU: Y (2026-12-04), 256 samples per configuration." in text

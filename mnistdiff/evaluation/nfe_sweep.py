@@ -43,7 +43,9 @@ def sweep_report(doc: Mapping[str, Any] | None) -> tuple[Any, str]:
     measured (``None``)."""
     if doc is None:
         return None, NOT_MEASURED
-    text = f"Quality measured on {doc['device']} ({doc['date']}), n = {doc['n']:,}, seed 0; " + _speed_line(doc)
+    runs = dict.fromkeys((r.get("device", doc["device"]), r.get("date", doc["date"])) for r in doc["rows"])
+    where = " and ".join(f"{device} ({date})" for device, date in runs)
+    text = f"Quality measured on {where}, n = {doc['n']:,}, seed 0; " + _speed_line(doc)
     text += "\n\n" + sweep_table(doc)
     if any(reference_key(doc, r["model"]) for r in doc["rows"]):
         text += "\n\nAt equal quality:\n\n" + equal_quality_table(doc)
