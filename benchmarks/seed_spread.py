@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                                            for s in FEATURE_SPACES), flush=True)
     doc = {"device": device_name(args.device), "date": dt.date.today().isoformat(), "n": args.n,
            "model": {"file": str(args.model), "kind": model.kind, "weights_sha256": model.meta["weights_sha256"]},
-           "sampling": {**model.sampling_defaults(), **options, "precision": "fp32"},
+           "sampling": {**model.sampling_defaults(), **options, "precision": "fp32",
+                        "spacing": model.spacing(options.get("sampler", model.sampling_defaults()["sampler"]))},
            "draws": draws, "floors": floors, "spread": summary(draws), "floor_spread": summary(floors)}
     out = args.out or results_dir() / args.profile / f"seed_spread_{model.kind}.json"
     atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
