@@ -26,7 +26,7 @@ points p_0 (the noisiest) … p_N (the data: a = 1, b = 0), calling ``denoise(x,
 Where the points go matters as much as the solver. On an ε-network every solver here runs by default on Karras et
 al.'s σ spacing (eq. 5, :func:`karras_sigmas`: evenly spaced in σ^(1/ρ), ρ = 7) from σ_max = 20
 (:data:`KARRAS_SIGMA_MAX`), not on DDIM's evenly spaced timesteps (``spacing="linspace"``). Measured on the book's
-pixel DDPM at 10 network calls, n = 2,000: DPM-Solver++(2M) SDE scores 2.5× / 2.1× the real floor (classifier /
+pixel DDPM at 10 network calls, n = 2,000, seed 0: DPM-Solver++(2M) SDE scores 2.5× / 2.1× the real floor (classifier /
 ResNet features) on Karras σ from 20, against 16× / 31× on DDIM's timesteps, and σ_max = 20 beat EDM's 80, 40, 10
 and 5 (``benchmarks/karras_sigma_max.py`` → ``results/book/karras_sigma_max.json``): MNIST's small digits are
 drowned in noise well below the σ_max that EDM chose for larger images.
