@@ -52,7 +52,7 @@ from mnistdiff.latent import LatentCodec
 from mnistdiff.modelfile import CheckpointError, load_model_file, save_model_file
 from mnistdiff.sampling import OLD_FAST, SAMPLERS, generate, measure_decoder, measure_precision
 from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.solvers import SOLVERS, SPACINGS, solver_nfe
+from mnistdiff.solvers import DEFAULT_SPACING, SOLVERS, SPACINGS, solver_nfe
 from mnistdiff.unet import NULL_LABEL, UNet
 from mnistdiff.vae import VAE
 
@@ -150,7 +150,7 @@ class DiffusionModel:
     def spacing(self, sampler: str) -> str | None:
         """Where ``sampler`` puts its points by default on this model: ``"karras"`` for a solver on an ε-network
         (:data:`~mnistdiff.solvers.SPACINGS`), ``None`` where it has no choice (DDIM, DDPM, a flow)."""
-        return "karras" if self.schedule is not None and sampler in SOLVERS and not self.distillation else None
+        return DEFAULT_SPACING if self.schedule is not None and sampler in SOLVERS and not self.distillation else None
 
     @property
     def num_classes(self) -> int | None:

@@ -47,8 +47,8 @@ from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, clip_
 from mnistdiff.flows import TIME_SCALE, PathPoint, flow_timesteps, straight_path
 from mnistdiff.schedules import NoiseSchedule
 
-__all__ = ["SOLVERS", "SPACINGS", "KARRAS_SIGMA_MAX", "karras_sigmas", "ddpm_path", "flow_path", "dpm_solver_pp_2m",
-           "dpm_solver_pp_2m_sde", "heun_edm", "solver_sample_loop", "solver_nfe"]
+__all__ = ["SOLVERS", "SPACINGS", "DEFAULT_SPACING", "KARRAS_SIGMA_MAX", "karras_sigmas", "ddpm_path", "flow_path",
+           "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "heun_edm", "solver_sample_loop", "solver_nfe"]
 
 #: The solvers of this module, by the name ``sample(sampler=…)`` takes (``"heun"`` is EDM's for an ε-network; a
 #: flow's Heun, in its own time t, is :func:`~mnistdiff.flows.flow_sample_loop`'s).
@@ -57,6 +57,7 @@ SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde", "heun")
 #: Where an ε-network's solver puts its points (:func:`ddpm_path`): Karras et al.'s σ (the default) or DDIM's
 #: evenly spaced timesteps. A flow's solvers walk evenly spaced t.
 SPACINGS = ("karras", "linspace")
+DEFAULT_SPACING = SPACINGS[0]
 
 #: ``denoise(x, i)`` → x̂_0: a model's guess of the clean sample at point i of its path.
 Denoise = Callable[[torch.Tensor, int], torch.Tensor]
@@ -250,7 +251,7 @@ def solver_sample_loop(
     return_intermediates: bool = False,
     clip_range: ClipRange = PIXEL_RANGE,
     progress: bool = False,
-    spacing: str = "karras",
+    spacing: str = DEFAULT_SPACING,
     sigma_max: float = KARRAS_SIGMA_MAX,
 ) -> SampleOutput:
     """Sample with ``solver`` (:data:`SOLVERS`) in ``steps`` network points: an ε-network on ``sched``, its points
