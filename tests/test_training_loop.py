@@ -116,6 +116,18 @@ def test_state_dict_round_trip_restores_every_field():
         _assert_equal(after_a[key], after_b[key], key)
 
 
+def test_a_state_saved_by_a_fused_optimizer_resumes_with_this_machines_kernels():
+    """A run started on one machine continues on another (a CPU run on a GPU): the moments and steps
+    come from the checkpoint, the way the optimizer runs (fused or not) stays the one created here."""
+    torch.manual_seed(0)
+    a = TrainState.create(nn.Linear(4, 4), _cfg(0), total_steps=9, fused=True)
+    _train(a, 3)
+    b = TrainState.create(nn.Linear(4, 4), _cfg(0), total_steps=9)  # not fused, as on a CPU
+    b.load_state_dict(_on_disk(a.state_dict()))
+    assert b.optimizer.param_groups[0]["fused"] is False and a.optimizer.param_groups[0]["fused"] is True
+    _assert_equal(a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"], "moments")
+
+
 def test_between_epochs_the_permutation_round_trips_as_none():
     a = _state(seed=1)
     _train(a, 2)

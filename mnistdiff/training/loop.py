@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mnistdiff.config import RUN_CONFIGS, TrainConfig, to_dict
-from mnistdiff.devices import cpu_name, device_info
+from mnistdiff.devices import cpu_name, device_info, device_name
 from mnistdiff.modelfile import save_model_file
 from mnistdiff.training.batches import Data, chunks, num_rows, take, to_device
 from mnistdiff.training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
@@ -348,7 +348,8 @@ class TrainLoop:
         # The restored RNG states win over every seed set before (model init, torch.manual_seed in __init__).
         self.state.load_state_dict({**tensors, **{key: meta[key] for key in SIDECAR_KEYS if key in meta}})
         self.saved_epoch = self.state.epoch
-        self.experiment.log(f"# resumed at epoch {self.state.epoch + 1}, step {self.global_step(self.state.step)}")
+        self.experiment.log(f"# resumed at epoch {self.state.epoch + 1}, step {self.global_step(self.state.step)}"
+                            f" on {device_name(self.device)}")
 
     def metrics(self, seconds: float) -> dict[str, Any]:
         """performance_metrics.txt: time, throughput, final losses, precision and the device."""

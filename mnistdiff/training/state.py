@@ -45,11 +45,15 @@ def rng_state(gen: torch.Generator) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
-    """Restore what :func:`rng_state` returned (the CUDA states only where CUDA is available)."""
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["perm_gen"])
+    """Restore what :func:`rng_state` returned (the CUDA states only where CUDA is available).
+
+    The states are byte tensors that torch sets from the CPU only; a checkpoint loaded onto a GPU
+    (a run started on a CPU and continued on a GPU) carries them there, so they come back first.
+    """
+    torch.set_rng_state(state["torch"].cpu())
+    gen.set_state(state["perm_gen"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 @dataclass(eq=False)
@@ -123,7 +127,11 @@ class TrainState:
         """
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
+        # How the optimizer runs (fused on CUDA, not on a CPU) is this machine's, not the checkpoint's
+        kernels = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, kernel in zip(self.optimizer.param_groups, kernels):
+            group.update(kernel)
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], self.generator)
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
