@@ -3,6 +3,7 @@
 # against network calls in one run (issues 23 and 24). Sized for one device call (≤ 600 s).
 #
 #   OUT=/some/dir RUN=runs/<run> bash scripts/gpu_resume_sweep.sh       # on the GPU machine, repo root
+#   OUT=/some/dir bash scripts/gpu_resume_sweep.sh                      # no run to finish: the sweep alone
 #   OUT=/tmp/gpu_out RUN=<a small run> QUICK=1 bash scripts/gpu_resume_sweep.sh   # CPU check at tiny sizes
 #
 # Stages:
@@ -19,7 +20,7 @@ set -uo pipefail
 QUICK=${QUICK:-0}
 KIND=${KIND:-flow}
 PROFILE=${PROFILE:-book}
-RUN=${RUN:?RUN: the run folder to resume}
+RUN=${RUN:-}  # empty: no training, the sweep alone (MODELS)
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
@@ -44,29 +45,36 @@ log "info"
 { command -v nvidia-smi >/dev/null && nvidia-smi -L; } || echo "nvidia-smi: not available"
 "$PY" -c "import torch; from mnistdiff.devices import device_name; print('torch', torch.__version__, '|', device_name('$DEVICE'))"
 
-log "train: $KIND --resume $RUN on $DEVICE (timeout $TRAIN_BUDGET s)"
-timeout --signal=TERM --kill-after=20 "$TRAIN_BUDGET" "$PY" -m mnistdiff train "$KIND" --profile "$PROFILE" \
-  --resume "$RUN" --device "$DEVICE" --quiet
-rc=$?
-log "train: exit $rc"
-if (( rc != 0 && rc != 124 && rc != 137 )); then log "training failed: stopping here (fix, then call again)"; exit "$rc"; fi
-tail -n 20 "$RUN/training_log.txt"
-(cd "$RUN" && find . -type f ! -name '*.pt' ! -name '*.safetensors' ! -name '*.tmp' | tar -czf "$OUT/run_meta.tar.gz" -T -)
-snaps=$(cd "$RUN" && find snapshots -name '*.safetensors' 2>/dev/null | sort)  # RUN travels without its old ones
-if [ -n "$snaps" ]; then
-  half=$(( ($(echo "$snaps" | wc -l) + 1) / 2 ))
-  (cd "$RUN" && echo "$snaps" | head -n "$half" | tar -cf "$OUT/snapshots_a.tar" -T -)
-  (cd "$RUN" && echo "$snaps" | tail -n +"$((half + 1))" | tar -cf "$OUT/snapshots_b.tar" -T -)
-fi
-MODEL_FILE="$RUN/checkpoints/model.safetensors"
-if [ -f "$MODEL_FILE" ]; then
-  cp "$MODEL_FILE" "$OUT/$KIND.safetensors"
-  mkdir -p "$CKPT" && cp "$MODEL_FILE" "$CKPT/$KIND.safetensors"
-  MODELS="$CKPT/$KIND.safetensors $MODELS"
-  log "model: $CKPT/$KIND.safetensors"
-else
-  (cd "$RUN/checkpoints" && tar -cf "$OUT/resume.tar" last.pt last.json)
-  log "training not finished: resume.tar holds its state"
+train_stage() {
+  log "train: $KIND --resume $RUN on $DEVICE (timeout $TRAIN_BUDGET s)"
+  timeout --signal=TERM --kill-after=20 "$TRAIN_BUDGET" "$PY" -m mnistdiff train "$KIND" --profile "$PROFILE" \
+    --resume "$RUN" --device "$DEVICE" --quiet
+  rc=$?
+  log "train: exit $rc"
+  if (( rc != 0 && rc != 124 && rc != 137 )); then log "training failed: stopping here (fix, then call again)"; return "$rc"; fi
+  tail -n 20 "$RUN/training_log.txt"
+  (cd "$RUN" && find . -type f ! -name '*.pt' ! -name '*.safetensors' ! -name '*.tmp' | tar -czf "$OUT/run_meta.tar.gz" -T -)
+  snaps=$(cd "$RUN" && find snapshots -name '*.safetensors' 2>/dev/null | sort)  # RUN travels without its old ones
+  if [ -n "$snaps" ]; then
+    half=$(( ($(echo "$snaps" | wc -l) + 1) / 2 ))
+    (cd "$RUN" && echo "$snaps" | head -n "$half" | tar -cf "$OUT/snapshots_a.tar" -T -)
+    (cd "$RUN" && echo "$snaps" | tail -n +"$((half + 1))" | tar -cf "$OUT/snapshots_b.tar" -T -)
+  fi
+  MODEL_FILE="$RUN/checkpoints/model.safetensors"
+  if [ -f "$MODEL_FILE" ]; then
+    cp "$MODEL_FILE" "$OUT/$KIND.safetensors"
+    mkdir -p "$CKPT" && cp "$MODEL_FILE" "$CKPT/$KIND.safetensors"
+    MODELS="$CKPT/$KIND.safetensors $MODELS"
+    log "model: $CKPT/$KIND.safetensors"
+  else
+    (cd "$RUN/checkpoints" && tar -cf "$OUT/resume.tar" last.pt last.json)
+    log "training not finished: resume.tar holds its state"
+  fi
+}
+if [ -n "$RUN" ]; then
+  train_stage || exit $?
+elif [ -f "$CKPT/$KIND.safetensors" ]; then
+  MODELS="$CKPT/$KIND.safetensors $MODELS"  # no run to finish: the committed model is swept first
 fi
 
 t=$(( $(left) - 15 ))
