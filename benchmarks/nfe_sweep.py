@@ -10,7 +10,8 @@ scored in both feature spaces, in one run; then the speed of every configuration
 Each model is sampled with every step-count sampler it takes (``DiffusionModel.samplers``): a DDPM or LDM with DDIM
 at η = 0 (the probability-flow ODE, comparable with a flow's solvers) and at the package's default η,
 DPM-Solver++(2M) and its SDE twin (each on Karras et al.'s σ, the default, and on DDIM's timesteps: the spacing
-changes them more than the solver does) and EDM's Heun; a flow with Euler, Heun and DPM-Solver++(2M). NFE counts
+changes them more than the solver does), UniPC and EDM's Heun; a flow with Euler, Heun, DPM-Solver++(2M), its SDE
+twin and UniPC. NFE counts
 network calls per sample
 (``DiffusionModel.nfe``): Heun makes two per step (EDM's one fewer at the end), so at each NFE asked for, every
 sampler runs the most steps whose calls do not exceed it, and the row records the calls it made (EDM's Heun: 3, 7,
@@ -56,6 +57,10 @@ def steps_within(model: DiffusionModel, sampler: str, nfe: int) -> int:
     return steps
 
 
+#: The solvers also run on DDIM's timesteps, to show what the spacing does (chapter 9); the others on Karras σ only.
+LINSPACE_TOO = ("dpmpp_2m", "dpmpp_2m_sde")
+
+
 def configurations(model: DiffusionModel, nfes: list[int]) -> list[dict]:
     """(sampler, steps, η, nfe) for each of ``model``'s step-count samplers at each NFE asked for, with the most steps
     within it (``nfe``: the calls they make); a configuration that two NFEs reach is listed once."""
@@ -67,7 +72,7 @@ def configurations(model: DiffusionModel, nfes: list[int]) -> list[dict]:
             steps = steps_within(model, sampler, nfe)
             etas = (0.0, DEFAULT_ETA) if sampler == "ddim" else (None,)
             spacing = model.spacing(sampler)
-            spacings = (spacing, "linspace") if spacing and sampler != "heun" else (spacing,)
+            spacings = (spacing, "linspace") if spacing and sampler in LINSPACE_TOO else (spacing,)
             out += [{"sampler": sampler, "steps": steps, "eta": eta, "spacing": sp, "nfe": model.nfe(sampler, steps)}
                     for eta in etas for sp in spacings if steps]
     unique = {(c["sampler"], c["steps"], c["eta"], c["spacing"]): c for c in out}
