@@ -10,8 +10,7 @@ scored in both feature spaces, in one run; then the speed of every configuration
 Each model is sampled with every step-count sampler it takes (``DiffusionModel.samplers``): a DDPM or LDM with DDIM
 at η = 0 (the probability-flow ODE, comparable with a flow's solvers) and at the package's default η,
 DPM-Solver++(2M) and its SDE twin (each on Karras et al.'s σ, the default, and on DDIM's timesteps: the spacing
-changes them more than the solver does), UniPC and EDM's Heun; a flow with Euler, Heun, DPM-Solver++(2M), its SDE
-twin and UniPC. NFE counts
+changes them more than the solver does) and EDM's Heun; a flow with Euler, Heun and DPM-Solver++(2M). NFE counts
 network calls per sample
 (``DiffusionModel.nfe``): Heun makes two per step (EDM's one fewer at the end), so at each NFE asked for, every
 sampler runs the most steps whose calls do not exceed it, and the row records the calls it made (EDM's Heun: 3, 7,
@@ -57,7 +56,7 @@ def steps_within(model: DiffusionModel, sampler: str, nfe: int) -> int:
     return steps
 
 
-#: The solvers also run on DDIM's timesteps, to show what the spacing does (chapter 9); the others on Karras σ only.
+#: The solvers that also run on DDIM's timesteps, to show what the spacing does (chapter 9); EDM's Heun: Karras σ.
 LINSPACE_TOO = ("dpmpp_2m", "dpmpp_2m_sde")
 
 

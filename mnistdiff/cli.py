@@ -108,9 +108,8 @@ def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
     """The sampler's options (``sample``, ``umap``): :meth:`~mnistdiff.model.DiffusionModel.sample` checks them."""
     p.add_argument("--sampler", "--mode", dest="sampler", choices=SAMPLERS, default=None,
                    help="ddim (--steps steps; the default) or ddpm (all T ancestral steps); a flow model: euler (the "
-                        "default) or heun (--steps steps of its ODE); any model: dpmpp_2m (DPM-Solver++(2M)), "
-                        "dpmpp_2m_sde (its stochastic twin) or unipc (UniPC), and heun (EDM's, Karras sigmas) for a "
-                        "DDPM, LDM or CLDM; "
+                        "default) or heun (--steps steps of its ODE); any model: dpmpp_2m (DPM-Solver++(2M)) or "
+                        "dpmpp_2m_sde (its stochastic twin), and heun (EDM's, Karras sigmas) for a DDPM, LDM or CLDM; "
                         "--mode is its old spelling")
     p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=None,
                    help=f"the sampler's steps (default {DEFAULT_STEPS}; a distilled student's own); --ddim_steps is "
@@ -119,7 +118,7 @@ def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
                    help=f"DDIM noise: 0 deterministic, 1 DDPM-like (default {DEFAULT_ETA:g}, a distilled student's 0; "
                         "see chapter 3)")
     p.add_argument("--spacing", choices=SPACINGS, default=None,
-                   help="where dpmpp_2m, dpmpp_2m_sde, unipc and heun put their steps on a DDPM, LDM or CLDM: karras "
+                   help="where dpmpp_2m, dpmpp_2m_sde and heun put their steps on a DDPM, LDM or CLDM: karras "
                         "(Karras et al.'s sigmas, the default) or linspace (DDIM's timesteps); see chapter 9")
     p.add_argument("--num_samples", type=int, default=num_samples)
     p.add_argument("--batch_size", type=int, default=None)

@@ -248,7 +248,7 @@ class DDPMRunConfig:
     """Pixel-space DDPM: the UNet, the schedule and the training run."""
 
     latent: ClassVar[bool] = False
-    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "unipc", "heun")
+    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "heun")  # first: the default
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -266,7 +266,7 @@ class FlowRunConfig:
     x_t = (1 − t)·x_0 + t·ε (:mod:`mnistdiff.flows`); ``time_sampling`` is how training draws t."""
 
     latent: ClassVar[bool] = False
-    samplers: ClassVar[tuple[str, ...]] = ("euler", "heun", "dpmpp_2m", "dpmpp_2m_sde", "unipc")
+    samplers: ClassVar[tuple[str, ...]] = ("euler", "heun", "dpmpp_2m", "dpmpp_2m_sde")
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -307,7 +307,7 @@ class LDMRunConfig:
     """Latent diffusion: a UNet on the VAE's ``latent_channels`` × 4 × 4 latents."""
 
     latent: ClassVar[bool] = True
-    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "unipc", "heun")
+    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "heun")
 
     unet: UNetConfig = field(
         default_factory=lambda: UNetConfig(
@@ -338,7 +338,7 @@ class CLDMRunConfig:
     """
 
     latent: ClassVar[bool] = True
-    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "unipc", "heun")
+    samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "heun")
 
     unet: UNetConfig = field(
         default_factory=lambda: dataclasses.replace(LDMRunConfig().unet, num_classes=MNIST_CLASSES)
@@ -357,7 +357,7 @@ class CLDMRunConfig:
 
 
 #: The run config of each model kind, by its ``kind`` tag (written once, in the class's ``kind`` field; the class's
-#: ``latent`` says whether it diffuses in a VAE's latents, its ``samplers`` what it samples with, first the default).
+#: ``latent`` says whether it diffuses in a VAE's latents, its ``samplers`` what it is sampled with).
 RUN_CONFIGS: dict[str, type[Any]] = {cls.kind: cls for cls in (DDPMRunConfig, VAERunConfig, LDMRunConfig,
                                                              CLDMRunConfig, FlowRunConfig)}
 #: The VAE's kind; the kinds a DiffusionModel holds (diffusion and flows), and those that work in a VAE's latents.

@@ -214,10 +214,10 @@ class DiffusionModel:
 
         ``sampler``: ``"ddim"`` (Song et al. eq. 12, ``steps`` steps, noise ``eta``: 0 deterministic, 1 DDPM-like)
         or ``"ddpm"`` (Ho et al. Algorithm 2, all T steps); a flow's ``"euler"`` or ``"heun"`` (``steps`` steps of
-        the ODE, :func:`~mnistdiff.flows.flow_sample_loop`); ``"dpmpp_2m"``, ``"dpmpp_2m_sde"``, ``"unipc"`` (any
-        model) or an ε-network's ``"heun"`` (EDM's) from :mod:`mnistdiff.solvers`; ``None``: the first of
-        :attr:`samplers`; :meth:`nfe` counts the calls. ``spacing``: where those four solvers put their points on a
-        DDPM or latent model (``"karras"``, Karras et al.'s σ, the default; ``"linspace"``, DDIM's timesteps).
+        the ODE, :func:`~mnistdiff.flows.flow_sample_loop`); ``"dpmpp_2m"``, ``"dpmpp_2m_sde"`` (any model) or an
+        ε-network's ``"heun"`` (EDM's) from :mod:`mnistdiff.solvers`; ``None``: the first of :attr:`samplers`;
+        :meth:`nfe` counts the calls. ``spacing``: where those three solvers put their points on a DDPM or latent
+        model (``"karras"``, Karras et al.'s σ, the default; ``"linspace"``, DDIM's timesteps).
         ``labels``: a digit, or one per sample (N,), for a class-conditional model, guided with weight ``guidance`` w
         (ε̃ = ε(∅) + w·(ε(y) − ε(∅)); 0 ignores the label, 1 is the conditional model); ``None``: unconditional
         samples. ``seed`` makes the draw reproducible (bit for bit on a CPU). ``precision``: ``fp32``, ``bf16``,

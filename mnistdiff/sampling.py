@@ -45,7 +45,7 @@ Decoder = Callable[[torch.Tensor], torch.Tensor]
 
 #: The samplers :func:`generate` runs: DDPM's ancestral sampler over all T steps, or DDIM over ``steps``; for a flow
 #: model, Euler or Heun over ``steps`` steps of its ODE (:data:`~mnistdiff.flows.FLOW_SOLVERS`); for any model,
-#: DPM-Solver++(2M) (and its SDE twin) and UniPC, and for an ε-network EDM's Heun (:data:`~mnistdiff.solvers.SOLVERS`).
+#: DPM-Solver++(2M), and for an ε-network EDM's Heun (:data:`~mnistdiff.solvers.SOLVERS`).
 SAMPLERS = ("ddim", "ddpm", *dict.fromkeys([*FLOW_SOLVERS, *SOLVERS]))
 
 #: ``fast``, the old spelling of (``precision``, ``compile``) (``sample --fast``, ``sample(fast=)``).
@@ -163,7 +163,7 @@ def generate(
     The loop under :meth:`mnistdiff.model.DiffusionModel.sample`, which checks the arguments (this does not).
     ``sampler`` ``"ddim"`` runs ``steps`` DDIM steps with noise ``eta``; ``"ddpm"`` all T ancestral steps of ``sched``;
     ``"euler"`` and ``"heun"`` integrate a flow's velocity network ``model`` in ``steps`` steps (``sched`` unused);
-    ``"dpmpp_2m"``, ``"dpmpp_2m_sde"``, ``"unipc"`` (any model) and an ε-network's ``"heun"`` (EDM's) are
+    ``"dpmpp_2m"``, ``"dpmpp_2m_sde"`` (any model) and an ε-network's ``"heun"`` (EDM's) are
     :func:`~mnistdiff.solvers.solver_sample_loop`. ``shape`` is one sample's shape in the model's space (pixels, or
     latents with ``decode`` given); ``clip_range`` bounds x̂_0 in that space (:data:`~mnistdiff.ddpm.PIXEL_RANGE`
     for pixels; ``(−c, c)`` for latents). ``frames`` (with ``return_intermediates``; else empty) are the first

@@ -19,9 +19,6 @@ points p_0 (the noisiest) … p_N (the data: a = 1, b = 0), calling ``denoise(x,
 
   which forgets a share e^{−h} of the old noise and draws the rest afresh, as DDPM's posterior step (DDIM's η = 1)
   does; the noise corrects the network's errors as it goes, where the ODE carries them to the end.
-* :func:`unipc` — UniPC-bh2 of order 2 (Zhao et al. 2023): DPM-Solver++(2M)'s step as the predictor, then a
-  corrector (UniC) that re-solves each point reached with the x̂_0 evaluated there — the call the next step makes
-  anyway, so one call per step still, and one order more (third, checked on Gaussian data).
 * :func:`heun_edm` — Heun's method in EDM's variables x̄ = x/a and σ = b/a, where the ODE is dx̄/dσ = (x̄ − x̂_0)/σ
   (Karras et al. 2022, Algorithm 1): the trapezoid correction on every step but the last, which ends at σ = 0
   where that slope is undefined (2N − 1 calls).
@@ -51,11 +48,11 @@ from mnistdiff.flows import TIME_SCALE, PathPoint, flow_timesteps, straight_path
 from mnistdiff.schedules import NoiseSchedule
 
 __all__ = ["SOLVERS", "SPACINGS", "DEFAULT_SPACING", "KARRAS_SIGMA_MAX", "karras_sigmas", "ddpm_path", "flow_path",
-           "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "unipc", "heun_edm", "solver_sample_loop", "solver_nfe"]
+           "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "heun_edm", "solver_sample_loop", "solver_nfe"]
 
 #: The solvers of this module, by the name ``sample(sampler=…)`` takes (``"heun"`` is EDM's for an ε-network; a
 #: flow's Heun, in its own time t, is :func:`~mnistdiff.flows.flow_sample_loop`'s).
-SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde", "unipc", "heun")
+SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde", "heun")
 
 #: Where an ε-network's solver puts its points (:func:`ddpm_path`): Karras et al.'s σ (the default) or DDIM's
 #: evenly spaced timesteps. A flow's solvers walk evenly spaced t.
@@ -206,55 +203,6 @@ def dpm_solver_pp_2m_sde(denoise: Denoise, points: list[PathPoint], x: torch.Ten
     return x
 
 
-def _unic(x: torch.Tensor, here: PathPoint, there: PathPoint, lam: tuple[float, float, float], m_before: torch.Tensor
-          | None, m_here: torch.Tensor, m_there: torch.Tensor, order: int) -> torch.Tensor:
-    """UniC-bh2 (Zhao et al. 2023, Algorithm 2 with B(h) = e^{−h} − 1, data prediction): the point x' reached from
-    x at ``here`` re-solved with the x̂_0 evaluated at x' (``m_there``), of order ``order`` + 1. ``lam``: λ of the
-    point before ``here`` (order 2), of ``here``, of ``there``; ``m_before``, ``m_here``: x̂_0 at the first two."""
-    h = lam[2] - lam[1]
-    phi = math.expm1(-h)  # B(h), and h·φ_1 in the step itself
-    first = float(there.b) / float(here.b) * x - float(there.a) * phi * m_here
-    if order == 1 or m_before is None:
-        return first - float(there.a) * phi * 0.5 * (m_there - m_here)
-    k1 = phi / -h - 1  # the φ_k(h) terms of the order conditions, k = 1, 2
-    b1, b2 = k1 / phi, 2 * (k1 / -h - 0.5) / phi
-    rk = (lam[0] - lam[1]) / h
-    rho0 = (b1 - b2) / (1 - rk)  # solves [[1, 1], [rk, 1]] · ρ = [b1, b2]
-    rho1 = b1 - rho0
-    return first - float(there.a) * phi * (rho0 * (m_before - m_here) / rk + rho1 * (m_there - m_here))
-
-
-def unipc(denoise: Denoise, points: list[PathPoint], x: torch.Tensor, callback: Callback | None = None
-          ) -> torch.Tensor:
-    """UniPC-bh2 of order 2 (Zhao et al. 2023; diffusers' ``UniPCMultistepScheduler``) from x at ``points[0]`` to
-    the data, float64. Its predictor UniP-2 is DPM-Solver++(2M)'s step; its corrector UniC re-solves each point
-    reached with the x̂_0 evaluated there — the call the next step makes anyway, so the corrector costs no call and
-    the x̂_0 is not re-evaluated at the corrected point. First order on the first and last steps; no correction
-    after the last (nothing evaluates the data) or after a step from a = 0 (a flow's start: λ = −∞)."""
-    x = x.double()
-    lam = [_half_log_snr(p) for p in points]
-    m: list[torch.Tensor] = []  # x̂_0 at points 0 … i
-    last_x, last_order = x, 0
-    for i in range(len(points) - 1):
-        m.append(denoise(x, i))
-        if i > 0 and math.isfinite(lam[i - 1]):  # correct point i with the x̂_0 just evaluated there
-            before = (lam[i - 2] if i > 1 else -math.inf, lam[i - 1], lam[i])
-            x = _unic(last_x, points[i - 1], points[i], before, m[-3] if i > 1 and math.isfinite(before[0]) else None,
-                      m[-2], m[-1], last_order)
-        here, there = points[i], points[i + 1]
-        order = 1 if i == 0 or i == len(points) - 2 or not math.isfinite(lam[i - 1]) else 2
-        last_x, last_order = x, order
-        if there.b == 0:  # the last step, to the data: first order, which lands on x̂_0
-            x = m[-1]
-        else:
-            h = lam[i + 1] - lam[i]
-            d = _multistep_x0(m[-1], m[-2] if order == 2 else None, lam[i] - lam[i - 1] if order == 2 else math.inf, h)
-            x = float(there.b) / float(here.b) * x - float(there.a) * math.expm1(-h) * d
-        if callback is not None:
-            callback(i + 1, x)
-    return x
-
-
 def heun_edm(denoise: Denoise, points: list[PathPoint], x: torch.Tensor,
              callback: Callback | None = None) -> torch.Tensor:
     """Heun's method in x̄ = x/a, σ = b/a (Karras et al. Algorithm 1, deterministic) from x at ``points[0]`` (a > 0)
@@ -334,5 +282,5 @@ def solver_sample_loop(
     if solver == "dpmpp_2m_sde":
         out = dpm_solver_pp_2m_sde(denoise, points, x, generator, keep).float()
     else:
-        out = {"dpmpp_2m": dpm_solver_pp_2m, "unipc": unipc, "heun": heun_edm}[solver](denoise, points, x, keep).float()
+        out = (dpm_solver_pp_2m if solver == "dpmpp_2m" else heun_edm)(denoise, points, x, keep).float()
     return SampleOutput(out, frames)

@@ -224,18 +224,17 @@ def test_nfe_sweep_plans_each_sampler_at_the_calls_it_can_make(tmp_path):
     ddpm = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
     # a flow's Heun makes 2 calls per step: at 3 calls it runs 1 step (2 calls), at 4, 2 steps
     assert [(c["sampler"], c["steps"], c["nfe"]) for c in sweep.configurations(flow, [3, 4])] == [
-        ("euler", 3, 3), ("heun", 1, 2), ("dpmpp_2m", 3, 3), ("dpmpp_2m_sde", 3, 3), ("unipc", 3, 3),
-        ("euler", 4, 4), ("heun", 2, 4), ("dpmpp_2m", 4, 4), ("dpmpp_2m_sde", 4, 4), ("unipc", 4, 4)]
+        ("euler", 3, 3), ("heun", 1, 2), ("dpmpp_2m", 3, 3), ("dpmpp_2m_sde", 3, 3),
+        ("euler", 4, 4), ("heun", 2, 4), ("dpmpp_2m", 4, 4), ("dpmpp_2m_sde", 4, 4)]
     plan = sweep.configurations(ddpm, [3, 4])  # EDM's Heun: 2·steps − 1 calls, so 2 steps (3 calls) for both
-    # DPM-Solver++ and its SDE twin on Karras σ (the default) and on DDIM's timesteps; UniPC and EDM's Heun on Karras σ
-    # only
+    # DPM-Solver++ and its SDE twin on Karras σ (the default) and on DDIM's timesteps; EDM's Heun on Karras σ only
     assert [(c["sampler"], c["eta"], c["spacing"], c["steps"], c["nfe"]) for c in plan] == [
         ("ddim", 0.0, None, 3, 3), ("ddim", DEFAULT_ETA, None, 3, 3), ("dpmpp_2m", None, "karras", 3, 3),
         ("dpmpp_2m", None, "linspace", 3, 3), ("dpmpp_2m_sde", None, "karras", 3, 3),
-        ("dpmpp_2m_sde", None, "linspace", 3, 3), ("unipc", None, "karras", 3, 3), ("heun", None, "karras", 2, 3),
+        ("dpmpp_2m_sde", None, "linspace", 3, 3), ("heun", None, "karras", 2, 3),
         ("ddim", 0.0, None, 4, 4), ("ddim", DEFAULT_ETA, None, 4, 4), ("dpmpp_2m", None, "karras", 4, 4),
         ("dpmpp_2m", None, "linspace", 4, 4), ("dpmpp_2m_sde", None, "karras", 4, 4),
-        ("dpmpp_2m_sde", None, "linspace", 4, 4), ("unipc", None, "karras", 4, 4)]
+        ("dpmpp_2m_sde", None, "linspace", 4, 4)]
 
 
 def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, capsys):
@@ -248,9 +247,9 @@ def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, 
     keys = [r["key"] for r in doc["rows"]]
     # EDM's Heun: 1 step (1 call) within 2, 2 steps (3 calls) within 4
     assert sorted(keys) == sorted([f"{m}:{sampler}:{nfe}" for nfe in (2, 4) for m, sampler in (
-        ("flow", "euler"), ("flow", "dpmpp_2m"), ("flow", "dpmpp_2m_sde"), ("flow", "unipc"), ("ddpm", "ddim-eta0"),
-        ("ddpm", "ddim-eta1"), ("ddpm", "dpmpp_2m-karras"), ("ddpm", "dpmpp_2m-linspace"),
-        ("ddpm", "dpmpp_2m_sde-karras"), ("ddpm", "dpmpp_2m_sde-linspace"), ("ddpm", "unipc-karras"))]
+        ("flow", "euler"), ("flow", "dpmpp_2m"), ("flow", "dpmpp_2m_sde"), ("ddpm", "ddim-eta0"), ("ddpm", "ddim-eta1"),
+        ("ddpm", "dpmpp_2m-karras"), ("ddpm", "dpmpp_2m-linspace"), ("ddpm", "dpmpp_2m_sde-karras"),
+        ("ddpm", "dpmpp_2m_sde-linspace"))]
         + ["flow:heun:1", "flow:heun:2", "ddpm:heun-karras:1", "ddpm:heun-karras:2"])
     for r in doc["rows"]:
         assert "samples_per_second" not in r and math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"])

@@ -232,10 +232,10 @@ def test_sample_flow_default_sampler_is_euler_and_ddim_is_refused(runs, tmp_path
     assert json.loads((out / "info.json").read_text())["sampler"] == "euler"
     assert _exit_code([*_sample_args(runs, "flow"), "--sampler", "ddim", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
-    assert "--sampler: this flow model is sampled with euler, heun, dpmpp_2m, dpmpp_2m_sde or unipc, got 'ddim'" in err
+    assert "--sampler: this flow model is sampled with euler, heun, dpmpp_2m or dpmpp_2m_sde, got 'ddim'" in err
     assert _exit_code([*_sample_args(runs, "ddpm"), "--sampler", "euler", "--out", str(tmp_path / "h")]) == 2
     err = capsys.readouterr().err
-    assert "this ddpm model is sampled with ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, unipc or heun, got 'euler'" in err
+    assert "this ddpm model is sampled with ddim, ddpm, dpmpp_2m, dpmpp_2m_sde or heun, got 'euler'" in err
     assert not (tmp_path / "d").exists() and not (tmp_path / "h").exists()
 
 
@@ -306,7 +306,7 @@ def test_train_ldm_rejects_non_vae_checkpoint(runs, tmp_path, capsys):
         (["--batch_size", "0"], "--batch_size must be a positive number"),
         (["--eta", "1.5"], "--eta must be in [0, 1]"),
         (["--num_samples", "0"], "--num_samples must be"),
-        (["--spacing", "karras", "--steps", "4"], "--spacing: only dpmpp_2m, dpmpp_2m_sde, unipc, heun"),  # DDIM's own
+        (["--spacing", "karras", "--steps", "4"], "--spacing: only dpmpp_2m, dpmpp_2m_sde, heun"),  # DDIM: its own
     ],
 )
 def test_sample_bad_arguments_exit_2(runs, tmp_path, capsys, extra, message):

@@ -22,7 +22,7 @@ __all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "REFERENCE", "sweep_report", "curve_
 
 #: How the book names each sampler.
 SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "dpmpp_2m_sde": "DPM-Solver++(2M) SDE", "heun": "Heun",
-                 "euler": "Euler", "unipc": "UniPC"}
+                 "euler": "Euler"}
 
 
 #: What a chapter says where the book's sweep has not been measured.
