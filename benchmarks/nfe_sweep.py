@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mnistdiff.config import DEFAULT_ETA  # noqa: E402
+from mnistdiff.config import DEFAULT_ETA, PRECISIONS  # noqa: E402
 from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
@@ -178,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=2000, help="samples per configuration, and real digits in the floor")
     p.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 10, 16, 32, 50, 64],
                    help="network calls per sample (10: issue 24's budget; 50: DDIM-50, the reference)")
-    p.add_argument("--precision", default="auto", choices=("fp32", "bf16", "bf16_cl", "auto"),
-                   help="how the network runs (auto: the fastest of fp32, bf16 and bf16_cl, measured here once per "
-                        "model)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="how the network runs (auto: the fastest of fp32, fp32_cl, bf16 and bf16_cl, measured here "
+                        "once per model)")
     p.add_argument("--speed", action="store_true", help="time the scored configurations instead (a quiet machine)")
     p.add_argument("--speed_n", type=int, default=256, help="samples per timed draw (--speed)")
     p.add_argument("--profile", default="book", help="results/<profile>/ gets the file")

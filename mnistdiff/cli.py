@@ -124,8 +124,8 @@ def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (as trained, the default), bf16 autocast, bf16_cl (also channels_last), or auto: the "
-                        "fastest of fp32, bf16 and bf16_cl measured here")
+                   help="fp32 (as trained, the default), bf16 autocast, fp32_cl or bf16_cl (channels_last), or auto: "
+                        "the fastest of the four measured here")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on a GPU)")
     p.add_argument("--fast", choices=tuple(OLD_FAST), default=None,
                    help="old spelling: off = --precision fp32, amp = bf16_cl, compile = bf16_cl --compile")

@@ -27,7 +27,7 @@ __all__ = [
 
 #: How a network runs, in training and in sampling alike: float32; bf16 autocast; bf16 autocast and channels_last;
 #: or ``auto``, the fastest of those measured here (bf16 is fast only on CPUs and GPUs with native bf16).
-PRECISIONS = ("fp32", "bf16", "bf16_cl", "auto")
+PRECISIONS = ("fp32", "fp32_cl", "bf16", "bf16_cl", "auto")
 
 #: DDIM's η where nobody chooses one (``DiffusionModel.sample``, ``python -m mnistdiff sample``): 1, the stochastic
 #: sampler. Deterministic DDIM (η = 0) leaves grainy backgrounds and skews the digit classes of the book's network
@@ -204,8 +204,8 @@ class VAEConfig:
 class TrainConfig:
     """One training run: optimiser, schedule of the learning rate, EMA, data, precision and logging.
 
-    ``precision``: ``fp32``; ``bf16`` (autocast); ``bf16_cl`` (autocast and channels_last); ``auto``: on a CPU, the
-    fastest of those three measured by a short probe on the run's own model and batch
+    ``precision``: ``fp32``; ``bf16`` (autocast); ``_cl`` adds channels_last (``fp32_cl``, ``bf16_cl``); ``auto``: on a
+    CPU, the fastest of those four measured by a short probe on the run's own model and batch
     (:func:`mnistdiff.training.precision.choose_precision`; bf16 only where the CPU has native bf16), on CUDA
     ``bf16_cl``; ``None`` (the default): ``bf16_cl`` on CUDA, ``fp32`` on a CPU.
     """
@@ -222,7 +222,7 @@ class TrainConfig:
     ema_decay: float = _setting(0.999, "decay of the weights' exponential moving average, in [0, 1)")
     num_samples: int = _setting(64, "images in each sample grid written during training")
     eval_size: int = _setting(2000, "test images the evaluation loss is measured on")
-    precision: str | None = _setting(None, "fp32, bf16, bf16_cl or auto; none: bf16_cl on CUDA, fp32 on a CPU")
+    precision: str | None = _setting(None, "fp32, fp32_cl, bf16, bf16_cl or auto; none: bf16_cl on CUDA, fp32 on a CPU")
     snapshot_every: int | None = _setting(
         None, "also keep the EMA model every N epochs as snapshots/epoch_NNN.safetensors (a model file that "
               "records its training seconds: quality against training time, or an epoch chosen afterwards); "

@@ -60,8 +60,12 @@ class LatentCodec:
         return post.mode() * self.scale
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-        """Unscale and decode; the result is clamped to [−1, 1]. ``bf16``: under bf16 autocast (faster where the
-        hardware has it; :meth:`mnistdiff.model.DiffusionModel.measure_precision` decides by timing it)."""
-        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
-            return self.vae.decode(z / self.scale).float().clamp(-1.0, 1.0)
+    def decode(self, z: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+        """Unscale and decode; the result is clamped to [−1, 1]. ``precision``: ``"bf16…"`` decodes under bf16
+        autocast, ``"…_cl"`` in channels_last (the codes are laid out so; the activations follow) — faster on some
+        hardware (:meth:`mnistdiff.model.DiffusionModel.measure_precision` decides by timing them)."""
+        z = z / self.scale
+        if precision.endswith("_cl"):
+            z = z.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
+            return self.vae.decode(z).float().contiguous().clamp(-1.0, 1.0)

@@ -95,8 +95,8 @@ class DiffusionModel:
 
     ``clip_range`` is what x̂_0 is clipped to while sampling (the training codes' range for a latent model);
     ``precision`` how :meth:`sample` runs the network unless told otherwise (``"fp32"``: as trained), and
-    ``decode_precision`` how a latent model's VAE decodes (``"fp32"``, or ``"bf16"`` where :meth:`measure_precision`
-    found it faster); an explicit ``sample(precision="fp32")`` runs both in float32.
+    ``decode_precision`` how a latent model's VAE decodes (``"fp32"``, or what :meth:`measure_precision` found
+    fastest); an explicit ``sample(precision=…)`` runs both so (``"fp32"``: both in float32, as trained).
     """
 
     unet: UNet | EpsFromV
@@ -220,8 +220,8 @@ class DiffusionModel:
         model (``"karras"``, Karras et al.'s σ, the default; ``"linspace"``, DDIM's timesteps).
         ``labels``: a digit, or one per sample (N,), for a class-conditional model, guided with weight ``guidance`` w
         (ε̃ = ε(∅) + w·(ε(y) − ε(∅)); 0 ignores the label, 1 is the conditional model); ``None``: unconditional
-        samples. ``seed`` makes the draw reproducible (bit for bit on a CPU). ``precision``: ``fp32``, ``bf16``,
-        ``bf16_cl`` or ``auto`` (measured here; default :attr:`precision`); ``compile``: ``torch.compile`` the
+        samples. ``seed`` makes the draw reproducible (bit for bit on a CPU). ``precision``: ``fp32``, ``fp32_cl``,
+        ``bf16``, ``bf16_cl`` or ``auto`` (measured here; default :attr:`precision`); ``compile``: ``torch.compile`` the
         network (``True`` or a mode). ``frames`` (``return_intermediates``) are the first batch's ``[(t, x_t), …]``,
         decoded. The old spellings ``mode``,
         ``ddim_steps`` and ``fast`` still work, with a warning.
@@ -243,8 +243,8 @@ class DiffusionModel:
             precision = self.precision
         decode = None
         if self.codec is not None:
-            bf16 = asked in ("bf16", "bf16_cl") or (asked != "fp32" and self.decode_precision == "bf16")
-            decode = functools.partial(self.codec.decode, bf16=bf16)
+            decoding = self.decode_precision if asked in (None, "auto") else asked
+            decode = functools.partial(self.codec.decode, precision=decoding)
             self.codec.vae.to(device)
         return generate(self.unet, self.schedule, num_samples, shape=self.sample_shape, sampler=sampler, steps=steps,
                         eta=eta, seed=seed, device=device, batch_size=batch_size, decode=decode,
@@ -317,9 +317,10 @@ class DiffusionModel:
         return y
 
     def measure_precision(self, device: str | torch.device | None = None) -> dict[str, float]:
-        """Time fp32, bf16 and bf16 + channels_last on ``device`` and keep the fastest as :attr:`precision` (bf16
-        is fast only where the hardware has it: measured, never assumed); a latent model's decoder likewise, fp32
-        against bf16, as :attr:`decode_precision`. Returns network calls (and images decoded) per second of each."""
+        """Time fp32 and bf16, each plain and channels_last, on ``device`` and keep the fastest as :attr:`precision`
+        (bf16 is fast only where the hardware has it, channels_last only on some: measured, never assumed); a latent
+        model's decoder likewise, as :attr:`decode_precision`. Returns network calls (and images decoded) per second
+        of each."""
         device = device if device is not None else next(self.unet.parameters()).device
         self.precision, speeds = measure_precision(self.unet, self.sample_shape, device)
         if self.codec is not None:

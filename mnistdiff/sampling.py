@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, PRECISIONS
 from mnistdiff.data import to_uint8
 from mnistdiff.ddim import ddim_sample_loop
 from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, as_float, p_sample_loop
@@ -38,7 +38,8 @@ from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.solvers import SOLVERS, solver_sample_loop
 from mnistdiff.viz import progression_strip, save_grid, save_image
 
-__all__ = ["generate", "write_sample_folder", "save_npz", "FastDenoiser", "measure_precision", "measure_decoder",
+__all__ = ["generate", "write_sample_folder", "save_npz", "FastDenoiser", "MEASURED_PRECISIONS", "measure_precision",
+           "measure_decoder",
            "SAMPLERS", "OLD_FAST"]
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
@@ -48,6 +49,10 @@ Decoder = Callable[[torch.Tensor], torch.Tensor]
 #: DPM-Solver++(2M), and for an ε-network EDM's Heun (:data:`~mnistdiff.solvers.SOLVERS`).
 SAMPLERS = ("ddim", "ddpm", *dict.fromkeys([*FLOW_SOLVERS, *SOLVERS]))
 
+#: The precisions a network or a decoder can run in here (``"auto"`` picks one of them by timing): float32 or bf16
+#: autocast, each in the plain memory format or channels_last (``_cl``).
+MEASURED_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")
+
 #: ``fast``, the old spelling of (``precision``, ``compile``) (``sample --fast``, ``sample(fast=)``).
 OLD_FAST: dict[str, tuple[str, bool | str]] = {
     "off": ("fp32", False), "amp": ("bf16_cl", False), "compile": ("bf16_cl", True),
@@ -56,8 +61,9 @@ OLD_FAST: dict[str, tuple[str, bool | str]] = {
 
 
 class FastDenoiser(torch.nn.Module):
-    """``model(x_t, t[, y]) → ε̂`` (float32) run in bf16 autocast (``precision="bf16"``), also channels_last
-    (``"bf16_cl"``); ``compile`` adds ``torch.compile`` (``True`` or a mode: ``"reduce-overhead"`` is CUDA graphs).
+    """``model(x_t, t[, y]) → ε̂`` (float32) run in bf16 autocast (``precision="bf16"``), channels_last (``"fp32_cl"``)
+    or both (``"bf16_cl"``); ``compile`` adds ``torch.compile`` (``True`` or a mode: ``"reduce-overhead"`` is CUDA
+    graphs). The model is put in the memory format asked for (back to the plain one for ``"fp32"``/``"bf16"``).
 
     The samplers consume each ε̂ before the next call, as CUDA-graph replays require.
     """
@@ -67,9 +73,10 @@ class FastDenoiser(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, device_type: str, precision: str = "bf16_cl",
                  compile: bool | str = False) -> None:
         super().__init__()
-        self.channels_last = precision == "bf16_cl"
-        self.inner = model.to(memory_format=torch.channels_last) if self.channels_last else model
-        self.device_type, self.autocast = device_type, precision != "fp32"
+        self.channels_last = precision.endswith("_cl")
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.inner = model.to(memory_format=fmt)
+        self.device_type, self.autocast = device_type, precision.startswith("bf16")
         self.cudagraphs = compile == "reduce-overhead"
         fn: Callable = self._forward
         if compile:
@@ -92,17 +99,18 @@ class FastDenoiser(torch.nn.Module):
 @torch.no_grad()
 def measure_precision(model: torch.nn.Module, shape: tuple[int, int, int], device: torch.device | str = "cpu",
                       batch_size: int = 128, calls: int = 2) -> tuple[str, dict[str, float]]:
-    """``"fp32"``, ``"bf16"`` or ``"bf16_cl"``: whichever runs ``model`` fastest here, timed on ``calls`` forward
-    passes of a ``batch_size`` batch after one warm-up each. bf16 is fast on CPUs with AMX/AVX-512 bf16 and slow on
-    others, and channels_last helps on some and hurts on others (the training probe on an AMD EPYC: bf16 fastest,
-    bf16_cl slower), so this is measured, never assumed. Returns the choice and network calls per second."""
+    """``"fp32"``, ``"fp32_cl"``, ``"bf16"`` or ``"bf16_cl"``: whichever runs ``model`` fastest here, timed on
+    ``calls`` forward passes of a ``batch_size`` batch after one warm-up each. bf16 is fast on CPUs with AMX/AVX-512
+    bf16 and slow on others, and channels_last helps on some and hurts on others (the training probe on an AMD EPYC:
+    bf16 fastest, bf16_cl slower; the pixel UNet on an Intel Xeon without AMX: fp32_cl fastest), so this is measured,
+    never assumed. Returns the choice and network calls per second."""
     import copy
 
     device = torch.device(device)
     x = torch.randn((batch_size, *shape), device=device)
     t = torch.zeros(batch_size, device=device, dtype=torch.long)  # any t costs the same; 0 is in every schedule
     speeds: dict[str, float] = {}
-    for precision in ("fp32", "bf16", "bf16_cl"):
+    for precision in MEASURED_PRECISIONS:
         net = FastDenoiser(copy.deepcopy(model).to(device).eval(), device.type, precision)
         net(x, t)
         if device.type == "cuda":
@@ -120,17 +128,17 @@ def measure_precision(model: torch.nn.Module, shape: tuple[int, int, int], devic
 def measure_decoder(decode: Callable[..., torch.Tensor], shape: tuple[int, int, int],
                     device: torch.device | str = "cpu", batch_size: int = 256, calls: int = 2
                     ) -> tuple[str, dict[str, float]]:
-    """``"bf16"`` or ``"fp32"``: whichever runs ``decode(z, bf16=…)`` (a latent model's VAE decoder) faster here, timed
-    like :func:`measure_precision`. Returns the choice and images decoded per second of each."""
+    """One of :data:`MEASURED_PRECISIONS`: whichever runs ``decode(z, precision)`` (a latent model's VAE decoder)
+    fastest here, timed like :func:`measure_precision`. Returns the choice and images decoded per second of each."""
     z = torch.randn((batch_size, *shape), device=torch.device(device))
     speeds: dict[str, float] = {}
-    for name in ("fp32", "bf16"):
-        decode(z, bf16=name == "bf16")
+    for name in MEASURED_PRECISIONS:
+        decode(z, name)
         t0 = time.perf_counter()
         for _ in range(calls):
-            decode(z, bf16=name == "bf16")
+            decode(z, name)
         speeds[f"decode_{name}"] = round(calls * batch_size / (time.perf_counter() - t0), 1)
-    return max(("fp32", "bf16"), key=lambda n: speeds[f"decode_{n}"]), speeds
+    return max(MEASURED_PRECISIONS, key=lambda n: speeds[f"decode_{n}"]), speeds
 
 
 @torch.no_grad()
@@ -167,7 +175,7 @@ def generate(
     :func:`~mnistdiff.solvers.solver_sample_loop`. ``shape`` is one sample's shape in the model's space (pixels, or
     latents with ``decode`` given); ``clip_range`` bounds x̂_0 in that space (:data:`~mnistdiff.ddpm.PIXEL_RANGE`
     for pixels; ``(−c, c)`` for latents). ``frames`` (with ``return_intermediates``; else empty) are the first
-    batch's ``[(t, x_t), …]``, decoded. ``precision`` (``"bf16"``, ``"bf16_cl"``; default ``"fp32"``: as trained)
+    batch's ``[(t, x_t), …]``, decoded. ``precision`` (:data:`MEASURED_PRECISIONS`; default ``"fp32"``: as trained)
     and ``compile`` run the network through :class:`FastDenoiser`, in batches as equal as possible (few shapes).
     ``labels`` (N,) ask a class-conditional model for those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none),
     guided with weight ``guidance`` (:class:`~mnistdiff.guidance.GuidedDenoiser`; 1: the conditional model).

@@ -73,8 +73,32 @@ def test_probe_changes_nothing_and_picks_a_measured_mode():
     assert torch.equal(torch.get_rng_state(), rng)
     for k, v in task.model.state_dict().items():
         assert torch.equal(v, before[k]), k
+    assert {"fp32", "fp32_cl"} <= set(speeds)  # channels_last is tried everywhere; bf16 where the CPU has it
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        assert set(choose_precision(task, torch.device("cpu"))) == {"fp32"}
+        assert set(choose_precision(task, torch.device("cpu"))) == {"fp32", "fp32_cl"}
+
+
+def test_a_network_runs_in_each_precision_and_fp32_after_channels_last_is_plain_again():
+    """FastDenoiser: channels_last changes float32 results by rounding only, bf16 by bf16's precision; a later
+    float32 run puts the network back in the plain memory format (bit for bit what it gave before);
+    measure_precision picks one of the four it timed."""
+    from mnistdiff.sampling import MEASURED_PRECISIONS, FastDenoiser, measure_precision
+
+    net = _task().model.eval()
+    with torch.no_grad():  # away from the zero-initialised output layer
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x, t = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 5, 10, 19])
+    with torch.no_grad():
+        plain = net(x, t)
+        outs = {p: FastDenoiser(net, "cpu", p)(x, t) for p in MEASURED_PRECISIONS}
+        again = FastDenoiser(net, "cpu", "fp32")(x, t)
+    assert MEASURED_PRECISIONS == ("fp32", "fp32_cl", "bf16", "bf16_cl")
+    assert torch.equal(outs["fp32"], plain) and torch.equal(again, plain)
+    assert 0 < float((outs["fp32_cl"] - plain).abs().max()) < 1e-4
+    assert float((outs["bf16_cl"] - plain).abs().max()) < 0.1
+    chosen, speeds = measure_precision(net, (1, 32, 32), batch_size=4, calls=1)
+    assert set(speeds) == set(MEASURED_PRECISIONS) and speeds[chosen] == max(speeds.values())
 
 
 def test_run_records_its_precision_and_a_resume_reads_it_back(tmp_path):

@@ -119,12 +119,17 @@ def test_codec_with_latent_unet_shapes(vae, images):
 
 
 def test_codec_decodes_in_bf16_when_asked_close_to_float32(vae):
-    """bf16 autocast decodes to within bf16's precision of the float32 decode (and is not the same computation)."""
+    """bf16 autocast decodes to within bf16's precision of the float32 decode (and is not the same computation);
+    channels_last to within float32's rounding, in the plain layout again."""
     z = torch.randn(8, vae.config.latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))
     codec = LatentCodec(vae, 1.5)
-    full, half = codec.decode(z), codec.decode(z, bf16=True)
+    full, half = codec.decode(z), codec.decode(z, "bf16")
     assert half.dtype == torch.float32 and half.shape == full.shape
     assert 0 < float((half - full).abs().max()) < 0.05
+    for precision, tol in (("fp32_cl", 1e-5), ("bf16_cl", 0.05)):
+        out = codec.decode(z, precision)
+        assert out.is_contiguous() and float((out - full).abs().max()) < tol
+    assert torch.equal(codec.decode(z), full)  # the plain decode is untouched by a channels_last one
 
 
 def test_measured_bf16_decoding_is_used_unless_float32_is_asked_for(vae, monkeypatch):
@@ -137,11 +142,13 @@ def test_measured_bf16_decoding_is_used_unless_float32_is_asked_for(vae, monkeyp
                                        channel_mults=(1,), num_res_blocks=1, attention_resolutions=(), num_heads=2))
     codec = LatentCodec(vae, 1.5)
     seen = []
-    monkeypatch.setattr(codec, "decode", lambda z, bf16=False: seen.append(bf16) or torch.zeros(z.shape[0], 1, 32, 32))
+    monkeypatch.setattr(codec, "decode", lambda z, precision="fp32": seen.append(precision)
+                        or torch.zeros(z.shape[0], 1, 32, 32))
     model = DiffusionModel(UNet(cfg.unet).eval(), NoiseSchedule.make("cosine", 10), cfg, codec=codec,
                            clip_range=(-3.0, 3.0), decode_precision="bf16")
     model.sample(2, steps=2)
     model.sample(2, steps=2, precision="fp32")
+    model.sample(2, steps=2, precision="fp32_cl")
     model.decode_precision = "fp32"
     model.sample(2, steps=2)
-    assert seen == [True, False, False]
+    assert seen == ["bf16", "fp32", "fp32_cl", "fp32"]

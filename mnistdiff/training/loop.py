@@ -160,7 +160,7 @@ class TrainLoop:
         self.precision, speeds = (started, {}) if started else resolve_precision(task, device)
         self.autocast = autocast_for(self.precision, device)
         model = task.model.to(device)
-        if self.precision == "bf16_cl":
+        if self.precision.endswith("_cl"):
             model = model.to(memory_format=torch.channels_last)
         torch.manual_seed(cfg.seed)
         self.train_data = to_device(task.train_data, device)

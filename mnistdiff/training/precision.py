@@ -1,4 +1,4 @@
-"""The precision a training run computes in: fp32, bf16 autocast, or bf16 autocast with channels_last.
+"""The precision a training run computes in: fp32 or bf16 autocast, each plain or with channels_last (``_cl``).
 
 :func:`resolve_precision` decides it (the ``amp`` argument, else the config's ``precision``, probing
 with :func:`choose_precision` for ``auto`` on a CPU); :func:`started_precision` reads back what a
@@ -35,19 +35,19 @@ def cpu_has_bf16() -> bool:
 
 def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
     """A factory of the context a step runs under: ``nullcontext`` for fp32, else bf16 autocast on ``device``."""
-    if precision == "fp32":
+    if not precision.startswith("bf16"):
         return nullcontext
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def choose_precision(task: TrainTask, device: torch.device, steps: int = 4, warmup: int = 2) -> dict[str, float]:
-    """Time a few training steps of ``task`` in each precision (fp32, bf16, bf16_cl) on a copy of its model.
+    """Time a few training steps of ``task`` in each precision (fp32, fp32_cl, bf16, bf16_cl) on a copy of its model.
 
     Returns images/s per precision. bf16 is tried only where the CPU has native bf16 (else it is
     emulated and slower, pytorch #86550). Nothing of the run changes: the model is copied and the
     global RNG state is restored afterwards, so the training that follows is the same whatever the probe saw.
     """
-    candidates = ["fp32"] + (["bf16", "bf16_cl"] if device.type != "cpu" or cpu_has_bf16() else [])
+    candidates = ["fp32", "fp32_cl"] + (["bf16", "bf16_cl"] if device.type != "cpu" or cpu_has_bf16() else [])
     bs = min(task.train_config.batch_size, num_rows(task.train_data))
     batch = to_device(take(task.train_data, slice(0, bs)), device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -60,7 +60,7 @@ def _images_per_second(task: TrainTask, batch: Data, precision: str, device: tor
     """Images/s of ``steps`` AdamW steps (after ``warmup`` untimed ones) on a copy of the task's model."""
     model = copy.deepcopy(task.model).to(device)
     x = batch
-    if precision == "bf16_cl" and isinstance(batch, torch.Tensor) and batch.ndim == 4:
+    if precision.endswith("_cl") and isinstance(batch, torch.Tensor) and batch.ndim == 4:
         model, x = model.to(memory_format=torch.channels_last), batch.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = autocast_for(precision, device)
