@@ -60,13 +60,14 @@ def steps_within(model: DiffusionModel, sampler: str, nfe: int) -> int:
 LINSPACE_TOO = ("dpmpp_2m", "dpmpp_2m_sde")
 
 
-def configurations(model: DiffusionModel, nfes: list[int]) -> list[dict]:
-    """(sampler, steps, η, nfe) for each of ``model``'s step-count samplers at each NFE asked for, with the most steps
-    within it (``nfe``: the calls they make); a configuration that two NFEs reach is listed once."""
+def configurations(model: DiffusionModel, nfes: list[int], samplers: list[str] | None = None) -> list[dict]:
+    """(sampler, steps, η, nfe) for each of ``model``'s step-count samplers (those of ``samplers`` only, if given)
+    at each NFE asked for, with the most steps within it (``nfe``: the calls they make); a configuration that two
+    NFEs reach is listed once."""
     out: list[dict] = []
     for nfe in nfes:
         for sampler in model.samplers:
-            if sampler == "ddpm":  # all T ancestral steps: not a step-count sampler
+            if sampler == "ddpm" or (samplers and sampler not in samplers):  # ddpm: all T steps, not a step count
                 continue
             steps = steps_within(model, sampler, nfe)
             etas = (0.0, DEFAULT_ETA) if sampler == "ddim" else (None,)
@@ -139,7 +140,7 @@ def quality_pass(models: dict[str, DiffusionModel], files: dict[str, str], doc: 
         sha = model.meta["weights_sha256"]
         doc["models"][name] = {"file": files[name], "weights_sha256": sha,
                                "training_seconds": model.meta.get("seconds"), "precision": model.precision}
-        for c in configurations(model, args.nfe):
+        for c in configurations(model, args.nfe, args.samplers):
             k = key(name, c)
             if k in rows and rows[k].get("weights_sha256") == sha:
                 continue
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=2000, help="samples per configuration, and real digits in the floor")
     p.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 10, 16, 32, 50, 64],
                    help="network calls per sample (10: issue 24's budget; 50: DDIM-50, the reference)")
+    p.add_argument("--samplers", nargs="+", default=None, metavar="SAMPLER",
+                   help="only these samplers (a model's others are left out; default: all it takes)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="how the network runs (auto: the fastest of fp32, fp32_cl, bf16 and bf16_cl, measured here "
                         "once per model)")
