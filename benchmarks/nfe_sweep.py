@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.speed and old.get("n") != args.n:
         p.error(f"--speed times the configurations scored at --n {args.n}: {out} has none (run without --speed)")
     models, files = load_models(args.model, args.vae, args.precision, args.device)
+    unknown = sorted(set(args.samplers or ()) - {s for m in models.values() for s in m.samplers})
+    if unknown:
+        p.error(f"--samplers: {', '.join(unknown)} samples none of these models (they take "
+                f"{', '.join(dict.fromkeys(s for m in models.values() for s in m.samplers))})")
     if args.speed:
         speed_pass(models, old, args, out)
     else:

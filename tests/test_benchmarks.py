@@ -267,6 +267,9 @@ def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, 
     assert [r["fid"] for r in timed["rows"]] == [r["fid"] for r in doc["rows"]]  # the scores are kept
     with pytest.raises(SystemExit):  # nothing scored at this n: nothing to time
         sweep.main([a if a != "8" else "16" for a in argv] + ["--speed"])
+    with pytest.raises(SystemExit):  # a sampler no model takes: refused before anything is sampled
+        sweep.main(argv + ["--samplers", "euler", "unipc"])
+    assert "--samplers: unipc samples none of these models" in capsys.readouterr().err
 
 
 def test_seed_spread_scores_each_seed_and_summarises_both_spaces(tmp_path):
