@@ -103,9 +103,12 @@ show_grid(x_flow, nrow=16, ax=axes[0], title="flow matching, Heun, 8 steps (16 n
 show_grid(x_ddpm, nrow=16, ax=axes[1], title=f"DDPM, DDIM-{PROFILE.ddim_steps}, η = 1")
 fig.tight_layout()
 plt.show()
-print(f"the flow model: {flow.config.unet.base_channels}-channel UNet, {flow.config.train.epochs} epochs, "
-      f"{flow.meta.get('seconds', float('nan')) / 60:.1f} min of training; "
-      f"the DDPM: {ddpm.config.train.epochs} epochs, {ddpm.meta.get('seconds', float('nan')) / 60:.1f} min")
+budget = {name: (m.config.train.epochs, m.config.train.batch_size, m.meta.get("seconds", float("nan")) / 60,
+                 m.meta.get("metrics", {}).get("cpu_name", "?")) for name, m in (("flow", flow), ("DDPM", ddpm))}
+for name, (epochs, batch, minutes, cpu) in budget.items():
+    print(f"the {name}: {epochs} epochs at batch {batch}, {minutes:.1f} min of training (last on {cpu})")
+print("(minutes are wall-clock, summed over the run's sessions on 2-core CPUs, some shared with other jobs: the "
+      "budget the two share is epochs × batch, not minutes)")
 
 # %% [markdown]
 # ## 1. The straight path
