@@ -19,8 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "bench_throughput.py"
 
-TRAIN_MODES = ("fp32_eager", "bf16_cl_eager", "bf16_cl_compile")
-SAMPLE_MODES = ("fp32_eager", "bf16_cl_eager", "bf16_cl_compile", "bf16_cl_cudagraphs")
+TRAIN_MODES = ("fp32_eager", "fp32_cl_eager", "bf16_cl_eager", "bf16_cl_compile")
+SAMPLE_MODES = ("fp32_eager", "fp32_cl_eager", "bf16_cl_eager", "bf16_cl_compile", "bf16_cl_cudagraphs")
 
 
 def _no_nan(value: str) -> float:
@@ -83,8 +83,10 @@ def test_cpu_measures_the_eager_modes_of_our_unet_and_skips_compiled_ones(run):
     by_name = {e["name"]: e for e in doc["results"]}
     s = doc["settings"]
     for name in (f"train/ours/fp32_eager/b{s['base_batch']}/package",
+                 f"train/ours/fp32_cl_eager/b{s['large_batch']}/package",
                  f"train/ours/bf16_cl_eager/b{s['large_batch']}/package",
-                 "sample/ours/fp32_eager/ddim50/generate", "sample/ours/bf16_cl_eager/ddim50/generate",
+                 "sample/ours/fp32_eager/ddim50/generate", "sample/ours/fp32_cl_eager/ddim50/generate",
+                 "sample/ours/bf16_cl_eager/ddim50/generate",
                  "ema/ours/package"):
         assert by_name[name]["status"] == "ok", by_name[name]
     for e in doc["results"]:
