@@ -17,6 +17,7 @@ from mnistdiff.evaluation.nfe_sweep import (
     reference_key,
     select,
     sweep_curves,
+    sweep_report,
     sweep_table,
 )
 
@@ -75,6 +76,21 @@ def test_each_model_is_read_against_its_own_ddim_50_else_the_pixel_ddpms():
     assert "| ldm, DPM-Solver++(2M) | `ldm:ddim-eta1:50` | 10 | 10.0 |" in equal_quality_table(doc).splitlines()
     no_reference = {**DOC, "rows": ldm[1:]}
     assert reference_key(no_reference, "ldm") is None and fewest_calls(no_reference) == {"ldm, DPM-Solver++(2M)": None}
+
+
+def test_the_deterministic_ddim_50_is_a_second_reference():
+    # η = 0 rows: the LDM's own (FID 3, 3) and the pixel DDPM's (4, 4), the flow read against the DDPM's
+    eta0 = [_row("ldm", "ddim", 0.0, 50, 3.0, 3.0), _row("ldm", "dpmpp_2m", None, 10, 2.3, 2.2),
+            _row("ddpm", "ddim", 0.0, 50, 4.0, 4.0)]
+    doc = {**DOC, "rows": DOC["rows"] + eta0}
+    assert reference_key(doc, "ldm", eta=0.0) == "ldm:ddim-eta0:50"
+    assert reference_key(doc, "flow", eta=0.0) == "ddpm:ddim-eta0:50" and reference_key(DOC, "ldm", eta=0.0) is None
+    best = fewest_calls(doc, eta=0.0)
+    assert best["ldm, DPM-Solver++(2M)"]["nfe"] == 10 and best["ddpm, DPM-Solver++(2M)"]["nfe"] == 4  # 2.0 < 4.8
+    assert fewest_calls(doc)["ddpm, DPM-Solver++(2M)"] is None  # against η = 1 (FID 1, 1): not within
+    assert "| ldm, DPM-Solver++(2M) | `ldm:ddim-eta0:50` | 10 | 10.0 |" in equal_quality_table(doc, eta=0.0)
+    _, text = sweep_report({**doc, "device": "CPU: X", "date": "2026-12-04"})
+    assert text.endswith("deterministic DDIM-50 (η = 0):\n\n" + equal_quality_table(doc, eta=0.0))
 
 
 def test_speed_not_timed_is_said_not_invented():

@@ -48,7 +48,10 @@ def sweep_report(doc: Mapping[str, Any] | None) -> tuple[Any, str]:
     text = f"Quality measured on {where}, n = {doc['n']:,}, seed 0; " + _speed_line(doc)
     text += "\n\n" + sweep_table(doc)
     if any(reference_key(doc, r["model"]) for r in doc["rows"]):
-        text += "\n\nAt equal quality:\n\n" + equal_quality_table(doc)
+        text += "\n\nAt equal quality, against the course's DDIM-50 (η = 1):\n\n" + equal_quality_table(doc)
+    if any(reference_key(doc, r["model"], eta=0.0) for r in doc["rows"]):
+        text += ("\n\nAnd against Song et al.'s deterministic DDIM-50 (η = 0):\n\n"
+                 + equal_quality_table(doc, eta=0.0))
     return plot_sweep(doc), text
 
 
@@ -176,20 +179,21 @@ def _speed(row: Mapping[str, Any]) -> str:
     return f"{row['samples_per_second']:.1f}" if "samples_per_second" in row else "not measured"
 
 
-def reference_key(doc: Mapping[str, Any], model: str) -> str | None:
-    """The row ``model``'s curves are compared with at equal quality: its own DDIM-50 η = 1 row where the sweep has
-    one, else :data:`REFERENCE` (a flow is read against the DDPM of the same pixels); ``None`` if neither is there."""
+def reference_key(doc: Mapping[str, Any], model: str, eta: float = 1.0) -> str | None:
+    """The row ``model``'s curves are compared with at equal quality: its own DDIM-50 row at ``eta`` where the sweep
+    has one, else the pixel DDPM's (:data:`REFERENCE` at η = 1: a flow is read against the DDPM of the same pixels);
+    ``None`` if neither is there."""
     keys = {r["key"] for r in doc["rows"]}
-    own = f"{model}:ddim-eta1:50"
-    return own if own in keys else REFERENCE if REFERENCE in keys else None
+    own, pixel = (f"{m}:ddim-eta{eta:g}:50" for m in (model, REFERENCE.split(":")[0]))
+    return own if own in keys else pixel if pixel in keys else None
 
 
-def fewest_calls(doc: Mapping[str, Any], reference: str | None = None,
-                 within: float = 1.2) -> dict[str, Mapping[str, Any] | None]:
+def fewest_calls(doc: Mapping[str, Any], reference: str | None = None, within: float = 1.2,
+                 eta: float = 1.0) -> dict[str, Mapping[str, Any] | None]:
     """For each curve, its row with the fewest network calls whose FID is within ``within`` × the FID of the
     reference row in every feature space (``reference``: a row's ``key``, e.g. ``"ddpm:ddim-eta1:50"``; ``None``:
-    each model's :func:`reference_key`), so that its NFE and samples per second are read at equal quality; ``None``
-    where no row of the curve is (or the curve has no reference)."""
+    each model's :func:`reference_key` at ``eta``), so that its NFE and samples per second are read at equal
+    quality; ``None`` where no row of the curve is (or the curve has no reference)."""
     if reference is not None and not any(r["key"] == reference for r in doc["rows"]):
         raise KeyError(f"no row {reference!r} in the sweep (its rows: {', '.join(r['key'] for r in doc['rows'])})")
     by_key = {r["key"]: r for r in doc["rows"]}
@@ -197,20 +201,22 @@ def fewest_calls(doc: Mapping[str, Any], reference: str | None = None,
     best: dict[str, Mapping[str, Any] | None] = dict.fromkeys(curve_label(r) for r in doc["rows"])  # the file's order
     for row in sorted(doc["rows"], key=lambda r: r["nfe"]):
         label = curve_label(row)
-        ref = by_key.get(reference or reference_key(doc, row["model"]) or "")
+        ref = by_key.get(reference or reference_key(doc, row["model"], eta) or "")
         if best.get(label) is None and ref is not None:
             best[label] = row if all(row[k] <= within * ref[k] for k in keys) else None
     return best
 
 
-def equal_quality_table(doc: Mapping[str, Any], reference: str | None = None, within: float = 1.2) -> str:
+def equal_quality_table(doc: Mapping[str, Any], reference: str | None = None, within: float = 1.2,
+                        eta: float = 1.0) -> str:
     """Markdown: each curve's fewest network calls within ``within`` × its reference's FID in both spaces
-    (:func:`fewest_calls`), and its samples per second there (timed in one run, on one CPU)."""
+    (:func:`fewest_calls`; the reference at ``eta`` unless given), and its samples per second there (timed in one
+    run, on one CPU)."""
     head = f"| model, sampler | compared with | fewest calls within {within:g}× its FID (both spaces) | samples/s |"
     lines = [head, "| --- | --- | --- | --- |"]
     models = {curve_label(r): r["model"] for r in doc["rows"]}
-    for label, row in fewest_calls(doc, reference, within).items():
-        ref = reference or reference_key(doc, models[label]) or "none"
+    for label, row in fewest_calls(doc, reference, within, eta).items():
+        ref = reference or reference_key(doc, models[label], eta) or "none"
         calls, speed = (str(row["nfe"]), _speed(row)) if row else ("not within", "")
         lines.append(f"| {label} | `{ref}` | {calls} | {speed} |")
     return "\n".join(lines)
