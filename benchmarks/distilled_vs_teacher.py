@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True)
     doc = {"device": cpu, "n": args.n, "date": dt.date.today().isoformat(), "torch": torch.__version__.split("+")[0],
            "teacher": {"file": str(args.teacher), "weights_sha256": teacher.meta["weights_sha256"],
-                       "precision": teacher.precision},
+                       "precision": teacher.precision, "decode_precision": teacher.decode_precision,
+                       "sampling_speeds": teacher.meta.get("sampling_speeds")},
            "student": {"file": str(args.student), "weights_sha256": student.meta["weights_sha256"],
-                       "precision": student.precision, "distillation": student.distillation,
+                       "precision": student.precision, "decode_precision": student.decode_precision,
+                       "sampling_speeds": student.meta.get("sampling_speeds"), "distillation": student.distillation,
                        "seconds": student.meta.get("seconds")},
            "floor": {k: floor[k] for k in floor if isinstance(floor[k], float)}, "generators": rows}
     out = args.out or results_dir() / args.profile / "distillation.json"
