@@ -115,6 +115,30 @@ def test_run_records_its_precision_and_a_resume_reads_it_back(tmp_path):
     assert started_precision(tmp_path / "missing" / "last.pt") is None
 
 
+def test_an_auto_run_keeps_its_precision_on_its_machine_and_measures_again_on_another(tmp_path, monkeypatch):
+    import mnistdiff.training.precision as prec
+
+    task = _task("auto")
+    exp = Experiment.create(tmp_path, "ddpm")
+    fit(task, exp, progress=False)
+    side = json.loads(exp.last_checkpoint.with_suffix(".json").read_text())
+    assert side["machine"] == prec.machine_name(torch.device("cpu"))
+    side["precision"] = "bf16_cl"  # as if the probe had picked it when the run started
+    exp.last_checkpoint.with_suffix(".json").write_text(json.dumps(side))
+    probes = []
+    monkeypatch.setattr(prec, "choose_precision", lambda t, d: probes.append(1) or {"fp32": 2.0, "fp32_cl": 9.0})
+    said = []
+    assert prec.resumed_precision(task, torch.device("cpu"), exp.last_checkpoint, said.append) == ("bf16_cl", {})
+    assert not probes and not said  # the same machine: kept, so the resume is bit for bit
+    monkeypatch.setattr(prec, "machine_name", lambda device: "another CPU")
+    precision, speeds = prec.resumed_precision(task, torch.device("cpu"), exp.last_checkpoint, said.append)
+    assert (precision, speeds) == ("fp32_cl", {"fp32": 2.0, "fp32_cl": 9.0}) and probes == [1]
+    assert said[0].startswith("# resumed on another CPU, the last checkpoint written on ") and "in bf16_cl" in said[0]
+    # a precision the config names is kept on any machine
+    assert prec.resumed_precision(_task("fp32"), torch.device("cpu"), exp.last_checkpoint, said.append) == (
+        "bf16_cl", {})
+
+
 def test_cpu_name_matches_proc_cpuinfo():
     from pathlib import Path
 

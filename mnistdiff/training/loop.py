@@ -43,7 +43,7 @@ from mnistdiff.modelfile import save_model_file
 from mnistdiff.training.batches import Data, chunks, num_rows, take, to_device
 from mnistdiff.training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from mnistdiff.training.experiment import Experiment
-from mnistdiff.training.precision import autocast_for, resolve_precision, started_precision
+from mnistdiff.training.precision import autocast_for, machine_name, resolve_precision, resumed_precision
 from mnistdiff.training.signals import StopFlag, TrainingInterrupted, signal_name, stop_flag
 from mnistdiff.training.state import SIDECAR_KEYS, TrainState
 from mnistdiff.unet import count_parameters
@@ -155,9 +155,8 @@ class TrainLoop:
         self.task, self.experiment, self.flag, self.device, self.progress = task, experiment, flag, device, progress
         self.cfg = cfg = task.train_config
         self.last = experiment.last_checkpoint
-        started = started_precision(self.last) if resume else None
-        # A resumed run keeps the precision it started in (and so resumes bit-exactly); a new one resolves it.
-        self.precision, speeds = (started, {}) if started else resolve_precision(task, device)
+        self.precision, speeds = (resumed_precision(task, device, self.last, experiment.log) if resume
+                                  else resolve_precision(task, device))
         self.autocast = autocast_for(self.precision, device)
         model = task.model.to(device)
         if self.precision.endswith("_cl"):
@@ -286,7 +285,8 @@ class TrainLoop:
         """Write the state to the resumable checkpoint last.pt (the pair it replaces is kept as last.prev.pt)."""
         tensors = self.state.state_dict()
         sidecar = {key: tensors.pop(key) for key in SIDECAR_KEYS}  # history and seconds: in the JSON sidecar
-        extra = {"epoch": self.state.epoch, "step": self.state.step, **sidecar, "precision": self.precision}
+        extra = {"epoch": self.state.epoch, "step": self.state.step, **sidecar, "precision": self.precision,
+                 "machine": machine_name(self.device)}
         save_checkpoint(self.last, tensors, kind=f"{self.task.kind}-resume", config=self.task.run_config, extra=extra,
                         keep_previous=True)
         self.saved_epoch = self.state.epoch

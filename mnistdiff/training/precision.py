@@ -2,7 +2,8 @@
 
 :func:`resolve_precision` decides it (the ``amp`` argument, else the config's ``precision``, probing
 with :func:`choose_precision` for ``auto`` on a CPU); :func:`started_precision` reads back what a
-resumable checkpoint was trained in, so that a resumed run keeps it; :func:`autocast_for` turns the
+resumable checkpoint was trained in (and on which machine), so that a resumed run keeps it where it can resume
+bit-exactly (:func:`resumed_precision`); :func:`autocast_for` turns the
 name into the context manager every training and evaluation step runs under.
 """
 
@@ -22,7 +23,8 @@ from mnistdiff.training.checkpoints import CheckpointError, previous_path, read_
 if TYPE_CHECKING:
     from mnistdiff.training.loop import TrainTask
 
-__all__ = ["choose_precision", "resolve_precision", "started_precision", "autocast_for", "cpu_has_bf16"]
+__all__ = ["choose_precision", "resolve_precision", "started_precision", "resumed_precision", "machine_name",
+           "autocast_for", "cpu_has_bf16"]
 
 
 def cpu_has_bf16() -> bool:
@@ -96,12 +98,37 @@ def resolve_precision(task: TrainTask, device: torch.device) -> tuple[str, dict[
     return max(speeds, key=speeds.__getitem__), speeds
 
 
-def started_precision(last: Any) -> str | None:
-    """The precision recorded in a resumable checkpoint's sidecar (or its predecessor's), if any."""
+def started_precision(last: Any, key: str = "precision") -> str | None:
+    """The precision (or, with ``key="machine"``, the :func:`machine_name`) recorded in a resumable checkpoint's
+    sidecar (or its predecessor's), if any."""
     for path in (last, previous_path(last)):
         try:
-            found = read_sidecar(path).get("precision")
+            found = read_sidecar(path).get(key)
         except CheckpointError:
             continue
         return str(found) if found else None
     return None
+
+
+def machine_name(device: torch.device) -> str:
+    """What a run computes on, as a resume compares it: the GPU's name, or the CPU's (without its thread count)."""
+    from mnistdiff.devices import cpu_name
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def resumed_precision(task: TrainTask, device: torch.device, last: Any, log: Callable[[str], Any] = print
+                      ) -> tuple[str, dict[str, float]]:
+    """The precision a resumed run trains in, and the probe's speeds if it measured (saying why to ``log``).
+
+    The run keeps the precision it started in — and so resumes bit for bit — on the machine that wrote its last
+    checkpoint. With ``precision="auto"`` on another machine (or where the checkpoint did not record one) it
+    measures again: bf16 that was fastest on one CPU can be the slowest on the next, and no run is bit-exact across
+    machines anyway."""
+    started, written_on, here = started_precision(last), started_precision(last, "machine"), machine_name(device)
+    if started and (task.train_config.precision != "auto" or written_on == here):
+        return started, {}
+    if started:
+        log(f"# resumed on {here}, the last checkpoint written on {written_on or 'an unrecorded machine'} in "
+            f"{started}: measured again")
+    return resolve_precision(task, device)
