@@ -184,7 +184,7 @@ def generate(
     device = torch.device(device)
     batch_size = batch_size or (2048 if device.type == "cuda" else 256)
     gen = torch.Generator(device=device).manual_seed(seed)
-    model = model.to(device).eval()
+    model = model.to(device).to(memory_format=torch.contiguous_format).eval()  # plain, whatever ran before
     if precision != "fp32" or compile:
         model = FastDenoiser(model, device.type, precision, compile)
         batch_size = math.ceil(num_samples / math.ceil(num_samples / batch_size))  # e.g. 10,000 → 5 × 2,000

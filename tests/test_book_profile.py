@@ -97,6 +97,13 @@ def test_a_network_runs_in_each_precision_and_fp32_after_channels_last_is_plain_
     assert torch.equal(outs["fp32"], plain) and torch.equal(again, plain)
     assert 0 < float((outs["fp32_cl"] - plain).abs().max()) < 1e-4
     assert float((outs["bf16_cl"] - plain).abs().max()) < 0.1
+    from mnistdiff.config import DDPMRunConfig
+    from mnistdiff.model import DiffusionModel
+
+    model = DiffusionModel(net, NoiseSchedule.make("cosine", 20), DDPMRunConfig(unet=net.config))
+    first = model.sample(2, steps=2, seed=1, precision="fp32").images
+    model.sample(2, steps=2, seed=1, precision="fp32_cl")
+    assert torch.equal(model.sample(2, steps=2, seed=1, precision="fp32").images, first)  # plain again, bit for bit
     chosen, speeds = measure_precision(net, (1, 32, 32), batch_size=4, calls=1)
     assert set(speeds) == set(MEASURED_PRECISIONS) and speeds[chosen] == max(speeds.values())
 
