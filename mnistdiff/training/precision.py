@@ -98,9 +98,13 @@ def resolve_precision(task: TrainTask, device: torch.device) -> tuple[str, dict[
     return max(speeds, key=speeds.__getitem__), speeds
 
 
-def started_precision(last: Any, key: str = "precision") -> str | None:
-    """The precision (or, with ``key="machine"``, the :func:`machine_name`) recorded in a resumable checkpoint's
-    sidecar (or its predecessor's), if any."""
+def started_precision(last: Any) -> str | None:
+    """The precision recorded in a resumable checkpoint's sidecar (or its predecessor's), if any."""
+    return _recorded(last, "precision")
+
+
+def _recorded(last: Any, key: str) -> str | None:
+    """``key`` of a resumable checkpoint's sidecar (or its predecessor's), if recorded."""
     for path in (last, previous_path(last)):
         try:
             found = read_sidecar(path).get(key)
@@ -125,7 +129,7 @@ def resumed_precision(task: TrainTask, device: torch.device, last: Any, log: Cal
     checkpoint. With ``precision="auto"`` on another machine (or where the checkpoint did not record one) it
     measures again: bf16 that was fastest on one CPU can be the slowest on the next, and no run is bit-exact across
     machines anyway."""
-    started, written_on, here = started_precision(last), started_precision(last, "machine"), machine_name(device)
+    started, written_on, here = started_precision(last), _recorded(last, "machine"), machine_name(device)
     if started and (task.train_config.precision != "auto" or written_on == here):
         return started, {}
     if started:
