@@ -17,13 +17,16 @@ TOLERANCE = 1e-4
 
 
 def add_export_parser(sub: Any) -> None:
-    """``export VAE STUDENT [--teacher CLDM] --out DIR``."""
+    """``export VAE STUDENT [--teacher CLDM] [--pixel DDPM] --out DIR``."""
     p = sub.add_parser("export", help="write a distilled cldm student and its VAE decoder as ONNX for the browser")
     p.add_argument("vae_checkpoint", help="the VAE's model file the student's teacher was trained on")
     p.add_argument("checkpoint", help="the distilled student (python -m mnistdiff distill)")
     p.add_argument("--teacher", default=None,
                    help="the student's teacher (the cldm it was distilled from), exported too: the page then also "
                         "samples it at any guidance weight and 4-64 steps")
+    p.add_argument("--pixel", default=None,
+                   help="a pixel DDPM (python -m mnistdiff train ddpm), exported too: the page then also draws "
+                        "unconditional digits in pixels by DPM-Solver++(2M) SDE at 4-16 steps")
     p.add_argument("--out", required=True,
                    help="the folder to write student.onnx.gz, decoder.onnx.gz, [teacher.onnx.gz] (gzipped ONNX) "
                         "and sampler.json into")
@@ -41,9 +44,10 @@ def run_export(args: argparse.Namespace, load: Callable[..., Any]) -> int:
     from mnistdiff.export import check_export, export_student
 
     teacher = None if args.teacher is None else load(KINDS["cldm"], args.teacher, args.vae_checkpoint, "cpu")
-    with as_arg_error():  # export_student checks the teacher before it writes anything
-        paths = export_student(student, out, teacher)
-    errors = check_export(student, out, teacher)
+    pixel = None if args.pixel is None else load(KINDS["ddpm"], args.pixel, None, "cpu")
+    with as_arg_error():  # export_student checks the teacher and the pixel model before it writes anything
+        paths = export_student(student, out, teacher, pixel)
+    errors = check_export(student, out, teacher, pixel)
     for path in paths.values():
         print(f"{path}  {path.stat().st_size / 1e6:.2f} MB")
     print("largest difference from PyTorch: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))

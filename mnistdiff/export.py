@@ -5,8 +5,11 @@ The page mirrors :meth:`mnistdiff.model.DiffusionModel.sample` for a student: fo
 low), v̂ = student(z, t, y); x̂_0 = clip(√ᾱ_t·z − √(1 − ᾱ_t)·v̂, ±c); ε̂ = (z − √ᾱ_t·x̂_0)/√(1 − ᾱ_t); then DDIM
 (η = 0) to the next timestep, z = √ᾱ_next·x̂_0 + √(1 − ᾱ_next)·ε̂ (ᾱ = 1 after the last); the image is decoder(z).
 With the student's teacher exported too, the page also runs the teacher at any w and 4-64 DDIM steps (η = 0):
-the same loop with x̂_0 from the guided ε̃. ``sampler.json`` holds, per network, its timesteps, ᾱ at each, the clip
-c, what it predicts and its guidance weight, and the latent shape and files' hashes.
+the same loop with x̂_0 from the guided ε̃. With the pixel DDPM exported too, the page draws unconditional digits
+straight in pixels by DPM-Solver++(2M) SDE on Karras et al.'s σ (:func:`mnistdiff.solvers.dpm_solver_pp_2m_sde`,
+the course's best sampler at 10 calls), its points precomputed: the network takes the fractional timesteps as floats.
+``sampler.json`` holds, per network, its timesteps (or points), ᾱ at each, the clip c, what it predicts and its
+guidance weight, and the latent shape and files' hashes.
 :func:`check_export` runs the graphs with onnxruntime and reports their largest difference from PyTorch.
 
 Needs the ``[export]`` extra (onnx, onnxscript, onnxruntime); nothing else in the package imports this module.
@@ -28,9 +31,11 @@ from mnistdiff.config import DEFAULT_GUIDANCE
 from mnistdiff.ddim import ddim_timesteps
 from mnistdiff.files import atomic_write_bytes, atomic_write_text
 from mnistdiff.model import DiffusionModel
+from mnistdiff.solvers import ddpm_path
 from mnistdiff.unet import NULL_LABEL
 
-__all__ = ["OPSET", "TEACHER_STEPS", "export_student", "check_export", "onnx_sample"]
+__all__ = ["OPSET", "TEACHER_STEPS", "PIXEL_STEPS", "PIXEL_SOLVER", "export_student", "check_export", "onnx_sample",
+           "onnx_pixel_sample", "pixel_noise"]
 
 #: The ONNX opset the graphs are written in.
 OPSET = 20
@@ -46,6 +51,17 @@ class _Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(z / self.scale).clamp(-1.0, 1.0)
+
+
+class _Pixel(nn.Module):
+    """A pixel ε-network with real timesteps: (x (B, 1, 32, 32), t (B,) float) → ε̂ (B, 1, 32, 32)."""
+
+    def __init__(self, model: DiffusionModel) -> None:
+        super().__init__()
+        self.net = model.network
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t)
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], output: str, path: Path) -> Path:
@@ -91,16 +107,45 @@ def _check_teacher(teacher: DiffusionModel, student: DiffusionModel) -> None:
                          "with the cldm it was distilled from")
 
 
-def export_student(student: DiffusionModel, out_dir: str | Path, teacher: DiffusionModel | None = None
-                   ) -> dict[str, Path]:
+#: The step counts the page offers for the pixel DDPM, and its solver (DPM-Solver++(2M) SDE on Karras σ: at 10
+#: calls 2.5× / 2.1× the real floor on the book's model, the course's best there; ``results/book/nfe_sweep.json``).
+PIXEL_STEPS = (4, 6, 8, 10, 16)
+PIXEL_SOLVER = "dpmpp_2m_sde"
+
+
+def _check_pixel(pixel: DiffusionModel) -> None:
+    if pixel.codec is not None or pixel.num_classes is not None or pixel.schedule is None \
+            or pixel.config.diffusion.prediction != "eps":
+        raise ValueError("the pixel model must be an unconditional ε-prediction pixel DDPM (python -m mnistdiff "
+                         "train ddpm)")
+
+
+def _pixel_constants(pixel: DiffusionModel, path: Path) -> dict[str, Any]:
+    """The pixel DDPM's file, shape, clip and, per step count, the solver's points: the network's (fractional)
+    timesteps and the path's a and b at each, the data point (a = 1, b = 0) last."""
+    assert pixel.schedule is not None
+    steps = {}
+    for n in PIXEL_STEPS:
+        points, _, times = ddpm_path(pixel.network, pixel.schedule, n, "karras", pixel.clip_range)
+        steps[str(n)] = {"times": times, "a": [float(p.a) for p in points], "b": [float(p.b) for p in points]}
+    return {"file": path.name, "sha256": _sha256(path), "prediction": "eps", "clip": float(pixel.clip_range[1]),
+            "weights_sha256": pixel.meta.get("weights_sha256"), "shape": list(pixel.sample_shape),
+            "solver": PIXEL_SOLVER, "spacing": "karras", "default_steps": 10, "steps": steps}
+
+
+def export_student(student: DiffusionModel, out_dir: str | Path, teacher: DiffusionModel | None = None,
+                   pixel: DiffusionModel | None = None) -> dict[str, Path]:
     """Write ``student.onnx.gz`` ((z, t, y) → v̂), ``decoder.onnx.gz`` (z → image), with ``teacher`` also
-    ``teacher.onnx.gz`` ((z, t, y) → ε̂, y = −1 for ∅), and ``sampler.json`` into ``out_dir``. The graphs are gzipped
-    (``gunzip -k`` gives the ``.onnx`` files), each self-contained, opset :data:`OPSET`."""
+    ``teacher.onnx.gz`` ((z, t, y) → ε̂, y = −1 for ∅), with ``pixel`` (a pixel DDPM) also ``pixel.onnx.gz`` ((x, t)
+    → ε̂, t a float), and ``sampler.json`` into ``out_dir``. The graphs are gzipped (``gunzip -k`` gives the
+    ``.onnx`` files), each self-contained, opset :data:`OPSET`."""
     record = student.distillation
     if record is None or student.codec is None or student.schedule is None:
         raise ValueError("export_student takes a distilled class-conditional latent model (mnistdiff distill)")
     if teacher is not None:
         _check_teacher(teacher, student)
+    if pixel is not None:
+        _check_pixel(pixel)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     c, h, w = student.sample_shape
@@ -119,6 +164,10 @@ def export_student(student: DiffusionModel, out_dir: str | Path, teacher: Diffus
         constants["teacher"] = {**_network_constants(teacher, paths["teacher"], list(range(T))),
                                 "steps": {str(n): ddim_timesteps(T, n) for n in TEACHER_STEPS if n <= T},
                                 "guidance": DEFAULT_GUIDANCE}
+    if pixel is not None:
+        x, t_real = torch.randn(2, *pixel.sample_shape), torch.tensor([700.5, 3.25])
+        paths["pixel"] = _export(_Pixel(pixel), (x, t_real), ["x", "t"], "eps", out / "pixel.onnx.gz")
+        constants["pixel"] = _pixel_constants(pixel, paths["pixel"])
     paths["sampler"] = out / "sampler.json"
     atomic_write_text(paths["sampler"], json.dumps(constants, indent=1) + "\n")
     return paths
@@ -132,9 +181,9 @@ def _session(path: Path) -> Any:
 
 
 def check_export(student: DiffusionModel, out_dir: str | Path, teacher: DiffusionModel | None = None,
-                 seed: int = 0) -> dict[str, float]:
+                 pixel: DiffusionModel | None = None, seed: int = 0) -> dict[str, float]:
     """The largest absolute difference between each exported graph under onnxruntime and PyTorch, on fixed inputs
-    (four latents, timesteps from T − 1 to 0, digits with ∅ among them)."""
+    (four latents, timesteps from T − 1 to 0, digits with ∅ among them; four images at fractional timesteps)."""
     out = Path(out_dir)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((4, *student.sample_shape), generator=g)
@@ -147,6 +196,10 @@ def check_export(student: DiffusionModel, out_dir: str | Path, teacher: Diffusio
         for name, feeds, ref in [*checks, ("decoder", {"z": z}, _Decoder(student)(z))]:
             got = _session(out / f"{name}.onnx.gz").run(None, {k: v.numpy() for k, v in feeds.items()})[0]
             errors[name] = float((torch.from_numpy(got) - ref).abs().max())
+        if pixel is not None:
+            x, t_real = torch.randn((4, *pixel.sample_shape), generator=g), torch.tensor([999.0, 612.7, 40.25, 0.0])
+            got = _session(out / "pixel.onnx.gz").run(None, {"x": x.numpy(), "t": t_real.numpy()})[0]
+            errors["pixel"] = float((torch.from_numpy(got) - _Pixel(pixel)(x, t_real)).abs().max())
     return errors
 
 
@@ -196,3 +249,40 @@ def onnx_sample(out_dir: str | Path, z: torch.Tensor, y: torch.Tensor, *, teache
         eps = (x - a**0.5 * x0) / (1 - a) ** 0.5
         x = a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps
     return torch.from_numpy(_session(out / constants["decoder"]["file"]).run(None, {"z": x.float().numpy()})[0])
+
+
+def pixel_noise(n: int, steps: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise the package's DPM-Solver++(2M) SDE draws for ``n`` pixel samples in ``steps`` steps from ``seed``
+    (CPU): the start x_T (n, 1, 32, 32), then one z (steps − 1, n, 1, 32, 32) for each step but the last."""
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn((n, 1, 32, 32), generator=g)
+    return x_T, torch.stack([torch.randn((n, 1, 32, 32), generator=g) for _ in range(steps - 1)])
+
+
+def onnx_pixel_sample(out_dir: str | Path, x_T: torch.Tensor, noise: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """The page's pixel sampler in Python on the exported graph alone: DPM-Solver++(2M) SDE (Lu et al. 2022) on the
+    points in ``sampler.json``, from ``x_T`` (B, 1, 32, 32) with the fresh noise ``noise`` (steps − 1, B, 1, 32, 32)
+    of each step but the last, to images (B, 1, 32, 32). Step i: x̂_0 = clip((x − b_i·ε̂)/a_i); h = λ_{i+1} − λ_i with
+    λ = log(a/b); D = (1 + 1/2r)·x̂_0 − (1/2r)·x̂_0,prev (r = h_prev/h; x̂_0 on the first step);
+    x = (b_{i+1}/b_i)·e^{−h}·x − a_{i+1}·(e^{−2h} − 1)·D + b_{i+1}·√(1 − e^{−2h})·z_i, and x̂_0 itself on the last."""
+    import math
+
+    out = Path(out_dir)
+    c = json.loads((out / "sampler.json").read_text())["pixel"]
+    pts, net = c["steps"][str(steps)], _session(out / c["file"])
+    a, b = pts["a"], pts["b"]
+    x, prev_x0, prev_h = x_T.double(), None, math.inf
+    for i, t in enumerate(pts["times"]):
+        feeds = {"x": x.float().numpy(), "t": torch.full((x.shape[0],), t).float().numpy()}
+        eps = torch.from_numpy(net.run(None, feeds)[0]).double()
+        x0 = ((x - b[i] * eps) / a[i]).clamp(-c["clip"], c["clip"])
+        if b[i + 1] == 0:
+            x = x0
+            break
+        h = math.log(a[i + 1] / b[i + 1]) - math.log(a[i] / b[i])
+        k = 0.0 if prev_x0 is None else h / (2 * prev_h)  # 1/2r
+        d = (1 + k) * x0 - (k * prev_x0 if prev_x0 is not None else 0.0)
+        x = (b[i + 1] / b[i] * math.exp(-h) * x - a[i + 1] * math.expm1(-2 * h) * d
+             + b[i + 1] * math.sqrt(-math.expm1(-2 * h)) * noise[i].double())
+        prev_x0, prev_h = x0, h
+    return x.float()

@@ -125,8 +125,8 @@ class DiffusionModel:
         return tuple(self.config.samplers)
 
     def nfe(self, sampler: str, steps: int) -> int:
-        """Network calls per sample of ``sample(sampler=sampler, steps=steps)``: T for DDPM's sampler, 2·steps for a
-        flow's Heun, 2·steps − 1 for EDM's Heun, else ``steps`` (guidance doubles the batch, not the calls)."""
+        """Network calls per sample of ``sample(sampler=sampler, steps=steps)``: T for DDPM's sampler, 2·steps − 1
+        for Heun (a flow's and EDM's), else ``steps`` (guidance doubles the batch, not the calls)."""
         if sampler == "ddpm" and self.schedule is not None:
             return self.schedule.num_timesteps
         if sampler == "heun":

@@ -426,7 +426,9 @@ Markdown(f"The target equals `mnistdiff.training.distill.distillation_target`. T
 #
 # Four calls of a small latent network and one of the decoder take milliseconds, so in the rendered book this
 # chapter's student runs on the page, in your browser, exported to ONNX (`python -m mnistdiff export`) and run by
-# onnxruntime-web. Compare it with its teacher at 4 steps (8 calls) and at 64. (In Jupyter the box stays empty.)
+# onnxruntime-web. Compare it with its teacher at 4 steps (8 calls) and at 64, and with chapter 2's pixel DDPM drawn
+# by this chapter's DPM-Solver++(2M) SDE on Karras et al.'s σ in 4 to 16 calls, no decoder needed: its page loop is
+# the package's `dpm_solver_pp_2m_sde`, checked against it from the same noise. (In Jupyter the box stays empty.)
 #
 # <div class="mnistdiff-generator"></div>
 

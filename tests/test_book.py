@@ -835,13 +835,14 @@ class TestInChromium:
         """Served over HTTP (as GitHub Pages serves it), the introduction's generator runs the exported models with the
         vendored onnxruntime-web: from fixed noise its JavaScript sampler gives Python's digits (``onnx_sample``, itself
         checked against the package's samplers in tests/test_export.py) within 1e-3, for the student and the guided
-        teacher, with the network calls each should cost; nothing is fetched from outside the book. On the page
-        itself, the classifier reads the digit asked for in at least 9 of 10 of the generator's canvases, for three
+        teacher and the pixel DDPM (``onnx_pixel_sample``), with the network calls each should cost; nothing is
+        fetched from outside the book. On the page itself, the classifier reads the digit asked for in at least 9 of
+        10 of the generator's canvases, for three digits, and at least 5 of the pixel model's 10 lie among real
         digits; it prints one digit's time and the page's added download (at most 15 MB)."""
         import torch
 
         from mnistdiff.evaluation.guidance import label_accuracy
-        from mnistdiff.export import onnx_sample
+        from mnistdiff.export import onnx_pixel_sample, onnx_sample, pixel_noise
 
         models = built / "_static" / "generator" / "models"
         latent = json.loads((models / "sampler.json").read_text())["latent_shape"]
@@ -866,16 +867,34 @@ class TestInChromium:
                 assert error < allowed, f"{case}: the page's digits differ from Python's by {error:.2e} ({allowed:.1e})"
                 print(f"[generator] {case}: largest difference from Python {error:.1e} (allowed {allowed:.1e})")
                 assert (got["nfe"], got["frames"]) == (nfe, frames), (case, got["nfe"], got["frames"])
+            x_T, zs = pixel_noise(3, 10, seed=0)  # the pixel DDPM: x_T, then one fresh z a step
+            args = json.dumps({"model": "pixel", "steps": 10, "digits": y, "frames": True,
+                               "noise": torch.cat([x_T[None], zs]).flatten().tolist()})
+            got = browser.evaluate(session, f"window.mnistdiffGenerator.sample({args}).then(r => ({{"
+                                   "images: Array.from(r.images), nfe: r.nfe, frames: r.frames.length}))")
+            want = onnx_pixel_sample(models, x_T, zs, 10)
+            error = (torch.tensor(got["images"]).reshape(want.shape) - want).abs().max().item()
+            print(f"[generator] pixel DDPM, DPM-Solver++(2M) SDE, 10 steps: largest difference from Python {error:.1e}")
+            assert error < 1e-3 and (got["nfe"], got["frames"]) == (10, 10), (error, got["nfe"], got["frames"])
             for digit in (0, 4, 7):  # the page itself: choose a digit, press Generate, read its ten canvases
-                drawn = browser.evaluate(session, _GENERATE_JS % digit)
+                drawn = browser.evaluate(session, _GENERATE_JS % ("student", digit))
                 assert drawn["frames"] == 4 and "network calls each" in drawn["status"], drawn
                 images = torch.tensor(drawn["pixels"], dtype=torch.float32).reshape(-1, 1, 32, 32) / 127.5 - 1
                 accuracy, _ = label_accuracy(images, torch.full((len(images),), digit), device="cpu")
                 print(f"[generator] digit {digit}: the classifier reads {accuracy * len(images):.0f} of {len(images)}")
                 assert len(images) == 10 and accuracy >= 0.9, (digit, accuracy, drawn["status"])
-            one = browser.evaluate(session, _ONE_DIGIT_JS)
-            print(f"[generator] one digit (student, 4 calls, no frames): median {one:.0f} ms of 5 "
-                  f"on {cpu_name()} (one WebAssembly thread)")
+            drawn = browser.evaluate(session, _GENERATE_JS % ("pixel", "any"))  # unconditional: any digit
+            assert drawn["frames"] == 6 and "10 network calls each" in drawn["status"], drawn
+            images = torch.tensor(drawn["pixels"], dtype=torch.float32).reshape(-1, 1, 32, 32) / 127.5 - 1
+            inside = _share_among_real_digits(images)
+            print(f"[generator] pixel DDPM on the page: {inside * len(images):.0f} of {len(images)} canvases lie among "
+                  "real digits (classifier features; pure noise: 0)")
+            assert len(images) == 10 and inside >= 0.5, (inside, drawn["status"])
+            for who, opts in (("student, 4 calls", '"model": "student"'),
+                              ("pixel DDPM, 10 calls", '"model": "pixel", "steps": 10')):
+                one = browser.evaluate(session, _ONE_DIGIT_JS % opts)
+                print(f"[generator] one digit ({who}, no frames): median {one:.0f} ms of 5 "
+                      f"on {cpu_name()} (one WebAssembly thread)")
             download = sum(_served_file(built, url, u).stat().st_size for u in set(browser.requests(session))
                            if "/_static/generator/" in u or "/_static/onnxruntime-web/" in u)
             print(f"[generator] the page's added download: {download / 1e6:.1f} MB")
@@ -886,10 +905,14 @@ class TestInChromium:
             assert not outside, f"requests that leave the book: {outside}"
 
 
-# Choose the digit %d (student, seed 0), press Generate, wait for the canvases; their grey levels and the status line.
+# Choose the model %s and the digit %s (seed 0), press Generate, wait for the canvases; their grey levels and the
+# status line.
 _GENERATE_JS = """new Promise((resolve, reject) => {
   const root = document.querySelector('.mnistdiff-generator');
-  root.querySelector('select[aria-label=digit]').value = '%d';
+  const model = root.querySelector('select[aria-label=model]');
+  model.value = '%s';
+  model.dispatchEvent(new Event('change'));
+  root.querySelector('select[aria-label=digit]').value = '%s';
   root.querySelector('.mg-digits').replaceChildren();
   root.querySelector('button').click();
   const started = Date.now();
@@ -905,12 +928,23 @@ _GENERATE_JS = """new Promise((resolve, reject) => {
   }, 100);
 })"""
 
-# The median time of one digit drawn by the student (no frames), of five, after the models have loaded.
+# The median time of one digit (no frames) drawn with the options %s, of five, after the models have loaded.
 _ONE_DIGIT_JS = """(async () => {
   const times = [];
-  for (let i = 0; i < 5; i++) times.push((await window.mnistdiffGenerator.sample({digits: [7], seed: i})).ms);
+  for (let i = 0; i < 5; i++) times.push((await window.mnistdiffGenerator.sample({%s, digits: [7], seed: i})).ms);
   return times.sort((a, b) => a - b)[2];
 })()"""
+
+
+def _share_among_real_digits(images) -> float:
+    """The precision (Kynkäänniemi et al.) of ``images`` against 2,000 test digits in the project classifier's
+    features: the share of them inside some real digit's 3rd-nearest-neighbour ball (noise scores 0)."""
+    from mnistdiff.evaluation.distances import precision_recall
+    from mnistdiff.evaluation.features import classifier_features
+    from mnistdiff.evaluation.metrics import reference_features
+
+    real, _ = reference_features("cpu", n_ref=2000)
+    return precision_recall(real, classifier_features(images, device="cpu")[0], k=3)[0]
 
 
 def _served_file(root: Path, base: str, url: str) -> Path:

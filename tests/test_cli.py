@@ -755,3 +755,17 @@ def test_export_with_the_teacher_adds_its_graph_and_refuses_another_cldm(student
     args[4] = str(student["student"])  # the student as its own teacher (export's other refusals: test_export.py)
     assert _exit_code(args[:-1] + [str(tmp_path / "x")]) == 2
     assert "the teacher must be a class-conditional ε-prediction latent model" in capsys.readouterr().err
+
+
+def test_export_with_the_pixel_ddpm_adds_its_graph_and_refuses_another_kind(runs, student, tmp_path, capsys):
+    out = tmp_path / "web"
+    ddpm = str(runs["ddpm"] / "checkpoints" / "model.safetensors")
+    assert main(["export", student["vae"], str(student["student"]), "--pixel", ddpm, "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"student.onnx.gz", "pixel.onnx.gz", "decoder.onnx.gz", "sampler.json"}
+    assert "pixel" in capsys.readouterr().out.split("largest difference from PyTorch:")[1]
+    pixel = json.loads((out / "sampler.json").read_text())["pixel"]
+    assert pixel["weights_sha256"] == read_model_meta(ddpm)["weights_sha256"] and pixel["shape"] == [1, 32, 32]
+    flow = str(runs["flow"] / "checkpoints" / "model.safetensors")
+    assert _exit_code(["export", student["vae"], str(student["student"]), "--pixel", flow, "--out",
+                       str(tmp_path / "x")]) == 2
+    assert "ddpm" in capsys.readouterr().err and not (tmp_path / "x" / "pixel.onnx.gz").exists()

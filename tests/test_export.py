@@ -2,7 +2,9 @@
 graphs run under onnxruntime and agree with PyTorch within 1e-4 on fixed inputs (∅ labels included);
 ``sampler.json`` holds each network's own constants; and the page's sampler written in Python on the exported files
 alone (``onnx_sample``) reproduces the package's own samplers: the student's loop, and the teacher's guided DDIM
-(η = 0) at w = 0, 1 and 2.5, from the same noise."""
+(η = 0) at w = 0, 1 and 2.5, from the same noise; and the pixel DDPM's DPM-Solver++(2M) SDE
+(``onnx_pixel_sample``) draws what the package's solver draws from the same noise, on points that are Karras et
+al.'s σ (eq. 5, closed form)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ import json
 import pytest
 import torch
 
-from mnistdiff.config import CLDMRunConfig, DiffusionConfig, UNetConfig, VAEConfig
+from mnistdiff.config import CLDMRunConfig, DDPMRunConfig, DiffusionConfig, UNetConfig, VAEConfig
 from mnistdiff.ddim import ddim_timesteps
 from mnistdiff.ddpm import EpsFromV
-from mnistdiff.export import check_export, export_student, onnx_sample
+from mnistdiff.export import PIXEL_STEPS, check_export, export_student, onnx_pixel_sample, onnx_sample, pixel_noise
 from mnistdiff.latent import LatentCodec
 from mnistdiff.model import DiffusionModel
 from mnistdiff.schedules import NoiseSchedule
@@ -47,13 +49,31 @@ def exported(tmp_path_factory):
     teacher = DiffusionModel(teacher_unet, sched, teacher_cfg, codec=codec, clip_range=(-CLIP, CLIP),
                              meta={"weights_sha256": "t"})
     out = tmp_path_factory.mktemp("export")
-    return student, out, export_student(student, out, teacher), teacher
+    return student, out, export_student(student, out, teacher, _pixel_model()), teacher
 
 
-def test_the_graphs_agree_with_pytorch(exported):
+def _pixel_model(timesteps: int = T) -> DiffusionModel:
+    """A tiny unconditional pixel ε-model, its weights perturbed so that its ε̂ depends on x and t."""
+    cfg = DDPMRunConfig(unet=UNetConfig(in_channels=1, image_size=32, base_channels=8, channel_mults=(1, 2),
+                                        num_res_blocks=1, attention_resolutions=(), num_heads=2),
+                        diffusion=DiffusionConfig(timesteps=timesteps))
+    torch.manual_seed(1)
+    unet = UNet(cfg.unet).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return DiffusionModel(unet, NoiseSchedule.from_config(cfg.diffusion), cfg, meta={"weights_sha256": "p"})
+
+
+@pytest.fixture(scope="module")
+def pixel(exported):
+    return _pixel_model()
+
+
+def test_the_graphs_agree_with_pytorch(exported, pixel):
     student, out, _, teacher = exported
-    errors = check_export(student, out, teacher)
-    assert set(errors) == {"student", "teacher", "decoder"} and max(errors.values()) < 1e-4, errors
+    errors = check_export(student, out, teacher, pixel)
+    assert set(errors) == {"student", "teacher", "decoder", "pixel"} and max(errors.values()) < 1e-4, errors
 
 
 def test_sampler_json_holds_each_networks_constants(exported):
@@ -126,12 +146,48 @@ def test_the_package_samples_the_student_as_the_page_will(exported):
     torch.testing.assert_close(onnx_sample(out, z, y), images, rtol=0, atol=1e-4)
 
 
+def test_the_pixel_models_points_are_karras_sigmas(exported):
+    """Each step count's points lie on the variance-preserving path (a² + b² = 1) at σ = b/a of Karras et al.'s
+    eq. 5 from σ_max = 20 down to the schedule's first σ, then the data (a = 1, b = 0)."""
+    _, out, _, _ = exported
+    c = json.loads((out / "sampler.json").read_text())["pixel"]
+    abar0 = float(_pixel_model().schedule.alphas_cumprod.double()[0])
+    lo, hi = ((1 - abar0) / abar0) ** (1 / 14), 20.0 ** (1 / 7)  # σ_min = √((1 − ᾱ_0)/ᾱ_0)
+    assert sorted(map(int, c["steps"])) == list(PIXEL_STEPS) and c["solver"] == "dpmpp_2m_sde" and c["clip"] == 1.0
+    for n, pts in c["steps"].items():
+        n = int(n)
+        want = [(hi + i / (n - 1) * (lo - hi)) ** 7 for i in range(n)]
+        a, b = torch.tensor(pts["a"], dtype=torch.float64), torch.tensor(pts["b"], dtype=torch.float64)
+        assert len(pts["times"]) == n and (a[-1], b[-1]) == (1.0, 0.0)
+        torch.testing.assert_close(a[:-1] ** 2 + b[:-1] ** 2, torch.ones(n, dtype=torch.float64))
+        torch.testing.assert_close(b[:-1] / a[:-1], torch.tensor(want, dtype=torch.float64))
+        assert all(t0 > t1 for t0, t1 in zip(pts["times"], pts["times"][1:]))
+
+
+@pytest.mark.parametrize("steps", [4, 10])
+def test_the_pages_pixel_sampler_matches_the_packages_dpm_solver_sde(exported, pixel, steps):
+    """From the noise the package draws (x_T, then one z a step), the page's loop gives the package's digits."""
+    _, out, _, _ = exported
+    images, _ = pixel.sample(3, sampler="dpmpp_2m_sde", steps=steps, seed=4)
+    x_T, z = pixel_noise(3, steps, seed=4)
+    got = onnx_pixel_sample(out, x_T, z, steps)
+    torch.testing.assert_close(got, images, rtol=0, atol=1e-4)
+    assert (got - onnx_pixel_sample(out, x_T, torch.zeros_like(z), steps)).abs().max() > 1e-2  # the z are used
+
+
+def test_only_a_pixel_ddpm_is_exported_as_the_pixel_model(exported, tmp_path):
+    student, _, _, teacher = exported
+    with pytest.raises(ValueError, match="unconditional ε-prediction pixel DDPM"):
+        export_student(student, tmp_path / "p", None, teacher)
+    assert not (tmp_path / "p").exists()
+
+
 def test_the_books_generator_runs_the_committed_models():
     """``book/_assets/generator/models`` is the export of the committed book student and its teacher: each graph's
     hash is the one ``sampler.json`` records, and the weights it records are those of the model files. (After
     retraining, re-export: ``python -m mnistdiff export checkpoints/book/vae.safetensors
-    checkpoints/book/cldm_distilled.safetensors --teacher checkpoints/book/cldm.safetensors --out
-    book/_assets/generator/models``.)"""
+    checkpoints/book/cldm_distilled.safetensors --teacher checkpoints/book/cldm.safetensors --pixel
+    checkpoints/book/ddpm.safetensors --out book/_assets/generator/models``.)"""
     import hashlib
     from pathlib import Path
 
@@ -140,10 +196,10 @@ def test_the_books_generator_runs_the_committed_models():
     repo = Path(__file__).resolve().parents[1]
     models, book = repo / "book" / "_assets" / "generator" / "models", repo / "checkpoints" / "book"
     constants = json.loads((models / "sampler.json").read_text())
-    for name, model_file in (("student", "cldm_distilled"), ("teacher", "cldm")):
+    for name, model_file in (("student", "cldm_distilled"), ("teacher", "cldm"), ("pixel", "ddpm")):
         want = read_model_meta(book / f"{model_file}.safetensors")["weights_sha256"]
         assert constants[name]["weights_sha256"] == want, f"the page's {name} is not {model_file}: re-export"
-    for name in ("student", "teacher", "decoder"):
+    for name in ("student", "teacher", "decoder", "pixel"):
         entry = constants[name]
         assert hashlib.sha256((models / entry["file"]).read_bytes()).hexdigest() == entry["sha256"], name
     assert read_model_meta(book / "cldm_distilled.safetensors")["vae_weights_sha256"] == read_model_meta(

@@ -107,11 +107,12 @@ def test_euler_converges_at_first_order_to_the_exact_solution():
 
 
 def test_heun_converges_at_second_order_and_beats_euler():
+    """Second order with its Euler last step too (that step's local error is O(h²), like Heun's global one)."""
     errors = _errors("heun", [16, 32, 64, 128])
-    assert errors[-1] < 2e-4
+    assert errors[-1] < 5e-4
     for coarse, fine in zip(errors, errors[1:]):
         assert 3.3 < coarse / fine < 4.6  # halving the step quarters the error
-    assert 5 * _errors("heun", [8])[0] < _errors("euler", [16])[0]  # at 16 network calls each
+    assert 1.3 * _errors("heun", [8])[0] < _errors("euler", [16])[0]  # at 15 and 16 network calls
 
 
 def test_flow_euler_is_ddim_on_the_straight_path():
@@ -139,7 +140,8 @@ def test_solvers_call_the_network_as_flow_nfe_says_and_label_frames_by_time():
         assert len(calls) == flow_nfe(solver, steps)
         assert calls[0] == pytest.approx(TIME_SCALE)  # the first call sees pure noise at t = 1
         assert [t for t, _ in out.frames] == [round(1000 * t) for t in flow_timesteps(steps)]
-    assert flow_nfe("euler", 8) == 8 and flow_nfe("heun", 8) == 16
+    assert flow_nfe("euler", 8) == 8 and flow_nfe("heun", 8) == 15 and flow_nfe("heun", 1) == 1
+    assert 0.0 not in calls  # Heun's last step is Euler's: the network is never asked at t = 0
     with pytest.raises(ValueError, match="solver must be one of euler, heun"):
         flow_sample_loop(net, (1, 1, 4, 4), steps=2, solver="ddim")
     with pytest.raises(ValueError, match="steps must be at least 1"):

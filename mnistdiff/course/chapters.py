@@ -17,6 +17,8 @@ CHAPTERS: tuple[str, ...] = (
     "05_latent_diffusion",
     "06_umap_evaluation",
     "07_guidance",
+    "08_flow_matching",
+    "09_fast_sampling",
 )
 
 #: The chapters after the opener: each has exercises and a note on what the smoke profile changes.

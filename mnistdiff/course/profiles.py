@@ -1,8 +1,8 @@
 """The one profile switch: ``MNISTDIFF_PROFILE=smoke|book|full``.
 
 * ``book``: what the published book is executed with. On two CPU cores (AMD EPYC, alone) its DDPM trains in about
-  160 minutes, the VAE in 22, the LDM in 10, the cldm in 8 and the cldm's 4-step student distils in 15
-  (``python -m mnistdiff train all --profile book``, resumable, which also trains the flow twin, not committed yet);
+  160 minutes, the VAE in 22, the LDM in 10, the cldm in 8, the cldm's 4-step student distils in 15 and the flow
+  twin of the DDPM trains in about 170 (``python -m mnistdiff train all --profile book``, resumable);
   the checkpoints are committed, so every chapter loads them in seconds on any machine. The default.
 * ``full``: the reference settings (the dataclass defaults), meant for a GPU.
 * ``smoke``: every code path, tiny models and sample counts; every notebook runs in a few

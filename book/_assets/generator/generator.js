@@ -8,8 +8,12 @@
  *   student (v̂):  x̂_0 = √ᾱ_t·z − √(1 − ᾱ_t)·v̂
  *   teacher (ε̂):  ε̃ = ε(∅) + w·(ε(y) − ε(∅)),  x̂_0 = (z − √(1 − ᾱ_t)·ε̃)/√ᾱ_t
  * then ε̂ = (z − √ᾱ_t·x̂_0)/√(1 − ᾱ_t) and DDIM (η = 0) to the next timestep, z = √ᾱ_next·x̂_0 + √(1 − ᾱ_next)·ε̂
- * (ᾱ = 1 after the last); the digit is decoder(z). A page places it with <div class="mnistdiff-generator"></div>
- * (data-model, data-steps, data-guidance and data-digit preset its controls).
+ * (ᾱ = 1 after the last); the digit is decoder(z). The pixel DDPM of chapter 2 draws unconditional digits straight
+ * in pixels by DPM-Solver++(2M) SDE on Karras σ (mnistdiff.export.onnx_pixel_sample, mnistdiff.solvers): at points
+ * (a_i, b_i) with λ = log(a/b), x̂_0 = clip((x − b_i·ε̂)/a_i), D = (1 + 1/2r)·x̂_0 − (1/2r)·x̂_0,prev, and
+ *   x ← (b_{i+1}/b_i)·e^{−h}·x − a_{i+1}·(e^{−2h} − 1)·D + b_{i+1}·√(1 − e^{−2h})·z_i,   h = λ_{i+1} − λ_i,
+ * the last step landing on x̂_0. A page places it with <div class="mnistdiff-generator"></div> (data-model,
+ * data-steps, data-guidance and data-digit preset its controls).
  */
 (function () {
   "use strict";
@@ -70,7 +74,8 @@
     return runtime;
   }
 
-  /** A network's session, opened on first use (the teacher's 3.9 MB only when a reader asks for it). */
+  /** A network's session, opened on first use (the teacher's 3.9 MB and the pixel model's 2.4 MB only when a
+   * reader asks for them). */
   async function openSession(rt, name) {
     if (!rt.sessions[name]) {
       const bytes = await fetchGzipped(MODELS + rt.constants[name].file);
@@ -142,14 +147,52 @@
     return { timesteps: timesteps, abars: timesteps.map((t) => c.alphas_cumprod[t]) };
   }
 
+  // ---- the pixel DDPM: DPM-Solver++(2M) SDE on the points sampler.json holds ---------------------------------------
+  /** ε̂ (Float32Array, B·D) of the pixel network for images x (Float64Array, B·D) at the real timestep t. */
+  async function pixelEps(rt, x, t, batch) {
+    const dims = [batch].concat(rt.constants.pixel.shape);
+    evaluations += batch;
+    return run(rt, "pixel", { x: new rt.ort.Tensor("float32", Float32Array.from(x), dims),
+                              t: new rt.ort.Tensor("float32", new Float32Array(batch).fill(t), [batch]) });
+  }
+
+  /** Unconditional digits in pixels: opts.steps points, from noise (x_T then each step's z: steps·B·D numbers). */
+  async function samplePixel(rt, o) {
+    const c = rt.constants.pixel, pts = c.steps[String(o.steps)];
+    if (!pts) throw new Error("the pixel model samples with " + Object.keys(c.steps).join(", ") + " steps");
+    const batch = o.count, d = c.shape.reduce((p, q) => p * q, 1), n = batch * d, steps = pts.times.length;
+    const noise = o.noise ? Float64Array.from(o.noise) : gaussian(steps * n, o.seed);
+    if (noise.length !== steps * n) throw new Error("noise must hold " + steps * n + " numbers (x_T, then one z a step)");
+    const a = pts.a, b = pts.b, lambda = (i) => Math.log(a[i]) - Math.log(b[i]);
+    const start = performance.now(), evaluations0 = evaluations, frames = [];
+    let x = noise.slice(0, n), prev = null, prevH = Infinity;
+    for (let i = 0; i < steps; i++) {
+      const eps = await pixelEps(rt, x, pts.times[i], batch);
+      const x0 = new Float64Array(n);
+      for (let j = 0; j < n; j++) x0[j] = Math.min(c.clip, Math.max(-c.clip, (x[j] - b[i] * eps[j]) / a[i]));
+      if (o.frames) frames.push({ t: Math.floor(pts.times[i]) + 1, images: Float32Array.from(x0) });
+      if (b[i + 1] === 0) { x = x0; break; }
+      const h = lambda(i + 1) - lambda(i), k = prev ? h / (2 * prevH) : 0; // k = 1/2r
+      const kept = (b[i + 1] / b[i]) * Math.exp(-h), drift = -a[i + 1] * Math.expm1(-2 * h);
+      const fresh = b[i + 1] * Math.sqrt(-Math.expm1(-2 * h)), z = noise.subarray((i + 1) * n, (i + 2) * n);
+      const next = new Float64Array(n);
+      for (let j = 0; j < n; j++) next[j] = kept * x[j] + drift * ((1 + k) * x0[j] - (prev ? k * prev[j] : 0)) + fresh * z[j];
+      prev = x0; prevH = h; x = next;
+    }
+    const nfe = (evaluations - evaluations0) / batch;
+    return { images: Float32Array.from(x), frames: frames, nfe: nfe, ms: performance.now() - start };
+  }
+
   /**
-   * Draw digits. opts: {model: "student"|"teacher", digits: [0-9, …], steps, guidance, noise (B·c·h·w numbers) or
-   * seed, frames (decode x̂_0 at each step)}. Returns {images: Float32Array (B·32·32, in [−1, 1]), frames: [{t,
-   * images}], nfe (network evaluations per digit: 1 a step for the student, 2 for the guided teacher), ms}.
+   * Draw digits. opts: {model: "student"|"teacher"|"pixel", digits: [0-9, …] (the pixel model: count), steps,
+   * guidance, noise (B·c·h·w numbers; the pixel model: steps·B·32·32, x_T then each step's z) or seed, frames (x̂_0
+   * at each step)}. Returns {images: Float32Array (B·32·32, in [−1, 1]), frames: [{t, images}], nfe (network
+   * evaluations per digit: 1 a step for the student and the pixel model, 2 for the guided teacher), ms}.
    */
   async function sample(opts) {
     const rt = await load();
     const o = Object.assign({ model: "student", steps: 4, frames: false, seed: 0 }, opts);
+    if (o.model === "pixel") return samplePixel(rt, Object.assign({ count: (o.digits || []).length || 1 }, o));
     if (o.guidance === undefined) o.guidance = rt.constants[o.model].guidance;
     const d = rt.constants.latent_shape.reduce((p, q) => p * q, 1);
     const x0noise = o.noise ? Float64Array.from(o.noise) : gaussian(o.digits.length * d, o.seed);
@@ -231,6 +274,7 @@
     const model = el("select", { "aria-label": "model" }, [
       el("option", { value: "student", text: "distilled student (4 steps, w folded in)" }),
       el("option", { value: "teacher", text: "teacher (guided DDIM)" }),
+      el("option", { value: "pixel", text: "pixel DDPM (any digit, DPM-Solver++(2M) SDE)" }),
     ]);
     const steps = el("select", { "aria-label": "steps" });
     const guidance = el("input", { type: "range", min: "0", max: "6", step: "0.5", value: "2", "aria-label": "w" });
@@ -253,23 +297,29 @@
     if (preset.model) model.value = preset.model;
     if (preset.guidance) guidance.value = preset.guidance;
     if (preset.steps) steps.dataset.preset = preset.steps;
-    return { digit, model, steps, guidance, wText, seed, button };
+    return { digit, model, steps, guidance, wText, seed, button, pixelOption: model.lastChild };
   }
 
-  /** Steps and w follow the model: the student's own steps and folded w; the teacher's step counts, any w. */
+  /** Steps, w and the digit follow the model: the student's own steps and folded w; the teacher's step counts, any
+   * w; the pixel model's step counts, no w and no digit to ask for (it is unconditional). */
   function syncControls(c, constants) {
-    const student = c.model.value === "student";
+    const m = c.model.value, student = m === "student", pixel = m === "pixel";
+    c.pixelOption.hidden = !!constants && !constants.pixel;
     if (!constants) {
       c.steps.disabled = c.guidance.disabled = true;
       return;
     }
-    const options = student ? [String(constants.student.timesteps.length)] : Object.keys(constants.teacher.steps);
-    const keep = c.steps.value || c.steps.dataset.preset;
+    const options = student ? [String(constants.student.timesteps.length)] : Object.keys(constants[m].steps);
+    const fallback = pixel ? String(constants.pixel.default_steps) : options[Math.min(2, options.length - 1)];
+    const keep = c.steps.dataset.model === m ? c.steps.value : c.steps.dataset.preset;
     c.steps.replaceChildren(...options.map((n) => el("option", { value: n, text: n })));
-    c.steps.value = options.includes(keep) ? keep : options[Math.min(2, options.length - 1)];
-    c.guidance.disabled = c.steps.disabled = student;
+    c.steps.value = options.includes(keep) ? keep : fallback;
+    c.steps.dataset.model = m;
+    c.guidance.disabled = student || pixel;
+    c.steps.disabled = student;
+    c.digit.disabled = pixel;
     if (student) c.guidance.value = String(constants.student.guidance);
-    c.wText.textContent = Number(c.guidance.value).toFixed(1);
+    c.wText.textContent = pixel ? "–" : Number(c.guidance.value).toFixed(1);
   }
 
   async function generate(c, out, status) {
@@ -278,11 +328,11 @@
     try {
       await load();
       const seed = Number(c.seed.value) || 0;
-      const digits = [];
+      const digits = [], pixel = c.model.value === "pixel";
       for (let i = 0; i < COUNT; i++) digits.push(c.digit.value === "any" ? (seed * 7 + i * 3) % 10 : Number(c.digit.value));
       const opts = { model: c.model.value, digits: digits, steps: Number(c.steps.value),
                      guidance: Number(c.guidance.value), seed: seed, frames: true };
-      status.textContent = "sampling…";
+      status.textContent = pixel ? "loading the pixel model and sampling…" : "sampling…";
       const r = await sample(opts);
       out.digits.replaceChildren(...digits.map((_, i) => draw(r.images, i)));
       const shown = r.frames.filter((_, i) => i % Math.ceil(r.frames.length / MAX_FRAMES) === 0 ||
@@ -290,8 +340,10 @@
       out.frames.replaceChildren(document.createTextNode("x̂₀ of the first digit at t = " +
         shown.map((f) => f.t).join(", ") + ": "), ...shown.map((f) => draw(f.images, 0)));
       const how = opts.model === "student" ? `the student, ${opts.steps} steps, w = ${opts.guidance} folded in`
-        : `the teacher, guided DDIM (η = 0), ${opts.steps} steps, w = ${opts.guidance}`;
-      status.textContent = `${COUNT} digits (${digits.join(" ")}) by ${how}: ${r.nfe} network calls each ` +
+        : pixel ? `the pixel DDPM, DPM-Solver++(2M) SDE on Karras σ, ${opts.steps} steps`
+          : `the teacher, guided DDIM (η = 0), ${opts.steps} steps, w = ${opts.guidance}`;
+      const which = pixel ? "unconditional digits" : `digits (${digits.join(" ")})`;
+      status.textContent = `${COUNT} ${which} by ${how}: ${r.nfe} network calls each ` +
         `(batched), ${r.ms.toFixed(0)} ms with the x̂₀ frames, in your browser (onnxruntime-web, WebAssembly, 1 thread).`;
     } catch (err) {
       status.textContent = location.protocol === "file:"
@@ -310,7 +362,7 @@
     root.append(out.digits, out.frames, status);
     status.textContent = location.protocol === "file:"
       ? "Opened from a file: if Generate fails, serve the book with " + SERVE + " and open http://localhost:8000/."
-      : "Press Generate: the runtime and the student load once (the teacher when you first ask for it).";
+      : "Press Generate: the runtime and the student load once (the teacher and the pixel model when you first ask for them).";
     let constants = null; // sampler.json; a page opened from a file cannot fetch it
     const sync = () => syncControls(c, constants);
     if (location.protocol === "file:") sync();
