@@ -90,7 +90,7 @@ print(f"profile: {PROFILE.name}, device: {DEVICE}")
 
 # %% [markdown]
 # **Where this chapter ends.** The flow-matching model of this chapter — the pixel DDPM's UNet, trained for the
-# same epochs on the flow-matching loss — sampled with Heun's solver in 8 steps (15 network calls), beside the
+# same epochs on the flow-matching loss — sampled with Heun's solver in 8 steps, beside the
 # DDPM of chapter 2 with DDIM in `PROFILE.ddim_steps` steps:
 
 # %%
@@ -99,7 +99,7 @@ ddpm = get_ddpm(device=DEVICE, progress=False)
 fig, axes = plt.subplots(2, 1, figsize=(8, 2.6))
 x_flow, _ = flow.sample(16, sampler="heun", steps=8, seed=SEED, device=DEVICE)
 x_ddpm, _ = ddpm.sample(16, sampler="ddim", steps=PROFILE.ddim_steps, seed=SEED, device=DEVICE)
-show_grid(x_flow, nrow=16, ax=axes[0], title="flow matching, Heun, 8 steps (15 network calls)")
+show_grid(x_flow, nrow=16, ax=axes[0], title=f"flow matching, Heun, 8 steps ({flow.nfe('heun', 8)} network calls)")
 show_grid(x_ddpm, nrow=16, ax=axes[1], title=f"DDPM, DDIM-{PROFILE.ddim_steps}, η = 1")
 fig.tight_layout()
 plt.show()
@@ -383,8 +383,8 @@ lines += [f"| {s} | {s} | {e:.2e} | {c} | {h:.2e} |" for s, e, c, h in rows]
 euler_ratio = rows[-2][1] / rows[-1][1]
 heun_ratio = rows[-2][3] / rows[-1][3]
 Markdown("\n".join(lines) + f"\n\nFrom 16 to 32 steps Euler's error falls {euler_ratio:.2f}× and Heun's "
-         f"{heun_ratio:.2f}×: first and second order. At about equal network calls (Euler-16, 16 calls, against "
-         f"Heun-8, 15) Heun's error is {rows[3][1] / rows[2][3]:.1f}× smaller.")
+         f"{heun_ratio:.2f}×: first and second order. At about equal network calls (Euler-{rows[3][0]}, {rows[3][0]} "
+         f"calls, against Heun-{rows[2][0]}, {rows[2][2]}) Heun's error is {rows[3][1] / rows[2][3]:.1f}× smaller.")
 
 # %% [markdown]
 # The trained model, Euler and Heun at a few step counts from the same noise:
@@ -684,8 +684,8 @@ plt.show()
 # ## 7. Measured: the DDPM against the flow, call for call
 #
 # The book's pixel DDPM and its flow twin (the same UNet, the same training run) were sampled with each of their
-# samplers at 4 to 64 network calls per sample and scored in chapter 6's two feature spaces, n = 2,000 against the
-# test digits, by `benchmarks/nfe_sweep.py` (too long to run inside a chapter). Each FID is drawn as a multiple
+# samplers at 4 to 64 network calls per sample and scored in chapter 6's two feature spaces, n samples against the
+# test digits (n is in the table's first line), by `benchmarks/nfe_sweep.py` (too long to run inside a chapter). Each FID is drawn as a multiple
 # of its space's real-vs-real floor at the same n: 1 is as close as n samples can tell.
 
 # %%

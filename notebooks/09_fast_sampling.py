@@ -15,7 +15,7 @@
 # %% [markdown]
 # # 9. A digit in four network calls: fast solvers and distillation
 #
-# Every sample so far has cost 50 network calls (DDIM-50), 100 with guidance, or 1,000 (DDPM). The field cut
+# Every sample so far has cost 50 network calls (DDIM-50), 100 with guidance, or all $T$ (DDPM). The field cut
 # that twice over. Without training: **higher-order solvers** of the probability-flow ODE, which take fewer, better
 # steps — Heun's method in the variables of Karras et al. 2022 (EDM, [arXiv:2206.00364](https://arxiv.org/abs/2206.00364))
 # and DPM-Solver++ (Lu et al. 2022, [arXiv:2211.01095](https://arxiv.org/abs/2211.01095)), the default of most
@@ -219,8 +219,8 @@ print("dpm_solver_pp_2m_inline equals mnistdiff.solvers.dpm_solver_pp_2m")
 # %% [markdown]
 # **The stochastic twin.** The package samples the DDPM with DDIM's $\eta = 1$ by default, because in chapter 6's
 # two feature spaces that beats the deterministic $\eta = 0$ at the same steps: the noise injected at each step
-# corrects the network's errors as it goes, where the ODE carries them to the end. DPM-Solver++ has the same choice (Lu et
-# al. 2022, §5): solved on the reverse SDE instead of the ODE, its linear part still integrates exactly, and a step
+# corrects the network's errors as it goes, where the ODE carries them to the end. DPM-Solver++ has the same choice
+# (Lu et al. 2022, §5): solved on the reverse SDE instead of the ODE, its linear part still integrates exactly, and a step
 # keeps only a share $e^{-h}$ of the old noise and draws the rest afresh,
 #
 # $$
@@ -346,8 +346,8 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Measured on the book's models at n = 2,000 in both feature spaces (`benchmarks/nfe_sweep.py`, too long for a
-# chapter), each FID as a multiple of its space's floor. "At equal quality" reads each curve against two bars: the
+# Measured on the book's models in both feature spaces (`benchmarks/nfe_sweep.py`, too long for a chapter; n is
+# in the table's first line), each FID as a multiple of its space's floor. "At equal quality" reads each curve against two bars: the
 # course's DDIM-50 with $\eta = 1$, the sampler every chapter before this one used, and Song et al.'s deterministic
 # DDIM-50 ($\eta = 0$). They are not the same bar: fifty stochastic steps keep correcting the network's errors with
 # fresh noise, which fifty deterministic steps (and any ODE solver) carry to the end.
@@ -374,8 +374,8 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# And where the spacing should start, measured on the book's models (`benchmarks/karras_sigma_max.py`, n = 2,000,
-# both feature spaces): EDM's $\sigma_{\max} = 80$ against smaller ones. Too small a $\sigma_{\max}$ starts where
+# And where the spacing should start, measured on the book's models (`benchmarks/karras_sigma_max.py`, both
+# feature spaces, n in the table's first line): EDM's $\sigma_{\max} = 80$ against smaller ones. Too small a $\sigma_{\max}$ starts where
 # the digit still shows through the noise, which pure Gaussian noise does not have; too large spends calls where
 # nothing is decided yet.
 
@@ -426,7 +426,7 @@ Markdown(f"The target equals `mnistdiff.training.distill.distillation_target`. T
 #
 # Four calls of a small latent network and one of the decoder take milliseconds, so in the rendered book this
 # chapter's student runs on the page, in your browser, exported to ONNX (`python -m mnistdiff export`) and run by
-# onnxruntime-web. Compare it with its teacher at 4 steps (8 calls) and at 64, and with chapter 2's pixel DDPM drawn
+# onnxruntime-web. Compare it with its teacher at 4 steps (8 calls) and at its most, and with chapter 2's pixel DDPM drawn
 # by this chapter's DPM-Solver++(2M) SDE on Karras et al.'s σ in 4 to 16 calls, no decoder needed: its page loop is
 # the package's `dpm_solver_pp_2m_sde`, checked against it from the same noise. (In Jupyter the box stays empty.)
 #

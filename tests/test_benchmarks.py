@@ -224,12 +224,12 @@ def test_nfe_sweep_plans_each_sampler_at_the_calls_it_can_make(tmp_path):
     sweep = _script("nfe_sweep")
     flow = DiffusionModel.load(_tiny_model(tmp_path, "flow"))
     ddpm = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
-    # a flow's Heun makes 2 calls per step: at 3 calls it runs 1 step (2 calls), at 4, 2 steps
+    # a flow's Heun makes 2·steps − 1 calls (Euler's last step): 2 steps (3 calls) at both 3 and 4, listed once
     assert [(c["sampler"], c["steps"], c["nfe"]) for c in sweep.configurations(flow, [3, 4])] == [
-        ("euler", 3, 3), ("heun", 1, 2), ("dpmpp_2m", 3, 3), ("dpmpp_2m_sde", 3, 3),
-        ("euler", 4, 4), ("heun", 2, 4), ("dpmpp_2m", 4, 4), ("dpmpp_2m_sde", 4, 4)]
-    only_heun = sweep.configurations(flow, [3, 4], ["heun"])  # --samplers heun
-    assert [(c["sampler"], c["nfe"]) for c in only_heun] == [("heun", 2), ("heun", 4)]
+        ("euler", 3, 3), ("heun", 2, 3), ("dpmpp_2m", 3, 3), ("dpmpp_2m_sde", 3, 3),
+        ("euler", 4, 4), ("dpmpp_2m", 4, 4), ("dpmpp_2m_sde", 4, 4)]
+    only_heun = sweep.configurations(flow, [3, 4, 5], ["heun"])  # --samplers heun
+    assert [(c["sampler"], c["nfe"]) for c in only_heun] == [("heun", 3), ("heun", 5)]
     plan = sweep.configurations(ddpm, [3, 4])  # EDM's Heun: 2·steps − 1 calls, so 2 steps (3 calls) for both
     # DPM-Solver++ and its SDE twin on Karras σ (the default) and on DDIM's timesteps; EDM's Heun on Karras σ only
     assert [(c["sampler"], c["eta"], c["spacing"], c["steps"], c["nfe"]) for c in plan] == [

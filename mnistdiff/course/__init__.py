@@ -1,4 +1,4 @@
-"""The course: what the seven chapters and the book need around the core.
+"""The course: what the nine chapters and the book need around the core.
 
 =================  ==========================================================================
 ``chapters``       the list of chapters, in reading order (the one list)
