@@ -169,7 +169,8 @@ def export_student(student: DiffusionModel, out_dir: str | Path, teacher: Diffus
         paths["pixel"] = _export(_Pixel(pixel), (x, t_real), ["x", "t"], "eps", out / "pixel.onnx.gz")
         constants["pixel"] = _pixel_constants(pixel, paths["pixel"])
     paths["sampler"] = out / "sampler.json"
-    atomic_write_text(paths["sampler"], json.dumps(constants, indent=1) + "\n")
+    # compact: the page downloads it
+    atomic_write_text(paths["sampler"], json.dumps(constants, separators=(",", ":")) + "\n")
     return paths
 
 
