@@ -1,6 +1,7 @@
 """The committed book-profile checkpoints still draw digits.
 
-Each committed model samples a small batch on the CPU (64 samples, DDIM-20 with the default η, seed 0, float32) and the
+Each committed model samples a small batch on the CPU (64 samples, DDIM-20 with the default η, or the flow's Euler-20,
+seed 0, float32) and the
 project's classifier must find digits in them: mean confidence ≥ ``MIN_CONFIDENCE`` and at least
 ``MIN_CLASSES`` distinct predicted digits. A change that breaks the trained weights (the UNet's
 layout, the schedule, the sampler, the VAE's decoder, a checkpoint's bytes) fails here.
@@ -64,7 +65,7 @@ def _sample(model: DiffusionModel) -> torch.Tensor:
     return images
 
 
-@pytest.mark.parametrize("kind", ["ddpm", "vae", "ldm", "cldm"])
+@pytest.mark.parametrize("kind", ["ddpm", "vae", "ldm", "cldm", "flow"])
 def test_committed_checkpoint_is_the_book_profiles(kind):
     """The committed file was trained with exactly the book profile's settings (those added since at their
     defaults), and verifies."""
@@ -76,6 +77,14 @@ def test_committed_checkpoint_is_the_book_profiles(kind):
 
 def test_book_ddpm_draws_digits():
     stats = digit_check(_sample(DiffusionModel.load(_committed("ddpm"))))
+    assert looks_like_digits(stats), stats
+
+
+def test_book_flow_draws_digits():
+    """Chapter 8's flow twin, Euler in the same 20 steps (its default sampler)."""
+    model = DiffusionModel.load(_committed("flow"))
+    images, _ = model.sample(N, sampler="euler", steps=STEPS, seed=0, device="cpu", precision="fp32")
+    stats = digit_check(images)
     assert looks_like_digits(stats), stats
 
 
