@@ -30,8 +30,9 @@ from torch import nn
 from mnistdiff.config import DEFAULT_GUIDANCE
 from mnistdiff.ddim import ddim_timesteps
 from mnistdiff.files import atomic_write_bytes, atomic_write_text
+from mnistdiff.flows import PathPoint
 from mnistdiff.model import DiffusionModel
-from mnistdiff.solvers import ddpm_path
+from mnistdiff.solvers import ddpm_path, dpm_solver_pp_2m_sde
 from mnistdiff.unet import NULL_LABEL
 
 __all__ = ["OPSET", "TEACHER_STEPS", "PIXEL_STEPS", "PIXEL_SOLVER", "export_student", "check_export", "onnx_sample",
@@ -260,30 +261,20 @@ def pixel_noise(n: int, steps: int, seed: int = 0) -> tuple[torch.Tensor, torch.
     return x_T, torch.stack([torch.randn((n, 1, 32, 32), generator=g) for _ in range(steps - 1)])
 
 
-def onnx_pixel_sample(out_dir: str | Path, x_T: torch.Tensor, noise: torch.Tensor, steps: int = 10) -> torch.Tensor:
-    """The page's pixel sampler in Python on the exported graph alone: DPM-Solver++(2M) SDE (Lu et al. 2022) on the
-    points in ``sampler.json``, from ``x_T`` (B, 1, 32, 32) with the fresh noise ``noise`` (steps − 1, B, 1, 32, 32)
-    of each step but the last, to images (B, 1, 32, 32). Step i: x̂_0 = clip((x − b_i·ε̂)/a_i); h = λ_{i+1} − λ_i with
-    λ = log(a/b); D = (1 + 1/2r)·x̂_0 − (1/2r)·x̂_0,prev (r = h_prev/h; x̂_0 on the first step);
-    x = (b_{i+1}/b_i)·e^{−h}·x − a_{i+1}·(e^{−2h} − 1)·D + b_{i+1}·√(1 − e^{−2h})·z_i, and x̂_0 itself on the last."""
-    import math
-
+def onnx_pixel_sample(out_dir: str | Path, n: int, steps: int = 10, seed: int = 0) -> torch.Tensor:
+    """The page's pixel sampler in Python on the exported graph alone: the package's DPM-Solver++(2M) SDE
+    (:func:`mnistdiff.solvers.dpm_solver_pp_2m_sde`) on the points in ``sampler.json``, x̂_0 = clip((x − b·ε̂)/a)
+    from the ONNX graph, ``n`` images (n, 1, 32, 32) from the noise ``seed`` gives (:func:`pixel_noise`: x_T, then
+    one z a step). The reference the page's JavaScript, fed that same noise, is checked against."""
     out = Path(out_dir)
     c = json.loads((out / "sampler.json").read_text())["pixel"]
     pts, net = c["steps"][str(steps)], _session(out / c["file"])
-    a, b = pts["a"], pts["b"]
-    x, prev_x0, prev_h = x_T.double(), None, math.inf
-    for i, t in enumerate(pts["times"]):
-        feeds = {"x": x.float().numpy(), "t": torch.full((x.shape[0],), t).float().numpy()}
+    points = [PathPoint(a, b, 0.0, 0.0) for a, b in zip(pts["a"], pts["b"])]
+
+    def denoise(x: torch.Tensor, i: int) -> torch.Tensor:
+        feeds = {"x": x.float().numpy(), "t": torch.full((x.shape[0],), pts["times"][i]).float().numpy()}
         eps = torch.from_numpy(net.run(None, feeds)[0]).double()
-        x0 = ((x - b[i] * eps) / a[i]).clamp(-c["clip"], c["clip"])
-        if b[i + 1] == 0:
-            x = x0
-            break
-        h = math.log(a[i + 1] / b[i + 1]) - math.log(a[i] / b[i])
-        k = 0.0 if prev_x0 is None else h / (2 * prev_h)  # 1/2r
-        d = (1 + k) * x0 - (k * prev_x0 if prev_x0 is not None else 0.0)
-        x = (b[i + 1] / b[i] * math.exp(-h) * x - a[i + 1] * math.expm1(-2 * h) * d
-             + b[i + 1] * math.sqrt(-math.expm1(-2 * h)) * noise[i].double())
-        prev_x0, prev_h = x0, h
-    return x.float()
+        return ((x - points[i].b * eps) / points[i].a).clamp(-c["clip"], c["clip"])
+
+    g = torch.Generator().manual_seed(seed)
+    return dpm_solver_pp_2m_sde(denoise, points, torch.randn((n, *c["shape"]), generator=g), g).float()

@@ -2,9 +2,9 @@
 graphs run under onnxruntime and agree with PyTorch within 1e-4 on fixed inputs (∅ labels included);
 ``sampler.json`` holds each network's own constants; and the page's sampler written in Python on the exported files
 alone (``onnx_sample``) reproduces the package's own samplers: the student's loop, and the teacher's guided DDIM
-(η = 0) at w = 0, 1 and 2.5, from the same noise; and the pixel DDPM's DPM-Solver++(2M) SDE
-(``onnx_pixel_sample``) draws what the package's solver draws from the same noise, on points that are Karras et
-al.'s σ (eq. 5, closed form)."""
+(η = 0) at w = 0, 1 and 2.5, from the same noise; and the pixel DDPM's DPM-Solver++(2M) SDE (``onnx_pixel_sample``,
+the package's solver on the exported graph) draws the package's digits, on points that are Karras et al.'s σ (eq. 5,
+closed form), from the noise ``pixel_noise`` gives the page."""
 
 from __future__ import annotations
 
@@ -166,13 +166,35 @@ def test_the_pixel_models_points_are_karras_sigmas(exported):
 
 @pytest.mark.parametrize("steps", [4, 10])
 def test_the_pages_pixel_sampler_matches_the_packages_dpm_solver_sde(exported, pixel, steps):
-    """From the noise the package draws (x_T, then one z a step), the page's loop gives the package's digits."""
+    """On the exported graph and the points of ``sampler.json``, the page's sampler gives the package's digits."""
     _, out, _, _ = exported
     images, _ = pixel.sample(3, sampler="dpmpp_2m_sde", steps=steps, seed=4)
-    x_T, z = pixel_noise(3, steps, seed=4)
-    got = onnx_pixel_sample(out, x_T, z, steps)
+    got = onnx_pixel_sample(out, 3, steps, seed=4)
     torch.testing.assert_close(got, images, rtol=0, atol=1e-4)
-    assert (got - onnx_pixel_sample(out, x_T, torch.zeros_like(z), steps)).abs().max() > 1e-2  # the z are used
+    assert (got - onnx_pixel_sample(out, 3, steps, seed=5)).abs().max() > 1e-2  # the seed's noise is used
+
+
+def test_pixel_noise_is_the_noise_the_solver_draws(exported):
+    """``pixel_noise`` (what the browser test feeds the page) is x_T and then each step's z in the solver's order:
+    with x̂_0 = 0 the first step is x = (b_1/b_0)·e^{−h}·x_T + b_1·√(1 − e^{−2h})·z_0 exactly."""
+    import math
+
+    from mnistdiff.flows import PathPoint
+    from mnistdiff.solvers import dpm_solver_pp_2m_sde
+
+    _, out, _, _ = exported
+    pts = json.loads((out / "sampler.json").read_text())["pixel"]["steps"]["4"]
+    points = [PathPoint(a, b, 0.0, 0.0) for a, b in zip(pts["a"], pts["b"])]
+    seen = {}
+    g = torch.Generator().manual_seed(9)
+    x_start = torch.randn((2, 1, 32, 32), generator=g)
+    dpm_solver_pp_2m_sde(lambda x, i: torch.zeros_like(x), points, x_start, g, lambda i, x: seen.setdefault(i, x))
+    x_T, z = pixel_noise(2, 4, seed=9)
+    (a0, b0), (a1, b1) = (points[0].a, points[0].b), (points[1].a, points[1].b)
+    h = math.log(a1 / b1) - math.log(a0 / b0)
+    want = b1 / b0 * math.exp(-h) * x_T.double() + b1 * math.sqrt(-math.expm1(-2 * h)) * z[0].double()
+    assert torch.equal(x_T, x_start) and z.shape == (3, 2, 1, 32, 32)
+    torch.testing.assert_close(seen[1], want, rtol=0, atol=1e-12)
 
 
 def test_only_a_pixel_ddpm_is_exported_as_the_pixel_model(exported, tmp_path):
