@@ -566,25 +566,20 @@ strokes get {strokes}. {takes}""")
 # %% [markdown]
 # That loss of variety is the cost of guidance, and the next section measures it.
 #
-# The explorer below shows the same samples, one digit and one weight at a time. In the book, the
-# static table under it stands in for the sliders.
+# The explorer below shows the same samples, one digit and one weight at a time (it needs a running kernel).
+#
+# **In the rendered book**, a live generator stands in its place and runs this chapter's model in your browser:
+# pick a digit, a guidance weight $w$ and a number of DDIM steps (deterministic, $\eta = 0$), and press Generate.
+# Each step costs two network calls, $\epsilon(z_t, t, y)$ and $\epsilon(z_t, t, \varnothing)$, except at $w = 0$
+# and $w = 1$, which need one. Its other models are chapter 9's distilled student, which draws a digit in four
+# calls, and chapter 2's pixel DDPM. Its seed feeds the page's own random numbers, not PyTorch's, so its digits
+# are not the grid's: the grid above stays the record of what the model does at this chapter's seed.
 
-# %%
+# %% mnistdiff={"generator": {"model": "teacher", "steps": 16}}
 explorer = guidance_explorer(cldm, digits=range(10), scales=PROFILE.guidance_scales, seed=SEED, device=DEVICE,
                              num_samples=n_each,
                              samples={(w, d): grid[w][grid_labels == d] for w in grid for d in range(10)})
 explorer
-
-# %% [markdown]
-# ## Try it in your browser
-#
-# In the rendered book, the generator below runs this chapter's model in your browser: pick a digit, a guidance
-# weight $w$ and a number of DDIM steps (deterministic, $\eta = 0$), and press Generate. Each step costs two network
-# calls, $\epsilon(z_t, t, y)$ and $\epsilon(z_t, t, \varnothing)$, except at $w = 0$ and $w = 1$, which need one.
-# Its other model is chapter 9's distilled student, which draws a digit in four calls. (In Jupyter the box stays
-# empty: the explorer above does the same with a kernel.)
-#
-# <div class="mnistdiff-generator" data-model="teacher" data-steps="16"></div>
 
 # %% [markdown]
 # ## Measuring the trade-off

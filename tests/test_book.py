@@ -201,6 +201,28 @@ def test_progress_bar_widget_keeps_its_text():
     assert nb["cells"][0]["outputs"][0]["data"] == {"text/plain": bar}
 
 
+def test_a_cell_that_names_a_live_generator_shows_it_in_place_of_its_outputs():
+    nb = _widget_nb(with_fallback=True)
+    nb["cells"][0]["metadata"] = {"mnistdiff": {"generator": {"model": "teacher", "steps": 16, "digit": "3"}}}
+    plain = _widget_nb(with_fallback=True)["cells"][0]
+    nb["cells"].append(plain)
+    assert W.live_generator_outputs(nb) == 1
+    (out,) = nb["cells"][0]["outputs"]
+    assert out["data"] == {"text/html": '<div class="mnistdiff-generator" data-model="teacher" data-steps="16" '
+                                        'data-digit="3"></div>'}
+    assert len(nb["cells"][1]["outputs"]) == 2  # a cell without the metadata keeps its outputs
+    cleaned = json.loads(W.clean_notebook_source(json.dumps(_widget_nb(True) | {"cells": nb["cells"][:1]})))
+    assert cleaned["cells"][0]["outputs"] == [out]
+
+
+@pytest.mark.parametrize("preset", [{"modle": "teacher"}, "teacher", {"steps": [4, 8]}, {"digit": True}])
+def test_a_live_generator_preset_that_the_page_cannot_read_stops_the_build(preset):
+    nb = _widget_nb(with_fallback=False)
+    nb["cells"][0]["metadata"] = {"mnistdiff": {"generator": preset}}
+    with pytest.raises(ValueError, match="model, steps, guidance, digit"):
+        W.live_generator_outputs(nb)
+
+
 def test_cdn_font_awesome_link_of_html_animations_is_dropped():
     html_out = '<link rel="stylesheet"\nhref="https://maxcdn.bootstrapcdn.com/font-awesome/4.4.0/css/font-awesome.min.css">\n<div>frames</div>'
     output = {"output_type": "display_data", "data": {"text/html": [html_out]}}
@@ -713,6 +735,28 @@ def test_widget_views_are_stripped(built):
         assert "application/vnd.jupyter.widget-view+json" not in text, page.name
         assert "application/vnd.jupyter.widget-state+json" not in text, page.name
         assert "require.js" not in text and "html-manager" not in text, page.name
+
+
+def test_a_live_generator_stands_where_its_cell_says(built):
+    """Each executed chapter's cell whose metadata presets a live generator shows that generator on its page, in place
+    of the cell's outputs (the widget's static fallback is gone), with the generator's script; at least one does."""
+    placed = 0
+    for notebook in sorted((BOOK / "chapters").glob("*.ipynb")):
+        cells = json.loads(notebook.read_text())["cells"]
+        presets = [c for c in cells if c["cell_type"] == "code" and "generator" in c["metadata"].get("mnistdiff", {})]
+        if not presets:
+            continue
+        page = (built / "chapters" / f"{notebook.stem}.html").read_text()
+        assert "generator/generator.js" in page, notebook.stem
+        for cell in presets:
+            preset = cell["metadata"]["mnistdiff"]["generator"]
+            element = '<div class="mnistdiff-generator"' + "".join(f' data-{k}="{v}"' for k, v in preset.items())
+            assert element + "></div>" in page, f"{notebook.stem}: no {element}"
+            for out in cell["outputs"]:
+                image = "".join(out.get("data", {}).get("image/png", ""))
+                assert not image or image[:200] not in page, f"{notebook.stem}: the replaced cell's figure is there"
+            placed += 1
+    assert placed, "no chapter cell presets a live generator (chapter 7's guidance explorer should)"
 
 
 # Run in each page after its load event: waits for MathJax and its fonts, reports what it found.

@@ -2,11 +2,16 @@
 
 A widget view needs a live kernel, or its saved state plus JavaScript from a CDN, so in a static,
 offline book it is blank; the notebooks show a static fallback (an image or an HTML animation) in
-the same cell, which the book keeps. The stored notebooks are not changed: only what Sphinx reads.
+the same cell, which the book keeps. Where the book's live generator shows the same thing as a
+cell's widget, the cell says so in its metadata (``{"mnistdiff": {"generator": {"model": "teacher"}}}``,
+in the paired script ``# %% mnistdiff={"generator": {...}}``), and the book shows the generator,
+its controls preset from it, in place of the cell's outputs. The stored notebooks are not changed:
+only what Sphinx reads.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -15,6 +20,8 @@ __all__ = [
     "WIDGET_STATE",
     "FALLBACK_MIMES",
     "strip_widget_outputs",
+    "GENERATOR_PRESETS",
+    "live_generator_outputs",
     "offline_html_outputs",
     "clean_notebook_source",
 ]
@@ -97,6 +104,36 @@ def strip_widget_outputs(nb: dict) -> int:
     return removed
 
 
+#: What a cell may preset on the live generator (book/_assets/generator/generator.js reads them as
+#: ``data-*`` attributes): the model, the steps, the guidance weight, the digit.
+GENERATOR_PRESETS = ("model", "steps", "guidance", "digit")
+
+
+def _generator_div(preset: object, where: str) -> dict:
+    """The live generator's element with ``preset``'s controls, as a display output; a preset that
+    is not a dict of the known names to strings or numbers stops the build with what to fix."""
+    if not isinstance(preset, dict) or not set(preset) <= set(GENERATOR_PRESETS) or not all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in preset.values()):
+        raise ValueError(f"{where}: the cell's mnistdiff.generator metadata must map some of "
+                         f"{', '.join(GENERATOR_PRESETS)} to a string or a number, got {preset!r}")
+    attributes = "".join(f' data-{k}="{html.escape(str(v))}"' for k, v in preset.items())
+    element = f'<div class="mnistdiff-generator"{attributes}></div>'
+    return {"output_type": "display_data", "metadata": {}, "data": {"text/html": element}}
+
+
+def live_generator_outputs(nb: dict) -> int:
+    """Replace the outputs of each code cell whose metadata names a live generator preset
+    (``mnistdiff.generator``) by that generator (changed in place); return how many cells."""
+    replaced = 0
+    for i, cell in enumerate(nb.get("cells", [])):
+        preset = cell.get("metadata", {}).get("mnistdiff", {}).get("generator")
+        if cell.get("cell_type") != "code" or preset is None:
+            continue
+        cell["outputs"] = [_generator_div(preset, f"cell {i}")]
+        replaced += 1
+    return replaced
+
+
 def offline_html_outputs(nb: dict) -> int:
     """Drop CDN style-sheet links that offline pages cannot load from HTML outputs; return how many."""
     dropped = 0
@@ -113,7 +150,8 @@ def offline_html_outputs(nb: dict) -> int:
 
 
 def clean_notebook_source(text: str) -> str | None:
-    """The notebook JSON ``text`` without widget views, widget state and CDN links; None if unchanged.
+    """The notebook JSON ``text`` with its live generators in place of the outputs they replace, and without widget
+    views, widget state and CDN links; None if unchanged.
 
     Text that is not a notebook is left to myst-nb, which reports an unreadable notebook itself.
     """
@@ -124,6 +162,6 @@ def clean_notebook_source(text: str) -> str | None:
     if not isinstance(nb, dict):
         return None
     had_state = "widgets" in nb.get("metadata", {})
-    if strip_widget_outputs(nb) + offline_html_outputs(nb) or had_state:
+    if live_generator_outputs(nb) + strip_widget_outputs(nb) + offline_html_outputs(nb) or had_state:
         return json.dumps(nb, ensure_ascii=False)
     return None
