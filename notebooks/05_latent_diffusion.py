@@ -41,18 +41,10 @@
 #
 # Symbols follow the course's [notation](../notation.md).
 
-# %% tags=["remove-input"]
-# the run time of this chapter's last recorded book-profile run
-from IPython.display import Markdown
-
-from mnistdiff.course.measured import recorded_seconds
-
-book_seconds = recorded_seconds("05_latent_diffusion")
-run_time = (f"about {book_seconds / 60:.0f} minutes on two CPU cores in the last recorded run with the `book` profile"
-            if book_seconds else "a few minutes on two CPU cores with the `book` profile")
-Markdown(f"""**Run time.** {run_time}: the VAE and the latent model load from the committed `book` checkpoints,
-and the three short training runs on scaled and unscaled codes train here; measured times in the
-[introduction](../intro.md).""")
+# %% [markdown]
+# **Run time.** a few minutes on two CPU cores: the VAE and the latent model load from the committed `book`
+# checkpoints, and the three short training runs on scaled and unscaled codes train here. In the book, the time of
+# the run it shows is under the title; every chapter's is in the [introduction](../intro.md).
 
 # %% [markdown]
 # *Data:* MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.
@@ -445,7 +437,8 @@ print(f"our L_LDM matches make_diffusion_loss: {ours.item():.4f} on {len(batch_m
 # $\hat x_0$ is divided by $\sqrt{\bar\alpha_T}$ (chapter 3), and unclipped codes blow up.
 # And `precision="fp32"` runs both the network and the decoder in float32 on both sides: left to itself,
 # `ldm.sample` runs each in the precision measured fastest on this machine when the model was loaded (float32 or
-# bf16 autocast, `ldm.precision` and `ldm.decode_precision`), and our `decode` is float32.
+# bf16 autocast, each in the plain or the channels-last memory layout: `ldm.precision` and `ldm.decode_precision`),
+# and our `decode` is float32.
 
 
 # %%

@@ -86,7 +86,7 @@ from IPython.display import Markdown, display
 
 from mnistdiff import DEFAULT_ETA, default_device, get_ddpm, get_ldm, get_profile, load_mnist, show_grid
 from mnistdiff.evaluation.metrics import (
-    classifier_features, frechet_distance, kernel_inception_distance, precision_recall, reference_features,
+    classifier_features, frechet_distance, kernel_inception_distance, precision_recall, reference_features, space_key,
 )
 from mnistdiff.evaluation.umap_eval import embed, fit_umap, knn_two_sample_accuracy
 
@@ -582,8 +582,8 @@ def swept(model: str, eta: float) -> dict[int, dict]:
 
 
 def sweep_ratio(r: dict, space: str) -> str:
-    key = "fid" if space == "classifier" else f"fid_{space}"
-    return f"{r[key] / ddim_sweep['floor'][key]:.1f}×"
+    """A sweep row's FID in ``space`` as a multiple of the sweep's floor there."""
+    return f"{r[space_key('fid', space)] / ddim_sweep['floor'][space_key('fid', space)]:.1f}×"
 
 
 pixel_default = swept("ddpm", DEFAULT_ETA)
@@ -787,7 +787,7 @@ for a, b in ((1, 3), (3, 10)):
 
 # %%
 from mnistdiff.evaluation.classifier import load_classifier
-from mnistdiff.evaluation.metrics import evaluate, space_key
+from mnistdiff.evaluation.metrics import evaluate
 
 resnet = load_classifier(DEVICE, space="resnet")
 x = real_train.images[:8, :, 2:30, 2:30].to(DEVICE)  # the 28×28 digits

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from mnistdiff.course.measured import NOT_MEASURED, book_result, recorded_seconds, time_to_quality_table
+from mnistdiff.course.measured import NOT_MEASURED, book_result, time_to_quality_table
 
 DOC = {"n": 2000, "floor": {"fid": 0.25, "fid_resnet": 0.2},
        "snapshots": [{"training_seconds": 60.0, "fid": 1.0, "fid_resnet": 1.0},
@@ -21,13 +21,8 @@ def _results(tmp_path, monkeypatch, files: dict) -> None:
 
 def test_absent_files_are_not_measured(tmp_path, monkeypatch):
     _results(tmp_path, monkeypatch, {})
-    assert book_result("course_times.json") is None and recorded_seconds("02_ddpm") is None
+    assert book_result("course_times.json") is None
     assert time_to_quality_table({"a": "missing.json"}) == NOT_MEASURED
-
-
-def test_recorded_seconds_read_the_course_times(tmp_path, monkeypatch):
-    _results(tmp_path, monkeypatch, {"course_times.json": {"notebooks": {"02_ddpm": 123.4}}})
-    assert recorded_seconds("02_ddpm") == 123.4 and recorded_seconds("03_ddim") is None
 
 
 def test_the_table_shows_the_last_snapshot_over_its_floor(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from typing import Any
 
 from mnistdiff.evaluation.report import results_dir
 
-__all__ = ["book_result", "recorded_seconds", "time_to_quality_table", "NOT_MEASURED"]
+__all__ = ["book_result", "time_to_quality_table", "NOT_MEASURED"]
 
 NOT_MEASURED = "*Not measured yet* (`benchmarks/time_to_quality.py` writes it)."
 
@@ -21,12 +21,6 @@ def book_result(name: str) -> dict[str, Any] | None:
     """The measured document ``results/book/<name>`` (a JSON file), or ``None`` where it is not measured yet."""
     path = results_dir() / "book" / name
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def recorded_seconds(chapter: str) -> float | None:
-    """Seconds the last recorded ``book``-profile run of ``chapter`` took (``course_times.json``), else ``None``."""
-    times = book_result("course_times.json")
-    return None if times is None else times["notebooks"].get(chapter)
 
 
 def time_to_quality_table(files: Mapping[str, str], model: str = "model") -> str:
