@@ -266,7 +266,9 @@ class FlowRunConfig:
     x_t = (1 − t)·x_0 + t·ε (:mod:`mnistdiff.flows`); ``time_sampling`` is how training draws t."""
 
     latent: ClassVar[bool] = False
-    samplers: ClassVar[tuple[str, ...]] = ("euler", "heun", "dpmpp_2m", "dpmpp_2m_sde")
+    # first, the default: DPM-Solver++(2M) SDE, the best of the four at every number of calls measured on the book's
+    # flow (benchmarks/README.md, "Issue 23"); Euler and Heun are what chapter 8 teaches
+    samplers: ClassVar[tuple[str, ...]] = ("dpmpp_2m_sde", "euler", "heun", "dpmpp_2m")
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

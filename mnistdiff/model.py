@@ -120,8 +120,8 @@ class DiffusionModel:
 
     @property
     def samplers(self) -> tuple[str, ...]:
-        """The samplers it is drawn with (:meth:`sample`'s ``sampler``): ddim and ddpm, or a flow's euler and heun;
-        the first where none is asked for."""
+        """The samplers it is drawn with (:meth:`sample`'s ``sampler``): ddim, ddpm and the solvers, or a flow's
+        dpmpp_2m_sde, euler, heun and dpmpp_2m; the first where none is asked for."""
         return tuple(self.config.samplers)
 
     def nfe(self, sampler: str, steps: int) -> int:

@@ -225,14 +225,14 @@ def test_sample_flow_folder_and_seeds(runs, solver):
         assert np.array_equal(a["samples"], b["samples"])
 
 
-def test_sample_flow_default_sampler_is_euler_and_ddim_is_refused(runs, tmp_path, capsys):
+def test_sample_flow_default_sampler_is_dpmpp_2m_sde_and_ddim_is_refused(runs, tmp_path, capsys):
     out = tmp_path / "s"
     assert main([*_sample_args(runs, "flow"), "--steps", "2", "--num_samples", "2", "--individual", "0",
                  "--device", "cpu", "--out", str(out)]) == 0
-    assert json.loads((out / "info.json").read_text())["sampler"] == "euler"
+    assert json.loads((out / "info.json").read_text())["sampler"] == "dpmpp_2m_sde"
     assert _exit_code([*_sample_args(runs, "flow"), "--sampler", "ddim", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
-    assert "--sampler: this flow model is sampled with euler, heun, dpmpp_2m or dpmpp_2m_sde, got 'ddim'" in err
+    assert "--sampler: this flow model is sampled with dpmpp_2m_sde, euler, heun or dpmpp_2m, got 'ddim'" in err
     assert _exit_code([*_sample_args(runs, "ddpm"), "--sampler", "euler", "--out", str(tmp_path / "h")]) == 2
     err = capsys.readouterr().err
     assert "this ddpm model is sampled with ddim, ddpm, dpmpp_2m, dpmpp_2m_sde or heun, got 'euler'" in err

@@ -81,7 +81,7 @@ def test_book_ddpm_draws_digits():
 
 
 def test_book_flow_draws_digits():
-    """Chapter 8's flow twin, Euler in the same 20 steps (its default sampler)."""
+    """Chapter 8's flow twin, Euler in the same 20 steps (the sampler chapter 8 teaches first)."""
     model = DiffusionModel.load(_committed("flow"))
     images, _ = model.sample(N, sampler="euler", steps=STEPS, seed=0, device="cpu", precision="fp32")
     stats = digit_check(images)
