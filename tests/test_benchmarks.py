@@ -226,8 +226,8 @@ def test_nfe_sweep_plans_each_sampler_at_the_calls_it_can_make(tmp_path):
     ddpm = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
     # a flow's Heun makes 2·steps − 1 calls (Euler's last step): 2 steps (3 calls) at both 3 and 4, listed once
     assert [(c["sampler"], c["steps"], c["nfe"]) for c in sweep.configurations(flow, [3, 4])] == [
-        ("euler", 3, 3), ("heun", 2, 3), ("dpmpp_2m", 3, 3), ("dpmpp_2m_sde", 3, 3),
-        ("euler", 4, 4), ("dpmpp_2m", 4, 4), ("dpmpp_2m_sde", 4, 4)]
+        ("dpmpp_2m_sde", 3, 3), ("euler", 3, 3), ("heun", 2, 3), ("dpmpp_2m", 3, 3),
+        ("dpmpp_2m_sde", 4, 4), ("euler", 4, 4), ("dpmpp_2m", 4, 4)]
     only_heun = sweep.configurations(flow, [3, 4, 5], ["heun"])  # --samplers heun
     assert [(c["sampler"], c["nfe"]) for c in only_heun] == [("heun", 3), ("heun", 5)]
     plan = sweep.configurations(ddpm, [3, 4])  # EDM's Heun: 2·steps − 1 calls, so 2 steps (3 calls) for both
