@@ -21,8 +21,7 @@ __all__ = [
     "UNetConfig", "DiffusionConfig", "VAEConfig", "TrainConfig", "DDPMRunConfig", "FlowRunConfig",
     "VAERunConfig", "LDMRunConfig", "CLDMRunConfig", "to_dict", "from_dict", "normalized", "ConfigError",
     "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "MNIST_CLASSES", "PRECISIONS", "RUN_CONFIGS", "VAE_KIND",
-    "DIFFUSION_KINDS", "LATENT_KINDS",
-]
+    "DIFFUSION_KINDS", "LATENT_KINDS"]
 
 
 #: How a network runs, in training and in sampling alike: float32; bf16 autocast; bf16 autocast and channels_last;
@@ -263,11 +262,10 @@ class DDPMRunConfig:
 @dataclass(frozen=True)
 class FlowRunConfig:
     """Pixel-space flow matching: the DDPM's UNet trained as a velocity network on the straight path
-    x_t = (1 − t)·x_0 + t·ε (:mod:`mnistdiff.flows`); ``time_sampling`` is how training draws t."""
+    x_t = (1 − t)·x_0 + t·ε (:mod:`mnistdiff.flows`); ``time_sampling`` is how training draws t. The default sampler
+    is DPM-Solver++(2M) SDE, the best at every number of calls measured (benchmarks/README.md, "Issue 23")."""
 
     latent: ClassVar[bool] = False
-    # first, the default: DPM-Solver++(2M) SDE, the best of the four at every number of calls measured on the book's
-    # flow (benchmarks/README.md, "Issue 23"); Euler and Heun are what chapter 8 teaches
     samplers: ClassVar[tuple[str, ...]] = ("dpmpp_2m_sde", "euler", "heun", "dpmpp_2m")
 
     unet: UNetConfig = field(default_factory=UNetConfig)
