@@ -46,7 +46,7 @@ Decoder = Callable[[torch.Tensor], torch.Tensor]
 
 #: The samplers :func:`generate` runs: DDPM's ancestral sampler over all T steps, or DDIM over ``steps``; for a flow
 #: model, Euler or Heun over ``steps`` steps of its ODE (:data:`~mnistdiff.flows.FLOW_SOLVERS`); for any model,
-#: DPM-Solver++(2M), and for an ε-network EDM's Heun (:data:`~mnistdiff.solvers.SOLVERS`).
+#: DPM-Solver++(2M) and its SDE twin, and for an ε-network EDM's Heun (:data:`~mnistdiff.solvers.SOLVERS`).
 SAMPLERS = ("ddim", "ddpm", *dict.fromkeys([*FLOW_SOLVERS, *SOLVERS]))
 
 #: The precisions a network or a decoder can run in here (``"auto"`` picks one of them by timing): float32 or bf16
