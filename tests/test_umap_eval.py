@@ -110,3 +110,16 @@ def test_umap_evaluation_splits_real_when_no_heldout(real):
         umap_evaluation(real.images[:240], None, {}, seed=0)
     with pytest.raises(ValueError, match="real_labels"):
         umap_evaluation(real.images[:240], real.labels[:10], gen, seed=0)
+
+
+def test_fit_umap_builds_the_graph_umap_learns_own_euclidean_search_builds(real, reducer):
+    # the distances handed to umap-learn are computed by the package (torch.cdist); umap-learn's own Euclidean
+    # search on the same pixels must give the same fuzzy neighbour graph, edge for edge
+    import umap
+
+    pixels = real.images[:300].flatten(1).double().add(1).div(2).float().numpy()
+    own = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="euclidean", random_state=0, n_jobs=1).fit(pixels)
+    ours, theirs = reducer.umap.graph_.tocsr(), own.graph_.tocsr()
+    assert ours.nnz == theirs.nnz > 300 * 14
+    np.testing.assert_array_equal(ours.indices, theirs.indices)
+    np.testing.assert_allclose(ours.data, theirs.data, rtol=1e-4, atol=1e-6)
