@@ -603,7 +603,7 @@ from mnistdiff.evaluation.metrics import real_floor
 
 n_w = PROFILE.guidance_samples
 start = time.perf_counter()
-rows, swept = guidance_sweep(cldm, PROFILE.guidance_scales, n_w, ddim_steps=PROFILE.ddim_steps, seed=SEED,
+rows, swept = guidance_sweep(cldm, PROFILE.guidance_scales, n_w, steps=PROFILE.ddim_steps, seed=SEED,
                              device=DEVICE)
 real = load_mnist("train").subset(n_w, seed=SEED)
 floor = {**real_floor(n_w, seed=SEED, device=DEVICE, include_memorisation=False),
@@ -732,6 +732,52 @@ Markdown(f"""**The recommendation.** Ask first for the digit: take the weights w
 `python -m mnistdiff sample cldm`, is $w = {DEFAULT_GUIDANCE:g}$, {default_text}. A test
 (`tests/test_trained_checkpoints.py`) checks that it is the `book` profile's recommendation, as that profile's
 results file records it.""")
+
+# %% tags=["remove-input"]
+from mnistdiff.course.measured import NOT_MEASURED, book_result
+
+by_sampler = book_result("guidance_samplers.json")
+
+
+def mean_at(run_name: str, w: float, key: str) -> float:
+    """The mean over the measured seeds of one sampler's ``key`` at weight w."""
+    values = [r[key] for run in by_sampler["runs"] if f"{run['sampler']}-{run['steps']}" == run_name
+              for r in run["weights"] if r["guidance"] == w]
+    return sum(values) / len(values)
+
+
+if by_sampler is None:
+    sampler_text = NOT_MEASURED.replace("time_to_quality", "guidance_samplers")
+else:
+    base, fast, more = list(dict.fromkeys(f"{r['sampler']}-{r['steps']}" for r in by_sampler["runs"]))  # DDIM first
+    seeds = sorted({r["seed"] for r in by_sampler["runs"]})
+    w_mid, w_max = DEFAULT_GUIDANCE, max(by_sampler["guidance_scales"])
+
+    def pair(run: str, key: str, w: float, fmt: str = ".2f") -> str:
+        """The solver's mean value, with DDIM's in brackets."""
+        return f"{mean_at(run, w, key):{fmt}} ({mean_at(base, w, key):{fmt}})"
+
+    speedup = mean_at(base, w_mid, "sampling_seconds") / mean_at(fast, w_mid, "sampling_seconds")
+    real = {k: sum(f[k] for f in by_sampler["floors"].values()) / len(seeds) for k in ("fid", "fid_resnet", "precision")}
+    steps_of = {name: name.rsplit("-", 1)[1] for name in (base, fast, more)}
+    variety = ("the noise the solver adds back at every step keeps more of the variety that guidance takes away"
+               if mean_at(fast, w_mid, "recall") > mean_at(base, w_mid, "recall") else
+               "the solver does not keep more of the variety that guidance takes away")
+    top_drop = (mean_at(fast, w_max, "label_accuracy") < mean_at(base, w_max, "label_accuracy") - ACCURACY_TOLERANCE)
+    top_text = ("It is not the same sampler with fewer calls, though. " if top_drop else "") + (
+        f"At $w = {w_max:g}$ its accuracy is {pair(fast, 'label_accuracy', w_max, '.3f')} and its precision "
+        f"{pair(fast, 'precision', w_max)}; at {steps_of[more]} steps, {pair(more, 'label_accuracy', w_max, '.3f')} "
+        f"and {pair(more, 'precision', w_max)}.")
+    sampler_text = f"""**The sampler changes the trade-off.** The sweep above pays DDIM's {steps_of[base]} steps per
+sample. `benchmarks/guidance_samplers.py` ran it again with chapter 9's DPM-Solver++(2M) SDE at {steps_of[fast]} and at
+{steps_of[more]} steps ({by_sampler['n']:,} samples per weight, the mean of seeds {' and '.join(map(str, seeds))};
+{by_sampler['device']}). At $w = {w_mid:g}$, with DDIM-{steps_of[base]}'s values in brackets, {steps_of[fast]} steps
+reach FID {pair(fast, 'fid', w_mid)} in the classifier's space and {pair(fast, 'fid_resnet', w_mid)} in the ResNet's
+(real digits: {real['fid']:.2f} and {real['fid_resnet']:.2f}), recall {pair(fast, 'recall', w_mid)}, precision {pair(fast, 'precision', w_mid)} (real digits:
+{real['precision']:.2f}) and accuracy {pair(fast, 'label_accuracy', w_mid, '.3f')}, at
+{speedup:.1f} times DDIM's samples per second: {variety}. {top_text} This chapter keeps DDIM for its sweep, the
+sampler the rest of the chapter uses and chapter 6 scored, and says here what a faster one changes."""
+Markdown(sampler_text)
 
 # %% [markdown]
 # :::{admonition} Exercise 7.1 (derivation): what guidance does to a mixture

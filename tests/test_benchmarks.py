@@ -314,3 +314,27 @@ def test_karras_sigma_max_moves_only_where_the_spacing_starts(tmp_path):
     assert [r["sigma_max"] for r in doc["rows"]] == [20.0, 80.0] and doc["package_sigma_max"] == KARRAS_SIGMA_MAX
     assert all(math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"]) and r["nfe"] == 3 for r in doc["rows"])
     assert study.main(argv) == 0 and len(json.loads(out.read_text())["rows"]) == 2  # a rerun scores nothing again
+
+
+def test_guidance_samplers_sweeps_every_weight_for_each_sampler_and_seed(tmp_path, capsys):
+    from mnistdiff.course.profiles import get_profile
+
+    study = _script("guidance_samplers")
+    out = tmp_path / "guidance_samplers.json"
+    argv = [str(REPO / "checkpoints/smoke/cldm.safetensors"), "--vae", str(REPO / "checkpoints/smoke/vae.safetensors"),
+            "--n", "20", "--profile", "smoke", "--out", str(out)]
+    assert study.main([*argv, "--samplers", "ddim:3", "dpmpp_2m_sde:2", "--seeds", "0", "1"]) == 0
+    doc = json.loads(out.read_text())
+    scales = list(get_profile("smoke").guidance_scales)
+    assert doc["guidance_scales"] == scales and sorted(doc["floors"]) == ["0", "1"]
+    assert [(r["sampler"], r["steps"], r["seed"]) for r in doc["runs"]] == [
+        ("ddim", 3, 0), ("ddim", 3, 1), ("dpmpp_2m_sde", 2, 0), ("dpmpp_2m_sde", 2, 1)]
+    for run in doc["runs"]:
+        assert [r["guidance"] for r in run["weights"]] == scales
+        assert all(math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"]) and 0 <= r["label_accuracy"] <= 1
+                   for r in run["weights"])
+    first = [[r["fid"] for r in run["weights"]] for run in doc["runs"]]
+    assert first[0] != first[1] and first[0] != first[2]  # another seed, another sampler: other samples
+    with pytest.raises(SystemExit):
+        study.main([*argv, "--samplers", "ddim"])
+    assert "a sampler is name:steps" in capsys.readouterr().err

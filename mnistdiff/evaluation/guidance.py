@@ -40,10 +40,10 @@ def label_accuracy(images: ArrayLike, labels: torch.Tensor,
 
 
 def guidance_sweep(
-    model: Any, scales: Sequence[float], n: int, *, ddim_steps: int = 50, eta: float = DEFAULT_ETA, seed: int = 0,
-    device: str | torch.device = "cpu",
+    model: Any, scales: Sequence[float], n: int, *, sampler: str = "ddim", steps: int = 50, eta: float = DEFAULT_ETA,
+    seed: int = 0, device: str | torch.device = "cpu",
 ) -> tuple[dict[str, dict[str, Any]], dict[float, torch.Tensor]]:
-    """Draw n samples at each guidance weight w in ``scales`` and score them.
+    """Draw n samples at each guidance weight w in ``scales`` with ``sampler`` at ``steps`` steps, and score them.
 
     ``model``: a class-conditional :class:`~mnistdiff.model.DiffusionModel`. The labels
     are :func:`balanced_labels` ``(n)`` and the seed is the same for every w. Returns ``(rows, samples)``:
@@ -58,7 +58,7 @@ def guidance_sweep(
     samples: dict[float, torch.Tensor] = {}
     for w in scales:
         start = time.perf_counter()
-        images, _ = model.sample(n, sampler="ddim", steps=ddim_steps, eta=eta, seed=seed, device=device,
+        images, _ = model.sample(n, sampler=sampler, steps=steps, eta=eta, seed=seed, device=device,
                                  labels=labels, guidance=float(w))
         seconds = time.perf_counter() - start
         metrics = evaluate(images, seed=seed, device=device, include_memorisation=False, labels=labels)
