@@ -107,10 +107,10 @@ def _add_sample(sub: Any) -> None:
 def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
     """The sampler's options (``sample``, ``umap``): :meth:`~mnistdiff.model.DiffusionModel.sample` checks them."""
     p.add_argument("--sampler", "--mode", dest="sampler", choices=SAMPLERS, default=None,
-                   help="ddim (--steps steps; the default) or ddpm (all T ancestral steps); a flow model: "
-                        "dpmpp_2m_sde (the default), euler or heun (--steps steps of its ODE); any model: dpmpp_2m "
-                        "(DPM-Solver++(2M)) or "
-                        "dpmpp_2m_sde (its stochastic twin), and heun (EDM's, Karras sigmas) for a DDPM, LDM or CLDM; "
+                   help="ddim (--steps steps; the default) or ddpm (all T ancestral steps); a flow model: euler or "
+                        "heun (--steps steps of its ODE); any model: dpmpp_2m (DPM-Solver++(2M)) or dpmpp_2m_sde (its "
+                        "stochastic twin, a flow model's default), and heun (EDM's, Karras sigmas) for a DDPM, LDM or "
+                        "CLDM; "
                         "--mode is its old spelling")
     p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=None,
                    help=f"the sampler's steps (default {DEFAULT_STEPS}; a distilled student's own); --ddim_steps is "

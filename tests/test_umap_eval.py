@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from mnistdiff.data import load_mnist, to_uint8  # noqa: E402
+from mnistdiff.evaluation.features import pixels01  # noqa: E402
 from mnistdiff.evaluation.umap_eval import (  # noqa: E402
     embed,
     fit_umap,
@@ -117,7 +118,7 @@ def test_fit_umap_builds_the_graph_umap_learns_own_euclidean_search_builds(real,
     # search on the same pixels must give the same fuzzy neighbour graph, edge for edge
     import umap
 
-    pixels = real.images[:300].flatten(1).double().add(1).div(2).float().numpy()
+    pixels = pixels01(real.images[:300]).numpy()
     own = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="euclidean", random_state=0, n_jobs=1).fit(pixels)
     ours, theirs = reducer.umap.graph_.tocsr(), own.graph_.tocsr()
     assert ours.nnz == theirs.nnz > 300 * 14

@@ -80,9 +80,9 @@ class PixelUMAP:
         """Where the fitted images lie: ``(N, 2)``."""
         return self.umap.embedding_
 
-    def transform(self, pixels: np.ndarray) -> np.ndarray:
+    def transform(self, pixels: torch.Tensor) -> np.ndarray:
         """Place ``pixels`` ``(M, 784)`` in [0, 1] on the map (umap-learn's ``transform``): ``(M, 2)``."""
-        distances = pixel_distances(torch.as_tensor(pixels, dtype=torch.float64), self.fit_pixels)
+        distances = pixel_distances(pixels.double(), self.fit_pixels)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Transforming new data with precomputed metric")
             return self.umap.transform(distances)
@@ -98,7 +98,7 @@ def fit_umap(real_images: ArrayLike, *, seed: int = 0, n_neighbors: int = 15, mi
     """
     umap = require("umap", "the UMAP evaluation")  # imported lazily: numba compilation makes the import slow
 
-    x = torch.from_numpy(_pixels(real_images)).double()
+    x = pixels01(real_images).double()
     if x.shape[0] <= n_neighbors:
         raise ValueError(f"UMAP needs more than n_neighbors = {n_neighbors} real images, got {x.shape[0]}")
     reducer = umap.UMAP(
@@ -113,7 +113,7 @@ def fit_umap(real_images: ArrayLike, *, seed: int = 0, n_neighbors: int = 15, mi
 
 def embed(reducer: PixelUMAP, images: ArrayLike) -> np.ndarray:
     """Place images ``(N, …)`` into a fitted UMAP map: returns ``(N, 2)`` float32."""
-    return np.asarray(reducer.transform(_pixels(images)), dtype=np.float32)
+    return np.asarray(reducer.transform(pixels01(images)), dtype=np.float32)
 
 
 def _as_points(x: ArrayLike, name: str) -> np.ndarray:
