@@ -217,6 +217,35 @@ def _tiny_model(tmp_path, kind: str):
     return DiffusionModel(UNet(unet_cfg).eval(), sched, cfg).save(tmp_path / f"{kind}.safetensors", seconds=3.0)
 
 
+def _tiny_cldm(tmp_path) -> tuple:
+    """A tiny class-conditional latent model and the VAE it names, as two model files (weights perturbed so that
+    the label changes ε̂): what the tests can build in a second, unlike the smoke profile's trained pair."""
+    import torch
+
+    from mnistdiff.config import CLDMRunConfig, DiffusionConfig, UNetConfig, VAEConfig, VAERunConfig
+    from mnistdiff.latent import LatentCodec
+    from mnistdiff.model import DiffusionModel, load_vae, save_vae
+    from mnistdiff.schedules import NoiseSchedule
+    from mnistdiff.unet import UNet
+    from mnistdiff.vae import VAE
+
+    torch.manual_seed(0)
+    vae_cfg = VAERunConfig(vae=VAEConfig(base_channels=8))
+    vae = load_vae(save_vae(VAE(vae_cfg.vae).eval(), tmp_path / "vae.safetensors", vae_cfg, seconds=1.0))
+    unet_cfg = UNetConfig(in_channels=2, image_size=4, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                          attention_resolutions=(), num_heads=2, num_classes=10)
+    cfg = CLDMRunConfig(unet=unet_cfg, diffusion=DiffusionConfig(timesteps=20))
+    unet = UNet(unet_cfg).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sched = NoiseSchedule.from_config(cfg.diffusion)
+    model = DiffusionModel(unet, sched, cfg, codec=LatentCodec(vae, 1.0), clip_range=(-3.0, 3.0),
+                           meta={"vae_weights_sha256": vae.meta["weights_sha256"], "latent_scale": 1.0,
+                                 "latent_clip": 3.0})
+    return model.save(tmp_path / "cldm.safetensors", seconds=1.0), tmp_path / "vae.safetensors"
+
+
 def test_nfe_sweep_plans_each_sampler_at_the_calls_it_can_make(tmp_path):
     from mnistdiff.config import DEFAULT_ETA
     from mnistdiff.model import DiffusionModel
@@ -321,8 +350,8 @@ def test_guidance_samplers_sweeps_every_weight_for_each_sampler_and_seed(tmp_pat
 
     study = _script("guidance_samplers")
     out = tmp_path / "guidance_samplers.json"
-    argv = [str(REPO / "checkpoints/smoke/cldm.safetensors"), "--vae", str(REPO / "checkpoints/smoke/vae.safetensors"),
-            "--n", "20", "--profile", "smoke", "--out", str(out)]
+    cldm, vae = _tiny_cldm(tmp_path)
+    argv = [str(cldm), "--vae", str(vae), "--n", "20", "--profile", "smoke", "--out", str(out)]
     assert study.main([*argv, "--samplers", "ddim:3", "dpmpp_2m_sde:2", "--seeds", "0", "1"]) == 0
     doc = json.loads(out.read_text())
     scales = list(get_profile("smoke").guidance_scales)
