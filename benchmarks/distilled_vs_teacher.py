@@ -40,8 +40,8 @@ def generators(teacher: DiffusionModel, student: DiffusionModel) -> dict[str, tu
     steps = student.sampling_defaults()["steps"]
     ref = min(DEFAULT_STEPS, teacher.schedule.num_timesteps if teacher.schedule is not None else DEFAULT_STEPS)
     return {
-        f"teacher, DDIM-{ref} (default η and w)": (teacher, {"steps": ref}),
-        f"teacher, DDIM-{steps}, η = 0": (teacher, {"steps": steps, "eta": 0.0}),
+        f"teacher, DDIM-{ref} (default η and w)": (teacher, {"sampler": "ddim", "steps": ref}),
+        f"teacher, DDIM-{steps}, η = 0": (teacher, {"sampler": "ddim", "steps": steps, "eta": 0.0}),
         f"teacher, DPM-Solver++(2M), {steps} steps": (teacher, {"sampler": "dpmpp_2m", "steps": steps}),
         f"student, {steps} steps": (student, {}),
     }

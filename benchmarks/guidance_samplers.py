@@ -7,8 +7,10 @@
 For each sampler (``name:steps``; DDIM and DPM-Solver++(2M) SDE at the package's η, the solvers at their default
 spacing) and each seed, :func:`mnistdiff.evaluation.guidance.guidance_sweep` draws ``n`` samples at every guidance
 weight w of the book profile (ten of each digit per hundred, the same seed for every w) and scores them in both
-feature spaces, with the digit accuracy. The real floor is drawn at the same n from each seed. Timings are the
-sampling seconds of each draw on this machine; read them only from a run that had the cores to itself.
+feature spaces, with the digit accuracy. The real floor is drawn at the same n from each seed. ``means`` holds each
+sampler's mean over the seeds at every weight (``"ddim-50"`` → ``"2"`` → metric), ``floor_mean`` the floors' mean:
+what the book quotes. Timings are the sampling seconds of each draw on this machine; read them only from a run that
+had the cores to itself.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
+from statistics import fmean
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,6 +41,21 @@ def parse_sampler(text: str) -> tuple[str, int]:
     if not steps.isdigit():
         raise argparse.ArgumentTypeError(f"a sampler is name:steps, e.g. ddim:50, got {text!r}")
     return name, int(steps)
+
+
+def mean_of(rows: list[dict]) -> dict[str, float]:
+    """The mean of each metric over ``rows`` (one per seed)."""
+    return {key: fmean(r[key] for r in rows) for key in rows[0] if key != "guidance"}
+
+
+def seed_means(runs: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Each sampler's mean over the seeds at every weight: ``"ddim-50"`` → ``"2"`` (w, as ``f"{w:g}"``) → metric."""
+    means: dict[str, dict[str, dict[str, float]]] = {}
+    for name in dict.fromkeys(f"{run['sampler']}-{run['steps']}" for run in runs):
+        seeds = [run for run in runs if f"{run['sampler']}-{run['steps']}" == name]
+        means[name] = {f"{row['guidance']:g}": mean_of([s["weights"][i] for s in seeds])
+                       for i, row in enumerate(seeds[0]["weights"])}
+    return means
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 for r in rows.values()), flush=True)
     doc = {"device": device_name(args.device), "date": dt.date.today().isoformat(), "n": args.n,
            "model": {"file": str(args.model), "kind": model.kind, "weights_sha256": model.meta["weights_sha256"]},
-           "guidance_scales": list(scales), "floors": floors, "runs": runs}
+           "guidance_scales": list(scales), "floors": floors, "runs": runs, "means": seed_means(runs),
+           "floor_mean": mean_of(list(floors.values()))}
     out = args.out or results_dir() / args.profile / "guidance_samplers.json"
     atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     print(f"→ {out}")

@@ -106,15 +106,17 @@ def _add_sample(sub: Any) -> None:
 
 def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
     """The sampler's options (``sample``, ``umap``): :meth:`~mnistdiff.model.DiffusionModel.sample` checks them."""
+    diffusion = [k for k in KINDS.values() if k.samples]
+    kinds = ", ".join(f"{k.name} {k.config.samplers[0]}" for k in diffusion)
     p.add_argument("--sampler", "--mode", dest="sampler", choices=SAMPLERS, default=None,
-                   help="ddim (--steps steps; the default) or ddpm (all T ancestral steps); a flow model: euler or "
-                        "heun (--steps steps of its ODE); any model: dpmpp_2m (DPM-Solver++(2M)) or dpmpp_2m_sde (its "
-                        "stochastic twin, a flow model's default), and heun (EDM's, Karras sigmas) for a DDPM, LDM or "
-                        "CLDM; "
-                        "--mode is its old spelling")
-    p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=None,
-                   help=f"the sampler's steps (default {DEFAULT_STEPS}; a distilled student's own); --ddim_steps is "
+                   help="ddim (--steps steps) or ddpm (all T ancestral steps); a flow model: euler or heun (--steps "
+                        "steps of its ODE); any model: dpmpp_2m (DPM-Solver++(2M)) or dpmpp_2m_sde (its stochastic "
+                        f"twin), and heun (EDM's, Karras sigmas) for a DDPM, LDM or CLDM. Default: {kinds}; --mode is "
                         "its old spelling")
+    steps = ", ".join(f"{k.name} {k.config.default_steps}" for k in diffusion)
+    p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=None,
+                   help=f"the sampler's steps (default: for the kind's default sampler, {steps}; for another, "
+                        f"{DEFAULT_STEPS}; a distilled student's own); --ddim_steps is its old spelling")
     p.add_argument("--eta", type=float, default=None,
                    help=f"DDIM noise: 0 deterministic, 1 DDPM-like (default {DEFAULT_ETA:g}, a distilled student's 0; "
                         "see chapter 3)")
@@ -266,7 +268,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     digits, labels = _labels(args)
     options = _sampling(args)
     model = _load(kind, args.checkpoint, args.vae_checkpoint if kind.latent else None, args.device)
-    defaults = model.sampling_defaults()
+    defaults = model.sampling_defaults(options["sampler"])
     options.update({k: defaults[k] for k in ("sampler", "steps", "eta") if options[k] is None})
     n = len(labels) if labels is not None else args.num_samples
     guidance = defaults["guidance"] if getattr(args, "guidance", None) is None else args.guidance
@@ -291,7 +293,7 @@ def _cmd_umap(args: argparse.Namespace) -> int:
     out = writable_dir(args.out)
     options = _sampling(args)
     model = _load(None, args.checkpoint, args.vae, args.device)
-    defaults = model.sampling_defaults()
+    defaults = model.sampling_defaults(options["sampler"])
     options.update({k: defaults[k] for k in ("sampler", "steps", "eta") if options[k] is None})
     sampler = options["sampler"]
     with as_arg_error():

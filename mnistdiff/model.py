@@ -139,13 +139,17 @@ class DiffusionModel:
         weight folded in; ``None`` for any other model."""
         return self.meta.get("distillation")
 
-    def sampling_defaults(self) -> dict[str, Any]:
-        """What :meth:`sample` uses where nothing is said: the first sampler, ``DEFAULT_STEPS``, ``DEFAULT_ETA``,
+    def sampling_defaults(self, sampler: str | None = None) -> dict[str, Any]:
+        """What :meth:`sample` uses where nothing is said: the kind's first sampler at its config's ``default_steps``
+        (another ``sampler``: ``DEFAULT_STEPS``; either at most a diffusion model's T), ``DEFAULT_ETA``,
         ``DEFAULT_GUIDANCE``; a distilled student's own steps, η = 0 (it was distilled deterministic) and its w."""
         d = self.distillation
         if d:
             return {"sampler": "ddim", "steps": len(d["timesteps"]), "eta": 0.0, "guidance": float(d["guidance"])}
-        return {"sampler": self.samplers[0], "steps": DEFAULT_STEPS, "eta": DEFAULT_ETA, "guidance": DEFAULT_GUIDANCE}
+        default = self.samplers[0]
+        steps = self.config.default_steps if sampler in (None, default) else DEFAULT_STEPS
+        steps = min(steps, self.schedule.num_timesteps) if self.schedule is not None else steps
+        return {"sampler": sampler or default, "steps": steps, "eta": DEFAULT_ETA, "guidance": DEFAULT_GUIDANCE}
 
     def spacing(self, sampler: str) -> str | None:
         """Where ``sampler`` puts its points by default on this model: ``"karras"`` for a solver on an ε-network
@@ -230,7 +234,7 @@ class DiffusionModel:
             sampler, steps, precision, compile = _old_spellings(old, sampler, steps, precision, compile)
         device = torch.device(device) if device is not None else next(self.unet.parameters()).device
         given = {"sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}
-        chosen = {**self.sampling_defaults(), **{k: v for k, v in given.items() if v is not None}}
+        chosen = {**self.sampling_defaults(sampler), **{k: v for k, v in given.items() if v is not None}}
         sampler, steps, eta, guidance = (chosen[k] for k in given)
         y = self.check_request(num_samples, sampler, steps, eta, labels, guidance, batch_size, precision or "fp32",
                                spacing)

@@ -734,31 +734,29 @@ Markdown(f"""**The recommendation.** Ask first for the digit: take the weights w
 results file records it.""")
 
 # %% tags=["remove-input"]
-from mnistdiff.course.measured import NOT_MEASURED, book_result
+from mnistdiff.config import CLDMRunConfig
+from mnistdiff.course.measured import book_result, not_measured
 
 by_sampler = book_result("guidance_samplers.json")
 
-
-def mean_at(run_name: str, w: float, key: str) -> float:
-    """The mean over the measured seeds of one sampler's ``key`` at weight w."""
-    values = [r[key] for run in by_sampler["runs"] if f"{run['sampler']}-{run['steps']}" == run_name
-              for r in run["weights"] if r["guidance"] == w]
-    return sum(values) / len(values)
-
-
 if by_sampler is None:
-    sampler_text = NOT_MEASURED.replace("time_to_quality", "guidance_samplers")
+    sampler_text = not_measured("guidance_samplers")
 else:
-    base, fast, more = list(dict.fromkeys(f"{r['sampler']}-{r['steps']}" for r in by_sampler["runs"]))  # DDIM first
+    means = by_sampler["means"]  # sampler → w → metric, each the mean over the seeds
+    base, fast, more = means  # DDIM first, then the solver at two step counts
     seeds = sorted({r["seed"] for r in by_sampler["runs"]})
     w_mid, w_max = DEFAULT_GUIDANCE, max(by_sampler["guidance_scales"])
+
+    def mean_at(run: str, w: float, key: str) -> float:
+        """One sampler's mean over the seeds of ``key`` at weight w."""
+        return means[run][f"{w:g}"][key]
 
     def pair(run: str, key: str, w: float, fmt: str = ".2f") -> str:
         """The solver's mean value, with DDIM's in brackets."""
         return f"{mean_at(run, w, key):{fmt}} ({mean_at(base, w, key):{fmt}})"
 
     speedup = mean_at(base, w_mid, "sampling_seconds") / mean_at(fast, w_mid, "sampling_seconds")
-    real = {k: sum(f[k] for f in by_sampler["floors"].values()) / len(seeds) for k in ("fid", "fid_resnet", "precision")}
+    real = by_sampler["floor_mean"]
     steps_of = {name: name.rsplit("-", 1)[1] for name in (base, fast, more)}
     variety = ("the noise the solver adds back at every step keeps more of the variety that guidance takes away"
                if mean_at(fast, w_mid, "recall") > mean_at(base, w_mid, "recall") else
@@ -776,7 +774,9 @@ reach FID {pair(fast, 'fid', w_mid)} in the classifier's space and {pair(fast, '
 (real digits: {real['fid']:.2f} and {real['fid_resnet']:.2f}), recall {pair(fast, 'recall', w_mid)}, precision {pair(fast, 'precision', w_mid)} (real digits:
 {real['precision']:.2f}) and accuracy {pair(fast, 'label_accuracy', w_mid, '.3f')}, at
 {speedup:.1f} times DDIM's samples per second: {variety}. {top_text} This chapter keeps DDIM for its sweep, the
-sampler the rest of the chapter uses and chapter 6 scored, and says here what a faster one changes."""
+sampler the rest of the chapter uses and chapter 6 scored, and says here what a faster one changes. Where no sampler
+is named (`cldm.sample(...)`, `python -m mnistdiff sample cldm`), the package draws this model with the solver at
+{CLDMRunConfig.default_steps} steps (`CLDMRunConfig.samplers` and `default_steps`)."""
 Markdown(sampler_text)
 
 # %% [markdown]
@@ -994,7 +994,8 @@ inputs = {}
 try:
     for w in (1.0, 4.0):
         seen.clear()
-        cldm.sample(10, steps=PROFILE.ddim_steps, labels=balanced_labels(10), guidance=w, seed=SEED, device=DEVICE)
+        cldm.sample(10, sampler="ddim", steps=PROFILE.ddim_steps, labels=balanced_labels(10), guidance=w, seed=SEED,
+                    device=DEVICE)
         inputs[w] = sum(seen)
 finally:
     hook.remove()

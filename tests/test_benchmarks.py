@@ -364,6 +364,12 @@ def test_guidance_samplers_sweeps_every_weight_for_each_sampler_and_seed(tmp_pat
                    for r in run["weights"])
     first = [[r["fid"] for r in run["weights"]] for run in doc["runs"]]
     assert first[0] != first[1] and first[0] != first[2]  # another seed, another sampler: other samples
+    assert list(doc["means"]) == ["ddim-3", "dpmpp_2m_sde-2"]
+    for name, (a, b) in {"ddim-3": doc["runs"][:2], "dpmpp_2m_sde-2": doc["runs"][2:]}.items():
+        for w, ra, rb in zip(scales, a["weights"], b["weights"]):
+            for key in ("fid", "recall_resnet", "label_accuracy", "sampling_seconds"):
+                assert doc["means"][name][f"{w:g}"][key] == pytest.approx((ra[key] + rb[key]) / 2)
+    assert doc["floor_mean"]["fid"] == pytest.approx((doc["floors"]["0"]["fid"] + doc["floors"]["1"]["fid"]) / 2)
     with pytest.raises(SystemExit):
         study.main([*argv, "--samplers", "ddim"])
     assert "a sampler is name:steps" in capsys.readouterr().err

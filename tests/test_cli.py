@@ -239,6 +239,18 @@ def test_sample_flow_default_sampler_is_dpmpp_2m_sde_and_ddim_is_refused(runs, t
     assert not (tmp_path / "d").exists() and not (tmp_path / "h").exists()
 
 
+def test_sample_cldm_defaults_to_its_kinds_sampler_capped_at_t(runs, tmp_path):
+    """The cldm's default sampler is DPM-Solver++(2M) SDE (CLDMRunConfig), at its 16 default steps or this tiny
+    model's T = 10 if fewer; naming DDIM alone gives DDIM at DEFAULT_STEPS, capped the same way."""
+    args = [*_sample_args(runs, "cldm"), "--digit", "3", "--num_samples", "2", "--individual", "0", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    info = json.loads((tmp_path / "a" / "info.json").read_text())
+    assert (info["sampler"], info["steps"]) == ("dpmpp_2m_sde", min(16, T))
+    assert main([*args, "--sampler", "ddim", "--out", str(tmp_path / "b")]) == 0
+    info = json.loads((tmp_path / "b" / "info.json").read_text())
+    assert (info["sampler"], info["steps"]) == ("ddim", min(50, T))
+
+
 def test_samples_are_deterministic(runs, samples):
     """Same checkpoint and seed → identical samples.npz; another seed → different samples."""
     again = _sample(runs, "ldm", "ddim", "ldm-ddim-again", seed=0, individual=0)

@@ -10,7 +10,16 @@ import json
 import pytest
 import torch
 
-from mnistdiff.config import CLDMRunConfig, ConfigError, DDPMRunConfig, LDMRunConfig, UNetConfig, normalized, to_dict
+from mnistdiff.config import (
+    DEFAULT_STEPS,
+    CLDMRunConfig,
+    ConfigError,
+    DDPMRunConfig,
+    LDMRunConfig,
+    UNetConfig,
+    normalized,
+    to_dict,
+)
 from mnistdiff.ddim import ddim_sample_loop, ddim_step, ddim_timesteps
 from mnistdiff.evaluation.guidance import balanced_labels, label_accuracy, recommend_guidance
 from mnistdiff.guidance import GuidedDenoiser, drop_labels, guided_eps
@@ -164,6 +173,25 @@ def test_guided_eps_against_separate_calls(cond):
 def _cldm(cond: UNet) -> DiffusionModel:
     cfg = CLDMRunConfig(unet=cond.config)
     return DiffusionModel(cond, NoiseSchedule.make("cosine", 10), cfg, clip_range=(-3.0, 3.0))
+
+
+def test_a_cldm_samples_with_its_kinds_default_and_another_sampler_at_default_steps(cond):
+    """The cldm's default is its config's first sampler at ``default_steps`` (DPM-Solver++(2M) SDE, 16 steps);
+    naming another sampler alone gives ``DEFAULT_STEPS``; either is capped at the model's T."""
+    model = DiffusionModel(cond, NoiseSchedule.make("cosine", 1000), CLDMRunConfig(unet=cond.config),
+                           clip_range=(-3.0, 3.0))
+    assert (CLDMRunConfig.samplers[0], CLDMRunConfig.default_steps) == ("dpmpp_2m_sde", 16)
+    assert {k: model.sampling_defaults()[k] for k in ("sampler", "steps")} == {"sampler": "dpmpp_2m_sde", "steps": 16}
+    assert model.sampling_defaults("ddim")["steps"] == DEFAULT_STEPS == 50
+    assert model.sampling_defaults("dpmpp_2m_sde")["steps"] == 16
+    assert _cldm(cond).sampling_defaults("ddim")["steps"] == 10  # T = 10
+    seen: list[int] = []
+    hook = cond.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    try:
+        model.sample(2, labels=3, seed=0)
+    finally:
+        hook.remove()
+    assert sum(seen) == 2 * 2 * model.nfe("dpmpp_2m_sde", 16)  # guided: ε(y) and ε(∅) for each of 2 samples
 
 
 @pytest.mark.parametrize("w", [-1.0, float("nan"), float("inf")])

@@ -23,7 +23,7 @@ import json
 import pytest
 import torch
 
-from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, normalized, to_dict
+from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, CLDMRunConfig, normalized, to_dict
 from mnistdiff.course.pretrained import checkpoint_path
 from mnistdiff.course.profiles import BOOK, SMOKE
 from mnistdiff.evaluation.guidance import balanced_labels, label_accuracy
@@ -117,6 +117,19 @@ def test_default_guidance_is_the_books_recommendation():
     path = repo_root() / "results" / "book" / "guidance.json"
     assert path.exists(), "run chapter 7 with the book profile: python -m mnistdiff course --notebooks 07"
     assert json.loads(path.read_text())["recommended_guidance"] == DEFAULT_GUIDANCE
+
+
+def test_cldm_default_sampler_is_measured_at_least_as_good_as_ddim_50():
+    """The cldm's default sampler (its config's first, at ``default_steps``) is the one chapter 7's sweep measured
+    (``benchmarks/guidance_samplers.py``) nearer the real digits than DDIM-50 in both feature spaces, with the digit
+    accuracy held, at every guidance weight from the default up."""
+    doc = json.loads((repo_root() / "results" / "book" / "guidance_samplers.json").read_text())
+    default = f"{CLDMRunConfig.samplers[0]}-{CLDMRunConfig.default_steps}"
+    assert default in doc["means"], f"measure {default}: python benchmarks/guidance_samplers.py (benchmarks/README.md)"
+    for w in (w for w in doc["guidance_scales"] if w >= DEFAULT_GUIDANCE):
+        ours, ddim = doc["means"][default][f"{w:g}"], doc["means"]["ddim-50"][f"{w:g}"]
+        assert ours["fid"] <= ddim["fid"] and ours["fid_resnet"] <= ddim["fid_resnet"], (w, ours, ddim)
+        assert ours["label_accuracy"] >= ddim["label_accuracy"] - 0.01, (w, ours, ddim)
 
 
 def test_book_vae_reconstructs_digits():

@@ -12,9 +12,15 @@ from typing import Any
 
 from mnistdiff.evaluation.report import results_dir
 
-__all__ = ["book_result", "time_to_quality_table", "NOT_MEASURED"]
+__all__ = ["book_result", "time_to_quality_table", "not_measured", "NOT_MEASURED"]
 
-NOT_MEASURED = "*Not measured yet* (`benchmarks/time_to_quality.py` writes it)."
+
+def not_measured(script: str) -> str:
+    """What a page says where ``benchmarks/<script>.py`` has not written its file yet."""
+    return f"*Not measured yet* (`benchmarks/{script}.py` writes it)."
+
+
+NOT_MEASURED = not_measured("time_to_quality")
 
 
 def book_result(name: str) -> dict[str, Any] | None:
