@@ -450,7 +450,7 @@ y20 = torch.arange(20, device=DEVICE) % 10
 ours = guided_ddim(y20, 3.0, PROFILE.ddim_steps)
 theirs, _ = cldm.sample(20, sampler="ddim", steps=PROFILE.ddim_steps, eta=1.0, seed=SEED, device=DEVICE,
                         labels=y20, guidance=3.0, precision="fp32")
-torch.testing.assert_close(ours, theirs)
+torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)  # float32 rounding after 50 steps and the decoder
 print("guided DDIM by hand equals DiffusionModel.sample(labels=y, guidance=3)")
 
 # %% [markdown]
