@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
-from mnistdiff.files import atomic_write_text  # noqa: E402
+from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.guidance import balanced_labels  # noqa: E402
 from mnistdiff.model import DiffusionModel, load_vae  # noqa: E402
 
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                        "seconds": student.meta.get("seconds")},
            "floor": {k: floor[k] for k in floor if isinstance(floor[k], float)}, "generators": rows}
     out = args.out or results_dir() / args.profile / "distillation.json"
-    atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_json(out, doc)
     print(f"→ {out}")
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from pathlib import Path
 from statistics import fmean
@@ -29,7 +28,7 @@ from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.guidance import guidance_sweep  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, real_floor  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
-from mnistdiff.files import atomic_write_text  # noqa: E402
+from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
 
 KEPT = ("label_accuracy", "sampling_seconds")
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
            "guidance_scales": list(scales), "floors": floors, "runs": runs, "means": seed_means(runs),
            "floor_mean": mean_of(list(floors.values()))}
     out = args.out or results_dir() / args.profile / "guidance_samplers.json"
-    atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_json(out, doc)
     print(f"→ {out}")
     return 0
 

@@ -32,7 +32,7 @@ from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
-from mnistdiff.files import atomic_write_text  # noqa: E402
+from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
 from mnistdiff.solvers import KARRAS_SIGMA_MAX, solver_sample_loop  # noqa: E402
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         m = evaluate(draw(model, args.sampler, args.steps, sigma_max, args.n, args.device), seed=0,
                      device=args.device, include_memorisation=False)
         doc["rows"].append({**row, **distribution_metrics(m)})
-        atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_json(out, doc)
         print(f"{model.kind} {args.sampler} {args.steps} steps, σ_max {sigma_max:g}: " + "  ".join(
             f"{s}: FID {m[space_key('fid', s)]:.3f} ({m[space_key('fid', s)] / doc['floor'][space_key('fid', s)]:.2f}×"
             " floor)" for s in FEATURE_SPACES), flush=True)

@@ -44,7 +44,7 @@ from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
-from mnistdiff.files import atomic_write_text  # noqa: E402
+from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
 
 
@@ -128,7 +128,7 @@ def load_models(paths: list[Path], vae: Path | None, precision: str, device: str
 
 def write(out: Path, doc: dict) -> None:
     """The sweep's file, atomically: a run cut short keeps every configuration already written."""
-    atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_json(out, doc)
 
 
 def quality_pass(models: dict[str, DiffusionModel], files: dict[str, str], doc: dict, args: argparse.Namespace,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
-from mnistdiff.files import atomic_write_text  # noqa: E402
+from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
 
 
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                         "spacing": model.spacing(options.get("sampler", model.sampling_defaults()["sampler"]))},
            "draws": draws, "floors": floors, "spread": summary(draws), "floor_spread": summary(floors)}
     out = args.out or results_dir() / args.profile / f"seed_spread_{model.kind}.json"
-    atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_json(out, doc)
     for s in FEATURE_SPACES:
         g, f = doc["spread"][space_key("fid", s)], doc["floor_spread"][space_key("fid", s)]
         print(f"{s}: FID {g['mean']:.3f} ± {g['std']:.3f} (range {g['min']:.3f}-{g['max']:.3f}); "

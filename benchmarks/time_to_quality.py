@@ -38,7 +38,7 @@ from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
-from mnistdiff.files import atomic_write_text  # noqa: E402
+from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel, load_vae  # noqa: E402
 from mnistdiff.modelfile import read_model_meta  # noqa: E402
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                "first_meeting_target": first and {"snapshot": first["snapshot"],
                                                   "training_minutes": round(first["training_seconds"] / 60, 1)},
                "snapshots": sorted(rows.values(), key=lambda x: x["training_seconds"])}
-        atomic_write_text(out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_json(out, doc)
     print(f"first snapshot meeting the target: {doc['first_meeting_target'] or 'none yet'}  → {out}")
     return 0
 

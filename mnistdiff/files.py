@@ -14,11 +14,13 @@ temporary file behind.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "ROOT_ENV_VAR",
@@ -28,6 +30,7 @@ __all__ = [
     "repo_root",
     "atomic_write_bytes",
     "atomic_write_text",
+    "atomic_write_json",
     "atomic_copy",
     "accepts_new_files",
 ]
@@ -146,6 +149,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, doc: Any) -> None:
+    """:func:`atomic_write_text` of ``doc`` as indented JSON (UTF-8 kept as written), ending in a newline."""
+    atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
 def atomic_copy(src: str | Path, dest: str | Path) -> None:

@@ -123,3 +123,13 @@ def test_resolve_device_defaults_to_the_default_device():
 
     assert resolve_device(None) == default_device()
     assert resolve_device("cpu") == torch.device("cpu") and resolve_device(torch.device("meta")).type == "meta"
+
+
+def test_atomic_write_json_reads_back_with_json_and_keeps_unicode(tmp_path):
+    import json
+
+    target = tmp_path / "doc.json"
+    doc = {"device": "CPU: Xeon", "σ": [1.5, None], "n": 2000}
+    files.atomic_write_json(target, doc)
+    text = target.read_text(encoding="utf-8")
+    assert json.loads(text) == doc and "σ" in text and text.endswith("}\n") and "\n  " in text
