@@ -373,3 +373,21 @@ def test_guidance_samplers_sweeps_every_weight_for_each_sampler_and_seed(tmp_pat
     with pytest.raises(SystemExit):
         study.main([*argv, "--samplers", "ddim"])
     assert "a sampler is name:steps" in capsys.readouterr().err
+
+
+def test_chunk_speed_times_both_ways_and_finds_the_same_bits(tmp_path):
+    """benchmarks/chunk_speed.py on a tiny model: a row per precision it ran (fp32 first), each with both ways
+    timed, the ratio of their medians and the two draws equal bit for bit."""
+    import statistics
+
+    bench = _script("chunk_speed")
+    out = tmp_path / "chunks.json"
+    model = _tiny_model(tmp_path, "ddpm")
+    assert bench.main([str(model), "--n", "70", "--steps", "2", "--repeats", "2", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["device"].startswith("CPU") and doc["chunks"] and doc["rows"][0]["precision"] == "fp32"
+    for row in doc["rows"]:
+        assert row["model"] == "ddpm" and row["steps"] == 2 and row["n"] == 70 and row["same_bits"] is True
+        speed = {way: round(70 / statistics.median(s), 2) for way, s in row["seconds"].items()}
+        assert row["samples_per_second"] == speed and len(row["seconds"]["pieces"]) == 2
+        assert row["ratio"] == round(speed["pieces"] / speed["whole"], 3)

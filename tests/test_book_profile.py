@@ -280,3 +280,61 @@ def test_the_ddpm_task_trains_on_its_configs_loss_weighting(tmp_path, monkeypatc
         noise = torch.randn(batch.shape, generator=gen)
         want = diffusion_loss(task.model, NoiseSchedule.from_config(cfg.diffusion), batch, t, noise, gamma)
         torch.testing.assert_close(got, want)
+
+
+class _SlowOnBigBatches(torch.nn.Module):
+    """ε̂ = 2·x (or, ``mixes``, x minus the batch's mean: a piece of the batch then gives other numbers), taking time
+    that grows with the square of the batch, as a network whose activations overflow the caches does."""
+
+    def __init__(self, mixes: bool = False) -> None:
+        super().__init__()
+        self.mixes, self.batches = mixes, []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
+        import time
+
+        self.batches.append(len(x))
+        time.sleep(len(x) ** 2 * 2e-6)
+        return x - x.mean(0) if self.mixes else 2 * x
+
+
+@pytest.mark.parametrize("mixes", [False, True])
+def test_chunked_denoiser_takes_the_fastest_piece_size_that_gives_the_same_bits(mixes):
+    """A chunk is chosen only where its ε̂ equals the whole batch's bit for bit: for a batch-invariant network the
+    fastest piece size (here the smallest, 64), for one whose output mixes the batch never a piece. Every call, the
+    measuring one included, returns the whole batch's ε̂."""
+    from mnistdiff.sampling import CHUNKS, ChunkedDenoiser
+
+    inner = _SlowOnBigBatches(mixes)
+    net = ChunkedDenoiser(inner, calls=1)
+    x, t = torch.randn(256, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.zeros(256, dtype=torch.long)
+    whole = inner(x, t)
+    for _ in range(2):
+        assert torch.equal(net(x, t), whole)
+    assert net.chosen == {(256, 1, 4, 4): None if mixes else min(CHUNKS)}
+    inner.batches.clear()
+    net(x, t)
+    assert inner.batches == ([256] if mixes else [64] * 4)
+    small = ChunkedDenoiser(inner)
+    small(x[:min(CHUNKS)], t[:min(CHUNKS)])  # no piece smaller than the batch: nothing to measure
+    assert small.chosen == {(min(CHUNKS), 1, 4, 4): None}
+
+
+def test_generate_draws_the_same_bits_with_and_without_pieces(monkeypatch):
+    """generate's chunking changes the speed only: 130 samples from a tiny UNet, in pieces of 64 (forced) and whole,
+    are equal bit for bit, for the ancestral sampler and for DDIM, and the network saw the pieces."""
+    import mnistdiff.sampling as sampling
+
+    net = _task().model.eval()
+    sched = NoiseSchedule.make("cosine", 20)
+    seen: list[int] = []
+    net.register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    monkeypatch.setattr(sampling.ChunkedDenoiser, "_measure",
+                        lambda self, *inputs: (self._run(None, *inputs), 64))
+    for sampler in ("ddpm", "ddim"):  # the second draw reuses what the first measured
+        kw = dict(sampler=sampler, steps=3, seed=4, precision="fp32")
+        seen.clear()
+        pieces = sampling.generate(net, sched, 130, batch_size=130, **kw).images
+        assert seen.count(64) >= 2 and seen.count(130) == (sampler == "ddpm")  # one measuring call, then pieces
+        whole = sampling.generate(net, sched, 130, batch_size=130, chunk=False, **kw).images
+        assert torch.equal(pieces, whole), sampler
