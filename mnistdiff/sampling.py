@@ -98,9 +98,13 @@ class FastDenoiser(torch.nn.Module):
 
 
 #: The sub-batch sizes :class:`ChunkedDenoiser` tries on a CPU. A sampling batch (256 there) of the pixel UNet
-#: overflows a two-core CPU's caches: in pieces of 64 it ran 1.3-1.7× the network calls per second of one call on
-#: the whole batch (Intel Xeon, avx512_bf16, no AMX; ``benchmarks/chunk_speed.py``).
+#: overflows a two-core CPU's caches: sampled in pieces, the book's pixel DDPM and flow drew 1.3-1.7× the samples per
+#: second (Intel Xeon, avx512_bf16, no AMX; ``benchmarks/chunk_speed.py`` → ``results/book/chunk_speed.json``).
 CHUNKS = (64, 128)
+
+#: A network whose whole-batch call takes less than this is run whole, unmeasured: measuring costs about eight calls,
+#: and the book's latent UNets (0.05 s a call of 256) ran no faster in pieces.
+CHUNK_MIN_SECONDS = 0.25
 
 
 #: What :class:`ChunkedDenoiser` measured for each network :func:`generate` ran, by precision and batch shape.
@@ -134,9 +138,10 @@ class ChunkedDenoiser(torch.nn.Module):
 
     def _measure(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, int | None]:
         """(ε̂ of the whole batch, the chunk to use for this shape): the bit-for-bit check is made on this batch."""
+        t0 = time.perf_counter()
         whole = self._run(None, *inputs)
         chunks = [c for c in CHUNKS if c < inputs[0].shape[0]]
-        if not chunks:
+        if not chunks or time.perf_counter() - t0 < CHUNK_MIN_SECONDS:
             return whole, None
         seconds: dict[int | None, float] = {}
         for chunk in (None, *chunks):

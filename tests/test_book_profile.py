@@ -294,7 +294,7 @@ class _SlowOnBigBatches(torch.nn.Module):
         import time
 
         self.batches.append(len(x))
-        time.sleep(len(x) ** 2 * 2e-6)
+        time.sleep(len(x) ** 2 * 5e-6)  # 0.33 s for 256: measured (sampling.CHUNK_MIN_SECONDS); 0.02 s for 64
         return x - x.mean(0) if self.mixes else 2 * x
 
 
@@ -318,6 +318,23 @@ def test_chunked_denoiser_takes_the_fastest_piece_size_that_gives_the_same_bits(
     small = ChunkedDenoiser(inner)
     small(x[:min(CHUNKS)], t[:min(CHUNKS)])  # no piece smaller than the batch: nothing to measure
     assert small.chosen == {(min(CHUNKS), 1, 4, 4): None}
+
+
+def test_a_quick_network_is_run_whole_without_measuring():
+    """A whole-batch call shorter than CHUNK_MIN_SECONDS is not worth the eight calls a measurement costs: the
+    network runs whole, and no piece is tried."""
+    from mnistdiff.sampling import CHUNK_MIN_SECONDS, ChunkedDenoiser
+
+    seen: list[int] = []
+
+    def quick(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(len(x))
+        return 2 * x
+
+    net = ChunkedDenoiser(quick)
+    x, t = torch.randn(256, 1, 4, 4), torch.zeros(256, dtype=torch.long)
+    assert torch.equal(net(x, t), 2 * x) and torch.equal(net(x, t), 2 * x)
+    assert net.chosen == {(256, 1, 4, 4): None} and seen == [256, 256] and CHUNK_MIN_SECONDS > 0.01
 
 
 def test_generate_draws_the_same_bits_with_and_without_pieces(monkeypatch):
