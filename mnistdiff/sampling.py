@@ -98,7 +98,7 @@ class FastDenoiser(torch.nn.Module):
 
 
 #: The sub-batch sizes :class:`ChunkedDenoiser` tries on a CPU. A sampling batch (256 there) of the pixel UNet
-#: overflows a two-core CPU's caches: sampled in pieces, the book's pixel DDPM and flow drew 1.3-1.7× the samples per
+#: overflows a two-core CPU's caches: sampled in pieces, the book's pixel DDPM and flow drew 1.1-1.7× the samples per
 #: second (Intel Xeon, avx512_bf16, no AMX; ``benchmarks/chunk_speed.py`` → ``results/book/chunk_speed.json``).
 CHUNKS = (64, 128)
 
