@@ -17,6 +17,7 @@ the VAE.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -97,6 +98,20 @@ class FastDenoiser(torch.nn.Module):
         return self._fn(x, t, *y)
 
 
+def _seconds(fn: Callable[[], object], calls: int, device: torch.device | None = None) -> float:
+    """Wall seconds of ``calls`` calls of ``fn`` (warmed up by the caller), synchronised on a GPU ``device``: the one
+    timing loop of :class:`ChunkedDenoiser`, :func:`measure_precision` and :func:`measure_decoder`."""
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 #: The sub-batch sizes :class:`ChunkedDenoiser` tries on a CPU. A sampling batch (256 there) of the pixel UNet
 #: overflows a two-core CPU's caches: sampled in pieces, the book's pixel DDPM and flow drew 1.1-1.7× the samples per
 #: second (Intel Xeon, avx512_bf16, no AMX; ``benchmarks/chunk_speed.py`` → ``results/book/chunk_speed.json``).
@@ -147,10 +162,7 @@ class ChunkedDenoiser(torch.nn.Module):
         for chunk in (None, *chunks):
             if chunk is not None and not torch.equal(self._run(chunk, *inputs), whole):  # also the warm-up
                 continue
-            t0 = time.perf_counter()
-            for _ in range(self.calls):
-                self._run(chunk, *inputs)
-            seconds[chunk] = time.perf_counter() - t0
+            seconds[chunk] = _seconds(functools.partial(self._run, chunk, *inputs), self.calls)
         return whole, min(seconds, key=seconds.__getitem__)
 
 
@@ -171,14 +183,7 @@ def measure_precision(model: torch.nn.Module, shape: tuple[int, int, int], devic
     for precision in MEASURED_PRECISIONS:
         net = FastDenoiser(copy.deepcopy(model).to(device).eval(), device.type, precision)
         net(x, t)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            net(x, t)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        speeds[precision] = round(calls * batch_size / (time.perf_counter() - t0), 1)
+        speeds[precision] = round(calls * batch_size / _seconds(functools.partial(net, x, t), calls, device), 1)
     return max(speeds, key=speeds.__getitem__), speeds
 
 
@@ -192,10 +197,7 @@ def measure_decoder(decode: Callable[..., torch.Tensor], shape: tuple[int, int, 
     speeds: dict[str, float] = {}
     for name in MEASURED_PRECISIONS:
         decode(z, name)
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            decode(z, name)
-        speeds[f"decode_{name}"] = round(calls * batch_size / (time.perf_counter() - t0), 1)
+        speeds[f"decode_{name}"] = round(calls * batch_size / _seconds(functools.partial(decode, z, name), calls), 1)
     return max(MEASURED_PRECISIONS, key=lambda n: speeds[f"decode_{n}"]), speeds
 
 

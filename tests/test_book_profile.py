@@ -355,3 +355,19 @@ def test_generate_draws_the_same_bits_with_and_without_pieces(monkeypatch):
         assert seen.count(64) >= 2 and seen.count(130) == (sampler == "ddpm")  # one measuring call, then pieces
         whole = sampling.generate(net, sched, 130, batch_size=130, chunk=False, **kw).images
         assert torch.equal(pieces, whole), sampler
+
+
+def test_measure_decoder_keeps_the_precision_that_decodes_fastest():
+    """measure_decoder times decode(z, precision) in every measured precision and keeps the quickest (a stand-in
+    decoder, slow in every precision but bf16_cl)."""
+    import time
+
+    from mnistdiff.sampling import MEASURED_PRECISIONS, measure_decoder
+
+    def decode(z: torch.Tensor, precision: str) -> torch.Tensor:
+        time.sleep(0.001 if precision == "bf16_cl" else 0.02)
+        return z
+
+    chosen, speeds = measure_decoder(decode, (2, 4, 4), batch_size=8, calls=2)
+    assert chosen == "bf16_cl" and set(speeds) == {f"decode_{p}" for p in MEASURED_PRECISIONS}
+    assert speeds["decode_bf16_cl"] > 5 * speeds["decode_fp32"]
