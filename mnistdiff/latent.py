@@ -12,17 +12,18 @@ from dataclasses import dataclass
 
 import torch
 
-from mnistdiff.vae import VAE
+from mnistdiff.vae import VAE, loop_batch
 
 __all__ = ["LatentCodec", "encode_dataset", "compute_latent_scale", "scaled_sample"]
 
 
 @torch.no_grad()
-def encode_dataset(vae: VAE, images: torch.Tensor, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means and standard deviations of ``images`` (N, 1, 32, 32) → two (N, c, 4, 4) tensors."""
+def encode_dataset(vae: VAE, images: torch.Tensor, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and standard deviations of ``images`` (N, 1, 32, 32) → two (N, c, 4, 4) tensors, encoded in
+    batches of ``batch_size`` (default :func:`~mnistdiff.vae.loop_batch`)."""
     vae.eval()
     means, stds = [], []
-    for chunk in images.split(batch_size):
+    for chunk in images.split(batch_size or loop_batch(images.device)):
         post = vae.encode(chunk)
         means.append(post.mean.float())
         stds.append(post.std.float())
@@ -63,9 +64,11 @@ class LatentCodec:
     def decode(self, z: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         """Unscale and decode; the result is clamped to [−1, 1]. ``precision``: ``"bf16…"`` decodes under bf16
         autocast, ``"…_cl"`` in channels_last (the codes are laid out so; the activations follow) — faster on some
-        hardware (:meth:`mnistdiff.model.DiffusionModel.measure_precision` decides by timing them)."""
+        hardware (:meth:`mnistdiff.model.DiffusionModel.measure_precision` decides by timing them). Decodes in batches
+        of :func:`~mnistdiff.vae.loop_batch`."""
         z = z / self.scale
         if precision.endswith("_cl"):
             z = z.contiguous(memory_format=torch.channels_last)
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
-            return self.vae.decode(z).float().contiguous().clamp(-1.0, 1.0)
+            pieces = [self.vae.decode(c).float() for c in z.split(loop_batch(z.device))]
+            return torch.cat(pieces).contiguous().clamp(-1.0, 1.0)

@@ -98,18 +98,25 @@ class FastDenoiser(torch.nn.Module):
         return self._fn(x, t, *y)
 
 
-def _seconds(fn: Callable[[], object], calls: int, device: torch.device | None = None) -> float:
-    """Wall seconds of ``calls`` calls of ``fn`` (warmed up by the caller), synchronised on a GPU ``device``: the one
-    timing loop of :class:`ChunkedDenoiser`, :func:`measure_precision` and :func:`measure_decoder`."""
+def _seconds(fns: dict[Any, Callable[[], object]], rounds: int, device: torch.device | None = None
+             ) -> dict[Any, float]:
+    """The fastest of ``rounds`` timed calls of each of ``fns`` (warmed up by the caller), in wall seconds, the
+    candidates taken in turn in every round and synchronised on a GPU ``device``: the one timing loop of
+    :class:`ChunkedDenoiser`, :func:`measure_precision` and :func:`measure_decoder`. Taking turns and keeping each
+    one's fastest call (as :mod:`timeit` advises) leaves a burst of other work on the cores, which slows every call it
+    overlaps, out of the comparison; timed one after the other, a burst would sway it towards whoever ran first."""
     cuda = device is not None and device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    if cuda:
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            if cuda:
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            best[key] = min(best[key], time.perf_counter() - t0)
+    return best
 
 
 #: The sub-batch sizes :class:`ChunkedDenoiser` tries on a CPU. A sampling batch (256 there) of the pixel UNet
@@ -129,15 +136,16 @@ _CHUNKS_CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 class ChunkedDenoiser(torch.nn.Module):
     """``net(x, t[, y])`` (B, C, H, W) run on pieces of at most ``chunk`` samples of the batch and concatenated, with
     ``chunk`` measured on the first call of each batch shape: the fastest of :data:`CHUNKS` and the whole batch
-    (``None``), timed on ``calls`` calls each after a warm-up, among those whose ε̂ equals the whole batch's **bit for
-    bit**. So the choice, which timing noise can sway, changes how fast a draw is and never what it draws.
+    (``None``), timed in ``rounds`` rounds that take them in turn (:func:`_seconds`) after a warm-up, among those
+    whose ε̂ equals the whole batch's **bit for bit**. So the choice, which timing noise can sway, changes how fast a
+    draw is and never what it draws.
 
     A speed trick of the CPU, like cuDNN's autotuner on a GPU: small batches keep the activations in cache."""
 
-    def __init__(self, net: Callable[..., torch.Tensor], calls: int = 2,
+    def __init__(self, net: Callable[..., torch.Tensor], rounds: int = 2,
                  chosen: dict[tuple[int, ...], int | None] | None = None) -> None:
         super().__init__()
-        self.inner, self.calls = net, calls
+        self.inner, self.rounds = net, rounds
         self.chosen = {} if chosen is None else chosen  # batch shape → chunk (None: the whole batch); may be shared
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
@@ -158,46 +166,44 @@ class ChunkedDenoiser(torch.nn.Module):
         chunks = [c for c in CHUNKS if c < inputs[0].shape[0]]
         if not chunks or time.perf_counter() - t0 < CHUNK_MIN_SECONDS:
             return whole, None
-        seconds: dict[int | None, float] = {}
-        for chunk in (None, *chunks):
-            if chunk is not None and not torch.equal(self._run(chunk, *inputs), whole):  # also the warm-up
-                continue
-            seconds[chunk] = _seconds(functools.partial(self._run, chunk, *inputs), self.calls)
+        same = [None, *(c for c in chunks if torch.equal(self._run(c, *inputs), whole))]  # also the warm-up
+        seconds = _seconds({c: functools.partial(self._run, c, *inputs) for c in same}, self.rounds)
         return whole, min(seconds, key=seconds.__getitem__)
 
 
 @torch.no_grad()
 def measure_precision(model: torch.nn.Module, shape: tuple[int, int, int], device: torch.device | str = "cpu",
-                      batch_size: int = 128, calls: int = 2) -> tuple[str, dict[str, float]]:
-    """``"fp32"``, ``"fp32_cl"``, ``"bf16"`` or ``"bf16_cl"``: whichever runs ``model`` fastest here, timed on
-    ``calls`` forward passes of a ``batch_size`` batch after one warm-up each. bf16 is fast on CPUs with AMX/AVX-512
-    bf16 and slow on others, and channels_last helps on some and hurts on others (the training probe on an AMD EPYC:
-    bf16 fastest, bf16_cl slower; the pixel UNet on an Intel Xeon without AMX: fp32_cl fastest), so this is measured,
-    never assumed. Returns the choice and network calls per second."""
+                      batch_size: int = 128, rounds: int = 3) -> tuple[str, dict[str, float]]:
+    """``"fp32"``, ``"fp32_cl"``, ``"bf16"`` or ``"bf16_cl"``: whichever runs ``model`` fastest here, each timed on
+    a ``batch_size`` batch after a warm-up, in ``rounds`` rounds that take the four in turn (:func:`_seconds`). bf16 is
+    fast on CPUs with AMX/AVX-512 bf16 and slow on others, and channels_last helps on some and hurts on others (the
+    training probe on an AMD EPYC: bf16 fastest, bf16_cl slower; the pixel UNet on an Intel Xeon without AMX: fp32_cl
+    fastest), so this is measured, never assumed. Returns the choice and network calls per second."""
     import copy
 
     device = torch.device(device)
     x = torch.randn((batch_size, *shape), device=device)
     t = torch.zeros(batch_size, device=device, dtype=torch.long)  # any t costs the same; 0 is in every schedule
-    speeds: dict[str, float] = {}
-    for precision in MEASURED_PRECISIONS:
-        net = FastDenoiser(copy.deepcopy(model).to(device).eval(), device.type, precision)
+    nets = {p: FastDenoiser(copy.deepcopy(model).to(device).eval(), device.type, p) for p in MEASURED_PRECISIONS}
+    for net in nets.values():
         net(x, t)
-        speeds[precision] = round(calls * batch_size / _seconds(functools.partial(net, x, t), calls, device), 1)
+    seconds = _seconds({p: functools.partial(net, x, t) for p, net in nets.items()}, rounds, device)
+    speeds = {p: round(batch_size / s, 1) for p, s in seconds.items()}
     return max(speeds, key=speeds.__getitem__), speeds
 
 
 @torch.no_grad()
 def measure_decoder(decode: Callable[..., torch.Tensor], shape: tuple[int, int, int],
-                    device: torch.device | str = "cpu", batch_size: int = 256, calls: int = 2
+                    device: torch.device | str = "cpu", batch_size: int = 256, rounds: int = 3
                     ) -> tuple[str, dict[str, float]]:
     """One of :data:`MEASURED_PRECISIONS`: whichever runs ``decode(z, precision)`` (a latent model's VAE decoder)
     fastest here, timed like :func:`measure_precision`. Returns the choice and images decoded per second of each."""
-    z = torch.randn((batch_size, *shape), device=torch.device(device))
-    speeds: dict[str, float] = {}
+    device = torch.device(device)
+    z = torch.randn((batch_size, *shape), device=device)
     for name in MEASURED_PRECISIONS:
         decode(z, name)
-        speeds[f"decode_{name}"] = round(calls * batch_size / _seconds(functools.partial(decode, z, name), calls), 1)
+    seconds = _seconds({n: functools.partial(decode, z, n) for n in MEASURED_PRECISIONS}, rounds, device)
+    speeds = {f"decode_{n}": round(batch_size / s, 1) for n, s in seconds.items()}
     return max(MEASURED_PRECISIONS, key=lambda n: speeds[f"decode_{n}"]), speeds
 
 

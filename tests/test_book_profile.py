@@ -104,7 +104,7 @@ def test_a_network_runs_in_each_precision_and_fp32_after_channels_last_is_plain_
     first = model.sample(2, steps=2, seed=1, precision="fp32").images
     model.sample(2, steps=2, seed=1, precision="fp32_cl")
     assert torch.equal(model.sample(2, steps=2, seed=1, precision="fp32").images, first)  # plain again, bit for bit
-    chosen, speeds = measure_precision(net, (1, 32, 32), batch_size=4, calls=1)
+    chosen, speeds = measure_precision(net, (1, 32, 32), batch_size=4, rounds=1)
     assert set(speeds) == set(MEASURED_PRECISIONS) and speeds[chosen] == max(speeds.values())
 
 
@@ -306,7 +306,7 @@ def test_chunked_denoiser_takes_the_fastest_piece_size_that_gives_the_same_bits(
     from mnistdiff.sampling import CHUNKS, ChunkedDenoiser
 
     inner = _SlowOnBigBatches(mixes)
-    net = ChunkedDenoiser(inner, calls=1)
+    net = ChunkedDenoiser(inner, rounds=1)
     x, t = torch.randn(256, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.zeros(256, dtype=torch.long)
     whole = inner(x, t)
     for _ in range(2):
@@ -368,6 +368,28 @@ def test_measure_decoder_keeps_the_precision_that_decodes_fastest():
         time.sleep(0.001 if precision == "bf16_cl" else 0.02)
         return z
 
-    chosen, speeds = measure_decoder(decode, (2, 4, 4), batch_size=8, calls=2)
+    chosen, speeds = measure_decoder(decode, (2, 4, 4), batch_size=8, rounds=2)
     assert chosen == "bf16_cl" and set(speeds) == {f"decode_{p}" for p in MEASURED_PRECISIONS}
     assert speeds["decode_bf16_cl"] > 5 * speeds["decode_fp32"]
+
+
+def test_timings_take_turns_and_keep_each_candidates_fastest_call():
+    """sampling._seconds runs the candidates in turn, round after round, and keeps each one's fastest call: a burst
+    that slows one candidate's first call (other work on the cores) does not decide the choice, as it would for a
+    mean of calls made one after the other."""
+    import time
+
+    from mnistdiff.sampling import _seconds
+
+    order: list[str] = []
+
+    def candidate(name: str, first: float, then: float):
+        def call() -> None:
+            time.sleep(first if name not in order else then)
+            order.append(name)
+        return call
+
+    seconds = _seconds({"bursty": candidate("bursty", 0.06, 0.002), "steady": candidate("steady", 0.01, 0.01)}, 3)
+    assert order == ["bursty", "steady"] * 3
+    assert min(seconds, key=seconds.__getitem__) == "bursty"
+    assert 0.002 <= seconds["bursty"] < 0.01 <= seconds["steady"] < 0.06

@@ -152,3 +152,27 @@ def test_measured_bf16_decoding_is_used_unless_float32_is_asked_for(vae, monkeyp
     model.decode_precision = "fp32"
     model.sample(2, steps=2)
     assert seen == ["bf16", "fp32", "fp32_cl", "fp32"]
+
+
+def test_the_vaes_loops_run_in_pieces_and_give_the_pieces_output(vae):
+    """On a CPU the VAE's loops pass loop_batch("cpu") images at once (64; 1,024 on a GPU): LatentCodec.decode of more
+    codes than that decodes them piece by piece, giving what the decoder gives each piece alone, bit for bit."""
+    from mnistdiff.vae import loop_batch
+
+    assert loop_batch("cpu") == 64 and loop_batch(torch.device("cuda")) == 1024
+    codec = LatentCodec(vae, 0.8)
+    z = torch.randn(150, 2, 4, 4, generator=torch.Generator().manual_seed(3))
+    seen: list[int] = []
+    hook = vae.decoder.register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    images = codec.decode(z)
+    hook.remove()
+    assert seen == [64, 64, 22]
+    with torch.no_grad():
+        pieces = torch.cat([vae.decode(c / 0.8) for c in z.split(64)]).clamp(-1, 1)
+    assert torch.equal(images, pieces)
+    seen.clear()
+    hook = vae.decoder.register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    try:
+        assert vae.sample_prior(130).shape == (130, 1, 32, 32) and seen == [64, 64, 2]
+    finally:
+        hook.remove()

@@ -39,19 +39,19 @@ def _diffusion_sampler(model: Any, device: torch.device, **kwargs: Any) -> Sampl
     return draw
 
 
-def _vae_prior_sampler(vae: VAE, device: torch.device, batch_size: int = 1024) -> Sampler:
+def _vae_prior_sampler(vae: VAE, device: torch.device) -> Sampler:
     def draw(n: int, seed: int) -> torch.Tensor:
         gen = torch.Generator(device=device).manual_seed(seed)
-        return vae.sample_prior(n, generator=gen, device=device, batch_size=batch_size).cpu()
+        return vae.sample_prior(n, generator=gen, device=device).cpu()
 
     return draw
 
 
-def _vae_reconstruction_sampler(vae: VAE, device: torch.device, batch_size: int = 1024) -> Sampler:
+def _vae_reconstruction_sampler(vae: VAE, device: torch.device) -> Sampler:
     def draw(n: int, seed: int) -> torch.Tensor:
         # the same n training images as real_floor(n, seed=seed): the floor, passed through the VAE
         real = load_mnist("train").subset(n, seed=seed).images
-        return vae.reconstruct(real.to(device), batch_size=batch_size).cpu()
+        return vae.reconstruct(real.to(device)).cpu()
 
     return draw
 
