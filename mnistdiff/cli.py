@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,15 +32,20 @@ from mnistdiff.cli_checks import (
     resume_base,
     writable_dir,
 )
-from mnistdiff.cli_distill import add_distill_parser, run_distill
-from mnistdiff.cli_export import add_export_parser, run_export
-from mnistdiff.cli_options import add_config_arguments, config_from_args, option_message
-from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, MNIST_CLASSES, PRECISIONS, ConfigError
+from mnistdiff.cli_distill import add_distill_options, run_distill
+from mnistdiff.cli_export import add_export_options, run_export
+from mnistdiff.cli_options import (
+    add_config_arguments,
+    add_guidance_options,
+    add_sampling_options,
+    config_from_args,
+    option_message,
+)
+from mnistdiff.config import MNIST_CLASSES, ConfigError
 from mnistdiff.course.profiles import PROFILES
 from mnistdiff.model import DiffusionModel
 from mnistdiff.modelfile import CheckpointError
-from mnistdiff.sampling import OLD_FAST, SAMPLERS
-from mnistdiff.solvers import SPACINGS
+from mnistdiff.sampling import OLD_FAST
 from mnistdiff.training.kinds import KINDS, Kind
 
 __all__ = ["main", "build_parser"]
@@ -50,9 +56,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data_dir", default=None, help="another MNIST copy (torchvision layout <dir>/MNIST/raw/)")
 
 
-def _add_train(sub: Any) -> None:
+def _train_options(train: argparse.ArgumentParser) -> None:
     """``train all`` and ``train ddpm|vae|ldm|cldm``: one option per field of the model's run config."""
-    train = sub.add_parser("train", help=f"train a model ({', '.join(KINDS)}), or all of a profile's")
     tsub = train.add_subparsers(dest="model", required=True)
     p = tsub.add_parser("all", help=f"train a profile's {', '.join(KINDS)} in order into checkpoints/<profile>/ "
                                     "(resumable: run it again to continue)")
@@ -76,9 +81,8 @@ def _add_train(sub: Any) -> None:
         add_config_arguments(p, kind.config(), default_label="full profile")
 
 
-def _add_sample(sub: Any) -> None:
-    """``sample <kind>`` for every kind that samples, and ``umap``."""
-    sample = sub.add_parser("sample", help="sample from a trained model")
+def _sample_options(sample: argparse.ArgumentParser) -> None:
+    """``sample <kind>`` for every kind that samples."""
     ssub = sample.add_subparsers(dest="model", required=True)
     for name, kind in KINDS.items():
         if not kind.samples:
@@ -87,78 +91,42 @@ def _add_sample(sub: Any) -> None:
         if kind.latent:
             p.add_argument("vae_checkpoint", help="the VAE's model file it was trained on")
         p.add_argument("checkpoint", help=f"the {name} model file (NAME.safetensors) `train {name}` wrote")
-        _add_sampling(p)
+        add_sampling_options(p)
         if kind.conditional:
-            _add_guidance(p)
+            add_guidance_options(p)
         p.add_argument("--nrow", type=int, default=None, help="grid columns (default 8; with --digit: one row each)")
         p.add_argument("--individual", type=int, default=8, help="samples that get their own folder of steps")
         p.add_argument("--out", default="generated_samples")
         _add_common(p)
 
-    um = sub.add_parser("umap", help="UMAP of generated vs real MNIST (pixel space)")
+
+def _umap_options(um: argparse.ArgumentParser) -> None:
+    """``umap CKPT [--vae VAE]``: a UMAP of samples against real digits."""
     um.add_argument("checkpoint", help="a DDPM model file (or a latent one with --vae)")
     um.add_argument("--vae", default=None, help="the VAE's model file, for a latent-diffusion model")
-    _add_sampling(um, num_samples=2000)
+    add_sampling_options(um, num_samples=2000)
     um.add_argument("--real", type=int, default=5000, help="real test images to fit the UMAP on")
     um.add_argument("--out", default="umap", help="folder for umap.png and umap.json")
     _add_common(um)
 
 
-def _add_sampling(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
-    """The sampler's options (``sample``, ``umap``): :meth:`~mnistdiff.model.DiffusionModel.sample` checks them."""
-    diffusion = [k for k in KINDS.values() if k.samples]
-    kinds = ", ".join(f"{k.name} {k.config.samplers[0]}" for k in diffusion)
-    p.add_argument("--sampler", "--mode", dest="sampler", choices=SAMPLERS, default=None,
-                   help="ddim (--steps steps) or ddpm (all T ancestral steps); a flow model: euler or heun (--steps "
-                        "steps of its ODE); any model: dpmpp_2m (DPM-Solver++(2M)) or dpmpp_2m_sde (its stochastic "
-                        f"twin), and heun (EDM's, Karras sigmas) for a DDPM, LDM or CLDM. Default: {kinds}; --mode is "
-                        "its old spelling")
-    steps = ", ".join(f"{k.name} {k.config.default_steps}" for k in diffusion)
-    p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=None,
-                   help=f"the sampler's steps (default: for the kind's default sampler, {steps}; for another, "
-                        f"{DEFAULT_STEPS}; a distilled student's own); --ddim_steps is its old spelling")
-    p.add_argument("--eta", type=float, default=None,
-                   help=f"DDIM noise: 0 deterministic, 1 DDPM-like (default {DEFAULT_ETA:g}, a distilled student's 0; "
-                        "see chapter 3)")
-    p.add_argument("--spacing", choices=SPACINGS, default=None,
-                   help="where dpmpp_2m, dpmpp_2m_sde and heun put their steps on a DDPM, LDM or CLDM: karras "
-                        "(Karras et al.'s sigmas, the default) or linspace (DDIM's timesteps); see chapter 9")
-    p.add_argument("--num_samples", type=int, default=num_samples)
-    p.add_argument("--batch_size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (as trained, the default), bf16 autocast, fp32_cl or bf16_cl (channels_last), or auto: "
-                        "the fastest of the four measured here")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on a GPU)")
-    p.add_argument("--fast", choices=tuple(OLD_FAST), default=None,
-                   help="old spelling: off = --precision fp32, amp = bf16_cl, compile = bf16_cl --compile")
-
-
-def _add_guidance(p: argparse.ArgumentParser) -> None:
-    """``--digit`` and ``--guidance`` of a class-conditional kind."""
-    p.add_argument("--digit", action="append", default=None, metavar="D",
-                   help="the digit to ask for, 0-9; repeat it for several, or 'all' for 0-9 (one grid row each). "
-                        "--num_samples is then per digit. Left out: unconditional samples (no label)")
-    p.add_argument("--guidance", type=float, default=None, metavar="W",
-                   help="classifier-free guidance weight w >= 0 in eps = eps(no label) + w*(eps(digit) - "
-                        "eps(no label)): 0 ignores the digit, 1 is the conditional model "
-                        f"(default {DEFAULT_GUIDANCE:g}; a distilled student's, folded in)")
-
-
-def _add_evaluate_and_course(sub: Any) -> None:
-    """``evaluate`` and ``course``."""
-    ev = sub.add_parser("evaluate", help="sample-quality metrics of a samples.npz, as JSON")
+def _evaluate_options(ev: argparse.ArgumentParser) -> None:
+    """``evaluate SAMPLES``."""
     ev.add_argument("samples", help="samples.npz written by the sample command (key 'samples', uint8 N×1×32×32)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default=None, help="also write the JSON to this file")
     ev.add_argument("--device", default=None)
 
-    conv = sub.add_parser("convert", help="convert a model from the old .pt + .json pair to one .safetensors file")
+
+def _convert_options(conv: argparse.ArgumentParser) -> None:
+    """``convert OLD [--vae VAE] [--out NEW]``."""
     conv.add_argument("old", help="the old model.pt (its .json sidecar beside it)")
     conv.add_argument("--vae", default=None, help="for a latent model: the VAE it was trained on (old or converted)")
     conv.add_argument("--out", default=None, help="the new file (default: OLD with the suffix .safetensors)")
 
-    course = sub.add_parser("course", help="execute the chapters' notebooks in order and store their outputs")
+
+def _course_options(course: argparse.ArgumentParser) -> None:
+    """``course [--profile P] [--notebooks N …]``."""
     course.add_argument("--profile", choices=tuple(PROFILES), default=None)
     course.add_argument("--notebooks", nargs="*", default=None, help="names or numbers (default: every chapter)")
     course.add_argument("--output-dir", default=None, help="where executed notebooks go (default book/chapters)")
@@ -166,15 +134,30 @@ def _add_evaluate_and_course(sub: Any) -> None:
     course.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of every command; the ``train`` options come from the config dataclasses."""
+#: Every command: its line of help and what adds its options. Only the command that runs is built in full (the others
+#: get their line of help), so that ``sample`` does not build the options of ``train``, ``distill`` and ``export``
+#: (one per field of their config dataclasses).
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "train": (f"train a model ({', '.join(KINDS)}), or all of a profile's", _train_options),
+    "sample": ("sample from a trained model", _sample_options),
+    "distill": ("progressive distillation of a cldm into a few-step student, guidance folded in", add_distill_options),
+    "export": ("write a distilled cldm student and its VAE decoder as ONNX for the browser", add_export_options),
+    "umap": ("UMAP of generated vs real MNIST (pixel space)", _umap_options),
+    "evaluate": ("sample-quality metrics of a samples.npz, as JSON", _evaluate_options),
+    "convert": ("convert a model from the old .pt + .json pair to one .safetensors file", _convert_options),
+    "course": ("execute the chapters' notebooks in order and store their outputs", _course_options),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command (``command`` given: of that one in full, the others by name and help only); the
+    ``train`` options come from the config dataclasses."""
     parser = argparse.ArgumentParser(prog="python -m mnistdiff", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    _add_sample(sub)
-    add_distill_parser(sub)
-    add_export_parser(sub)
-    _add_evaluate_and_course(sub)
+    for name, (help_line, add_options) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_line)
+        if command in (None, name):
+            add_options(p)
     return parser
 
 
@@ -362,7 +345,9 @@ def _cmd_course(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit code: 0, 2 for a bad argument, 1 for a failure, 128 + N for signal N."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)  # the first word; the parser has no option
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     handlers = {"train": _cmd_train, "sample": _cmd_sample, "distill": lambda a: run_distill(a, _load),
                 "export": lambda a: run_export(a, _load), "umap": _cmd_umap, "evaluate": _cmd_evaluate,

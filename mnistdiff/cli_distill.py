@@ -13,14 +13,13 @@ from mnistdiff.cli_checks import ArgError, as_arg_error, check_data_dir, device_
 from mnistdiff.cli_options import add_config_arguments, config_from_args, option_message
 from mnistdiff.config import ConfigError
 
-__all__ = ["add_distill_parser", "run_distill"]
+__all__ = ["add_distill_options", "run_distill"]
 
 
-def add_distill_parser(sub: Any) -> None:
+def add_distill_options(p: argparse.ArgumentParser) -> None:
     """``distill``: a class-conditional latent model into a few-step student (one option per DistillConfig field)."""
     from mnistdiff.training.distill import DistillConfig
 
-    p = sub.add_parser("distill", help="progressive distillation of a cldm into a few-step student, guidance folded in")
     p.add_argument("vae_checkpoint", help="the VAE's model file the cldm was trained on")
     p.add_argument("checkpoint", help="the cldm model file to distil (the teacher)")
     p.add_argument("--out", required=True, help="the student's model file (NAME.safetensors)")

@@ -10,15 +10,14 @@ from typing import Any
 
 from mnistdiff.cli_checks import ArgError, as_arg_error, writable_dir
 
-__all__ = ["add_export_parser", "run_export"]
+__all__ = ["add_export_options", "run_export"]
 
 #: The largest difference from PyTorch an exported graph may show on fixed inputs (issue 25).
 TOLERANCE = 1e-4
 
 
-def add_export_parser(sub: Any) -> None:
+def add_export_options(p: argparse.ArgumentParser) -> None:
     """``export VAE STUDENT [--teacher CLDM] [--pixel DDPM] --out DIR``."""
-    p = sub.add_parser("export", help="write a distilled cldm student and its VAE decoder as ONNX for the browser")
     p.add_argument("vae_checkpoint", help="the VAE's model file the student's teacher was trained on")
     p.add_argument("checkpoint", help="the distilled student (python -m mnistdiff distill)")
     p.add_argument("--teacher", default=None,

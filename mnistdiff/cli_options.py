@@ -11,6 +11,9 @@ resumed run's value stays. The values are checked by the dataclasses alone (thei
 
 Value syntax: integers, floats and strings as usual; tuples comma-separated (``1,2,2``; ``''`` for the empty
 tuple); booleans ``--flag`` / ``--no-flag``; ``none`` for a field that may be ``None``.
+
+The sampler's options (``sample``, ``umap``) and a conditional kind's ``--digit``/``--guidance`` are written out
+here too (:func:`add_sampling_options`, :func:`add_guidance_options`): they are a call's arguments, not a config's.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from mnistdiff.config import ConfigError
+from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, PRECISIONS, ConfigError
 
 __all__ = [
     "ConfigOption",
@@ -34,6 +37,8 @@ __all__ = [
     "option_text",
     "option_argv",
     "NONE_WORD",
+    "add_sampling_options",
+    "add_guidance_options",
 ]
 
 #: What a ``None``-able option is given for ``None``.
@@ -244,3 +249,48 @@ def option_message(err: ConfigError) -> str:
     if err.setting and text.startswith(err.setting):
         return f"--{text}"
     return text
+
+
+def add_sampling_options(p: argparse.ArgumentParser, num_samples: int = 64) -> None:
+    """The sampler's options (``sample``, ``umap``): :meth:`~mnistdiff.model.DiffusionModel.sample` checks them."""
+    from mnistdiff.sampling import OLD_FAST, SAMPLERS
+    from mnistdiff.solvers import SPACINGS
+    from mnistdiff.training.kinds import KINDS
+
+    diffusion = [k for k in KINDS.values() if k.samples]
+    kinds = ", ".join(f"{k.name} {k.config.samplers[0]}" for k in diffusion)
+    p.add_argument("--sampler", "--mode", dest="sampler", choices=SAMPLERS, default=None,
+                   help="ddim (--steps steps) or ddpm (all T ancestral steps); a flow model: euler or heun (--steps "
+                        "steps of its ODE); any model: dpmpp_2m (DPM-Solver++(2M)) or dpmpp_2m_sde (its stochastic "
+                        f"twin), and heun (EDM's, Karras sigmas) for a DDPM, LDM or CLDM. Default: {kinds}; --mode is "
+                        "its old spelling")
+    steps = ", ".join(f"{k.name} {k.config.default_steps}" for k in diffusion)
+    p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=None,
+                   help=f"the sampler's steps (default: for the kind's default sampler, {steps}; for another, "
+                        f"{DEFAULT_STEPS}; a distilled student's own); --ddim_steps is its old spelling")
+    p.add_argument("--eta", type=float, default=None,
+                   help=f"DDIM noise: 0 deterministic, 1 DDPM-like (default {DEFAULT_ETA:g}, a distilled student's 0; "
+                        "see chapter 3)")
+    p.add_argument("--spacing", choices=SPACINGS, default=None,
+                   help="where dpmpp_2m, dpmpp_2m_sde and heun put their steps on a DDPM, LDM or CLDM: karras "
+                        "(Karras et al.'s sigmas, the default) or linspace (DDIM's timesteps); see chapter 9")
+    p.add_argument("--num_samples", type=int, default=num_samples)
+    p.add_argument("--batch_size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (as trained, the default), bf16 autocast, fp32_cl or bf16_cl (channels_last), or auto: "
+                        "the fastest of the four measured here")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on a GPU)")
+    p.add_argument("--fast", choices=tuple(OLD_FAST), default=None,
+                   help="old spelling: off = --precision fp32, amp = bf16_cl, compile = bf16_cl --compile")
+
+
+def add_guidance_options(p: argparse.ArgumentParser) -> None:
+    """``--digit`` and ``--guidance`` of a class-conditional kind."""
+    p.add_argument("--digit", action="append", default=None, metavar="D",
+                   help="the digit to ask for, 0-9; repeat it for several, or 'all' for 0-9 (one grid row each). "
+                        "--num_samples is then per digit. Left out: unconditional samples (no label)")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance weight w >= 0 in eps = eps(no label) + w*(eps(digit) - "
+                        "eps(no label)): 0 ignores the digit, 1 is the conditional model "
+                        f"(default {DEFAULT_GUIDANCE:g}; a distilled student's, folded in)")

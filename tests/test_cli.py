@@ -781,3 +781,26 @@ def test_export_with_the_pixel_ddpm_adds_its_graph_and_refuses_another_kind(runs
     assert _exit_code(["export", student["vae"], str(student["student"]), "--pixel", flow, "--out",
                        str(tmp_path / "x")]) == 2
     assert "ddpm" in capsys.readouterr().err and not (tmp_path / "x" / "pixel.onnx.gz").exists()
+
+
+def test_only_the_command_that_runs_is_built_in_full(capsys, monkeypatch):
+    """build_parser(command) gives every command its line of help but only ``command`` its options, so ``sample``
+    never builds the distill options (made from DistillConfig) or the export ones; main builds the command it runs."""
+    def options(parser: argparse.ArgumentParser, name: str) -> set[str]:
+        sub = parser._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
+        return {a.dest for a in sub._actions} - {"help"}
+
+    full, sample_only = cli.build_parser(), cli.build_parser("sample")
+    assert set(cli.COMMANDS) == set(full._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    assert {"out", "iterations", "checkpoint"} <= options(full, "distill") and options(sample_only, "distill") == set()
+    assert options(sample_only, "export") == options(sample_only, "train") == set()
+    assert options(sample_only, "sample") == options(full, "sample") != set()
+    built: list[str | None] = []
+    real = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda command=None: built.append(command) or real(command))
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    assert built == ["distill"] and "--iterations" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])  # no command: every one is built
+    assert built == ["distill", None] and "sample from a trained model" in capsys.readouterr().out
