@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from mnistdiff.cli_checks import (
     ArgError,
@@ -48,7 +48,15 @@ from mnistdiff.modelfile import CheckpointError
 from mnistdiff.sampling import OLD_FAST
 from mnistdiff.training.kinds import KINDS, Kind
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+
+class Command(NamedTuple):
+    """One command of :data:`COMMANDS`."""
+
+    help: str
+    add_options: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     """``--device`` and ``--data_dir``."""
@@ -134,30 +142,15 @@ def _course_options(course: argparse.ArgumentParser) -> None:
     course.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
 
 
-#: Every command: its line of help and what adds its options. Only the command that runs is built in full (the others
-#: get their line of help), so that ``sample`` does not build the options of ``train``, ``distill`` and ``export``
-#: (one per field of their config dataclasses).
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
-    "train": (f"train a model ({', '.join(KINDS)}), or all of a profile's", _train_options),
-    "sample": ("sample from a trained model", _sample_options),
-    "distill": ("progressive distillation of a cldm into a few-step student, guidance folded in", add_distill_options),
-    "export": ("write a distilled cldm student and its VAE decoder as ONNX for the browser", add_export_options),
-    "umap": ("UMAP of generated vs real MNIST (pixel space)", _umap_options),
-    "evaluate": ("sample-quality metrics of a samples.npz, as JSON", _evaluate_options),
-    "convert": ("convert a model from the old .pt + .json pair to one .safetensors file", _convert_options),
-    "course": ("execute the chapters' notebooks in order and store their outputs", _course_options),
-}
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command (``command`` given: of that one in full, the others by name and help only); the
     ``train`` options come from the config dataclasses."""
     parser = argparse.ArgumentParser(prog="python -m mnistdiff", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_line, add_options) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_line)
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help)
         if command in (None, name):
-            add_options(p)
+            cmd.add_options(p)
     return parser
 
 
@@ -343,20 +336,35 @@ def _cmd_course(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Every command: its line of help, what adds its options, and what runs it. Only the command that runs is built in
+#: full (the others get their line of help), so that ``sample`` does not build the options of ``train``, ``distill``
+#: and ``export`` (one per field of their config dataclasses).
+COMMANDS: dict[str, Command] = {
+    "train": Command(f"train a model ({', '.join(KINDS)}), or all of a profile's", _train_options, _cmd_train),
+    "sample": Command("sample from a trained model", _sample_options, _cmd_sample),
+    "distill": Command("progressive distillation of a cldm into a few-step student, guidance folded in",
+                       add_distill_options, lambda a: run_distill(a, _load)),
+    "export": Command("write a distilled cldm student and its VAE decoder as ONNX for the browser", add_export_options,
+                      lambda a: run_export(a, _load)),
+    "umap": Command("UMAP of generated vs real MNIST (pixel space)", _umap_options, _cmd_umap),
+    "evaluate": Command("sample-quality metrics of a samples.npz, as JSON", _evaluate_options, _cmd_evaluate),
+    "convert": Command("convert a model from the old .pt + .json pair to one .safetensors file", _convert_options,
+                       _cmd_convert),
+    "course": Command("execute the chapters' notebooks in order and store their outputs", _course_options, _cmd_course),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit code: 0, 2 for a bad argument, 1 for a failure, 128 + N for signal N."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)  # the first word; the parser has no option
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
-    handlers = {"train": _cmd_train, "sample": _cmd_sample, "distill": lambda a: run_distill(a, _load),
-                "export": lambda a: run_export(a, _load), "umap": _cmd_umap, "evaluate": _cmd_evaluate,
-                "convert": _cmd_convert, "course": _cmd_course}
     from mnistdiff.data import MNISTDataError
     from mnistdiff.training.loop import TrainingDiverged, TrainingInterrupted
 
     try:
-        return handlers[args.command](args)
+        return COMMANDS[args.command].run(args)
     except ArgError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     except (CheckpointError, MNISTDataError, TrainingDiverged, ConfigError) as err:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mnistdiff.vae import VAE, loop_batch
+from mnistdiff.vae import VAE, in_batches, loop_batch
 
 __all__ = ["LatentCodec", "encode_dataset", "compute_latent_scale", "scaled_sample"]
 
@@ -70,5 +70,4 @@ class LatentCodec:
         if precision.endswith("_cl"):
             z = z.contiguous(memory_format=torch.channels_last)
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
-            pieces = [self.vae.decode(c).float() for c in z.split(loop_batch(z.device))]
-            return torch.cat(pieces).contiguous().clamp(-1.0, 1.0)
+            return in_batches(lambda c: self.vae.decode(c).float(), z).contiguous().clamp(-1.0, 1.0)

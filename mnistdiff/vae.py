@@ -8,6 +8,7 @@ a near-deterministic autoencoder whose latent space is still smooth enough to di
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,20 +17,26 @@ from torch import nn
 
 from mnistdiff.config import VAEConfig
 
-__all__ = ["DiagonalGaussian", "Encoder", "Decoder", "VAE", "vae_loss", "loop_batch"]
+__all__ = ["DiagonalGaussian", "Encoder", "Decoder", "VAE", "vae_loss", "loop_batch", "in_batches"]
 
 #: How many images the VAE's loops (:meth:`VAE.reconstruct`, :meth:`VAE.sample_prior`,
-#: :func:`~mnistdiff.latent.encode_dataset`, :meth:`~mnistdiff.latent.LatentCodec.decode`) pass at once, on a CPU and
-#: on a GPU. Every layer acts on each image alone (convolutions, GroupNorm, SiLU), so the piece size changes the speed,
-#: not the output: on a two-core CPU, pieces of 64 keep the activations in cache and ran 2.2× (encoding) and 4×
-#: (decoding) the images per second of pieces of 1,024, bit for bit the same (Intel Xeon family 6 model 207, 2 threads,
-#: 4,096 images, docs/DESIGN.md).
-LOOP_BATCH = {"cpu": 64, "cuda": 1024}
+#: :func:`~mnistdiff.latent.encode_dataset`, :meth:`~mnistdiff.latent.LatentCodec.decode`) pass at once on a CPU
+#: (1,024 on an accelerator). Every layer acts on each image alone (convolutions, GroupNorm, SiLU), so the piece size
+#: changes the speed, not the output: on a two-core CPU, pieces of 64 keep the activations in cache and ran 2.2×
+#: (encoding) and 4× (decoding) the images per second of pieces of 1,024, bit for bit the same (Intel Xeon family 6
+#: model 207, 2 threads, 4,096 images, docs/DESIGN.md).
+CPU_LOOP_BATCH = 64
 
 
 def loop_batch(device: torch.device | str) -> int:
-    """The batch of the VAE's loops on ``device`` (:data:`LOOP_BATCH`; 1,024 on another accelerator)."""
-    return LOOP_BATCH.get(torch.device(device).type, 1024)
+    """The batch of the VAE's loops on ``device``: :data:`CPU_LOOP_BATCH` on a CPU, 1,024 elsewhere."""
+    return CPU_LOOP_BATCH if torch.device(device).type == "cpu" else 1024
+
+
+def in_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int | None = None
+               ) -> torch.Tensor:
+    """``fn`` over ``x`` (N, …) in batches of ``batch_size`` (default :func:`loop_batch`), concatenated."""
+    return torch.cat([fn(c) for c in x.split(batch_size or loop_batch(x.device))])
 
 
 class DiagonalGaussian:
@@ -138,8 +145,7 @@ class VAE(nn.Module):
         """
         was_training = self.training
         self.eval()
-        pieces = x.split(batch_size or loop_batch(x.device))
-        out = torch.cat([self.decode(self.encode(c).mode()).float().clamp(-1, 1) for c in pieces])
+        out = in_batches(lambda c: self.decode(self.encode(c).mode()).float().clamp(-1, 1), x, batch_size)
         self.train(was_training)
         return out
 
@@ -151,7 +157,7 @@ class VAE(nn.Module):
         was_training = self.training
         self.eval()
         z = torch.randn((n, *self.latent_shape), generator=generator, device=device)
-        out = torch.cat([self.decode(c).float().clamp(-1, 1) for c in z.split(batch_size or loop_batch(device))])
+        out = in_batches(lambda c: self.decode(c).float().clamp(-1, 1), z, batch_size)
         self.train(was_training)
         return out
 
