@@ -16,7 +16,8 @@ network calls per sample
 sampler runs the most steps whose calls do not exceed it, and the row records the calls it made (EDM's Heun: 3, 7,
 9, … where 4, 8, 10 are asked). Every configuration draws ``n`` samples from seed 0 and is scored by
 :func:`mnistdiff.evaluation.metrics.evaluate` beside the real floor at the same ``n``. The file is rewritten after
-each configuration and a rerun with the same ``n`` skips those already scored, so a run cut short keeps what it
+each configuration and a rerun with the same ``n`` skips those already scored (on the same weights and, on Karras
+σ, the package's σ_max and σ_min: a row scored on other σ is scored again), so a run cut short keeps what it
 measured; so the quality pass may share the cores with other work.
 
 Speed is a second pass (``--speed``), because a time is only worth comparing with times taken on the same quiet
@@ -46,6 +47,7 @@ from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_fl
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
+from mnistdiff.solvers import KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN  # noqa: E402
 
 
 def steps_within(model: DiffusionModel, sampler: str, nfe: int) -> int:
@@ -92,8 +94,13 @@ def score(model: DiffusionModel, c: dict, n: int, device: str) -> dict:
     images, _ = model.sample(n, sampler=c["sampler"], steps=c["steps"], seed=0, device=device, **_options(c))
     seconds = time.perf_counter() - t0
     m = evaluate(images, seed=0, device=device, include_memorisation=False)
-    return {**c, "sampling_seconds": round(seconds, 2), **distribution_metrics(m),
+    return {**c, **_sigmas(c), "sampling_seconds": round(seconds, 2), **distribution_metrics(m),
             "class_max_deviation": m["class_max_deviation"]}
+
+
+def _sigmas(c: dict) -> dict:
+    """Where configuration ``c``'s Karras spacing starts and ends (the package's σ_max and σ_min), if it has one."""
+    return {"sigma_max": KARRAS_SIGMA_MAX, "sigma_min": KARRAS_SIGMA_MIN} if c.get("spacing") == "karras" else {}
 
 
 def speed(model: DiffusionModel, c: dict, n: int, device: str) -> float:
@@ -142,8 +149,9 @@ def quality_pass(models: dict[str, DiffusionModel], files: dict[str, str], doc: 
                                "training_seconds": model.meta.get("seconds"), "precision": model.precision}
         for c in configurations(model, args.nfe, args.samplers):
             k = key(name, c)
-            if k in rows and rows[k].get("weights_sha256") == sha:
-                continue
+            if k in rows and rows[k].get("weights_sha256") == sha and all(
+                    rows[k].get(field) == value for field, value in _sigmas(c).items()):
+                continue  # scored already, on these weights and these σ
             rows[k] = r = {"key": k, "model": name, "weights_sha256": sha, **score(model, c, args.n, args.device),
                            "device": device_name(args.device), "date": dt.date.today().isoformat()}
             floor = doc["floor"]

@@ -25,11 +25,15 @@ points p_0 (the noisiest) … p_N (the data: a = 1, b = 0), calling ``denoise(x,
 
 Where the points go matters as much as the solver. On an ε-network every solver here runs by default on Karras et
 al.'s σ spacing (eq. 5, :func:`karras_sigmas`: evenly spaced in σ^(1/ρ), ρ = 7) from σ_max = 20
-(:data:`KARRAS_SIGMA_MAX`), not on DDIM's evenly spaced timesteps (``spacing="linspace"``). Measured on the book's
-pixel DDPM at 10 network calls, n = 2,000, seed 0: DPM-Solver++(2M) SDE scores 2.5× / 2.1× the real floor (classifier /
-ResNet features) on Karras σ from 20, against 16× / 31× on DDIM's timesteps, and σ_max = 20 beat EDM's 80, 40, 10
-and 5 (``benchmarks/karras_sigma_max.py`` → ``results/book/karras_sigma_max.json``): MNIST's small digits are
-drowned in noise well below the σ_max that EDM chose for larger images.
+(:data:`KARRAS_SIGMA_MAX`) down to σ_min = 0.2 (:data:`KARRAS_SIGMA_MIN`), whose x̂_0 is the sample, not on DDIM's
+evenly spaced timesteps (``spacing="linspace"``). Measured on the book's pixel DDPM at 10 network calls, n = 2,000,
+seed 0 (``benchmarks/karras_sigmas.py`` → ``results/book/karras_sigmas.json``): DPM-Solver++(2M) SDE scores 16× / 31×
+the real floor (classifier / ResNet features) on DDIM's timesteps and 2.5× / 2.1× on Karras σ from 20 down to the
+schedule's first σ (0.006), and σ_max = 20 beat EDM's 80, 40, 10 and 5: MNIST's small digits are drowned in noise
+well below the σ_max that EDM chose for larger images. Ending at σ = 0.2 instead, where the digit is decided but a
+trace of noise is left for the last x̂_0 to remove, gives the three calls spent below σ = 0.15 to the strokes; over
+seeds 0-4 (``benchmarks/seed_spread.py``) the pixel DDPM's 10-call SDE solver went from 1.57× / 1.17× DDIM-50's
+FID to 1.20× / 0.79×, and every solver gained (the ODE and EDM's Heun too, a one-seed check).
 
 :func:`ddpm_path` and :func:`flow_path` build the points and the denoiser of a model; :func:`solver_sample_loop`
 runs a solver and returns a :class:`~mnistdiff.ddpm.SampleOutput` like every other sampler.
@@ -47,8 +51,8 @@ from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, clip_
 from mnistdiff.flows import TIME_SCALE, PathPoint, flow_timesteps, straight_path
 from mnistdiff.schedules import NoiseSchedule
 
-__all__ = ["SOLVERS", "SPACINGS", "DEFAULT_SPACING", "KARRAS_SIGMA_MAX", "karras_sigmas", "ddpm_path", "flow_path",
-           "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "heun_edm", "solver_sample_loop", "solver_nfe"]
+__all__ = ["SOLVERS", "SPACINGS", "DEFAULT_SPACING", "KARRAS_SIGMA_MAX", "KARRAS_SIGMA_MIN", "karras_sigmas",
+           "ddpm_path", "flow_path", "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "heun_edm", "solver_sample_loop", "solver_nfe"]
 
 #: The solvers of this module, by the name ``sample(sampler=…)`` takes (``"heun"`` is EDM's for an ε-network; a
 #: flow's Heun, in its own time t, is :func:`~mnistdiff.flows.flow_sample_loop`'s).
@@ -97,18 +101,25 @@ def _point_of_sigma(sigma: float) -> PathPoint:
 #: MNIST models 20 is better (measured: see the module's docstring).
 KARRAS_SIGMA_MAX = 20.0
 
+#: The smallest σ of Karras et al.'s spacing, whose network call's x̂_0 is the sample. A cosine schedule's first
+#: timestep has σ ≈ 0.006, and spacing down to it spends three of ten calls below σ = 0.15, polishing noise too faint
+#: to change a stroke; on the book's MNIST models 0.2 is better for every solver (measured: see the docstring).
+KARRAS_SIGMA_MIN = 0.2
+
 
 def ddpm_path(model: Denoiser, sched: NoiseSchedule, steps: int, spacing: str = "linspace",
-              clip_range: ClipRange = PIXEL_RANGE, sigma_max: float | None = KARRAS_SIGMA_MAX
-              ) -> tuple[list[PathPoint], Denoise, list[float]]:
+              clip_range: ClipRange = PIXEL_RANGE, sigma_max: float | None = KARRAS_SIGMA_MAX,
+              sigma_min: float | None = KARRAS_SIGMA_MIN) -> tuple[list[PathPoint], Denoise, list[float]]:
     """The points, the denoiser and the timesteps of an ε-network ``model`` on ``sched``, ``steps`` network points
     and the clean endpoint. ``spacing``: ``"linspace"``, DDIM's integer timesteps (:func:`~mnistdiff.ddim.
-    ddim_timesteps`); ``"karras"``, Karras et al.'s σ from ``sigma_max`` (``None``: the schedule's last, as
-    diffusers does) down to the schedule's first, at fractional timesteps (the time embedding takes any real t)."""
+    ddim_timesteps`); ``"karras"``, Karras et al.'s σ from ``sigma_max`` down to ``sigma_min`` (either ``None``: the
+    schedule's last or first, as diffusers does; each kept within the schedule's), at fractional timesteps (the
+    time embedding takes any real t)."""
     sigmas = _schedule_sigmas(sched)
     if spacing == "karras":
         top = float(sigmas[-1]) if sigma_max is None else min(sigma_max, float(sigmas[-1]))
-        wanted = karras_sigmas(float(sigmas[0]), top, steps)
+        bottom = float(sigmas[0]) if sigma_min is None else max(sigma_min, float(sigmas[0]))
+        wanted = karras_sigmas(bottom, top, steps)
         times = [_timestep_of_sigma(sigmas.log(), s) for s in wanted]
     elif spacing == "linspace":
         times = [float(t) for t in ddim_timesteps(sched.num_timesteps, steps)]
@@ -252,12 +263,13 @@ def solver_sample_loop(
     clip_range: ClipRange = PIXEL_RANGE,
     progress: bool = False,
     spacing: str = DEFAULT_SPACING,
-    sigma_max: float = KARRAS_SIGMA_MAX,
+    sigma_max: float | None = KARRAS_SIGMA_MAX,
+    sigma_min: float | None = KARRAS_SIGMA_MIN,
 ) -> SampleOutput:
     """Sample with ``solver`` (:data:`SOLVERS`) in ``steps`` network points: an ε-network on ``sched``, its points
-    at ``spacing`` (:data:`SPACINGS`: Karras et al.'s σ from ``sigma_max``, or DDIM's timesteps), or a flow's
-    velocity network (``sched`` ``None``; evenly spaced t, ``spacing`` unused; DPM-Solver++ only: EDM's variables
-    need a > 0 at the start, and a flow starts at a = 0).
+    at ``spacing`` (:data:`SPACINGS`: Karras et al.'s σ from ``sigma_max`` to ``sigma_min``, or DDIM's timesteps),
+    or a flow's velocity network (``sched`` ``None``; evenly spaced t, ``spacing`` unused; DPM-Solver++ only: EDM's
+    variables need a > 0 at the start, and a flow starts at a = 0).
     Frames, with ``return_intermediates``, are labelled like DDIM's: the network timestep the step lands on + 1
     (rounded down and kept distinct; 0: the data), 1000·t for a flow."""
     if solver not in SOLVERS:
@@ -269,7 +281,7 @@ def solver_sample_loop(
         labels = [round(TIME_SCALE * t) for t in times] + [0]
         start = int(TIME_SCALE)
     else:
-        points, denoise, times = ddpm_path(model, sched, steps, spacing, clip_range, sigma_max)
+        points, denoise, times = ddpm_path(model, sched, steps, spacing, clip_range, sigma_max, sigma_min)
         labels = _distinct_labels([math.floor(t) + 1 for t in times])
         start = sched.num_timesteps
     x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator, device=device)

@@ -374,15 +374,17 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# And where the spacing should start, measured on the book's models (`benchmarks/karras_sigma_max.py`, both
-# feature spaces, n in the table's first line): EDM's $\sigma_{\max} = 80$ against smaller ones. Too small a $\sigma_{\max}$ starts where
-# the digit still shows through the noise, which pure Gaussian noise does not have; too large spends calls where
-# nothing is decided yet.
+# And where the spacing should start and end, measured on the book's models (`benchmarks/karras_sigmas.py`, both
+# feature spaces, n in the table's first line): EDM's $\sigma_{\max} = 80$ against smaller ones, and the schedule's
+# own smallest $\sigma$ against larger ends. Too small a $\sigma_{\max}$ starts where the digit still shows through
+# the noise, which pure Gaussian noise does not have; too large spends calls where nothing is decided yet. At the
+# other end, the last call's $\hat x_0$ is the sample: ending at the schedule's $\sigma \approx 0.006$ spends the
+# last few of ten calls polishing noise no eye can see, where ending higher spends them on the strokes.
 
 # %%
-from mnistdiff.evaluation.nfe_sweep import sigma_max_table
+from mnistdiff.evaluation.nfe_sweep import karras_table
 
-Markdown(sigma_max_table(book_result("karras_sigma_max.json")))
+Markdown(karras_table(book_result("karras_sigmas.json")))
 
 # %% [markdown]
 # ## 5. Distillation: one step where the teacher takes two

@@ -288,9 +288,20 @@ def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, 
         assert "samples_per_second" not in r and math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"])
         assert 0 <= r["precision_resnet"] <= 1 and r["weights_sha256"] == doc["models"][r["model"]]["weights_sha256"]
     assert doc["n"] == 8 and doc["device"] and "fid_resnet" in doc["floor"] and "speed" not in doc
+    from mnistdiff.solvers import KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN
+
+    karras = [r for r in doc["rows"] if r.get("spacing") == "karras"]
+    assert karras and all((r["sigma_max"], r["sigma_min"]) == (KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN) for r in karras)
+    assert all("sigma_min" not in r for r in doc["rows"] if r.get("spacing") != "karras")
     capsys.readouterr()
     assert sweep.main(argv) == 0  # everything scored already: nothing is sampled again
     assert " NFE " not in capsys.readouterr().out  # no configuration line
+    stale = json.loads(out.read_text())
+    stale["rows"][[r["key"] for r in stale["rows"]].index(karras[0]["key"])]["sigma_min"] = 0.006  # other σ
+    out.write_text(json.dumps(stale))
+    assert sweep.main(argv) == 0  # that row alone is scored again, on the package's σ
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines() if " NFE " in line] == [karras[0]["key"]]
+    doc = json.loads(out.read_text())
     assert sweep.main(argv + ["--speed", "--speed_n", "4"]) == 0  # the speed pass times every scored row, in one run
     timed = json.loads(out.read_text())
     assert [r["key"] for r in timed["rows"]] == [r["key"] for r in doc["rows"]]
@@ -323,26 +334,31 @@ def test_seed_spread_scores_each_seed_and_summarises_both_spaces(tmp_path):
         spread.main([*argv, "--seeds", "0"])
 
 
-def test_karras_sigma_max_moves_only_where_the_spacing_starts(tmp_path):
+def test_karras_sigmas_move_only_where_the_spacing_starts_and_ends(tmp_path):
     import torch
 
     from mnistdiff.model import DiffusionModel
-    from mnistdiff.solvers import KARRAS_SIGMA_MAX
+    from mnistdiff.solvers import KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN
 
-    study = _script("karras_sigma_max")
+    study = _script("karras_sigmas")
     model = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
-    # the package's own σ_max draws exactly what model.sample draws; another σ_max draws other samples
-    package = study.draw(model, "dpmpp_2m", 3, KARRAS_SIGMA_MAX, 4, "cpu")
-    assert torch.equal(package, model.sample(4, sampler="dpmpp_2m", steps=3, seed=0).images)
-    assert not torch.equal(package, study.draw(model, "dpmpp_2m", 3, 80.0, 4, "cpu"))
+    # the package's own σ pair draws exactly what model.sample draws; another σ_max or σ_min draws other samples
+    # (the SDE solver: the untrained model's ODE lands on the same x̂_0 wherever the last point is)
+    package = study.draw(model, "dpmpp_2m_sde", 3, (KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN), 4, "cpu")
+    assert torch.equal(package, model.sample(4, sampler="dpmpp_2m_sde", steps=3, seed=0).images)
+    assert not torch.equal(package, study.draw(model, "dpmpp_2m_sde", 3, (80.0, KARRAS_SIGMA_MIN), 4, "cpu"))
+    assert not torch.equal(package, study.draw(model, "dpmpp_2m_sde", 3, (KARRAS_SIGMA_MAX, 1.0), 4, "cpu"))
     out = tmp_path / "sigma.json"
     argv = ["--model", str(tmp_path / "ddpm.safetensors"), "--sampler", "dpmpp_2m", "--steps", "3", "--n", "8",
-            "--sigma_max", "20", "80", "--out", str(out)]
+            "--sigma_max", "20", "80", "--sigma_min", "0", "0.2", "--out", str(out)]
     assert study.main(argv) == 0
     doc = json.loads(out.read_text())
-    assert [r["sigma_max"] for r in doc["rows"]] == [20.0, 80.0] and doc["package_sigma_max"] == KARRAS_SIGMA_MAX
+    first = float(model.schedule.alphas_cumprod.double()[0].reciprocal().sub(1).sqrt())  # the schedule's first σ
+    pairs = [(20.0, first), (20.0, 0.2), (80.0, first), (80.0, 0.2)]
+    assert [(r["sigma_max"], r["sigma_min"]) for r in doc["rows"]] == [pytest.approx(p) for p in pairs]
+    assert (doc["package_sigma_max"], doc["package_sigma_min"]) == (KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN)
     assert all(math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"]) and r["nfe"] == 3 for r in doc["rows"])
-    assert study.main(argv) == 0 and len(json.loads(out.read_text())["rows"]) == 2  # a rerun scores nothing again
+    assert study.main(argv) == 0 and len(json.loads(out.read_text())["rows"]) == 4  # a rerun scores nothing again
 
 
 def test_guidance_samplers_sweeps_every_weight_for_each_sampler_and_seed(tmp_path, capsys):

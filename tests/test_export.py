@@ -20,6 +20,7 @@ from mnistdiff.export import PIXEL_STEPS, check_export, export_student, onnx_pix
 from mnistdiff.latent import LatentCodec
 from mnistdiff.model import DiffusionModel
 from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.solvers import ddpm_path
 from mnistdiff.unet import NULL_LABEL, UNet
 from mnistdiff.vae import VAE
 
@@ -148,11 +149,11 @@ def test_the_package_samples_the_student_as_the_page_will(exported):
 
 def test_the_pixel_models_points_are_karras_sigmas(exported):
     """Each step count's points lie on the variance-preserving path (a² + b² = 1) at σ = b/a of Karras et al.'s
-    eq. 5 from σ_max = 20 down to the schedule's first σ, then the data (a = 1, b = 0)."""
+    eq. 5 from σ_max = 20 down to σ_min = 0.2 (or the schedule's first σ, if larger), then the data (a = 1, b = 0)."""
     _, out, _, _ = exported
     c = json.loads((out / "sampler.json").read_text())["pixel"]
     abar0 = float(_pixel_model().schedule.alphas_cumprod.double()[0])
-    lo, hi = ((1 - abar0) / abar0) ** (1 / 14), 20.0 ** (1 / 7)  # σ_min = √((1 − ᾱ_0)/ᾱ_0)
+    lo, hi = max(0.2, ((1 - abar0) / abar0) ** 0.5) ** (1 / 7), 20.0 ** (1 / 7)  # the first σ: √((1 − ᾱ_0)/ᾱ_0)
     assert sorted(map(int, c["steps"])) == list(PIXEL_STEPS) and c["solver"] == "dpmpp_2m_sde" and c["clip"] == 1.0
     for n, pts in c["steps"].items():
         n = int(n)
@@ -226,3 +227,8 @@ def test_the_books_generator_runs_the_committed_models():
         assert hashlib.sha256((models / entry["file"]).read_bytes()).hexdigest() == entry["sha256"], name
     assert read_model_meta(book / "cldm_distilled.safetensors")["vae_weights_sha256"] == read_model_meta(
         book / "vae.safetensors")["weights_sha256"]
+    # and the page's pixel points are the package's own: Karras σ from KARRAS_SIGMA_MAX to KARRAS_SIGMA_MIN today
+    pixel = DiffusionModel.load(book / "ddpm.safetensors")
+    for n, pts in constants["pixel"]["steps"].items():
+        points, _, times = ddpm_path(pixel.network, pixel.schedule, int(n), "karras", pixel.clip_range)
+        assert pts["times"] == times and pts["b"] == [float(p.b) for p in points], f"{n} steps: re-export"

@@ -152,14 +152,18 @@ def test_head_to_head_says_who_is_ahead_in_both_spaces_or_split():
     assert [(h["nfe"], h["ahead"], h["rows"][1]["key"]) for h in only_eta1] == [(10, "flow", "ddpm:ddim-eta1:10")]
 
 
-def test_sigma_max_table_marks_the_packages_choice_and_says_not_measured():
-    from mnistdiff.evaluation.nfe_sweep import sigma_max_table
+def test_karras_table_marks_the_packages_pair_and_says_not_measured():
+    from mnistdiff.evaluation.nfe_sweep import karras_table
 
     row = {"model": "ddpm", "sampler": "dpmpp_2m_sde", "nfe": 10, "fid_resnet": 0.5}
-    doc = {"n": 500, "device": "cpu X", "date": "2026-12-04", "package_sigma_max": 20.0, "floor": DOC["floor"],
-           "rows": [{**row, "sigma_max": 80.0, "fid": 2.0}, {**row, "sigma_max": 20.0, "fid": 1.0}]}
-    lines = sigma_max_table(doc).splitlines()
+    doc = {"n": 500, "device": "cpu X", "date": "2026-12-04", "package_sigma_max": 20.0, "package_sigma_min": 0.2,
+           "floor": DOC["floor"],
+           "rows": [{**row, "sigma_max": 80.0, "sigma_min": 0.2, "fid": 2.0},
+                    {**row, "sigma_max": 20.0, "sigma_min": 0.2, "fid": 1.0},
+                    {**row, "sigma_max": 20.0, "sigma_min": 0.0064, "fid": 3.0}]}
+    lines = karras_table(doc).splitlines()
     assert lines[0].startswith("n = 500, seed 0, on cpu X")
-    assert lines[-2:] == ["| ddpm, DPM-Solver++(2M) SDE, 10 | 20 (the package's) | 1 (2.0×) | 0.5 (2.0×) |",
-                          "| ddpm, DPM-Solver++(2M) SDE, 10 | 80 | 2 (4.0×) | 0.5 (2.0×) |"]
-    assert "Not measured yet" in sigma_max_table(None)
+    assert lines[-3:] == ["| ddpm, DPM-Solver++(2M) SDE, 10 | 20 | 0.0064 | 3 (6.0×) | 0.5 (2.0×) |",
+                          "| ddpm, DPM-Solver++(2M) SDE, 10 | 20 | 0.2 (the package's) | 1 (2.0×) | 0.5 (2.0×) |",
+                          "| ddpm, DPM-Solver++(2M) SDE, 10 | 80 | 0.2 | 2 (4.0×) | 0.5 (2.0×) |"]
+    assert "Not measured yet" in karras_table(None)

@@ -18,6 +18,7 @@ from mnistdiff.model import DiffusionModel
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.solvers import (
     KARRAS_SIGMA_MAX,
+    KARRAS_SIGMA_MIN,
     SOLVERS,
     ddpm_path,
     dpm_solver_pp_2m,
@@ -107,7 +108,7 @@ def test_edm_heun_equals_diffusers_heun_with_karras_sigmas():
 
     sched, net, steps = NoiseSchedule.make("linear", T), _toy_eps_network(), 10
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    points, denoise, times = ddpm_path(net, sched, steps, "karras", None, sigma_max=None)  # σ_max: the schedule's
+    points, denoise, times = ddpm_path(net, sched, steps, "karras", None, None, None)  # σ range: the schedule's
     ours = heun_edm(denoise, points, x_T).float()
     theirs = HeunDiscreteScheduler(num_train_timesteps=T, trained_betas=sched.betas.double().numpy(),
                                    prediction_type="epsilon", use_karras_sigmas=True)
@@ -247,15 +248,19 @@ def test_the_solvers_are_the_package_samplers():
     assert solver_nfe("dpmpp_2m", 7) == 7 and solver_nfe("heun", 7) == 13
 
 
-def test_karras_spacing_starts_at_its_sigma_max_not_at_a_cosine_schedules_last_timestep():
+def test_karras_spacing_runs_from_its_sigma_max_to_its_sigma_min_not_a_cosine_schedules_ends():
     sched = NoiseSchedule.make("cosine", 1000)
     points, _, times = ddpm_path(_toy_eps_network(), sched, 10, "karras")
     assert points[0].b / points[0].a == pytest.approx(KARRAS_SIGMA_MAX, rel=1e-6)
-    edm, _, _ = ddpm_path(_toy_eps_network(), sched, 10, "karras", sigma_max=80.0)
+    assert points[-2].b / points[-2].a == pytest.approx(KARRAS_SIGMA_MIN, rel=1e-6)  # the last network point
+    assert (points[-1].a, points[-1].b) == (1.0, 0.0)  # then the data
+    edm, _, _ = ddpm_path(_toy_eps_network(), sched, 10, "karras", sigma_max=80.0, sigma_min=0.002)
     assert edm[0].b / edm[0].a == pytest.approx(80.0, rel=1e-6)
-    assert times[0] < 999 and times[-1] == pytest.approx(0.0, abs=1e-6)
-    widest, _, _ = ddpm_path(_toy_eps_network(), sched, 10, "karras", sigma_max=None)
-    assert widest[0].b / widest[0].a > 1000  # the schedule's own last σ
+    assert times[0] < 999 and times[-1] > 1
+    widest, _, wide_times = ddpm_path(_toy_eps_network(), sched, 10, "karras", sigma_max=None, sigma_min=None)
+    assert widest[0].b / widest[0].a > 1000  # the schedule's own last σ …
+    assert wide_times[-1] == pytest.approx(0.0, abs=1e-6)  # … and its first, which EDM's σ_min = 0.002 is below
+    assert edm[-2].b / edm[-2].a == pytest.approx(widest[-2].b / widest[-2].a, rel=1e-6)
 
 
 @pytest.mark.parametrize("solver", ["dpmpp_2m", "dpmpp_2m_sde", "heun"])

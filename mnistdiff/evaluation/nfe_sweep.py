@@ -18,7 +18,7 @@ from mnistdiff.evaluation.metrics import space_key
 
 __all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "REFERENCE", "sweep_report", "curve_label", "sweep_curves",
            "plot_sweep", "sweep_table", "reference_key", "fewest_calls", "equal_quality_table", "select",
-           "best_per_nfe", "head_to_head", "head_to_head_table", "sigma_max_table"]
+           "best_per_nfe", "head_to_head", "head_to_head_table", "karras_table"]
 
 #: How the book names each sampler.
 SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "dpmpp_2m_sde": "DPM-Solver++(2M) SDE", "heun": "Heun",
@@ -222,21 +222,22 @@ def equal_quality_table(doc: Mapping[str, Any], reference: str | None = None, wi
     return "\n".join(lines)
 
 
-def sigma_max_table(doc: Mapping[str, Any] | None) -> str:
-    """What ``benchmarks/karras_sigma_max.py`` measured (``results/<profile>/karras_sigma_max.json``) as Markdown:
-    per model, solver and calls, FID (× floor) in each space at each σ_max the spacing started from, the package's
-    own marked; a sentence that says it is not measured where ``doc`` is ``None``."""
+def karras_table(doc: Mapping[str, Any] | None) -> str:
+    """What ``benchmarks/karras_sigmas.py`` measured (``results/<profile>/karras_sigmas.json``) as Markdown: per
+    model, solver and calls, FID (× floor) in each space for each σ_max the spacing started from and σ_min it ended
+    at, the package's own pair marked; a sentence that says it is not measured where ``doc`` is ``None``."""
     if doc is None:
-        return ("*Not measured yet:* `python benchmarks/karras_sigma_max.py --model checkpoints/book/ddpm.safetensors` "
-                "writes `results/book/karras_sigma_max.json`.")
+        return ("*Not measured yet:* `python benchmarks/karras_sigmas.py --model checkpoints/book/ddpm.safetensors` "
+                "writes `results/book/karras_sigmas.json`.")
     spaces = list(FEATURE_SPACES)
-    lines = ["| model, sampler, calls | σ_max | " + " | ".join(f"{s} FID (× floor)" for s in spaces) + " |",
-             "|" + " --- |" * (2 + len(spaces))]
-    for row in sorted(doc["rows"], key=lambda r: (r["model"], r["sampler"], r["nfe"], r["sigma_max"])):
-        mark = " (the package's)" if row["sigma_max"] == doc["package_sigma_max"] else ""
+    lines = ["| model, sampler, calls | σ_max | σ_min | " + " | ".join(f"{s} FID (× floor)" for s in spaces) + " |",
+             "|" + " --- |" * (3 + len(spaces))]
+    package = (doc["package_sigma_max"], doc["package_sigma_min"])
+    for row in sorted(doc["rows"], key=lambda r: (r["model"], r["sampler"], r["nfe"], r["sigma_max"], r["sigma_min"])):
+        mark = " (the package's)" if (row["sigma_max"], row["sigma_min"]) == package else ""
         cells = [f"{row[space_key('fid', s)]:.3g} ({row[space_key('fid', s)] / doc['floor'][space_key('fid', s)]:.1f}×)"
                  for s in spaces]
         name = SAMPLER_NAMES.get(row["sampler"], row["sampler"])
-        lines.append(f"| {row['model']}, {name}, {row['nfe']} | {row['sigma_max']:g}{mark} | "
+        lines.append(f"| {row['model']}, {name}, {row['nfe']} | {row['sigma_max']:g} | {row['sigma_min']:.2g}{mark} | "
                      + " | ".join(cells) + " |")
     return f"n = {doc['n']:,}, seed 0, on {doc['device']} ({doc['date']}).\n\n" + "\n".join(lines)
