@@ -52,7 +52,8 @@ from mnistdiff.flows import TIME_SCALE, PathPoint, flow_timesteps, straight_path
 from mnistdiff.schedules import NoiseSchedule
 
 __all__ = ["SOLVERS", "SPACINGS", "DEFAULT_SPACING", "KARRAS_SIGMA_MAX", "KARRAS_SIGMA_MIN", "karras_sigmas",
-           "ddpm_path", "flow_path", "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "heun_edm", "solver_sample_loop", "solver_nfe"]
+           "ddpm_path", "flow_path", "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "heun_edm", "solver_sample_loop",
+           "solver_nfe"]
 
 #: The solvers of this module, by the name ``sample(sampler=…)`` takes (``"heun"`` is EDM's for an ε-network; a
 #: flow's Heun, in its own time t, is :func:`~mnistdiff.flows.flow_sample_loop`'s).
