@@ -9,10 +9,11 @@ with the spacing's σ_max and σ_min varied, scored in both feature spaces besid
     python benchmarks/karras_sigmas.py --model checkpoints/book/ldm.safetensors \\
         --vae checkpoints/book/vae.safetensors --sigma_max 10 20 40 80 --n 2000
 
-EDM's σ_max = 80 and σ_min = 0.002 were chosen for CIFAR-10 and ImageNet; :data:`mnistdiff.solvers.KARRAS_SIGMA_MAX`
-and :data:`~mnistdiff.solvers.KARRAS_SIGMA_MIN` are the package's choices for MNIST, read off this file (σ_min is
-kept at or above the schedule's first σ, 0.0064 on the book's cosine schedule). Each configuration — every σ_max
-with every σ_min asked for (each defaults to the package's) — draws ``n`` samples from seed 0 through
+EDM's σ_max = 80 and σ_min = 0.002 were chosen for CIFAR-10 and ImageNet; each kind's ``karras_sigma_max``
+(:attr:`mnistdiff.model.DiffusionModel.karras_sigma_max`: 20 for the pixel DDPM, 10 for the LDM) and
+:data:`mnistdiff.solvers.KARRAS_SIGMA_MIN` are the package's choices for MNIST, read off this file (σ_min is kept at
+or above the schedule's first σ, 0.0064 on the book's cosine schedule). Each configuration — every σ_max with every
+σ_min asked for (each defaults to the package's) — draws ``n`` samples from seed 0 through
 :meth:`~mnistdiff.model.DiffusionModel.sample` exactly as the package samples (the loop's two σ are the only thing
 changed); the file is rewritten after each, and a rerun skips what it holds for the same weights and n.
 """
@@ -38,15 +39,16 @@ from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_fl
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
-from mnistdiff.solvers import KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN, _schedule_sigmas, solver_sample_loop  # noqa: E402
+from mnistdiff.solvers import KARRAS_SIGMA_MIN, _schedule_sigmas, solver_sample_loop  # noqa: E402
 
 
 def draw(model: DiffusionModel, sampler: str, steps: int, sigmas: tuple[float, float], n: int,
          device: str) -> torch.Tensor:
     """``n`` samples (seed 0) by ``sampler`` on Karras σ from ``sigmas`` = (σ_max, σ_min): the package's own path,
     those two values changed."""
-    loop = functools.partial(solver_sample_loop, spacing="karras", sigma_max=sigmas[0], sigma_min=sigmas[1])
-    with mock.patch.object(mnistdiff.sampling, "solver_sample_loop", loop):
+    loop = functools.partial(solver_sample_loop, spacing="karras", sigma_min=sigmas[1])
+    with mock.patch.object(mnistdiff.sampling, "solver_sample_loop", loop), \
+            mock.patch.object(type(model.config), "karras_sigma_max", sigmas[0]):
         images, _ = model.sample(n, sampler=sampler, steps=steps, seed=0, device=device, precision="fp32")
     return images
 
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae", type=Path, default=None, help="the VAE a latent model was trained on")
     p.add_argument("--sampler", default="dpmpp_2m_sde", choices=("dpmpp_2m", "dpmpp_2m_sde", "heun"))
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--sigma_max", type=float, nargs="+", default=[KARRAS_SIGMA_MAX])
+    p.add_argument("--sigma_max", type=float, nargs="+", default=None, help="default: the model's own")
     p.add_argument("--sigma_min", type=float, nargs="+", default=[KARRAS_SIGMA_MIN])
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--profile", default="book", help="results/<profile>/ gets the file")
@@ -70,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     if doc.get("n") != args.n:
         floor = real_floor(args.n, seed=0, device=args.device, include_memorisation=False)
         doc = {"n": args.n, "floor": distribution_metrics(floor), "rows": []}
-    doc.update(device=device_name(args.device), date=dt.date.today().isoformat(), package_sigma_max=KARRAS_SIGMA_MAX,
-               package_sigma_min=KARRAS_SIGMA_MIN)
     model = DiffusionModel.load(args.model, vae=args.vae, device=args.device)
+    doc.update(device=device_name(args.device), date=dt.date.today().isoformat(), package_sigma_min=KARRAS_SIGMA_MIN)
+    doc["package_sigma_max"] = {**doc.get("package_sigma_max", {}), model.kind: model.karras_sigma_max}
     sha, first = model.meta["weights_sha256"], float(_schedule_sigmas(model.schedule)[0])
-    for sigmas in [(hi, max(lo, first)) for hi in args.sigma_max for lo in args.sigma_min]:
+    for sigmas in [(hi, max(lo, first)) for hi in args.sigma_max or [model.karras_sigma_max] for lo in args.sigma_min]:
         row = {"model": model.kind, "file": str(args.model), "weights_sha256": sha, "sampler": args.sampler,
                "steps": args.steps, "nfe": model.nfe(args.sampler, args.steps), "sigma_max": sigmas[0],
                "sigma_min": sigmas[1]}

@@ -47,7 +47,7 @@ from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_fl
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
-from mnistdiff.solvers import KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN  # noqa: E402
+from mnistdiff.solvers import KARRAS_SIGMA_MIN  # noqa: E402
 
 
 def steps_within(model: DiffusionModel, sampler: str, nfe: int) -> int:
@@ -94,13 +94,15 @@ def score(model: DiffusionModel, c: dict, n: int, device: str) -> dict:
     images, _ = model.sample(n, sampler=c["sampler"], steps=c["steps"], seed=0, device=device, **_options(c))
     seconds = time.perf_counter() - t0
     m = evaluate(images, seed=0, device=device, include_memorisation=False)
-    return {**c, **_sigmas(c), "sampling_seconds": round(seconds, 2), **distribution_metrics(m),
+    return {**c, **_sigmas(model, c), "sampling_seconds": round(seconds, 2), **distribution_metrics(m),
             "class_max_deviation": m["class_max_deviation"]}
 
 
-def _sigmas(c: dict) -> dict:
-    """Where configuration ``c``'s Karras spacing starts and ends (the package's σ_max and σ_min), if it has one."""
-    return {"sigma_max": KARRAS_SIGMA_MAX, "sigma_min": KARRAS_SIGMA_MIN} if c.get("spacing") == "karras" else {}
+def _sigmas(model: DiffusionModel, c: dict) -> dict:
+    """Where configuration ``c``'s Karras spacing starts and ends (the model kind's σ_max, the package's σ_min), if
+    it has one."""
+    karras = c.get("spacing") == "karras"
+    return {"sigma_max": model.karras_sigma_max, "sigma_min": KARRAS_SIGMA_MIN} if karras else {}
 
 
 def speed(model: DiffusionModel, c: dict, n: int, device: str) -> float:
@@ -150,7 +152,7 @@ def quality_pass(models: dict[str, DiffusionModel], files: dict[str, str], doc: 
         for c in configurations(model, args.nfe, args.samplers):
             k = key(name, c)
             if k in rows and rows[k].get("weights_sha256") == sha and all(
-                    rows[k].get(field) == value for field, value in _sigmas(c).items()):
+                    rows[k].get(field) == value for field, value in _sigmas(model, c).items()):
                 continue  # scored already, on these weights and these σ
             rows[k] = r = {"key": k, "model": name, "weights_sha256": sha, **score(model, c, args.n, args.device),
                            "device": device_name(args.device), "date": dt.date.today().isoformat()}

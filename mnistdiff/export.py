@@ -127,7 +127,8 @@ def _pixel_constants(pixel: DiffusionModel, path: Path) -> dict[str, Any]:
     assert pixel.schedule is not None
     steps = {}
     for n in PIXEL_STEPS:
-        points, _, times = ddpm_path(pixel.network, pixel.schedule, n, "karras", pixel.clip_range)
+        points, _, times = ddpm_path(pixel.network, pixel.schedule, n, "karras", pixel.clip_range,
+                                     pixel.karras_sigma_max)
         steps[str(n)] = {"times": times, "a": [float(p.a) for p in points], "b": [float(p.b) for p in points]}
     return {"file": path.name, "sha256": _sha256(path), "prediction": "eps", "clip": float(pixel.clip_range[1]),
             "weights_sha256": pixel.meta.get("weights_sha256"), "shape": list(pixel.sample_shape),

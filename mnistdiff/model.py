@@ -151,6 +151,11 @@ class DiffusionModel:
         steps = min(steps, self.schedule.num_timesteps) if self.schedule is not None else steps
         return {"sampler": sampler or default, "steps": steps, "eta": DEFAULT_ETA, "guidance": DEFAULT_GUIDANCE}
 
+    @property
+    def karras_sigma_max(self) -> float | None:
+        """Where its solvers' Karras σ start (its kind's ``karras_sigma_max``, measured); ``None`` for a flow."""
+        return getattr(self.config, "karras_sigma_max", None)
+
     def spacing(self, sampler: str) -> str | None:
         """Where ``sampler`` puts its points by default on this model: ``"karras"`` for a solver on an ε-network
         (:data:`~mnistdiff.solvers.SPACINGS`), ``None`` where it has no choice (DDIM, DDPM, a flow)."""
@@ -254,7 +259,7 @@ class DiffusionModel:
                         eta=eta, seed=seed, device=device, batch_size=batch_size, decode=decode,
                         return_intermediates=return_intermediates, progress=progress, precision=precision,
                         compile=compile, clip_range=self.clip_range, labels=y, guidance=guidance, timesteps=timesteps,
-                        spacing=spacing)
+                        spacing=spacing, sigma_max=self.karras_sigma_max)
 
     def check_request(self, num_samples: int, sampler: str, steps: int, eta: float, labels: Labels, guidance: float,
                       batch_size: int | None = None, precision: str = "fp32", spacing: str | None = None

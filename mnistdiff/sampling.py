@@ -230,6 +230,7 @@ def generate(
     guidance: float = DEFAULT_GUIDANCE,
     timesteps: list[int] | None = None,
     spacing: str | None = None,
+    sigma_max: float | None = None,
     chunk: bool = True,
 ) -> SampleOutput:
     """Draw ``num_samples`` samples → :class:`~mnistdiff.ddpm.SampleOutput` ``(images (N, 1, 32, 32) in [−1, 1]
@@ -248,7 +249,8 @@ def generate(
     those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none), guided with weight ``guidance``
     (:class:`~mnistdiff.guidance.GuidedDenoiser`; 1: the conditional model). ``timesteps``: DDIM's own list instead
     of ``steps`` evenly spaced ones (a distilled student's grid); ``spacing``: where an ε-network's solver puts its
-    points (:data:`~mnistdiff.solvers.SPACINGS`; ``None``: Karras σ)."""
+    points (:data:`~mnistdiff.solvers.SPACINGS`; ``None``: Karras σ), from ``sigma_max`` (``None``: the solvers'
+    :data:`~mnistdiff.solvers.KARRAS_SIGMA_MAX`)."""
     device = torch.device(device)
     batch_size = batch_size or (2048 if device.type == "cuda" else 256)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -260,7 +262,7 @@ def generate(
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
         net = network if labels is None else GuidedDenoiser(network, labels[start:start + n].to(device), guidance)
-        x, fr = _sample_loop(net, sched, (n, *shape), sampler, steps, eta, timesteps, spacing, generator=gen,
+        x, fr = _sample_loop(net, sched, (n, *shape), sampler, steps, eta, timesteps, spacing, sigma_max, generator=gen,
                              device=device, return_intermediates=return_intermediates and start == 0,
                              clip_range=clip_range, progress=progress)
         if decode is not None:  # latents → pixels, the frames too
@@ -283,11 +285,12 @@ def _fast_network(model: torch.nn.Module, device: torch.device, precision: str, 
 
 
 def _sample_loop(net: Denoiser, sched: NoiseSchedule | None, shape: tuple[int, ...], sampler: str, steps: int,
-                 eta: float, timesteps: list[int] | None, spacing: str | None, **kw: Any) -> SampleOutput:
+                 eta: float, timesteps: list[int] | None, spacing: str | None, sigma_max: float | None,
+                 **kw: Any) -> SampleOutput:
     """One batch of ``shape`` by ``sampler``'s loop; ``kw``: the loops' shared keyword arguments (generator, device,
     return_intermediates, clip_range, progress)."""
     if sampler in SOLVERS and (sched is not None or sampler not in FLOW_SOLVERS):
-        where: dict[str, Any] = {"spacing": spacing} if spacing else {}  # else the solvers' default
+        where = {k: v for k, v in (("spacing", spacing), ("sigma_max", sigma_max)) if v}  # else the solvers' default
         return solver_sample_loop(net, sched, shape, solver=sampler, steps=steps, **where, **kw)
     if sampler in FLOW_SOLVERS or sched is None:  # a flow (a DDPM sampler without a schedule: the loop refuses it)
         return flow_sample_loop(net, shape, steps=steps, solver=sampler, **kw)

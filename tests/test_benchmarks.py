@@ -288,10 +288,12 @@ def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, 
         assert "samples_per_second" not in r and math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"])
         assert 0 <= r["precision_resnet"] <= 1 and r["weights_sha256"] == doc["models"][r["model"]]["weights_sha256"]
     assert doc["n"] == 8 and doc["device"] and "fid_resnet" in doc["floor"] and "speed" not in doc
-    from mnistdiff.solvers import KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN
+    from mnistdiff.config import DDPMRunConfig
+    from mnistdiff.solvers import KARRAS_SIGMA_MIN
 
     karras = [r for r in doc["rows"] if r.get("spacing") == "karras"]
-    assert karras and all((r["sigma_max"], r["sigma_min"]) == (KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN) for r in karras)
+    own = (DDPMRunConfig.karras_sigma_max, KARRAS_SIGMA_MIN)
+    assert karras and all((r["sigma_max"], r["sigma_min"]) == own for r in karras)
     assert all("sigma_min" not in r for r in doc["rows"] if r.get("spacing") != "karras")
     capsys.readouterr()
     assert sweep.main(argv) == 0  # everything scored already: nothing is sampled again
@@ -338,16 +340,17 @@ def test_karras_sigmas_move_only_where_the_spacing_starts_and_ends(tmp_path):
     import torch
 
     from mnistdiff.model import DiffusionModel
-    from mnistdiff.solvers import KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN
+    from mnistdiff.solvers import KARRAS_SIGMA_MIN
 
     study = _script("karras_sigmas")
     model = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
+    own_max = model.karras_sigma_max  # the kind's
     # the package's own σ pair draws exactly what model.sample draws; another σ_max or σ_min draws other samples
     # (the SDE solver: the untrained model's ODE lands on the same x̂_0 wherever the last point is)
-    package = study.draw(model, "dpmpp_2m_sde", 3, (KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN), 4, "cpu")
+    package = study.draw(model, "dpmpp_2m_sde", 3, (own_max, KARRAS_SIGMA_MIN), 4, "cpu")
     assert torch.equal(package, model.sample(4, sampler="dpmpp_2m_sde", steps=3, seed=0).images)
     assert not torch.equal(package, study.draw(model, "dpmpp_2m_sde", 3, (80.0, KARRAS_SIGMA_MIN), 4, "cpu"))
-    assert not torch.equal(package, study.draw(model, "dpmpp_2m_sde", 3, (KARRAS_SIGMA_MAX, 1.0), 4, "cpu"))
+    assert not torch.equal(package, study.draw(model, "dpmpp_2m_sde", 3, (own_max, 1.0), 4, "cpu"))
     out = tmp_path / "sigma.json"
     argv = ["--model", str(tmp_path / "ddpm.safetensors"), "--sampler", "dpmpp_2m", "--steps", "3", "--n", "8",
             "--sigma_max", "20", "80", "--sigma_min", "0", "0.2", "--out", str(out)]
@@ -356,7 +359,7 @@ def test_karras_sigmas_move_only_where_the_spacing_starts_and_ends(tmp_path):
     first = float(model.schedule.alphas_cumprod.double()[0].reciprocal().sub(1).sqrt())  # the schedule's first σ
     pairs = [(20.0, first), (20.0, 0.2), (80.0, first), (80.0, 0.2)]
     assert [(r["sigma_max"], r["sigma_min"]) for r in doc["rows"]] == [pytest.approx(p) for p in pairs]
-    assert (doc["package_sigma_max"], doc["package_sigma_min"]) == (KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN)
+    assert (doc["package_sigma_max"], doc["package_sigma_min"]) == ({"ddpm": own_max}, KARRAS_SIGMA_MIN)
     assert all(math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"]) and r["nfe"] == 3 for r in doc["rows"])
     assert study.main(argv) == 0 and len(json.loads(out.read_text())["rows"]) == 4  # a rerun scores nothing again
 

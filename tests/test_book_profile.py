@@ -238,24 +238,36 @@ def test_ancestral_samplers_draw_fewer_and_get_their_own_floor():
 
 
 def test_course_generators_draw_each_model_once_with_the_default_sampler_unless_asked_for_more():
-    """By default one DDIM per model (profile.ddim_steps, the default η): the sweep of steps, η and solvers is the
-    benchmark's; asked for, a step sweep runs with the first η and every other η at profile.ddim_steps."""
+    """By default one row per model with the package's default sampler: its kind's solver at the kind's default
+    steps, or DDIM (profile.ddim_steps, the default η) where DDIM is the default; the sweep of steps, η and solvers
+    is the benchmark's. Asked for, a DDIM step sweep runs with the first η and every other η at profile.ddim_steps."""
     from types import SimpleNamespace
 
     from mnistdiff.config import DEFAULT_ETA
     from mnistdiff.course.generators import course_generators
     from mnistdiff.schedules import NoiseSchedule
 
+    def model(sampler: str, steps: int) -> SimpleNamespace:
+        return SimpleNamespace(schedule=NoiseSchedule.make("cosine", 1000), nfe=lambda s, k: k,
+                               sampling_defaults=lambda: {"sampler": sampler, "steps": steps, "eta": DEFAULT_ETA})
+
     prof = get_profile("book")
-    model = SimpleNamespace(schedule=NoiseSchedule.make("cosine", 1000))
     d, s = f"{DEFAULT_ETA:g}", prof.ddim_steps
-    specs = course_generators(ddpm=model, ldm=model, vae=None, profile=prof, device="cpu")
+    ddim = model("ddim", 50)
+    specs = course_generators(ddpm=ddim, ldm=ddim, vae=None, profile=prof, device="cpu")
     assert [x.name for x in specs] == ["ddpm", f"ddim_{s}_eta{d}", "ldm_ddpm", f"ldm_ddim_{s}_eta{d}"]
     assert [(x.steps, x.eta) for x in specs if "ddim" in x.name] == [(s, DEFAULT_ETA), (s, DEFAULT_ETA)]
-    more = course_generators(ddpm=model, ldm=model, vae=None, profile=prof, device="cpu", ddim_steps=(10, 20),
-                             etas=(DEFAULT_ETA, 0.0))
-    assert [x.name for x in more] == ["ddpm", f"ddim_10_eta{d}", f"ddim_20_eta{d}", f"ddim_{s}_eta0",
-                                      "ldm_ddpm", f"ldm_ddim_{s}_eta{d}", f"ldm_ddim_{s}_eta0"]
+    solver = model("dpmpp_2m_sde", 16)
+    specs = course_generators(ddpm=solver, ldm=ddim, vae=None, profile=prof, device="cpu")
+    assert [x.name for x in specs] == ["ddpm", "dpmpp_2m_sde_16", "ldm_ddpm", f"ldm_ddim_{s}_eta{d}"]
+    assert (specs[1].label, specs[1].sampler, specs[1].steps) == ("DPM-Solver++(2M) SDE, 16 steps", "dpmpp_2m_sde", 16)
+    specs = course_generators(ddpm=ddim, ldm=solver, vae=None, profile=prof, device="cpu")
+    assert [x.name for x in specs][2:] == ["ldm_ddpm", "ldm_dpmpp_2m_sde_16"]
+    for m in (ddim, solver):  # asked for DDIM, DDIM it is, whatever the default
+        more = course_generators(ddpm=m, ldm=m, vae=None, profile=prof, device="cpu", ddim_steps=(10, 20),
+                                 etas=(DEFAULT_ETA, 0.0))
+        assert [x.name for x in more] == ["ddpm", f"ddim_10_eta{d}", f"ddim_20_eta{d}", f"ddim_{s}_eta0",
+                                          "ldm_ddpm", f"ldm_ddim_{s}_eta{d}", f"ldm_ddim_{s}_eta0"]
 
 
 def test_the_ddpm_task_trains_on_its_configs_loss_weighting(tmp_path, monkeypatch):

@@ -230,5 +230,6 @@ def test_the_books_generator_runs_the_committed_models():
     # and the page's pixel points are the package's own: Karras σ from KARRAS_SIGMA_MAX to KARRAS_SIGMA_MIN today
     pixel = DiffusionModel.load(book / "ddpm.safetensors")
     for n, pts in constants["pixel"]["steps"].items():
-        points, _, times = ddpm_path(pixel.network, pixel.schedule, int(n), "karras", pixel.clip_range)
+        points, _, times = ddpm_path(pixel.network, pixel.schedule, int(n), "karras", pixel.clip_range,
+                                     pixel.karras_sigma_max)
         assert pts["times"] == times and pts["b"] == [float(p.b) for p in points], f"{n} steps: re-export"

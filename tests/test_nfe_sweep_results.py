@@ -156,8 +156,8 @@ def test_karras_table_marks_the_packages_pair_and_says_not_measured():
     from mnistdiff.evaluation.nfe_sweep import karras_table
 
     row = {"model": "ddpm", "sampler": "dpmpp_2m_sde", "nfe": 10, "fid_resnet": 0.5}
-    doc = {"n": 500, "device": "cpu X", "date": "2026-12-04", "package_sigma_max": 20.0, "package_sigma_min": 0.2,
-           "floor": DOC["floor"],
+    doc = {"n": 500, "device": "cpu X", "date": "2026-12-04", "package_sigma_max": {"ddpm": 20.0},
+           "package_sigma_min": 0.2, "floor": DOC["floor"],
            "rows": [{**row, "sigma_max": 80.0, "sigma_min": 0.2, "fid": 2.0},
                     {**row, "sigma_max": 20.0, "sigma_min": 0.2, "fid": 1.0},
                     {**row, "sigma_max": 20.0, "sigma_min": 0.0064, "fid": 3.0}]}

@@ -30,7 +30,7 @@ from mnistdiff.evaluation.guidance import balanced_labels, label_accuracy
 from mnistdiff.evaluation.metrics import class_statistics, classifier_features
 from mnistdiff.files import repo_root
 from mnistdiff.model import DiffusionModel, load_vae
-from mnistdiff.modelfile import load_model_file
+from mnistdiff.modelfile import load_model_file, read_model_meta
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.unet import UNet
 
@@ -130,6 +130,32 @@ def test_cldm_default_sampler_is_measured_at_least_as_good_as_ddim_50():
         ours, ddim = doc["means"][default][f"{w:g}"], doc["means"]["ddim-50"][f"{w:g}"]
         assert ours["fid"] <= ddim["fid"] and ours["fid_resnet"] <= ddim["fid_resnet"], (w, ours, ddim)
         assert ours["label_accuracy"] >= ddim["label_accuracy"] - 0.01, (w, ours, ddim)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ldm"])
+def test_a_solver_default_is_measured_as_good_as_ddim_50_over_five_seeds(kind):
+    """Where a kind's default sampler is a solver (its config's first, at ``default_steps``), five seeds of it
+    (``benchmarks/seed_spread.py``, on the package's Karras σ today) score a mean FID at or below DDIM-50 with the
+    default η over the same seeds, in both feature spaces; a kind that keeps DDIM needs no such measurement."""
+    from mnistdiff.config import RUN_CONFIGS
+    from mnistdiff.solvers import KARRAS_SIGMA_MIN
+
+    cfg = RUN_CONFIGS[kind]
+    if cfg.samplers[0] == "ddim":
+        assert cfg.default_steps == 50
+        return
+    results = repo_root() / "results" / "book"
+    name = f"seed_spread_{kind}_{cfg.samplers[0]}_{cfg.default_steps}.json"
+    assert (results / name).is_file(), f"measure it: python benchmarks/seed_spread.py … --out results/book/{name}"
+    ours, ddim = (json.loads((results / f).read_text()) for f in (name, f"seed_spread_{kind}.json"))
+    assert (ours["sampling"]["sampler"], ours["sampling"]["steps"]) == (cfg.samplers[0], cfg.default_steps)
+    assert (ours["sampling"]["sigma_max"], ours["sampling"]["sigma_min"]) == (cfg.karras_sigma_max, KARRAS_SIGMA_MIN)
+    assert [ddim["sampling"][k] for k in ("sampler", "steps", "eta")] == ["ddim", 50, DEFAULT_ETA]
+    assert ours["n"] == ddim["n"] and [d["seed"] for d in ours["draws"]] == [d["seed"] for d in ddim["draws"]]
+    committed = read_model_meta(_committed(kind))["weights_sha256"]
+    assert ours["model"]["weights_sha256"] == ddim["model"]["weights_sha256"] == committed
+    for key in ("fid", "fid_resnet"):
+        assert ours["spread"][key]["mean"] <= ddim["spread"][key]["mean"], (key, ours["spread"], ddim["spread"])
 
 
 def test_book_vae_reconstructs_digits():

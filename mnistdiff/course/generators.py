@@ -4,9 +4,10 @@ Chapter 6 asks one question of each way the course has of making a digit: how cl
 samples to real MNIST? The generators are
 
 * the pixel-space DDPM with ancestral sampling over all ``T`` steps (Ho et al. 2020);
-* DDIM with the same network at ``profile.ddim_steps`` steps with the package's default η (Song et al. 2020);
-  other step counts, η and solvers are measured by ``benchmarks/nfe_sweep.py``, which chapters 6, 8 and 9 read;
-* latent diffusion, sampled with DDPM and with the same DDIM (Rombach et al. 2022);
+* the same network drawn by the package's default sampler: its kind's first, a solver of chapter 9 at the kind's
+  default steps, or DDIM at ``profile.ddim_steps`` steps with the package's default η (Song et al. 2020); other
+  step counts, η and solvers are measured by ``benchmarks/nfe_sweep.py``, which chapters 6, 8 and 9 read;
+* latent diffusion, sampled with DDPM and with its own default sampler (Rombach et al. 2022);
 * the VAE on its own: decoded draws from its prior ``N(0, I)`` (Kingma & Welling 2013), and its
   reconstructions of real training images — the best that latent diffusion, which can only emit
   what the decoder can draw, could reach.
@@ -26,6 +27,7 @@ from mnistdiff.config import DEFAULT_ETA
 from mnistdiff.course.profiles import Profile
 from mnistdiff.data import load_mnist
 from mnistdiff.devices import resolve_device
+from mnistdiff.evaluation.nfe_sweep import SAMPLER_NAMES
 from mnistdiff.evaluation.report import GeneratorSpec, Sampler
 from mnistdiff.vae import VAE
 
@@ -56,13 +58,28 @@ def _vae_reconstruction_sampler(vae: VAE, device: torch.device) -> Sampler:
     return draw
 
 
+def _default_solver(model: Any, prefix: str, label: str, space: str, device: torch.device) -> GeneratorSpec | None:
+    """The model as the package draws it where no sampler is named — its kind's first sampler at its default steps
+    (:meth:`~mnistdiff.model.DiffusionModel.sampling_defaults`) — if that is a solver; ``None`` if it is DDIM,
+    which the DDIM rows draw at the profile's steps."""
+    d = model.sampling_defaults()
+    if d["sampler"] == "ddim":
+        return None
+    name = f"{SAMPLER_NAMES.get(d['sampler'], d['sampler'])}, {d['steps']} steps"
+    return GeneratorSpec(f"{prefix}{d['sampler']}_{d['steps']}", label + name, space, d["sampler"],
+                         model.nfe(d["sampler"], d["steps"]), None, _diffusion_sampler(model, device))
+
+
 def _pixel_specs(ddpm: Any, profile: Profile, device: torch.device, ddim_steps: Sequence[int] | None,
-                 etas: Sequence[float]) -> list[GeneratorSpec]:
+                 etas: Sequence[float] | None) -> list[GeneratorSpec]:
     T = ddpm.schedule.num_timesteps
     specs = [GeneratorSpec("ddpm", f"DDPM, {T} steps", "pixel", "ddpm", T, None,
                            _diffusion_sampler(ddpm, device, sampler="ddpm"), profile.ancestral_samples)]
+    default = _default_solver(ddpm, "", "", "pixel", device) if ddim_steps is None and etas is None else None
+    if default is not None:
+        return [*specs, default]
     sweep = [s for s in (ddim_steps if ddim_steps is not None else (profile.ddim_steps,)) if s <= T]
-    for i, eta in enumerate(etas):
+    for i, eta in enumerate(etas or (DEFAULT_ETA,)):
         for steps in (sweep if i == 0 else [min(profile.ddim_steps, T)]):
             specs.append(GeneratorSpec(
                 f"ddim_{steps}_eta{eta:g}", f"DDIM, {steps} steps, η = {eta:g}", "pixel", "ddim", steps, float(eta),
@@ -72,12 +89,16 @@ def _pixel_specs(ddpm: Any, profile: Profile, device: torch.device, ddim_steps: 
 
 
 def _latent_specs(ldm: Any, profile: Profile, device: torch.device, ldm_ddim_steps: int | None,
-                  etas: Sequence[float]) -> list[GeneratorSpec]:
+                  etas: Sequence[float] | None) -> list[GeneratorSpec]:
     T = ldm.schedule.num_timesteps
     steps = min(ldm_ddim_steps or profile.ddim_steps, T)
     specs = [GeneratorSpec("ldm_ddpm", f"LDM, DDPM, {T} steps", "latent", "ddpm", T, None,
                            _diffusion_sampler(ldm, device, sampler="ddpm"), profile.ancestral_samples)]
-    for eta in etas:
+    default = _default_solver(ldm, "ldm_", "LDM, ", "latent", device) if ldm_ddim_steps is None and etas is None \
+        else None
+    if default is not None:
+        return [*specs, default]
+    for eta in etas or (DEFAULT_ETA,):
         specs.append(GeneratorSpec(
             f"ldm_ddim_{steps}_eta{eta:g}", f"LDM, DDIM, {steps} steps, η = {eta:g}", "latent", "ddim", steps,
             float(eta), _diffusion_sampler(ldm, device, sampler="ddim", steps=steps, eta=float(eta)),
@@ -93,19 +114,22 @@ def course_generators(
     profile: Profile,
     device: torch.device | str | None = None,
     ddim_steps: Sequence[int] | None = None,
-    etas: Sequence[float] = (DEFAULT_ETA,),
+    etas: Sequence[float] | None = None,
     ldm_ddim_steps: int | None = None,
 ) -> list[GeneratorSpec]:
     """Every generator of the course, in the order the tables show them.
 
     ``ddpm``: the pixel-space :class:`~mnistdiff.model.DiffusionModel`; ``ldm``: the latent one
     (with its ``codec``); ``vae``: the VAE. Any of them may be None to leave its generators out.
-    The pixel model's DDIM runs every step count of ``ddim_steps`` (default: ``profile.ddim_steps`` alone,
-    capped at the model's T) with the first η of ``etas`` (default: the package's, ``DEFAULT_ETA``), and each
-    further η at ``profile.ddim_steps`` only; latent diffusion's DDIM runs each η of ``etas`` at
-    ``ldm_ddim_steps`` (default ``profile.ddim_steps``). The two ancestral (T-step) samplers draw at
-    most ``profile.ancestral_samples``. Names: ``ddpm``, ``ddim_<S>_eta<η>``, ``ldm_ddpm``,
-    ``ldm_ddim_<S>_eta<η>``, ``vae_prior``, ``vae_reconstruction``.
+    Each diffusion model is drawn by its T-step ancestral sampler (at most ``profile.ancestral_samples``) and by
+    the package's default sampler: a solver at its kind's default steps where that is the kind's first sampler
+    (:meth:`~mnistdiff.model.DiffusionModel.sampling_defaults`), else DDIM. Asked for DDIM (``ddim_steps``, ``etas``,
+    ``ldm_ddim_steps``), or where DDIM is the default: the pixel model's DDIM runs every step count of
+    ``ddim_steps`` (default: ``profile.ddim_steps`` alone, capped at the model's T) with the first η of ``etas``
+    (default: the package's, ``DEFAULT_ETA``), and each further η at ``profile.ddim_steps`` only; latent
+    diffusion's DDIM runs each η of ``etas`` at ``ldm_ddim_steps`` (default ``profile.ddim_steps``). Names:
+    ``ddpm``, ``ddim_<S>_eta<η>`` or ``<solver>_<S>``, ``ldm_ddpm``, ``ldm_ddim_<S>_eta<η>`` or
+    ``ldm_<solver>_<S>``, ``vae_prior``, ``vae_reconstruction``.
     """
     device = resolve_device(device)
     specs: list[GeneratorSpec] = []

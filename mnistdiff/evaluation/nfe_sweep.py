@@ -225,15 +225,15 @@ def equal_quality_table(doc: Mapping[str, Any], reference: str | None = None, wi
 def karras_table(doc: Mapping[str, Any] | None) -> str:
     """What ``benchmarks/karras_sigmas.py`` measured (``results/<profile>/karras_sigmas.json``) as Markdown: per
     model, solver and calls, FID (× floor) in each space for each σ_max the spacing started from and σ_min it ended
-    at, the package's own pair marked; a sentence that says it is not measured where ``doc`` is ``None``."""
+    at, the package's pair for the kind marked; a sentence that says it is not measured where ``doc`` is ``None``."""
     if doc is None:
         return ("*Not measured yet:* `python benchmarks/karras_sigmas.py --model checkpoints/book/ddpm.safetensors` "
                 "writes `results/book/karras_sigmas.json`.")
     spaces = list(FEATURE_SPACES)
     lines = ["| model, sampler, calls | σ_max | σ_min | " + " | ".join(f"{s} FID (× floor)" for s in spaces) + " |",
              "|" + " --- |" * (3 + len(spaces))]
-    package = (doc["package_sigma_max"], doc["package_sigma_min"])
     for row in sorted(doc["rows"], key=lambda r: (r["model"], r["sampler"], r["nfe"], r["sigma_max"], r["sigma_min"])):
+        package = (doc["package_sigma_max"].get(row["model"]), doc["package_sigma_min"])  # σ_max: the model kind's
         mark = " (the package's)" if (row["sigma_max"], row["sigma_min"]) == package else ""
         cells = [f"{row[space_key('fid', s)]:.3g} ({row[space_key('fid', s)] / doc['floor'][space_key('fid', s)]:.1f}×)"
                  for s in spaces]
