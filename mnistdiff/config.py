@@ -6,7 +6,8 @@ defaults; :mod:`mnistdiff.course.profiles` derives the smaller profiles from the
 in its field's ``metadata["help"]``: the command line makes one ``--<field>`` option per field from it
 (:mod:`mnistdiff.cli_options`), and the values are checked by the dataclasses' ``__post_init__`` alone (a
 :class:`ConfigError` names the setting). A diffusion kind's ``samplers`` lists what it is drawn with, the first
-its default, at ``default_steps``.
+its default, at ``default_steps`` (its solvers' Karras σ from ``karras_sigma_max``), chosen by measurement
+(benchmarks/README.md: DPM-Solver++(2M) SDE at 16 steps is at or below DDIM-50's FID in both feature spaces).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ __all__ = [
     "VAERunConfig", "LDMRunConfig", "CLDMRunConfig", "to_dict", "from_dict", "normalized", "ConfigError",
     "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "MNIST_CLASSES", "PRECISIONS", "RUN_CONFIGS", "VAE_KIND",
     "DIFFUSION_KINDS", "LATENT_KINDS"]
-
 
 #: How a network runs, in training and in sampling alike: float32; bf16 autocast; bf16 autocast and channels_last;
 #: or ``auto``, the fastest of those measured here (bf16 is fast only on CPUs and GPUs with native bf16).
@@ -238,17 +238,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DDPMRunConfig:
-    """Pixel-space DDPM: the UNet, the schedule and the training run.
-
-    Its default sampler is DPM-Solver++(2M) SDE at 16 steps on Karras σ: over five seeds it scored at or nearer the
-    real digits than DDIM-50 with η = 1 in both feature spaces, in a third of the calls (benchmarks/README.md).
-    """
+    """Pixel-space DDPM: the UNet, the schedule and the training run."""
 
     latent: ClassVar[bool] = False
     samplers: ClassVar[tuple[str, ...]] = ("dpmpp_2m_sde", "ddim", "ddpm", "dpmpp_2m", "heun")  # first: the default
     default_steps: ClassVar[int] = 16  # the default sampler's (another sampler's: DEFAULT_STEPS)
     karras_sigma_max: ClassVar[float] = 20.0  # where the solvers' Karras σ start (solvers.KARRAS_SIGMA_MAX: measured)
-
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -305,11 +300,7 @@ class VAERunConfig:
 
 @dataclass(frozen=True)
 class LDMRunConfig:
-    """Latent diffusion: a UNet on the VAE's ``latent_channels`` × 4 × 4 latents.
-
-    Its default sampler is DPM-Solver++(2M) SDE at 16 steps, as the pixel DDPM's: over five seeds at or nearer the
-    real digits than DDIM-50 with η = 1 in both feature spaces, in a third of the calls (benchmarks/README.md).
-    """
+    """Latent diffusion: a UNet on the VAE's ``latent_channels`` × 4 × 4 latents."""
 
     latent: ClassVar[bool] = True
     samplers: ClassVar[tuple[str, ...]] = ("dpmpp_2m_sde", "ddim", "ddpm", "dpmpp_2m", "heun")
@@ -342,14 +333,12 @@ class CLDMRunConfig:
 
     The latent UNet of :class:`LDMRunConfig` with a label embedding (``unet.num_classes`` digits and ∅); each
     training label is replaced by ∅ with probability ``p_uncond``, so one network learns ε(x, t, y) and ε(x, t, ∅).
-    Its default sampler is DPM-Solver++(2M) SDE at 16 steps: chapter 7's guidance sweep measured it nearer the real
-    digits than DDIM-50 in both feature spaces at every w ≥ 2, in a third of the calls (benchmarks/README.md).
     """
 
     latent: ClassVar[bool] = True
     samplers: ClassVar[tuple[str, ...]] = ("dpmpp_2m_sde", "ddim", "ddpm", "dpmpp_2m", "heun")
     default_steps: ClassVar[int] = 16
-    karras_sigma_max: ClassVar[float] = 20.0  # as measured by chapter 7's sweep (benchmarks/guidance_samplers.py)
+    karras_sigma_max: ClassVar[float] = 20.0  # as chapter 7's sweep measured it (benchmarks/guidance_samplers.py)
 
     unet: UNetConfig = field(
         default_factory=lambda: dataclasses.replace(LDMRunConfig().unet, num_classes=MNIST_CLASSES)

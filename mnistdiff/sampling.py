@@ -248,9 +248,7 @@ def generate(
     (:class:`ChunkedDenoiser`: the same samples, bit for bit). ``labels`` (N,) ask a class-conditional model for
     those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none), guided with weight ``guidance``
     (:class:`~mnistdiff.guidance.GuidedDenoiser`; 1: the conditional model). ``timesteps``: DDIM's own list instead
-    of ``steps`` evenly spaced ones (a distilled student's grid); ``spacing``: where an ε-network's solver puts its
-    points (:data:`~mnistdiff.solvers.SPACINGS`; ``None``: Karras σ), from ``sigma_max`` (``None``: the solvers'
-    :data:`~mnistdiff.solvers.KARRAS_SIGMA_MAX`)."""
+    of ``steps`` evenly spaced ones (a student's grid); ``spacing``, ``sigma_max``: those of ``solvers.ddpm_path``."""
     device = torch.device(device)
     batch_size = batch_size or (2048 if device.type == "cuda" else 256)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -290,7 +288,7 @@ def _sample_loop(net: Denoiser, sched: NoiseSchedule | None, shape: tuple[int, .
     """One batch of ``shape`` by ``sampler``'s loop; ``kw``: the loops' shared keyword arguments (generator, device,
     return_intermediates, clip_range, progress)."""
     if sampler in SOLVERS and (sched is not None or sampler not in FLOW_SOLVERS):
-        where = {k: v for k, v in (("spacing", spacing), ("sigma_max", sigma_max)) if v}  # else the solvers' default
+        where: dict[str, Any] = {k: v for k, v in (("spacing", spacing), ("sigma_max", sigma_max)) if v}  # or default
         return solver_sample_loop(net, sched, shape, solver=sampler, steps=steps, **where, **kw)
     if sampler in FLOW_SOLVERS or sched is None:  # a flow (a DDPM sampler without a schedule: the loop refuses it)
         return flow_sample_loop(net, shape, steps=steps, solver=sampler, **kw)

@@ -644,8 +644,6 @@ print(f"recommended w = {recommended:g} (the best FID among the weights within {
       f"the package's DEFAULT_GUIDANCE = {DEFAULT_GUIDANCE:g}")
 
 # %% tags=["remove-input"]
-import json
-
 assert ACCURACY_TOLERANCE == 0.01  # "one sample in a hundred"
 by_w = {r["guidance"]: r for r in rows.values()}
 ws_all = sorted(by_w)
@@ -682,22 +680,24 @@ prec_text = (f"Precision, the share of samples that land among real digits, rise
 trade_off = ("This is the fidelity–diversity trade-off that Ho & Salimans trace on ImageNet, here on two cores."
              if rec[w_top] < rec[1] and acc[w_top] >= acc[1] else
              "This run does not show the fidelity–diversity trade-off; the `book` profile's model does.")
-# w = 0 against chapter 5's separately trained model, as chapter 6 scored it
-ch6_path = report.results_path(PROFILE)
-ch6 = json.loads(ch6_path.read_text())["generators"] if ch6_path.exists() else {}
-ldm_row = next((g for g in ch6.values() if g.get("space") == "latent" and g.get("sampler") == "ddim"
-                and g.get("steps") == PROFILE.ddim_steps and g.get("eta") == DEFAULT_ETA), None)
+# w = 0 against chapter 5's separately trained model, drawn by the same DDIM (chapter 9's benchmark, the book's models)
+from mnistdiff.course.measured import book_result
+
+sweep = book_result("nfe_sweep.json")
+ldm_key = f"ldm:ddim-eta{DEFAULT_ETA:g}:{BOOK.ddim_steps}"
+ldm_row = next((r for r in (sweep or {}).get("rows", []) if r["key"] == ldm_key), None)
 if ldm_row is None:
-    uncond_text = (f"The $w = 0$ row is the unconditional half on its own (FID {fid[0]:.2f}); chapter 6's results for "
-                   "this profile are not there to compare it with chapter 5's separately trained model.")
+    uncond_text = (f"The $w = 0$ row is the unconditional half on its own (FID {fid[0]:.2f}); chapter 9's benchmark of "
+                   "chapter 5's separately trained model is not there to compare it with.")
 else:
     ldm_fid = ldm_row["fid"]
-    same = "same $n$ and sampler" if ldm_row["n"] == n_w else f"same sampler, $n$ = {ldm_row['n']}"
+    same = (f"DDIM-{BOOK.ddim_steps}, η = {DEFAULT_ETA:g}, n = {sweep['n']:,}"
+            + ("" if (sweep["n"], BOOK.ddim_steps) == (n_w, PROFILE.ddim_steps) else ": read it as the book's"))
     agree = ("in the direction the losses above pointed" if (fid[0] > ldm_fid) == (l_null > l_ldm) else
              "though the losses above pointed the other way")
     uncond_text = (f"The $w = 0$ row is the unconditional half on its own. Its FID, {fid[0]:.2f}, is "
                    f"{'worse' if fid[0] > ldm_fid else 'no worse'} than that of chapter 5's separately trained model "
-                   f"({ldm_fid:.2f} in chapter 6, {same}), {agree}.")
+                   f"({ldm_fid:.2f} in chapter 9's benchmark, {same}), {agree}.")
 climbs = "climbs" if acc[w_top] > acc[0] else "goes"
 Markdown(f"""With $n$ = {n_w:,} samples per weight (the table above), the accuracy {climbs} from {acc_text}. {fid_text}.
 Recall, the share of real digits whose neighbourhood the samples reach, {rec_text}. {prec_text} {trade_off}
@@ -710,8 +710,7 @@ rec_words = (f"every one of the {n_w:,} samples is the digit asked for" if right
 if recommended == 1.0:
     cond_text = "The plain conditional model is the recommendation here."
 else:
-    best6 = min((g for g in ch6.values() if g.get("sampler") in ("ddim", "ddpm")), key=lambda g: g["fid"], default=None)
-    ldm_name = "chapter 6's best sampler, the LDM," if best6 is not None and best6 is ldm_row else "chapter 6's LDM"
+    ldm_name = "chapter 5's LDM"
     vs_ldm = ("" if ldm_row is None else
               f", {'nearer the floor than' if fid[1] < ldm_row['fid'] else 'no nearer the floor than'} {ldm_name} at "
               f"{ldm_row['fid']:.2f}")
@@ -774,7 +773,7 @@ reach FID {pair(fast, 'fid', w_mid)} in the classifier's space and {pair(fast, '
 (real digits: {real['fid']:.2f} and {real['fid_resnet']:.2f}), recall {pair(fast, 'recall', w_mid)}, precision {pair(fast, 'precision', w_mid)} (real digits:
 {real['precision']:.2f}) and accuracy {pair(fast, 'label_accuracy', w_mid, '.3f')}, at
 {speedup:.1f} times DDIM's samples per second: {variety}. {top_text} This chapter keeps DDIM for its sweep, the
-sampler the rest of the chapter uses and chapter 6 scored, and says here what a faster one changes. Where no sampler
+sampler the rest of the chapter uses, and says here what a faster one changes. Where no sampler
 is named (`cldm.sample(...)`, `python -m mnistdiff sample cldm`), the package draws this model with the solver at
 {CLDMRunConfig.default_steps} steps (`CLDMRunConfig.samplers` and `default_steps`)."""
 Markdown(sampler_text)

@@ -235,7 +235,7 @@ def test_sample_flow_default_sampler_is_dpmpp_2m_sde_and_ddim_is_refused(runs, t
     assert "--sampler: this flow model is sampled with dpmpp_2m_sde, euler, heun or dpmpp_2m, got 'ddim'" in err
     assert _exit_code([*_sample_args(runs, "ddpm"), "--sampler", "euler", "--out", str(tmp_path / "h")]) == 2
     err = capsys.readouterr().err
-    assert "this ddpm model is sampled with ddim, ddpm, dpmpp_2m, dpmpp_2m_sde or heun, got 'euler'" in err
+    assert "this ddpm model is sampled with dpmpp_2m_sde, ddim, ddpm, dpmpp_2m or heun, got 'euler'" in err
     assert not (tmp_path / "d").exists() and not (tmp_path / "h").exists()
 
 
@@ -318,7 +318,7 @@ def test_train_ldm_rejects_non_vae_checkpoint(runs, tmp_path, capsys):
         (["--batch_size", "0"], "--batch_size must be a positive number"),
         (["--eta", "1.5"], "--eta must be in [0, 1]"),
         (["--num_samples", "0"], "--num_samples must be"),
-        (["--spacing", "karras", "--steps", "4"], "--spacing: only dpmpp_2m, dpmpp_2m_sde, heun"),  # DDIM: its own
+        (["--sampler", "ddim", "--spacing", "karras"], "--spacing: only dpmpp_2m, dpmpp_2m_sde, heun"),  # DDIM: its own
     ],
 )
 def test_sample_bad_arguments_exit_2(runs, tmp_path, capsys, extra, message):
