@@ -384,8 +384,9 @@ else:
     parts = "; ".join(f"{name}, {ratios[(kind, 10)]} at 10 calls and {ratios[(kind, 16)]} at 16 (σ from "
                       f"{RUN_CONFIGS[kind].karras_sigma_max:g})" for kind, name in kinds.items())
     steps = {RUN_CONFIGS[kind].default_steps for kind in (*kinds, "cldm")}
+    n = book_result("seed_spread_ddpm.json")["n"]
     default_text = f"""**The package's default.** One seed cannot resolve a 1.2× difference, so the defaults were chosen
-over five (seeds 0-4, n = 2,000 each, `benchmarks/seed_spread.py`): DPM-Solver++(2M) SDE on Karras σ down to
+over five (seeds 0-4, n = {n:,} each, `benchmarks/seed_spread.py`): DPM-Solver++(2M) SDE on Karras σ down to
 $\\sigma_{{\\min}} = {KARRAS_SIGMA_MIN:g}$, as a multiple of DDIM-50 η = 1's mean FID over the same seeds (classifier /
 ResNet features): {parts}. So where no sampler is named (`model.sample(n)`, `python -m mnistdiff sample ddpm`, `ldm`
 or `cldm`), the package draws with DPM-Solver++(2M) SDE at {" or ".join(map(str, sorted(steps)))} steps: at or nearer
@@ -411,7 +412,7 @@ plt.show()
 # feature spaces, n in the table's first line): EDM's $\sigma_{\max} = 80$ against smaller ones, and the schedule's
 # own smallest $\sigma$ against larger ends. Too small a $\sigma_{\max}$ starts where the digit still shows through
 # the noise, which pure Gaussian noise does not have; too large spends calls where nothing is decided yet. At the
-# other end, the last call's $\hat x_0$ is the sample: ending at the schedule's $\sigma \approx 0.006$ spends the
+# other end, the last call's $\hat x_0$ is the sample: ending at the schedule's own smallest $\sigma$ spends the
 # last few of ten calls polishing noise no eye can see, where ending higher spends them on the strokes.
 
 # %%

@@ -262,12 +262,12 @@ def test_nfe_sweep_plans_each_sampler_at_the_calls_it_can_make(tmp_path):
     plan = sweep.configurations(ddpm, [3, 4])  # EDM's Heun: 2·steps − 1 calls, so 2 steps (3 calls) for both
     # DPM-Solver++ and its SDE twin on Karras σ (the default) and on DDIM's timesteps; EDM's Heun on Karras σ only
     assert [(c["sampler"], c["eta"], c["spacing"], c["steps"], c["nfe"]) for c in plan] == [
+        ("dpmpp_2m_sde", None, "karras", 3, 3), ("dpmpp_2m_sde", None, "linspace", 3, 3),
         ("ddim", 0.0, None, 3, 3), ("ddim", DEFAULT_ETA, None, 3, 3), ("dpmpp_2m", None, "karras", 3, 3),
-        ("dpmpp_2m", None, "linspace", 3, 3), ("dpmpp_2m_sde", None, "karras", 3, 3),
-        ("dpmpp_2m_sde", None, "linspace", 3, 3), ("heun", None, "karras", 2, 3),
+        ("dpmpp_2m", None, "linspace", 3, 3), ("heun", None, "karras", 2, 3),
+        ("dpmpp_2m_sde", None, "karras", 4, 4), ("dpmpp_2m_sde", None, "linspace", 4, 4),
         ("ddim", 0.0, None, 4, 4), ("ddim", DEFAULT_ETA, None, 4, 4), ("dpmpp_2m", None, "karras", 4, 4),
-        ("dpmpp_2m", None, "linspace", 4, 4), ("dpmpp_2m_sde", None, "karras", 4, 4),
-        ("dpmpp_2m_sde", None, "linspace", 4, 4)]
+        ("dpmpp_2m", None, "linspace", 4, 4)]
 
 
 def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, capsys):
