@@ -75,8 +75,7 @@ def _pixel_specs(ddpm: Any, profile: Profile, device: torch.device, ddim_steps: 
     T = ddpm.schedule.num_timesteps
     specs = [GeneratorSpec("ddpm", f"DDPM, {T} steps", "pixel", "ddpm", T, None,
                            _diffusion_sampler(ddpm, device, sampler="ddpm"), profile.ancestral_samples)]
-    default = _default_solver(ddpm, "", "", "pixel", device) if ddim_steps is None and etas is None else None
-    if default is not None:
+    if default := ddim_steps is None and etas is None and _default_solver(ddpm, "", "", "pixel", device):
         return [*specs, default]
     sweep = [s for s in (ddim_steps if ddim_steps is not None else (profile.ddim_steps,)) if s <= T]
     for i, eta in enumerate(etas or (DEFAULT_ETA,)):
@@ -94,9 +93,7 @@ def _latent_specs(ldm: Any, profile: Profile, device: torch.device, ldm_ddim_ste
     steps = min(ldm_ddim_steps or profile.ddim_steps, T)
     specs = [GeneratorSpec("ldm_ddpm", f"LDM, DDPM, {T} steps", "latent", "ddpm", T, None,
                            _diffusion_sampler(ldm, device, sampler="ddpm"), profile.ancestral_samples)]
-    default = _default_solver(ldm, "ldm_", "LDM, ", "latent", device) if ldm_ddim_steps is None and etas is None \
-        else None
-    if default is not None:
+    if default := ldm_ddim_steps is None and etas is None and _default_solver(ldm, "ldm_", "LDM, ", "latent", device):
         return [*specs, default]
     for eta in etas or (DEFAULT_ETA,):
         specs.append(GeneratorSpec(
