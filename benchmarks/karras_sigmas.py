@@ -39,7 +39,7 @@ from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_fl
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
-from mnistdiff.solvers import KARRAS_SIGMA_MIN, _schedule_sigmas, solver_sample_loop  # noqa: E402
+from mnistdiff.solvers import KARRAS_SIGMA_MIN, schedule_sigmas, solver_sample_loop  # noqa: E402
 
 
 def draw(model: DiffusionModel, sampler: str, steps: int, sigmas: tuple[float, float], n: int,
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     model = DiffusionModel.load(args.model, vae=args.vae, device=args.device)
     doc.update(device=device_name(args.device), date=dt.date.today().isoformat(), package_sigma_min=KARRAS_SIGMA_MIN)
     doc["package_sigma_max"] = {**doc.get("package_sigma_max", {}), model.kind: model.karras_sigma_max}
-    sha, first = model.meta["weights_sha256"], float(_schedule_sigmas(model.schedule)[0])
+    sha, first = model.meta["weights_sha256"], float(schedule_sigmas(model.schedule)[0])
     for sigmas in [(hi, max(lo, first)) for hi in args.sigma_max or [model.karras_sigma_max] for lo in args.sigma_min]:
         row = {"model": model.kind, "file": str(args.model), "weights_sha256": sha, "sampler": args.sampler,
                "steps": args.steps, "nfe": model.nfe(args.sampler, args.steps), "sigma_max": sigmas[0],

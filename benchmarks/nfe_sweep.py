@@ -47,7 +47,6 @@ from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_fl
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
-from mnistdiff.solvers import KARRAS_SIGMA_MIN  # noqa: E402
 
 
 def steps_within(model: DiffusionModel, sampler: str, nfe: int) -> int:
@@ -101,8 +100,7 @@ def score(model: DiffusionModel, c: dict, n: int, device: str) -> dict:
 def _sigmas(model: DiffusionModel, c: dict) -> dict:
     """Where configuration ``c``'s Karras spacing starts and ends (the model kind's σ_max, the package's σ_min), if
     it has one."""
-    karras = c.get("spacing") == "karras"
-    return {"sigma_max": model.karras_sigma_max, "sigma_min": KARRAS_SIGMA_MIN} if karras else {}
+    return model.karras_range if c.get("spacing") == "karras" else {}
 
 
 def speed(model: DiffusionModel, c: dict, n: int, device: str) -> float:

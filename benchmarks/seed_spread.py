@@ -30,7 +30,6 @@ from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_fl
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
-from mnistdiff.solvers import KARRAS_SIGMA_MIN  # noqa: E402
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {seed}: " + "  ".join(f"{s}: FID {m[space_key('fid', s)]:.3f} (floor {f[space_key('fid', s)]:.3f})"
                                            for s in FEATURE_SPACES), flush=True)
     spacing = model.spacing(options.get("sampler", model.sampling_defaults()["sampler"]))
-    sigmas = {"sigma_max": model.karras_sigma_max, "sigma_min": KARRAS_SIGMA_MIN} if spacing == "karras" else {}
+    sigmas = model.karras_range if spacing == "karras" else {}
     doc = {"device": device_name(args.device), "date": dt.date.today().isoformat(), "n": args.n,
            "model": {"file": str(args.model), "kind": model.kind, "weights_sha256": model.meta["weights_sha256"]},
            "sampling": {**model.sampling_defaults(), **options, "precision": "fp32", "spacing": spacing, **sigmas},

@@ -52,7 +52,7 @@ from mnistdiff.latent import LatentCodec
 from mnistdiff.modelfile import CheckpointError, load_model_file, save_model_file
 from mnistdiff.sampling import OLD_FAST, SAMPLERS, generate, measure_decoder, measure_precision
 from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.solvers import DEFAULT_SPACING, SOLVERS, SPACINGS, solver_nfe
+from mnistdiff.solvers import DEFAULT_SPACING, KARRAS_SIGMA_MIN, SOLVERS, SPACINGS, solver_nfe
 from mnistdiff.unet import NULL_LABEL, UNet
 from mnistdiff.vae import VAE
 
@@ -155,6 +155,14 @@ class DiffusionModel:
     def karras_sigma_max(self) -> float | None:
         """Where its solvers' Karras σ start (its kind's ``karras_sigma_max``, measured); ``None`` for a flow."""
         return getattr(self.config, "karras_sigma_max", None)
+
+    @property
+    def karras_range(self) -> dict[str, float]:
+        """``{"sigma_max": …, "sigma_min": …}``, where its solvers' Karras σ start and end (the kind's
+        :attr:`karras_sigma_max`, the package's ``KARRAS_SIGMA_MIN``), as a results file records them; ``{}`` for a
+        flow, whose solvers walk evenly spaced t."""
+        top = self.karras_sigma_max
+        return {} if top is None else {"sigma_max": top, "sigma_min": KARRAS_SIGMA_MIN}
 
     def spacing(self, sampler: str) -> str | None:
         """Where ``sampler`` puts its points by default on this model: ``"karras"`` for a solver on an ε-network

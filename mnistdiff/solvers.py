@@ -52,8 +52,8 @@ from mnistdiff.flows import TIME_SCALE, PathPoint, flow_timesteps, straight_path
 from mnistdiff.schedules import NoiseSchedule
 
 __all__ = ["SOLVERS", "SPACINGS", "DEFAULT_SPACING", "KARRAS_SIGMA_MAX", "KARRAS_SIGMA_MIN", "karras_sigmas",
-           "ddpm_path", "flow_path", "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "heun_edm", "solver_sample_loop",
-           "solver_nfe"]
+           "schedule_sigmas", "ddpm_path", "flow_path", "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "heun_edm",
+           "solver_sample_loop", "solver_nfe"]
 
 #: The solvers of this module, by the name ``sample(sampler=…)`` takes (``"heun"`` is EDM's for an ε-network; a
 #: flow's Heun, in its own time t, is :func:`~mnistdiff.flows.flow_sample_loop`'s).
@@ -76,8 +76,9 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
     return [(hi + i / (n - 1) * (lo - hi)) ** rho for i in range(n)]
 
 
-def _schedule_sigmas(sched: NoiseSchedule) -> torch.Tensor:
-    """σ_k = √((1 − ᾱ_k)/ᾱ_k) of each timestep index k, float64, on the CPU."""
+def schedule_sigmas(sched: NoiseSchedule) -> torch.Tensor:
+    """σ_k = √((1 − ᾱ_k)/ᾱ_k) of each timestep index k (T,), float64, on the CPU: the noise-to-signal ratio b/a at
+    each of the schedule's timesteps, the σ of Karras et al.'s variables."""
     abar = sched.alphas_cumprod.double().cpu()
     return ((1 - abar) / abar).sqrt()
 
@@ -116,7 +117,7 @@ def ddpm_path(model: Denoiser, sched: NoiseSchedule, steps: int, spacing: str = 
     ddim_timesteps`); ``"karras"``, Karras et al.'s σ from ``sigma_max`` down to ``sigma_min`` (either ``None``: the
     schedule's last or first, as diffusers does; each kept within the schedule's), at fractional timesteps (the
     time embedding takes any real t)."""
-    sigmas = _schedule_sigmas(sched)
+    sigmas = schedule_sigmas(sched)
     if spacing == "karras":
         top = float(sigmas[-1]) if sigma_max is None else min(sigma_max, float(sigmas[-1]))
         bottom = float(sigmas[0]) if sigma_min is None else max(sigma_min, float(sigmas[0]))

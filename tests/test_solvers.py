@@ -25,6 +25,7 @@ from mnistdiff.solvers import (
     dpm_solver_pp_2m_sde,
     heun_edm,
     karras_sigmas,
+    schedule_sigmas,
     solver_nfe,
     solver_sample_loop,
 )
@@ -226,6 +227,20 @@ def test_models_sample_with_the_solvers_in_the_calls_they_promise(kind, sampler)
     assert out.images.shape == (3, 1, 32, 32) and out.images.abs().max() <= 1
     assert len(out.frames) == 6 and out.frames[-1][0] == 0 and out.frames[0][0] == (T if kind == "ddpm" else 1000)
     assert torch.equal(model.sample(3, sampler=sampler, steps=5, seed=2).images, out.images)
+
+
+def test_schedule_sigmas_are_the_noise_to_signal_ratio_of_each_timestep():
+    """σ_k = b/a at timestep k: the variance-preserving point with that σ has a² = 1/(1 + σ²) = ᾱ_k."""
+    sched = NoiseSchedule.from_config(DiffusionConfig(timesteps=T))
+    sigmas = schedule_sigmas(sched)
+    assert sigmas.shape == (T,) and sigmas.dtype == torch.float64 and bool((sigmas[1:] > sigmas[:-1]).all())
+    torch.testing.assert_close(1 / (1 + sigmas**2), sched.alphas_cumprod.double(), rtol=1e-6, atol=0)
+
+
+def test_a_models_karras_range_is_its_kinds_sigma_max_and_the_packages_sigma_min():
+    ddpm, flow = _model("ddpm"), _model("flow")
+    assert ddpm.karras_range == {"sigma_max": DDPMRunConfig.karras_sigma_max, "sigma_min": KARRAS_SIGMA_MIN}
+    assert flow.karras_range == {}
 
 
 def test_a_spacing_is_asked_of_an_eps_networks_solvers_only():

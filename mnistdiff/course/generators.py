@@ -27,7 +27,7 @@ from mnistdiff.config import DEFAULT_ETA
 from mnistdiff.course.profiles import Profile
 from mnistdiff.data import load_mnist
 from mnistdiff.devices import resolve_device
-from mnistdiff.evaluation.nfe_sweep import SAMPLER_NAMES
+from mnistdiff.evaluation.nfe_sweep import sampler_label
 from mnistdiff.evaluation.report import GeneratorSpec, Sampler
 from mnistdiff.vae import VAE
 
@@ -65,9 +65,8 @@ def _default_solver(model: Any, prefix: str, label: str, space: str, device: tor
     d = model.sampling_defaults()
     if d["sampler"] == "ddim":
         return None
-    name = f"{SAMPLER_NAMES.get(d['sampler'], d['sampler'])}, {d['steps']} steps"
-    return GeneratorSpec(f"{prefix}{d['sampler']}_{d['steps']}", label + name, space, d["sampler"],
-                         model.nfe(d["sampler"], d["steps"]), None, _diffusion_sampler(model, device))
+    return GeneratorSpec(f"{prefix}{d['sampler']}_{d['steps']}", label + sampler_label(d["sampler"], d["steps"]), space,
+                         d["sampler"], model.nfe(d["sampler"], d["steps"]), None, _diffusion_sampler(model, device))
 
 
 def _pixel_specs(ddpm: Any, profile: Profile, device: torch.device, ddim_steps: Sequence[int] | None,

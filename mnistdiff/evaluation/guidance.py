@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from mnistdiff.config import DEFAULT_ETA
 from mnistdiff.evaluation.distances import label_statistics
 from mnistdiff.evaluation.features import ArrayLike, classifier_features
 from mnistdiff.evaluation.metrics import evaluate
@@ -40,10 +39,11 @@ def label_accuracy(images: ArrayLike, labels: torch.Tensor,
 
 
 def guidance_sweep(
-    model: Any, scales: Sequence[float], n: int, *, sampler: str = "ddim", steps: int = 50, eta: float = DEFAULT_ETA,
-    seed: int = 0, device: str | torch.device = "cpu",
+    model: Any, scales: Sequence[float], n: int, *, sampler: str | None = None, steps: int | None = None,
+    eta: float | None = None, seed: int = 0, device: str | torch.device = "cpu",
 ) -> tuple[dict[str, dict[str, Any]], dict[float, torch.Tensor]]:
-    """Draw n samples at each guidance weight w in ``scales`` with ``sampler`` at ``steps`` steps, and score them.
+    """Draw n samples at each guidance weight w in ``scales`` with ``sampler`` at ``steps`` steps (``None``: the
+    model's own, :meth:`~mnistdiff.model.DiffusionModel.sampling_defaults`), and score them.
 
     ``model``: a class-conditional :class:`~mnistdiff.model.DiffusionModel`. The labels
     are :func:`balanced_labels` ``(n)`` and the seed is the same for every w. Returns ``(rows, samples)``:

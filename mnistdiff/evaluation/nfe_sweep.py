@@ -16,13 +16,18 @@ from typing import Any
 from mnistdiff.evaluation.classifier import FEATURE_SPACES
 from mnistdiff.evaluation.metrics import space_key
 
-__all__ = ["SAMPLER_NAMES", "NOT_MEASURED", "REFERENCE", "sweep_report", "curve_label", "sweep_curves",
+__all__ = ["SAMPLER_NAMES", "sampler_label", "NOT_MEASURED", "REFERENCE", "sweep_report", "curve_label", "sweep_curves",
            "plot_sweep", "sweep_table", "reference_key", "fewest_calls", "equal_quality_table", "select",
            "best_per_nfe", "head_to_head", "head_to_head_table", "karras_table"]
 
 #: How the book names each sampler.
 SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "dpmpp_2m_sde": "DPM-Solver++(2M) SDE", "heun": "Heun",
                  "euler": "Euler"}
+
+
+def sampler_label(sampler: str, steps: int, eta: float | None = None) -> str:
+    """``"DPM-Solver++(2M) SDE, 16 steps"``, ``"DDIM, 50 steps, η = 1"``: a sampler as the book names it."""
+    return f"{SAMPLER_NAMES.get(sampler, sampler)}, {steps} steps" + ("" if eta is None else f", η = {eta:g}")
 
 
 #: What a chapter says where the book's sweep has not been measured.
