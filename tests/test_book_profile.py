@@ -257,6 +257,8 @@ def test_course_generators_draw_each_model_once_with_the_default_sampler_unless_
     specs = course_generators(ddpm=ddim, ldm=ddim, vae=None, profile=prof, device="cpu")
     assert [x.name for x in specs] == ["ddpm", f"ddim_{s}_eta{d}", "ldm_ddpm", f"ldm_ddim_{s}_eta{d}"]
     assert [(x.steps, x.eta) for x in specs if "ddim" in x.name] == [(s, DEFAULT_ETA), (s, DEFAULT_ETA)]
+    labels = [x.label for x in specs if "ddim" in x.name]
+    assert labels == [f"DDIM, {s} steps, η = {d}", f"LDM, DDIM, {s} steps, η = {d}"]
     solver = model("dpmpp_2m_sde", 16)
     specs = course_generators(ddpm=solver, ldm=ddim, vae=None, profile=prof, device="cpu")
     assert [x.name for x in specs] == ["ddpm", "dpmpp_2m_sde_16", "ldm_ddpm", f"ldm_ddim_{s}_eta{d}"]

@@ -80,7 +80,7 @@ def _pixel_specs(ddpm: Any, profile: Profile, device: torch.device, ddim_steps: 
     for i, eta in enumerate(etas or (DEFAULT_ETA,)):
         for steps in (sweep if i == 0 else [min(profile.ddim_steps, T)]):
             specs.append(GeneratorSpec(
-                f"ddim_{steps}_eta{eta:g}", f"DDIM, {steps} steps, η = {eta:g}", "pixel", "ddim", steps, float(eta),
+                f"ddim_{steps}_eta{eta:g}", sampler_label("ddim", steps, eta), "pixel", "ddim", steps, float(eta),
                 _diffusion_sampler(ddpm, device, sampler="ddim", steps=steps, eta=float(eta)),
             ))
     return specs
@@ -96,7 +96,7 @@ def _latent_specs(ldm: Any, profile: Profile, device: torch.device, ldm_ddim_ste
         return [*specs, default]
     for eta in etas or (DEFAULT_ETA,):
         specs.append(GeneratorSpec(
-            f"ldm_ddim_{steps}_eta{eta:g}", f"LDM, DDIM, {steps} steps, η = {eta:g}", "latent", "ddim", steps,
+            f"ldm_ddim_{steps}_eta{eta:g}", "LDM, " + sampler_label("ddim", steps, eta), "latent", "ddim", steps,
             float(eta), _diffusion_sampler(ldm, device, sampler="ddim", steps=steps, eta=float(eta)),
         ))
     return specs
