@@ -608,7 +608,8 @@ from mnistdiff.evaluation.nfe_sweep import sampler_label
 n_w = PROFILE.guidance_samples
 swept_with = cldm.sampling_defaults()  # the package's sampler for this model: {"sampler", "steps", "eta", "guidance"}
 start = time.perf_counter()
-rows, swept = guidance_sweep(cldm, PROFILE.guidance_scales, n_w, seed=SEED, device=DEVICE)
+rows, swept = guidance_sweep(cldm, PROFILE.guidance_scales, n_w, sampler=swept_with["sampler"],
+                             steps=swept_with["steps"], seed=SEED, device=DEVICE)
 real = load_mnist("train").subset(n_w, seed=SEED)
 floor = {**real_floor(n_w, seed=SEED, device=DEVICE, include_memorisation=False),
          "label_accuracy": label_accuracy(real.images, real.labels, DEVICE)[0]}
