@@ -9,13 +9,16 @@ A sweep or a table that compares two samplers at one seed each reads a differenc
 a difference between the samplers; this measures the size of that. For each seed the model draws ``n`` samples and
 :func:`mnistdiff.evaluation.metrics.evaluate` scores them; the floor is :func:`~mnistdiff.evaluation.metrics.
 real_floor` at the same ``n`` from each seed (other real digits). The file gives every draw and, per space, the
-mean, the standard deviation and the range, of the model's FID and of the floor's.
+mean, the standard deviation and the range, of the model's FID and of the floor's. A rerun into the same file keeps
+the draws it holds for the same weights, sampler, ``n`` and CPU, and draws only the seeds it lacks (seeds 0-4 there,
+``--seeds 0 1 2 3 4 5 6 7 8 9`` draws five more).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -43,6 +46,27 @@ def summary(draws: list[dict]) -> dict[str, dict[str, float]]:
     return {space_key("fid", s): spread([d[space_key("fid", s)] for d in draws]) for s in FEATURE_SPACES}
 
 
+def earlier_draws(out: Path, doc: dict) -> dict[int, tuple[dict, dict]]:
+    """Each seed's (draw, floor) metrics in an earlier ``out`` of the same weights, sampling, ``n`` and device as
+    ``doc``; none where the file is missing or differs in any of them."""
+    if not out.is_file():
+        return {}
+    old = json.loads(out.read_text())
+    if any(old.get(k) != doc[k] for k in ("device", "n", "sampling")) or \
+            old.get("model", {}).get("weights_sha256") != doc["model"]["weights_sha256"]:
+        return {}
+    strip = lambda row: {k: v for k, v in row.items() if k != "seed"}
+    return {d["seed"]: (strip(d), strip(f)) for d, f in zip(old["draws"], old["floors"])}
+
+
+def draw(model: DiffusionModel, seed: int, args: argparse.Namespace, options: dict) -> tuple[dict, dict]:
+    """``args.n`` samples from ``seed`` and as many real training digits, each scored in both spaces."""
+    images, _ = model.sample(args.n, seed=seed, device=args.device, precision="fp32", **options)
+    m = evaluate(images, seed=seed, device=args.device, include_memorisation=False)
+    f = real_floor(args.n, seed=seed, device=args.device, include_memorisation=False)
+    return distribution_metrics(m), distribution_metrics(f)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path)
@@ -61,22 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = DiffusionModel.load(args.model, vae=args.vae, device=args.device)
     options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("eta", args.eta)) if v is not None}
-    draws, floors = [], []
-    for seed in args.seeds:
-        images, _ = model.sample(args.n, seed=seed, device=args.device, precision="fp32", **options)
-        m = evaluate(images, seed=seed, device=args.device, include_memorisation=False)
-        f = real_floor(args.n, seed=seed, device=args.device, include_memorisation=False)
-        draws.append({"seed": seed, **distribution_metrics(m)})
-        floors.append({"seed": seed, **distribution_metrics(f)})
-        print(f"seed {seed}: " + "  ".join(f"{s}: FID {m[space_key('fid', s)]:.3f} (floor {f[space_key('fid', s)]:.3f})"
-                                           for s in FEATURE_SPACES), flush=True)
     spacing = model.spacing(options.get("sampler", model.sampling_defaults()["sampler"]))
     sigmas = model.karras_range if spacing == "karras" else {}
     doc = {"device": device_name(args.device), "date": dt.date.today().isoformat(), "n": args.n,
            "model": {"file": str(args.model), "kind": model.kind, "weights_sha256": model.meta["weights_sha256"]},
-           "sampling": {**model.sampling_defaults(), **options, "precision": "fp32", "spacing": spacing, **sigmas},
-           "draws": draws, "floors": floors, "spread": summary(draws), "floor_spread": summary(floors)}
+           "sampling": {**model.sampling_defaults(), **options, "precision": "fp32", "spacing": spacing, **sigmas}}
     out = args.out or results_dir() / args.profile / f"seed_spread_{model.kind}.json"
+    kept = earlier_draws(out, doc)
+    draws, floors = [], []
+    for seed in args.seeds:
+        m, f = kept.get(seed) or draw(model, seed, args, options)
+        draws.append({"seed": seed, **m})
+        floors.append({"seed": seed, **f})
+        print(f"seed {seed}{' (kept)' if seed in kept else ''}: "
+              + "  ".join(f"{s}: FID {m[space_key('fid', s)]:.3f} (floor {f[space_key('fid', s)]:.3f})"
+                          for s in FEATURE_SPACES), flush=True)
+    doc.update(draws=draws, floors=floors, spread=summary(draws), floor_spread=summary(floors))
     atomic_write_json(out, doc)
     for s in FEATURE_SPACES:
         g, f = doc["spread"][space_key("fid", s)], doc["floor_spread"][space_key("fid", s)]

@@ -336,6 +336,25 @@ def test_seed_spread_scores_each_seed_and_summarises_both_spaces(tmp_path):
         spread.main([*argv, "--seeds", "0"])
 
 
+def test_seed_spread_rerun_draws_only_the_seeds_its_file_lacks(tmp_path):
+    from unittest import mock
+
+    spread = _script("seed_spread")
+    out = tmp_path / "spread.json"
+    argv = [str(_tiny_model(tmp_path, "ddpm")), "--sampler", "ddim", "--steps", "2", "--n", "8", "--out", str(out)]
+    assert spread.main([*argv, "--seeds", "0", "1"]) == 0
+    first = json.loads(out.read_text())
+    with mock.patch.object(spread, "draw", wraps=spread.draw) as drawn:
+        assert spread.main([*argv, "--seeds", "0", "1", "2"]) == 0
+    assert [c.args[1] for c in drawn.call_args_list] == [2]  # seeds 0 and 1 kept from the file
+    doc = json.loads(out.read_text())
+    assert doc["draws"][:2] == first["draws"] and doc["floors"][:2] == first["floors"]
+    assert [d["seed"] for d in doc["draws"]] == [0, 1, 2]
+    with mock.patch.object(spread, "draw", wraps=spread.draw) as drawn:  # another sampler: nothing is kept
+        assert spread.main([*argv, "--steps", "3", "--seeds", "0", "1"]) == 0  # the last --steps counts
+    assert [c.args[1] for c in drawn.call_args_list] == [0, 1]
+
+
 def test_karras_sigmas_move_only_where_the_spacing_starts_and_ends(tmp_path):
     import torch
 
