@@ -256,13 +256,13 @@ class DDPMRunConfig:
 
 @dataclass(frozen=True)
 class FlowRunConfig:
-    """Pixel-space flow matching: the DDPM's UNet trained as a velocity network on the straight path
-    x_t = (1 − t)·x_0 + t·ε (:mod:`mnistdiff.flows`); ``time_sampling`` is how training draws t. Its default sampler,
-    DPM-Solver++(2M) SDE at 32 steps, is the best measured at issue 23's budget (benchmarks/README.md, "Issue 23")."""
+    """Pixel flow matching: the DDPM's UNet as a velocity network on x_t = (1 − t)·x_0 + t·ε (:mod:`mnistdiff.flows`),
+    t drawn by ``time_sampling``; its default sampler is the best measured in issue 23's budget (benchmarks/README)"""
 
     latent: ClassVar[bool] = False
     samplers: ClassVar[tuple[str, ...]] = ("dpmpp_2m_sde", "euler", "heun", "dpmpp_2m")
     default_steps: ClassVar[int] = 32
+    karras_sigma_max: ClassVar[float] = 80.0  # its DPM-Solver++ at t = 1, then Karras σ from 80 (measured)
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

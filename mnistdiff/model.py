@@ -47,7 +47,7 @@ from mnistdiff.config import (
     to_dict,
 )
 from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, EpsFromV, SampleOutput, eps_network
-from mnistdiff.flows import flow_nfe
+from mnistdiff.flows import FLOW_SOLVERS, flow_nfe
 from mnistdiff.latent import LatentCodec
 from mnistdiff.modelfile import CheckpointError, load_model_file, save_model_file
 from mnistdiff.sampling import OLD_FAST, SAMPLERS, generate, measure_decoder, measure_precision
@@ -153,21 +153,22 @@ class DiffusionModel:
 
     @property
     def karras_sigma_max(self) -> float | None:
-        """Where its solvers' Karras σ start (its kind's ``karras_sigma_max``, measured); ``None`` for a flow."""
+        """Where its solvers' Karras σ start (its kind's ``karras_sigma_max``, measured)."""
         return getattr(self.config, "karras_sigma_max", None)
 
     @property
     def karras_range(self) -> dict[str, float]:
         """``{"sigma_max": …, "sigma_min": …}``, where its solvers' Karras σ start and end (the kind's
-        :attr:`karras_sigma_max`, the package's ``KARRAS_SIGMA_MIN``), as a results file records them; ``{}`` for a
-        flow, whose solvers walk evenly spaced t."""
+        :attr:`karras_sigma_max`, the package's ``KARRAS_SIGMA_MIN``), as a results file records them."""
         top = self.karras_sigma_max
         return {} if top is None else {"sigma_max": top, "sigma_min": KARRAS_SIGMA_MIN}
 
     def spacing(self, sampler: str) -> str | None:
-        """Where ``sampler`` puts its points by default on this model: ``"karras"`` for a solver on an ε-network
-        (:data:`~mnistdiff.solvers.SPACINGS`), ``None`` where it has no choice (DDIM, DDPM, a flow)."""
-        return DEFAULT_SPACING if self.schedule is not None and sampler in SOLVERS and not self.distillation else None
+        """Where ``sampler`` puts its points by default on this model: ``"karras"`` for a DPM-Solver++ or EDM Heun
+        solver (:data:`~mnistdiff.solvers.SPACINGS`; a flow's DPM-Solver++ too), ``None`` where it has no choice
+        (DDIM, DDPM, a flow's Euler and Heun, a distilled student's grid)."""
+        solver = sampler in SOLVERS and (self.schedule is not None or sampler not in FLOW_SOLVERS)
+        return DEFAULT_SPACING if solver and not self.distillation else None
 
     @property
     def num_classes(self) -> int | None:
@@ -300,13 +301,13 @@ class DiffusionModel:
         return self._labels(labels, num_samples)
 
     def _check_spacing(self, sampler: str, spacing: str) -> None:
-        """A spacing is a choice of the solvers on an ε-network (DDPM, LDM, CLDM): DDIM keeps its timesteps, a flow
-        its evenly spaced t."""
+        """A spacing is a choice of the solvers (:meth:`spacing`): DDIM keeps its timesteps, a flow's Euler and Heun
+        their evenly spaced t, a student its grid."""
         if spacing not in SPACINGS:
             raise ConfigError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}", "spacing")
         if self.spacing(sampler) is None:
-            raise ConfigError(f"spacing: only {', '.join(SOLVERS)} on a DDPM, LDM or CLDM model choose where their "
-                              f"points go; this {self.kind} model's {sampler} does not (leave --spacing out)",
+            raise ConfigError(f"spacing: only {', '.join(SOLVERS)} choose where their points go (on a flow, the two "
+                              f"DPM-Solver++); this {self.kind} model's {sampler} does not (leave --spacing out)",
                               "spacing")
 
     def _check_student(self, sampler: str, steps: int, eta: float, guidance: float) -> None:

@@ -139,10 +139,20 @@ def ddpm_path(model: Denoiser, sched: NoiseSchedule, steps: int, spacing: str = 
     return points, denoise, times
 
 
-def flow_path(model: Denoiser, steps: int, clip_range: ClipRange = PIXEL_RANGE
+def flow_path(model: Denoiser, steps: int, clip_range: ClipRange = PIXEL_RANGE, spacing: str = "linspace",
+              sigma_max: float | None = KARRAS_SIGMA_MAX, sigma_min: float | None = KARRAS_SIGMA_MIN
               ) -> tuple[list[PathPoint], Denoise, list[float]]:
-    """The points (evenly spaced t from 1 to 0), the denoiser x̂_0 = x − t·v̂ and the times of a flow ``model``."""
-    times = flow_timesteps(steps)
+    """The points, the denoiser x̂_0 = x − t·v̂ and the times of a flow ``model``, ``steps`` network points and the
+    clean endpoint. ``spacing``: ``"linspace"``, evenly spaced t from 1; ``"karras"``, the first call at t = 1 (pure
+    noise) and the other ``steps − 1`` at Karras et al.'s σ from ``sigma_max`` to ``sigma_min`` (either ``None``: the
+    package's), mapped to the straight path by t = σ/(1 + σ) (there σ = b/a = t/(1 − t))."""
+    if spacing == "karras":
+        top, bottom = sigma_max or KARRAS_SIGMA_MAX, sigma_min or KARRAS_SIGMA_MIN
+        times = [1.0] + ([s / (1 + s) for s in karras_sigmas(bottom, top, steps - 1)] if steps > 1 else []) + [0.0]
+    elif spacing == "linspace":
+        times = flow_timesteps(steps)
+    else:
+        raise ValueError(f"spacing must be 'linspace' or 'karras', got {spacing!r}")
     points = [straight_path(t) for t in times]
 
     def denoise(x: torch.Tensor, i: int) -> torch.Tensor:
@@ -270,8 +280,8 @@ def solver_sample_loop(
 ) -> SampleOutput:
     """Sample with ``solver`` (:data:`SOLVERS`) in ``steps`` network points: an ε-network on ``sched``, its points
     at ``spacing`` (:data:`SPACINGS`: Karras et al.'s σ from ``sigma_max`` to ``sigma_min``, or DDIM's timesteps),
-    or a flow's velocity network (``sched`` ``None``; evenly spaced t, ``spacing`` unused; DPM-Solver++ only: EDM's
-    variables need a > 0 at the start, and a flow starts at a = 0).
+    or a flow's velocity network (``sched`` ``None``; the same spacings on the straight path, :func:`flow_path`;
+    DPM-Solver++ only: EDM's variables need a > 0 at the start, and a flow starts at a = 0).
     Frames, with ``return_intermediates``, are labelled like DDIM's: the network timestep the step lands on + 1
     (rounded down and kept distinct; 0: the data), 1000·t for a flow."""
     if solver not in SOLVERS:
@@ -279,7 +289,7 @@ def solver_sample_loop(
     if sched is None:
         if solver == "heun":
             raise ValueError("a flow's Heun is flows.flow_sample_loop(solver='heun'): EDM's variables need a > 0")
-        points, denoise, times = flow_path(model, steps, clip_range)
+        points, denoise, times = flow_path(model, steps, clip_range, spacing, sigma_max, sigma_min)
         labels = [round(TIME_SCALE * t) for t in times] + [0]
         start = int(TIME_SCALE)
     else:

@@ -240,22 +240,43 @@ def test_schedule_sigmas_are_the_noise_to_signal_ratio_of_each_timestep():
 def test_a_models_karras_range_is_its_kinds_sigma_max_and_the_packages_sigma_min():
     ddpm, flow = _model("ddpm"), _model("flow")
     assert ddpm.karras_range == {"sigma_max": DDPMRunConfig.karras_sigma_max, "sigma_min": KARRAS_SIGMA_MIN}
-    assert flow.karras_range == {}
+    assert flow.karras_range == {"sigma_max": FlowRunConfig.karras_sigma_max, "sigma_min": KARRAS_SIGMA_MIN}
 
 
-def test_a_spacing_is_asked_of_an_eps_networks_solvers_only():
+def test_a_spacing_is_asked_of_the_solvers_only():
     from mnistdiff.config import ConfigError
 
     ddpm, flow = _model("ddpm"), _model("flow")
-    assert ddpm.spacing("dpmpp_2m") == "karras" and ddpm.spacing("ddim") is None and flow.spacing("dpmpp_2m") is None
-    default = ddpm.sample(2, sampler="dpmpp_2m_sde", steps=4, seed=1).images
-    assert torch.equal(ddpm.sample(2, sampler="dpmpp_2m_sde", steps=4, seed=1, spacing="karras").images, default)
-    assert not torch.equal(ddpm.sample(2, sampler="dpmpp_2m_sde", steps=4, seed=1, spacing="linspace").images, default)
+    assert ddpm.spacing("dpmpp_2m") == "karras" and ddpm.spacing("ddim") is None
+    assert flow.spacing("dpmpp_2m_sde") == "karras" and flow.spacing("euler") is None and flow.spacing("heun") is None
+    for model in (ddpm, flow):
+        default = model.sample(2, sampler="dpmpp_2m_sde", steps=4, seed=1).images
+        assert torch.equal(model.sample(2, sampler="dpmpp_2m_sde", steps=4, seed=1, spacing="karras").images, default)
+        assert not torch.equal(model.sample(2, sampler="dpmpp_2m_sde", steps=4, seed=1, spacing="linspace").images,
+                               default)
     for model, sampler, spacing, message in [(ddpm, "ddim", "karras", "only dpmpp_2m"),
-                                             (flow, "dpmpp_2m", "linspace", "only dpmpp_2m"),
+                                             (flow, "heun", "linspace", "only dpmpp_2m"),
+                                             (flow, "euler", "karras", "only dpmpp_2m"),
                                              (ddpm, "dpmpp_2m", "uniform", "spacing must be one of karras, linspace")]:
         with pytest.raises(ConfigError, match=message):
             model.sample(2, sampler=sampler, steps=4, spacing=spacing)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 6])
+def test_a_flows_karras_points_start_at_noise_then_walk_karras_sigma_on_the_straight_path(steps):
+    """Karras et al.'s eq. 5 written out here (ρ = 7): on the straight path σ = b/a = t/(1 − t), so after the call at
+    t = 1 (a = 0) the points' b/a are σ_max … σ_min, and the last point is the data (a = 1, b = 0)."""
+    from mnistdiff.solvers import flow_path
+
+    points, _, times = flow_path(torch.nn.Identity(), steps, spacing="karras", sigma_max=80.0, sigma_min=0.2)
+    n = steps - 1
+    want = [80.0] if n == 1 else [(80 ** (1 / 7) + i / (n - 1) * (0.2 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+                                  for i in range(n)]
+    assert len(times) == steps and times[0] == 1.0 and points[0].a == 0 and points[0].b == 1
+    assert [float(p.b / p.a) for p in points[1:-1]] == pytest.approx(want, rel=1e-12)
+    assert (points[-1].a, points[-1].b) == (1, 0)
+    evenly, _, even_times = flow_path(torch.nn.Identity(), steps)
+    assert even_times == [1 - i / steps for i in range(steps)]
 
 
 def test_the_solvers_are_the_package_samplers():
