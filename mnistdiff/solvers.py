@@ -33,7 +33,9 @@ schedule's first σ (0.006), and σ_max = 20 beat EDM's 80, 40, 10 and 5: MNIST'
 well below the σ_max that EDM chose for larger images. Ending at σ = 0.2 instead, where the digit is decided but a
 trace of noise is left for the last x̂_0 to remove, gives the three calls spent below σ = 0.15 to the strokes; over
 seeds 0-4 (``benchmarks/seed_spread.py``) the pixel DDPM's 10-call SDE solver went from 1.57× / 1.17× DDIM-50's
-FID to 1.20× / 0.79×, and every solver gained (the ODE and EDM's Heun too, a one-seed check).
+FID to 1.20× / 0.79×, and every solver gained (the ODE and EDM's Heun too, a one-seed check). A flow's DPM-Solver++
+walks the same spacing on its straight path, where σ = b/a = t/(1 − t): one call at t = 1 (σ = ∞, pure noise), then
+Karras σ from its kind's σ_max (80, measured) down to σ_min.
 
 :func:`ddpm_path` and :func:`flow_path` build the points and the denoiser of a model; :func:`solver_sample_loop`
 runs a solver and returns a :class:`~mnistdiff.ddpm.SampleOutput` like every other sampler.
@@ -59,8 +61,8 @@ __all__ = ["SOLVERS", "SPACINGS", "DEFAULT_SPACING", "KARRAS_SIGMA_MAX", "KARRAS
 #: flow's Heun, in its own time t, is :func:`~mnistdiff.flows.flow_sample_loop`'s).
 SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde", "heun")
 
-#: Where an ε-network's solver puts its points (:func:`ddpm_path`): Karras et al.'s σ (the default) or DDIM's
-#: evenly spaced timesteps. A flow's solvers walk evenly spaced t.
+#: Where a solver puts its points (:func:`ddpm_path`, :func:`flow_path`): Karras et al.'s σ (the default) or evenly
+#: spaced (DDIM's timesteps; a flow's t).
 SPACINGS = ("karras", "linspace")
 DEFAULT_SPACING = SPACINGS[0]
 

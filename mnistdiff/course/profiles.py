@@ -2,8 +2,8 @@
 
 * ``book``: what the published book is executed with. On two CPU cores (AMD EPYC, alone) its DDPM trains in about
   160 minutes, the VAE in 22, the LDM in 10, the cldm in 8, the cldm's 4-step student distils in 15 and the flow
-  twin of the DDPM trains in about 170 (with uniform t; the book's logit-normal twin recorded 237 on an Intel Xeon,
-  partly sharing the cores) (``python -m mnistdiff train all --profile book``, resumable);
+  twin of the DDPM trains in about 200 (logit-normal t; 237 recorded on an Intel Xeon, some of it
+  sharing the cores) (``python -m mnistdiff train all --profile book``, resumable);
   the checkpoints are committed, so every chapter loads them in seconds on any machine. The default.
 * ``full``: the reference settings (the dataclass defaults), meant for a GPU.
 * ``smoke``: every code path, tiny models and sample counts; every notebook runs in a few
