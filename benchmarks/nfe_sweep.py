@@ -57,7 +57,8 @@ def steps_within(model: DiffusionModel, sampler: str, nfe: int) -> int:
     return steps
 
 
-#: The solvers that also run on DDIM's timesteps, to show what the spacing does (chapter 9); EDM's Heun: Karras σ.
+#: The solvers that also run on DDIM's timesteps, to show what the spacing does on an ε-network (chapter 9); EDM's
+#: Heun, and a flow's DPM-Solver++: Karras σ only.
 LINSPACE_TOO = ("dpmpp_2m", "dpmpp_2m_sde")
 
 
@@ -73,7 +74,8 @@ def configurations(model: DiffusionModel, nfes: list[int], samplers: list[str] |
             steps = steps_within(model, sampler, nfe)
             etas = (0.0, DEFAULT_ETA) if sampler == "ddim" else (None,)
             spacing = model.spacing(sampler)
-            spacings = (spacing, "linspace") if spacing and sampler in LINSPACE_TOO else (spacing,)
+            both = spacing and sampler in LINSPACE_TOO and model.schedule is not None  # an ε-network's, chapter 9's
+            spacings = (spacing, "linspace") if both else (spacing,)
             out += [{"sampler": sampler, "steps": steps, "eta": eta, "spacing": sp, "nfe": model.nfe(sampler, steps)}
                     for eta in etas for sp in spacings if steps]
     unique = {(c["sampler"], c["steps"], c["eta"], c["spacing"]): c for c in out}
@@ -142,9 +144,10 @@ def quality_pass(models: dict[str, DiffusionModel], files: dict[str, str], doc: 
                  out: Path) -> None:
     """Score every configuration not yet in ``doc`` (same n, same weights), rewriting ``out`` after each;
     ``files``: each model's file, by kind, for the record."""
-    rows = {r["key"]: r for r in doc["rows"]}
-    for name, model in models.items():
-        sha = model.meta["weights_sha256"]
+    shas = {name: model.meta["weights_sha256"] for name, model in models.items()}
+    rows = {r["key"]: r for r in doc["rows"] if shas.get(r["model"], r["weights_sha256"]) == r["weights_sha256"]}
+    for name, model in models.items():  # (rows of a model whose weights changed went with the old weights)
+        sha = shas[name]
         doc["models"][name] = {"file": files[name], "weights_sha256": sha,
                                "training_seconds": model.meta.get("seconds"), "precision": model.precision}
         for c in configurations(model, args.nfe, args.samplers):

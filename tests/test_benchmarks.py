@@ -254,9 +254,10 @@ def test_nfe_sweep_plans_each_sampler_at_the_calls_it_can_make(tmp_path):
     flow = DiffusionModel.load(_tiny_model(tmp_path, "flow"))
     ddpm = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
     # a flow's Heun makes 2·steps − 1 calls (Euler's last step): 2 steps (3 calls) at both 3 and 4, listed once
-    assert [(c["sampler"], c["steps"], c["nfe"]) for c in sweep.configurations(flow, [3, 4])] == [
-        ("dpmpp_2m_sde", 3, 3), ("euler", 3, 3), ("heun", 2, 3), ("dpmpp_2m", 3, 3),
-        ("dpmpp_2m_sde", 4, 4), ("euler", 4, 4), ("dpmpp_2m", 4, 4)]
+    # (a flow's DPM-Solver++ on Karras σ only: the spacing's comparison is chapter 9's, on an ε-network)
+    assert [(c["sampler"], c["spacing"], c["steps"], c["nfe"]) for c in sweep.configurations(flow, [3, 4])] == [
+        ("dpmpp_2m_sde", "karras", 3, 3), ("euler", None, 3, 3), ("heun", None, 2, 3), ("dpmpp_2m", "karras", 3, 3),
+        ("dpmpp_2m_sde", "karras", 4, 4), ("euler", None, 4, 4), ("dpmpp_2m", "karras", 4, 4)]
     only_heun = sweep.configurations(flow, [3, 4, 5], ["heun"])  # --samplers heun
     assert [(c["sampler"], c["nfe"]) for c in only_heun] == [("heun", 3), ("heun", 5)]
     plan = sweep.configurations(ddpm, [3, 4])  # EDM's Heun: 2·steps − 1 calls, so 2 steps (3 calls) for both
@@ -280,7 +281,8 @@ def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, 
     keys = [r["key"] for r in doc["rows"]]
     # EDM's Heun: 1 step (1 call) within 2, 2 steps (3 calls) within 4
     assert sorted(keys) == sorted([f"{m}:{sampler}:{nfe}" for nfe in (2, 4) for m, sampler in (
-        ("flow", "euler"), ("flow", "dpmpp_2m"), ("flow", "dpmpp_2m_sde"), ("ddpm", "ddim-eta0"), ("ddpm", "ddim-eta1"),
+        ("flow", "euler"), ("flow", "dpmpp_2m-karras"), ("flow", "dpmpp_2m_sde-karras"), ("ddpm", "ddim-eta0"),
+        ("ddpm", "ddim-eta1"),
         ("ddpm", "dpmpp_2m-karras"), ("ddpm", "dpmpp_2m-linspace"), ("ddpm", "dpmpp_2m_sde-karras"),
         ("ddpm", "dpmpp_2m_sde-linspace"))]
         + ["flow:heun:1", "flow:heun:2", "ddpm:heun-karras:1", "ddpm:heun-karras:2"])
@@ -288,12 +290,13 @@ def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, 
         assert "samples_per_second" not in r and math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"])
         assert 0 <= r["precision_resnet"] <= 1 and r["weights_sha256"] == doc["models"][r["model"]]["weights_sha256"]
     assert doc["n"] == 8 and doc["device"] and "fid_resnet" in doc["floor"] and "speed" not in doc
-    from mnistdiff.config import DDPMRunConfig
+    from mnistdiff.config import RUN_CONFIGS
     from mnistdiff.solvers import KARRAS_SIGMA_MIN
 
     karras = [r for r in doc["rows"] if r.get("spacing") == "karras"]
-    own = (DDPMRunConfig.karras_sigma_max, KARRAS_SIGMA_MIN)
-    assert karras and all((r["sigma_max"], r["sigma_min"]) == own for r in karras)
+    assert {r["model"] for r in karras} == {"ddpm", "flow"}
+    assert all((r["sigma_max"], r["sigma_min"]) == (RUN_CONFIGS[r["model"]].karras_sigma_max, KARRAS_SIGMA_MIN)
+               for r in karras)  # each kind's own σ_max
     assert all("sigma_min" not in r for r in doc["rows"] if r.get("spacing") != "karras")
     capsys.readouterr()
     assert sweep.main(argv) == 0  # everything scored already: nothing is sampled again
@@ -314,6 +317,22 @@ def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, 
     with pytest.raises(SystemExit):  # a sampler no model takes: refused before anything is sampled
         sweep.main(argv + ["--samplers", "euler", "unipc"])
     assert "--samplers: unipc samples none of these models" in capsys.readouterr().err
+    import torch
+
+    from mnistdiff.model import DiffusionModel
+
+    flow_file = Path(argv[1])
+    retrained = DiffusionModel.load(flow_file)
+    with torch.no_grad():
+        next(retrained.unet.parameters()).add_(0.01)
+    retrained.save(flow_file, seconds=4.0)  # the flow's weights change: its old rows go, every one scored anew
+    assert sweep.main(argv[:2] + argv[4:] + ["--nfe", "2"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted(r["key"] for r in rows if r["model"] == "flow") == [
+        "flow:dpmpp_2m-karras:2", "flow:dpmpp_2m_sde-karras:2", "flow:euler:2", "flow:heun:1"]
+    new_sha = DiffusionModel.load(flow_file).meta["weights_sha256"]
+    assert all(r["weights_sha256"] == new_sha for r in rows if r["model"] == "flow")
+    assert [r for r in rows if r["model"] == "ddpm"] == [r for r in timed["rows"] if r["model"] == "ddpm"]
 
 
 def test_seed_spread_scores_each_seed_and_summarises_both_spaces(tmp_path):
