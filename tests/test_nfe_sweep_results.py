@@ -8,6 +8,7 @@ import pytest
 
 from mnistdiff.evaluation.nfe_sweep import (
     best_per_nfe,
+    compare_over_seeds,
     curve_label,
     equal_quality_table,
     fewest_calls,
@@ -167,3 +168,25 @@ def test_karras_table_marks_the_packages_pair_and_says_not_measured():
                           "| ddpm, DPM-Solver++(2M) SDE, 10 | 20 | 0.2 (the package's) | 1 (2.0×) | 0.5 (2.0×) |",
                           "| ddpm, DPM-Solver++(2M) SDE, 10 | 80 | 0.2 | 2 (4.0×) | 0.5 (2.0×) |"]
     assert "Not measured yet" in karras_table(None)
+
+
+def _spread(values: dict[int, float]) -> dict:
+    return {"draws": [{"seed": s, "fid": v, "fid_resnet": 2 * v} for s, v in values.items()]}
+
+
+def test_compare_over_seeds_pairs_the_seeds_and_names_a_lead_a_tie_or_a_lag():
+    import numpy as np
+
+    ref = _spread({0: 0.50, 1: 0.40, 2: 0.60})
+    # per-seed differences +0.02, +0.10, −0.06: mean 0.02, standard error (numpy's sample std / √3) above it: level
+    ours = _spread({0: 0.52, 1: 0.50, 2: 0.54})
+    d = np.array([0.02, 0.10, -0.06])
+    got = compare_over_seeds(ours, ref)
+    assert got["diff"] == pytest.approx(d.mean()) and got["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    assert got["ratio"] == pytest.approx(np.mean([0.52, 0.50, 0.54]) / 0.5) and got["verdict"] == "level"
+    assert compare_over_seeds(ours, ref, "fid_resnet")["diff"] == pytest.approx(2 * d.mean())
+    assert compare_over_seeds(_spread({0: 0.6, 1: 0.5, 2: 0.7}), ref)["verdict"] == "behind"  # +0.1 every seed
+    assert compare_over_seeds(_spread({0: 0.45, 1: 0.41, 2: 0.58}), ref)["verdict"] == "ahead"
+    assert compare_over_seeds(_spread({2: 0.6, 0: 0.5, 1: 0.4}), ref)["diff"] == 0  # paired by seed, not by order
+    with pytest.raises(ValueError, match="not drawn from the same seeds"):
+        compare_over_seeds(_spread({0: 0.5, 1: 0.4}), ref)

@@ -141,7 +141,7 @@ def test_cldm_default_sampler_is_measured_at_least_as_good_as_ddim_50():
         assert ours["label_accuracy"] >= ddim["label_accuracy"] - 0.01, (w, ours, ddim)
 
 
-def test_the_flows_default_is_the_sampler_its_five_seeds_measured_within_32_calls():
+def test_the_flows_default_is_the_sampler_its_seed_spread_measured_within_32_calls():
     """Issue 23 judges the flow at its default sampler and at most 32 network calls: the default is that sampler at
     those steps, and ``benchmarks/seed_spread.py`` scored it on the committed weights."""
     from mnistdiff.config import FlowRunConfig
@@ -159,10 +159,11 @@ def test_the_flows_default_is_the_sampler_its_five_seeds_measured_within_32_call
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "ldm"])
-def test_a_solver_default_is_measured_as_good_as_ddim_50_over_five_seeds(kind):
-    """Where a kind's default sampler is a solver (its config's first, at ``default_steps``), five seeds of it
-    (``benchmarks/seed_spread.py``, on the package's Karras σ today) score a mean FID at or below DDIM-50 with the
-    default η over the same seeds, in both feature spaces; a kind that keeps DDIM needs no such measurement."""
+def test_a_solver_default_is_measured_as_good_as_ddim_50_over_the_same_seeds(kind):
+    """Where a kind's default sampler is a solver (its config's first, at ``default_steps``), five seeds or more of it
+    (``benchmarks/seed_spread.py``, on the package's Karras σ today) are not behind DDIM-50 with the default η over
+    the same seeds, in either feature space: the mean of the per-seed FID differences is at most one standard error
+    above zero (``compare_over_seeds``: ahead, or level); a kind that keeps DDIM needs no such measurement."""
     from mnistdiff.config import RUN_CONFIGS
     from mnistdiff.solvers import KARRAS_SIGMA_MIN
 
@@ -178,10 +179,13 @@ def test_a_solver_default_is_measured_as_good_as_ddim_50_over_five_seeds(kind):
     assert (ours["sampling"]["sigma_max"], ours["sampling"]["sigma_min"]) == (cfg.karras_sigma_max, KARRAS_SIGMA_MIN)
     assert [ddim["sampling"][k] for k in ("sampler", "steps", "eta")] == ["ddim", 50, DEFAULT_ETA]
     assert ours["n"] == ddim["n"] and [d["seed"] for d in ours["draws"]] == [d["seed"] for d in ddim["draws"]]
+    assert len(ours["draws"]) >= 5
     committed = read_model_meta(_committed(kind))["weights_sha256"]
     assert ours["model"]["weights_sha256"] == ddim["model"]["weights_sha256"] == committed
+    from mnistdiff.evaluation.nfe_sweep import compare_over_seeds
+
     for key in ("fid", "fid_resnet"):
-        assert ours["spread"][key]["mean"] <= ddim["spread"][key]["mean"], (key, ours["spread"], ddim["spread"])
+        assert compare_over_seeds(ours, ddim, key)["verdict"] != "behind", (key, compare_over_seeds(ours, ddim, key))
 
 
 def test_book_vae_reconstructs_digits():

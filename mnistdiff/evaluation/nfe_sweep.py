@@ -10,6 +10,8 @@ estimate can say.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,7 +20,7 @@ from mnistdiff.evaluation.metrics import space_key
 
 __all__ = ["SAMPLER_NAMES", "sampler_label", "NOT_MEASURED", "REFERENCE", "sweep_report", "curve_label", "sweep_curves",
            "plot_sweep", "sweep_table", "reference_key", "fewest_calls", "equal_quality_table", "select",
-           "best_per_nfe", "head_to_head", "head_to_head_table", "karras_table"]
+           "best_per_nfe", "head_to_head", "head_to_head_table", "karras_table", "compare_over_seeds"]
 
 #: How the book names each sampler.
 SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "dpmpp_2m_sde": "DPM-Solver++(2M) SDE", "heun": "Heun",
@@ -246,3 +248,19 @@ def karras_table(doc: Mapping[str, Any] | None) -> str:
         lines.append(f"| {row['model']}, {name}, {row['nfe']} | {row['sigma_max']:g} | {row['sigma_min']:.2g}{mark} | "
                      + " | ".join(cells) + " |")
     return f"n = {doc['n']:,}, seed 0, on {doc['device']} ({doc['date']}).\n\n" + "\n".join(lines)
+
+
+def compare_over_seeds(ours: Mapping[str, Any], ref: Mapping[str, Any], key: str = "fid") -> dict[str, Any]:
+    """Two ``benchmarks/seed_spread.py`` files drawn from the same seeds, compared in the FID ``key`` (``"fid"``,
+    ``"fid_resnet"``): the ratio of their means, the mean of the per-seed differences (ours − ref) and its standard
+    error, and a verdict: ``"ahead"`` (mean difference ≤ 0), ``"level"`` (above 0 by at most one standard error: the
+    seeds cannot tell the two apart) or ``"behind"``. Raises ``ValueError`` if the seeds differ."""
+    a, b = ({d["seed"]: d[key] for d in doc["draws"]} for doc in (ours, ref))
+    if sorted(a) != sorted(b):
+        raise ValueError(f"not drawn from the same seeds: {sorted(a)} and {sorted(b)} (draw the rest: seed_spread.py)")
+    diffs = [a[s] - b[s] for s in sorted(a)]
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
+    verdict = "ahead" if mean <= 0 else "level" if mean <= se else "behind"
+    return {"ratio": statistics.fmean(a.values()) / statistics.fmean(b.values()), "diff": mean, "se": se,
+            "verdict": verdict}
