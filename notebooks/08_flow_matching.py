@@ -731,6 +731,39 @@ else:
 Markdown(text)
 
 # %% [markdown]
+# One seed is one draw of $n$ samples, and its FID moves with the seed by more than some of the gaps above. The
+# flow's default sampler (the one `flow.sample(n)` and `python -m mnistdiff sample flow` use) was therefore also
+# drawn from several seeds, each scored beside the floor of as many real digits from the same seed
+# (`benchmarks/seed_spread.py`):
+
+# %% tags=["remove-input"]
+from mnistdiff.course.measured import not_measured
+from mnistdiff.evaluation.metrics import space_key
+from mnistdiff.evaluation.nfe_sweep import sampler_label
+
+d = flow.sampling_defaults()
+spread = book_result(f"seed_spread_flow_{d['sampler']}_{d['steps']}.json")
+if spread is None or spread["model"]["weights_sha256"] != flow.meta["weights_sha256"]:
+    spread_text = not_measured("seed_spread")
+else:
+    seeds_drawn = [x["seed"] for x in spread["draws"]]
+    cells = []
+    for space, name in (("classifier", "the classifier's"), ("resnet", "the ResNet's")):
+        key = space_key("fid", space)
+        fid, floor = spread["spread"][key]["mean"], spread["floor_spread"][key]["mean"]
+        mean = {m: sum(x[space_key(m, space)] for x in spread["draws"]) / len(seeds_drawn) for m in ("precision", "recall")}
+        low = min(min(x[space_key(m, space)] for x in spread["draws"]) for m in mean)
+        cells.append(f"in {name} space FID {fid:.3f} ± {spread['spread'][key]['std']:.3f} against a floor of "
+                     f"{floor:.3f}, **{fid / floor:.2f}×**, precision {mean['precision']:.3f} and recall "
+                     f"{mean['recall']:.3f} on average (the lower of the two at least {low:.3f} at every seed)")
+    where = (f", on Karras σ from {spread['sampling']['sigma_max']:g}" if spread["sampling"].get("spacing") == "karras"
+             else "")
+    spread_text = (f"{sampler_label(d['sampler'], d['steps'])} ({flow.nfe(d['sampler'], d['steps'])} network calls"
+                   f"{where}), over seeds {seeds_drawn[0]}-{seeds_drawn[-1]} "
+                   f"(n = {spread['n']:,} each): " + "; ".join(cells) + ".")
+Markdown(spread_text)
+
+# %% [markdown]
 # ## Exercises
 #
 # :::{admonition} Exercise 8.1 (derivation): the constant between the two losses
