@@ -367,20 +367,16 @@ from mnistdiff.evaluation.nfe_sweep import compare_over_seeds
 from mnistdiff.solvers import KARRAS_SIGMA_MIN
 
 
-def seeds(doc: dict) -> list[int]:
-    """The seeds a ``benchmarks/seed_spread.py`` file drew."""
-    return [d["seed"] for d in doc["draws"]]
-
-
 def spread_ratio(kind: str, steps: int) -> str | None:
     """DPM-Solver++(2M) SDE at ``steps`` calls over several seeds, as a multiple of DDIM-50 η = 1's mean FID over the
     same seeds, classifier / ResNet (``benchmarks/seed_spread.py``); None where either is not measured, or not on the
     same seeds."""
     ours, ddim = book_result(f"seed_spread_{kind}_dpmpp_2m_sde_{steps}.json"), book_result(f"seed_spread_{kind}.json")
-    if ours is None or ddim is None or seeds(ours) != seeds(ddim):
+    try:
+        r = [compare_over_seeds(ours, ddim, k)["ratio"] for k in ("fid", "fid_resnet")] if ours and ddim else None
+    except ValueError:  # not the same seeds
         return None
-    r = [ours["spread"][k]["mean"] / ddim["spread"][k]["mean"] for k in ("fid", "fid_resnet")]
-    return f"{r[0]:.2f}× / {r[1]:.2f}×"
+    return f"{r[0]:.2f}× / {r[1]:.2f}×" if r else None
 
 
 kinds = {"ddpm": "the pixel DDPM", "ldm": "the LDM"}
@@ -394,7 +390,7 @@ else:
     parts = "; ".join(f"{name}, {ratios[(kind, 10)]} at 10 calls and {ratios[(kind, 16)]} at 16 (σ from "
                       f"{RUN_CONFIGS[kind].karras_sigma_max:g})" for kind, name in kinds.items())
     steps = {RUN_CONFIGS[kind].default_steps for kind in (*kinds, "cldm")}
-    n, drawn = book_result("seed_spread_ddpm.json")["n"], seeds(book_result("seed_spread_ddpm.json"))
+    n, drawn = ddim[0]["n"], [d["seed"] for d in ddim[0]["draws"]]
     said = {"ahead": "nearer the real digits than DDIM-50", "behind": "behind DDIM-50",
             "level": "level with DDIM-50 (above it by less than the seeds' standard error)"}
     verdicts = []
