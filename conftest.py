@@ -14,14 +14,41 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("MNISTDIFF_PROFILE", "smoke")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+# Under pytest-xdist (``-n``), each worker and the processes it starts (notebook kernels, CLI runs) get their share of
+# the cores, so that two workers on two cores do not each run two torch threads: oversubscribed, torch slows severalfold.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 if "MNISTDIFF_RESULTS_DIR" not in os.environ:
     _copy = Path(tempfile.mkdtemp(prefix="mnistdiff-results-")) / "results"
     shutil.copytree(Path(__file__).resolve().parent / "results", _copy)
     os.environ["MNISTDIFF_RESULTS_DIR"] = str(_copy)
     atexit.register(shutil.rmtree, _copy.parent, True)
+
+
+# --------------------------------------------------------------------------------------------
+# Parallel runs: one worker per test file, and the notebooks in order on one worker
+# --------------------------------------------------------------------------------------------
+
+#: The ``xdist_group`` of the notebooks and of any test that trains the smoke profile's models: the chapters train
+#: ``checkpoints/smoke/*`` in order (chapter 3 loads chapter 2's DDPM), so they run one after another on one worker.
+SMOKE_MODELS = "smoke-models"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Group the items for ``pytest -n N --dist loadgroup`` (the README's command): the notebooks' cells into
+    :data:`SMOKE_MODELS`, every other test with the others of its file (a module's fixtures are built once)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            group = SMOKE_MODELS if item.path.suffix == ".ipynb" else item.path.name
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 # --------------------------------------------------------------------------------------------
@@ -44,8 +71,14 @@ def _tree_state() -> dict[str, bytes] | None:
     return {p: (_ROOT / p).read_bytes() if (_ROOT / p).is_file() else b"" for p in paths}
 
 
+def _is_worker() -> bool:
+    """Whether this process is a pytest-xdist worker (the controller alone checks the tree, after every worker)."""
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
 def pytest_sessionstart(session):
-    session.config._tree_before = _tree_state()
+    if not _is_worker():
+        session.config._tree_before = _tree_state()
 
 
 def pytest_sessionfinish(session, exitstatus):

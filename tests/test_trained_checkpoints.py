@@ -234,6 +234,7 @@ def test_untrained_network_fails_the_check():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("smoke-models")  # with the notebooks (conftest.SMOKE_MODELS): it trains checkpoints/smoke/ddpm
 def test_smoke_blobs_fail_the_check():
     from mnistdiff.course.pretrained import get_ddpm
 
