@@ -20,7 +20,7 @@ os.environ.setdefault("MNISTDIFF_PROFILE", "smoke")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 # Under pytest-xdist (``-n``), each worker and the processes it starts (notebook kernels, CLI runs) get their share of
-# the cores, so that two workers on two cores do not each run two torch threads: oversubscribed, torch slows severalfold.
+# the cores, so that two workers on two cores do not each run two torch threads (oversubscribed, torch slows a lot).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1 and "PYTEST_XDIST_WORKER" in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
