@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,16 +30,18 @@ def _checkout(tmp_path: Path, test_body: str) -> Path:
     return repo
 
 
-def _pytest(repo: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MNISTDIFF_RESULTS_DIR"}
+def _pytest(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    # a run of its own: not in this run's results copy, nor (under pytest -n) one of this run's xdist workers
+    env = {k: v for k, v in os.environ.items() if k != "MNISTDIFF_RESULTS_DIR" and not k.startswith("PYTEST_XDIST")}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:nbval",
-                           "test_it.py"], cwd=repo, capture_output=True, text=True, env=env)
+                           *args, "test_it.py"], cwd=repo, capture_output=True, text=True, env=env)
 
 
-def test_a_run_that_rewrites_a_tracked_results_file_fails(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist-workers"])
+def test_a_run_that_rewrites_a_tracked_results_file_fails(tmp_path: Path, workers: list[str]) -> None:
     repo = _checkout(tmp_path, "from pathlib import Path\n\ndef test_writes():\n"
                                "    Path('results/smoke/evaluation.json').write_text('{\"fid\": 1}')\n")
-    run = _pytest(repo)
+    run = _pytest(repo, *workers)  # with workers, the controller checks the tree once they are all done
     assert run.returncode == 1, run.stdout + run.stderr
     assert "the tests changed the checkout" in run.stdout and "results/smoke/evaluation.json" in run.stdout
 
