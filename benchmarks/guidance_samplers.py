@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnistdiff.course.profiles import get_profile  # noqa: E402
 from mnistdiff.devices import device_name  # noqa: E402
-from mnistdiff.evaluation.guidance import guidance_sweep  # noqa: E402
+from mnistdiff.evaluation.guidance import guidance_sweep, sampler_run  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, real_floor  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
@@ -50,8 +50,8 @@ def mean_of(rows: list[dict]) -> dict[str, float]:
 def seed_means(runs: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     """Each sampler's mean over the seeds at every weight: ``"ddim-50"`` → ``"2"`` (w, as ``f"{w:g}"``) → metric."""
     means: dict[str, dict[str, dict[str, float]]] = {}
-    for name in dict.fromkeys(f"{run['sampler']}-{run['steps']}" for run in runs):
-        seeds = [run for run in runs if f"{run['sampler']}-{run['steps']}" == name]
+    for name in dict.fromkeys(sampler_run(run["sampler"], run["steps"]) for run in runs):
+        seeds = [run for run in runs if sampler_run(run["sampler"], run["steps"]) == name]
         means[name] = {f"{row['guidance']:g}": mean_of([s["weights"][i] for s in seeds])
                        for i, row in enumerate(seeds[0]["weights"])}
     return means

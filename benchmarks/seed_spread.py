@@ -9,9 +9,9 @@ A sweep or a table that compares two samplers at one seed each reads a differenc
 a difference between the samplers; this measures the size of that. For each seed the model draws ``n`` samples and
 :func:`mnistdiff.evaluation.metrics.evaluate` scores them; the floor is :func:`~mnistdiff.evaluation.metrics.
 real_floor` at the same ``n`` from each seed (other real digits). The file gives every draw and, per space, the
-mean, the standard deviation and the range, of the model's FID and of the floor's. A rerun into the same file keeps
-the draws it holds for the same weights, sampler, ``n`` and CPU, and draws only the seeds it lacks (seeds 0-4 there,
-``--seeds 0 1 2 3 4 5 6 7 8 9`` draws five more).
+mean, the standard deviation and the range of the model's FID, precision and recall, and of the floor's. A rerun
+into the same file keeps the draws it holds for the same weights, sampler, ``n`` and CPU, and draws only the seeds it
+lacks (seeds 0-4 there, ``--seeds 0 1 2 3 4 5 6 7 8 9`` draws five more).
 """
 
 from __future__ import annotations
@@ -41,9 +41,13 @@ def spread(values: list[float]) -> dict[str, float]:
             "min": min(values), "max": max(values)}
 
 
+#: What :func:`summary` spreads, in each feature space.
+SUMMARISED = ("fid", "precision", "recall")
+
+
 def summary(draws: list[dict]) -> dict[str, dict[str, float]]:
-    """:func:`spread` of each space's FID over ``draws``."""
-    return {space_key("fid", s): spread([d[space_key("fid", s)] for d in draws]) for s in FEATURE_SPACES}
+    """:func:`spread` of each space's FID, precision and recall over ``draws`` (keys as in :func:`space_key`)."""
+    return {space_key(m, s): spread([d[space_key(m, s)] for d in draws]) for s in FEATURE_SPACES for m in SUMMARISED}
 
 
 def earlier_draws(out: Path, doc: dict) -> dict[int, tuple[dict, dict]]:

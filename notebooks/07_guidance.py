@@ -742,6 +742,7 @@ results file records it.""")
 # %% tags=["remove-input"]
 from mnistdiff.config import CLDMRunConfig
 from mnistdiff.course.measured import book_result, not_measured
+from mnistdiff.evaluation.guidance import sampler_run
 
 by_sampler = book_result("guidance_samplers.json")
 
@@ -761,7 +762,7 @@ else:
         """The solver's mean value, with DDIM's in brackets."""
         return f"{mean_at(run, w, key):{fmt}} ({mean_at(base, w, key):{fmt}})"
 
-    ours = f"{swept_with['sampler']}-{swept_with['steps']}"  # the sweep's sampler, one of the benchmark's
+    ours = sampler_run(swept_with["sampler"], swept_with["steps"])  # the sweep's sampler, one of the benchmark's
     assert ours == more, (ours, list(means))
     speedup = mean_at(base, w_mid, "sampling_seconds") / mean_at(more, w_mid, "sampling_seconds")
     real = by_sampler["floor_mean"]

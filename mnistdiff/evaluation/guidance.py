@@ -21,11 +21,18 @@ from mnistdiff.evaluation.features import ArrayLike, classifier_features
 from mnistdiff.evaluation.metrics import evaluate
 from mnistdiff.guidance import balanced_labels
 
-__all__ = ["balanced_labels", "label_accuracy", "guidance_sweep", "recommend_guidance", "ACCURACY_TOLERANCE"]
+__all__ = ["balanced_labels", "label_accuracy", "guidance_sweep", "recommend_guidance", "sampler_run",
+           "ACCURACY_TOLERANCE"]
 
 #: :func:`recommend_guidance` takes the best FID among the weights within this much of the best accuracy:
 #: one sample in a hundred.
 ACCURACY_TOLERANCE = 0.01
+
+
+def sampler_run(sampler: str, steps: int) -> str:
+    """The name of a sweep run by its sampler and steps, as ``results/<profile>/guidance_samplers.json`` keys its
+    means: ``"ddim-50"``."""
+    return f"{sampler}-{steps}"
 
 
 def label_accuracy(images: ArrayLike, labels: torch.Tensor,
