@@ -167,12 +167,14 @@ def quality_pass(models: dict[str, DiffusionModel], files: dict[str, str], doc: 
 
 
 def speed_pass(models: dict[str, DiffusionModel], doc: dict, args: argparse.Namespace, out: Path) -> None:
-    """Time every scored configuration of ``models`` in this one run (one untimed warm-up per model first)."""
+    """Time every scored configuration of ``models`` in this one run (one untimed warm-up per model first, at the
+    timed draws' size: it also makes the package's first-call choice of batch pieces for that shape, which the first
+    timed row would otherwise pay for)."""
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"warning: load average {load:.2f} before timing: another job may share the cores", flush=True)
     for name, model in models.items():
-        model.sample(8, steps=2, seed=0, device=args.device)  # warm-up: first-call allocations, not timed
+        model.sample(args.speed_n, steps=2, seed=0, device=args.device)  # warm-up, not timed
         for r in doc["rows"]:
             if r["model"] == name and r["weights_sha256"] == model.meta["weights_sha256"]:
                 r["samples_per_second"] = speed(model, r, args.speed_n, args.device)

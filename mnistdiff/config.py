@@ -262,7 +262,7 @@ class FlowRunConfig:
     latent: ClassVar[bool] = False
     samplers: ClassVar[tuple[str, ...]] = ("dpmpp_2m_sde", "euler", "heun", "dpmpp_2m")
     default_steps: ClassVar[int] = 32
-    karras_sigma_max: ClassVar[float] = 80.0  # its DPM-Solver++ at t = 1, then Karras σ from 80 (measured)
+    karras_sigma_max: ClassVar[float] = 80.0  # its DPM-Solver++'s Karras σ start at 80, t = 80/81 (measured)
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -34,8 +34,8 @@ well below the σ_max that EDM chose for larger images. Ending at σ = 0.2 inste
 trace of noise is left for the last x̂_0 to remove, gives the three calls spent below σ = 0.15 to the strokes; over
 seeds 0-4 (``benchmarks/seed_spread.py``) the pixel DDPM's 10-call SDE solver went from 1.57× / 1.17× DDIM-50's
 FID to 1.20× / 0.79×, and every solver gained (the ODE and EDM's Heun too, a one-seed check). A flow's DPM-Solver++
-walks the same spacing on its straight path, where σ = b/a = t/(1 − t): one call at t = 1 (σ = ∞, pure noise), then
-Karras σ from its kind's σ_max (80, measured) down to σ_min.
+walks the same spacing on its straight path, where σ = b/a = t/(1 − t), from its kind's σ_max (80, measured) down to
+σ_min, starting at t_max = σ_max/(1 + σ_max) from x = t_max·ε as EDM starts from σ_max·ε (no call at t = 1).
 
 :func:`ddpm_path` and :func:`flow_path` build the points and the denoiser of a model; :func:`solver_sample_loop`
 runs a solver and returns a :class:`~mnistdiff.ddpm.SampleOutput` like every other sampler.
@@ -145,12 +145,13 @@ def flow_path(model: Denoiser, steps: int, clip_range: ClipRange = PIXEL_RANGE, 
               sigma_max: float | None = KARRAS_SIGMA_MAX, sigma_min: float | None = KARRAS_SIGMA_MIN
               ) -> tuple[list[PathPoint], Denoise, list[float]]:
     """The points, the denoiser x̂_0 = x − t·v̂ and the times of a flow ``model``, ``steps`` network points and the
-    clean endpoint. ``spacing``: ``"linspace"``, evenly spaced t from 1; ``"karras"``, the first call at t = 1 (pure
-    noise) and the other ``steps − 1`` at Karras et al.'s σ from ``sigma_max`` to ``sigma_min`` (either ``None``: the
-    package's), mapped to the straight path by t = σ/(1 + σ) (there σ = b/a = t/(1 − t))."""
+    clean endpoint. ``spacing``: ``"linspace"``, evenly spaced t from 1; ``"karras"``, Karras et al.'s σ from
+    ``sigma_max`` to ``sigma_min`` (either ``None``: the package's), mapped to the straight path by t = σ/(1 + σ)
+    (there σ = b/a = t/(1 − t)). The sampler starts at the first point with x = b·ε, the data's share a·x_0 left
+    out, as EDM starts at σ_max with σ_max·ε: a call at t = 1 first would move x by a·x̂_0 (1 % at σ_max = 80)."""
     if spacing == "karras":
         top, bottom = sigma_max or KARRAS_SIGMA_MAX, sigma_min or KARRAS_SIGMA_MIN
-        times = [1.0] + ([s / (1 + s) for s in karras_sigmas(bottom, top, steps - 1)] if steps > 1 else []) + [0.0]
+        times = [s / (1 + s) for s in karras_sigmas(bottom, top, steps)] + [0.0]
     elif spacing == "linspace":
         times = flow_timesteps(steps)
     else:
@@ -288,17 +289,17 @@ def solver_sample_loop(
     (rounded down and kept distinct; 0: the data), 1000·t for a flow."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    noise = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator, device=device)
     if sched is None:
         if solver == "heun":
             raise ValueError("a flow's Heun is flows.flow_sample_loop(solver='heun'): EDM's variables need a > 0")
         points, denoise, times = flow_path(model, steps, clip_range, spacing, sigma_max, sigma_min)
         labels = [round(TIME_SCALE * t) for t in times] + [0]
-        start = int(TIME_SCALE)
+        start, x = labels[0], noise * float(points[0].b)  # x_t ≈ t·ε where the path starts (t = 1 when evenly spaced)
     else:
         points, denoise, times = ddpm_path(model, sched, steps, spacing, clip_range, sigma_max, sigma_min)
         labels = _distinct_labels([math.floor(t) + 1 for t in times])
-        start = sched.num_timesteps
-    x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator, device=device)
+        start, x = sched.num_timesteps, noise
     frames: list[tuple[int, torch.Tensor]] = [(start, x.cpu())] if return_intermediates else []
 
     def keep(i: int, xi: torch.Tensor) -> None:

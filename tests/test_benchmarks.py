@@ -335,6 +335,34 @@ def test_nfe_sweep_scores_every_configuration_and_a_rerun_reuses_them(tmp_path, 
     assert [r for r in rows if r["model"] == "ddpm"] == [r for r in timed["rows"] if r["model"] == "ddpm"]
 
 
+def test_nfe_sweeps_speed_pass_makes_its_first_call_choices_before_timing_anything(tmp_path):
+    """The sampler's first call of a batch shape times ways of cutting the batch (``ChunkedDenoiser._measure``): the
+    warm-up draws at the timed size, so no timed row pays for that."""
+    from unittest import mock
+
+    from mnistdiff.sampling import ChunkedDenoiser
+
+    sweep = _script("nfe_sweep")
+    out = tmp_path / "sweep.json"
+    argv = ["--model", str(_tiny_model(tmp_path, "ddpm")), "--n", "8", "--nfe", "2", "--samplers", "ddim",
+            "--precision", "fp32", "--out", str(out)]
+    assert sweep.main(argv) == 0
+    measured, at_timing = [], []
+    real_measure, real_speed = ChunkedDenoiser._measure, sweep.speed
+
+    def measure(self, *inputs):
+        measured.append(tuple(inputs[0].shape))
+        return real_measure(self, *inputs)
+
+    def speed(*args, **kwargs):
+        at_timing.append(len(measured))
+        return real_speed(*args, **kwargs)
+
+    with mock.patch.object(ChunkedDenoiser, "_measure", measure), mock.patch.object(sweep, "speed", speed):
+        assert sweep.main(argv + ["--speed", "--speed_n", "6"]) == 0
+    assert (6, 1, 32, 32) in measured and len(set(at_timing)) == 1 and at_timing[0] == len(measured)
+
+
 def test_seed_spread_scores_each_seed_and_summarises_both_spaces(tmp_path):
     import numpy as np
 

@@ -225,7 +225,9 @@ def test_models_sample_with_the_solvers_in_the_calls_they_promise(kind, sampler)
     hook.remove()
     assert len(calls) == model.nfe(sampler, 5) == (9 if sampler == "heun" else 5)
     assert out.images.shape == (3, 1, 32, 32) and out.images.abs().max() <= 1
-    assert len(out.frames) == 6 and out.frames[-1][0] == 0 and out.frames[0][0] == (T if kind == "ddpm" else 1000)
+    top = FlowRunConfig.karras_sigma_max
+    start = T if kind == "ddpm" else round(1000 * top / (1 + top))  # a flow starts at its first Karras point
+    assert len(out.frames) == 6 and out.frames[-1][0] == 0 and out.frames[0][0] == start
     assert torch.equal(model.sample(3, sampler=sampler, steps=5, seed=2).images, out.images)
 
 
@@ -263,20 +265,33 @@ def test_a_spacing_is_asked_of_the_solvers_only():
 
 
 @pytest.mark.parametrize("steps", [1, 2, 6])
-def test_a_flows_karras_points_start_at_noise_then_walk_karras_sigma_on_the_straight_path(steps):
-    """Karras et al.'s eq. 5 written out here (ρ = 7): on the straight path σ = b/a = t/(1 − t), so after the call at
-    t = 1 (a = 0) the points' b/a are σ_max … σ_min, and the last point is the data (a = 1, b = 0)."""
+def test_a_flows_karras_points_walk_karras_sigma_on_the_straight_path(steps):
+    """Karras et al.'s eq. 5 written out here (ρ = 7): on the straight path σ = b/a = t/(1 − t), so the points' b/a
+    are σ_max … σ_min, one per network call, and the last point is the data (a = 1, b = 0)."""
     from mnistdiff.solvers import flow_path
 
     points, _, times = flow_path(torch.nn.Identity(), steps, spacing="karras", sigma_max=80.0, sigma_min=0.2)
-    n = steps - 1
-    want = [80.0] if n == 1 else [(80 ** (1 / 7) + i / (n - 1) * (0.2 ** (1 / 7) - 80 ** (1 / 7))) ** 7
-                                  for i in range(n)]
-    assert len(times) == steps and times[0] == 1.0 and points[0].a == 0 and points[0].b == 1
-    assert [float(p.b / p.a) for p in points[1:-1]] == pytest.approx(want, rel=1e-12)
+    want = [80.0] if steps == 1 else [(80 ** (1 / 7) + i / (steps - 1) * (0.2 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+                                      for i in range(steps)]
+    assert len(times) == steps and times[0] == pytest.approx(80 / 81, rel=1e-12)
+    assert [float(p.b / p.a) for p in points[:-1]] == pytest.approx(want, rel=1e-12)
+    assert [float(p.a + p.b) for p in points] == pytest.approx([1.0] * (steps + 1))  # on the straight path
     assert (points[-1].a, points[-1].b) == (1, 0)
     evenly, _, even_times = flow_path(torch.nn.Identity(), steps)
     assert even_times == [1 - i / steps for i in range(steps)]
+
+
+def test_a_flows_karras_sampling_starts_at_t_max_with_t_max_times_the_noise():
+    """A one-call run from x = b·ε at t_max (EDM's start): DPM-Solver++'s last step lands on x̂_0 = x − t·v̂, so with
+    a velocity network that returns x itself the sample is (1 − t_max)·t_max·ε, computed here by hand."""
+    from mnistdiff.solvers import solver_sample_loop
+
+    noise = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = solver_sample_loop(lambda x, t: x, None, noise.shape, solver="dpmpp_2m", steps=1, x_T=noise, clip_range=None,
+                             spacing="karras", sigma_max=80.0, return_intermediates=True)
+    t_max = 80 / 81
+    torch.testing.assert_close(out.images, ((1 - t_max) * t_max * noise.double()).float())
+    assert [label for label, _ in out.frames] == [round(1000 * t_max), 0]
 
 
 def test_the_solvers_are_the_package_samplers():
