@@ -19,11 +19,16 @@ import pytest
 os.environ.setdefault("MNISTDIFF_PROFILE", "smoke")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
+
+def _is_worker() -> bool:
+    """Whether this process is a pytest-xdist worker (the controller alone checks the tree, after every worker)."""
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
 # Under pytest-xdist (``-n``), each worker and the processes it starts (notebook kernels, CLI runs) get their share of
 # the cores, so that two workers on two cores do not each run two torch threads (oversubscribed, torch slows a lot).
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if _WORKERS > 1 and "PYTEST_XDIST_WORKER" in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+if _is_worker():
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 if "MNISTDIFF_RESULTS_DIR" not in os.environ:
     _copy = Path(tempfile.mkdtemp(prefix="mnistdiff-results-")) / "results"
@@ -69,11 +74,6 @@ def _tree_state() -> dict[str, bytes] | None:
         return None
     paths = [entry[3:] for entry in out.decode().split("\0") if len(entry) > 3]
     return {p: (_ROOT / p).read_bytes() if (_ROOT / p).is_file() else b"" for p in paths}
-
-
-def _is_worker() -> bool:
-    """Whether this process is a pytest-xdist worker (the controller alone checks the tree, after every worker)."""
-    return "PYTEST_XDIST_WORKER" in os.environ
 
 
 def pytest_sessionstart(session):
