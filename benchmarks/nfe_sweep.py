@@ -166,13 +166,20 @@ def quality_pass(models: dict[str, DiffusionModel], files: dict[str, str], doc: 
             write(out, doc)
 
 
-def speed_pass(models: dict[str, DiffusionModel], doc: dict, args: argparse.Namespace, out: Path) -> None:
-    """Time every scored configuration of ``models`` in this one run (one untimed warm-up per model first, at the
-    timed draws' size: it also makes the package's first-call choice of batch pieces for that shape, which the first
-    timed row would otherwise pay for)."""
+def quiet_load() -> float:
+    """The one-minute load average, read before this run loads anything (its own loading and precision probes would
+    raise it); a warning if another job seems to share the cores."""
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"warning: load average {load:.2f} before timing: another job may share the cores", flush=True)
+    return load
+
+
+def speed_pass(models: dict[str, DiffusionModel], doc: dict, args: argparse.Namespace, out: Path, load: float
+               ) -> None:
+    """Time every scored configuration of ``models`` in this one run (one untimed warm-up per model first, at the
+    timed draws' size: it also makes the package's first-call choice of batch pieces for that shape, which the first
+    timed row would otherwise pay for); ``load`` is the load average before the run began."""
     for name, model in models.items():
         model.sample(args.speed_n, steps=2, seed=0, device=args.device)  # warm-up, not timed
         for r in doc["rows"]:
@@ -208,13 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     old = json.loads(out.read_text()) if out.is_file() else {}
     if args.speed and old.get("n") != args.n:
         p.error(f"--speed times the configurations scored at --n {args.n}: {out} has none (run without --speed)")
+    load = quiet_load() if args.speed else None
     models, files = load_models(args.model, args.vae, args.precision, args.device)
     unknown = sorted(set(args.samplers or ()) - {s for m in models.values() for s in m.samplers})
     if unknown:
         p.error(f"--samplers: {', '.join(unknown)} samples none of these models (they take "
                 f"{', '.join(dict.fromkeys(s for m in models.values() for s in m.samplers))})")
     if args.speed:
-        speed_pass(models, old, args, out)
+        speed_pass(models, old, args, out, load)
     else:
         floor = real_floor(args.n, seed=0, device=args.device, include_memorisation=False)
         doc = {**old, "device": device_name(args.device), "n": args.n, "precision": args.precision,

@@ -363,6 +363,32 @@ def test_nfe_sweeps_speed_pass_makes_its_first_call_choices_before_timing_anythi
     assert (6, 1, 32, 32) in measured and len(set(at_timing)) == 1 and at_timing[0] == len(measured)
 
 
+def test_nfe_sweeps_speed_pass_reads_the_load_average_before_it_loads_the_models(tmp_path):
+    """The load average recorded beside the timings is the machine's before this run: loading the models and
+    probing their precision would raise it, and the warning would blame another job."""
+    from unittest import mock
+
+    sweep = _script("nfe_sweep")
+    out = tmp_path / "sweep.json"
+    argv = ["--model", str(_tiny_model(tmp_path, "ddpm")), "--n", "8", "--nfe", "2", "--samplers", "ddim",
+            "--precision", "fp32", "--out", str(out)]
+    assert sweep.main(argv) == 0
+    events, real_load = [], sweep.load_models
+
+    def load_models(*args, **kwargs):
+        events.append("load_models")
+        return real_load(*args, **kwargs)
+
+    def loadavg():
+        events.append("loadavg")
+        return (0.25, 0.0, 0.0)
+
+    with mock.patch.object(sweep, "load_models", load_models), mock.patch.object(sweep.os, "getloadavg", loadavg):
+        assert sweep.main(argv + ["--speed", "--speed_n", "4"]) == 0
+    assert events == ["loadavg", "load_models"]
+    assert json.loads(out.read_text())["speed"]["load_average_before"] == 0.25
+
+
 def test_seed_spread_scores_each_seed_and_summarises_both_spaces(tmp_path):
     import numpy as np
 
