@@ -37,6 +37,14 @@ if "MNISTDIFF_RESULTS_DIR" not in os.environ:
     atexit.register(shutil.rmtree, _copy.parent, True)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_choices(tmp_path_factory, monkeypatch):
+    """Each test (and what it starts) remembers its measured speed choices in a folder of its own
+    (``$MNISTDIFF_CACHE``, :func:`mnistdiff.devices.remembered`), never in the user's ``~/.cache``, and finds none
+    from another test."""
+    monkeypatch.setenv("MNISTDIFF_CACHE", str(tmp_path_factory.mktemp("choices")))
+
+
 # --------------------------------------------------------------------------------------------
 # Parallel runs: one worker per test file, and the notebooks in order on one worker
 # --------------------------------------------------------------------------------------------

@@ -1,19 +1,31 @@
-"""Devices: which one to use, and its name as the results files and figures report it.
+"""Devices: which one to use, its name as the results files and figures report it, and the speed choices
+measured on it.
 
 Every figure in the course names the machine it was measured on: the GPU's model, or the CPU as
 ``lscpu`` names it with its bf16 features (speed tricks are chosen at run time by measurement,
-and the same code is 2x faster or slower on another CPU).
+and the same code is 2x faster or slower on another CPU). A choice that changes the bits a run computes
+(fp32 or bf16, plain or channels_last) is measured once on a machine and remembered (:func:`remembered`), as
+FFTW keeps its "wisdom": a near-tie timed again could flip it, and the same seed would draw other samples.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import platform
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["default_device", "resolve_device", "cpu_name", "device_name", "device_info"]
+from mnistdiff.files import FileWriteError, atomic_write_json
+
+__all__ = ["default_device", "resolve_device", "cpu_name", "device_name", "device_info", "remembered", "CACHE_ENV"]
+
+#: Where :func:`remembered` keeps its choices: ``$MNISTDIFF_CACHE/choices.json``, else ``~/.cache/mnistdiff/``.
+CACHE_ENV = "MNISTDIFF_CACHE"
 
 
 def default_device() -> torch.device:
@@ -71,3 +83,34 @@ def device_info(device: torch.device | str) -> dict[str, Any]:
         info["cpu_name"] = cpu_name()
         info["cpu_threads"] = torch.get_num_threads()
     return info
+
+
+def choices_file() -> Path:
+    """The file of remembered choices: ``$MNISTDIFF_CACHE/choices.json``, else ``~/.cache/mnistdiff/choices.json``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mnistdiff") / "choices.json"
+
+
+def remembered(what: str, device: torch.device | str, measure: Callable[[], tuple[str, dict[str, float]]]
+               ) -> tuple[str, dict[str, float], bool]:
+    """``measure()``'s choice and timings for ``what`` on this machine (``device``'s :func:`device_name` and torch's
+    version complete the key), measured the first time and read back from :func:`choices_file` after. Returns
+    ``(choice, timings, remembered)``. Delete the file (its path is printed with the choice) to measure again; an
+    unreadable file is measured over, an unwritable one leaves the choice unremembered, each with a warning."""
+    key = f"{what} | {device_name(device)} | torch {torch.__version__}"
+    path = choices_file()
+    known: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            known = json.loads(path.read_text())
+            entry = known[key] if key in known else None
+            if entry is not None:
+                return str(entry["choice"]), {k: float(v) for k, v in entry["timings"].items()}, True
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            warnings.warn(f"{path} is unreadable ({err}); measuring again and writing it anew", stacklevel=2)
+            known = {}
+    choice, timings = measure()
+    try:
+        atomic_write_json(path, {**known, key: {"choice": choice, "timings": timings}})
+    except FileWriteError as err:
+        warnings.warn(f"could not remember the choice in {path} ({err}): the next run measures again", stacklevel=2)
+    return choice, timings, False

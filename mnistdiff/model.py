@@ -47,6 +47,7 @@ from mnistdiff.config import (
     to_dict,
 )
 from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, EpsFromV, SampleOutput, eps_network
+from mnistdiff.devices import choices_file, remembered
 from mnistdiff.flows import FLOW_SOLVERS, flow_nfe
 from mnistdiff.latent import LatentCodec
 from mnistdiff.modelfile import CheckpointError, load_model_file, save_model_file
@@ -337,14 +338,20 @@ class DiffusionModel:
     def measure_precision(self, device: str | torch.device | None = None) -> dict[str, float]:
         """Time fp32 and bf16, each plain and channels_last, on ``device`` and keep the fastest as :attr:`precision`
         (bf16 is fast only where the hardware has it, channels_last only on some: measured, never assumed); a latent
-        model's decoder likewise, as :attr:`decode_precision`. Returns network calls (and images decoded) per second
-        of each."""
+        model's decoder likewise, as :attr:`decode_precision`. Each choice is measured once per machine and
+        remembered (:func:`~mnistdiff.devices.remembered`: the precisions draw other bits, and a rerun must draw the
+        same samples). Returns network calls (and images decoded) per second of each, as measured then."""
         device = device if device is not None else next(self.unet.parameters()).device
-        self.precision, speeds = measure_precision(self.unet, self.sample_shape, device)
-        if self.codec is not None:
-            self.codec.vae.to(device)
-            self.decode_precision, decode_speeds = measure_decoder(self.codec.decode, self.sample_shape, device)
+        self.precision, speeds, known = remembered(
+            f"sampling precision of {self.unet.config}", device,
+            lambda: measure_precision(self.unet, self.sample_shape, device))
+        if (codec := self.codec) is not None:
+            codec.vae.to(device)
+            self.decode_precision, decode_speeds, _ = remembered(
+                f"decoding precision of {codec.vae.config}", device,
+                lambda: measure_decoder(codec.decode, self.sample_shape, device))
             speeds = {**speeds, **decode_speeds}
+        self.meta["precision_remembered_in"] = str(choices_file()) if known else None
         self.meta["sampling_speeds"] = speeds
         return speeds
 

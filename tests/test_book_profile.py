@@ -419,3 +419,57 @@ def test_timings_take_turns_and_keep_each_candidates_fastest_call():
     assert order == ["bursty", "steady"] * 3
     assert min(seconds, key=seconds.__getitem__) == "bursty"
     assert 0.002 <= seconds["bursty"] < 0.01 <= seconds["steady"] < 0.06
+
+
+def test_a_measured_choice_is_remembered_per_machine_and_read_back(tmp_path, monkeypatch):
+    """devices.remembered measures once for a key on this machine, then reads the file back (the same choice, so the
+    same bits, however the next timing would come out); another key measures; an unreadable file is measured over
+    with a warning; an unwritable folder warns and still returns the measured choice."""
+    import json
+
+    from mnistdiff.devices import CACHE_ENV, choices_file, remembered
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    calls = []
+
+    def measure(choice):
+        def run():
+            calls.append(choice)
+            return choice, {"fp32": 1.0, choice: 2.0}
+        return run
+
+    assert remembered("net A", "cpu", measure("fp32_cl")) == ("fp32_cl", {"fp32": 1.0, "fp32_cl": 2.0}, False)
+    assert remembered("net A", "cpu", measure("bf16")) == ("fp32_cl", {"fp32": 1.0, "fp32_cl": 2.0}, True)
+    assert remembered("net B", "cpu", measure("bf16"))[:2] == ("bf16", {"fp32": 1.0, "bf16": 2.0})
+    assert calls == ["fp32_cl", "bf16"]
+    assert len(json.loads(choices_file().read_text())) == 2
+    choices_file().write_text("{not json")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert remembered("net A", "cpu", measure("bf16_cl"))[0] == "bf16_cl"
+    assert list(json.loads(choices_file().read_text()).values())[0]["choice"] == "bf16_cl"
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "file" / "below"))
+    with pytest.warns(UserWarning, match="could not remember"):
+        assert remembered("net A", "cpu", measure("fp32")) == ("fp32", {"fp32": 2.0}, False)
+
+
+def test_a_models_auto_precision_is_measured_once_per_machine(monkeypatch):
+    """DiffusionModel.measure_precision times the network the first time only: a second model of the same
+    architecture takes the remembered choice (and its timings), whatever a new timing would say."""
+    from mnistdiff import model as model_module
+    from mnistdiff.config import DDPMRunConfig
+    from mnistdiff.model import DiffusionModel
+
+    net = _task().model.eval()
+    probes = []
+
+    def probe(unet, shape, device):
+        probes.append(shape)
+        return ("fp32_cl", {"fp32": 1.0, "fp32_cl": 2.0}) if len(probes) == 1 else ("bf16", {"bf16": 9.0})
+
+    monkeypatch.setattr(model_module, "measure_precision", probe)
+    first = DiffusionModel(net, NoiseSchedule.make("cosine", 20), DDPMRunConfig(unet=net.config))
+    second = DiffusionModel(net, NoiseSchedule.make("cosine", 20), DDPMRunConfig(unet=net.config))
+    assert first.measure_precision("cpu") == second.measure_precision("cpu") == {"fp32": 1.0, "fp32_cl": 2.0}
+    assert first.precision == second.precision == "fp32_cl" and len(probes) == 1
+    assert first.meta["precision_remembered_in"] is None and second.meta["precision_remembered_in"]

@@ -130,7 +130,9 @@ def _get(kind: str, profile: str | Profile | None, device: str | torch.device | 
         model.precision = prof.sample_precision
         if model.precision == "auto":
             speeds = model.measure_precision(resolve_device(device))
-            print(f"[mnistdiff] sampling network: {model.precision} (measured here: "
+            where = model.meta["precision_remembered_in"]
+            print(f"[mnistdiff] sampling network: {model.precision} ("
+                  + (f"as measured on this machine before, remembered in {where}: " if where else "measured here: ")
                   + ", ".join(f"{k} {v:.0f} calls/s" for k, v in speeds.items()) + ")")
     return model
 

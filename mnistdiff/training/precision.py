@@ -1,7 +1,8 @@
 """The precision a training run computes in: fp32 or bf16 autocast, each plain or with channels_last (``_cl``).
 
-:func:`resolve_precision` decides it (the ``amp`` argument, else the config's ``precision``, probing
-with :func:`choose_precision` for ``auto`` on a CPU); :func:`started_precision` reads back what a
+:func:`resolve_precision` decides it (the config's ``precision``; for ``auto`` on a CPU, probing with
+:func:`choose_precision` once per machine and configuration, then remembering the choice: a near-tie probed again
+could flip it, and the same seed would train other weights); :func:`started_precision` reads back what a
 resumable checkpoint was trained in (and on which machine), so that a resumed run keeps it where it can resume
 bit-exactly (:func:`resumed_precision`); :func:`autocast_for` turns the
 name into the context manager every training and evaluation step runs under.
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mnistdiff.devices import remembered
+from mnistdiff.sampling import clear_winner
 from mnistdiff.training.batches import Data, num_rows, take, to_device
 from mnistdiff.training.checkpoints import CheckpointError, previous_path, read_sidecar
 
@@ -94,8 +97,12 @@ def resolve_precision(task: TrainTask, device: torch.device) -> tuple[str, dict[
         return precision, {}
     if device.type == "cuda":
         return "bf16_cl", {}
-    speeds = choose_precision(task, device)
-    return max(speeds, key=speeds.__getitem__), speeds
+    def measure() -> tuple[str, dict[str, float]]:
+        speeds = choose_precision(task, device)
+        return clear_winner(speeds), speeds
+
+    choice, speeds, _ = remembered(f"training precision of {task.config}", device, measure)
+    return choice, speeds
 
 
 def started_precision(last: Any) -> str | None:
