@@ -4,8 +4,9 @@
     python -m mnistdiff train ddpm --profile book --snapshot_every 1 --out runs/   # keeps snapshots/epoch_NNN
     python benchmarks/time_to_quality.py runs/<stamp>-ddpm --n 500         # → results/book/time_to_quality.json
 
-Each snapshot (a model file that records the seconds trained so far) draws ``n`` digits with the package's
-default sampler (DDIM, ``--steps`` 50, ``--eta`` η = ``DEFAULT_ETA``, seed 0), which are scored by
+Each snapshot (a model file that records the seconds trained so far) draws ``n`` digits (seed 0) with ``--sampler``
+(DDIM by default, issue 22's reference, at ``--steps`` 50 and ``--eta`` η = ``DEFAULT_ETA``; ``--sampler default``:
+each model's own default sampler at its default steps, as ``python -m mnistdiff sample`` draws), which are scored by
 :func:`mnistdiff.evaluation.metrics.evaluate` in both feature spaces, beside the real floor at the same ``n``
 (:func:`~mnistdiff.evaluation.metrics.real_floor`). The file is rewritten after each snapshot, so a run cut short
 keeps what it measured and a rerun skips the snapshots already scored at that ``n``. The CPU is named in the
@@ -55,24 +56,26 @@ def meets(row: dict, floor: dict, target: float, pr_min: float = PR_MIN, class_m
     return spaces_ok and row["class_max_deviation"] <= class_max
 
 
-def draw(path: Path, n: int, steps: int, device: str, eta: float = DEFAULT_ETA,
-         vae: Path | None = None) -> tuple[torch.Tensor, dict]:
-    """``n`` images from the snapshot at ``path`` and its metadata: a diffusion model's DDIM samples (seed 0; a latent
-    model decoded by ``vae``, the VAE it was trained on), or a VAE's reconstructions of the floor's ``n`` training
-    digits (:func:`real_floor`'s subset, seed 0)."""
+def draw(path: Path, n: int, steps: int | None, device: str, eta: float = DEFAULT_ETA,
+         vae: Path | None = None, sampler: str = "ddim") -> tuple[torch.Tensor, dict]:
+    """``n`` images from the snapshot at ``path`` and its metadata: a diffusion model's samples by ``sampler`` (seed 0;
+    ``"default"``: the model's own sampler and steps; a latent model decoded by ``vae``, the VAE it was trained on), or
+    a VAE's reconstructions of the floor's ``n`` training digits (:func:`real_floor`'s subset, seed 0)."""
     if read_model_meta(path)["kind"] == VAE_KIND:
         vae = load_vae(path, device=device)
         real = load_mnist("train").subset(n, seed=0).images
         return vae.reconstruct(real.to(device)).cpu(), vae.meta
     model = DiffusionModel.load(path, vae=vae, device=device)
-    return model.sample(n, steps=steps, eta=eta, seed=0, device=device)[0], model.meta
+    chosen = model.sampling_defaults(None if sampler == "default" else sampler)
+    return model.sample(n, sampler=chosen["sampler"], steps=steps or chosen["steps"], eta=eta, seed=0,
+                        device=device)[0], model.meta
 
 
-def score_snapshot(path: Path, n: int, steps: int, device: str, eta: float = DEFAULT_ETA,
-                   vae: Path | None = None) -> dict:
+def score_snapshot(path: Path, n: int, steps: int | None, device: str, eta: float = DEFAULT_ETA,
+                   vae: Path | None = None, sampler: str = "ddim") -> dict:
     """One snapshot's epoch, training seconds, sampling seconds and metrics at ``n`` samples."""
     t0 = time.perf_counter()
-    images, meta = draw(path, n, steps, device, eta, vae)
+    images, meta = draw(path, n, steps, device, eta, vae, sampler)
     sampling = time.perf_counter() - t0
     m = evaluate(images, seed=0, device=device, include_memorisation=False)
     return {"snapshot": path.name, "epoch": meta.get("epoch"), "training_seconds": meta["seconds"],
@@ -85,14 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path,
                    help="a training run's folder (with snapshots/), or a folder of epoch_NNN.safetensors")
     p.add_argument("--n", type=int, default=500, help="samples per snapshot, and real digits in the floor")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps")
-    p.add_argument("--eta", type=float, default=DEFAULT_ETA, help="DDIM's η (default: the CLI's)")
+    p.add_argument("--sampler", default="ddim",
+                   help="ddim (issue 22's reference), another of the model's samplers, or 'default': each model's own")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"network steps (default: {DEFAULT_STEPS} for DDIM, the model's own for 'default')")
+    p.add_argument("--eta", type=float, default=DEFAULT_ETA, help="DDIM's η, and the SDE solvers' (default: the CLI's)")
     p.add_argument("--target", type=float, default=2.0, help="FID target as a multiple of the floor")
     p.add_argument("--profile", default="book", help="results/<profile>/ gets the file")
     p.add_argument("--out", type=Path, default=None, help="default results/<profile>/time_to_quality.json")
     p.add_argument("--device", default="cpu")
     p.add_argument("--vae", type=Path, default=None, help="a latent model's VAE (the model file it was trained on)")
     args = p.parse_args(argv)
+    args.steps = args.steps or (DEFAULT_STEPS if args.sampler != "default" else None)
     folder = args.run / "snapshots" if (args.run / "snapshots").is_dir() else args.run
     snaps = sorted(folder.glob("epoch_*.safetensors"))
     if not snaps:
@@ -100,15 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or results_dir() / args.profile / "time_to_quality.json"
     old = json.loads(out.read_text()) if out.is_file() else {}
     same = (old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps
-            and old.get("eta", DEFAULT_ETA) == args.eta)
+            and old.get("eta", DEFAULT_ETA) == args.eta and old.get("sampler", "ddim") == args.sampler)
     rows = {r["snapshot"]: r for r in old.get("snapshots", [])} if same else {}
     floor = real_floor(args.n, seed=0, device=args.device, include_memorisation=False)
     cpu = device_name(args.device)
-    print(f"{cpu}; n = {args.n}, DDIM-{args.steps}, η = {args.eta:g}; floor " + ", ".join(
+    print(f"{cpu}; n = {args.n}, {args.sampler}-{args.steps or 'default'}, η = {args.eta:g}; floor " + ", ".join(
         f"{s}: FID {floor[space_key('fid', s)]:.3f}" for s in FEATURE_SPACES))
     for snap in snaps:
         if snap.name not in rows:
-            rows[snap.name] = score_snapshot(snap, args.n, args.steps, args.device, args.eta, args.vae)
+            rows[snap.name] = score_snapshot(snap, args.n, args.steps, args.device, args.eta, args.vae, args.sampler)
         r = rows[snap.name]
         ratios = "  ".join(f"{s}: FID {r[space_key('fid', s)] / floor[space_key('fid', s)]:5.1f}× floor, "
                            f"P {r[space_key('precision', s)]:.3f} R {r[space_key('recall', s)]:.3f}"
@@ -116,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{snap.name}: {r['training_seconds'] / 60:6.1f} min  {ratios}", flush=True)
         first = next((x for x in sorted(rows.values(), key=lambda x: x["training_seconds"])
                       if meets(x, floor, args.target)), None)
-        doc = {"run": str(args.run), "device": cpu, "n": args.n, "steps": args.steps, "eta": args.eta,
+        doc = {"run": str(args.run), "device": cpu, "n": args.n, "sampler": args.sampler, "steps": args.steps,
+               "eta": args.eta,
                "target": f"FID ≤ {args.target:g} × floor, precision and recall ≥ {PR_MIN:.2f}, in both feature "
                          f"spaces; every class within ±{CLASS_MAX * 100:g} points of 10 %",
                "date": dt.date.today().isoformat(), "torch": torch.__version__.split("+")[0],

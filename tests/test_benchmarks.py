@@ -189,6 +189,25 @@ def test_time_to_quality_scores_a_vae_snapshot_by_its_reconstructions_of_the_flo
     assert meta["seconds"] == 12.5 and meta["epoch"] == 1
 
 
+def test_time_to_quality_draws_with_ddim_or_each_models_default_sampler(tmp_path):
+    """``--sampler default`` draws what ``DiffusionModel.sample`` draws with nothing said (the model's own sampler and
+    steps); ``ddim`` draws DDIM at the steps asked, with the CLI's η."""
+    import torch
+
+    from mnistdiff.config import DEFAULT_ETA
+    from mnistdiff.model import DiffusionModel
+
+    ttq = _script("time_to_quality")
+    path = _tiny_model(tmp_path, "ddpm")
+    model = DiffusionModel.load(path)
+    assert model.sampling_defaults()["sampler"] != "ddim"  # so the two draws below differ
+    default, _ = ttq.draw(path, 4, steps=None, device="cpu", sampler="default")
+    assert torch.equal(default, model.sample(4, seed=0).images)
+    ddim, _ = ttq.draw(path, 4, steps=3, device="cpu")
+    assert torch.equal(ddim, model.sample(4, sampler="ddim", steps=3, eta=DEFAULT_ETA, seed=0).images)
+    assert not torch.equal(ddim, default)
+
+
 def _script(name: str):
     import importlib.util
 
