@@ -279,7 +279,8 @@ def add_sampling_options(p: argparse.ArgumentParser, num_samples: int = 64) -> N
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (as trained, the default), bf16 autocast, fp32_cl or bf16_cl (channels_last), or auto: "
-                        "the fastest of the four measured here")
+                        "the fastest of the four, measured the first time on this machine and then remembered "
+                        "(~/.cache/mnistdiff/choices.json; delete it to measure again)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on a GPU)")
     p.add_argument("--fast", choices=tuple(OLD_FAST), default=None,
                    help="old spelling: off = --precision fp32, amp = bf16_cl, compile = bf16_cl --compile")
