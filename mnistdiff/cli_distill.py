@@ -11,7 +11,7 @@ from typing import Any
 
 from mnistdiff.cli_checks import ArgError, as_arg_error, check_data_dir, device_option, writable_dir
 from mnistdiff.cli_options import add_config_arguments, config_from_args, option_message
-from mnistdiff.config import ConfigError
+from mnistdiff.config import CLDMRunConfig, ConfigError
 
 __all__ = ["add_distill_options", "run_distill"]
 
@@ -42,7 +42,7 @@ def run_distill(args: argparse.Namespace, load: Callable[..., Any]) -> int:
         raise ArgError(option_message(err)) from err
     out = Path(args.out)
     writable_dir(str(out.parent))
-    teacher = load(KINDS["cldm"], args.checkpoint, args.vae_checkpoint, args.device)
+    teacher = load(KINDS[CLDMRunConfig.kind], args.checkpoint, args.vae_checkpoint, args.device)
     check_data_dir(args.data_dir, "pass the folder holding the four MNIST files")
     train = load_mnist("train", args.data_dir).subset(cfg.subset, cfg.seed)
     with as_arg_error():

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mnistdiff.cli_checks import ArgError, as_arg_error, writable_dir
+from mnistdiff.config import CLDMRunConfig, DDPMRunConfig
 
 __all__ = ["add_export_options", "run_export"]
 
@@ -35,15 +36,15 @@ def run_export(args: argparse.Namespace, load: Callable[..., Any]) -> int:
     """``export``: load and check the student, write the files, run them with onnxruntime; prints sizes and errors."""
     from mnistdiff.training.kinds import KINDS
 
-    out = writable_dir(args.out)
-    student = load(KINDS["cldm"], args.checkpoint, args.vae_checkpoint, "cpu")
+    out, cldm = writable_dir(args.out), KINDS[CLDMRunConfig.kind]
+    student = load(cldm, args.checkpoint, args.vae_checkpoint, "cpu")
     if student.distillation is None:
         raise ArgError(f"{args.checkpoint} is a cldm but not a distilled student: distil it first "
                        "(python -m mnistdiff distill VAE CLDM --out STUDENT)")
     from mnistdiff.export import check_export, export_student
 
-    teacher = None if args.teacher is None else load(KINDS["cldm"], args.teacher, args.vae_checkpoint, "cpu")
-    pixel = None if args.pixel is None else load(KINDS["ddpm"], args.pixel, None, "cpu")
+    teacher = None if args.teacher is None else load(cldm, args.teacher, args.vae_checkpoint, "cpu")
+    pixel = None if args.pixel is None else load(KINDS[DDPMRunConfig.kind], args.pixel, None, "cpu")
     with as_arg_error():  # export_student checks the teacher and the pixel model before it writes anything
         paths = export_student(student, out, teacher, pixel)
     errors = check_export(student, out, teacher, pixel)
