@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import json
 import sys
 from pathlib import Path
@@ -32,24 +31,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import mnistdiff.sampling  # noqa: E402
 from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel  # noqa: E402
-from mnistdiff.solvers import KARRAS_SIGMA_MIN, schedule_sigmas, solver_sample_loop  # noqa: E402
+from mnistdiff.solvers import KARRAS_SIGMA_MIN, schedule_sigmas  # noqa: E402
 
 
 def draw(model: DiffusionModel, sampler: str, steps: int, sigmas: tuple[float, float], n: int,
          device: str) -> torch.Tensor:
     """``n`` samples (seed 0) by ``sampler`` on Karras σ from ``sigmas`` = (σ_max, σ_min): the package's own path,
     those two values changed."""
-    loop = functools.partial(solver_sample_loop, spacing="karras", sigma_min=sigmas[1])
-    with mock.patch.object(mnistdiff.sampling, "solver_sample_loop", loop), \
-            mock.patch.object(type(model.config), "karras_sigma_max", sigmas[0]):
-        images, _ = model.sample(n, sampler=sampler, steps=steps, seed=0, device=device, precision="fp32")
+    karras = property(lambda self: {"sigma_max": sigmas[0], "sigma_min": sigmas[1]})
+    with mock.patch.object(DiffusionModel, "karras_range", karras):
+        images, _ = model.sample(n, sampler=sampler, steps=steps, seed=0, device=device, precision="fp32",
+                                 spacing="karras")
     return images
 
 

@@ -269,7 +269,7 @@ class DiffusionModel:
                         eta=eta, seed=seed, device=device, batch_size=batch_size, decode=decode,
                         return_intermediates=return_intermediates, progress=progress, precision=precision,
                         compile=compile, clip_range=self.clip_range, labels=y, guidance=guidance, timesteps=timesteps,
-                        spacing=spacing, sigma_max=self.karras_sigma_max)
+                        spacing=spacing, karras=self.karras_range)
 
     def check_request(self, num_samples: int, sampler: str, steps: int, eta: float, labels: Labels, guidance: float,
                       batch_size: int | None = None, precision: str = "fp32", spacing: str | None = None

@@ -244,7 +244,7 @@ def generate(
     guidance: float = DEFAULT_GUIDANCE,
     timesteps: list[int] | None = None,
     spacing: str | None = None,
-    sigma_max: float | None = None,
+    karras: dict[str, float] | None = None,
     chunk: bool = True,
 ) -> SampleOutput:
     """Draw ``num_samples`` samples → :class:`~mnistdiff.ddpm.SampleOutput` ``(images (N, 1, 32, 32) in [−1, 1]
@@ -262,7 +262,8 @@ def generate(
     (:class:`ChunkedDenoiser`: the same samples, bit for bit). ``labels`` (N,) ask a class-conditional model for
     those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none), guided with weight ``guidance``
     (:class:`~mnistdiff.guidance.GuidedDenoiser`; 1: the conditional model). ``timesteps``: DDIM's own list instead
-    of ``steps`` evenly spaced ones (a student's grid); ``spacing``, ``sigma_max``: those of ``solvers.ddpm_path``."""
+    of ``steps`` evenly spaced ones (a student's grid); ``spacing`` and ``karras`` (``sigma_max``, ``sigma_min``):
+    those of :func:`~mnistdiff.solvers.solver_sample_loop` (the model's ``DiffusionModel.karras_range``)."""
     device = torch.device(device)
     batch_size = batch_size or (2048 if device.type == "cuda" else 256)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -274,7 +275,7 @@ def generate(
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
         net = network if labels is None else GuidedDenoiser(network, labels[start:start + n].to(device), guidance)
-        x, fr = _sample_loop(net, sched, (n, *shape), sampler, steps, eta, timesteps, spacing, sigma_max, generator=gen,
+        x, fr = _sample_loop(net, sched, (n, *shape), sampler, steps, eta, timesteps, spacing, karras, generator=gen,
                              device=device, return_intermediates=return_intermediates and start == 0,
                              clip_range=clip_range, progress=progress)
         if decode is not None:  # latents → pixels, the frames too
@@ -297,13 +298,13 @@ def _fast_network(model: torch.nn.Module, device: torch.device, precision: str, 
 
 
 def _sample_loop(net: Denoiser, sched: NoiseSchedule | None, shape: tuple[int, ...], sampler: str, steps: int,
-                 eta: float, timesteps: list[int] | None, spacing: str | None, sigma_max: float | None,
+                 eta: float, timesteps: list[int] | None, spacing: str | None, karras: dict[str, float] | None,
                  **kw: Any) -> SampleOutput:
     """One batch of ``shape`` by ``sampler``'s loop; ``kw``: the loops' shared keyword arguments (generator, device,
     return_intermediates, clip_range, progress)."""
     if sampler in SOLVERS and (sched is not None or sampler not in FLOW_SOLVERS):
-        where: dict[str, Any] = {k: v for k, v in (("spacing", spacing), ("sigma_max", sigma_max)) if v}  # or default
-        return solver_sample_loop(net, sched, shape, solver=sampler, steps=steps, **where, **kw)
+        where: dict[str, Any] = {"spacing": spacing} if spacing else {}  # else the loop's default
+        return solver_sample_loop(net, sched, shape, solver=sampler, steps=steps, **where, **(karras or {}), **kw)
     if sampler in FLOW_SOLVERS or sched is None:  # a flow (a DDPM sampler without a schedule: the loop refuses it)
         return flow_sample_loop(net, shape, steps=steps, solver=sampler, **kw)
     if sampler == "ddpm":
