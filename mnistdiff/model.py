@@ -240,9 +240,9 @@ class DiffusionModel:
         ``labels``: a digit, or one per sample (N,), for a class-conditional model, guided with weight ``guidance`` w
         (ε̃ = ε(∅) + w·(ε(y) − ε(∅)); 0 ignores the label, 1 is the conditional model); ``None``: unconditional
         samples. ``seed`` makes the draw reproducible (bit for bit on a CPU). ``precision``: ``fp32``, ``fp32_cl``,
-        ``bf16``, ``bf16_cl`` or ``auto`` (measured here; default :attr:`precision`); ``compile``: ``torch.compile`` the
-        network (``True`` or a mode). ``frames`` (``return_intermediates``) are the first batch's ``[(t, x_t), …]``,
-        decoded. The old spellings ``mode``,
+        ``bf16``, ``bf16_cl`` or ``auto`` (measured once on this machine: :meth:`measure_precision`; default
+        :attr:`precision`); ``compile``: ``torch.compile`` the network (``True`` or a mode). ``frames``
+        (``return_intermediates``) are the first batch's ``[(t, x_t), …]``, decoded. The old spellings ``mode``,
         ``ddim_steps`` and ``fast`` still work, with a warning.
         """
         if old:
