@@ -24,8 +24,7 @@ __all__ = [
     "DIFFUSION_KINDS", "LATENT_KINDS"]
 
 #: How a network runs, in training and in sampling alike: float32; bf16 autocast; bf16 autocast and channels_last;
-#: or ``auto``, the fastest of those, measured once on a machine and remembered (bf16 is fast only on CPUs and GPUs
-#: with native bf16).
+#: or ``auto``, the fastest of those, measured once on a machine and remembered (bf16: fast only where native).
 PRECISIONS = ("fp32", "fp32_cl", "bf16", "bf16_cl", "auto")
 
 #: DDIM's η where nobody chooses one (``DiffusionModel.sample``, ``python -m mnistdiff sample``): 1, the stochastic

@@ -262,8 +262,7 @@ def generate(
     (:class:`ChunkedDenoiser`: the same samples, bit for bit). ``labels`` (N,) ask a class-conditional model for
     those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none), guided with weight ``guidance``
     (:class:`~mnistdiff.guidance.GuidedDenoiser`; 1: the conditional model). ``timesteps``: DDIM's own list instead
-    of ``steps`` evenly spaced ones (a student's grid); ``spacing`` and ``karras`` (``sigma_max``, ``sigma_min``):
-    those of :func:`~mnistdiff.solvers.solver_sample_loop` (the model's ``DiffusionModel.karras_range``)."""
+    of ``steps`` evenly spaced ones (a student's grid); ``spacing``, ``karras`` (σ_max, σ_min): the solvers' own."""
     device = torch.device(device)
     batch_size = batch_size or (2048 if device.type == "cuda" else 256)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -303,8 +302,8 @@ def _sample_loop(net: Denoiser, sched: NoiseSchedule | None, shape: tuple[int, .
     """One batch of ``shape`` by ``sampler``'s loop; ``kw``: the loops' shared keyword arguments (generator, device,
     return_intermediates, clip_range, progress)."""
     if sampler in SOLVERS and (sched is not None or sampler not in FLOW_SOLVERS):
-        where: dict[str, Any] = {"spacing": spacing} if spacing else {}  # else the loop's default
-        return solver_sample_loop(net, sched, shape, solver=sampler, steps=steps, **where, **(karras or {}), **kw)
+        where: dict[str, Any] = {**({"spacing": spacing} if spacing else {}), **(karras or {})}  # else the defaults
+        return solver_sample_loop(net, sched, shape, solver=sampler, steps=steps, **where, **kw)
     if sampler in FLOW_SOLVERS or sched is None:  # a flow (a DDPM sampler without a schedule: the loop refuses it)
         return flow_sample_loop(net, shape, steps=steps, solver=sampler, **kw)
     if sampler == "ddpm":

@@ -150,6 +150,7 @@ def test_an_auto_run_keeps_its_precision_on_its_machine_and_measures_again_on_an
     assert prec.resumed_precision(task, torch.device("cpu"), exp.last_checkpoint, said.append) == ("bf16_cl", {})
     assert not probes and not said  # the same machine: kept, so the resume is bit for bit
     monkeypatch.setattr(prec, "machine_name", lambda device: "another CPU")
+    monkeypatch.setenv("MNISTDIFF_CACHE", str(tmp_path / "another"))  # whose remembered choices are its own
     precision, speeds = prec.resumed_precision(task, torch.device("cpu"), exp.last_checkpoint, said.append)
     assert (precision, speeds) == ("fp32_cl", {"fp32": 2.0, "fp32_cl": 9.0}) and probes == [1]
     assert said[0].startswith("# resumed on another CPU, the last checkpoint written on ") and "in bf16_cl" in said[0]

@@ -98,6 +98,7 @@ def resolve_precision(task: TrainTask, device: torch.device) -> tuple[str, dict[
     if device.type == "cuda":
         return "bf16_cl", {}
     def measure() -> tuple[str, dict[str, float]]:
+        """The probe's choice (a near-tie to the earlier precision) and its images/s."""
         speeds = choose_precision(task, device)
         return clear_winner(speeds), speeds
 
