@@ -22,10 +22,16 @@ import torch
 
 from mnistdiff.files import FileWriteError, atomic_write_json
 
-__all__ = ["default_device", "resolve_device", "cpu_name", "device_name", "device_info", "remembered", "CACHE_ENV"]
+__all__ = ["default_device", "resolve_device", "cpu_name", "device_name", "device_info", "clear_winner", "remembered",
+           "CACHE_ENV", "TIE_MARGIN"]
 
 #: Where :func:`remembered` keeps its choices: ``$MNISTDIFF_CACHE/choices.json``, else ``~/.cache/mnistdiff/``.
 CACHE_ENV = "MNISTDIFF_CACHE"
+
+#: How much faster (10 %) a precision must run than one earlier in the timed order for ``"auto"`` to take it
+#: (:func:`clear_winner`): timings on two shared cores wander by a few per cent, and on a near-tie (fp32 and fp32_cl
+#: within 1 % for the latent UNet on an Intel Xeon without AMX) the choice flipped between runs.
+TIE_MARGIN = 0.10
 
 
 def default_device() -> torch.device:
@@ -85,6 +91,14 @@ def device_info(device: torch.device | str) -> dict[str, Any]:
     return info
 
 
+def clear_winner(speeds: dict[str, float], margin: float = TIE_MARGIN) -> str:
+    """The first of ``speeds`` (in their order: fp32, fp32_cl, bf16, bf16_cl, float32 plain first) that runs within
+    ``margin`` of the fastest. Each precision draws other bits, so a choice that a near-tie flips from run to run
+    would draw other samples for the same seed; this one changes only where a precision is clearly faster."""
+    best = max(speeds.values())
+    return next(p for p in speeds if speeds[p] * (1 + margin) >= best)
+
+
 def choices_file() -> Path:
     """The file of remembered choices: ``$MNISTDIFF_CACHE/choices.json``, else ``~/.cache/mnistdiff/choices.json``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mnistdiff") / "choices.json"
@@ -102,8 +116,7 @@ def remembered(what: str, device: torch.device | str, measure: Callable[[], tupl
     if path.is_file():
         try:
             known = json.loads(path.read_text())
-            entry = known[key] if key in known else None
-            if entry is not None:
+            if (entry := known.get(key)) is not None:
                 return str(entry["choice"]), {k: float(v) for k, v in entry["timings"].items()}, True
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             warnings.warn(f"{path} is unreadable ({err}); measuring again and writing it anew", stacklevel=2)

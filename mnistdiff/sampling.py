@@ -33,6 +33,7 @@ from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, PRECI
 from mnistdiff.data import to_uint8
 from mnistdiff.ddim import ddim_sample_loop
 from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, as_float, p_sample_loop
+from mnistdiff.devices import clear_winner
 from mnistdiff.files import atomic_write_bytes, atomic_write_text
 from mnistdiff.flows import FLOW_SOLVERS, flow_sample_loop
 from mnistdiff.guidance import GuidedDenoiser
@@ -54,11 +55,6 @@ SAMPLERS = ("ddim", "ddpm", *dict.fromkeys([*FLOW_SOLVERS, *SOLVERS]))
 #: The precisions a network or a decoder can run in here (``"auto"`` picks one of them by timing): float32 or bf16
 #: autocast, each in the plain memory format or channels_last (``_cl``).
 MEASURED_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")
-
-#: How much faster (10 %) a precision must run than one earlier in :data:`MEASURED_PRECISIONS` for ``"auto"`` to take
-#: it (:func:`clear_winner`): timings on two shared cores wander by a few per cent, and on a near-tie (fp32 and
-#: fp32_cl within 1 % for the latent UNet on an Intel Xeon without AMX) the choice flipped between runs.
-TIE_MARGIN = 0.10
 
 #: ``fast``, the old spelling of (``precision``, ``compile``) (``sample --fast``, ``sample(fast=)``).
 OLD_FAST: dict[str, tuple[str, bool | str]] = {
@@ -180,7 +176,7 @@ class ChunkedDenoiser(torch.nn.Module):
 def measure_precision(model: torch.nn.Module, shape: tuple[int, int, int], device: torch.device | str = "cpu",
                       batch_size: int = 128, rounds: int = 3) -> tuple[str, dict[str, float]]:
     """``"fp32"``, ``"fp32_cl"``, ``"bf16"`` or ``"bf16_cl"``: whichever runs ``model`` fastest here (a near-tie goes
-    to the earlier one: :func:`clear_winner`), each timed on a ``batch_size`` batch after a warm-up, in ``rounds``
+    to the earlier one: ``devices.clear_winner``), each timed on a ``batch_size`` batch after a warm-up, in ``rounds``
     rounds that take the four in turn (:func:`_seconds`). bf16 is fast on CPUs with AMX/AVX-512 bf16 and slow on
     others, and channels_last helps on some and hurts on others (the training probe on an AMD EPYC: bf16 fastest,
     bf16_cl slower; the pixel UNet on an Intel Xeon without AMX: fp32_cl fastest), so this is measured, never assumed.
@@ -196,14 +192,6 @@ def measure_precision(model: torch.nn.Module, shape: tuple[int, int, int], devic
     seconds = _seconds({p: functools.partial(net, x, t) for p, net in nets.items()}, rounds, device)
     speeds = {p: round(batch_size / s, 1) for p, s in seconds.items()}
     return clear_winner(speeds), speeds
-
-
-def clear_winner(speeds: dict[str, float], margin: float = TIE_MARGIN) -> str:
-    """The first of ``speeds`` (in :data:`MEASURED_PRECISIONS`' order: float32 plain first) that runs within
-    ``margin`` of the fastest. Each precision draws other bits, so a choice that a near-tie flips from run to run
-    would draw other samples for the same seed; this one changes only where a precision is clearly faster."""
-    best = max(speeds.values())
-    return next(p for p in speeds if speeds[p] * (1 + margin) >= best)
 
 
 @torch.no_grad()

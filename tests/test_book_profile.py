@@ -111,7 +111,7 @@ def test_a_network_runs_in_each_precision_and_fp32_after_channels_last_is_plain_
 def test_auto_precision_keeps_the_earlier_choice_on_a_near_tie():
     """clear_winner takes a later precision (other bits, so other samples) only when it runs over 10 % faster than
     every earlier one: a 1 % tie between fp32 and fp32_cl, which flipped the book's draws between runs, goes to fp32."""
-    from mnistdiff.sampling import clear_winner
+    from mnistdiff.devices import clear_winner
 
     assert clear_winner({"fp32": 100.0, "fp32_cl": 101.0, "bf16": 60.0, "bf16_cl": 55.0}) == "fp32"
     assert clear_winner({"fp32": 101.0, "fp32_cl": 100.0, "bf16": 60.0, "bf16_cl": 55.0}) == "fp32"

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mnistdiff.devices import remembered
-from mnistdiff.sampling import clear_winner
+from mnistdiff.devices import clear_winner, remembered
 from mnistdiff.training.batches import Data, num_rows, take, to_device
 from mnistdiff.training.checkpoints import CheckpointError, previous_path, read_sidecar
 
