@@ -347,10 +347,10 @@ class DiffusionModel:
             lambda: measure_precision(self.unet, self.sample_shape, device))
         if (codec := self.codec) is not None:
             codec.vae.to(device)
-            self.decode_precision, decode_speeds, _ = remembered(
+            self.decode_precision, decode_speeds, decoder_known = remembered(
                 f"decoding precision of {codec.vae.config}", device,
                 lambda: measure_decoder(codec.decode, self.sample_shape, device))
-            speeds = {**speeds, **decode_speeds}
+            speeds, known = {**speeds, **decode_speeds}, known or decoder_known
         self.meta["precision_remembered_in"] = str(choices_file()) if known else None
         self.meta["sampling_speeds"] = speeds
         return speeds

@@ -12,7 +12,7 @@ from mnistdiff.cli import main
 from mnistdiff.config import ConfigError, TrainConfig, UNetConfig
 from mnistdiff.course.pretrained import checkpoint_path, train_all
 from mnistdiff.course.profiles import BOOK, DEFAULT_PROFILE, PROFILES, SMOKE, get_profile
-from mnistdiff.devices import clear_winner, cpu_name
+from mnistdiff.devices import choices_file, clear_winner, cpu_name
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.training.experiment import Experiment
 from mnistdiff.training.loop import TrainTask, fit
@@ -474,3 +474,28 @@ def test_a_models_auto_precision_is_measured_once_per_machine(monkeypatch):
     assert first.measure_precision("cpu") == second.measure_precision("cpu") == {"fp32": 1.0, "fp32_cl": 2.0}
     assert first.precision == second.precision == "fp32_cl" and len(probes) == 1
     assert first.meta["precision_remembered_in"] is None and second.meta["precision_remembered_in"]
+
+
+def test_a_latent_model_names_the_file_when_only_its_decoders_choice_was_remembered(monkeypatch):
+    """The decoder's choice read back from the file is reported as remembered even where the network is new to it."""
+    from mnistdiff import model as model_module
+    from mnistdiff.config import LDMRunConfig, UNetConfig, VAEConfig
+    from mnistdiff.latent import LatentCodec
+    from mnistdiff.model import DiffusionModel
+    from mnistdiff.unet import UNet
+    from mnistdiff.vae import VAE
+
+    monkeypatch.setattr(model_module, "measure_precision", lambda unet, shape, device: ("fp32", {"fp32": 1.0}))
+    monkeypatch.setattr(model_module, "measure_decoder", lambda decode, shape, device: ("fp32", {"decode fp32": 1.0}))
+    codec = LatentCodec(VAE(VAEConfig(base_channels=8)).eval(), 1.0)
+
+    def latent(base: int) -> DiffusionModel:
+        unet = UNetConfig(in_channels=2, image_size=4, base_channels=base, channel_mults=(1,), attention_resolutions=())
+        return DiffusionModel(UNet(unet).eval(), NoiseSchedule.make("cosine", 20), LDMRunConfig(unet=unet),
+                              codec=codec, clip_range=(-3.0, 3.0))
+
+    first, second = latent(8), latent(16)  # two networks, one decoder
+    first.measure_precision("cpu")
+    second.measure_precision("cpu")
+    assert first.meta["precision_remembered_in"] is None
+    assert second.meta["precision_remembered_in"] == str(choices_file())
