@@ -176,11 +176,11 @@ class ChunkedDenoiser(torch.nn.Module):
 def measure_precision(model: torch.nn.Module, shape: tuple[int, int, int], device: torch.device | str = "cpu",
                       batch_size: int = 128, rounds: int = 3) -> tuple[str, dict[str, float]]:
     """``"fp32"``, ``"fp32_cl"``, ``"bf16"`` or ``"bf16_cl"``: whichever runs ``model`` fastest here (a near-tie goes
-    to the earlier one: ``devices.clear_winner``), each timed on a ``batch_size`` batch after a warm-up, in ``rounds``
-    rounds that take the four in turn (:func:`_seconds`). bf16 is fast on CPUs with AMX/AVX-512 bf16 and slow on
-    others, and channels_last helps on some and hurts on others (the training probe on an AMD EPYC: bf16 fastest,
-    bf16_cl slower; the pixel UNet on an Intel Xeon without AMX: fp32_cl fastest), so this is measured, never assumed.
-    Returns the choice and network calls per second."""
+    to the earlier one: :func:`~mnistdiff.devices.clear_winner`), each timed on a ``batch_size`` batch after a
+    warm-up, in ``rounds`` rounds that take the four in turn (:func:`_seconds`). bf16 is fast on CPUs with AMX/AVX-512
+    bf16 and slow on others, and channels_last helps on some and hurts on others (the training probe on an AMD EPYC:
+    bf16 fastest, bf16_cl slower; the pixel UNet on an Intel Xeon without AMX: fp32_cl fastest), so this is measured,
+    never assumed. Returns the choice and network calls per second."""
     import copy
 
     device = torch.device(device)
