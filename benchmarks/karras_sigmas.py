@@ -10,12 +10,13 @@ with the spacing's σ_max and σ_min varied, scored in both feature spaces besid
         --vae checkpoints/book/vae.safetensors --sigma_max 10 20 40 80 --n 2000
 
 EDM's σ_max = 80 and σ_min = 0.002 were chosen for CIFAR-10 and ImageNet; each kind's ``karras_sigma_max``
-(:attr:`mnistdiff.model.DiffusionModel.karras_sigma_max`: 20 for the pixel DDPM, 10 for the LDM) and
+(:attr:`mnistdiff.model.DiffusionModel.karras_sigma_max`: 20 for the pixel DDPM, 5 for the LDM) and
 :data:`mnistdiff.solvers.KARRAS_SIGMA_MIN` are the package's choices for MNIST, read off this file (σ_min is kept at
 or above the schedule's first σ, 0.0064 on the book's cosine schedule). Each configuration — every σ_max with every
 σ_min asked for (each defaults to the package's) — draws ``n`` samples from seed 0 through
 :meth:`~mnistdiff.model.DiffusionModel.sample` exactly as the package samples (the loop's two σ are the only thing
-changed); the file is rewritten after each, and a rerun skips what it holds for the same weights and n.
+changed); the file is rewritten after each, and a rerun skips what it holds for the same weights and n. A run on
+a retrained model (the same kind, other weights) drops the earlier model's rows.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     doc.update(device=device_name(args.device), date=dt.date.today().isoformat(), package_sigma_min=KARRAS_SIGMA_MIN)
     doc["package_sigma_max"] = {**doc.get("package_sigma_max", {}), model.kind: model.karras_sigma_max}
     sha, first = model.meta["weights_sha256"], float(schedule_sigmas(model.schedule)[0])
+    stale = [r for r in doc["rows"] if r["model"] == model.kind and r["weights_sha256"] != sha]
+    if stale:  # a retrained model: the old one's rows describe no model the book loads (git keeps them)
+        doc["rows"] = [r for r in doc["rows"] if r not in stale]
+        print(f"dropped {len(stale)} rows of an earlier {model.kind} (other weights)")
     for sigmas in [(hi, max(lo, first)) for hi in args.sigma_max or [model.karras_sigma_max] for lo in args.sigma_min]:
         row = {"model": model.kind, "file": str(args.model), "weights_sha256": sha, "sampler": args.sampler,
                "steps": args.steps, "nfe": model.nfe(args.sampler, args.steps), "sigma_max": sigmas[0],
@@ -88,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{model.kind} {args.sampler} {args.steps} steps, σ from {sigmas[0]:g} to {sigmas[1]:g}: " + "  ".join(
             f"{s}: FID {m[space_key('fid', s)]:.3f} ({m[space_key('fid', s)] / doc['floor'][space_key('fid', s)]:.2f}×"
             " floor)" for s in FEATURE_SPACES), flush=True)
+    atomic_write_json(out, doc)  # also when nothing was drawn: rows dropped above
     print(f"→ {out}")
     return 0
 

@@ -5,6 +5,9 @@ scored in both feature spaces, and the real floor drawn from as many seeds of re
     python benchmarks/seed_spread.py checkpoints/book/ldm.safetensors --vae checkpoints/book/vae.safetensors \\
         --sampler ddim --steps 50 --seeds 0 1 2 3 4 --n 2000          # → results/book/seed_spread_ldm.json
 
+    python benchmarks/seed_spread.py checkpoints/book/vae.safetensors --seeds 0 1 2 3 4 5 6 7 8 9
+        # a VAE: its reconstructions of each seed's floor digits   → results/book/seed_spread_vae.json
+
 A sweep or a table that compares two samplers at one seed each reads a difference that the seed alone can make as
 a difference between the samplers; this measures the size of that. For each seed the model draws ``n`` samples and
 :func:`mnistdiff.evaluation.metrics.evaluate` scores them; the floor is :func:`~mnistdiff.evaluation.metrics.
@@ -27,12 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from mnistdiff.config import VAE_KIND  # noqa: E402
+from mnistdiff.data import load_mnist  # noqa: E402
 from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
-from mnistdiff.model import DiffusionModel  # noqa: E402
+from mnistdiff.model import DiffusionModel, load_vae  # noqa: E402
+from mnistdiff.modelfile import read_model_meta  # noqa: E402
+from mnistdiff.vae import VAE  # noqa: E402
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -63,9 +70,15 @@ def earlier_draws(out: Path, doc: dict) -> dict[int, tuple[dict, dict]]:
     return {d["seed"]: (strip(d), strip(f)) for d, f in zip(old["draws"], old["floors"])}
 
 
-def draw(model: DiffusionModel, seed: int, args: argparse.Namespace, options: dict) -> tuple[dict, dict]:
-    """``args.n`` samples from ``seed`` and as many real training digits, each scored in both spaces."""
-    images, _ = model.sample(args.n, seed=seed, device=args.device, precision="fp32", **options)
+def draw(model: DiffusionModel | VAE, seed: int, args: argparse.Namespace, options: dict) -> tuple[dict, dict]:
+    """``args.n`` samples from ``seed`` and as many real training digits, each scored in both spaces; a VAE's
+    "samples" are its reconstructions of those same real digits (what its floor ratio measures)."""
+    if isinstance(model, VAE):
+        real = load_mnist("train").subset(args.n, seed=seed).images  # real_floor's digits at this seed
+        with torch.no_grad():
+            images = model.reconstruct(real.to(args.device)).cpu()
+    else:
+        images, _ = model.sample(args.n, seed=seed, device=args.device, precision="fp32", **options)
     m = evaluate(images, seed=seed, device=args.device, include_memorisation=False)
     f = real_floor(args.n, seed=seed, device=args.device, include_memorisation=False)
     return distribution_metrics(m), distribution_metrics(f)
@@ -87,14 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.seeds) < 2:
         p.error("a spread needs at least two seeds")
     torch.manual_seed(0)
-    model = DiffusionModel.load(args.model, vae=args.vae, device=args.device)
     options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("eta", args.eta)) if v is not None}
-    spacing = model.spacing(options.get("sampler", model.sampling_defaults()["sampler"]))
-    sigmas = model.karras_range if spacing == "karras" else {}
+    if read_model_meta(args.model)["kind"] == VAE_KIND:
+        if options or args.vae:
+            p.error("a VAE file is scored by its reconstructions: --sampler, --steps, --eta and --vae do not apply")
+        model, kind, sampling = load_vae(args.model, device=args.device), VAE_KIND, {"reconstruction": True}
+    else:
+        model = DiffusionModel.load(args.model, vae=args.vae, device=args.device)
+        spacing = model.spacing(options.get("sampler", model.sampling_defaults()["sampler"]))
+        sigmas = model.karras_range if spacing == "karras" else {}
+        kind = model.kind
+        sampling = {**model.sampling_defaults(), **options, "precision": "fp32", "spacing": spacing, **sigmas}
     doc = {"device": device_name(args.device), "date": dt.date.today().isoformat(), "n": args.n,
-           "model": {"file": str(args.model), "kind": model.kind, "weights_sha256": model.meta["weights_sha256"]},
-           "sampling": {**model.sampling_defaults(), **options, "precision": "fp32", "spacing": spacing, **sigmas}}
-    out = args.out or results_dir() / args.profile / f"seed_spread_{model.kind}.json"
+           "model": {"file": str(args.model), "kind": kind, "weights_sha256": model.meta["weights_sha256"]},
+           "sampling": sampling}
+    out = args.out or results_dir() / args.profile / f"seed_spread_{kind}.json"
     kept = earlier_draws(out, doc)
     draws, floors = [], []
     for seed in args.seeds:

@@ -305,7 +305,7 @@ class LDMRunConfig:
     latent: ClassVar[bool] = True
     samplers: ClassVar[tuple[str, ...]] = ("dpmpp_2m_sde", "ddim", "ddpm", "dpmpp_2m", "heun")
     default_steps: ClassVar[int] = 16
-    karras_sigma_max: ClassVar[float] = 10.0  # measured: its codes drown sooner than pixels (benchmarks/README.md)
+    karras_sigma_max: ClassVar[float] = 5.0  # measured: its codes drown sooner than pixels (benchmarks/README.md)
 
     unet: UNetConfig = field(
         default_factory=lambda: UNetConfig(

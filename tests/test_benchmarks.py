@@ -447,6 +447,27 @@ def test_seed_spread_rerun_draws_only_the_seeds_its_file_lacks(tmp_path):
     assert [c.args[1] for c in drawn.call_args_list] == [0, 1]
 
 
+def test_seed_spread_scores_a_vae_by_its_reconstructions_of_each_seeds_floor_digits(tmp_path):
+    """A VAE file's draw at seed s is its reconstructions of real_floor's digits at s: the metrics equal evaluate()
+    on vae.reconstruct of those digits, and sampler options are refused."""
+    from mnistdiff.data import load_mnist
+    from mnistdiff.evaluation.metrics import distribution_metrics, evaluate
+    from mnistdiff.model import load_vae
+
+    spread = _script("seed_spread")
+    _, vae_path = _tiny_cldm(tmp_path)
+    out = tmp_path / "vae_spread.json"
+    assert spread.main([str(vae_path), "--n", "8", "--seeds", "3", "4", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["model"]["kind"] == "vae" and doc["sampling"] == {"reconstruction": True}
+    real = load_mnist("train").subset(8, seed=4).images
+    want = distribution_metrics(evaluate(load_vae(vae_path).reconstruct(real), seed=4, include_memorisation=False))
+    assert doc["draws"][1] == pytest.approx({"seed": 4, **want})
+    assert doc["draws"][0]["fid"] != doc["draws"][1]["fid"]
+    with pytest.raises(SystemExit):
+        spread.main([str(vae_path), "--n", "8", "--seeds", "0", "1", "--steps", "3", "--out", str(out)])
+
+
 def test_karras_sigmas_move_only_where_the_spacing_starts_and_ends(tmp_path):
     import torch
 
@@ -473,6 +494,14 @@ def test_karras_sigmas_move_only_where_the_spacing_starts_and_ends(tmp_path):
     assert (doc["package_sigma_max"], doc["package_sigma_min"]) == ({"ddpm": own_max}, KARRAS_SIGMA_MIN)
     assert all(math.isfinite(r["fid"]) and math.isfinite(r["fid_resnet"]) and r["nfe"] == 3 for r in doc["rows"])
     assert study.main(argv) == 0 and len(json.loads(out.read_text())["rows"]) == 4  # a rerun scores nothing again
+    retrained = DiffusionModel.load(tmp_path / "ddpm.safetensors")
+    with torch.no_grad():
+        next(retrained.unet.parameters()).add_(0.01)
+    retrained.save(tmp_path / "ddpm.safetensors", seconds=3.0)  # the same kind, other weights
+    assert study.main([*argv[:9], "20", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]  # the earlier model's four rows are gone, the new one's one is there
+    assert [(r["sigma_max"], r["sigma_min"]) for r in rows] == [pytest.approx((20.0, 0.2))]
+    assert rows[0]["weights_sha256"] == DiffusionModel.load(tmp_path / "ddpm.safetensors").meta["weights_sha256"]
 
 
 def test_guidance_samplers_sweeps_every_weight_for_each_sampler_and_seed(tmp_path, capsys):
