@@ -31,10 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from mnistdiff.config import VAE_KIND  # noqa: E402
-from mnistdiff.data import load_mnist  # noqa: E402
 from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
-from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
+from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, floor_images, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel, load_vae  # noqa: E402
@@ -74,9 +73,8 @@ def draw(model: DiffusionModel | VAE, seed: int, args: argparse.Namespace, optio
     """``args.n`` samples from ``seed`` and as many real training digits, each scored in both spaces; a VAE's
     "samples" are its reconstructions of those same real digits (what its floor ratio measures)."""
     if isinstance(model, VAE):
-        real = load_mnist("train").subset(args.n, seed=seed).images  # real_floor's digits at this seed
         with torch.no_grad():
-            images = model.reconstruct(real.to(args.device)).cpu()
+            images = model.reconstruct(floor_images(args.n, seed).to(args.device)).cpu()
     else:
         images, _ = model.sample(args.n, seed=seed, device=args.device, precision="fp32", **options)
     m = evaluate(images, seed=seed, device=args.device, include_memorisation=False)

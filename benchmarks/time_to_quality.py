@@ -34,10 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from mnistdiff.config import DEFAULT_ETA, DEFAULT_STEPS, VAE_KIND  # noqa: E402
-from mnistdiff.data import load_mnist  # noqa: E402
 from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
-from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor, space_key  # noqa: E402
+from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, floor_images, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.model import DiffusionModel, load_vae  # noqa: E402
@@ -63,8 +62,7 @@ def draw(path: Path, n: int, steps: int | None, device: str, eta: float = DEFAUL
     a VAE's reconstructions of the floor's ``n`` training digits (:func:`real_floor`'s subset, seed 0)."""
     if read_model_meta(path)["kind"] == VAE_KIND:
         vae = load_vae(path, device=device)
-        real = load_mnist("train").subset(n, seed=0).images
-        return vae.reconstruct(real.to(device)).cpu(), vae.meta
+        return vae.reconstruct(floor_images(n, seed=0).to(device)).cpu(), vae.meta
     model = DiffusionModel.load(path, vae=vae, device=device)
     chosen = model.sampling_defaults(None if sampler == "default" else sampler)
     return model.sample(n, sampler=chosen["sampler"], steps=steps or chosen["steps"], eta=eta, seed=0,

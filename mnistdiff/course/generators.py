@@ -25,8 +25,8 @@ import torch
 
 from mnistdiff.config import DEFAULT_ETA
 from mnistdiff.course.profiles import Profile
-from mnistdiff.data import load_mnist
 from mnistdiff.devices import resolve_device
+from mnistdiff.evaluation.metrics import floor_images
 from mnistdiff.evaluation.nfe_sweep import sampler_label
 from mnistdiff.evaluation.report import GeneratorSpec, Sampler
 from mnistdiff.vae import VAE
@@ -51,9 +51,7 @@ def _vae_prior_sampler(vae: VAE, device: torch.device) -> Sampler:
 
 def _vae_reconstruction_sampler(vae: VAE, device: torch.device) -> Sampler:
     def draw(n: int, seed: int) -> torch.Tensor:
-        # the same n training images as real_floor(n, seed=seed): the floor, passed through the VAE
-        real = load_mnist("train").subset(n, seed=seed).images
-        return vae.reconstruct(real.to(device)).cpu()
+        return vae.reconstruct(floor_images(n, seed).to(device)).cpu()  # the floor, passed through the VAE
 
     return draw
 

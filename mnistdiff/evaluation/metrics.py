@@ -70,6 +70,7 @@ __all__ = [
     "reference_features",
     "evaluate",
     "real_floor",
+    "floor_images",
     "evaluate_npz",
     "format_metrics",
     "format_value",
@@ -264,6 +265,14 @@ def evaluate(
     return out
 
 
+def floor_images(n: int, seed: int = 0) -> torch.Tensor:
+    """The ``n`` training digits that :func:`real_floor` scores at ``seed``: (n, 1, 32, 32) in [−1, 1]. A VAE's
+    reconstructions of exactly these are what its floor ratio compares."""
+    from mnistdiff.data import load_mnist
+
+    return load_mnist("train").subset(n, seed=seed).images
+
+
 def real_floor(
     n: int,
     *,
@@ -291,8 +300,7 @@ def real_floor(
     if key not in _FLOOR_CACHE:
         from mnistdiff.data import load_mnist
 
-        train = load_mnist("train").subset(n, seed=seed)
-        out, _ = _evaluate_images(prepare_images(train.images), spaces, device, n_ref=n_ref, seed=seed,
+        out, _ = _evaluate_images(prepare_images(floor_images(n, seed)), spaces, device, n_ref=n_ref, seed=seed,
                                   kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, k=k)
         if include_memorisation:
             held_out = load_mnist("test").subset(min(n, 10_000), seed=seed).images

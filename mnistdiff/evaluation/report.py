@@ -48,7 +48,7 @@ import torch
 
 from mnistdiff.data import load_mnist
 from mnistdiff.devices import device_name, resolve_device
-from mnistdiff.evaluation.metrics import METRIC_KEYS, TABLE_COLUMNS, format_value
+from mnistdiff.evaluation.metrics import METRIC_KEYS, TABLE_COLUMNS, floor_images, format_value
 from mnistdiff.files import atomic_write_text, repo_root
 
 __all__ = [
@@ -213,8 +213,7 @@ def umap_reference_sets(
     never of the test images, so no reconstruction sits on top of its own original in the map.
     """
     test = load_mnist("test").subset(n_real, seed=seed)
-    floor = load_mnist("train").subset(n_floor, seed=seed)
-    return test.images, test.labels, floor.images
+    return test.images, test.labels, floor_images(n_floor, seed)
 
 
 def umap_compare(samples: Mapping[str, Samples], real_images: torch.Tensor, real_labels: torch.Tensor | None,
