@@ -226,3 +226,16 @@ def test_forward_deterministic_with_given_noise(vae, digits):
         a, _ = vae(digits, noise)
         b, _ = vae(digits, noise)
     assert torch.equal(a, b)
+
+
+def test_reconstruct_is_the_posterior_mean_decoded_without_autograd_and_keeps_the_mode(digits):
+    """reconstruct = clamp(decode(mean of q(z|x))) in eval mode, computed by hand here; it records no graph (its
+    output needs no gradient although the weights do) and leaves a training module training."""
+    vae = _vae(seed=3)
+    vae.train()
+    out = vae.reconstruct(digits, batch_size=3)
+    assert vae.training and not out.requires_grad and out.grad_fn is None
+    vae.eval()
+    with torch.no_grad():
+        want = vae.decoder(vae.encode(digits).mean).float().clamp(-1, 1)
+    torch.testing.assert_close(out, want)
