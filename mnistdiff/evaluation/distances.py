@@ -95,15 +95,6 @@ def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return g * g * g  # not g ** 3: numpy's power is ten times slower than two products
 
 
-def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD² (Gretton et al. 2012, eq. 3) with the cubic polynomial kernel; x, y: (m, D)."""
-    m = x.shape[0]
-    kxx, kyy, kxy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
-    sxx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-    syy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    return float(sxx + syy - 2 * kxy.mean())
-
-
 #: A kernel between two whole sets is computed once, and each subset's terms read from it, up to this many entries
 #: (a float64 matrix of 400 MB); a larger pair has its kernels computed per subset.
 KERNEL_ENTRIES_LIMIT = 50_000_000
@@ -145,7 +136,8 @@ def _cross_means(a: np.ndarray, b: np.ndarray, draws: list[tuple[np.ndarray, np.
 
 
 def _mmd2_subsets(a: np.ndarray, b: np.ndarray, draws: list[tuple[np.ndarray, np.ndarray]], key: tuple) -> np.ndarray:
-    """:func:`_mmd2_unbiased` of ``a[ia]`` against ``b[ib]`` for each ``(ia, ib)`` of ``draws``, with each kernel
+    """The unbiased MMD² of ``a[ia]`` against ``b[ib]`` (Gretton et al. 2012, eq. 3; the formula in
+    :func:`kernel_inception_distance`) for each ``(ia, ib)`` of ``draws``, with each kernel
     computed once for the whole sets where it fits (:data:`KERNEL_ENTRIES_LIMIT`) and ``b``'s within-set terms
     cached under ``key`` (its hash and the draws' arguments)."""
     syy = _WITHIN_CACHE.get(key)
@@ -177,7 +169,7 @@ def kernel_inception_distance(
     distributions. Seeded (``numpy.random.default_rng(seed)``) and deterministic. Each kernel is computed once
     for the whole sets where it fits and the subsets' terms read from it, and the second set's own terms are kept
     for the next call with the same set and draws (the test digits every generator is compared with): the same
-    sums as subset by subset (:func:`_mmd2_unbiased`), in a fraction of the time.
+    sums as subset by subset, in a fraction of the time.
     Returns the mean, or ``(mean, std over subsets)`` with ``return_std=True``.
     """
     a = _as_float64_2d(f1, "f1", min_rows=2)
