@@ -28,6 +28,7 @@ __all__ = [
     "ASSET_DIR",
     "FileWriteError",
     "repo_root",
+    "shown_path",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -55,6 +56,15 @@ def repo_root(package_dir: Path | None = None) -> Path:
     if (parent / "pyproject.toml").is_file():
         return parent
     return Path.cwd()
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` relative to :func:`repo_root` where it lies inside it (what messages, notebooks and ``git checkout``
+    want), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(repo_root()))
+    except ValueError:
+        return str(path)
 
 
 def unlink_quiet(path: str | Path | None) -> None:

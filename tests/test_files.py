@@ -133,3 +133,16 @@ def test_atomic_write_json_reads_back_with_json_and_keeps_unicode(tmp_path):
     files.atomic_write_json(target, doc)
     text = target.read_text(encoding="utf-8")
     assert json.loads(text) == doc and "σ" in text and text.endswith("}\n") and "\n  " in text
+
+
+def test_shown_path_is_relative_to_the_checkout_inside_it_and_as_given_outside(tmp_path, monkeypatch):
+    """Messages name files as ``git checkout`` wants them: relative to the root ($MNISTDIFF_ROOT here) when inside
+    it, even given relative to another folder or through ``..``; a path outside is returned as given."""
+    root = tmp_path / "checkout"
+    (root / "checkpoints").mkdir(parents=True)
+    monkeypatch.setenv(files.ROOT_ENV_VAR, str(root))
+    assert files.shown_path(root / "checkpoints" / "vae.safetensors") == os.path.join("checkpoints", "vae.safetensors")
+    monkeypatch.chdir(root / "checkpoints")
+    assert files.shown_path(Path("..") / "checkpoints" / "x.pt") == os.path.join("checkpoints", "x.pt")
+    outside = tmp_path / "elsewhere" / "x.pt"
+    assert files.shown_path(outside) == str(outside)

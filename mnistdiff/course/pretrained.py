@@ -27,7 +27,7 @@ from mnistdiff.config import (
 )
 from mnistdiff.course.profiles import Profile, get_profile
 from mnistdiff.devices import resolve_device
-from mnistdiff.files import atomic_copy, repo_root
+from mnistdiff.files import atomic_copy, repo_root, shown_path
 from mnistdiff.model import DiffusionModel
 from mnistdiff.modelfile import SUFFIX, CheckpointError, read_model_meta
 from mnistdiff.training.kinds import KINDS
@@ -51,14 +51,6 @@ def checkpoint_dir(profile: str | Profile | None = None) -> Path:
 
 def checkpoint_path(kind: str, profile: str | Profile | None = None) -> Path:
     return checkpoint_dir(profile) / f"{kind}{SUFFIX}"
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the repository when inside it (what notebooks print, and the book shows)."""
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 def _stored_config(path: Path, cfg: Any, *, resume: bool = False) -> dict | None:
@@ -111,11 +103,11 @@ def _load_else_train(kind: str, prof: Profile, device: torch.device, retrain: bo
     if not retrain:
         try:
             if _usable(path, cfg):
-                print(f"[mnistdiff] loading {_shown(path)}")
+                print(f"[mnistdiff] loading {shown_path(path)}")
                 return entry.load(path, vae, device)
         except CheckpointError as err:  # corrupt, half-copied, trained on another VAE…
-            print(f"[mnistdiff] not using {_shown(path)}: {err}")
-    print(f"[mnistdiff] no usable {prof.name} {kind} checkpoint at {_shown(path)}: training one now")
+            print(f"[mnistdiff] not using {shown_path(path)}: {err}")
+    print(f"[mnistdiff] no usable {prof.name} {kind} checkpoint at {shown_path(path)}: training one now")
     result = entry.train(cfg, vae, out=checkpoint_dir(prof) / "runs", device=device, progress=progress)
     _store(result.checkpoint, path)
     return entry.load(path, vae, device)
@@ -187,7 +179,7 @@ def _distil_else_load(prof: Profile, device: torch.device, progress: bool) -> Pa
     path = checkpoint_dir(prof) / f"{STUDENT}{SUFFIX}"
     if _student_matches(path, prof, teacher):
         return path
-    print(f"[mnistdiff] no {prof.name} student distilled from this cldm at {_shown(path)}: distilling one now")
+    print(f"[mnistdiff] no {prof.name} student distilled from this cldm at {shown_path(path)}: distilling one now")
     train = load_mnist("train").subset(prof.distill.subset, prof.distill.seed)
     return progressive_distillation(teacher, train.images, train.labels, prof.distill, path, device, progress)
 
@@ -198,7 +190,7 @@ def get_cldm_distilled(profile: str | Profile | None = None, *, device: str | to
     distil it (:func:`~mnistdiff.training.distill.progressive_distillation`, the profile's ``distill`` settings)."""
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     path = _distil_else_load(prof, resolve_device(device), progress)
-    print(f"[mnistdiff] loading {_shown(path)}")
+    print(f"[mnistdiff] loading {shown_path(path)}")
     student = DiffusionModel.load(path, vae=checkpoint_path(VAE_KIND, prof), device=resolve_device(device))
     student.precision = prof.sample_precision
     if student.precision == "auto":
@@ -236,17 +228,17 @@ def train_all(profile: str | Profile | None = None, *, device: str | torch.devic
     for kind, entry in KINDS.items():
         cfg, dest = getattr(prof, kind), checkpoint_path(kind, prof)
         if dest.exists() and _same(_stored_config(dest, cfg), cfg, with_train=True):
-            print(f"[mnistdiff] {_shown(dest)} is trained with the {prof.name} settings: skipping")
+            print(f"[mnistdiff] {shown_path(dest)} is trained with the {prof.name} settings: skipping")
         else:
             resume = _unfinished_run(runs, kind, cfg)
             if resume is not None:
-                print(f"[mnistdiff] resuming {_shown(resume)}")
+                print(f"[mnistdiff] resuming {shown_path(resume)}")
             print(f"[mnistdiff] training the {prof.name} {kind}")
             vae = checkpoint_path(VAE_KIND, prof) if entry.latent else None
             result = entry.train(cfg, vae, out=runs, device=resolve_device(device), data_dir=data_dir, resume=resume,
                                  progress=progress)
             _store(result.checkpoint, dest)
-            print(f"[mnistdiff] stored {_shown(dest)} ({result.seconds / 60:.1f} min of training)")
+            print(f"[mnistdiff] stored {shown_path(dest)} ({result.seconds / 60:.1f} min of training)")
         seconds[kind] = float(read_model_meta(dest).get("seconds", 0.0))
     student = _distil_else_load(prof, resolve_device(device), progress)  # chapter 9's student, after its teacher
     seconds[STUDENT] = float(read_model_meta(student).get("seconds", 0.0))

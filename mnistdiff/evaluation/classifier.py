@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistdiff.devices import resolve_device
-from mnistdiff.files import ASSET_DIR, repo_root
+from mnistdiff.files import ASSET_DIR, shown_path
 from mnistdiff.training.checkpoints import sha256_file
 
 __all__ = [
@@ -67,14 +67,9 @@ SPACE_RECIPES: dict[str, dict] = {
 
 def _retrain_hint(path: Path) -> str:
     space = next((name for name, p in FEATURE_SPACES.items() if p == path), PRIMARY_SPACE)
-    return (f"Restore the committed file with `git checkout -- {_shown(path)} {_shown(path.with_suffix('.json'))}` "
+    files = f"{shown_path(path)} {shown_path(path.with_suffix('.json'))}"
+    return (f"Restore the committed file with `git checkout -- {files}` "
             f"or retrain it with `python scripts/train_classifier.py --space {space}` (minutes on a CPU).")
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the checkout where it lies in it (as ``git checkout`` wants it), else as given."""
-    root = repo_root()
-    return str(path.relative_to(root) if path.is_relative_to(root) else path)
 
 
 class ClassifierWeightsError(RuntimeError):
