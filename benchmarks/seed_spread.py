@@ -73,8 +73,7 @@ def draw(model: DiffusionModel | VAE, seed: int, args: argparse.Namespace, optio
     """``args.n`` samples from ``seed`` and as many real training digits, each scored in both spaces; a VAE's
     "samples" are its reconstructions of those same real digits (what its floor ratio measures)."""
     if isinstance(model, VAE):
-        with torch.no_grad():
-            images = model.reconstruct(floor_images(args.n, seed).to(args.device)).cpu()
+        images = model.reconstruct(floor_images(args.n, seed).to(args.device)).cpu()
     else:
         images, _ = model.sample(args.n, seed=seed, device=args.device, precision="fp32", **options)
     m = evaluate(images, seed=seed, device=args.device, include_memorisation=False)

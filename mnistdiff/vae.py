@@ -137,7 +137,6 @@ class VAE(nn.Module):
         return (self.config.latent_channels, self.config.latent_size, self.config.latent_size)
 
     @torch.no_grad()
-    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Deterministic reconstructions decode(mean of q(z|x)), clamped to [−1, 1]: (B, C, 32, 32) float32.
 
