@@ -1,8 +1,8 @@
 """The one profile switch: ``MNISTDIFF_PROFILE=smoke|book|full``.
 
 * ``book``: what the published book is executed with. On two CPU cores (AMD EPYC, alone) its DDPM trains in about
-  160 minutes, the VAE in 22, the LDM in 10, the cldm in 8, the cldm's 4-step student distils in 15 and the flow
-  twin of the DDPM trains in about 200 (logit-normal t; 237 recorded on an Intel Xeon, some of it
+  160 minutes, the VAE in 113 (its book file is the run's epoch-28 snapshot, reached at 99), the LDM in 11, the cldm
+  in 8, the cldm's 4-step student distils in 32 and the flow twin of the DDPM trains in about 200 (logit-normal t; 237 recorded on an Intel Xeon, some of it
   sharing the cores) (``python -m mnistdiff train all --profile book``, resumable);
   the checkpoints are committed, so every chapter loads them in seconds on any machine. The default.
 * ``full``: the reference settings (the dataclass defaults), meant for a GPU.
@@ -136,13 +136,14 @@ _BOOK_DDPM = DDPMRunConfig(
 BOOK = Profile(
     name="book",
     ddpm=_BOOK_DDPM,
-    # the plain ELBO blurs; a patch critic (adv_weight, chapter 4) sharpens the decoder; its cosine decay over 16
-    # epochs (about 55 minutes alone on two Intel Xeon cores) puts more in the same 32 latent numbers than over 8
-    # (checkpoints/book/candidates/vae_16ep/README.md)
+    # the plain ELBO blurs; a patch critic (adv_weight, chapter 4) sharpens the decoder; its cosine decay over 32
+    # epochs (6,763 s recorded on two cores) puts more in the same 32 latent numbers than over 16 or 8. The book's
+    # file is this run's epoch-28 snapshot, chosen on held-out seeds (checkpoints/book/candidates/vae_32ep/README.md);
+    # a fresh run stores its epoch-32 model (ten seeds: 1.09× / 1.50× the floor, against the snapshot's 1.11× / 1.45×)
     vae=VAERunConfig(
         vae=VAEConfig(base_channels=32),
-        train=TrainConfig(epochs=16, lr=1e-3, batch_size=128, warmup_steps=100, sample_every=1, num_samples=16,
-                          eval_size=2000, precision="auto", snapshot_every=2),
+        train=TrainConfig(epochs=32, lr=1e-3, batch_size=128, warmup_steps=100, sample_every=1, num_samples=16,
+                          eval_size=2000, precision="auto", snapshot_every=4),
         adv_weight=0.5,
     ),
     ldm=LDMRunConfig(
@@ -161,9 +162,9 @@ BOOK = Profile(
         p_uncond=0.1,
     ),
     flow=flow_twin(_BOOK_DDPM),
-    # four rounds of 1,000 steps (DDIM-64 → 4) distil the book cldm in 16 minutes on two CPU cores
-    # (checkpoints/book/candidates/cldm_distilled_it1000/README.md)
-    distill=DistillConfig(steps=4, start_steps=64, iterations=1000, batch_size=256),
+    # four rounds of 2,000 steps (DDIM-64 → 4) distil the book cldm in 32 minutes on two CPU cores; 1,000 a round
+    # left the student 1.53× its teacher's FID in the ResNet's space (checkpoints/book/candidates/cldm_on_vae32/)
+    distill=DistillConfig(steps=4, start_steps=64, iterations=2000, batch_size=256),
     num_samples=64,
     ddim_steps=50,
     eval_samples=2000,
