@@ -550,3 +550,38 @@ def test_chunk_speed_times_both_ways_and_finds_the_same_bits(tmp_path):
         speed = {way: round(70 / statistics.median(s), 2) for way, s in row["seconds"].items()}
         assert row["samples_per_second"] == speed and len(row["seconds"]["pieces"]) == 2
         assert row["ratio"] == round(speed["pieces"] / speed["whole"], 3)
+
+
+def test_posthoc_ema_profiles_match_their_closed_forms():
+    """EDM2's power EMA: γ from σ_rel gives a profile of that relative width; the running update averages θ_t = t
+    to (γ+1)/(γ+2)·t; the profiles' inner product equals a numerical integral; a tracked profile is reconstructed
+    exactly and a wider one closely."""
+    import numpy as np
+    import torch
+
+    ph = _script("posthoc_ema")
+    for sigma_rel in (0.05, 0.10, 0.2):
+        g = ph.sigma_rel_to_gamma(sigma_rel)
+        mean, second = (g + 1) / (g + 2), (g + 1) / (g + 3)  # E[τ/t], E[(τ/t)²] under (γ+1)τ^γ/t^(γ+1)
+        assert abs(np.sqrt(second - mean ** 2) - sigma_rel) < 1e-9
+    model = torch.nn.Linear(1, 1, bias=False)
+    emas = ph.PowerEMAs(model)
+    for t in range(1, 2001):
+        model.weight.data.fill_(float(t))
+        emas.update(model, t)
+    for avg, g in zip(emas.avgs, emas.gammas):
+        assert abs(avg[0].item() / 2000 - (g + 1) / (g + 2)) < 2e-3
+    ta, ga, tb, gb = 300.0, 5.0, 500.0, 12.0
+    tau = np.linspace(0.0, ta, 200_001)
+    integrand = (ga + 1) * tau ** ga / ta ** (ga + 1) * (gb + 1) * tau ** gb / tb ** (gb + 1)
+    numeric = float(np.sum((integrand[1:] + integrand[:-1]) / 2 * np.diff(tau)))
+    assert abs(ph.profile_inner(np.array(ta), np.array(ga), np.array(tb), np.array(gb)) / numeric - 1) < 1e-6
+    ts = np.array([234.0 * k for k in range(1, 25)] * 2)
+    gammas = np.array([ph.sigma_rel_to_gamma(0.05)] * 24 + [ph.sigma_rel_to_gamma(0.10)] * 24)
+    exact = ph.solve_weights(ts, gammas, ts.max(), ph.sigma_rel_to_gamma(0.10))
+    assert abs(exact[-1] - 1) < 1e-6 and np.abs(exact[:-1]).max() < 1e-6
+    wide = ph.solve_weights(ts, gammas, ts.max(), ph.sigma_rel_to_gamma(0.2))
+    a = ph.profile_inner(ts[:, None], gammas[:, None], ts[None, :], gammas[None, :])
+    b = ph.profile_inner(ts, gammas, ts.max(), ph.sigma_rel_to_gamma(0.2))
+    target = ph.profile_inner(ts.max(), ph.sigma_rel_to_gamma(0.2), ts.max(), ph.sigma_rel_to_gamma(0.2))
+    assert abs(wide.sum() - 1) < 1e-9 and (wide @ a @ wide - 2 * wide @ b + target) / target < 0.01 ** 2 * 2

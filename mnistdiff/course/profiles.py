@@ -1,9 +1,10 @@
 """The one profile switch: ``MNISTDIFF_PROFILE=smoke|book|full``.
 
 * ``book``: what the published book is executed with. On two CPU cores (AMD EPYC, alone) its DDPM trains in about
-  160 minutes, the VAE in 113 (its book file is the run's epoch-28 snapshot, reached at 99), the LDM in 11, the cldm
-  in 8, the cldm's 4-step student distils in 32 and the flow twin of the DDPM trains in about 200 (logit-normal t; 237 recorded on an Intel Xeon, some of it
-  sharing the cores) (``python -m mnistdiff train all --profile book``, resumable);
+  160 minutes, the VAE in 113 (recorded, part on an Intel Xeon; its book file is the run's epoch-28 snapshot, reached
+  at 99), the LDM in 11, the cldm in 8, the cldm's 4-step student distils in 32 and the flow twin of the DDPM trains
+  in about 200 (logit-normal t; 237 recorded on an Intel Xeon, some of it sharing the cores)
+  (``python -m mnistdiff train all --profile book``, resumable);
   the checkpoints are committed, so every chapter loads them in seconds on any machine. The default.
 * ``full``: the reference settings (the dataclass defaults), meant for a GPU.
 * ``smoke``: every code path, tiny models and sample counts; every notebook runs in a few
