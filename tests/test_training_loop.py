@@ -164,6 +164,9 @@ def test_last_pt_keeps_its_keys_and_sidecar_fields(tmp_path):
     assert tuple(tensors) == LAST_PT_KEYS
     assert (meta["epoch"], meta["step"], meta["precision"]) == (3, 0, "fp32")
     assert [h["epoch"] for h in meta["history"]] == [1, 2, 3] and meta["seconds"] > 0
+    # every epoch names where and how it trained: a run resumed on another machine keeps each epoch's provenance
+    here = precision.machine_name(torch.device("cpu"))
+    assert {(h["machine"], h["precision"]) for h in meta["history"]} == {(here, "fp32")}
     assert set(tensors["rng"]) >= {"torch", "perm_gen"}
 
 

@@ -274,7 +274,7 @@ class TrainLoop:
         state = self.state
         train_loss, lr = state.train_loss(), state.scheduler.get_last_lr()[0]
         state.history.append({"epoch": state.epoch + 1, "train_loss": train_loss, "eval_loss": eval_loss, "lr": lr,
-                              "seconds": seconds})
+                              "seconds": seconds, "machine": machine_name(self.device), "precision": self.precision})
         self.experiment.log(f"{state.epoch + 1}\t{train_loss:.6f}\t{eval_loss:.6f}\t{lr:.3e}\t{seconds:.2f}")
         if self.device.type == "cuda":  # the GPU figures of the original design (name, peak memory, utilisation)
             info = device_info(self.device)
