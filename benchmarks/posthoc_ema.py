@@ -132,17 +132,35 @@ def patch_train_loop(every: int) -> None:
     loop.TrainLoop.train_step, loop.TrainLoop.save = train_step, save
 
 
-def reconstruct(run: Path, sigma_rels: list[float]) -> list[Path]:
-    """One model file per σ_rel: the least-squares mix of the stored power EMAs at the run's last stored step."""
-    raws = sorted((run / "posthoc" / "raw").glob("sr*_*.safetensors"))
+def _reference(run: Path, epoch: int | None) -> tuple[Path, dict, int | None]:
+    """The model file whose header (and non-float tensors) a reconstruction takes: the run's final model, or its
+    snapshot of ``epoch``; and the last training step it saw (None: the last stored)."""
+    if epoch is None:
+        final = run / "checkpoints" / "model.safetensors"
+        if not final.is_file():
+            raise SystemExit(f"{run} has no final model yet: finish it (`posthoc_ema.py train --resume {run}`) or "
+                             "pass --epoch N for a snapshot")
+        return final, read_model_meta(final), None
+    snap = run / "snapshots" / f"epoch_{epoch:03d}.safetensors"
+    if not snap.is_file():
+        raise SystemExit(f"{snap} does not exist: pass an epoch the run kept a snapshot of (--snapshot_every)")
+    meta = read_model_meta(snap)
+    train = meta["config"]["train"]
+    return snap, meta, epoch * ((train.get("subset") or 60_000) // train["batch_size"])
+
+
+def reconstruct(run: Path, sigma_rels: list[float], epoch: int | None = None) -> list[Path]:
+    """One model file per σ_rel: the least-squares mix of the stored power EMAs at the end of training (or of
+    ``epoch``, beside its snapshot)."""
+    final, meta, until = _reference(run, epoch)
+    raws = [p for p in sorted((run / "posthoc" / "raw").glob("sr*_*.safetensors"))
+            if until is None or int(p.stem.split("_")[1]) <= until]
     if not raws:
         raise SystemExit(f"{run}/posthoc/raw holds no stored power EMAs: train with `posthoc_ema.py train`")
     ts = np.array([float(p.stem.split("_")[1]) for p in raws])
     gammas = np.array([sigma_rel_to_gamma(float(p.stem.split("_")[0][2:])) for p in raws])
-    final = run / "checkpoints" / "model.safetensors"
-    if not final.is_file():
-        raise SystemExit(f"{run} has no final model file yet: finish it with `posthoc_ema.py train --resume {run}`")
-    meta = read_model_meta(final)
+    if until is not None and ts.max() != until:
+        raise SystemExit(f"no power EMA was stored at step {until} (the end of epoch {epoch}): --every must divide it")
     out = []
     for sr in sigma_rels:
         x = solve_weights(ts, gammas, ts.max(), sigma_rel_to_gamma(sr))
@@ -155,7 +173,7 @@ def reconstruct(run: Path, sigma_rels: list[float]) -> list[Path]:
         record = {"sigma_rel": sr, "at_step": int(ts.max()), "stored": [p.name for p in raws],
                   "weights": [round(float(w), 6) for w in x], "method": "EDM2 post-hoc EMA (Karras et al. 2024)"}
         keep = {k: meta[k] for k in ("kind", "config", "epoch", "seconds", "history", "metrics") if k in meta}
-        path = run / "posthoc" / f"epoch_{meta.get('epoch') or int(ts.max())}_sr{sr:.3f}.safetensors"
+        path = run / "posthoc" / f"epoch_{meta.get('epoch') or len(meta['history']):03d}_sr{sr:.3f}.safetensors"
         out.append(save_model_file(path, tensors, {**keep, "posthoc_ema": record}))
         print(f"σ_rel {sr:.3f} (γ {sigma_rel_to_gamma(sr):.2f}): {len(raws)} stored EMAs, weights in "
               f"[{x.min():.3f}, {x.max():.3f}] → {path}")
@@ -175,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("reconstruct", help="EMAs of other lengths from the stored ones")
     r.add_argument("run", type=Path)
     r.add_argument("--sigma_rel", type=float, nargs="+", default=[0.05, 0.075, 0.10, 0.15, 0.20, 0.25])
+    r.add_argument("--epoch", type=int, default=None, help="reconstruct at this snapshot's epoch (default: the end)")
     args = p.parse_args(argv)
     if args.command == "reconstruct":
-        reconstruct(args.run, args.sigma_rel)
+        reconstruct(args.run, args.sigma_rel, args.epoch)
         return 0
     from mnistdiff.cli import main as cli_main
 
