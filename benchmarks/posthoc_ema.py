@@ -161,18 +161,19 @@ def reconstruct(run: Path, sigma_rels: list[float], epoch: int | None = None) ->
     gammas = np.array([sigma_rel_to_gamma(float(p.stem.split("_")[0][2:])) for p in raws])
     if until is not None and ts.max() != until:
         raise SystemExit(f"no power EMA was stored at step {until} (the end of epoch {epoch}): --every must divide it")
+    stored = [safetensors.torch.load_file(path) for path in raws]  # read once, mixed for every σ_rel
+    ref = safetensors.torch.load_file(final)
+    keep = {k: meta[k] for k in ("kind", "config", "epoch", "seconds", "history", "metrics") if k in meta}
     out = []
     for sr in sigma_rels:
         x = solve_weights(ts, gammas, ts.max(), sigma_rel_to_gamma(sr))
         mixed: dict[str, torch.Tensor] = {}
-        for w, path in zip(x, raws):
-            for name, tensor in safetensors.torch.load_file(path).items():
+        for w, tensors_i in zip(x, stored):
+            for name, tensor in tensors_i.items():
                 mixed[name] = mixed.get(name, 0) + float(w) * tensor.double()
-        ref = safetensors.torch.load_file(final)
         tensors = {n: (mixed[n].to(v.dtype) if n in mixed else v) for n, v in ref.items()}
         record = {"sigma_rel": sr, "at_step": int(ts.max()), "stored": [p.name for p in raws],
                   "weights": [round(float(w), 6) for w in x], "method": "EDM2 post-hoc EMA (Karras et al. 2024)"}
-        keep = {k: meta[k] for k in ("kind", "config", "epoch", "seconds", "history", "metrics") if k in meta}
         path = run / "posthoc" / f"epoch_{meta.get('epoch') or len(meta['history']):03d}_sr{sr:.3f}.safetensors"
         out.append(save_model_file(path, tensors, {**keep, "posthoc_ema": record}))
         print(f"σ_rel {sr:.3f} (γ {sigma_rel_to_gamma(sr):.2f}): {len(raws)} stored EMAs, weights in "
