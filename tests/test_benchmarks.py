@@ -585,3 +585,39 @@ def test_posthoc_ema_profiles_match_their_closed_forms():
     b = ph.profile_inner(ts, gammas, ts.max(), ph.sigma_rel_to_gamma(0.2))
     target = ph.profile_inner(ts.max(), ph.sigma_rel_to_gamma(0.2), ts.max(), ph.sigma_rel_to_gamma(0.2))
     assert abs(wide.sum() - 1) < 1e-9 and (wide @ a @ wide - 2 * wide @ b + target) / target < 0.01 ** 2 * 2
+
+
+def test_ddim_spacings_are_the_lists_they_are_named_for():
+    """Each study spacing against a list written here with numpy: DDIM's own evenly spaced one, Song et al.'s
+    quadratic list, and σ evenly spaced in log σ (np.geomspace) or by Karras et al.'s eq. 5, each at the timestep
+    nearest in log σ after the first at T − 1; every list decreases and DDIM runs on it."""
+    import numpy as np
+    import torch
+
+    from mnistdiff.ddim import ddim_sample_loop, ddim_timesteps
+    from mnistdiff.schedules import NoiseSchedule
+    from mnistdiff.solvers import schedule_sigmas
+
+    study, sched = _script("ddim_spacing"), NoiseSchedule.make("cosine", 1000)
+    log_sig = np.log(schedule_sigmas(sched).numpy())
+
+    def nearest(sigma: float) -> int:
+        return int(np.argmin(np.abs(log_sig - np.log(sigma))))
+
+    i = np.arange(49) / 48
+    karras = (20 ** (1 / 7) + i * (0.2 ** (1 / 7) - 20 ** (1 / 7))) ** 7
+    assert study.spacing_timesteps(sched, "linspace") == ddim_timesteps(1000, 50)
+    assert study.spacing_timesteps(sched, "logsnr_0.2") == [999] + [nearest(s) for s in np.geomspace(20, 0.2, 49)]
+    assert study.spacing_timesteps(sched, "karras_0.2") == [999] + [nearest(s) for s in karras]
+    quadratic = [round(999 * (k / 49) ** 2) for k in range(49, -1, -1)]
+    assert study.spacing_timesteps(sched, "quadratic") == sorted(set(quadratic), reverse=True)
+    for name in ("power_1.5", "karras_0.0064", "lin967"):
+        ts = study.spacing_timesteps(sched, name)
+        assert ts[0] == 999 and all(a > b for a, b in zip(ts, ts[1:])) and 45 <= len(ts) <= 50
+    with pytest.raises(ValueError, match="unknown spacing"):
+        study.spacing_timesteps(sched, "uniform")
+    small = NoiseSchedule.make("cosine", 100)
+    net = lambda x, t: 0.1 * x  # noqa: E731
+    out = ddim_sample_loop(net, small, (2, 1, 4, 4), eta=1.0, timesteps=study.spacing_timesteps(small, "linspace"),
+                           generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (2, 1, 4, 4)
