@@ -85,9 +85,11 @@ class PowerEMAs:
     def tensors(self, i: int) -> dict[str, torch.Tensor]:
         return {n: a.contiguous() for n, a in zip(self.names, self.avgs[i])}
 
-    def save_state(self, path: Path, step: int) -> None:
+    def save_state(self, path: Path, step: int, steps_per_epoch: int) -> None:
+        """The running averages, the step they reached and the run's steps per epoch (what ``--epoch`` reads)."""
         flat = {f"{i}/{n}": a for i in range(len(self.avgs)) for n, a in self.tensors(i).items()}
-        atomic_write_bytes(path, safetensors.torch.save(flat, metadata={"step": str(step)}))
+        meta = {"step": str(step), "steps_per_epoch": str(steps_per_epoch)}
+        atomic_write_bytes(path, safetensors.torch.save(flat, metadata=meta))
 
     def load_state(self, path: Path) -> int:
         flat = safetensors.torch.load_file(path)
@@ -127,7 +129,7 @@ def patch_train_loop(every: int) -> None:
         save_fn(self)
         if getattr(self, "power_emas", None) is not None:
             t = self.state.epoch * self.steps_per_epoch + self.state.step
-            self.power_emas.save_state(self.experiment.sub("posthoc") / "state.safetensors", t)
+            self.power_emas.save_state(self.experiment.sub("posthoc") / "state.safetensors", t, self.steps_per_epoch)
 
     loop.TrainLoop.train_step, loop.TrainLoop.save = train_step, save
 
@@ -144,9 +146,9 @@ def _reference(run: Path, epoch: int | None) -> tuple[Path, dict, int | None]:
     snap = run / "snapshots" / f"epoch_{epoch:03d}.safetensors"
     if not snap.is_file():
         raise SystemExit(f"{snap} does not exist: pass an epoch the run kept a snapshot of (--snapshot_every)")
-    meta = read_model_meta(snap)
-    train = meta["config"]["train"]
-    return snap, meta, epoch * ((train.get("subset") or 60_000) // train["batch_size"])
+    with safetensors.safe_open(run / "posthoc" / "state.safetensors", "pt") as f:  # the loop's own count
+        steps_per_epoch = int(f.metadata()["steps_per_epoch"])
+    return snap, read_model_meta(snap), epoch * steps_per_epoch
 
 
 def reconstruct(run: Path, sigma_rels: list[float], epoch: int | None = None) -> list[Path]:

@@ -552,7 +552,7 @@ def test_chunk_speed_times_both_ways_and_finds_the_same_bits(tmp_path):
         assert row["ratio"] == round(speed["pieces"] / speed["whole"], 3)
 
 
-def test_posthoc_ema_profiles_match_their_closed_forms():
+def test_posthoc_ema_profiles_match_their_closed_forms(tmp_path):
     """EDM2's power EMA: γ from σ_rel gives a profile of that relative width; the running update averages θ_t = t
     to (γ+1)/(γ+2)·t; the profiles' inner product equals a numerical integral; a tracked profile is reconstructed
     exactly and a wider one closely."""
@@ -585,16 +585,25 @@ def test_posthoc_ema_profiles_match_their_closed_forms():
     b = ph.profile_inner(ts, gammas, ts.max(), ph.sigma_rel_to_gamma(0.2))
     target = ph.profile_inner(ts.max(), ph.sigma_rel_to_gamma(0.2), ts.max(), ph.sigma_rel_to_gamma(0.2))
     assert abs(wide.sum() - 1) < 1e-9 and (wide @ a @ wide - 2 * wide @ b + target) / target < 0.01 ** 2 * 2
+    # the running state comes back exactly, and an epoch's last step is read from the loop's own steps per epoch
+    (tmp_path / "posthoc").mkdir()
+    emas.save_state(tmp_path / "posthoc" / "state.safetensors", 2000, 468)
+    again = ph.PowerEMAs(model)
+    assert again.load_state(tmp_path / "posthoc" / "state.safetensors") == 2000
+    assert all(torch.equal(x, y) for a1, a2 in zip(emas.avgs, again.avgs) for x, y in zip(a1, a2))
+    (tmp_path / "snapshots").mkdir()
+    _tiny_model(tmp_path / "snapshots", "ddpm").rename(tmp_path / "snapshots" / "epoch_003.safetensors")
+    assert ph._reference(tmp_path, 3)[2] == 3 * 468
 
 
-def test_ddim_spacings_are_the_lists_they_are_named_for():
+def test_ddim_spacings_are_the_lists_they_are_named_for(tmp_path):
     """Each study spacing against a list written here with numpy: DDIM's own evenly spaced one, Song et al.'s
     quadratic list, and σ evenly spaced in log σ (np.geomspace) or by Karras et al.'s eq. 5, each at the timestep
-    nearest in log σ after the first at T − 1; every list decreases and DDIM runs on it."""
+    nearest in log σ after the first at T − 1; every list decreases, and the study draws as the package's DDIM."""
     import numpy as np
     import torch
 
-    from mnistdiff.ddim import ddim_sample_loop, ddim_timesteps
+    from mnistdiff.ddim import ddim_timesteps
     from mnistdiff.schedules import NoiseSchedule
     from mnistdiff.solvers import schedule_sigmas
 
@@ -616,8 +625,9 @@ def test_ddim_spacings_are_the_lists_they_are_named_for():
         assert ts[0] == 999 and all(a > b for a, b in zip(ts, ts[1:])) and 45 <= len(ts) <= 50
     with pytest.raises(ValueError, match="unknown spacing"):
         study.spacing_timesteps(sched, "uniform")
-    small = NoiseSchedule.make("cosine", 100)
-    net = lambda x, t: 0.1 * x  # noqa: E731
-    out = ddim_sample_loop(net, small, (2, 1, 4, 4), eta=1.0, timesteps=study.spacing_timesteps(small, "linspace"),
-                           generator=torch.Generator().manual_seed(0))
-    assert out.images.shape == (2, 1, 4, 4)
+    # the study draws as the package's DDIM draws: the same samples from the same seed on the same timesteps
+    from mnistdiff.model import DiffusionModel
+
+    model = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
+    ours = study.draw(model, ddim_timesteps(model.schedule.num_timesteps, 5), 3, 7, "cpu")
+    assert torch.equal(ours, model.sample(3, sampler="ddim", steps=5, eta=1.0, seed=7).images)  # bit for bit
