@@ -55,6 +55,12 @@ class ConfigError(ValueError):
         self.setting = setting
 
 
+def _time_sampling(value: str) -> None:
+    """How training draws t: ``uniform`` or ``logit_normal`` (:func:`mnistdiff.ddpm.sample_timesteps`)."""
+    if value not in ("uniform", "logit_normal"):
+        raise ConfigError(f"time_sampling must be 'uniform' or 'logit_normal', got {value!r}", "time_sampling")
+
+
 def _positive(name: str, value: float) -> None:
     """``value`` must be a finite number > 0."""
     if not (value > 0 and math.isfinite(value)):
@@ -77,11 +83,9 @@ def _check_levels(base_channels: int, channel_mults: tuple[int, ...], norm_group
     """Positive multipliers, and every level's channels, ``base_channels`` × mult, split into ``norm_groups`` groups."""
     if not channel_mults or any(m <= 0 for m in channel_mults):
         raise ConfigError(f"channel_mults must be positive integers, got {channel_mults}", "channel_mults")
-    for m in channel_mults:
-        if (base_channels * m) % norm_groups:
-            raise ConfigError(
-                f"base_channels×mult = {base_channels * m} must be divisible by norm_groups = {norm_groups}"
-            )
+    for ch in (base_channels * m for m in channel_mults):
+        if ch % norm_groups:
+            raise ConfigError(f"base_channels×mult = {ch} must be divisible by norm_groups = {norm_groups}")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -156,6 +160,8 @@ class DiffusionConfig:
                                                  "none: plain L_simple")
     prediction: str = _setting("eps", "what the network predicts: eps, the noise (Ho et al.), or v = √ᾱ·ε − √(1−ᾱ)·x_0 "
                                       "(Salimans & Ho 2022); samplers see an ε-network either way")
+    time_sampling: str = _setting("uniform", "how training draws t: uniform (Ho et al.) or logit_normal (the flow's "
+                                             "logit-normal noise levels, log-SNR ~ N(0, 4): more of the middle)")
 
     def __post_init__(self) -> None:
         """Check the values: a bad one raises :class:`ConfigError` naming it."""
@@ -168,6 +174,7 @@ class DiffusionConfig:
             raise ConfigError(f"schedule must be 'cosine' or 'linear', got {self.schedule!r}", "schedule")
         if self.prediction not in ("eps", "v"):
             raise ConfigError(f"prediction must be 'eps' or 'v', got {self.prediction!r}", "prediction")
+        _time_sampling(self.time_sampling)
 
 
 @dataclass(frozen=True)
@@ -229,10 +236,9 @@ class TrainConfig:
             _non_negative(name, getattr(self, name))
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}", "precision")
-        if self.subset is not None:
-            _positive("subset", self.subset)
-        if self.snapshot_every is not None:
-            _positive("snapshot_every", self.snapshot_every)
+        for name in ("subset", "snapshot_every"):  # none: all the data; only the last model
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
         _fraction("ema_decay", self.ema_decay)
 
 
@@ -273,9 +279,7 @@ class FlowRunConfig:
     def __post_init__(self) -> None:
         """An unconditional UNet; a known way of drawing t."""
         _unconditional(self.unet, self.kind)
-        if self.time_sampling not in ("uniform", "logit_normal"):
-            raise ConfigError(f"time_sampling must be 'uniform' or 'logit_normal', got {self.time_sampling!r}",
-                              "time_sampling")
+        _time_sampling(self.time_sampling)
 
 
 @dataclass(frozen=True)
@@ -307,11 +311,8 @@ class LDMRunConfig:
     default_steps: ClassVar[int] = 16
     karras_sigma_max: ClassVar[float] = 5.0  # measured: its codes drown sooner than pixels (benchmarks/README.md)
 
-    unet: UNetConfig = field(
-        default_factory=lambda: UNetConfig(
-            in_channels=2, image_size=4, base_channels=64, channel_mults=(1, 2), attention_resolutions=(4, 2)
-        )
-    )
+    unet: UNetConfig = field(default_factory=lambda: UNetConfig(
+        in_channels=2, image_size=4, base_channels=64, channel_mults=(1, 2), attention_resolutions=(4, 2)))
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     kind: str = _kind("ldm")
@@ -341,8 +342,7 @@ class CLDMRunConfig:
     karras_sigma_max: ClassVar[float] = 20.0  # as chapter 7's sweep measured it (benchmarks/guidance_samplers.py)
 
     unet: UNetConfig = field(
-        default_factory=lambda: dataclasses.replace(LDMRunConfig().unet, num_classes=MNIST_CLASSES)
-    )
+        default_factory=lambda: dataclasses.replace(LDMRunConfig().unet, num_classes=MNIST_CLASSES))
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     p_uncond: float = _setting(0.1, "probability that a training label is replaced by ∅ (no label), in [0, 1)")

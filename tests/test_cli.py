@@ -68,7 +68,8 @@ def runs(tmp_path_factory):
     assert main(["train", "vae", *TINY, "--out", str(out)]) == 0
     vae_exp = _one(out, "*-vae")
     vae_ckpt = vae_exp / "checkpoints" / "model.safetensors"
-    assert main(["train", "ldm", str(vae_ckpt), *TINY, "--timesteps", str(T), "--out", str(out)]) == 0
+    assert main(["train", "ldm", str(vae_ckpt), *TINY, "--timesteps", str(T), "--time_sampling", "logit_normal",
+                 "--out", str(out)]) == 0
     assert main(["train", "cldm", str(vae_ckpt), *TINY, "--timesteps", str(T), "--p_uncond", "0.2",
                  "--out", str(out)]) == 0
     assert main(["train", "flow", *TINY, "--time_sampling", "logit_normal", "--out", str(out)]) == 0
@@ -151,6 +152,7 @@ def test_config_records_the_overrides(runs, model):
         assert cfg["time_sampling"] == "logit_normal" and "diffusion" not in cfg
     elif model != "vae":
         assert cfg["diffusion"]["timesteps"] == T
+        assert cfg["diffusion"]["time_sampling"] == ("logit_normal" if model == "ldm" else "uniform")
     if model != "vae":
         assert cfg["unet"]["base_channels"] == getattr(SMOKE, model).unet.base_channels  # the profile's, not overridden
     side = read_model_meta(runs[model] / "checkpoints" / "model.safetensors")

@@ -74,6 +74,8 @@ def test_config_error_names_the_setting():
         (lambda: DiffusionConfig(timesteps=0), "timesteps", "timesteps must be a positive number"),
         (lambda: DiffusionConfig(timesteps=1), "timesteps", "timesteps must be at least 2"),
         (lambda: VAERunConfig(kl_weight=-1.0), "kl_weight", "kl_weight must be non-negative"),
+        (lambda: DiffusionConfig(time_sampling="beta"), "time_sampling", "time_sampling must be 'uniform' or"),
+        (lambda: TrainConfig(snapshot_every=0), "snapshot_every", "snapshot_every must be a positive number"),
         (lambda: UNetConfig(num_heads=3), "num_heads", "num_heads 3 must divide"),
         (lambda: UNetConfig(base_channels=12), None, "base_channels×mult = 12"),  # two settings together
     ],

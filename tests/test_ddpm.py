@@ -3,6 +3,8 @@ computations from the paper's equations (4, 6, 7, Algorithm 2), the loss, and th
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from mnistdiff.ddpm import (
     predict_x0_from_eps,
     q_posterior,
     q_sample,
+    sample_timesteps,
 )
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.unet import UNet
@@ -357,3 +360,35 @@ def test_min_snr_loss_is_the_weighted_per_image_mse(cosine_small, x0_pixels):
     # γ above every SNR of the schedule: the weights are all 1 and the loss is L_simple
     huge = diffusion_loss(FixedEps(c), cosine_small, x0_pixels, t, noise, min_snr_gamma=1e12)
     assert float(huge) == pytest.approx(float(plain), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- how training draws t
+
+
+def test_uniform_timesteps_are_algorithm_1s_draw(cosine_1000):
+    """``uniform`` is the draw every committed model trained with: torch.randint on the same generator, bit for bit."""
+    got = sample_timesteps(cosine_1000, 4096, "uniform", torch.Generator().manual_seed(3))
+    assert torch.equal(got, torch.randint(0, 1000, (4096,), generator=torch.Generator().manual_seed(3)))
+
+
+def test_logit_normal_timesteps_follow_the_flows_noise_levels(cosine_1000):
+    """P(t ≤ k) against the closed form: λ ~ N(0, 4) lands on timestep k when it lies between the midpoints of
+    λ_k and its neighbours (λ_t from the cosine formula in numpy float64), so P(t ≤ k) = 1 − Φ(m_k / 2), m_k the
+    midpoint of λ_k and λ_{k+1}."""
+    n = 200_000
+    t = sample_timesteps(cosine_1000, n, "logit_normal", torch.Generator().manual_seed(0)).numpy()
+    assert t.dtype == np.int64 and t.min() >= 0 and t.max() <= 999
+    ab = ref_alpha_bar("cosine", 1000)
+    lam = np.log(ab / (1 - ab))
+    for k in (100, 250, 400, 500, 600, 750, 900):
+        mid = (lam[k] + lam[k + 1]) / 2
+        expected = 1 - 0.5 * (1 + math.erf(mid / 2 / math.sqrt(2)))
+        assert abs((t <= k).mean() - expected) < 4 * math.sqrt(expected * (1 - expected) / n) + 1e-3
+    # against uniform t: more of the batch in the middle half (|λ| < 1.7; uniform: 0.5), far less at the noisiest
+    # twentieth (λ < −5.1; uniform: 0.05)
+    assert ((t >= 250) & (t < 750)).mean() > 0.55 and (t >= 950).mean() < 0.02
+
+
+def test_unknown_time_sampling_is_refused(cosine_small):
+    with pytest.raises(ValueError, match="time sampling is one of uniform, logit_normal"):
+        sample_timesteps(cosine_small, 4, "beta")

@@ -25,7 +25,7 @@ from mnistdiff.config import (
     VAERunConfig,
 )
 from mnistdiff.data import load_mnist
-from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, diffusion_loss, eps_network
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, diffusion_loss, eps_network, sample_timesteps
 from mnistdiff.flows import flow_matching_loss, sample_time
 from mnistdiff.guidance import balanced_labels, drop_labels
 from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset, scaled_sample
@@ -45,13 +45,14 @@ __all__ = ["train_ddpm", "train_vae", "train_ldm", "train_cldm", "train_flow", "
 
 
 def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None, min_snr_gamma: float | None = None,
-                        p_uncond: float = 0.0, prediction: str = "eps"):
+                        p_uncond: float = 0.0, prediction: str = "eps", time_sampling: str = "uniform"):
     """The ε-prediction loss for a batch; for latents (``scale`` = κ given) the batch holds [μ, σ] and z = κ·(μ + σε).
 
     ``min_snr_gamma``: weight it by min-SNR-γ (:func:`~mnistdiff.ddpm.min_snr_weight`); ``None``: L_simple.
-    ``prediction``: the network's target, ``"eps"`` or ``"v"`` (:func:`~mnistdiff.ddpm.v_target`).
-    A batch ``(x, labels)`` trains a class-conditional model: each label is dropped to ∅ with probability
-    ``p_uncond`` (:func:`~mnistdiff.guidance.drop_labels`, Ho & Salimans Algorithm 1).
+    ``prediction``: the network's target, ``"eps"`` or ``"v"`` (:func:`~mnistdiff.ddpm.v_target`); t is drawn as
+    ``time_sampling`` says (:func:`~mnistdiff.ddpm.sample_timesteps`). A batch ``(x, labels)`` trains a
+    class-conditional model: each label is dropped to ∅ with probability ``p_uncond``
+    (:func:`~mnistdiff.guidance.drop_labels`, Ho & Salimans Algorithm 1).
     """
 
     def loss_fn(model: nn.Module, batch: Data, gen: torch.Generator | None) -> torch.Tensor:
@@ -61,7 +62,7 @@ def make_diffusion_loss(sched: NoiseSchedule, scale: float | None = None, min_sn
         if scale is not None:
             mean, std = batch.chunk(2, dim=1)
             batch = scaled_sample(mean, std, scale, torch.randn(mean.shape, generator=gen, device=batch.device))
-        t = torch.randint(0, sched.num_timesteps, (batch.shape[0],), generator=gen, device=batch.device)
+        t = sample_timesteps(sched, batch.shape[0], time_sampling, gen, batch.device)
         noise = torch.randn(batch.shape, generator=gen, device=batch.device)
         if labels is not None:
             y = drop_labels(labels, p_uncond, gen)
@@ -165,7 +166,8 @@ def train_ddpm(
     prediction = cfg.diffusion.prediction
     sample_fn, final_fn = _diffusion_samplers(sched, (1, 32, 32), cfg.train.seed, cfg.train.num_samples, device,
                                               prediction=prediction)
-    loss_fn = make_diffusion_loss(sched, None, cfg.diffusion.min_snr_gamma, prediction=prediction)
+    loss_fn = make_diffusion_loss(sched, None, cfg.diffusion.min_snr_gamma, prediction=prediction,
+                                  time_sampling=cfg.diffusion.time_sampling)
     task = TrainTask(cfg.kind, model, loss_fn, train.images, test.images, cfg,
                      sample_fn=sample_fn, final_fn=final_fn)
     return _run(task, out, resume, device, progress, compile)
@@ -278,7 +280,8 @@ def _latent_task(cfg: LDMRunConfig | CLDMRunConfig, vae_checkpoint: str | Path, 
                                               prediction=cfg.diffusion.prediction)
     model = UNet(cfg.unet)
     p_uncond = cfg.p_uncond if conditional else 0.0
-    loss_fn = make_diffusion_loss(sched, scale, cfg.diffusion.min_snr_gamma, p_uncond, cfg.diffusion.prediction)
+    loss_fn = make_diffusion_loss(sched, scale, cfg.diffusion.min_snr_gamma, p_uncond, cfg.diffusion.prediction,
+                                  cfg.diffusion.time_sampling)
     train_data: Data = torch.cat([mean_tr, std_tr], 1)
     eval_data: Data = torch.cat([mean_te, std_te], 1)
     if conditional:
