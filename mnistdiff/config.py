@@ -21,7 +21,7 @@ __all__ = [
     "UNetConfig", "DiffusionConfig", "VAEConfig", "TrainConfig", "DDPMRunConfig", "FlowRunConfig",
     "VAERunConfig", "LDMRunConfig", "CLDMRunConfig", "to_dict", "from_dict", "normalized", "ConfigError",
     "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "MNIST_CLASSES", "PRECISIONS", "RUN_CONFIGS", "VAE_KIND",
-    "DIFFUSION_KINDS", "LATENT_KINDS"]
+    "DIFFUSION_KINDS", "LATENT_KINDS", "TIME_SAMPLINGS"]
 
 #: How a network runs, in training and in sampling alike: float32; bf16 autocast; bf16 autocast and channels_last;
 #: or ``auto``, the fastest of those, measured once on a machine and remembered (bf16: fast only where native).
@@ -55,10 +55,14 @@ class ConfigError(ValueError):
         self.setting = setting
 
 
-def _time_sampling(value: str) -> None:
-    """How training draws t: ``uniform`` or ``logit_normal`` (:func:`mnistdiff.ddpm.sample_timesteps`)."""
-    if value not in ("uniform", "logit_normal"):
-        raise ConfigError(f"time_sampling must be 'uniform' or 'logit_normal', got {value!r}", "time_sampling")
+#: How training draws t (:func:`mnistdiff.ddpm.sample_timesteps`, :func:`mnistdiff.flows.sample_time`).
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """``value`` must be one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(f"{name} must be {' or '.join(map(repr, allowed))}, got {value!r}", name)
 
 
 def _positive(name: str, value: float) -> None:
@@ -170,11 +174,9 @@ class DiffusionConfig:
             raise ConfigError(f"timesteps must be at least 2, got {self.timesteps}", "timesteps")
         if self.min_snr_gamma is not None:
             _positive("min_snr_gamma", self.min_snr_gamma)
-        if self.schedule not in ("cosine", "linear"):
-            raise ConfigError(f"schedule must be 'cosine' or 'linear', got {self.schedule!r}", "schedule")
-        if self.prediction not in ("eps", "v"):
-            raise ConfigError(f"prediction must be 'eps' or 'v', got {self.prediction!r}", "prediction")
-        _time_sampling(self.time_sampling)
+        _one_of("schedule", self.schedule, ("cosine", "linear"))
+        _one_of("prediction", self.prediction, ("eps", "v"))
+        _one_of("time_sampling", self.time_sampling, TIME_SAMPLINGS)
 
 
 @dataclass(frozen=True)
@@ -279,7 +281,7 @@ class FlowRunConfig:
     def __post_init__(self) -> None:
         """An unconditional UNet; a known way of drawing t."""
         _unconditional(self.unet, self.kind)
-        _time_sampling(self.time_sampling)
+        _one_of("time_sampling", self.time_sampling, TIME_SAMPLINGS)
 
 
 @dataclass(frozen=True)
@@ -392,9 +394,6 @@ def from_dict(cls: type[_T], data: dict[str, Any]) -> _T:
         f = fields[name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
         if dataclasses.is_dataclass(default):
-            kwargs[name] = from_dict(type(default), value)
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
+            value = from_dict(type(default), value)
+        kwargs[name] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)

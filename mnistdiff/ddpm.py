@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mnistdiff.config import TIME_SAMPLINGS
 from mnistdiff.schedules import NoiseSchedule, extract
 
 __all__ = [
@@ -240,18 +241,14 @@ def min_snr_weight(sched: NoiseSchedule, t: torch.Tensor, gamma: float, predicti
     return (snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)).float()
 
 
-#: How training draws timesteps: ``uniform`` over 0, …, T−1 (Ho et al. Algorithm 1), or ``logit_normal``: the noise
-#: levels of the flow's logit-normal times (Esser et al. 2024), log-SNR λ ~ N(0, 2²), each taken to the nearest λ_t.
-TIME_SAMPLINGS = ("uniform", "logit_normal")
-
-
 def sample_timesteps(sched: NoiseSchedule, n: int, how: str = "uniform", generator: torch.Generator | None = None,
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """``n`` training timesteps ``(n,)`` int64 in [0, T), drawn as ``how`` says (:data:`TIME_SAMPLINGS`).
 
-    ``logit_normal``: the flow's time s = sigmoid(m), m ~ N(0, 1), puts x_s = (1 − s)·x_0 + s·ε at log-SNR
-    λ = 2·log((1 − s)/s) = −2m, so λ ~ N(0, 4); each λ goes to the timestep whose λ_t = log(ᾱ_t/(1 − ᾱ_t)) is
-    nearest. Against uniform t on the cosine schedule (λ spread as sech(λ/2)/2π, a standard deviation of π), more
+    ``uniform``: over 0, …, T−1 (Ho et al. Algorithm 1). ``logit_normal``: the noise levels of the flow's
+    logit-normal times (Esser et al. 2024): its time s = sigmoid(m), m ~ N(0, 1), puts x_s = (1 − s)·x_0 + s·ε at
+    log-SNR λ = 2·log((1 − s)/s) = −2m, so λ ~ N(0, 4); each λ goes to the timestep whose λ_t = log(ᾱ_t/(1 − ᾱ_t))
+    is nearest. Against uniform t on the cosine schedule (λ spread as sech(λ/2)/2π, a standard deviation of π), more
     of each batch lands at middle noise and less at the two ends.
     """
     if how == "uniform":

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mnistdiff.ddpm import PIXEL_RANGE, TIME_SAMPLINGS, ClipRange, Denoiser, SampleOutput
+from mnistdiff.config import TIME_SAMPLINGS
+from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput
 
 __all__ = [
     "TIME_SCALE", "TIME_SAMPLINGS", "FLOW_SOLVERS", "PARAMETERISATIONS", "PathPoint", "straight_path", "convert",
@@ -43,9 +44,6 @@ __all__ = [
 #: The UNet is shown 1000·t, the range the DDPM's integer timesteps span, so its sinusoidal time embedding
 #: (:func:`~mnistdiff.unet.timestep_embedding`) works in the range it was designed for.
 TIME_SCALE = 1000.0
-#: How training draws t (:data:`mnistdiff.ddpm.TIME_SAMPLINGS`, the same two words): ``uniform`` on [0, 1] (Lipman
-#: et al.), or ``logit_normal``, σ(n) with n ~ N(0, 1), which spends more of the training on the middle of the path
-#: (Esser et al. 2024, Stable Diffusion 3).
 #: The ODE solvers of :func:`flow_sample_loop`.
 FLOW_SOLVERS = ("euler", "heun")
 #: The five things a network on a Gaussian path can predict (:func:`convert`).
@@ -131,7 +129,9 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 def sample_time(n: int, how: str = "uniform", generator: torch.Generator | None = None,
                 device: torch.device | str = "cpu") -> torch.Tensor:
-    """``n`` training times in [0, 1] drawn as ``how`` says (:data:`TIME_SAMPLINGS`)."""
+    """``n`` training times in [0, 1] drawn as ``how`` says (:data:`TIME_SAMPLINGS`): ``uniform`` (Lipman et al.),
+    or ``logit_normal``, sigmoid(m) with m ~ N(0, 1), more of the training on the middle of the path (Esser et al.
+    2024, Stable Diffusion 3)."""
     if how == "uniform":
         return torch.rand(n, generator=generator, device=device)
     if how == "logit_normal":
