@@ -1,5 +1,6 @@
 """DDIM-50 eta=1 with a low-noise expert for t < T_SPLIT (eDiff-I's ensemble of expert denoisers), seed, n; both spaces,
-faint-background fraction. usage: score_expert.py BASE EXPERT|none T_SPLIT N SEED OUTPT"""
+faint-background fraction. usage: score_expert.py BASE EXPERT|none T_SPLIT N SEED OUTPT [CLIP]: x0 clipped to
+(-CLIP, CLIP), default 1 (samples clamped to [-1, 1] before scoring, as `evaluate` does within its tolerance)."""
 
 import copy
 import json
@@ -22,6 +23,7 @@ base, expert, t_split, n, seed, outpt = (
     int(sys.argv[5]),
     sys.argv[6],
 )
+clip = float(sys.argv[7]) if len(sys.argv) > 7 else 1.0
 m = DiffusionModel.load(base)
 sched = m.schedule
 net = m.network.eval()
@@ -48,10 +50,16 @@ with torch.no_grad():
         b = min(256, n - start)
         xs.append(
             ddim_sample_loop(
-                net, sched, (b, 1, 32, 32), eta=1.0, generator=gen, timesteps=ddim_timesteps(1000, 50)
+                net,
+                sched,
+                (b, 1, 32, 32),
+                eta=1.0,
+                generator=gen,
+                timesteps=ddim_timesteps(1000, 50),
+                clip_range=(-clip, clip),
             ).images
         )
-imgs = torch.cat(xs)
+imgs = torch.cat(xs).clamp(-1, 1)
 torch.save(imgs, outpt)
 floor = real_floor(n, seed=0, include_memorisation=False)
 r = distribution_metrics(evaluate(imgs, seed=0, include_memorisation=False))
