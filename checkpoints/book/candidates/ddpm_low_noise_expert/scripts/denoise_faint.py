@@ -7,7 +7,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from mnistdiff.data import load_mnist
+from mnistdiff.data import load_mnist, to_uint8
 from mnistdiff.model import DiffusionModel
 
 torch.set_num_threads(2)
@@ -17,7 +17,7 @@ sched = m.schedule
 
 
 def faint(x):
-    u = ((x[..., 2:30, 2:30].clamp(-1, 1) + 1) * 127.5).round()
+    u = to_uint8(x[..., 2:30, 2:30]).float()
     return ((u > 0) & (u < 26)).float().mean().item()
 
 

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from mnistdiff.data import load_mnist
+from mnistdiff.data import load_mnist, to_uint8
 
 torch.set_num_threads(2)
 
@@ -14,7 +14,7 @@ def stats(name, x):
     x = x.float()
     if x.shape[-1] == 32:
         x = x[..., 2:30, 2:30]
-    u = ((x.clamp(-1, 1) + 1) * 127.5).round()
+    u = to_uint8(x).float()
     bg = (u <= 0).float().mean().item()
     low = ((u > 0) & (u < 26)).float().mean().item()
     mid = ((u >= 26) & (u < 230)).float().mean().item()

@@ -10,6 +10,7 @@ import time
 import torch
 from safetensors.torch import load_file
 
+from mnistdiff.data import to_uint8
 from mnistdiff.ddim import ddim_sample_loop, ddim_timesteps
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor
 from mnistdiff.model import DiffusionModel
@@ -63,7 +64,7 @@ imgs = torch.cat(xs).clamp(-1, 1)
 torch.save(imgs, outpt)
 floor = real_floor(n, seed=0, include_memorisation=False)
 r = distribution_metrics(evaluate(imgs, seed=0, include_memorisation=False))
-u = ((imgs[..., 2:30, 2:30].clamp(-1, 1) + 1) * 127.5).round()
+u = to_uint8(imgs[..., 2:30, 2:30]).float()
 print(
     json.dumps(
         {

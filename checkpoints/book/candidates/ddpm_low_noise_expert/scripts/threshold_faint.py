@@ -5,14 +5,14 @@ import sys
 
 import torch
 
-from mnistdiff.data import load_mnist
+from mnistdiff.data import load_mnist, to_uint8
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_floor
 
 torch.set_num_threads(2)
 
 
 def q(x, k):
-    u = ((x.clamp(-1, 1) + 1) * 127.5).round()
+    u = to_uint8(x).float()
     u = torch.where(u <= k, torch.zeros_like(u), u)
     return u / 127.5 - 1
 
