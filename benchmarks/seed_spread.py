@@ -8,6 +8,10 @@ scored in both feature spaces, and the real floor drawn from as many seeds of re
     python benchmarks/seed_spread.py checkpoints/book/vae.safetensors --seeds 0 1 2 3 4 5 6 7 8 9
         # a VAE: its reconstructions of each seed's floor digits   → results/book/seed_spread_vae.json
 
+    python benchmarks/seed_spread.py checkpoints/book/ddpm.safetensors --guide checkpoints/book/ddpm_guide.safetensors \
+        --guidance 1.5 --sampler ddim --steps 50 --eta 1 --out results/book/seed_spread_ddpm_autoguided_ddim_50.json
+        # autoguidance: the model guided by a worse version of itself (DiffusionModel.sample(guide=...))
+
 A sweep or a table that compares two samplers at one seed each reads a difference that the seed alone can make as
 a difference between the samplers; this measures the size of that. For each seed the model draws ``n`` samples and
 :func:`mnistdiff.evaluation.metrics.evaluate` scores them; the floor is :func:`~mnistdiff.evaluation.metrics.
@@ -88,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", default=None, help="default: the model's own")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--guide", type=Path, default=None, help="autoguidance: a worse version of the model (its file)")
+    p.add_argument("--guidance", type=float, default=None, help="the autoguidance weight (default: the package's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--profile", default="book")
@@ -99,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("eta", args.eta)) if v is not None}
     if read_model_meta(args.model)["kind"] == VAE_KIND:
-        if options or args.vae:
-            p.error("a VAE file is scored by its reconstructions: --sampler, --steps, --eta and --vae do not apply")
+        if options or args.vae or args.guide:
+            p.error("a VAE file is scored by its reconstructions: --sampler, --steps, --eta, --vae and --guide do not "
+                    "apply")
         model, kind, sampling = load_vae(args.model, device=args.device), VAE_KIND, {"reconstruction": True}
     else:
         model = DiffusionModel.load(args.model, vae=args.vae, device=args.device)
@@ -108,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         sigmas = model.karras_range if spacing == "karras" else {}
         kind = model.kind
         sampling = {**model.sampling_defaults(), **options, "precision": "fp32", "spacing": spacing, **sigmas}
+        if args.guide is not None:
+            guide = DiffusionModel.load(args.guide, vae=args.vae, device=args.device)
+            w = args.guidance if args.guidance is not None else model.sampling_defaults(guide=True)["guidance"]
+            options.update(guide=guide, guidance=w)
+            sampling.update(guidance=w, guide={"file": str(args.guide), "weights_sha256": guide.meta["weights_sha256"]})
     doc = {"device": device_name(args.device), "date": dt.date.today().isoformat(), "n": args.n,
            "model": {"file": str(args.model), "kind": kind, "weights_sha256": model.meta["weights_sha256"]},
            "sampling": sampling}

@@ -100,8 +100,7 @@ def _sample_options(sample: argparse.ArgumentParser) -> None:
             p.add_argument("vae_checkpoint", help="the VAE's model file it was trained on")
         p.add_argument("checkpoint", help=f"the {name} model file (NAME.safetensors) `train {name}` wrote")
         add_sampling_options(p)
-        if kind.conditional:
-            add_guidance_options(p)
+        add_guidance_options(p, kind.conditional)
         p.add_argument("--nrow", type=int, default=None, help="grid columns (default 8; with --digit: one row each)")
         p.add_argument("--individual", type=int, default=8, help="samples that get their own folder of steps")
         p.add_argument("--out", default="generated_samples")
@@ -213,10 +212,11 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
                 precision=precision, compile=compile, spacing=args.spacing)
 
 
-def _load(kind: Kind | None, checkpoint: str, vae: str | None, device: str | None) -> DiffusionModel:
+def _load(kind: Kind | None, checkpoint: str, vae: str | None, device: str | None,
+          what: str = "checkpoint") -> DiffusionModel:
     """The model file ``checkpoint`` (of ``kind``, else any diffusion kind; with its ``vae``), verified; a refusal
-    is an :class:`ArgError`."""
-    ckpt = readable_file(checkpoint, "checkpoint")
+    is an :class:`ArgError` that calls the file ``what``."""
+    ckpt = readable_file(checkpoint, what)
     vae_path = readable_file(vae, "VAE checkpoint") if vae is not None else None
     with as_arg_error():
         return DiffusionModel.load(ckpt, vae=vae_path, device=device_option(device),
@@ -243,17 +243,24 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     out = writable_dir(args.out)
     digits, labels = _labels(args)
     options = _sampling(args)
-    model = _load(kind, args.checkpoint, args.vae_checkpoint if kind.latent else None, args.device)
-    defaults = model.sampling_defaults(options["sampler"])
+    if args.guidance is not None and args.guide is None and not kind.conditional:
+        raise ArgError(f"--guidance weighs autoguidance on a {kind.name} model: pass the guide's model file too "
+                       "(--guide GUIDE)")
+    vae = args.vae_checkpoint if kind.latent else None
+    model = _load(kind, args.checkpoint, vae, args.device)
+    guide = _load(kind, args.guide, vae, args.device, "guide") if args.guide is not None else None
+    defaults = model.sampling_defaults(options["sampler"], guide is not None)
     options.update({k: defaults[k] for k in ("sampler", "steps", "eta") if options[k] is None})
     n = len(labels) if labels is not None else args.num_samples
-    guidance = defaults["guidance"] if getattr(args, "guidance", None) is None else args.guidance
+    guidance = defaults["guidance"] if args.guidance is None else args.guidance
     with as_arg_error():
-        images, frames = model.sample(n, labels=labels, guidance=guidance, return_intermediates=args.individual > 0,
-                                      progress=True, **options)
+        images, frames = model.sample(n, labels=labels, guidance=guidance, guide=guide,
+                                      return_intermediates=args.individual > 0, progress=True, **options)
     info = {"checkpoint": str(args.checkpoint), "vae_checkpoint": getattr(args, "vae_checkpoint", None),
             "kind": kind.name, **{k: v for k, v in options.items() if k not in ("batch_size", "spacing")},
             "spacing": options["spacing"] or model.spacing(options["sampler"])}
+    if guide is not None:
+        info.update(guide=str(args.guide), guidance=guidance)
     if kind.conditional:
         info.update(digits=digits, guidance=guidance)
         labels = labels if labels is not None else torch.full((n,), NULL_LABEL)

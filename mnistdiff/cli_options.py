@@ -25,7 +25,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, PRECISIONS, ConfigError
+from mnistdiff.config import DEFAULT_AUTOGUIDANCE, DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, PRECISIONS, ConfigError
 
 __all__ = [
     "ConfigOption",
@@ -286,12 +286,19 @@ def add_sampling_options(p: argparse.ArgumentParser, num_samples: int = 64) -> N
                    help="old spelling: off = --precision fp32, amp = bf16_cl, compile = bf16_cl --compile")
 
 
-def add_guidance_options(p: argparse.ArgumentParser) -> None:
-    """``--digit`` and ``--guidance`` of a class-conditional kind."""
-    p.add_argument("--digit", action="append", default=None, metavar="D",
-                   help="the digit to ask for, 0-9; repeat it for several, or 'all' for 0-9 (one grid row each). "
-                        "--num_samples is then per digit. Left out: unconditional samples (no label)")
+def add_guidance_options(p: argparse.ArgumentParser, conditional: bool) -> None:
+    """``--guide`` and ``--guidance`` of every kind that samples; ``--digit`` of a class-conditional one."""
+    if conditional:
+        p.add_argument("--digit", action="append", default=None, metavar="D",
+                       help="the digit to ask for, 0-9; repeat it for several, or 'all' for 0-9 (one grid row each). "
+                            "--num_samples is then per digit. Left out: unconditional samples (no label)")
+    p.add_argument("--guide", default=None, metavar="GUIDE",
+                   help="autoguidance (Karras et al. 2024): the model file of a worse version of this model (the "
+                        "same kind and schedule, trained less), e.g. checkpoints/book/ddpm_guide.safetensors; samples "
+                        "follow eps = eps_guide + w*(eps - eps_guide). Unconditional samples only")
+    cfg = ("with --digit, the classifier-free weight in eps = eps(no label) + w*(eps(digit) - eps(no label)): 0 "
+           f"ignores the digit, 1 is the conditional model (default {DEFAULT_GUIDANCE:g}; a distilled student's, "
+           "folded in); " if conditional else "")
     p.add_argument("--guidance", type=float, default=None, metavar="W",
-                   help="classifier-free guidance weight w >= 0 in eps = eps(no label) + w*(eps(digit) - "
-                        "eps(no label)): 0 ignores the digit, 1 is the conditional model "
-                        f"(default {DEFAULT_GUIDANCE:g}; a distilled student's, folded in)")
+                   help=f"guidance weight w >= 0: {cfg}with --guide, the autoguidance weight (1: this model alone; "
+                        f"default {DEFAULT_AUTOGUIDANCE:g})")

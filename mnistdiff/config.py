@@ -20,8 +20,8 @@ from typing import Any, ClassVar, TypeVar
 __all__ = [
     "UNetConfig", "DiffusionConfig", "VAEConfig", "TrainConfig", "DDPMRunConfig", "FlowRunConfig",
     "VAERunConfig", "LDMRunConfig", "CLDMRunConfig", "to_dict", "from_dict", "normalized", "ConfigError",
-    "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "MNIST_CLASSES", "PRECISIONS", "RUN_CONFIGS", "VAE_KIND",
-    "DIFFUSION_KINDS", "LATENT_KINDS", "TIME_SAMPLINGS"]
+    "DEFAULT_AUTOGUIDANCE", "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "MNIST_CLASSES", "PRECISIONS",
+    "RUN_CONFIGS", "VAE_KIND", "DIFFUSION_KINDS", "LATENT_KINDS", "TIME_SAMPLINGS"]
 
 #: How a network runs, in training and in sampling alike: float32; bf16 autocast; bf16 autocast and channels_last;
 #: or ``auto``, the fastest of those, measured once on a machine and remembered (bf16: fast only where native).
@@ -40,6 +40,11 @@ DEFAULT_STEPS = 50
 #: convention ε̃ = ε(x, ∅) + w·(ε(x, y) − ε(x, ∅)): w = 0 ignores the label, w = 1 is the conditional model,
 #: w > 1 extrapolates past it. Chapter 7 measures accuracy, FID, precision and recall against w and recommends it.
 DEFAULT_GUIDANCE = 2.0
+
+#: The autoguidance weight w where nobody chooses one (``sample(guide=…)``, ``python -m mnistdiff sample … --guide``),
+#: in the convention ε̃ = ε_guide + w·(ε − ε_guide) (Karras et al. 2024): w = 1 is the model alone. Measured on the
+#: book DDPM guided by its own epoch-2 snapshot (``benchmarks/README.md``, "Autoguidance").
+DEFAULT_AUTOGUIDANCE = 1.5
 
 #: The digits 0–9: the classes of a class-conditional model (its label embedding has one more row, ∅).
 MNIST_CLASSES = 10

@@ -1,4 +1,5 @@
-"""Classifier-free guidance (Ho & Salimans 2022): ask a class-conditional ε-network for a digit.
+"""Guidance: classifier-free (Ho & Salimans 2022), to ask a class-conditional ε-network for a digit, and
+autoguidance (Karras et al. 2024), to steer any ε-network away from its own mistakes.
 
 Training drops each label to ∅ with probability p_uncond (:func:`drop_labels`, their Algorithm 1), so one
 network gives both ε(x_t, t, y) and ε(x_t, t, ∅). Sampling mixes the two (their eq. 6, in the convention of
@@ -23,10 +24,13 @@ import torch
 from mnistdiff.ddpm import as_float
 from mnistdiff.unet import NULL_LABEL
 
-__all__ = ["NULL_LABEL", "balanced_labels", "drop_labels", "guided_eps", "GuidedDenoiser"]
+__all__ = ["NULL_LABEL", "AutoGuidedDenoiser", "GuidedDenoiser", "autoguided_eps", "balanced_labels", "drop_labels",
+           "guided_eps"]
 
 #: ``model(x_t, t, y) → ε̂``: a class-conditional ε-network (a :class:`~mnistdiff.unet.UNet` with ``num_classes``).
 ConditionalDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``model(x_t, t) → ε̂``: an ε-network.
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:
@@ -66,3 +70,29 @@ class GuidedDenoiser:
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return guided_eps(self.model, x_t, t, self.y, self.w)
+
+
+def autoguided_eps(model: Denoiser, guide: Denoiser, x_t: torch.Tensor, t: torch.Tensor, w: float) -> torch.Tensor:
+    """ε̃ = ε_guide(x_t, t) + w·(ε(x_t, t) − ε_guide(x_t, t)) (Karras et al. 2024, eq. 2): ``x_t`` (B, C, H, W),
+    ``t`` (B,) → (B, C, H, W).
+
+    ``guide`` is a worse ε-network of the same schedule and parameterisation. w = 1 is ``model`` alone and w = 0
+    ``guide`` alone (one network call); any other w calls both. w is not checked here (per network call):
+    :meth:`mnistdiff.model.DiffusionModel.sample` checks it once.
+    """
+    if w == 1:
+        return as_float(model(x_t, t))
+    eps_guide = as_float(guide(x_t, t))
+    if w == 0:
+        return eps_guide
+    return eps_guide + w * (as_float(model(x_t, t)) - eps_guide)
+
+
+class AutoGuidedDenoiser:
+    """``(x_t, t) → ε̃``: :func:`autoguided_eps` with the guide and the weight ``w`` fixed, for any sampler."""
+
+    def __init__(self, model: Denoiser, guide: Denoiser, w: float) -> None:
+        self.model, self.guide, self.w = model, guide, w
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return autoguided_eps(self.model, self.guide, x_t, t, self.w)

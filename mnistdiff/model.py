@@ -11,6 +11,9 @@ metrics). :class:`DiffusionModel` is what the command line, every chapter and th
     cldm = DiffusionModel.load("checkpoints/book/cldm.safetensors", vae="checkpoints/book/vae.safetensors")
     sevens, _ = cldm.sample(8, labels=7, guidance=2.0)
 
+    guide = DiffusionModel.load("checkpoints/book/ddpm_guide.safetensors")  # the same model, trained far less
+    sharper, _ = model.sample(64, guide=guide, guidance=DEFAULT_AUTOGUIDANCE)  # autoguidance
+
 :meth:`DiffusionModel.sample` checks its arguments once (a :class:`~mnistdiff.config.ConfigError`, a
 ``ValueError`` that names the argument) and hands them to the loop, :func:`~mnistdiff.sampling.generate`,
 which checks nothing per step. The VAE is loaded by :func:`load_vae` (its run config and provenance in ``vae.meta``).
@@ -28,6 +31,7 @@ from typing import Any, cast
 import torch
 
 from mnistdiff.config import (
+    DEFAULT_AUTOGUIDANCE,
     DEFAULT_ETA,
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -51,7 +55,7 @@ from mnistdiff.devices import choices_file, remembered
 from mnistdiff.flows import FLOW_SOLVERS, flow_nfe
 from mnistdiff.latent import LatentCodec
 from mnistdiff.modelfile import CheckpointError, load_model_file, save_model_file
-from mnistdiff.sampling import OLD_FAST, SAMPLERS, generate, measure_decoder, measure_precision
+from mnistdiff.sampling import SAMPLERS, generate, measure_decoder, measure_precision, old_spellings
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.solvers import DEFAULT_SPACING, KARRAS_SIGMA_MIN, SOLVERS, SPACINGS, solver_nfe
 from mnistdiff.unet import NULL_LABEL, UNet
@@ -125,14 +129,17 @@ class DiffusionModel:
         dpmpp_2m_sde, euler, heun and dpmpp_2m; the first where none is asked for."""
         return tuple(self.config.samplers)
 
-    def nfe(self, sampler: str, steps: int) -> int:
+    def nfe(self, sampler: str, steps: int, guide: bool = False) -> int:
         """Network calls per sample of ``sample(sampler=sampler, steps=steps)``: T for DDPM's sampler, 2·steps − 1
-        for Heun (a flow's and EDM's), else ``steps`` (guidance doubles the batch, not the calls)."""
+        for Heun (a flow's and EDM's), else ``steps`` (classifier-free guidance doubles the batch, not the calls);
+        twice that with a ``guide`` (autoguidance: two networks, a call of each)."""
         if sampler == "ddpm" and self.schedule is not None:
-            return self.schedule.num_timesteps
-        if sampler == "heun":
-            return flow_nfe("heun", steps) if self.schedule is None else solver_nfe("heun", steps)
-        return steps
+            calls = self.schedule.num_timesteps
+        elif sampler == "heun":
+            calls = flow_nfe("heun", steps) if self.schedule is None else solver_nfe("heun", steps)
+        else:
+            calls = steps
+        return 2 * calls if guide else calls
 
     @property
     def distillation(self) -> dict[str, Any] | None:
@@ -140,17 +147,19 @@ class DiffusionModel:
         weight folded in; ``None`` for any other model."""
         return self.meta.get("distillation")
 
-    def sampling_defaults(self, sampler: str | None = None) -> dict[str, Any]:
+    def sampling_defaults(self, sampler: str | None = None, guide: bool = False) -> dict[str, Any]:
         """What :meth:`sample` uses where nothing is said: the kind's first sampler at its config's ``default_steps``
         (another ``sampler``: ``DEFAULT_STEPS``; either at most a diffusion model's T), ``DEFAULT_ETA``,
-        ``DEFAULT_GUIDANCE``; a distilled student's own steps, η = 0 (it was distilled deterministic) and its w."""
+        ``DEFAULT_GUIDANCE`` (with a ``guide``: ``DEFAULT_AUTOGUIDANCE``); a distilled student's own steps, η = 0
+        (it was distilled deterministic) and its w."""
         d = self.distillation
         if d:
             return {"sampler": "ddim", "steps": len(d["timesteps"]), "eta": 0.0, "guidance": float(d["guidance"])}
         default = self.samplers[0]
         steps = self.config.default_steps if sampler in (None, default) else DEFAULT_STEPS
         steps = min(steps, self.schedule.num_timesteps) if self.schedule is not None else steps
-        return {"sampler": sampler or default, "steps": steps, "eta": DEFAULT_ETA, "guidance": DEFAULT_GUIDANCE}
+        return {"sampler": sampler or default, "steps": steps, "eta": DEFAULT_ETA,
+                "guidance": DEFAULT_AUTOGUIDANCE if guide else DEFAULT_GUIDANCE}
 
     @property
     def karras_sigma_max(self) -> float | None:
@@ -227,32 +236,31 @@ class DiffusionModel:
         return_intermediates: bool = False,
         progress: bool = False,
         spacing: str | None = None,
+        guide: DiffusionModel | None = None,
         **old: Any,
     ) -> SampleOutput:
         """Draw ``num_samples`` images → ``SampleOutput(images (N, 1, 32, 32) in [−1, 1] on the CPU, frames)``.
 
-        ``sampler``: ``"ddim"`` (Song et al. eq. 12, ``steps`` steps, noise ``eta``: 0 deterministic, 1 DDPM-like)
-        or ``"ddpm"`` (Ho et al. Algorithm 2, all T steps); a flow's ``"euler"`` or ``"heun"`` (``steps`` steps of
-        the ODE, :func:`~mnistdiff.flows.flow_sample_loop`); ``"dpmpp_2m"``, ``"dpmpp_2m_sde"`` (any model) or an
-        ε-network's ``"heun"`` (EDM's) from :mod:`mnistdiff.solvers`; ``None``: the first of :attr:`samplers`;
-        :meth:`nfe` counts the calls. ``spacing``: where those three solvers put their points on a DDPM or latent
-        model (``"karras"``, Karras et al.'s σ, the default; ``"linspace"``, DDIM's timesteps).
+        ``sampler``: ``"ddim"`` (Song et al. eq. 12, ``steps`` steps, noise ``eta``: 0 deterministic, 1 DDPM-like),
+        ``"ddpm"`` (Ho et al. Algorithm 2, all T steps); a flow's ``"euler"`` or ``"heun"``; ``"dpmpp_2m"``,
+        ``"dpmpp_2m_sde"`` or an ε-network's ``"heun"`` (EDM's) from :mod:`mnistdiff.solvers`, whose points
+        ``spacing`` places (``"karras"``, the default, or ``"linspace"``); ``None``: the first of :attr:`samplers`.
         ``labels``: a digit, or one per sample (N,), for a class-conditional model, guided with weight ``guidance`` w
-        (ε̃ = ε(∅) + w·(ε(y) − ε(∅)); 0 ignores the label, 1 is the conditional model); ``None``: unconditional
-        samples. ``seed`` makes the draw reproducible (bit for bit on a CPU). ``precision``: ``fp32``, ``fp32_cl``,
-        ``bf16``, ``bf16_cl`` or ``auto`` (measured once on this machine: :meth:`measure_precision`; default
-        :attr:`precision`); ``compile``: ``torch.compile`` the network (``True`` or a mode). ``frames``
-        (``return_intermediates``) are the first batch's ``[(t, x_t), …]``, decoded. The old spellings ``mode``,
-        ``ddim_steps`` and ``fast`` still work, with a warning.
-        """
+        (ε̃ = ε(∅) + w·(ε(y) − ε(∅)); 0 ignores the label, 1 is the conditional model). ``guide``: a worse version of
+        this model (:meth:`check_guide`), which autoguides it with weight ``guidance`` (Karras et al. 2024: ε̃ =
+        ε_guide + w·(ε − ε_guide); default ``DEFAULT_AUTOGUIDANCE``). ``seed`` makes the draw reproducible (bit for
+        bit on a CPU). ``precision``: ``fp32``, ``fp32_cl``, ``bf16``, ``bf16_cl`` or ``auto`` (measured); default
+        :attr:`precision`; ``compile``: ``torch.compile`` the network. ``frames`` (``return_intermediates``) are the
+        first batch's ``[(t, x_t), …]``, decoded. Old spellings (``mode``, ``ddim_steps``, ``fast``) warn."""
         if old:
-            sampler, steps, precision, compile = _old_spellings(old, sampler, steps, precision, compile)
+            sampler, steps, precision, compile = old_spellings(old, sampler, steps, precision, compile)
         device = torch.device(device) if device is not None else next(self.unet.parameters()).device
         given = {"sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}
-        chosen = {**self.sampling_defaults(sampler), **{k: v for k, v in given.items() if v is not None}}
+        chosen = {**self.sampling_defaults(sampler, guide is not None), **{k: v for k, v in given.items()
+                                                                          if v is not None}}
         sampler, steps, eta, guidance = (chosen[k] for k in given)
         y = self.check_request(num_samples, sampler, steps, eta, labels, guidance, batch_size, precision or "fp32",
-                               spacing)
+                               spacing, guide)
         timesteps = None
         if self.distillation:  # the student is the guided model: one conditional call per step, on its own grid
             timesteps, guidance = list(self.distillation["timesteps"]), 1.0
@@ -269,11 +277,29 @@ class DiffusionModel:
                         eta=eta, seed=seed, device=device, batch_size=batch_size, decode=decode,
                         return_intermediates=return_intermediates, progress=progress, precision=precision,
                         compile=compile, clip_range=self.clip_range, labels=y, guidance=guidance, timesteps=timesteps,
-                        spacing=spacing, karras=self.karras_range)
+                        spacing=spacing, karras=self.karras_range, guide=None if guide is None else guide.unet)
+
+    def check_guide(self, guide: DiffusionModel, labels: torch.Tensor | None = None) -> None:
+        """A guide for autoguidance sees what this model sees (kind, sample shape, noise schedule, latent space), and
+        guides unconditional samples of a model not distilled; else a :class:`~mnistdiff.config.ConfigError`."""
+        if not isinstance(guide, DiffusionModel):
+            raise ConfigError(f"guide must be a DiffusionModel (DiffusionModel.load(path)), got {type(guide).__name__}",
+                              "guide")
+        if labels is not None or self.distillation or guide.distillation:
+            raise ConfigError("guide: autoguidance guides unconditional samples of a trained (not distilled) model; "
+                              "a class-conditional model asked for digits is guided by its own ε(∅) (guidance=w, "
+                              "no guide)", "guide")
+        def sees(m: DiffusionModel) -> tuple:  # a flow has no schedule: None
+            abar = None if m.schedule is None else m.schedule.alphas_cumprod.cpu().tolist()
+            return m.kind, m.sample_shape, m.meta.get("vae_weights_sha256"), m.meta.get("latent_scale"), abar
+        if sees(guide) != sees(self):
+            raise ConfigError(f"guide: a {guide.kind} model of shape {guide.sample_shape} cannot guide this "
+                              f"{self.kind} model of shape {self.sample_shape}: a guide is the same model trained "
+                              "less (the same kind, schedule, latent space and sample shape)", "guide")
 
     def check_request(self, num_samples: int, sampler: str, steps: int, eta: float, labels: Labels, guidance: float,
-                      batch_size: int | None = None, precision: str = "fp32", spacing: str | None = None
-                      ) -> torch.Tensor | None:
+                      batch_size: int | None = None, precision: str = "fp32", spacing: str | None = None,
+                      guide: DiffusionModel | None = None) -> torch.Tensor | None:
         """:meth:`sample`'s arguments, checked once: a :class:`~mnistdiff.config.ConfigError` names the one at fault.
         Returns the labels as a (N,) tensor (``None``: unconditional)."""
         _positive("num_samples", num_samples)
@@ -299,7 +325,10 @@ class DiffusionModel:
             self._check_spacing(sampler, spacing)
         if self.distillation:
             self._check_student(sampler, steps, eta, guidance)
-        return self._labels(labels, num_samples)
+        y = self._labels(labels, num_samples)
+        if guide is not None:
+            self.check_guide(guide, y)
+        return y
 
     def _check_spacing(self, sampler: str, spacing: str) -> None:
         """A spacing is a choice of the solvers (:meth:`spacing`): DDIM keeps its timesteps, a flow's Euler and Heun
@@ -369,20 +398,3 @@ def _matching_vae(path: str | Path, meta: dict[str, Any], vae: str | Path | VAE 
         raise CheckpointError(f"{path} was trained on a different VAE than the one given (their weights' SHA-256 "
                               "differ): pass the VAE checkpoint it was trained with")
     return vae.to(device).eval()
-
-
-def _old_spellings(old: dict[str, Any], sampler: str | None, steps: int | None, precision: str | None,
-                   compile: bool | str) -> tuple[str | None, int | None, str | None, bool | str]:
-    """``mode`` → ``sampler``, ``ddim_steps`` → ``steps``, ``fast`` → ``precision`` and ``compile`` (with a warning)."""
-    import warnings
-
-    unknown = set(old) - {"mode", "ddim_steps", "fast"}
-    if unknown:
-        raise TypeError(f"sample() got unexpected keyword arguments {sorted(unknown)}")
-    warnings.warn("sample(mode=, ddim_steps=, fast=) are now sampler=, steps=, precision= (and compile=)",
-                  DeprecationWarning, stacklevel=3)
-    if "fast" in old:
-        if old["fast"] not in OLD_FAST:
-            raise ConfigError(f"fast must be one of {', '.join(OLD_FAST)}, got {old['fast']!r}", "fast")
-        precision, compile = OLD_FAST[old["fast"]]
-    return old.get("mode", sampler), old.get("ddim_steps", steps), precision, compile

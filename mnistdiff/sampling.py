@@ -29,21 +29,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, PRECISIONS
+from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, PRECISIONS, ConfigError
 from mnistdiff.data import to_uint8
 from mnistdiff.ddim import ddim_sample_loop
 from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, Denoiser, SampleOutput, as_float, p_sample_loop
 from mnistdiff.devices import clear_winner
 from mnistdiff.files import atomic_write_bytes, atomic_write_text
 from mnistdiff.flows import FLOW_SOLVERS, flow_sample_loop
-from mnistdiff.guidance import GuidedDenoiser
+from mnistdiff.guidance import AutoGuidedDenoiser, GuidedDenoiser
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.solvers import SOLVERS, solver_sample_loop
 from mnistdiff.viz import progression_strip, save_grid, save_image
 
 __all__ = ["generate", "write_sample_folder", "save_npz", "FastDenoiser", "ChunkedDenoiser", "CHUNKS",
            "MEASURED_PRECISIONS", "measure_precision", "measure_decoder",
-           "SAMPLERS", "OLD_FAST"]
+           "SAMPLERS", "OLD_FAST", "old_spellings"]
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -210,58 +210,42 @@ def measure_decoder(decode: Callable[..., torch.Tensor], shape: tuple[int, int, 
 
 
 @torch.no_grad()
-def generate(
-    model: torch.nn.Module,
-    sched: NoiseSchedule | None,
-    num_samples: int,
-    *,
-    shape: tuple[int, int, int] = (1, 32, 32),
-    sampler: str = "ddim",
-    steps: int = DEFAULT_STEPS,
-    eta: float = DEFAULT_ETA,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    batch_size: int | None = None,
-    decode: Decoder | None = None,
-    return_intermediates: bool = False,
-    progress: bool = False,
-    precision: str = "fp32",
-    compile: bool | str = False,
-    clip_range: ClipRange = PIXEL_RANGE,
-    labels: torch.Tensor | None = None,
-    guidance: float = DEFAULT_GUIDANCE,
-    timesteps: list[int] | None = None,
-    spacing: str | None = None,
-    karras: dict[str, float] | None = None,
-    chunk: bool = True,
-) -> SampleOutput:
+def generate(model: torch.nn.Module, sched: NoiseSchedule | None, num_samples: int, *,
+             shape: tuple[int, int, int] = (1, 32, 32), sampler: str = "ddim", steps: int = DEFAULT_STEPS,
+             eta: float = DEFAULT_ETA, seed: int = 0, device: torch.device | str = "cpu", batch_size: int | None = None,
+             decode: Decoder | None = None, return_intermediates: bool = False, progress: bool = False,
+             precision: str = "fp32", compile: bool | str = False, clip_range: ClipRange = PIXEL_RANGE,
+             labels: torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE, timesteps: list[int] | None = None,
+             spacing: str | None = None, karras: dict[str, float] | None = None, chunk: bool = True,
+             guide: torch.nn.Module | None = None) -> SampleOutput:
     """Draw ``num_samples`` samples → :class:`~mnistdiff.ddpm.SampleOutput` ``(images (N, 1, 32, 32) in [−1, 1]
     on CPU, frames)`` (latents, unbounded, when the model works in a latent space and no ``decode`` is given).
 
-    The loop under :meth:`mnistdiff.model.DiffusionModel.sample`, which checks the arguments (this does not).
-    ``sampler`` ``"ddim"`` runs ``steps`` DDIM steps with noise ``eta``; ``"ddpm"`` all T ancestral steps of
-    ``sched``; ``"euler"`` and ``"heun"`` integrate a flow's velocity network ``model`` in ``steps`` steps (``sched``
-    unused); ``"dpmpp_2m"``, ``"dpmpp_2m_sde"`` (any model) and an ε-network's ``"heun"`` (EDM's) are
-    :func:`~mnistdiff.solvers.solver_sample_loop`. ``shape`` is one sample's shape in the model's space (pixels or
-    latents); ``clip_range`` bounds x̂_0 in that space (:data:`~mnistdiff.ddpm.PIXEL_RANGE` for pixels; ``(−c, c)``
-    for latents). ``frames`` (with ``return_intermediates``; else empty) are the first batch's ``[(t, x_t), …]``,
-    decoded. ``precision`` (:data:`MEASURED_PRECISIONS`; default ``"fp32"``: as trained) and ``compile`` run the
-    network through :class:`FastDenoiser`; ``chunk``, on a CPU, in pieces of each batch where faster
-    (:class:`ChunkedDenoiser`: the same samples, bit for bit). ``labels`` (N,) ask a class-conditional model for
-    those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none), guided with weight ``guidance``
-    (:class:`~mnistdiff.guidance.GuidedDenoiser`; 1: the conditional model). ``timesteps``: DDIM's own list instead
-    of ``steps`` evenly spaced ones (a student's grid); ``spacing``, ``karras`` (σ_max, σ_min): the solvers' own."""
+    The loop under :meth:`mnistdiff.model.DiffusionModel.sample`, which checks the arguments (this does not);
+    ``sampler``: as it says (:func:`_sample_loop`). ``shape`` is one sample's shape in the model's space (pixels or
+    latents); ``clip_range`` bounds x̂_0 there (:data:`~mnistdiff.ddpm.PIXEL_RANGE`; ``(−c, c)`` for latents).
+    ``frames`` (``return_intermediates``) are the first batch's ``[(t, x_t), …]``, decoded. ``precision``
+    (:data:`MEASURED_PRECISIONS`; ``"fp32"``: as trained) and ``compile`` run the network through
+    :class:`FastDenoiser`; ``chunk``, on a CPU, in pieces of each batch where faster (:class:`ChunkedDenoiser`: the
+    same samples, bit for bit). ``labels`` (N,) ask a class-conditional model for those classes
+    (:data:`~mnistdiff.unet.NULL_LABEL`: none), guided with weight ``guidance`` (:class:`~mnistdiff.guidance.
+    GuidedDenoiser`); ``guide``, a worse ε-network of the same schedule, autoguides ``model`` with that weight
+    instead (:class:`~mnistdiff.guidance.AutoGuidedDenoiser`). ``timesteps``: DDIM's own list instead of ``steps``
+    evenly spaced ones (a student's grid); ``spacing``, ``karras`` (σ_max, σ_min): the solvers' own."""
     device = torch.device(device)
     batch_size = batch_size or (2048 if device.type == "cuda" else 256)
     gen = torch.Generator(device=device).manual_seed(seed)
     network = _fast_network(model, device, precision, compile, chunk)
+    guided = None if guide is None else AutoGuidedDenoiser(network, _fast_network(guide, device, precision, compile,
+                                                                                  chunk), guidance)
     if precision != "fp32" or compile:  # batches as equal as possible, e.g. 10,000 → 5 × 2,000
         batch_size = math.ceil(num_samples / math.ceil(num_samples / batch_size))
     outs: list[torch.Tensor] = []
     frames: list[tuple[int, torch.Tensor]] = []
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
-        net = network if labels is None else GuidedDenoiser(network, labels[start:start + n].to(device), guidance)
+        net = guided or (network if labels is None else GuidedDenoiser(network, labels[start:start + n].to(device),
+                                                                          guidance))
         x, fr = _sample_loop(net, sched, (n, *shape), sampler, steps, eta, timesteps, spacing, karras, generator=gen,
                              device=device, return_intermediates=return_intermediates and start == 0,
                              clip_range=clip_range, progress=progress)
@@ -343,3 +327,21 @@ def write_sample_folder(
                                                      "written": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
     paths["info"] = out / "info.json"
     return paths
+
+
+def old_spellings(old: dict[str, Any], sampler: str | None, steps: int | None, precision: str | None,
+                   compile: bool | str) -> tuple[str | None, int | None, str | None, bool | str]:
+    """:meth:`~mnistdiff.model.DiffusionModel.sample`'s old keywords: ``mode`` → ``sampler``, ``ddim_steps`` →
+    ``steps``, ``fast`` → ``precision`` and ``compile`` (with a warning)."""
+    import warnings
+
+    unknown = set(old) - {"mode", "ddim_steps", "fast"}
+    if unknown:
+        raise TypeError(f"sample() got unexpected keyword arguments {sorted(unknown)}")
+    warnings.warn("sample(mode=, ddim_steps=, fast=) are now sampler=, steps=, precision= (and compile=)",
+                  DeprecationWarning, stacklevel=3)
+    if "fast" in old:
+        if old["fast"] not in OLD_FAST:
+            raise ConfigError(f"fast must be one of {', '.join(OLD_FAST)}, got {old['fast']!r}", "fast")
+        precision, compile = OLD_FAST[old["fast"]]
+    return old.get("mode", sampler), old.get("ddim_steps", steps), precision, compile

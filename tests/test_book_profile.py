@@ -184,6 +184,7 @@ def _tiny(name: str = "tiny"):
         ldm=dataclasses.replace(SMOKE.ldm, train=dataclasses.replace(SMOKE.ldm.train, **train)),
         cldm=dataclasses.replace(SMOKE.cldm, train=dataclasses.replace(SMOKE.cldm.train, **train)),
         flow=dataclasses.replace(SMOKE.flow, train=dataclasses.replace(SMOKE.flow.train, **train)),
+        ddpm_guide=dataclasses.replace(SMOKE.ddpm_guide, train=dataclasses.replace(SMOKE.ddpm_guide.train, **train)),
         distill=dataclasses.replace(SMOKE.distill, iterations=2, batch_size=8, subset=32),
     )
 
@@ -195,7 +196,7 @@ def test_train_all_trains_skips_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MNISTDIFF_CHECKPOINT_DIR", str(tmp_path))
     prof = _tiny()
     seconds = train_all(prof, device="cpu", progress=False)
-    assert set(seconds) == {"ddpm", "vae", "ldm", "cldm", "flow", "cldm_distilled"}
+    assert set(seconds) == {"ddpm", "ddpm_guide", "vae", "ldm", "cldm", "flow", "cldm_distilled"}
     student = read_model_meta(checkpoint_path("cldm_distilled", prof))
     assert student["distillation"]["teacher_weights_sha256"] == read_model_meta(checkpoint_path("cldm", prof))[
         "weights_sha256"]
@@ -204,14 +205,18 @@ def test_train_all_trains_skips_and_resumes(tmp_path, monkeypatch, capsys):
         assert not checkpoint_path(kind, prof).with_suffix(".json").exists()  # one file per model
     ddpm_weights = read_model_meta(checkpoint_path("ddpm", prof))["weights_sha256"]
 
-    # a second call finds all five trained with these settings and trains nothing
+    guide = read_model_meta(checkpoint_path("ddpm_guide", prof))
+    assert guide["kind"] == "ddpm" and guide["config"]["train"]["epochs"] == prof.ddpm_guide.train.epochs
+
+    # a second call finds all six trained with these settings and trains nothing
     capsys.readouterr()
     train_all(prof, device="cpu", progress=False)
     out = capsys.readouterr().out
-    assert out.count("skipping") == 5 and "training the" not in out and "distilling" not in out
+    assert out.count("skipping") == 6 and "training the" not in out and "distilling" not in out
 
-    # a run stopped before its final checkpoint is resumed, not restarted
-    run = next((tmp_path / "tiny" / "runs").glob("*-ddpm"))
+    # a run stopped before its final checkpoint is resumed, not restarted (the DDPM's run: the guide's comes after)
+    run = sorted((tmp_path / "tiny" / "runs").glob("*-ddpm"))[0]
+    assert read_model_meta(run / "checkpoints" / "model.safetensors")["weights_sha256"] == ddpm_weights
     for f in (run / "checkpoints").glob("model.*"):
         f.unlink()
     checkpoint_path("ddpm", prof).unlink()

@@ -434,6 +434,52 @@ def test_sample_cldm_refuses_an_unconditional_checkpoint(runs, tmp_path, capsys)
     assert not out.exists()
 
 
+# ----------------------------------------------------------------------------- sample --guide: autoguidance
+
+
+@pytest.mark.parametrize("model", ["ddpm", "ldm"])
+def test_sample_with_a_guide_records_it_and_a_model_guided_by_itself_draws_its_own_samples(runs, tmp_path, model):
+    """ε_guide + w·(ε − ε_guide) is ε exactly when the guide is the model: the same bytes as unguided sampling."""
+    ckpt = str(runs[model] / "checkpoints" / "model.safetensors")
+    common = ["--steps", "3", "--num_samples", "3", "--individual", "0", "--device", "cpu", "--seed", "5"]
+    assert main([*_sample_args(runs, model), *common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*_sample_args(runs, model), *common, "--guide", ckpt, "--guidance", "2.5",
+                 "--out", str(tmp_path / "guided")]) == 0
+    with np.load(tmp_path / "plain" / "samples.npz") as a, np.load(tmp_path / "guided" / "samples.npz") as b:
+        assert np.array_equal(a["samples"], b["samples"])
+    info = json.loads((tmp_path / "guided" / "info.json").read_text())
+    assert info["guide"] == ckpt and info["guidance"] == 2.5
+    assert "guide" not in json.loads((tmp_path / "plain" / "info.json").read_text())
+
+
+@pytest.mark.parametrize("case, message", [
+    ("weight without a guide", "--guidance weighs autoguidance on a ddpm model: pass the guide's model file too"),
+    ("missing guide", "guide"),
+    ("guide of another kind", "holds a 'flow' model, expected a 'ddpm' one"),
+    ("bad weight", "--guidance must be a finite number >= 0"),
+])
+def test_sample_bad_guides_exit_2_writing_nothing(runs, tmp_path, capsys, case, message):
+    out = tmp_path / "g"
+    extra = {"weight without a guide": ["--guidance", "2"],
+             "missing guide": ["--guide", str(tmp_path / "none.safetensors")],
+             "guide of another kind": ["--guide", str(runs["flow"] / "checkpoints" / "model.safetensors")],
+             "bad weight": ["--guide", str(runs["ddpm"] / "checkpoints" / "model.safetensors"), "--guidance", "-1"],
+             }[case]
+    assert _exit_code([*_sample_args(runs, "ddpm"), "--steps", "2", "--device", "cpu", "--out", str(out),
+                       *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and (case != "missing guide" or "does not exist" in err)
+    assert not out.exists()
+
+
+def test_sample_cldm_refuses_a_guide_for_digits(runs, tmp_path, capsys):
+    out = tmp_path / "cg"
+    cldm = str(runs["cldm"] / "checkpoints" / "model.safetensors")
+    assert _exit_code(_sample_cldm(runs, out, "--digit", "3", "--guide", cldm)) == 2
+    assert "autoguidance guides unconditional samples" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_python_m_entry_point_reports_bad_argument(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mnistdiff", "train", "vae", "--kl_weight", "-1", "--out", str(tmp_path / "e")],

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from mnistdiff.config import (
+    DEFAULT_AUTOGUIDANCE,
+    DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     CLDMRunConfig,
     ConfigError,
@@ -22,7 +24,7 @@ from mnistdiff.config import (
 )
 from mnistdiff.ddim import ddim_sample_loop, ddim_step, ddim_timesteps
 from mnistdiff.evaluation.guidance import balanced_labels, label_accuracy, recommend_guidance
-from mnistdiff.guidance import GuidedDenoiser, drop_labels, guided_eps
+from mnistdiff.guidance import AutoGuidedDenoiser, GuidedDenoiser, autoguided_eps, drop_labels, guided_eps
 from mnistdiff.model import DiffusionModel
 from mnistdiff.sampling import generate
 from mnistdiff.schedules import NoiseSchedule
@@ -344,3 +346,102 @@ def test_label_accuracy_reads_real_digits_and_not_shuffled_labels():
     assert acc > 0.97 and len(per_class) == 10 and min(per_class) > 0.85
     shuffled = real.labels[torch.randperm(300, generator=torch.Generator().manual_seed(0))]
     assert label_accuracy(real.images, shuffled)[0] < 0.3
+
+
+# ----------------------------------------------------------------------------- autoguidance (Karras et al. 2024)
+
+
+def _ddpm(seed: int, timesteps: int = 50) -> DiffusionModel:
+    """A tiny unconditional DDPM whose every layer is random (``seed``), so that two seeds are two networks."""
+    net = _randomised(SMALL, seed)
+    return DiffusionModel(net, NoiseSchedule.make("cosine", timesteps), DDPMRunConfig(unet=SMALL),
+                          clip_range=(-3.0, 3.0))
+
+
+def test_autoguided_eps_against_separate_calls():
+    main, guide = _randomised(SMALL, 0), _randomised(SMALL, 1)
+    x, t = _inputs()
+    calls: list[str] = []
+    hooks = [main.register_forward_hook(lambda *a: calls.append("main")),
+             guide.register_forward_hook(lambda *a: calls.append("guide"))]
+    try:
+        with torch.no_grad():
+            eps, eps_guide = main(x, t), guide(x, t)
+            calls.clear()
+            torch.testing.assert_close(autoguided_eps(main, guide, x, t, 1.0), eps)
+            torch.testing.assert_close(autoguided_eps(main, guide, x, t, 0.0), eps_guide)
+            assert calls == ["main", "guide"]  # w = 1 and w = 0: one network each
+            for w in (0.5, 1.5, 3.0):
+                torch.testing.assert_close(AutoGuidedDenoiser(main, guide, w)(x, t),
+                                           eps_guide + w * (eps - eps_guide), rtol=1e-4, atol=1e-5)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert not torch.allclose(eps, eps_guide)  # two different networks, or the test could not fail
+
+
+def test_generate_with_a_guide_equals_an_autoguided_ddim_loop_by_hand():
+    main, guide = _ddpm(0), _ddpm(1)
+    w, steps = 1.7, 5
+    images, _ = main.sample(3, sampler="ddim", steps=steps, eta=1.0, seed=2, guide=guide, guidance=w)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn((3, 2, 4, 4), generator=gen)
+    taus = ddim_timesteps(50, steps)
+    with torch.no_grad():
+        for i, t in enumerate(taus):
+            tt = torch.full((3,), t)
+            eps, eps_guide = main.unet(x, tt), guide.unet(x, tt)
+            noise = torch.randn(x.shape, generator=gen)
+            x, _ = ddim_step(main.schedule, x, eps_guide + w * (eps - eps_guide), t,
+                             taus[i + 1] if i + 1 < steps else -1, 1.0, noise, (-3.0, 3.0))
+    torch.testing.assert_close(images, x, rtol=1e-4, atol=1e-4)
+    plain, _ = main.sample(3, sampler="ddim", steps=steps, eta=1.0, seed=2)
+    assert not torch.allclose(images, plain, atol=1e-3)
+
+
+def test_a_model_guided_by_itself_draws_its_own_samples_bit_for_bit():
+    """ε_guide + w·(ε − ε_guide) with ε_guide = ε is ε exactly, for every sampler and w."""
+    model = _ddpm(0)
+    for sampler in ("ddim", "dpmpp_2m_sde"):
+        plain, _ = model.sample(4, sampler=sampler, steps=4, seed=3)
+        guided, _ = model.sample(4, sampler=sampler, steps=4, seed=3, guide=model, guidance=2.5)
+        assert torch.equal(plain, guided)
+
+
+def test_guided_samples_count_two_network_calls_a_step_and_default_to_the_measured_weight():
+    main, guide = _ddpm(0), _ddpm(1)
+    seen: list[str] = []
+    hooks = [main.unet.register_forward_pre_hook(lambda *a: seen.append("main")),
+             guide.unet.register_forward_pre_hook(lambda *a: seen.append("guide"))]
+    try:
+        main.sample(2, sampler="ddim", steps=4, seed=0, guide=guide)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen) == main.nfe("ddim", 4, guide=True) == 8 and seen.count("guide") == 4
+    assert main.sampling_defaults("ddim", guide=True)["guidance"] == DEFAULT_AUTOGUIDANCE
+    assert main.sampling_defaults("ddim")["guidance"] == DEFAULT_GUIDANCE
+
+
+@pytest.mark.parametrize("which, message", [
+    ("schedule", "cannot guide this ddpm model"),
+    ("shape", "cannot guide this ddpm model"),
+    ("labels", "autoguidance guides unconditional samples"),
+    ("not a model", "guide must be a DiffusionModel"),
+])
+def test_a_guide_that_does_not_fit_is_refused_before_any_network_call(cond, which, message):
+    main, guide = (_cldm(cond), _cldm(cond)) if which == "labels" else (_ddpm(0), _ddpm(1))
+    if which == "schedule":
+        guide = _ddpm(1, timesteps=40)
+    if which == "shape":
+        guide = DiffusionModel(_randomised(dataclasses.replace(SMALL, image_size=8), 1), main.schedule,
+                               DDPMRunConfig(unet=dataclasses.replace(SMALL, image_size=8)))
+    calls: list[int] = []
+    hook = main.unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ConfigError, match=message) as err:
+            main.sample(2, steps=2, guide=main.unet if which == "not a model" else guide,
+                        labels=3 if which == "labels" else None)
+    finally:
+        hook.remove()
+    assert err.value.setting == "guide" and calls == []

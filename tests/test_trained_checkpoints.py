@@ -23,7 +23,14 @@ import json
 import pytest
 import torch
 
-from mnistdiff.config import DEFAULT_ETA, DEFAULT_GUIDANCE, CLDMRunConfig, normalized, to_dict
+from mnistdiff.config import (
+    DEFAULT_AUTOGUIDANCE,
+    DEFAULT_ETA,
+    DEFAULT_GUIDANCE,
+    CLDMRunConfig,
+    normalized,
+    to_dict,
+)
 from mnistdiff.course.pretrained import checkpoint_path
 from mnistdiff.course.profiles import BOOK, SMOKE
 from mnistdiff.evaluation.guidance import balanced_labels, label_accuracy, sampler_run
@@ -73,6 +80,33 @@ def test_committed_checkpoint_is_the_book_profiles(kind):
     cfg = getattr(BOOK, kind)
     _, meta = load_model_file(path, kind=kind)  # the weights' SHA-256 checked against the header's
     assert normalized(type(cfg), meta["config"]) == to_dict(cfg)
+
+
+def test_committed_autoguide_is_the_book_profiles():
+    """The DDPM's autoguide (``ddpm_guide``, a ddpm file) was trained with the book profile's ``ddpm_guide``
+    settings, and shares the DDPM's schedule, so that it can guide it."""
+    path = _committed("ddpm_guide")
+    _, meta = load_model_file(path, kind="ddpm")
+    assert normalized(type(BOOK.ddpm_guide), meta["config"]) == to_dict(BOOK.ddpm_guide)
+    DiffusionModel.load(_committed("ddpm")).check_guide(DiffusionModel.load(path))
+
+
+def test_the_default_autoguidance_is_the_one_measured_and_beats_the_unguided_sampler():
+    """``DEFAULT_AUTOGUIDANCE`` and the committed guide are those of the autoguided seed spread
+    (``benchmarks/seed_spread.py --guide``), which is nearer the real digits than the same sampler unguided at the
+    same seeds, in both feature spaces."""
+    root = repo_root() / "results" / "book"
+    guided = json.loads((root / "seed_spread_ddpm_autoguided_ddim_50.json").read_text())
+    plain = json.loads((root / "seed_spread_ddpm.json").read_text())
+    assert guided["sampling"]["guidance"] == DEFAULT_AUTOGUIDANCE
+    assert guided["sampling"]["guide"]["weights_sha256"] == read_model_meta(_committed("ddpm_guide"))["weights_sha256"]
+    assert guided["model"]["weights_sha256"] == plain["model"]["weights_sha256"]
+    same = {k: plain["sampling"][k] for k in ("sampler", "steps", "eta")}
+    assert {k: guided["sampling"][k] for k in same} == same
+    by_seed = {d["seed"]: d for d in plain["draws"]}
+    for space in ("fid", "fid_resnet"):
+        pairs = [(d[space], by_seed[d["seed"]][space]) for d in guided["draws"]]
+        assert len(pairs) >= 2 and sum(g for g, _ in pairs) < sum(p for _, p in pairs), (space, pairs)
 
 
 def test_book_ddpm_draws_digits():

@@ -33,11 +33,14 @@ from mnistdiff.modelfile import SUFFIX, CheckpointError, read_model_meta
 from mnistdiff.training.kinds import KINDS
 from mnistdiff.vae import VAE
 
-__all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_vae", "get_ldm", "get_cldm", "get_flow",
-           "get_cldm_distilled", "train_all", "REPO_ROOT", "STUDENT"]
+__all__ = ["checkpoint_dir", "checkpoint_path", "get_ddpm", "get_ddpm_guide", "get_vae", "get_ldm", "get_cldm",
+           "get_flow", "get_cldm_distilled", "train_all", "REPO_ROOT", "STUDENT", "GUIDE"]
 
 #: The file name (in ``checkpoints/<profile>/``) of the cldm's distilled student: a cldm file, not a kind of its own.
 STUDENT = "cldm_distilled"
+
+#: The file name, and the :class:`~mnistdiff.course.profiles.Profile` field, of the DDPM's autoguide: a ddpm file.
+GUIDE = "ddpm_guide"
 
 REPO_ROOT = repo_root()
 
@@ -92,10 +95,13 @@ def _store(model_file: Path, dest: Path) -> None:
     atomic_copy(model_file, dest)
 
 
-def _load_else_train(kind: str, prof: Profile, device: torch.device, retrain: bool, progress: bool) -> Any:
+def _load_else_train(kind: str, prof: Profile, device: torch.device, retrain: bool, progress: bool,
+                     name: str | None = None) -> Any:
     """The profile's model of ``kind``: the stored file if it matches the profile's config and verifies, else
-    trained (a latent kind after its VAE), stored and loaded."""
-    path, cfg, entry = checkpoint_path(kind, prof), getattr(prof, kind), KINDS[kind]
+    trained (a latent kind after its VAE), stored and loaded. ``name``: another model of that kind, the profile's
+    field and file of that name (:data:`GUIDE`)."""
+    name = name or kind
+    path, cfg, entry = checkpoint_path(name, prof), getattr(prof, name), KINDS[kind]
     vae = None
     if entry.latent:
         _load_else_train(VAE_KIND, prof, device, False, progress)
@@ -107,17 +113,18 @@ def _load_else_train(kind: str, prof: Profile, device: torch.device, retrain: bo
                 return entry.load(path, vae, device)
         except CheckpointError as err:  # corrupt, half-copied, trained on another VAE…
             print(f"[mnistdiff] not using {shown_path(path)}: {err}")
-    print(f"[mnistdiff] no usable {prof.name} {kind} checkpoint at {shown_path(path)}: training one now")
+    print(f"[mnistdiff] no usable {prof.name} {name} checkpoint at {shown_path(path)}: training one now")
     result = entry.train(cfg, vae, out=checkpoint_dir(prof) / "runs", device=device, progress=progress)
     _store(result.checkpoint, path)
     return entry.load(path, vae, device)
 
 
 def _get(kind: str, profile: str | Profile | None, device: str | torch.device | None, retrain: bool,
-         progress: bool) -> Any:
-    """Load-else-train the profile's ``kind``; a diffusion model samples in the profile's precision."""
+         progress: bool, name: str | None = None) -> Any:
+    """Load-else-train the profile's ``kind`` (``name``: its model of that name); a diffusion model samples in the
+    profile's precision."""
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    model = _load_else_train(kind, prof, resolve_device(device), retrain, progress)
+    model = _load_else_train(kind, prof, resolve_device(device), retrain, progress, name)
     if isinstance(model, DiffusionModel):
         model.precision = prof.sample_precision
         if model.precision == "auto":
@@ -133,6 +140,13 @@ def get_ddpm(profile: str | Profile | None = None, *, device: str | torch.device
              retrain: bool = False, progress: bool = True) -> DiffusionModel:
     """The profile's pixel-space DDPM: load ``checkpoints/<profile>/ddpm.safetensors``, else train and store it."""
     return _get(DDPMRunConfig.kind, profile, device, retrain, progress)
+
+
+def get_ddpm_guide(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
+                   retrain: bool = False, progress: bool = True) -> DiffusionModel:
+    """The profile's autoguide of its DDPM (a narrower UNet trained far less, the profile's ``ddpm_guide``): load
+    ``checkpoints/<profile>/ddpm_guide.safetensors``, else train and store it. ``ddpm.sample(n, guide=it)``."""
+    return _get(DDPMRunConfig.kind, profile, device, retrain, progress, GUIDE)
 
 
 def get_vae(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
@@ -202,7 +216,7 @@ def _unfinished_run(runs: Path, kind: str, cfg: Any) -> Path | None:
     """The newest run of ``kind`` under ``runs`` that stopped before its final checkpoint, with the config ``cfg``."""
     for run in sorted(runs.glob(f"*-{kind}"), reverse=True):
         last = run / "checkpoints" / "last.pt"
-        if (run / "checkpoints" / "model.pt").exists() or not last.exists():
+        if (run / "checkpoints" / f"model{SUFFIX}").exists() or not last.exists():  # finished, or never saved
             continue
         try:
             if _same(_stored_config(last, cfg, resume=True), cfg, with_train=True):
@@ -212,10 +226,30 @@ def _unfinished_run(runs: Path, kind: str, cfg: Any) -> Path | None:
     return None
 
 
+def _trained(name: str, kind: str, prof: Profile, device: torch.device, data_dir: str | Path | None,
+             progress: bool) -> Path:
+    """``checkpoints/<profile>/<name>.safetensors``, the profile's model ``name`` of ``kind``: kept if stored with
+    exactly the profile's config, else trained (resumed from a stopped run of that config, else afresh) and stored."""
+    runs = checkpoint_dir(prof) / "runs"
+    cfg, dest, entry = getattr(prof, name), checkpoint_path(name, prof), KINDS[kind]
+    if dest.exists() and _same(_stored_config(dest, cfg), cfg, with_train=True):
+        print(f"[mnistdiff] {shown_path(dest)} is trained with the {prof.name} settings: skipping")
+        return dest
+    resume = _unfinished_run(runs, kind, cfg)
+    if resume is not None:
+        print(f"[mnistdiff] resuming {shown_path(resume)}")
+    print(f"[mnistdiff] training the {prof.name} {name}")
+    vae = checkpoint_path(VAE_KIND, prof) if entry.latent else None
+    result = entry.train(cfg, vae, out=runs, device=device, data_dir=data_dir, resume=resume, progress=progress)
+    _store(result.checkpoint, dest)
+    print(f"[mnistdiff] stored {shown_path(dest)} ({result.seconds / 60:.1f} min of training)")
+    return dest
+
+
 def train_all(profile: str | Profile | None = None, *, device: str | torch.device | None = None,
               data_dir: str | Path | None = None, progress: bool = True) -> dict[str, float]:
-    """Train the profile's models in the order of :data:`~mnistdiff.training.kinds.KINDS` into
-    ``checkpoints/<profile>/``, then distil the cldm's student; resumable.
+    """Train the profile's models in the order of :data:`~mnistdiff.training.kinds.KINDS` (the DDPM's autoguide,
+    :data:`GUIDE`, after the DDPM) into ``checkpoints/<profile>/``, then distil the cldm's student; resumable.
 
     A model whose stored file already has exactly the profile's config (training settings included) is
     skipped; a run that was stopped (Ctrl-C, SIGTERM, a session's end) is resumed from its ``last.pt`` in
@@ -223,23 +257,12 @@ def train_all(profile: str | Profile | None = None, *, device: str | torch.devic
     the job. Returns training seconds per model (as recorded in the model files).
     """
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    runs = checkpoint_dir(prof) / "runs"
+    models = [(kind, kind) for kind in KINDS]
+    models.insert(models.index((DDPMRunConfig.kind, DDPMRunConfig.kind)) + 1, (GUIDE, DDPMRunConfig.kind))
     seconds: dict[str, float] = {}
-    for kind, entry in KINDS.items():
-        cfg, dest = getattr(prof, kind), checkpoint_path(kind, prof)
-        if dest.exists() and _same(_stored_config(dest, cfg), cfg, with_train=True):
-            print(f"[mnistdiff] {shown_path(dest)} is trained with the {prof.name} settings: skipping")
-        else:
-            resume = _unfinished_run(runs, kind, cfg)
-            if resume is not None:
-                print(f"[mnistdiff] resuming {shown_path(resume)}")
-            print(f"[mnistdiff] training the {prof.name} {kind}")
-            vae = checkpoint_path(VAE_KIND, prof) if entry.latent else None
-            result = entry.train(cfg, vae, out=runs, device=resolve_device(device), data_dir=data_dir, resume=resume,
-                                 progress=progress)
-            _store(result.checkpoint, dest)
-            print(f"[mnistdiff] stored {shown_path(dest)} ({result.seconds / 60:.1f} min of training)")
-        seconds[kind] = float(read_model_meta(dest).get("seconds", 0.0))
+    for name, kind in models:
+        dest = _trained(name, kind, prof, resolve_device(device), data_dir, progress)
+        seconds[name] = float(read_model_meta(dest).get("seconds", 0.0))
     student = _distil_else_load(prof, resolve_device(device), progress)  # chapter 9's student, after its teacher
     seconds[STUDENT] = float(read_model_meta(student).get("seconds", 0.0))
     print("[mnistdiff] training minutes: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items())

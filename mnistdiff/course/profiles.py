@@ -2,8 +2,9 @@
 
 * ``book``: what the published book is executed with. On two CPU cores (AMD EPYC, alone) its DDPM trains in about
   160 minutes, the VAE in 113 (recorded, part on an Intel Xeon; its book file is the run's epoch-28 snapshot, reached
-  at 99), the LDM in 11, the cldm in 8, the cldm's 4-step student distils in 32 and the flow twin of the DDPM trains
-  in about 200 (logit-normal t; 237 recorded on an Intel Xeon, some of it sharing the cores)
+  at 99), the DDPM's autoguide in 7.5, the LDM in 11, the cldm in 8, the cldm's 4-step student distils in 32 and the
+  flow twin of the DDPM trains in about 200 (logit-normal t; 237 recorded on an Intel Xeon, some of it sharing the
+  cores)
   (``python -m mnistdiff train all --profile book``, resumable);
   the checkpoints are committed, so every chapter loads them in seconds on any machine. The default.
 * ``full``: the reference settings (the dataclass defaults), meant for a GPU.
@@ -33,7 +34,7 @@ from mnistdiff.config import (
 )
 from mnistdiff.training.distill import DistillConfig
 
-__all__ = ["Profile", "PROFILES", "DEFAULT_PROFILE", "get_profile", "profile_name", "flow_twin"]
+__all__ = ["Profile", "PROFILES", "DEFAULT_PROFILE", "get_profile", "profile_name", "flow_twin", "guide_of"]
 
 ENV_VAR = "MNISTDIFF_PROFILE"
 
@@ -48,6 +49,7 @@ class Profile:
     ldm: LDMRunConfig
     cldm: CLDMRunConfig
     flow: FlowRunConfig
+    ddpm_guide: DDPMRunConfig  # the DDPM's autoguide: a worse version of it (:func:`guide_of`)
     distill: DistillConfig = DistillConfig()  # chapter 9's few-step student of the cldm (python -m mnistdiff distill)
     num_samples: int = 64  # samples shown in grids
     ddim_steps: int = 50
@@ -72,8 +74,18 @@ def flow_twin(ddpm: DDPMRunConfig) -> FlowRunConfig:
     return FlowRunConfig(unet=ddpm.unet, train=ddpm.train, time_sampling="logit_normal")
 
 
+def guide_of(ddpm: DDPMRunConfig, base_channels: int, epochs: int, ema_decay: float | None = None) -> DDPMRunConfig:
+    """The autoguide of a profile's pixel DDPM (Karras et al. 2024): the same schedule and loss, a narrower UNet
+    (``base_channels``) trained for fewer ``epochs`` (with its own EMA, ``ema_decay``), so that it errs where the
+    DDPM errs, only more; :meth:`~mnistdiff.model.DiffusionModel.sample` guides the DDPM away from it."""
+    train = dataclasses.replace(ddpm.train, epochs=epochs, snapshot_every=None,
+                                ema_decay=ddpm.train.ema_decay if ema_decay is None else ema_decay)
+    return dataclasses.replace(ddpm, unet=dataclasses.replace(ddpm.unet, base_channels=base_channels), train=train)
+
+
 FULL = Profile(name="full", ddpm=DDPMRunConfig(), vae=VAERunConfig(), ldm=LDMRunConfig(), cldm=CLDMRunConfig(),
-               flow=flow_twin(DDPMRunConfig()))
+               flow=flow_twin(DDPMRunConfig()),
+               ddpm_guide=guide_of(DDPMRunConfig(), base_channels=24, epochs=DDPMRunConfig().train.epochs // 16))
 
 
 _SMOKE_TRAIN = TrainConfig(
@@ -111,6 +123,7 @@ SMOKE = Profile(
         train=dataclasses.replace(_SMOKE_TRAIN, epochs=3),
     ),
     flow=flow_twin(_SMOKE_DDPM),
+    ddpm_guide=guide_of(_SMOKE_DDPM, base_channels=8, epochs=2),
     distill=DistillConfig(steps=2, start_steps=8, iterations=20, batch_size=32, subset=512),
     num_samples=16,
     ddim_steps=20,
@@ -163,6 +176,9 @@ BOOK = Profile(
         p_uncond=0.1,
     ),
     flow=flow_twin(_BOOK_DDPM),
+    # the DDPM's autoguide (Karras et al. 2024): two-thirds the width, 2 epochs of the 30, its own shorter EMA; 447 s
+    # on two AMD EPYC cores (checkpoints/book/logs/ddpm_guide.*, candidates/ddpm_autoguidance/README.md)
+    ddpm_guide=guide_of(_BOOK_DDPM, base_channels=16, epochs=2, ema_decay=0.999),
     # four rounds of 2,000 steps (DDIM-64 → 4) distil the book cldm in 32 minutes on two CPU cores; 1,000 a round
     # left the student 1.53× its teacher's FID in the ResNet's space (checkpoints/book/candidates/cldm_on_vae32/)
     distill=DistillConfig(steps=4, start_steps=64, iterations=2000, batch_size=256),
