@@ -17,33 +17,29 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-__all__ = [
-    "UNetConfig", "DiffusionConfig", "VAEConfig", "TrainConfig", "DDPMRunConfig", "FlowRunConfig",
-    "VAERunConfig", "LDMRunConfig", "CLDMRunConfig", "to_dict", "from_dict", "normalized", "ConfigError",
-    "DEFAULT_AUTOGUIDANCE", "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "MNIST_CLASSES", "PRECISIONS",
-    "RUN_CONFIGS", "VAE_KIND", "DIFFUSION_KINDS", "LATENT_KINDS", "TIME_SAMPLINGS"]
+__all__ = ["UNetConfig", "DiffusionConfig", "VAEConfig", "TrainConfig", "DDPMRunConfig", "FlowRunConfig",
+           "VAERunConfig", "LDMRunConfig", "CLDMRunConfig", "to_dict", "from_dict", "normalized", "ConfigError",
+           "DEFAULT_AUTOGUIDANCE", "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "MNIST_CLASSES",
+           "PRECISIONS", "RUN_CONFIGS", "VAE_KIND", "DIFFUSION_KINDS", "LATENT_KINDS", "TIME_SAMPLINGS"]
 
 #: How a network runs, in training and in sampling alike: float32; bf16 autocast; bf16 autocast and channels_last;
 #: or ``auto``, the fastest of those, measured once on a machine and remembered (bf16: fast only where native).
 PRECISIONS = ("fp32", "fp32_cl", "bf16", "bf16_cl", "auto")
 
 #: DDIM's η where nobody chooses one (``DiffusionModel.sample``, ``python -m mnistdiff sample``): 1, the stochastic
-#: sampler. Deterministic DDIM (η = 0) leaves grainy backgrounds and skews the digit classes of the book's network
-#: (chapter 3, "Why η = 0 is fragile"); η = 1 corrects each step's error with fresh noise. The core loops
-#: (``ddim.ddim_sample_loop``, ``ddim.ddim_step``) take η explicitly: the reader sees which sampler runs.
+#: sampler. η = 0 leaves grainy backgrounds and skews the book network's classes (chapter 3, "Why η = 0 is fragile");
+#: η = 1 corrects each step's error with fresh noise. The core loops take η explicitly: the reader sees which runs.
 DEFAULT_ETA = 1.0
 
 #: A sampler's steps where nobody chooses a number, but for a kind's own default sampler (its ``default_steps``).
 DEFAULT_STEPS = 50
 
-#: The classifier-free guidance weight w where nobody chooses one (``python -m mnistdiff sample cldm``), in the
-#: convention ε̃ = ε(x, ∅) + w·(ε(x, y) − ε(x, ∅)): w = 0 ignores the label, w = 1 is the conditional model,
-#: w > 1 extrapolates past it. Chapter 7 measures accuracy, FID, precision and recall against w and recommends it.
+#: The classifier-free guidance weight w where nobody chooses one (``sample cldm``): ε̃ = ε(x, ∅) + w·(ε(x, y) − ε(x,
+#: ∅)), 0 ignores the label, 1 is the conditional model. Chapter 7 measures it against w and recommends it.
 DEFAULT_GUIDANCE = 2.0
 
-#: The autoguidance weight w where nobody chooses one (``sample(guide=…)``, ``python -m mnistdiff sample … --guide``),
-#: in the convention ε̃ = ε_guide + w·(ε − ε_guide) (Karras et al. 2024): w = 1 is the model alone. Measured on the
-#: book DDPM guided by its own epoch-2 snapshot (``benchmarks/README.md``, "Autoguidance").
+#: Autoguidance's w where a guide is given and no w: ε̃ = ε_guide + w·(ε − ε_guide) (Karras et al. 2024; 1: the model
+#: alone); of 1.5 and 2 the better on the book DDPM and its guide (``benchmarks/README.md``, "Autoguidance").
 DEFAULT_AUTOGUIDANCE = 1.5
 
 #: The digits 0–9: the classes of a class-conditional model (its label embedding has one more row, ∅).
