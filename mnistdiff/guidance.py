@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from mnistdiff.ddpm import as_float
+from mnistdiff.ddpm import Denoiser, as_float
 from mnistdiff.unet import NULL_LABEL
 
 __all__ = ["NULL_LABEL", "AutoGuidedDenoiser", "GuidedDenoiser", "autoguided_eps", "balanced_labels", "drop_labels",
@@ -29,8 +29,6 @@ __all__ = ["NULL_LABEL", "AutoGuidedDenoiser", "GuidedDenoiser", "autoguided_eps
 
 #: ``model(x_t, t, y) → ε̂``: a class-conditional ε-network (a :class:`~mnistdiff.unet.UNet` with ``num_classes``).
 ConditionalDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-#: ``model(x_t, t) → ε̂``: an ε-network.
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:

@@ -613,7 +613,7 @@ BAD_ARGS = [
     (["sample", "ddpm", "{ddpm}", "--ddim_steps", "0"], r"--steps must be a whole number from 1 to the model's 20"),
     (["sample", "ddpm", "{ddpm}", "--steps", "21"], r"--steps must be a whole number from 1 to the model's 20 "
                                                     r"timesteps, got 21"),
-    (["sample", "ddpm", "{ddpm}", "--sampler", "ddpm", "--guidance", "1"], r"unrecognized arguments: --guidance"),
+    (["sample", "ddpm", "{ddpm}", "--sampler", "ddpm", "--guidance", "1"], r"--guidance weighs autoguidance"),
     (["sample", "ddpm", "{ddpm}", "--eta", "-0.1"], r"--eta must be in \[0, 1\]"),
     (["sample", "ddpm", "{ddpm}", "--eta", "1.5"], r"--eta must be in \[0, 1\]"),
     (["sample", "ddpm", "{ddpm}", "--num_samples", "0"], r"--num_samples must be a positive number"),
