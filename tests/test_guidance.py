@@ -229,23 +229,32 @@ def test_an_unconditional_model_refuses_labels():
         model.sample(2, labels=3, steps=2)
 
 
+def _ddim_by_hand(eps_of, sched: NoiseSchedule, n: int, steps: int, seed: int) -> torch.Tensor:
+    """DDIM, η = 1, written out: ``eps_of(x, t)`` gives each step's (guided) ε; the draws in the order ``generate``
+    makes them (x_T, then one noise per step), x̂_0 clipped to (−3, 3)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, 2, 4, 4), generator=gen)
+    taus = ddim_timesteps(sched.num_timesteps, steps)
+    with torch.no_grad():
+        for i, t in enumerate(taus):
+            eps = eps_of(x, torch.full((n,), t))
+            noise = torch.randn(x.shape, generator=gen)
+            x, _ = ddim_step(sched, x, eps, t, taus[i + 1] if i + 1 < steps else -1, 1.0, noise, (-3.0, 3.0))
+    return x
+
+
 def test_generate_with_labels_equals_a_guided_ddim_loop_by_hand(cond):
     sched = NoiseSchedule.make("cosine", 50)
     y = torch.tensor([0, 1, 2, 3, 8])
     w, steps = 3.0, 6
     images, _ = generate(cond, sched, 5, shape=(2, 4, 4), sampler="ddim", steps=steps, eta=1.0, seed=4,
                          labels=y, guidance=w, clip_range=(-3.0, 3.0))
-    gen = torch.Generator().manual_seed(4)
-    x = torch.randn((5, 2, 4, 4), generator=gen)
-    taus = ddim_timesteps(50, steps)
-    with torch.no_grad():
-        for i, t in enumerate(taus):
-            tt = torch.full((5,), t)
-            eps_y, eps_null = cond(x, tt, y), cond(x, tt, torch.full_like(y, NULL_LABEL))
-            noise = torch.randn(x.shape, generator=gen)
-            x, _ = ddim_step(sched, x, eps_null + w * (eps_y - eps_null), t, taus[i + 1] if i + 1 < steps else -1,
-                             1.0, noise, (-3.0, 3.0))
-    torch.testing.assert_close(images, x, rtol=1e-4, atol=1e-4)
+
+    def guided(x, tt):
+        eps_y, eps_null = cond(x, tt, y), cond(x, tt, torch.full_like(y, NULL_LABEL))
+        return eps_null + w * (eps_y - eps_null)
+
+    torch.testing.assert_close(images, _ddim_by_hand(guided, sched, 5, steps, seed=4), rtol=1e-4, atol=1e-4)
 
 
 def test_generate_gives_each_batch_its_own_labels():
@@ -384,17 +393,13 @@ def test_generate_with_a_guide_equals_an_autoguided_ddim_loop_by_hand():
     main, guide = _ddpm(0), _ddpm(1)
     w, steps = 1.7, 5
     images, _ = main.sample(3, sampler="ddim", steps=steps, eta=1.0, seed=2, guide=guide, guidance=w)
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn((3, 2, 4, 4), generator=gen)
-    taus = ddim_timesteps(50, steps)
-    with torch.no_grad():
-        for i, t in enumerate(taus):
-            tt = torch.full((3,), t)
-            eps, eps_guide = main.unet(x, tt), guide.unet(x, tt)
-            noise = torch.randn(x.shape, generator=gen)
-            x, _ = ddim_step(main.schedule, x, eps_guide + w * (eps - eps_guide), t,
-                             taus[i + 1] if i + 1 < steps else -1, 1.0, noise, (-3.0, 3.0))
-    torch.testing.assert_close(images, x, rtol=1e-4, atol=1e-4)
+
+    def autoguided(x, tt):
+        eps, eps_guide = main.unet(x, tt), guide.unet(x, tt)
+        return eps_guide + w * (eps - eps_guide)
+
+    torch.testing.assert_close(images, _ddim_by_hand(autoguided, main.schedule, 3, steps, seed=2), rtol=1e-4,
+                               atol=1e-4)
     plain, _ = main.sample(3, sampler="ddim", steps=steps, eta=1.0, seed=2)
     assert not torch.allclose(images, plain, atol=1e-3)
 
