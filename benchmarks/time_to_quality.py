@@ -12,6 +12,9 @@ each model's own default sampler at its default steps, as ``python -m mnistdiff 
 keeps what it measured and a rerun skips the snapshots already scored at that ``n``. The CPU is named in the
 file and on every line; time nothing while another job shares the cores.
 
+``--guide GUIDE [--guidance W]`` autoguides every snapshot by a worse model of the same kind (Karras et al. 2024;
+``DiffusionModel.sample(guide=…)``); the guide's training seconds count with each snapshot's.
+
 The target of issue 22: FID within ``--target`` (2) times the floor, precision and recall ≥ 0.80, in both spaces,
 and every class within ±3 points of 10 %; the script prints the first snapshot that meets it and its training minutes.
 
@@ -33,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mnistdiff.config import DEFAULT_ETA, DEFAULT_STEPS, VAE_KIND  # noqa: E402
+from mnistdiff.config import DEFAULT_AUTOGUIDANCE, DEFAULT_ETA, DEFAULT_STEPS, VAE_KIND  # noqa: E402
 from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, floor_images, real_floor, space_key  # noqa: E402
@@ -46,6 +49,11 @@ PR_MIN = 0.80  # precision and recall, in every feature space
 CLASS_MAX = 0.03  # the largest class share's distance from 10 %
 
 
+def trained(row: dict) -> float:
+    """Seconds of training behind a row: the snapshot's, and its autoguide's where it was guided."""
+    return row["training_seconds"] + row.get("guide_seconds", 0.0)
+
+
 def meets(row: dict, floor: dict, target: float, pr_min: float = PR_MIN, class_max: float = CLASS_MAX) -> bool:
     """FID within ``target`` × the floor, precision and recall ≥ ``pr_min``, in every feature space, and every
     class's share within ``class_max`` of 10 %."""
@@ -56,27 +64,32 @@ def meets(row: dict, floor: dict, target: float, pr_min: float = PR_MIN, class_m
 
 
 def draw(path: Path, n: int, steps: int | None, device: str, eta: float = DEFAULT_ETA,
-         vae: Path | None = None, sampler: str = "ddim") -> tuple[torch.Tensor, dict]:
+         vae: Path | None = None, sampler: str = "ddim", guide: DiffusionModel | None = None,
+         guidance: float | None = None) -> tuple[torch.Tensor, dict]:
     """``n`` images from the snapshot at ``path`` and its metadata: a diffusion model's samples by ``sampler`` (seed 0;
-    ``"default"``: the model's own sampler and steps; a latent model decoded by ``vae``, the VAE it was trained on), or
-    a VAE's reconstructions of the floor's ``n`` training digits (:func:`real_floor`'s subset, seed 0)."""
+    ``"default"``: the model's own sampler and steps; a latent model decoded by ``vae``, the VAE it was trained on;
+    autoguided by ``guide`` with weight ``guidance`` where one is given), or a VAE's reconstructions of the floor's
+    ``n`` training digits (:func:`real_floor`'s subset, seed 0)."""
     if read_model_meta(path)["kind"] == VAE_KIND:
         vae = load_vae(path, device=device)
         return vae.reconstruct(floor_images(n, seed=0).to(device)).cpu(), vae.meta
     model = DiffusionModel.load(path, vae=vae, device=device)
     chosen = model.sampling_defaults(None if sampler == "default" else sampler)
     return model.sample(n, sampler=chosen["sampler"], steps=steps or chosen["steps"], eta=eta, seed=0,
-                        device=device)[0], model.meta
+                        device=device, guide=guide, guidance=guidance)[0], model.meta
 
 
 def score_snapshot(path: Path, n: int, steps: int | None, device: str, eta: float = DEFAULT_ETA,
-                   vae: Path | None = None, sampler: str = "ddim") -> dict:
-    """One snapshot's epoch, training seconds, sampling seconds and metrics at ``n`` samples."""
+                   vae: Path | None = None, sampler: str = "ddim", guide: DiffusionModel | None = None,
+                   guidance: float | None = None) -> dict:
+    """One snapshot's epoch, training seconds (with a ``guide``, its own too: ``guide_seconds``), sampling seconds and
+    metrics at ``n`` samples."""
     t0 = time.perf_counter()
-    images, meta = draw(path, n, steps, device, eta, vae, sampler)
+    images, meta = draw(path, n, steps, device, eta, vae, sampler, guide, guidance)
     sampling = time.perf_counter() - t0
     m = evaluate(images, seed=0, device=device, include_memorisation=False)
-    return {"snapshot": path.name, "epoch": meta.get("epoch"), "training_seconds": meta["seconds"],
+    guide_seconds = {} if guide is None else {"guide_seconds": guide.meta["seconds"]}
+    return {"snapshot": path.name, "epoch": meta.get("epoch"), "training_seconds": meta["seconds"], **guide_seconds,
             "sampling_seconds": round(sampling, 1), **distribution_metrics(m),
             "class_max_deviation": m["class_max_deviation"]}
 
@@ -96,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="default results/<profile>/time_to_quality.json")
     p.add_argument("--device", default="cpu")
     p.add_argument("--vae", type=Path, default=None, help="a latent model's VAE (the model file it was trained on)")
+    p.add_argument("--guide", type=Path, default=None,
+                   help="autoguide every snapshot by this worse model (its training time counts too)")
+    p.add_argument("--guidance", type=float, default=None, help="the autoguidance weight (default: the package's)")
     args = p.parse_args(argv)
+    if args.guidance is not None and args.guide is None:
+        p.error("--guidance weighs autoguidance: give --guide GUIDE too")
     args.steps = args.steps or (DEFAULT_STEPS if args.sampler != "default" else None)
     folder = args.run / "snapshots" if (args.run / "snapshots").is_dir() else args.run
     snaps = sorted(folder.glob("epoch_*.safetensors"))
@@ -104,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{folder} holds no epoch_NNN.safetensors: train with --snapshot_every 1")
     out = args.out or results_dir() / args.profile / "time_to_quality.json"
     old = json.loads(out.read_text()) if out.is_file() else {}
+    guide = None if args.guide is None else DiffusionModel.load(args.guide, vae=args.vae, device=args.device)
+    guided = None if guide is None else {"file": str(args.guide), "weights_sha256": guide.meta["weights_sha256"],
+                                         "guidance": args.guidance or DEFAULT_AUTOGUIDANCE}
     same = (old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps
-            and old.get("eta", DEFAULT_ETA) == args.eta and old.get("sampler", "ddim") == args.sampler)
+            and old.get("eta", DEFAULT_ETA) == args.eta and old.get("sampler", "ddim") == args.sampler
+            and old.get("guide") == guided)
     rows = {r["snapshot"]: r for r in old.get("snapshots", [])} if same else {}
     floor = real_floor(args.n, seed=0, device=args.device, include_memorisation=False)
     cpu = device_name(args.device)
@@ -113,22 +135,22 @@ def main(argv: list[str] | None = None) -> int:
         f"{s}: FID {floor[space_key('fid', s)]:.3f}" for s in FEATURE_SPACES))
     for snap in snaps:
         if snap.name not in rows:
-            rows[snap.name] = score_snapshot(snap, args.n, args.steps, args.device, args.eta, args.vae, args.sampler)
+            rows[snap.name] = score_snapshot(snap, args.n, args.steps, args.device, args.eta, args.vae, args.sampler,
+                                             guide, args.guidance)
         r = rows[snap.name]
         ratios = "  ".join(f"{s}: FID {r[space_key('fid', s)] / floor[space_key('fid', s)]:5.1f}× floor, "
                            f"P {r[space_key('precision', s)]:.3f} R {r[space_key('recall', s)]:.3f}"
                            for s in FEATURE_SPACES)
-        print(f"{snap.name}: {r['training_seconds'] / 60:6.1f} min  {ratios}", flush=True)
-        first = next((x for x in sorted(rows.values(), key=lambda x: x["training_seconds"])
-                      if meets(x, floor, args.target)), None)
+        print(f"{snap.name}: {trained(r) / 60:6.1f} min  {ratios}", flush=True)
+        first = next((x for x in sorted(rows.values(), key=trained) if meets(x, floor, args.target)), None)
         doc = {"run": str(args.run), "device": cpu, "n": args.n, "sampler": args.sampler, "steps": args.steps,
-               "eta": args.eta,
+               "eta": args.eta, **({"guide": guided} if guided else {}),
                "target": f"FID ≤ {args.target:g} × floor, precision and recall ≥ {PR_MIN:.2f}, in both feature "
                          f"spaces; every class within ±{CLASS_MAX * 100:g} points of 10 %",
                "date": dt.date.today().isoformat(), "torch": torch.__version__.split("+")[0],
                "floor": {k: floor[k] for k in floor if isinstance(floor[k], float)},
                "first_meeting_target": first and {"snapshot": first["snapshot"],
-                                                  "training_minutes": round(first["training_seconds"] / 60, 1)},
+                                                  "training_minutes": round(trained(first) / 60, 1)},
                "snapshots": sorted(rows.values(), key=lambda x: x["training_seconds"])}
         atomic_write_json(out, doc)
     print(f"first snapshot meeting the target: {doc['first_meeting_target'] or 'none yet'}  → {out}")

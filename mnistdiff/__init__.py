@@ -10,7 +10,7 @@ teaches them:
 ``ddim``        the DDIM step and sampler (Song et al. 2020; chapter 3)
 ``vae``         the 1×32×32 → 2×4×4 VAE and its loss (Kingma & Welling 2013; chapter 4)
 ``latent``      scaled latent codes for latent diffusion (Rombach et al. 2022; chapter 5)
-``guidance``    label dropout and classifier-free guidance (Ho & Salimans 2022; chapter 7)
+``guidance``    label dropout, classifier-free guidance (Ho & Salimans 2022) and autoguidance (chapter 7)
 ``flows``       flow matching on the straight path: loss, Euler and Heun, the five parameterisations (chapter 8)
 ``sampling``    ``generate``: any sampler, batched, seeded, optionally sped up
 ``model``       ``DiffusionModel``: one trained model, loaded from one file, sampled with typed arguments
@@ -44,11 +44,14 @@ __version__ = "0.1.0"
 #: Where each name of the package's front door lives (imported on first use).
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys([
-        "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "CLDMRunConfig", "ConfigError", "DDPMRunConfig",
-        "DiffusionConfig", "FlowRunConfig", "LDMRunConfig", "TrainConfig", "UNetConfig", "VAEConfig", "VAERunConfig"
+        "DEFAULT_AUTOGUIDANCE", "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "CLDMRunConfig", "ConfigError",
+        "DDPMRunConfig", "DiffusionConfig", "FlowRunConfig", "LDMRunConfig", "TrainConfig", "UNetConfig", "VAEConfig",
+        "VAERunConfig"
     ], "mnistdiff.config"),
-    **dict.fromkeys(["checkpoint_path", "get_cldm", "get_cldm_distilled", "get_ddpm", "get_flow", "get_ldm", "get_vae"],
-                    "mnistdiff.course.pretrained"),
+    **dict.fromkeys([
+        "checkpoint_path", "get_cldm", "get_cldm_distilled", "get_ddpm", "get_ddpm_guide", "get_flow", "get_ldm",
+        "get_vae"
+    ], "mnistdiff.course.pretrained"),
     **dict.fromkeys(["get_profile"], "mnistdiff.course.profiles"),
     **dict.fromkeys(["load_mnist", "to_uint8", "to_unit_range"], "mnistdiff.data"),
     **dict.fromkeys(["ddim_sample_loop", "ddim_sigma", "ddim_step", "ddim_timesteps"], "mnistdiff.ddim"),
@@ -62,7 +65,8 @@ _EXPORTS: dict[str, str] = {
         "PathPoint", "convert", "euler_step", "flow_matching_loss", "flow_nfe", "flow_sample_loop", "flow_timesteps",
         "heun_step", "interpolate", "sample_time", "straight_path", "velocity", "velocity_target"
     ], "mnistdiff.flows"),
-    **dict.fromkeys(["GuidedDenoiser", "drop_labels", "guided_eps"], "mnistdiff.guidance"),
+    **dict.fromkeys(["AutoGuidedDenoiser", "GuidedDenoiser", "autoguided_eps", "drop_labels", "guided_eps"],
+                    "mnistdiff.guidance"),
     **dict.fromkeys(["LatentCodec", "compute_latent_scale", "encode_dataset"], "mnistdiff.latent"),
     **dict.fromkeys(["DiffusionModel", "load_vae"], "mnistdiff.model"),
     **dict.fromkeys(["generate"], "mnistdiff.sampling"),

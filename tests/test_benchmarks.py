@@ -208,6 +208,28 @@ def test_time_to_quality_draws_with_ddim_or_each_models_default_sampler(tmp_path
     assert not torch.equal(ddim, default)
 
 
+def test_time_to_quality_autoguides_and_counts_the_guides_training(tmp_path):
+    """``--guide``: each snapshot draws what ``DiffusionModel.sample(guide=…)`` draws, and its training time is the
+    snapshot's plus the guide's."""
+    import torch
+
+    from mnistdiff.model import DiffusionModel
+
+    ttq = _script("time_to_quality")
+    path = _tiny_model(tmp_path, "ddpm")
+    model = DiffusionModel.load(path)
+    worse = DiffusionModel.load(path)
+    with torch.no_grad():
+        for p in worse.network.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    guide = DiffusionModel.load(worse.save(tmp_path / "guide.safetensors", seconds=2.0))
+    guided, _ = ttq.draw(path, 4, steps=3, device="cpu", guide=guide, guidance=2.0)
+    assert torch.equal(guided, model.sample(4, sampler="ddim", steps=3, seed=0, guide=guide, guidance=2.0).images)
+    assert not torch.equal(guided, ttq.draw(path, 4, steps=3, device="cpu")[0])
+    assert ttq.trained({"training_seconds": 3.0, "guide_seconds": 2.0}) == 5.0
+    assert ttq.trained({"training_seconds": 3.0}) == 3.0
+
+
 def _script(name: str):
     import importlib.util
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import json
 
-from mnistdiff.course.measured import NOT_MEASURED, book_result, time_to_quality_table
+from mnistdiff.course.measured import (
+    NOT_MEASURED,
+    book_result,
+    paired_spreads,
+    paired_spreads_table,
+    time_to_quality_table,
+)
 
 DOC = {"n": 2000, "floor": {"fid": 0.25, "fid_resnet": 0.2},
        "snapshots": [{"training_seconds": 60.0, "fid": 1.0, "fid_resnet": 1.0},
@@ -39,3 +45,48 @@ def test_no_chapter_builds_a_results_path_itself():
     offenders = [p.name for p in sorted((repo_root() / "notebooks").glob("*.py"))
                  if any(name in p.read_text() for name in ("results_dir", "repo_root", "course_times.json"))]
     assert offenders == []
+
+
+def _spread(sha: str, draws: dict[int, tuple[float, float]], guide: str | None = None) -> dict:
+    """A seed-spread file: seed → (classifier FID, ResNet FID); precision and recall 0.8 / 0.9, floors 0.2 / 0.1."""
+    def row(seed: int, fid: float, fid_resnet: float) -> dict:
+        return {"seed": seed, "fid": fid, "fid_resnet": fid_resnet, "precision": 0.8, "recall": 0.9,
+                "precision_resnet": 0.8, "recall_resnet": 0.9}
+    sampling = {"sampler": "ddim"} | ({"guide": {"weights_sha256": guide}} if guide else {})
+    return {"n": 2000, "model": {"weights_sha256": sha}, "sampling": sampling,
+            "draws": [row(s, *fids) for s, fids in draws.items()],
+            "floors": [row(s, 0.2, 0.1) for s in draws]}
+
+
+def test_paired_spreads_compare_the_common_seeds(tmp_path, monkeypatch):
+    base = _spread("m", {0: (0.6, 0.3), 1: (0.4, 0.5), 2: (9.0, 9.0)})
+    guided = _spread("m", {0: (0.3, 0.4), 1: (0.2, 0.3)}, guide="g")
+    _results(tmp_path, monkeypatch, {"base.json": base, "guided.json": guided})
+    got = paired_spreads({"plain": "base.json", "guided": "guided.json"}, "m", "g")
+    assert got["seeds"] == [0, 1] and got["n"] == 2000  # seed 2 is the baseline's alone
+    plain, ours = got["rows"]["plain"], got["rows"]["guided"]
+    assert abs(plain["fid"] - 0.5) < 1e-12 and abs(plain["fid_resnet"] - 0.4) < 1e-12
+    assert abs(ours["fid"] - 0.25) < 1e-12 and abs(ours["fid_resnet"] - 0.35) < 1e-12
+    assert (ours["lower_fid"], ours["lower_fid_resnet"], plain["lower_fid"]) == (2, 1, 0)
+    assert abs(ours["floor_fid"] - 0.2) < 1e-12 and ours["recall_resnet"] == 0.9
+
+
+def test_paired_spreads_refuse_other_weights(tmp_path, monkeypatch):
+    _results(tmp_path, monkeypatch, {"base.json": _spread("m", {0: (1.0, 1.0)}),
+                                     "guided.json": _spread("m", {0: (1.0, 1.0)}, guide="g")})
+    files = {"plain": "base.json", "guided": "guided.json"}
+    assert paired_spreads(files, "other", "g") is None  # another model
+    assert paired_spreads(files, "m", "another guide") is None
+    assert paired_spreads({**files, "absent": "none.json"}, "m", "g") is None
+    assert paired_spreads(files, "m", "g") is not None
+
+
+def test_the_paired_table_puts_each_fid_over_its_floor(tmp_path, monkeypatch):
+    _results(tmp_path, monkeypatch, {"base.json": _spread("m", {0: (0.6, 0.3), 1: (0.4, 0.5)}),
+                                     "guided.json": _spread("m", {0: (0.3, 0.4), 1: (0.2, 0.3)}, guide="g")})
+    lines = paired_spreads_table(paired_spreads({"plain": "base.json", "w = 2": "guided.json"}, "m", "g")).splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("| sampler | classifier FID (× floor) | precision | recall | ResNet FID")
+    assert lines[2] == "| plain | 0.500 (2.50×) | 0.800 | 0.900 | 0.400 (4.00×) | 0.800 | 0.900 |"
+    assert lines[3] == ("| w = 2 | 0.250 (1.25×, lower at 2 of 2) | 0.800 | 0.900 | "
+                        "0.350 (3.50×, lower at 1 of 2) | 0.800 | 0.900 |")

@@ -12,7 +12,8 @@ from typing import Any
 
 from mnistdiff.evaluation.report import results_dir
 
-__all__ = ["book_result", "time_to_quality_table", "not_measured", "NOT_MEASURED"]
+__all__ = ["book_result", "paired_spreads", "paired_spreads_table", "time_to_quality_table", "not_measured",
+           "NOT_MEASURED"]
 
 
 def not_measured(script: str) -> str:
@@ -45,3 +46,58 @@ def time_to_quality_table(files: Mapping[str, str], model: str = "model") -> str
     head = (f"| {model} | training min | n | classifier FID (× floor) | ResNet FID (× floor) |\n"
             "| --- | --- | --- | --- | --- |\n")
     return head + "\n".join(rows)
+
+
+def paired_spreads(files: Mapping[str, str], weights_sha256: str, guide_sha256: str | None = None
+                   ) -> dict[str, Any] | None:
+    """``benchmarks/seed_spread.py`` files (label → name in ``results/book/``; the first is the baseline) of one
+    model, compared on the seeds they all drew: ``{"seeds", "n", "sampling": {label: how it drew},
+    "rows": {label: {key: mean, "floor_<fid key>": mean floor, "lower_<fid key>": seeds where the FID is below the
+    baseline's}}}`` for FID, precision and recall in both spaces. ``None`` where a file is absent, or drew other
+    weights than ``weights_sha256`` (an autoguided one: other guide weights than ``guide_sha256``): not measured for
+    these models."""
+    from mnistdiff.evaluation.classifier import FEATURE_SPACES
+    from mnistdiff.evaluation.metrics import space_key
+
+    docs = {label: book_result(name) for label, name in files.items()}
+
+    def drew_these(d: dict[str, Any]) -> bool:
+        guide = d["sampling"].get("guide")
+        same_guide = guide is None or guide["weights_sha256"] == guide_sha256
+        return d["model"]["weights_sha256"] == weights_sha256 and same_guide
+
+    if any(d is None or not drew_these(d) for d in docs.values()):
+        return None
+    seeds = sorted(set.intersection(*({x["seed"] for x in d["draws"]} for d in docs.values())))
+    keys = [space_key(m, s) for s in FEATURE_SPACES for m in ("fid", "precision", "recall")]
+    fid_keys = [space_key("fid", s) for s in FEATURE_SPACES]
+    at = {label: ({x["seed"]: x for x in d["draws"]}, {x["seed"]: x for x in d["floors"]}) for label, d in docs.items()}
+    base = at[next(iter(files))][0]
+    rows = {}
+    for label, (draws, floors) in at.items():
+        row = {k: sum(draws[s][k] for s in seeds) / len(seeds) for k in keys}
+        row |= {f"floor_{k}": sum(floors[s][k] for s in seeds) / len(seeds) for k in fid_keys}
+        row |= {f"lower_{k}": sum(draws[s][k] < base[s][k] for s in seeds) for k in fid_keys}
+        rows[label] = row
+    return {"seeds": seeds, "n": next(iter(docs.values()))["n"], "rows": rows,
+            "sampling": {label: d["sampling"] for label, d in docs.items()}}
+
+
+def paired_spreads_table(paired: Mapping[str, Any], what: str = "sampler") -> str:
+    """:func:`paired_spreads` as a Markdown table: per label the mean FID (× the mean floor), precision and recall in
+    each feature space, and at how many seeds its FID is below the baseline's (the first row)."""
+    from mnistdiff.evaluation.classifier import FEATURE_SPACES
+    from mnistdiff.evaluation.metrics import space_key
+
+    names = {"classifier": "classifier", "resnet": "ResNet"}
+    head = f"| {what} | " + " | ".join(f"{names.get(s, s)} FID (× floor) | precision | recall" for s in FEATURE_SPACES)
+    lines = [head + " |", "| --- " * (1 + 3 * len(FEATURE_SPACES)) + "|"]
+    for i, (label, row) in enumerate(paired["rows"].items()):
+        cells = []
+        for s in FEATURE_SPACES:
+            fid = space_key("fid", s)
+            lower = "" if i == 0 else f", lower at {row[f'lower_{fid}']} of {len(paired['seeds'])}"
+            cells += [f"{row[fid]:.3f} ({row[fid] / row[f'floor_{fid}']:.2f}×{lower})",
+                      f"{row[space_key('precision', s)]:.3f}", f"{row[space_key('recall', s)]:.3f}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
