@@ -9,7 +9,8 @@ scored in both feature spaces, and the real floor drawn from as many seeds of re
         # a VAE: its reconstructions of each seed's floor digits   → results/book/seed_spread_vae.json
 
     python benchmarks/seed_spread.py checkpoints/book/ddpm.safetensors --guide checkpoints/book/ddpm_guide.safetensors \
-        --guidance 1.5 --sampler ddim --steps 50 --eta 1 --out results/book/seed_spread_ddpm_autoguided_ddim_50.json
+        --guidance 1.25 --sampler ddim --steps 50 --eta 1 \\
+        --out results/book/seed_spread_ddpm_autoguided_w125_ddim_50.json
         # autoguidance: the model guided by a worse version of itself (DiffusionModel.sample(guide=...))
 
 A sweep or a table that compares two samplers at one seed each reads a difference that the seed alone can make as
@@ -74,15 +75,17 @@ def earlier_draws(out: Path, doc: dict) -> dict[int, tuple[dict, dict]]:
 
 
 def draw(model: DiffusionModel | VAE, seed: int, args: argparse.Namespace, options: dict) -> tuple[dict, dict]:
-    """``args.n`` samples from ``seed`` and as many real training digits, each scored in both spaces; a VAE's
-    "samples" are its reconstructions of those same real digits (what its floor ratio measures)."""
+    """``args.n`` samples from ``seed`` and as many real training digits, each scored in both spaces (a model's
+    samples' class balance too: the largest class share's distance from 10 %); a VAE's "samples" are its
+    reconstructions of those same real digits (what its floor ratio measures)."""
     if isinstance(model, VAE):
         images = model.reconstruct(floor_images(args.n, seed).to(args.device)).cpu()
     else:
         images, _ = model.sample(args.n, seed=seed, device=args.device, precision="fp32", **options)
     m = evaluate(images, seed=seed, device=args.device, include_memorisation=False)
     f = real_floor(args.n, seed=seed, device=args.device, include_memorisation=False)
-    return distribution_metrics(m), distribution_metrics(f)
+    balance = {} if isinstance(model, VAE) else {"class_max_deviation": m["class_max_deviation"]}
+    return {**distribution_metrics(m), **balance}, distribution_metrics(f)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,8 +39,8 @@ DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 2.0
 
 #: Autoguidance's w where a guide is given and no w: ε̃ = ε_guide + w·(ε − ε_guide) (Karras et al. 2024; 1: the model
-#: alone); of 1.5 and 2 the better on the book DDPM and its guide (``benchmarks/README.md``, "Autoguidance").
-DEFAULT_AUTOGUIDANCE = 1.5
+#: alone); of 1.25, 1.5 and 2 the best on the book DDPM and its guide (``benchmarks/README.md``, "Autoguidance").
+DEFAULT_AUTOGUIDANCE = 1.25
 
 #: The digits 0–9: the classes of a class-conditional model (its label embedding has one more row, ∅).
 MNIST_CLASSES = 10

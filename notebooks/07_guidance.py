@@ -23,7 +23,8 @@
 # sampling time we **extrapolate** from the second towards the first with a weight $w$: this is
 # classifier-free guidance (Ho & Salimans, *Classifier-Free Diffusion Guidance*,
 # [arXiv:2207.12598](https://arxiv.org/abs/2207.12598)). Guidance buys the requested digit at the
-# price of variety. We measure that price with chapter 6's tools instead of just looking at it.
+# price of variety. We measure that price with chapter 6's tools instead of just looking at it. The chapter ends with
+# guidance that needs no label at all: the unconditional pixel DDPM, guided by a worse copy of itself.
 #
 # **Learning goals.** After this chapter you can
 #
@@ -35,6 +36,8 @@
 #   as a step along $\nabla \ln p(y \mid z_t)$, the gradient of an implicit classifier;
 # - run guided DDIM and DDPM, and measure accuracy, FID, precision and recall against $w$ to choose
 #   $w$ by numbers.
+# - guide a model without labels by a worse version of itself (autoguidance), and judge its weight in two
+#   feature spaces.
 #
 # **Run time.** a few minutes on two CPU cores with the committed `book` checkpoints, most of it
 # drawing and scoring 2,000 samples at each of five weights; the last cell prints how long this run
@@ -45,8 +48,9 @@
 # :::{admonition} The smoke profile
 # :class: note
 # Under `MNISTDIFF_PROFILE=smoke` (the test suite's profile) the conditional model trains for seconds
-# on 1,024 digits with $T = 100$, and each weight is scored on 100 samples. Its samples are blobs, so
-# it draws no digit at any $w$, and its accuracies and FIDs only show that the machinery works. Every
+# on 1,024 digits with $T = 100$, and each weight is scored on 100 samples; the pixel DDPM and its autoguide are the
+# smoke profile's, trained for seconds too. Their samples are blobs, so no model here draws a digit at any $w$, and
+# the accuracies and FIDs only show that the machinery works. Every
 # measured number in the text is written by a cell from what this run computed, so it is the
 # profile's own; only the descriptions of what the pictures show are the `book` profile's. The checks
 # against the package hold in every profile.
@@ -789,6 +793,145 @@ $w = {w_mid:g}$). The recommended weight is read from the sweep above, so from t
 Markdown(sampler_text)
 
 # %% [markdown]
+# ## Guidance without a label: autoguidance
+#
+# Look again at the two predictions classifier-free guidance extrapolates between. $\epsilon(\varnothing)$ is the same
+# network as $\epsilon(y)$ asked a vaguer question, so it is the *worse* model of the two: its density is spread over
+# every digit. Karras et al. (*Guiding a diffusion model with a bad version of itself*,
+# [arXiv:2406.02507](https://arxiv.org/abs/2406.02507)) pulled apart the two things the extrapolation does. The label
+# moves each sample towards its class, and pays with variety; the **gap in quality** between the two predictions moves
+# samples back towards the data. The second needs no label. Take as guide a *worse version of the same model*, a
+# smaller network trained for less time, which makes the same kinds of errors as the model, only larger, and
+# extrapolate away from it:
+#
+# $$
+# \tilde\epsilon(x_t, t) = \epsilon_{\text{guide}}(x_t, t) + w\,\big(\epsilon_\theta(x_t, t) - \epsilon_{\text{guide}}(x_t, t)\big).
+# $$
+#
+# As in *Guidance*, $-\tilde\epsilon/\sqrt{1-\bar\alpha_t}$ is the score of a tilted density,
+# $p_{\text{guide}}(x_t)\,\big(p_\theta(x_t)/p_{\text{guide}}(x_t)\big)^w$. The ratio is large where the good model is
+# sure and the bad one is not, which is where the data are, and small where the bad model puts mass that the good one
+# has learned to avoid. Both models see every class alike, so the tilt favours no digit. That makes autoguidance a
+# guidance for *unconditional* models, such as the pixel DDPM of chapters 2 and 3, whose grids keep some malformed
+# digits. Its guide is the profile's `ddpm_guide`: the DDPM's own schedule and loss with a narrower UNet, trained for
+# far fewer epochs.
+
+# %%
+from mnistdiff import DEFAULT_AUTOGUIDANCE, autoguided_eps, get_ddpm, get_ddpm_guide
+
+ddpm = get_ddpm(device=DEVICE, progress=False)
+guide = get_ddpm_guide(device=DEVICE, progress=False)
+for name, m in (("model", ddpm), ("guide", guide)):
+    print(f"{name}: {count_parameters(m.network):,} parameters, base width {m.config.unet.base_channels}, "
+          f"{m.config.train.epochs} epochs, EMA {m.config.train.ema_decay}, trained in {m.meta['seconds'] / 60:.1f} min")
+assert guide.config.diffusion == ddpm.config.diffusion  # one schedule and parameterisation: the guide errs alike
+
+
+def autoguided(model, guide_net, x_t: torch.Tensor, t: torch.Tensor, w: float) -> torch.Tensor:
+    """ε̃ = ε_guide + w·(ε_θ − ε_guide) (Karras et al. 2024, eq. 2): x_t (B, 1, 32, 32), t (B,) → (B, 1, 32, 32)."""
+    eps_guide = guide_net(x_t, t)
+    return eps_guide + w * (model(x_t, t) - eps_guide)
+
+
+x_auto = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(SEED)).to(DEVICE)
+t_auto = torch.tensor([0, 250, 500, 999], device=DEVICE) % ddpm.schedule.num_timesteps
+with torch.no_grad():
+    for w in (0.0, 1.0, DEFAULT_AUTOGUIDANCE, 3.0):
+        torch.testing.assert_close(autoguided(ddpm.unet, guide.unet, x_auto, t_auto, w),
+                                   autoguided_eps(ddpm.unet, guide.unet, x_auto, t_auto, w))
+    torch.testing.assert_close(autoguided_eps(ddpm.unet, guide.unet, x_auto, t_auto, 1.0), ddpm.unet(x_auto, t_auto))
+print("autoguided(...) equals mnistdiff.autoguided_eps at every w; at w = 1 it is the model alone")
+
+# %% [markdown]
+# `ddpm.sample(n, guide=guide, guidance=w)` runs any of the package's samplers on $\tilde\epsilon$, as `labels=` runs
+# them on classifier-free guidance; the command line's `python -m mnistdiff sample ddpm UNET --guide GUIDE` does the
+# same. Below, the same 64 noise draws (one seed) go through DDIM without and with the guide, so each digit on the
+# right is its neighbour on the left, guided:
+
+# %%
+steps = PROFILE.ddim_steps
+plain = ddpm.sample(64, sampler="ddim", steps=steps, seed=SEED, device=DEVICE).images
+autoguided_64 = ddpm.sample(64, sampler="ddim", steps=steps, seed=SEED, device=DEVICE, guide=guide,
+                            guidance=DEFAULT_AUTOGUIDANCE).images
+fig, axes = plt.subplots(1, 2, figsize=(11, 5.8))
+show_grid(plain, nrow=8, ax=axes[0], title=f"DDPM, DDIM-{steps}: {ddpm.nfe('ddim', steps)} calls per sample")
+show_grid(autoguided_64, nrow=8, ax=axes[1], title=f"autoguided, w = {DEFAULT_AUTOGUIDANCE:g}: "
+          f"{ddpm.nfe('ddim', steps, guide=True)} calls (half of them the guide's)")
+plt.show()
+
+# %% [markdown]
+# In the `book` profile most digits keep their shape, and several of the left grid's malformed ones come out whole on
+# the right: the broken 8 in the fourth row becomes a 2, the blob second in the last row a 4, the open loop beside the
+# last row's 0 another 0. A few stay malformed, such as the merged 9 in the second row and the stray dot before a 3 in
+# the fifth. Whether that is better in numbers is a question for chapter 6's two feature spaces, over several seeds,
+# because a single draw of 2,000 moves with its seed (`benchmarks/seed_spread.py`, the same seeds and noise with and
+# without the guide):
+
+# %% tags=["remove-input"]
+from mnistdiff.course.measured import paired_spreads, paired_spreads_table
+
+
+def autoguided_spreads(unguided: str, sampler: str) -> dict | None:
+    """The unguided seed spread of ``sampler`` beside every autoguided one measured for these two models."""
+    files = {"unguided": unguided}
+    for w in (1.25, 1.5):
+        name = f"seed_spread_ddpm_autoguided_w{w * 100:.0f}_{sampler}.json"
+        if book_result(name) is not None:
+            files[f"autoguided, w = {w:g}"] = name
+    paired = paired_spreads(files, ddpm.meta["weights_sha256"], guide.meta["weights_sha256"])
+    return paired if paired is not None and len(paired["rows"]) > 1 else None
+
+
+def spread_heading(paired: dict) -> str:
+    """How the draws of a paired spread were made."""
+    how, seeds = paired["sampling"]["unguided"], paired["seeds"]
+    return (f"{sampler_label(how['sampler'], how['steps'])}, η = {how['eta']:g}, n = {paired['n']:,} per seed, the "
+            f"mean of seeds {seeds[0]}-{seeds[-1]}; each FID over the mean real-vs-real floor of the same seeds")
+
+
+paired = autoguided_spreads("seed_spread_ddpm.json", "ddim_50")
+if paired is None:
+    autoguide_text = not_measured("seed_spread")
+else:
+    autoguide_text = (f"{spread_heading(paired)}:\n\n{paired_spreads_table(paired)}\n\nThe package's weight where a "
+                      f"guide is given and no weight, `DEFAULT_AUTOGUIDANCE`, is {DEFAULT_AUTOGUIDANCE:g}.")
+Markdown(autoguide_text)
+
+# %% tags=["remove-input"]
+if paired is None:
+    autoguide_verdict = "Until the seed spreads are measured for these models, the guide is a picture, not a verdict."
+else:
+    plain_row = paired["rows"]["unguided"]
+    better = {label.split(" = ")[1]: [row[k] < plain_row[k] for k in ("fid", "fid_resnet")]
+              for label, row in paired["rows"].items() if label != "unguided"}
+    both = [w for w, ok in better.items() if all(ok)]
+    one = [w for w, ok in better.items() if ok[0] and not ok[1]]
+    said = []
+    if both:
+        said.append(f"at $w = {', '.join(both)}$ the guide is better in both spaces on average")
+    if one:
+        said.append(f"at $w = {', '.join(one)}$ in the classifier's alone")
+    larger_narrows = bool(both and one and max(map(float, both)) < min(map(float, one)))
+    why = (" The larger weight mends as many malformed digits but narrows their style (stroke width, slant, how much "
+           "each digit varies), which the ResNet's features see and the classifier's hardly do; Exercise 7.5 shows in "
+           "closed form how a weight past the right one narrows a distribution." if larger_narrows else "")
+    reading = "; ".join(said) or "no weight measured here is better in either space"
+    autoguide_verdict = (f"Read the two spaces apart, as chapter 6 taught: {reading}.{why} The weight is read from both "
+                         "spaces and several seeds, not from one grid.")
+Markdown(autoguide_verdict)
+
+# %% [markdown]
+# Chapter 9's DPM-Solver++(2M) SDE is the sampler `ddpm.sample(n)` uses where none is named, with or without a guide,
+# and it takes far fewer steps. The same comparison with it:
+
+# %% tags=["remove-input"]
+paired_fast = autoguided_spreads(f"seed_spread_ddpm_{ddpm.sampling_defaults()['sampler']}_"
+                                 f"{ddpm.sampling_defaults()['steps']}.json",
+                                 f"{ddpm.sampling_defaults()['sampler']}_{ddpm.sampling_defaults()['steps']}")
+Markdown(not_measured("seed_spread") if paired_fast is None else
+         f"{spread_heading(paired_fast)}, each guided step a call of both networks:\n\n{paired_spreads_table(paired_fast)}")
+
+# %% [markdown]
 # :::{admonition} Exercise 7.1 (derivation): what guidance does to a mixture
 # :class: tip
 # Take one-dimensional data from two classes, $p(x_0 \mid y) = \mathcal N(\pm 1, 0.3^2)$ with
@@ -1017,6 +1160,45 @@ max(guided_ms):.1f} ms against {base * 1e3:.1f} ms per sample){below}. The hook 
 at $w = 4$ against {inputs[1.0]} at $w = 1$.""")
 
 # %% [markdown]
+# :::{admonition} Exercise 7.5 (derivation): how far to guide
+# :class: tip
+# At one noise level let the data be $\mathcal N(0, 1)$, the model $p_\theta = \mathcal N(0, a^2)$ and the guide
+# $p_{\text{guide}} = \mathcal N(0, b^2)$ with $1 < a < b$: both too broad, the guide more so, as a worse model of the
+# same kind is. (a) Show that the autoguided density $p_{\text{guide}}^{1-w}\,p_\theta^{w}$ is $\mathcal N(0, s_w^2)$
+# with $1/s_w^2 = w/a^2 - (w - 1)/b^2$. (b) Which weight $w^\ast$ gives back the data's variance? (c) What happens
+# beyond $w^\ast$, and what happens to $w^\ast$ as the guide gets barely worse than the model ($b \to a$) or far worse
+# ($b \to \infty$)?
+# :::
+#
+# :::{admonition} Solution 7.5
+# :class: dropdown
+# (a) The log-density is $-\tfrac{x^2}{2}\big((1 - w)/b^2 + w/a^2\big)$ plus a constant, a Gaussian of precision
+# $1/s_w^2 = 1/b^2 + w\,(1/a^2 - 1/b^2)$, positive for every $w \ge 0$. (b) $s_w^2 = 1$ at
+# $w^\ast = (1 - 1/b^2)/(1/a^2 - 1/b^2)$, which is above 1 because $a > 1$. (c) Beyond $w^\ast$ the guided density is
+# narrower than the data: precision still rises, recall falls, the trade the ResNet's space reports above. As
+# $b \to a$ the gap $1/a^2 - 1/b^2$ vanishes and $w^\ast \to \infty$: a guide as good as the model gives no
+# direction, and a weight near 1 does nothing. As $b \to \infty$, $w^\ast \to a^2$: a hopeless guide still helps, but
+# only by extrapolating away from "anything at all". The right guide is worse in the same way as the model, and the
+# right weight depends on how much worse, which is why it is measured, not assumed. The cell checks (a) against a
+# density normalised on a grid and (b) for one pair $(a, b)$.
+# :::
+
+# %% tags=["solution", "hide-cell"]
+# Solution 7.5: the autoguided density of two Gaussians, on a grid and in closed form.
+a, b = 1.2, 1.6
+x = torch.linspace(-12, 12, 24001, dtype=torch.float64)
+for w in (1.0, 1.5, 2.0, 3.0):
+    log_p = (1 - w) * (-(x**2) / (2 * b**2)) + w * (-(x**2) / (2 * a**2))
+    p = torch.exp(log_p - log_p.max())
+    var_grid = float((p * x**2).sum() / p.sum())
+    var_closed = 1 / (w / a**2 - (w - 1) / b**2)
+    print(f"w = {w:g}: variance {var_grid:.4f} on the grid, {var_closed:.4f} in closed form")
+    assert abs(var_grid - var_closed) < 1e-6
+w_star = (1 - 1 / b**2) / (1 / a**2 - 1 / b**2)
+print(f"a = {a}, b = {b}: w* = {w_star:.3f} gives the data's variance back, {1 / (w_star / a**2 - (w_star - 1) / b**2):.6f}")
+assert w_star > 1 and abs(1 / (w_star / a**2 - (w_star - 1) / b**2) - 1) < 1e-12
+
+# %% [markdown]
 # ## What we learned
 #
 # - A class-conditional UNet is the unconditional one with a **label embedding added to the time
@@ -1043,6 +1225,12 @@ Markdown(f"""- **$w$ trades diversity for fidelity.** In this run, from $w = 0$ 
   {acc[0]:.2f} to {acc[w_top]:.2f} and recall from {rec[0]:.2f} to {rec[w_top]:.2f}; precision is highest at
   $w = {w_prec:g}$ and FID lowest at $w = {w_fid:g}$. Measure it, as here, and pick the weight from the numbers:
   `python -m mnistdiff sample cldm VAE_CKPT UNET_CKPT --digit all --guidance W` draws the digits.""")
+
+# %% [markdown]
+# - **Autoguidance** extrapolates away from a worse version of the same model,
+#   $\tilde\epsilon = \epsilon_{\text{guide}} + w(\epsilon_\theta - \epsilon_{\text{guide}})$. It needs no label, so it
+#   guides the unconditional pixel DDPM (`ddpm.sample(n, guide=guide)`); its weight, like $w$ above, is chosen from
+#   measurements, and from both feature spaces, because it can mend malformed digits while it narrows their style.
 
 # %%
 print(f"chapter 7 ran in {time.perf_counter() - T_START:.0f} s ({PROFILE.name} profile, {DEVICE})")

@@ -446,6 +446,7 @@ def test_seed_spread_scores_each_seed_and_summarises_both_spaces(tmp_path):
         assert doc["spread"][key]["std"] == pytest.approx(values.std(ddof=1))
         assert doc["spread"][key]["max"] == values.max() and doc["floor_spread"][key]["min"] > 0
     assert doc["sampling"]["sampler"] == "ddim" and doc["sampling"]["steps"] == 2 and doc["sampling"]["spacing"] is None
+    assert all(0 < d["class_max_deviation"] <= 0.9 for d in doc["draws"])  # 8 samples: never balanced to 10 %
     with pytest.raises(SystemExit):
         spread.main([*argv, "--seeds", "0"])
 

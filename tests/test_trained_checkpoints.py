@@ -91,13 +91,14 @@ def test_committed_autoguide_is_the_book_profiles():
     DiffusionModel.load(_committed("ddpm")).check_guide(DiffusionModel.load(path))
 
 
-def test_the_default_autoguidance_is_the_one_measured_and_mends_digits_at_every_seed():
-    """``DEFAULT_AUTOGUIDANCE`` and the committed guide are those of the autoguided seed spread
+def test_the_default_autoguidance_is_the_one_measured_and_better_in_both_spaces_at_every_seed():
+    """``DEFAULT_AUTOGUIDANCE`` and the committed guide are those of the autoguided seed spread at that weight
     (``benchmarks/seed_spread.py --guide``), which the docs quote: against the same sampler unguided at the same seeds,
-    a lower classifier FID and a higher precision in both feature spaces at every seed (the malformed digits
-    mended); the ResNet's FID, which it does not lower, is reported beside it, not tested."""
+    a lower FID and a higher precision in both feature spaces at every seed (the malformed digits mended, and the
+    style not narrowed, which w = 1.5 did: its ResNet FID rose at three seeds of five)."""
     root = repo_root() / "results" / "book"
-    guided = json.loads((root / "seed_spread_ddpm_autoguided_ddim_50.json").read_text())
+    name = f"seed_spread_ddpm_autoguided_w{DEFAULT_AUTOGUIDANCE * 100:.0f}_ddim_50.json"  # the weight's own file
+    guided = json.loads((root / name).read_text())
     plain = json.loads((root / "seed_spread_ddpm.json").read_text())
     assert guided["sampling"]["guidance"] == DEFAULT_AUTOGUIDANCE
     assert guided["sampling"]["guide"]["weights_sha256"] == read_model_meta(_committed("ddpm_guide"))["weights_sha256"]
@@ -108,7 +109,8 @@ def test_the_default_autoguidance_is_the_one_measured_and_mends_digits_at_every_
     assert len(guided["draws"]) >= 5
     for d in guided["draws"]:
         before = by_seed[d["seed"]]
-        assert d["fid"] < before["fid"], (d["seed"], d["fid"], before["fid"])
+        for key in ("fid", "fid_resnet"):
+            assert d[key] < before[key], (d["seed"], key, d[key], before[key])
         for key in ("precision", "precision_resnet"):
             assert d[key] > before[key], (d["seed"], key, d[key], before[key])
 
