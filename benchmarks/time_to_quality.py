@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     old = json.loads(out.read_text()) if out.is_file() else {}
     guide = None if args.guide is None else DiffusionModel.load(args.guide, vae=args.vae, device=args.device)
     guided = None if guide is None else {"file": str(args.guide), "weights_sha256": guide.meta["weights_sha256"],
-                                         "guidance": args.guidance or DEFAULT_AUTOGUIDANCE}
+                                         "guidance": DEFAULT_AUTOGUIDANCE if args.guidance is None else args.guidance}
     same = (old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps
             and old.get("eta", DEFAULT_ETA) == args.eta and old.get("sampler", "ddim") == args.sampler
             and old.get("guide") == guided)

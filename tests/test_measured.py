@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mnistdiff.course.measured import (
     NOT_MEASURED,
     book_result,
@@ -79,6 +81,11 @@ def test_paired_spreads_refuse_other_weights(tmp_path, monkeypatch):
     assert paired_spreads(files, "m", "another guide") is None
     assert paired_spreads({**files, "absent": "none.json"}, "m", "g") is None
     assert paired_spreads(files, "m", "g") is not None
+    (tmp_path / "other_n").mkdir()
+    _results(tmp_path / "other_n", monkeypatch, {"base.json": _spread("m", {0: (1.0, 1.0)}),
+                                                 "guided.json": {**_spread("m", {0: (1.0, 1.0)}, guide="g"), "n": 500}})
+    with pytest.raises(ValueError, match="different n"):
+        paired_spreads(files, "m", "g")
 
 
 def test_the_paired_table_puts_each_fid_over_its_floor(tmp_path, monkeypatch):

@@ -55,7 +55,7 @@ def paired_spreads(files: Mapping[str, str], weights_sha256: str, guide_sha256: 
     "rows": {label: {key: mean, "floor_<fid key>": mean floor, "lower_<fid key>": seeds where the FID is below the
     baseline's}}}`` for FID, precision and recall in both spaces. ``None`` where a file is absent, or drew other
     weights than ``weights_sha256`` (an autoguided one: other guide weights than ``guide_sha256``): not measured for
-    these models."""
+    these models. Files of different ``n`` are refused (``ValueError``): their FIDs are not comparable."""
     from mnistdiff.evaluation.classifier import FEATURE_SPACES
     from mnistdiff.evaluation.metrics import space_key
 
@@ -68,6 +68,8 @@ def paired_spreads(files: Mapping[str, str], weights_sha256: str, guide_sha256: 
 
     if any(d is None or not drew_these(d) for d in docs.values()):
         return None
+    if len({d["n"] for d in docs.values()}) > 1:
+        raise ValueError(f"{', '.join(files.values())} drew different n: compare seed spreads drawn at one n")
     seeds = sorted(set.intersection(*({x["seed"] for x in d["draws"]} for d in docs.values())))
     keys = [space_key(m, s) for s in FEATURE_SPACES for m in ("fid", "precision", "recall")]
     fid_keys = [space_key("fid", s) for s in FEATURE_SPACES]
