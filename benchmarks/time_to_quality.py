@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                "floor": {k: floor[k] for k in floor if isinstance(floor[k], float)},
                "first_meeting_target": first and {"snapshot": first["snapshot"],
                                                   "training_minutes": round(trained(first) / 60, 1)},
-               "snapshots": sorted(rows.values(), key=lambda x: x["training_seconds"])}
+               "snapshots": sorted(rows.values(), key=trained)}
         atomic_write_json(out, doc)
     print(f"first snapshot meeting the target: {doc['first_meeting_target'] or 'none yet'}  → {out}")
     return 0

@@ -91,8 +91,8 @@ def paired_spreads_table(paired: Mapping[str, Any], what: str = "sampler") -> st
     from mnistdiff.evaluation.classifier import FEATURE_SPACES
     from mnistdiff.evaluation.metrics import space_key
 
-    names = {"classifier": "classifier", "resnet": "ResNet"}
-    head = f"| {what} | " + " | ".join(f"{names.get(s, s)} FID (× floor) | precision | recall" for s in FEATURE_SPACES)
+    head = f"| {what} | " + " | ".join(f"{'ResNet' if s == 'resnet' else s} FID (× floor) | precision | recall"
+                                      for s in FEATURE_SPACES)
     lines = [head + " |", "| --- " * (1 + 3 * len(FEATURE_SPACES)) + "|"]
     for i, (label, row) in enumerate(paired["rows"].items()):
         cells = []
