@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -253,14 +254,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     options.update({k: defaults[k] for k in ("sampler", "steps", "eta") if options[k] is None})
     n = len(labels) if labels is not None else args.num_samples
     guidance = defaults["guidance"] if args.guidance is None else args.guidance
+    interval = tuple(args.guidance_interval) if args.guidance_interval is not None else None
     with as_arg_error():
-        images, frames = model.sample(n, labels=labels, guidance=guidance, guide=guide,
+        images, frames = model.sample(n, labels=labels, guidance=guidance, guide=guide, guidance_interval=interval,
                                       return_intermediates=args.individual > 0, progress=True, **options)
     info = {"checkpoint": str(args.checkpoint), "vae_checkpoint": getattr(args, "vae_checkpoint", None),
             "kind": kind.name, **{k: v for k, v in options.items() if k not in ("batch_size", "spacing")},
             "spacing": options["spacing"] or model.spacing(options["sampler"])}
     if guide is not None:
         info.update(guide=str(args.guide), guidance=guidance)
+    if interval is not None:  # JSON has no inf: null is no upper end
+        info.update(guidance_interval=[None if math.isinf(s) else s for s in interval])
     if kind.conditional:
         info.update(digits=digits, guidance=guidance)
         labels = labels if labels is not None else torch.full((n,), NULL_LABEL)

@@ -287,7 +287,8 @@ def add_sampling_options(p: argparse.ArgumentParser, num_samples: int = 64) -> N
 
 
 def add_guidance_options(p: argparse.ArgumentParser, conditional: bool) -> None:
-    """``--guide`` and ``--guidance`` of every kind that samples; ``--digit`` of a class-conditional one."""
+    """``--guide``, ``--guidance`` and ``--guidance_interval`` of every kind that samples; ``--digit`` of a
+    class-conditional one."""
     if conditional:
         p.add_argument("--digit", action="append", default=None, metavar="D",
                        help="the digit to ask for, 0-9; repeat it for several, or 'all' for 0-9 (one grid row each). "
@@ -302,3 +303,7 @@ def add_guidance_options(p: argparse.ArgumentParser, conditional: bool) -> None:
     p.add_argument("--guidance", type=float, default=None, metavar="W",
                    help=f"guidance weight w >= 0: {cfg}with --guide, the autoguidance weight (1: this model alone; "
                         f"default {DEFAULT_AUTOGUIDANCE:g})")
+    p.add_argument("--guidance_interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
+                   help="guide only at noise levels SIGMA_LO < sigma <= SIGMA_HI, sigma = sqrt((1 - abar_t)/abar_t) "
+                        "(inf: no upper end), the model alone elsewhere (Kynkaanniemi et al. 2024); default: every "
+                        "step")

@@ -13,6 +13,11 @@ write (1 + w')·ε(y) − w'·ε(∅): their w' is this w − 1.) Since ε = −
 
 :class:`GuidedDenoiser` is a plain ``(x_t, t) → ε̃`` callable, so every sampler (:func:`~mnistdiff.ddpm.p_sample_loop`,
 :func:`~mnistdiff.ddim.ddim_sample_loop`) runs guided without a line of its own.
+
+Either guidance can be limited to an interval of noise levels (Kynkäänniemi et al. 2024, "Applying guidance in a
+limited interval improves sample and distribution quality"): guided where lo < t ≤ hi, the model alone elsewhere
+(``times``, in the network's own time; :meth:`mnistdiff.model.DiffusionModel.sample` takes the interval in σ).
+At low noise a guide's own errors are what the weight amplifies; at high noise a label's pull costs variety.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from mnistdiff.ddpm import Denoiser, as_float
 from mnistdiff.unet import NULL_LABEL
 
 __all__ = ["NULL_LABEL", "AutoGuidedDenoiser", "GuidedDenoiser", "autoguided_eps", "balanced_labels", "drop_labels",
-           "guided_eps"]
+           "guided_eps", "in_interval"]
 
 #: ``model(x_t, t, y) → ε̂``: a class-conditional ε-network (a :class:`~mnistdiff.unet.UNet` with ``num_classes``).
 ConditionalDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -60,14 +65,37 @@ def guided_eps(model: ConditionalDenoiser, x_t: torch.Tensor, t: torch.Tensor, y
     return eps_null + w * (eps_y - eps_null)
 
 
-class GuidedDenoiser:
-    """``(x_t, t) → ε̃``: :func:`guided_eps` with the labels ``y`` (B,) and the weight ``w`` fixed, for any sampler."""
+def in_interval(t: torch.Tensor, times: tuple[float, float] | None) -> torch.Tensor:
+    """Which of the times ``t`` (B,) lie in ``times`` = (lo, hi]: lo < t ≤ hi, (B,) bool (``None``: all of them)."""
+    if times is None:
+        return torch.ones_like(t, dtype=torch.bool)
+    return (t > times[0]) & (t <= times[1])
 
-    def __init__(self, model: ConditionalDenoiser, y: torch.Tensor, w: float) -> None:
-        self.model, self.y, self.w = model, y, w
+
+def _within(guided: Callable[[], torch.Tensor], plain: Callable[[], torch.Tensor], t: torch.Tensor,
+            times: tuple[float, float] | None) -> torch.Tensor:
+    """``guided()`` where ``t`` (B,) is in ``times``, ``plain()`` elsewhere; each called only if some t needs it (a
+    sampler's batch shares one t)."""
+    inside = in_interval(t, times)
+    if bool(inside.all()):
+        return guided()
+    if not bool(inside.any()):
+        return plain()
+    eps, alone = guided(), plain()
+    return torch.where(inside.view(-1, *([1] * (eps.dim() - 1))), eps, alone)
+
+
+class GuidedDenoiser:
+    """``(x_t, t) → ε̃``: :func:`guided_eps` with the labels ``y`` (B,) and the weight ``w`` fixed, for any sampler;
+    with ``times`` = (lo, hi], guided only where lo < t ≤ hi, the conditional model ε(x_t, t, y) elsewhere."""
+
+    def __init__(self, model: ConditionalDenoiser, y: torch.Tensor, w: float,
+                 times: tuple[float, float] | None = None) -> None:
+        self.model, self.y, self.w, self.times = model, y, w, times
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return guided_eps(self.model, x_t, t, self.y, self.w)
+        return _within(lambda: guided_eps(self.model, x_t, t, self.y, self.w),
+                       lambda: guided_eps(self.model, x_t, t, self.y, 1.0), t, self.times)
 
 
 def autoguided_eps(model: Denoiser, guide: Denoiser, x_t: torch.Tensor, t: torch.Tensor, w: float) -> torch.Tensor:
@@ -87,10 +115,12 @@ def autoguided_eps(model: Denoiser, guide: Denoiser, x_t: torch.Tensor, t: torch
 
 
 class AutoGuidedDenoiser:
-    """``(x_t, t) → ε̃``: :func:`autoguided_eps` with the guide and the weight ``w`` fixed, for any sampler."""
+    """``(x_t, t) → ε̃``: :func:`autoguided_eps` with the guide and the weight ``w`` fixed, for any sampler; with
+    ``times`` = (lo, hi], guided only where lo < t ≤ hi, ``model`` alone elsewhere (no call of the guide there)."""
 
-    def __init__(self, model: Denoiser, guide: Denoiser, w: float) -> None:
-        self.model, self.guide, self.w = model, guide, w
+    def __init__(self, model: Denoiser, guide: Denoiser, w: float, times: tuple[float, float] | None = None) -> None:
+        self.model, self.guide, self.w, self.times = model, guide, w, times
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return autoguided_eps(self.model, self.guide, x_t, t, self.w)
+        return _within(lambda: autoguided_eps(self.model, self.guide, x_t, t, self.w),
+                       lambda: as_float(self.model(x_t, t)), t, self.times)

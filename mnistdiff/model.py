@@ -237,6 +237,7 @@ class DiffusionModel:
         progress: bool = False,
         spacing: str | None = None,
         guide: DiffusionModel | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         **old: Any,
     ) -> SampleOutput:
         """Draw ``num_samples`` images → ``SampleOutput(images (N, 1, 32, 32) in [−1, 1] on the CPU, frames)``.
@@ -247,9 +248,11 @@ class DiffusionModel:
         ``spacing`` places (``"karras"``, the default, or ``"linspace"``); ``None``: the first of :attr:`samplers`.
         ``labels``: a digit, or one per sample (N,), for a class-conditional model, guided with weight ``guidance`` w
         (ε̃ = ε(∅) + w·(ε(y) − ε(∅)); 0 ignores the label, 1 is the conditional model). ``guide``: a worse version of
-        this model (:meth:`check_guide`), which autoguides it with weight ``guidance`` (Karras et al. 2024: ε̃ =
-        ε_guide + w·(ε − ε_guide); default ``DEFAULT_AUTOGUIDANCE``). ``seed`` makes the draw reproducible (bit for
-        bit on a CPU). ``precision``: ``fp32``, ``fp32_cl``, ``bf16``, ``bf16_cl`` or ``auto`` (measured); default
+        this model (:meth:`check_guide`), which autoguides it with weight ``guidance`` (Karras et al. 2024: ε̃ = ε_guide
+        + w·(ε − ε_guide); default ``DEFAULT_AUTOGUIDANCE``). ``guidance_interval`` = (σ_lo, σ_hi]: either guidance only
+        at noise levels σ_lo < σ ≤ σ_hi (σ = √((1 − ᾱ_t)/ᾱ_t); ``math.inf`` for no upper end), the model alone elsewhere
+        (Kynkäänniemi et al. 2024); ``None``: guided at every step. ``seed`` makes the draw reproducible (bit for bit on
+        a CPU). ``precision``: ``fp32``, ``fp32_cl``, ``bf16``, ``bf16_cl`` or ``auto`` (measured); default
         :attr:`precision`; ``compile``: ``torch.compile`` the network. ``frames`` (``return_intermediates``) are the
         first batch's ``[(t, x_t), …]``, decoded. Old spellings (``mode``, ``ddim_steps``, ``fast``) warn."""
         if old:
@@ -260,7 +263,7 @@ class DiffusionModel:
                                                                           if v is not None}}
         sampler, steps, eta, guidance = (chosen[k] for k in given)
         y = self.check_request(num_samples, sampler, steps, eta, labels, guidance, batch_size, precision or "fp32",
-                               spacing, guide)
+                               spacing, guide, guidance_interval)
         timesteps = None
         if self.distillation:  # the student is the guided model: one conditional call per step, on its own grid
             timesteps, guidance = list(self.distillation["timesteps"]), 1.0
@@ -277,7 +280,8 @@ class DiffusionModel:
                         eta=eta, seed=seed, device=device, batch_size=batch_size, decode=decode,
                         return_intermediates=return_intermediates, progress=progress, precision=precision,
                         compile=compile, clip_range=self.clip_range, labels=y, guidance=guidance, timesteps=timesteps,
-                        spacing=spacing, karras=self.karras_range, guide=None if guide is None else guide.unet)
+                        spacing=spacing, karras=self.karras_range, guide=None if guide is None else guide.unet,
+                        guidance_interval=guidance_interval)
 
     def check_guide(self, guide: DiffusionModel, labels: torch.Tensor | None = None) -> None:
         """A guide for autoguidance sees what this model sees (kind, sample shape, noise schedule, latent space), and
@@ -299,7 +303,8 @@ class DiffusionModel:
 
     def check_request(self, num_samples: int, sampler: str, steps: int, eta: float, labels: Labels, guidance: float,
                       batch_size: int | None = None, precision: str = "fp32", spacing: str | None = None,
-                      guide: DiffusionModel | None = None) -> torch.Tensor | None:
+                      guide: DiffusionModel | None = None,
+                      guidance_interval: tuple[float, float] | None = None) -> torch.Tensor | None:
         """:meth:`sample`'s arguments, checked once: a :class:`~mnistdiff.config.ConfigError` names the one at fault.
         Returns the labels as a (N,) tensor (``None``: unconditional)."""
         _positive("num_samples", num_samples)
@@ -328,7 +333,24 @@ class DiffusionModel:
         y = self._labels(labels, num_samples)
         if guide is not None:
             self.check_guide(guide, y)
+        if guidance_interval is not None:
+            self._check_interval(guidance_interval, guided=guide is not None or y is not None)
         return y
+
+    def _check_interval(self, interval: tuple[float, float], guided: bool) -> None:
+        """A guidance interval is two noise levels 0 ≤ σ_lo < σ_hi (σ_hi may be ``math.inf``) and limits a guidance
+        that is there: a guide's, or a class-conditional model's asked for digits."""
+        if not guided or self.distillation:
+            raise ConfigError("guidance_interval limits guidance: give a guide (autoguidance) or, for a "
+                              "class-conditional model that is not distilled, labels", "guidance_interval")
+        try:
+            lo, hi = (float(s) for s in interval)
+        except (TypeError, ValueError):
+            raise ConfigError(f"guidance_interval must be two noise levels (sigma_lo, sigma_hi), got {interval!r}",
+                              "guidance_interval") from None
+        if not (0 <= lo < hi and not math.isnan(hi)):
+            raise ConfigError(f"guidance_interval (sigma_lo, sigma_hi) needs 0 <= sigma_lo < sigma_hi (sigma_hi may "
+                              f"be inf: no upper end), got {interval!r}", "guidance_interval")
 
     def _check_spacing(self, sampler: str, spacing: str) -> None:
         """A spacing is a choice of the solvers (:meth:`spacing`): DDIM keeps its timesteps, a flow's Euler and Heun

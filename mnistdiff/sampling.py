@@ -38,7 +38,7 @@ from mnistdiff.files import atomic_write_bytes, atomic_write_text
 from mnistdiff.flows import FLOW_SOLVERS, flow_sample_loop
 from mnistdiff.guidance import AutoGuidedDenoiser, GuidedDenoiser
 from mnistdiff.schedules import NoiseSchedule
-from mnistdiff.solvers import SOLVERS, solver_sample_loop
+from mnistdiff.solvers import SOLVERS, network_time, solver_sample_loop
 from mnistdiff.viz import progression_strip, save_grid, save_image
 
 __all__ = ["generate", "write_sample_folder", "save_npz", "FastDenoiser", "ChunkedDenoiser", "CHUNKS",
@@ -217,7 +217,8 @@ def generate(model: torch.nn.Module, sched: NoiseSchedule | None, num_samples: i
              precision: str = "fp32", compile: bool | str = False, clip_range: ClipRange = PIXEL_RANGE,
              labels: torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE, timesteps: list[int] | None = None,
              spacing: str | None = None, karras: dict[str, float] | None = None, chunk: bool = True,
-             guide: torch.nn.Module | None = None) -> SampleOutput:
+             guide: torch.nn.Module | None = None,
+             guidance_interval: tuple[float, float] | None = None) -> SampleOutput:
     """Draw ``num_samples`` samples → :class:`~mnistdiff.ddpm.SampleOutput` ``(images (N, 1, 32, 32) in [−1, 1]
     on CPU, frames)`` (latents, unbounded, when the model works in a latent space and no ``decode`` is given).
 
@@ -225,19 +226,21 @@ def generate(model: torch.nn.Module, sched: NoiseSchedule | None, num_samples: i
     ``sampler``: as it says (:func:`_sample_loop`). ``shape`` is one sample's shape in the model's space (pixels or
     latents); ``clip_range`` bounds x̂_0 there (:data:`~mnistdiff.ddpm.PIXEL_RANGE`; ``(−c, c)`` for latents).
     ``frames`` (``return_intermediates``) are the first batch's ``[(t, x_t), …]``, decoded. ``precision``
-    (:data:`MEASURED_PRECISIONS`; ``"fp32"``: as trained) and ``compile`` run the network through
-    :class:`FastDenoiser`; ``chunk``, on a CPU, in pieces of each batch where faster (:class:`ChunkedDenoiser`: the
-    same samples, bit for bit). ``labels`` (N,) ask a class-conditional model for those classes
-    (:data:`~mnistdiff.unet.NULL_LABEL`: none), guided with weight ``guidance`` (:class:`~mnistdiff.guidance.
-    GuidedDenoiser`); ``guide``, a worse ε-network of the same schedule, autoguides ``model`` with that weight
-    instead (:class:`~mnistdiff.guidance.AutoGuidedDenoiser`). ``timesteps``: DDIM's own list instead of ``steps``
-    evenly spaced ones (a student's grid); ``spacing``, ``karras`` (σ_max, σ_min): the solvers' own."""
+    (:data:`MEASURED_PRECISIONS`; ``"fp32"``: as trained) and ``compile`` run the network through :class:`FastDenoiser`;
+    ``chunk``, on a CPU, in pieces of each batch where faster (:class:`ChunkedDenoiser`: the same samples, bit for bit).
+    ``labels`` (N,) ask a class-conditional model for those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none), guided
+    with weight ``guidance`` (:class:`~mnistdiff.guidance. GuidedDenoiser`); ``guide``, a worse ε-network of the same
+    schedule, autoguides ``model`` with that weight instead (:class:`~mnistdiff.guidance.AutoGuidedDenoiser`); either
+    only at noise levels σ in ``guidance_interval`` = (σ_lo, σ_hi] (σ = √((1 − ᾱ_t)/ᾱ_t), a flow's t/(1 − t)), if given.
+    ``timesteps``: DDIM's own list instead of ``steps`` evenly spaced ones (a student's grid); ``spacing``, ``karras``
+    (σ_max, σ_min): the solvers' own."""
     device = torch.device(device)
     batch_size = batch_size or (2048 if device.type == "cuda" else 256)
     gen = torch.Generator(device=device).manual_seed(seed)
     network = _fast_network(model, device, precision, compile, chunk)
+    times = None if guidance_interval is None else tuple(network_time(sched, s) for s in guidance_interval)
     guided = None if guide is None else AutoGuidedDenoiser(network, _fast_network(guide, device, precision, compile,
-                                                                                  chunk), guidance)
+                                                                                  chunk), guidance, times)
     if precision != "fp32" or compile:  # batches as equal as possible, e.g. 10,000 → 5 × 2,000
         batch_size = math.ceil(num_samples / math.ceil(num_samples / batch_size))
     outs: list[torch.Tensor] = []
@@ -245,7 +248,7 @@ def generate(model: torch.nn.Module, sched: NoiseSchedule | None, num_samples: i
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
         net = guided or (network if labels is None else GuidedDenoiser(network, labels[start:start + n].to(device),
-                                                                          guidance))
+                                                                          guidance, times))
         x, fr = _sample_loop(net, sched, (n, *shape), sampler, steps, eta, timesteps, spacing, karras, generator=gen,
                              device=device, return_intermediates=return_intermediates and start == 0,
                              clip_range=clip_range, progress=progress)

@@ -54,8 +54,8 @@ from mnistdiff.flows import TIME_SCALE, PathPoint, flow_timesteps, straight_path
 from mnistdiff.schedules import NoiseSchedule
 
 __all__ = ["SOLVERS", "SPACINGS", "DEFAULT_SPACING", "KARRAS_SIGMA_MAX", "KARRAS_SIGMA_MIN", "karras_sigmas",
-           "schedule_sigmas", "ddpm_path", "flow_path", "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "heun_edm",
-           "solver_sample_loop", "solver_nfe"]
+           "schedule_sigmas", "network_time", "ddpm_path", "flow_path", "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde",
+           "heun_edm", "solver_sample_loop", "solver_nfe"]
 
 #: The solvers of this module, by the name ``sample(sampler=…)`` takes (``"heun"`` is EDM's for an ε-network; a
 #: flow's Heun, in its own time t, is :func:`~mnistdiff.flows.flow_sample_loop`'s).
@@ -92,6 +92,20 @@ def _timestep_of_sigma(log_sigmas: torch.Tensor, sigma: float) -> float:
     lo, hi = float(log_sigmas[k - 1]), float(log_sigmas[k])
     w = min(max((log_s - lo) / (hi - lo), 0.0), 1.0)
     return k - 1 + w
+
+
+def network_time(sched: NoiseSchedule | None, sigma: float) -> float:
+    """The time a model's network is called with at noise level σ = b/a: an ε-network's fractional timestep index
+    (σ_t interpolated as :func:`ddpm_path` places Karras σ), a flow's (``sched`` ``None``) TIME_SCALE·σ/(1 + σ).
+    σ = 0 and σ = ∞ give −∞ and ∞ (below and above every time), so an interval of σ maps to one of times."""
+    if sigma <= 0 or math.isinf(sigma):
+        return -math.inf if sigma <= 0 else math.inf
+    if sched is None:
+        return TIME_SCALE * sigma / (1 + sigma)
+    sigmas = schedule_sigmas(sched)
+    if sigma < float(sigmas[0]) or sigma > float(sigmas[-1]):
+        return -math.inf if sigma < float(sigmas[0]) else math.inf
+    return _timestep_of_sigma(sigmas.log(), sigma)
 
 
 def _point_of_sigma(sigma: float) -> PathPoint:

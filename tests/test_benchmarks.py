@@ -470,6 +470,21 @@ def test_seed_spread_rerun_draws_only_the_seeds_its_file_lacks(tmp_path):
     assert [c.args[1] for c in drawn.call_args_list] == [0, 1]
 
 
+def test_seed_spread_records_a_guide_and_its_interval_and_keeps_no_draw_of_other_guidance(tmp_path):
+    from unittest import mock
+
+    spread = _script("seed_spread")
+    out, model = tmp_path / "spread.json", str(_tiny_model(tmp_path, "ddpm"))
+    argv = [model, "--sampler", "ddim", "--steps", "2", "--n", "8", "--out", str(out), "--seeds", "0", "1"]
+    assert spread.main([*argv, "--guide", model, "--guidance", "2"]) == 0
+    with mock.patch.object(spread, "draw", wraps=spread.draw) as drawn:
+        assert spread.main([*argv, "--guide", model, "--guidance", "2", "--guidance_interval", "0.5", "inf"]) == 0
+    assert [c.args[1] for c in drawn.call_args_list] == [0, 1]  # guided everywhere is another sampling
+    sampling = json.loads(out.read_text())["sampling"]
+    assert sampling["guidance"] == 2 and sampling["guidance_interval"] == [0.5, None]
+    assert sampling["guide"]["file"] == model
+
+
 def test_seed_spread_scores_a_vae_by_its_reconstructions_of_each_seeds_floor_digits(tmp_path):
     """A VAE file's draw at seed s is its reconstructions of real_floor's digits at s: the metrics equal evaluate()
     on vae.reconstruct of those digits, and sampler options are refused."""

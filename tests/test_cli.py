@@ -452,11 +452,28 @@ def test_sample_with_a_guide_records_it_and_a_model_guided_by_itself_draws_its_o
     assert "guide" not in json.loads((tmp_path / "plain" / "info.json").read_text())
 
 
+def test_sample_with_a_guidance_interval_records_it(runs, tmp_path):
+    """``--guidance_interval LO inf``: guided above σ = LO only; with the model as its own guide the same bytes again,
+    and the interval in info.json (null: no upper end)."""
+    ckpt = str(runs["ddpm"] / "checkpoints" / "model.safetensors")
+    common = [*_sample_args(runs, "ddpm"), "--steps", "3", "--num_samples", "3", "--individual", "0", "--device",
+              "cpu", "--seed", "5"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--guide", ckpt, "--guidance", "2.5", "--guidance_interval", "0.5", "inf",
+                 "--out", str(tmp_path / "interval")]) == 0
+    with np.load(tmp_path / "plain" / "samples.npz") as a, np.load(tmp_path / "interval" / "samples.npz") as b:
+        assert np.array_equal(a["samples"], b["samples"])
+    info = json.loads((tmp_path / "interval" / "info.json").read_text())
+    assert info["guidance_interval"] == [0.5, None] and info["guidance"] == 2.5
+
+
 @pytest.mark.parametrize("case, message", [
     ("weight without a guide", "--guidance weighs autoguidance on a ddpm model: pass the guide's model file too"),
     ("missing guide", "guide"),
     ("guide of another kind", "holds a 'flow' model, expected a 'ddpm' one"),
     ("bad weight", "--guidance must be a finite number >= 0"),
+    ("bad interval", "--guidance_interval (sigma_lo, sigma_hi) needs 0 <= sigma_lo < sigma_hi"),
+    ("interval without a guide", "--guidance_interval limits guidance: give a guide"),
 ])
 def test_sample_bad_guides_exit_2_writing_nothing(runs, tmp_path, capsys, case, message):
     out = tmp_path / "g"
@@ -464,6 +481,9 @@ def test_sample_bad_guides_exit_2_writing_nothing(runs, tmp_path, capsys, case, 
              "missing guide": ["--guide", str(tmp_path / "none.safetensors")],
              "guide of another kind": ["--guide", str(runs["flow"] / "checkpoints" / "model.safetensors")],
              "bad weight": ["--guide", str(runs["ddpm"] / "checkpoints" / "model.safetensors"), "--guidance", "-1"],
+             "bad interval": ["--guide", str(runs["ddpm"] / "checkpoints" / "model.safetensors"),
+                              "--guidance_interval", "2", "1"],
+             "interval without a guide": ["--guidance_interval", "0.3", "inf"],
              }[case]
     assert _exit_code([*_sample_args(runs, "ddpm"), "--steps", "2", "--device", "cpu", "--out", str(out),
                        *extra]) == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from mnistdiff.guidance import AutoGuidedDenoiser, GuidedDenoiser, autoguided_ep
 from mnistdiff.model import DiffusionModel
 from mnistdiff.sampling import generate
 from mnistdiff.schedules import NoiseSchedule
+from mnistdiff.solvers import network_time
 from mnistdiff.training.batches import chunks, num_rows, take
 from mnistdiff.unet import NULL_LABEL, UNet
 
@@ -450,3 +452,93 @@ def test_a_guide_that_does_not_fit_is_refused_before_any_network_call(cond, whic
     finally:
         hook.remove()
     assert err.value.setting == "guide" and calls == []
+
+
+# ----------------------------------------------------------------------------- a guidance interval
+
+
+def _sigma(sched: NoiseSchedule, t: int) -> float:
+    """σ_t = √((1 − ᾱ_t)/ᾱ_t), from the schedule's ᾱ directly."""
+    abar = float(sched.alphas_cumprod[t])
+    return ((1 - abar) / abar) ** 0.5
+
+
+def test_network_time_maps_noise_levels_to_each_kind_of_time():
+    sched = NoiseSchedule.make("cosine", 50)
+    for t in (0, 7, 31, 49):
+        assert network_time(sched, _sigma(sched, t)) == pytest.approx(t, abs=1e-6)
+    halfway = (_sigma(sched, 20) * _sigma(sched, 21)) ** 0.5  # the geometric mean: halfway in log σ
+    assert network_time(sched, halfway) == pytest.approx(20.5, abs=1e-6)
+    assert network_time(sched, 0.0) == -math.inf and network_time(sched, math.inf) == math.inf
+    assert network_time(sched, _sigma(sched, 0) / 2) == -math.inf and network_time(sched, 1e9) == math.inf
+    assert network_time(None, 1.0) == pytest.approx(500.0) and network_time(None, 3.0) == pytest.approx(750.0)
+
+
+def test_an_interval_guides_only_between_its_noise_levels_and_skips_the_guide_elsewhere():
+    """DDIM by hand, autoguided where σ_lo < σ_t and the model alone below: what ``sample`` draws with
+    ``guidance_interval=(σ_lo, inf)``, with a call of the guide at the guided steps only."""
+    main, guide = _ddpm(0), _ddpm(1)
+    w, steps = 1.7, 5
+    taus = ddim_timesteps(50, steps)
+    sigma_lo = (_sigma(main.schedule, taus[2]) + _sigma(main.schedule, taus[3])) / 2  # guided at the first three
+    seen: list[str] = []
+    hook = guide.unet.register_forward_pre_hook(lambda *a: seen.append("guide"))
+    try:
+        images, _ = main.sample(3, sampler="ddim", steps=steps, eta=1.0, seed=2, guide=guide, guidance=w,
+                                guidance_interval=(sigma_lo, math.inf))
+    finally:
+        hook.remove()
+
+    def autoguided_above(x, tt):
+        eps = main.unet(x, tt)
+        if _sigma(main.schedule, int(tt[0])) <= sigma_lo:
+            return eps
+        eps_guide = guide.unet(x, tt)
+        return eps_guide + w * (eps - eps_guide)
+
+    torch.testing.assert_close(images, _ddim_by_hand(autoguided_above, main.schedule, 3, steps, seed=2), rtol=1e-4,
+                               atol=1e-4)
+    assert len(seen) == 3
+    everywhere, _ = main.sample(3, sampler="ddim", steps=steps, eta=1.0, seed=2, guide=guide, guidance=w)
+    assert not torch.allclose(images, everywhere, atol=1e-3)
+    whole, _ = main.sample(3, sampler="ddim", steps=steps, eta=1.0, seed=2, guide=guide, guidance=w,
+                           guidance_interval=(0.0, math.inf))
+    assert torch.equal(whole, everywhere)
+    plain, _ = main.sample(3, sampler="ddim", steps=steps, eta=1.0, seed=2)
+    none, _ = main.sample(3, sampler="ddim", steps=steps, eta=1.0, seed=2, guide=guide, guidance=w,
+                          guidance_interval=(1e6, math.inf))  # above every σ the solver meets: never guided
+    assert torch.equal(none, plain)
+
+
+def test_a_classifier_free_interval_leaves_the_conditional_model_outside_it(cond):
+    """Where t is outside (lo, hi], ε(x_t, t, y) alone; inside, ε(∅) + w·(ε(y) − ε(∅)); a batch of mixed t both."""
+    x, t = _inputs()
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    times = (30.0, 70.0)
+    with torch.no_grad():
+        out = GuidedDenoiser(cond, y, 2.5, times)(x, t)
+        for i in range(len(t)):
+            xi, ti, yi = x[i:i + 1], t[i:i + 1], y[i:i + 1]
+            want = guided_eps(cond, xi, ti, yi, 2.5) if times[0] < int(t[i]) <= times[1] else cond(xi, ti, yi)
+            torch.testing.assert_close(out[i:i + 1], want, rtol=1e-4, atol=1e-5)
+    inside = ((t > 30) & (t <= 70)).tolist()
+    assert any(inside) and not all(inside)  # the batch mixes both, or the test could not tell
+
+
+@pytest.mark.parametrize("interval, guided, message", [
+    ((0.5, 0.1), True, "needs 0 <= sigma_lo < sigma_hi"),
+    ((-1.0, 2.0), True, "needs 0 <= sigma_lo < sigma_hi"),
+    ((0.3,), True, "must be two noise levels"),
+    ("ab", True, "must be two noise levels"),
+    ((0.3, math.inf), False, "guidance_interval limits guidance"),
+])
+def test_a_bad_guidance_interval_is_refused_before_any_network_call(interval, guided, message):
+    main, guide = _ddpm(0), _ddpm(1)
+    calls: list[int] = []
+    hook = main.unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ConfigError, match=message) as err:
+            main.sample(2, steps=2, guide=guide if guided else None, guidance_interval=interval)
+    finally:
+        hook.remove()
+    assert err.value.setting == "guidance_interval" and calls == []
