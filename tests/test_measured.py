@@ -9,7 +9,9 @@ import pytest
 
 from mnistdiff.course.measured import (
     NOT_MEASURED,
+    autoguided_spreads,
     book_result,
+    guidance_label,
     paired_spreads,
     paired_spreads_table,
     time_to_quality_table,
@@ -49,12 +51,16 @@ def test_no_chapter_builds_a_results_path_itself():
     assert offenders == []
 
 
-def _spread(sha: str, draws: dict[int, tuple[float, float]], guide: str | None = None) -> dict:
-    """A seed-spread file: seed → (classifier FID, ResNet FID); precision and recall 0.8 / 0.9, floors 0.2 / 0.1."""
+def _spread(sha: str, draws: dict[int, tuple[float, float]], guide: str | None = None, w: float = 2.0,
+            interval: list | None = None) -> dict:
+    """A seed-spread file: seed → (classifier FID, ResNet FID); precision and recall 0.8 / 0.9, floors 0.2 / 0.1;
+    with a ``guide``, its weight ``w`` and ``interval`` as ``seed_spread.py`` records them."""
     def row(seed: int, fid: float, fid_resnet: float) -> dict:
         return {"seed": seed, "fid": fid, "fid_resnet": fid_resnet, "precision": 0.8, "recall": 0.9,
                 "precision_resnet": 0.8, "recall_resnet": 0.9}
-    sampling = {"sampler": "ddim"} | ({"guide": {"weights_sha256": guide}} if guide else {})
+    sampling = {"sampler": "ddim"} | ({"guide": {"weights_sha256": guide}, "guidance": w} if guide else {})
+    if interval is not None:
+        sampling["guidance_interval"] = interval
     return {"n": 2000, "model": {"weights_sha256": sha}, "sampling": sampling,
             "draws": [row(s, *fids) for s, fids in draws.items()],
             "floors": [row(s, 0.2, 0.1) for s in draws]}
@@ -97,3 +103,33 @@ def test_the_paired_table_puts_each_fid_over_its_floor(tmp_path, monkeypatch):
     assert lines[2] == "| plain | 0.500 (2.50×) | 0.800 | 0.900 | 0.400 (4.00×) | 0.800 | 0.900 |"
     assert lines[3] == ("| w = 2 | 0.250 (1.25×, lower at 2 of 2) | 0.800 | 0.900 | "
                         "0.350 (3.50×, lower at 1 of 2) | 0.800 | 0.900 |")
+
+
+def test_guidance_labels_name_the_weight_and_the_interval():
+    assert guidance_label({"sampler": "ddim"}) == "unguided"
+    guided = {"guide": {"weights_sha256": "g"}, "guidance": 1.5}
+    assert guidance_label(guided) == "autoguided, w = 1.5"
+    assert guidance_label({**guided, "guidance_interval": [0.33, None]}) == "autoguided, w = 1.5, σ > 0.33"
+    assert guidance_label({**guided, "guidance_interval": [0.3, 5.0]}) == "autoguided, w = 1.5, 0.3 < σ ≤ 5"
+    assert guidance_label({**guided, "guidance_interval": [0.0, None]}) == "autoguided, w = 1.5"
+
+
+def test_autoguided_spreads_gather_every_guided_file_of_these_models_and_sampler(tmp_path, monkeypatch):
+    seeds = {0: (0.6, 0.3), 1: (0.4, 0.5)}
+    _results(tmp_path, monkeypatch, {
+        "seed_spread_ddpm.json": _spread("m", seeds),
+        "seed_spread_ddpm_autoguided_w150_sigma033_ddim_50.json": _spread("m", {0: (0.2, 0.1), 1: (0.2, 0.1)}, "g",
+                                                                          1.5, [0.33, None]),
+        "seed_spread_ddpm_autoguided_w150_ddim_50.json": _spread("m", {0: (0.3, 0.2), 1: (0.3, 0.2)}, "g", 1.5),
+        "seed_spread_ddpm_autoguided_w125_ddim_50.json": _spread("m", {0: (0.4, 0.3), 1: (0.4, 0.3)}, "g", 1.25),
+        "seed_spread_ddpm_autoguided_w200_ddim_50.json": _spread("m", seeds, "another guide", 2.0),
+        "seed_spread_ddpm_autoguided_w125_dpmpp_2m_sde_16.json": _spread("m", seeds, "g", 1.25),
+    })
+    got = autoguided_spreads("seed_spread_ddpm.json", "ddpm", "ddim_50", "m", "g")
+    assert list(got["rows"]) == ["unguided", "autoguided, w = 1.25", "autoguided, w = 1.5",
+                                 "autoguided, w = 1.5, σ > 0.33"]
+    assert [round(r["fid"], 6) for r in got["rows"].values()] == [0.5, 0.4, 0.3, 0.2]
+    assert got["rows"]["autoguided, w = 1.5, σ > 0.33"]["lower_fid_resnet"] == 2
+    assert autoguided_spreads("seed_spread_ddpm.json", "ddpm", "ddim_50", "m", "no such guide") is None
+    assert autoguided_spreads("seed_spread_ddpm.json", "ddpm", "ddim_50", "other model", "g") is None
+    assert autoguided_spreads("absent.json", "ddpm", "ddim_50", "m", "g") is None

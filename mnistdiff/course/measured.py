@@ -12,8 +12,8 @@ from typing import Any
 
 from mnistdiff.evaluation.report import results_dir
 
-__all__ = ["book_result", "paired_spreads", "paired_spreads_table", "time_to_quality_table", "not_measured",
-           "NOT_MEASURED"]
+__all__ = ["book_result", "paired_spreads", "paired_spreads_table", "autoguided_spreads", "guidance_label",
+           "time_to_quality_table", "not_measured", "NOT_MEASURED"]
 
 
 def not_measured(script: str) -> str:
@@ -83,6 +83,41 @@ def paired_spreads(files: Mapping[str, str], weights_sha256: str, guide_sha256: 
         rows[label] = row
     return {"seeds": seeds, "n": next(iter(docs.values()))["n"], "rows": rows,
             "sampling": {label: d["sampling"] for label, d in docs.items()}}
+
+
+def guidance_label(sampling: Mapping[str, Any]) -> str:
+    """How a seed-spread file's draws were guided, from its ``sampling`` record: "unguided", "autoguided, w = 1.5",
+    or with a guidance interval "autoguided, w = 1.5, σ > 0.33" (σ_lo < σ ≤ σ_hi where it has an upper end)."""
+    if "guide" not in sampling:
+        return "unguided"
+    label = f"autoguided, w = {sampling['guidance']:g}"
+    lo, hi = sampling.get("guidance_interval") or (0, None)
+    if lo or hi is not None:
+        label += f", σ > {lo:g}" if hi is None else f", {lo:g} < σ ≤ {hi:g}"
+    return label
+
+
+def autoguided_spreads(unguided: str, kind: str, sampler: str, weights_sha256: str, guide_sha256: str
+                       ) -> dict[str, Any] | None:
+    """:func:`paired_spreads` of the unguided seed spread ``unguided`` (a file name in ``results/book/``) and every
+    autoguided one of these two models drawn with the same sampler, ``seed_spread_<kind>_autoguided_*_<sampler>.json``
+    (``sampler`` as in the names, e.g. ``ddim_50``), each labelled by :func:`guidance_label`, in order of weight, then
+    interval. ``None`` where the unguided file or every guided one is missing (or drew other models)."""
+    base = book_result(unguided)
+    if base is None or base["model"]["weights_sha256"] != weights_sha256:
+        return None
+    guided = []
+    for path in sorted((results_dir() / "book").glob(f"seed_spread_{kind}_autoguided_*_{sampler}.json")):
+        doc = json.loads(path.read_text())
+        how = doc["sampling"]
+        if doc["model"]["weights_sha256"] == weights_sha256 and how.get("guide", {}).get("weights_sha256") == \
+                guide_sha256:
+            lo, hi = how.get("guidance_interval") or (0, None)
+            guided.append(((how["guidance"], lo, float("inf") if hi is None else hi), guidance_label(how), path.name))
+    if not guided:
+        return None
+    return paired_spreads({"unguided": unguided, **{label: name for _, label, name in sorted(guided)}},
+                          weights_sha256, guide_sha256)
 
 
 def paired_spreads_table(paired: Mapping[str, Any], what: str = "sampler") -> str:
