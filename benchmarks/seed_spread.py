@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guide", type=Path, default=None, help="autoguidance: a worse version of the model (its file)")
     p.add_argument("--guidance", type=float, default=None, help="the autoguidance weight (default: the package's)")
     p.add_argument("--guidance_interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
-                   help="guided only at noise levels SIGMA_LO < sigma <= SIGMA_HI (inf: no upper end)")
+                   help="guided only at noise levels SIGMA_LO < sigma <= SIGMA_HI (inf: no upper end; default with "
+                        "--guide: the package's, DEFAULT_AUTOGUIDANCE_INTERVAL)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--profile", default="book")
@@ -126,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             w = args.guidance if args.guidance is not None else model.sampling_defaults(guide=True)["guidance"]
             options.update(guide=guide, guidance=w)
             sampling.update(guidance=w, guide={"file": str(args.guide), "weights_sha256": guide.meta["weights_sha256"]})
-        if args.guidance_interval is not None:  # JSON has no inf: null is no upper end
-            options.update(guidance_interval=tuple(args.guidance_interval))
-            sampling.update(guidance_interval=[None if math.isinf(s) else s for s in args.guidance_interval])
+        interval = args.guidance_interval or (model.sampling_defaults(guide=True)["guidance_interval"]
+                                              if args.guide is not None else None)
+        if interval is not None:  # JSON has no inf: null is no upper end
+            options.update(guidance_interval=tuple(interval))
+            sampling.update(guidance_interval=[None if math.isinf(s) else s for s in interval])
     doc = {"device": device_name(args.device), "date": dt.date.today().isoformat(), "n": args.n,
            "model": {"file": str(args.model), "kind": kind, "weights_sha256": model.meta["weights_sha256"]},
            "sampling": sampling}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -65,27 +66,29 @@ def meets(row: dict, floor: dict, target: float, pr_min: float = PR_MIN, class_m
 
 def draw(path: Path, n: int, steps: int | None, device: str, eta: float = DEFAULT_ETA,
          vae: Path | None = None, sampler: str = "ddim", guide: DiffusionModel | None = None,
-         guidance: float | None = None) -> tuple[torch.Tensor, dict]:
+         guidance: float | None = None, guidance_interval: tuple[float, float] | None = None
+         ) -> tuple[torch.Tensor, dict]:
     """``n`` images from the snapshot at ``path`` and its metadata: a diffusion model's samples by ``sampler`` (seed 0;
     ``"default"``: the model's own sampler and steps; a latent model decoded by ``vae``, the VAE it was trained on;
-    autoguided by ``guide`` with weight ``guidance`` where one is given), or a VAE's reconstructions of the floor's
-    ``n`` training digits (:func:`real_floor`'s subset, seed 0)."""
+    autoguided by ``guide`` with weight ``guidance`` in ``guidance_interval`` where one is given), or a VAE's
+    reconstructions of the floor's ``n`` training digits (:func:`real_floor`'s subset, seed 0)."""
     if read_model_meta(path)["kind"] == VAE_KIND:
         vae = load_vae(path, device=device)
         return vae.reconstruct(floor_images(n, seed=0).to(device)).cpu(), vae.meta
     model = DiffusionModel.load(path, vae=vae, device=device)
     chosen = model.sampling_defaults(None if sampler == "default" else sampler)
-    return model.sample(n, sampler=chosen["sampler"], steps=steps or chosen["steps"], eta=eta, seed=0,
-                        device=device, guide=guide, guidance=guidance)[0], model.meta
+    images = model.sample(n, sampler=chosen["sampler"], steps=steps or chosen["steps"], eta=eta, seed=0,
+                          device=device, guide=guide, guidance=guidance, guidance_interval=guidance_interval).images
+    return images, model.meta
 
 
 def score_snapshot(path: Path, n: int, steps: int | None, device: str, eta: float = DEFAULT_ETA,
                    vae: Path | None = None, sampler: str = "ddim", guide: DiffusionModel | None = None,
-                   guidance: float | None = None) -> dict:
+                   guidance: float | None = None, guidance_interval: tuple[float, float] | None = None) -> dict:
     """One snapshot's epoch, training seconds (with a ``guide``, its own too: ``guide_seconds``), sampling seconds and
     metrics at ``n`` samples."""
     t0 = time.perf_counter()
-    images, meta = draw(path, n, steps, device, eta, vae, sampler, guide, guidance)
+    images, meta = draw(path, n, steps, device, eta, vae, sampler, guide, guidance, guidance_interval)
     sampling = time.perf_counter() - t0
     m = evaluate(images, seed=0, device=device, include_memorisation=False)
     guide_seconds = {} if guide is None else {"guide_seconds": guide.meta["seconds"]}
@@ -112,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guide", type=Path, default=None,
                    help="autoguide every snapshot by this worse model (its training time counts too)")
     p.add_argument("--guidance", type=float, default=None, help="the autoguidance weight (default: the package's)")
+    p.add_argument("--guidance_interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
+                   help="autoguide only at noise levels SIGMA_LO < sigma <= SIGMA_HI (default: the package's)")
     args = p.parse_args(argv)
-    if args.guidance is not None and args.guide is None:
-        p.error("--guidance weighs autoguidance: give --guide GUIDE too")
+    if (args.guidance is not None or args.guidance_interval is not None) and args.guide is None:
+        p.error("--guidance and --guidance_interval weigh autoguidance: give --guide GUIDE too")
     args.steps = args.steps or (DEFAULT_STEPS if args.sampler != "default" else None)
     folder = args.run / "snapshots" if (args.run / "snapshots").is_dir() else args.run
     snaps = sorted(folder.glob("epoch_*.safetensors"))
@@ -123,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or results_dir() / args.profile / "time_to_quality.json"
     old = json.loads(out.read_text()) if out.is_file() else {}
     guide = None if args.guide is None else DiffusionModel.load(args.guide, vae=args.vae, device=args.device)
+    interval = None if guide is None else (tuple(args.guidance_interval) if args.guidance_interval else
+                                           guide.sampling_defaults(guide=True)["guidance_interval"])
     guided = None if guide is None else {"file": str(args.guide), "weights_sha256": guide.meta["weights_sha256"],
                                          "guidance": DEFAULT_AUTOGUIDANCE if args.guidance is None else args.guidance}
+    if interval is not None:  # JSON has no inf: null is no upper end
+        guided["guidance_interval"] = [None if math.isinf(s) else s for s in interval]
     same = (old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps
             and old.get("eta", DEFAULT_ETA) == args.eta and old.get("sampler", "ddim") == args.sampler
             and old.get("guide") == guided)
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     for snap in snaps:
         if snap.name not in rows:
             rows[snap.name] = score_snapshot(snap, args.n, args.steps, args.device, args.eta, args.vae, args.sampler,
-                                             guide, args.guidance)
+                                             guide, args.guidance, interval)
         r = rows[snap.name]
         ratios = "  ".join(f"{s}: FID {r[space_key('fid', s)] / floor[space_key('fid', s)]:5.1f}× floor, "
                            f"P {r[space_key('precision', s)]:.3f} R {r[space_key('recall', s)]:.3f}"

@@ -44,9 +44,9 @@ __version__ = "0.1.0"
 #: Where each name of the package's front door lives (imported on first use).
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys([
-        "DEFAULT_AUTOGUIDANCE", "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "CLDMRunConfig", "ConfigError",
-        "DDPMRunConfig", "DiffusionConfig", "FlowRunConfig", "LDMRunConfig", "TrainConfig", "UNetConfig", "VAEConfig",
-        "VAERunConfig"
+        "DEFAULT_AUTOGUIDANCE", "DEFAULT_AUTOGUIDANCE_INTERVAL", "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS",
+        "CLDMRunConfig", "ConfigError", "DDPMRunConfig", "DiffusionConfig", "FlowRunConfig", "LDMRunConfig",
+        "TrainConfig", "UNetConfig", "VAEConfig", "VAERunConfig"
     ], "mnistdiff.config"),
     **dict.fromkeys([
         "checkpoint_path", "get_cldm", "get_cldm_distilled", "get_ddpm", "get_ddpm_guide", "get_flow", "get_ldm",
@@ -65,8 +65,8 @@ _EXPORTS: dict[str, str] = {
         "PathPoint", "convert", "euler_step", "flow_matching_loss", "flow_nfe", "flow_sample_loop", "flow_timesteps",
         "heun_step", "interpolate", "sample_time", "straight_path", "velocity", "velocity_target"
     ], "mnistdiff.flows"),
-    **dict.fromkeys(["AutoGuidedDenoiser", "GuidedDenoiser", "autoguided_eps", "drop_labels", "guided_eps"],
-                    "mnistdiff.guidance"),
+    **dict.fromkeys(["AutoGuidedDenoiser", "GuidedDenoiser", "autoguided_eps", "drop_labels", "guided_eps",
+                     "in_interval"], "mnistdiff.guidance"),
     **dict.fromkeys(["LatentCodec", "compute_latent_scale", "encode_dataset"], "mnistdiff.latent"),
     **dict.fromkeys(["DiffusionModel", "load_vae"], "mnistdiff.model"),
     **dict.fromkeys(["generate"], "mnistdiff.sampling"),

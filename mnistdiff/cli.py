@@ -254,7 +254,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     options.update({k: defaults[k] for k in ("sampler", "steps", "eta") if options[k] is None})
     n = len(labels) if labels is not None else args.num_samples
     guidance = defaults["guidance"] if args.guidance is None else args.guidance
-    interval = tuple(args.guidance_interval) if args.guidance_interval is not None else None
+    interval = tuple(args.guidance_interval) if args.guidance_interval is not None else \
+        defaults.get("guidance_interval")
     with as_arg_error():
         images, frames = model.sample(n, labels=labels, guidance=guidance, guide=guide, guidance_interval=interval,
                                       return_intermediates=args.individual > 0, progress=True, **options)

@@ -25,7 +25,15 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from mnistdiff.config import DEFAULT_AUTOGUIDANCE, DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, PRECISIONS, ConfigError
+from mnistdiff.config import (
+    DEFAULT_AUTOGUIDANCE,
+    DEFAULT_AUTOGUIDANCE_INTERVAL,
+    DEFAULT_ETA,
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    PRECISIONS,
+    ConfigError,
+)
 
 __all__ = [
     "ConfigOption",
@@ -286,6 +294,13 @@ def add_sampling_options(p: argparse.ArgumentParser, num_samples: int = 64) -> N
                    help="old spelling: off = --precision fp32, amp = bf16_cl, compile = bf16_cl --compile")
 
 
+def _interval_default(interval: tuple[float, float] | None) -> str:
+    """``--guidance_interval``'s default as its help says it (autoguidance's ``interval``; 0 inf: every step)."""
+    if interval is None:
+        return "default: every step"
+    return f"default with --guide: {' '.join(f'{s:g}' for s in interval)}; 0 inf: every step"
+
+
 def add_guidance_options(p: argparse.ArgumentParser, conditional: bool) -> None:
     """``--guide``, ``--guidance`` and ``--guidance_interval`` of every kind that samples; ``--digit`` of a
     class-conditional one."""
@@ -305,5 +320,5 @@ def add_guidance_options(p: argparse.ArgumentParser, conditional: bool) -> None:
                         f"default {DEFAULT_AUTOGUIDANCE:g})")
     p.add_argument("--guidance_interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
                    help="guide only at noise levels SIGMA_LO < sigma <= SIGMA_HI, sigma = sqrt((1 - abar_t)/abar_t) "
-                        "(inf: no upper end), the model alone elsewhere (Kynkaanniemi et al. 2024); default: every "
-                        "step")
+                        "(inf: no upper end), the model alone elsewhere (Kynkaanniemi et al. 2024); "
+                        f"{_interval_default(DEFAULT_AUTOGUIDANCE_INTERVAL)}")

@@ -32,6 +32,7 @@ import torch
 
 from mnistdiff.config import (
     DEFAULT_AUTOGUIDANCE,
+    DEFAULT_AUTOGUIDANCE_INTERVAL,
     DEFAULT_ETA,
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -150,16 +151,18 @@ class DiffusionModel:
     def sampling_defaults(self, sampler: str | None = None, guide: bool = False) -> dict[str, Any]:
         """What :meth:`sample` uses where nothing is said: the kind's first sampler at its config's ``default_steps``
         (another ``sampler``: ``DEFAULT_STEPS``; either at most a diffusion model's T), ``DEFAULT_ETA``,
-        ``DEFAULT_GUIDANCE`` (with a ``guide``: ``DEFAULT_AUTOGUIDANCE``); a distilled student's own steps, η = 0
-        (it was distilled deterministic) and its w."""
+        ``DEFAULT_GUIDANCE`` (with a ``guide``: ``DEFAULT_AUTOGUIDANCE`` and ``guidance_interval``
+        ``DEFAULT_AUTOGUIDANCE_INTERVAL``); a distilled student's own steps, η = 0 (it was distilled deterministic)
+        and its w."""
         d = self.distillation
         if d:
             return {"sampler": "ddim", "steps": len(d["timesteps"]), "eta": 0.0, "guidance": float(d["guidance"])}
         default = self.samplers[0]
         steps = self.config.default_steps if sampler in (None, default) else DEFAULT_STEPS
         steps = min(steps, self.schedule.num_timesteps) if self.schedule is not None else steps
-        return {"sampler": sampler or default, "steps": steps, "eta": DEFAULT_ETA,
-                "guidance": DEFAULT_AUTOGUIDANCE if guide else DEFAULT_GUIDANCE}
+        chosen = {"sampler": sampler or default, "steps": steps, "eta": DEFAULT_ETA,
+                  "guidance": DEFAULT_AUTOGUIDANCE if guide else DEFAULT_GUIDANCE}
+        return chosen | ({"guidance_interval": DEFAULT_AUTOGUIDANCE_INTERVAL} if guide else {})
 
     @property
     def karras_sigma_max(self) -> float | None:
@@ -251,17 +254,19 @@ class DiffusionModel:
         this model (:meth:`check_guide`), which autoguides it with weight ``guidance`` (Karras et al. 2024: ε̃ = ε_guide
         + w·(ε − ε_guide); default ``DEFAULT_AUTOGUIDANCE``). ``guidance_interval`` = (σ_lo, σ_hi]: either guidance only
         at noise levels σ_lo < σ ≤ σ_hi (σ = √((1 − ᾱ_t)/ᾱ_t); ``math.inf`` for no upper end), the model alone elsewhere
-        (Kynkäänniemi et al. 2024); ``None``: guided at every step. ``seed`` makes the draw reproducible (bit for bit on
+        (Kynkäänniemi et al. 2024); ``None``: with a guide ``DEFAULT_AUTOGUIDANCE_INTERVAL``, else every step
+        (``(0, math.inf)``: every step, always). ``seed`` makes the draw reproducible (bit for bit on
         a CPU). ``precision``: ``fp32``, ``fp32_cl``, ``bf16``, ``bf16_cl`` or ``auto`` (measured); default
         :attr:`precision`; ``compile``: ``torch.compile`` the network. ``frames`` (``return_intermediates``) are the
         first batch's ``[(t, x_t), …]``, decoded. Old spellings (``mode``, ``ddim_steps``, ``fast``) warn."""
         if old:
             sampler, steps, precision, compile = old_spellings(old, sampler, steps, precision, compile)
         device = torch.device(device) if device is not None else next(self.unet.parameters()).device
-        given = {"sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}
+        given = {"sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance,
+                 "guidance_interval": guidance_interval}
         chosen = {**self.sampling_defaults(sampler, guide is not None), **{k: v for k, v in given.items()
                                                                           if v is not None}}
-        sampler, steps, eta, guidance = (chosen[k] for k in given)
+        sampler, steps, eta, guidance, guidance_interval = (chosen.get(k) for k in given)
         y = self.check_request(num_samples, sampler, steps, eta, labels, guidance, batch_size, precision or "fp32",
                                spacing, guide, guidance_interval)
         timesteps = None

@@ -542,3 +542,19 @@ def test_a_bad_guidance_interval_is_refused_before_any_network_call(interval, gu
     finally:
         hook.remove()
     assert err.value.setting == "guidance_interval" and calls == []
+
+
+def test_a_guide_without_an_interval_takes_the_default_one_and_0_inf_is_every_step(monkeypatch):
+    import mnistdiff.model
+
+    main, guide = _ddpm(0), _ddpm(1)
+    taus = ddim_timesteps(50, 5)
+    sigma_lo = (_sigma(main.schedule, taus[1]) + _sigma(main.schedule, taus[2])) / 2
+    monkeypatch.setattr(mnistdiff.model, "DEFAULT_AUTOGUIDANCE_INTERVAL", (sigma_lo, math.inf))
+    assert main.sampling_defaults(guide=True)["guidance_interval"] == (sigma_lo, math.inf)
+    assert "guidance_interval" not in main.sampling_defaults()  # nothing to limit without a guide
+    kw = {"sampler": "ddim", "steps": 5, "eta": 1.0, "seed": 2, "guide": guide, "guidance": 2.0}
+    default, _ = main.sample(3, **kw)
+    explicit, _ = main.sample(3, **kw, guidance_interval=(sigma_lo, math.inf))
+    everywhere, _ = main.sample(3, **kw, guidance_interval=(0.0, math.inf))
+    assert torch.equal(default, explicit) and not torch.allclose(default, everywhere, atol=1e-3)

@@ -77,6 +77,7 @@ def test_paired_spreads_compare_the_common_seeds(tmp_path, monkeypatch):
     assert abs(ours["fid"] - 0.25) < 1e-12 and abs(ours["fid_resnet"] - 0.35) < 1e-12
     assert (ours["lower_fid"], ours["lower_fid_resnet"], plain["lower_fid"]) == (2, 1, 0)
     assert abs(ours["floor_fid"] - 0.2) < 1e-12 and ours["recall_resnet"] == 0.9
+    assert abs(ours["worst_fid"] - 1.5) < 1e-12 and abs(plain["worst_fid_resnet"] - 5.0) < 1e-12  # 0.3/0.2, 0.5/0.1
 
 
 def test_paired_spreads_refuse_other_weights(tmp_path, monkeypatch):

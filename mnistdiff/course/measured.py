@@ -50,12 +50,13 @@ def time_to_quality_table(files: Mapping[str, str], model: str = "model") -> str
 
 def paired_spreads(files: Mapping[str, str], weights_sha256: str, guide_sha256: str | None = None
                    ) -> dict[str, Any] | None:
-    """``benchmarks/seed_spread.py`` files (label → name in ``results/book/``; the first is the baseline) of one
-    model, compared on the seeds they all drew: ``{"seeds", "n", "sampling": {label: how it drew},
-    "rows": {label: {key: mean, "floor_<fid key>": mean floor, "lower_<fid key>": seeds where the FID is below the
-    baseline's}}}`` for FID, precision and recall in both spaces. ``None`` where a file is absent, or drew other
-    weights than ``weights_sha256`` (an autoguided one: other guide weights than ``guide_sha256``): not measured for
-    these models. Files of different ``n`` are refused (``ValueError``): their FIDs are not comparable."""
+    """``benchmarks/seed_spread.py`` files (label → name in ``results/book/``; the first is the baseline) of one model,
+    compared on the seeds they all drew: ``{"seeds", "n", "sampling": {label: how it drew}, "rows": {label: {key: mean,
+    "floor_<fid key>": mean floor, "lower_<fid key>": seeds where the FID is below the baseline's, "worst_<fid key>":
+    the largest FID over its own seed's floor}}}`` for FID, precision and recall in both spaces. ``None`` where a file
+    is absent, or drew other weights than ``weights_sha256`` (an autoguided one: other guide weights than
+    ``guide_sha256``): not measured for these models. Files of different ``n`` are refused (``ValueError``): their FIDs
+    are not comparable."""
     from mnistdiff.evaluation.classifier import FEATURE_SPACES
     from mnistdiff.evaluation.metrics import space_key
 
@@ -80,6 +81,7 @@ def paired_spreads(files: Mapping[str, str], weights_sha256: str, guide_sha256: 
         row = {k: sum(draws[s][k] for s in seeds) / len(seeds) for k in keys}
         row |= {f"floor_{k}": sum(floors[s][k] for s in seeds) / len(seeds) for k in fid_keys}
         row |= {f"lower_{k}": sum(draws[s][k] < base[s][k] for s in seeds) for k in fid_keys}
+        row |= {f"worst_{k}": max(draws[s][k] / floors[s][k] for s in seeds) for k in fid_keys}
         rows[label] = row
     return {"seeds": seeds, "n": next(iter(docs.values()))["n"], "rows": rows,
             "sampling": {label: d["sampling"] for label, d in docs.items()}}
