@@ -31,7 +31,8 @@ from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, real_fl
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
 from mnistdiff.guidance import balanced_labels  # noqa: E402
-from mnistdiff.model import DiffusionModel, load_vae  # noqa: E402
+from mnistdiff.model import DiffusionModel  # noqa: E402
+from mnistdiff.modelfile import load_vae  # noqa: E402
 
 
 def generators(teacher: DiffusionModel, student: DiffusionModel) -> dict[str, tuple[DiffusionModel, dict]]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -42,8 +41,9 @@ from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, floor_images, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
-from mnistdiff.model import DiffusionModel, load_vae  # noqa: E402
-from mnistdiff.modelfile import read_model_meta  # noqa: E402
+from mnistdiff.model import DiffusionModel  # noqa: E402
+from mnistdiff.modelfile import load_vae, read_model_meta  # noqa: E402
+from mnistdiff.sampling import interval_record  # noqa: E402
 from mnistdiff.vae import VAE  # noqa: E402
 
 
@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             sampling.update(guidance=w, guide={"file": str(args.guide), "weights_sha256": guide.meta["weights_sha256"]})
         interval = args.guidance_interval or (model.sampling_defaults(guide=True)["guidance_interval"]
                                               if args.guide is not None else None)
-        if interval is not None:  # JSON has no inf: null is no upper end
+        if interval is not None:
             options.update(guidance_interval=tuple(interval))
-            sampling.update(guidance_interval=[None if math.isinf(s) else s for s in interval])
+            sampling.update(guidance_interval=interval_record(interval))
     doc = {"device": device_name(args.device), "date": dt.date.today().isoformat(), "n": args.n,
            "model": {"file": str(args.model), "kind": kind, "weights_sha256": model.meta["weights_sha256"]},
            "sampling": sampling}

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,8 +42,9 @@ from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, floor_images, real_floor, space_key  # noqa: E402
 from mnistdiff.evaluation.report import results_dir  # noqa: E402
 from mnistdiff.files import atomic_write_json  # noqa: E402
-from mnistdiff.model import DiffusionModel, load_vae  # noqa: E402
-from mnistdiff.modelfile import read_model_meta  # noqa: E402
+from mnistdiff.model import DiffusionModel  # noqa: E402
+from mnistdiff.modelfile import load_vae, read_model_meta  # noqa: E402
+from mnistdiff.sampling import interval_record  # noqa: E402
 
 PR_MIN = 0.80  # precision and recall, in every feature space
 CLASS_MAX = 0.03  # the largest class share's distance from 10 %
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                                            guide.sampling_defaults(guide=True)["guidance_interval"])
     guided = None if guide is None else {"file": str(args.guide), "weights_sha256": guide.meta["weights_sha256"],
                                          "guidance": DEFAULT_AUTOGUIDANCE if args.guidance is None else args.guidance}
-    if interval is not None:  # JSON has no inf: null is no upper end
-        guided["guidance_interval"] = [None if math.isinf(s) else s for s in interval]
+    if interval is not None:
+        guided["guidance_interval"] = interval_record(interval)
     same = (old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps
             and old.get("eta", DEFAULT_ETA) == args.eta and old.get("sampler", "ddim") == args.sampler
             and old.get("guide") == guided)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -194,7 +193,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     vae = None
     if kind.latent:
         vae = readable_file(args.vae_checkpoint, "VAE checkpoint")
-        from mnistdiff.model import load_vae
+        from mnistdiff.modelfile import load_vae
 
         with as_arg_error():
             load_vae(vae)  # refused here, before any work, if it is no VAE or is damaged
@@ -236,7 +235,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     """``sample <kind>``: a folder of samples (grid, npz, per-sample steps); a cldm's npz holds ``labels``."""
     import torch
 
-    from mnistdiff.sampling import write_sample_folder
+    from mnistdiff.sampling import interval_record, write_sample_folder
     from mnistdiff.unet import NULL_LABEL
 
     kind = KINDS[args.model]
@@ -254,8 +253,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     options.update({k: defaults[k] for k in ("sampler", "steps", "eta") if options[k] is None})
     n = len(labels) if labels is not None else args.num_samples
     guidance = defaults["guidance"] if args.guidance is None else args.guidance
-    interval = tuple(args.guidance_interval) if args.guidance_interval is not None else \
-        defaults.get("guidance_interval")
+    interval = tuple(args.guidance_interval) if args.guidance_interval else defaults.get("guidance_interval")
     with as_arg_error():
         images, frames = model.sample(n, labels=labels, guidance=guidance, guide=guide, guidance_interval=interval,
                                       return_intermediates=args.individual > 0, progress=True, **options)
@@ -264,8 +262,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             "spacing": options["spacing"] or model.spacing(options["sampler"])}
     if guide is not None:
         info.update(guide=str(args.guide), guidance=guidance)
-    if interval is not None:  # JSON has no inf: null is no upper end
-        info.update(guidance_interval=[None if math.isinf(s) else s for s in interval])
+    if interval is not None:
+        info.update(guidance_interval=interval_record(interval))
     if kind.conditional:
         info.update(digits=digits, guidance=guidance)
         labels = labels if labels is not None else torch.full((n,), NULL_LABEL)

@@ -17,11 +17,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-__all__ = ["UNetConfig", "DiffusionConfig", "VAEConfig", "TrainConfig", "DDPMRunConfig", "FlowRunConfig",
-           "VAERunConfig", "LDMRunConfig", "CLDMRunConfig", "to_dict", "from_dict", "normalized", "ConfigError",
-           "DEFAULT_AUTOGUIDANCE", "DEFAULT_AUTOGUIDANCE_INTERVAL", "DEFAULT_ETA", "DEFAULT_GUIDANCE", "DEFAULT_STEPS",
-           "MNIST_CLASSES", "PRECISIONS", "RUN_CONFIGS", "VAE_KIND", "DIFFUSION_KINDS", "LATENT_KINDS",
-           "TIME_SAMPLINGS"]
+__all__ = ["UNetConfig", "DiffusionConfig", "VAEConfig", "TrainConfig", "DDPMRunConfig", "FlowRunConfig", "to_dict",
+           "VAERunConfig", "LDMRunConfig", "CLDMRunConfig", "from_dict", "normalized", "ConfigError", "DEFAULT_ETA",
+           "DEFAULT_AUTOGUIDANCE", "DEFAULT_AUTOGUIDANCE_INTERVAL", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "PRECISIONS",
+           "MNIST_CLASSES", "RUN_CONFIGS", "VAE_KIND", "DIFFUSION_KINDS", "LATENT_KINDS", "TIME_SAMPLINGS"]
 
 #: How a network runs, in training and in sampling alike: float32; bf16 autocast; bf16 autocast and channels_last;
 #: or ``auto``, the fastest of those, measured once on a machine and remembered (bf16: fast only where native).
@@ -42,9 +41,7 @@ DEFAULT_GUIDANCE = 2.0
 #: Autoguidance's w where a guide is given and no w: ε̃ = ε_guide + w·(ε − ε_guide) (Karras et al. 2024; 1: the model
 #: alone); of 1.25, 1.5 and 2 the best on the book DDPM and its guide (``benchmarks/README.md``, "Autoguidance").
 DEFAULT_AUTOGUIDANCE = 1.25
-
-#: Autoguidance's interval of noise levels (σ_lo, σ_hi] where a guide is given and no interval is (Kynkäänniemi et
-#: al. 2024: guided only where σ_lo < σ ≤ σ_hi, σ = √((1 − ᾱ_t)/ᾱ_t)); ``None``: every step.
+#: …and its noise levels, guided at σ_lo < σ ≤ σ_hi only (Kynkäänniemi et al. 2024; the same section); None: every step.
 DEFAULT_AUTOGUIDANCE_INTERVAL: tuple[float, float] | None = None
 
 #: The digits 0–9: the classes of a class-conditional model (its label embedding has one more row, ∅).
@@ -110,11 +107,9 @@ def _kind(name: str) -> Any:
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """The ε-prediction UNet: ``in_channels`` × ``image_size`` × ``image_size`` → same shape.
-
-    ``channel_mults`` gives one resolution level each (the image is halved between levels);
-    ``attention_resolutions`` lists the feature-map sizes (in pixels) that get self-attention.
-    """
+    """The ε-prediction UNet: ``in_channels`` × ``image_size`` × ``image_size`` → same shape. ``channel_mults`` gives
+    one resolution level each (the image is halved between levels); ``attention_resolutions`` lists the feature-map
+    sizes (in pixels) that get self-attention."""
 
     in_channels: int = _setting(1, "channels of the UNet's input (1: MNIST pixels; the LDM: the VAE's latent_channels)")
     image_size: int = _setting(32, "side of the square input, in pixels (the LDM: latent cells)")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -40,13 +40,11 @@ from mnistdiff.config import (
     LATENT_KINDS,
     PRECISIONS,
     RUN_CONFIGS,
-    VAE_KIND,
     CLDMRunConfig,
     ConfigError,
     DDPMRunConfig,
     FlowRunConfig,
     LDMRunConfig,
-    VAERunConfig,
     _positive,
     from_dict,
     to_dict,
@@ -55,39 +53,17 @@ from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, EpsFromV, SampleOutput, eps_n
 from mnistdiff.devices import choices_file, remembered
 from mnistdiff.flows import FLOW_SOLVERS, flow_nfe
 from mnistdiff.latent import LatentCodec
-from mnistdiff.modelfile import CheckpointError, load_model_file, save_model_file
+from mnistdiff.modelfile import load_model_file, load_weights, matching_vae, save_model_file
 from mnistdiff.sampling import SAMPLERS, generate, measure_decoder, measure_precision, old_spellings
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.solvers import DEFAULT_SPACING, KARRAS_SIGMA_MIN, SOLVERS, SPACINGS, solver_nfe
 from mnistdiff.unet import NULL_LABEL, UNet
 from mnistdiff.vae import VAE
 
-__all__ = ["DiffusionModel", "load_vae", "save_vae"]
+__all__ = ["DiffusionModel"]
 
 RunConfig = DDPMRunConfig | LDMRunConfig | CLDMRunConfig | FlowRunConfig
 Labels = torch.Tensor | Sequence[int] | int | None
-
-
-def load_vae(path: str | Path, device: str | torch.device = "cpu") -> VAE:
-    """The VAE saved at ``path`` (verified; eval mode on ``device``); its run config and provenance in ``vae.meta``."""
-    tensors, meta = load_model_file(path, kind=VAE_KIND, device=device)
-    cfg = from_dict(VAERunConfig, meta["config"])
-    vae = VAE(cfg.vae)
-    _load_weights(vae, tensors, path)
-    vae.meta = meta
-    return vae.to(device).eval()
-
-
-def save_vae(vae: VAE, path: str | Path, cfg: VAERunConfig, **provenance: Any) -> Path:
-    """Write ``vae`` and its run config (and ``provenance``: seconds, metrics, …) as one model file."""
-    return save_model_file(path, vae.state_dict(), {**provenance, "kind": VAE_KIND, "config": to_dict(cfg)})
-
-
-def _load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    try:
-        module.load_state_dict(tensors)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit the architecture its header describes: {err}") from err
 
 
 @dataclass
@@ -203,7 +179,7 @@ class DiffusionModel:
         tensors, meta = load_model_file(path, kind=kind or DIFFUSION_KINDS, device=device)
         cfg: RunConfig = from_dict(RUN_CONFIGS[meta["kind"]], meta["config"])
         unet = UNet(cfg.unet)
-        _load_weights(unet, tensors, path)
+        load_weights(unet, tensors, path)
         net: UNet | EpsFromV = unet
         schedule: NoiseSchedule | None = None  # a flow has a path, not a schedule
         if not isinstance(cfg, FlowRunConfig):
@@ -211,7 +187,7 @@ class DiffusionModel:
             net = cast(UNet | EpsFromV, eps_network(unet, schedule, cfg.diffusion.prediction))
         model = cls(net.to(device).eval(), schedule, cfg, meta)
         if meta["kind"] in LATENT_KINDS:
-            model.codec = LatentCodec(_matching_vae(path, meta, vae, device), float(meta["latent_scale"]))
+            model.codec = LatentCodec(matching_vae(path, meta, vae, device), float(meta["latent_scale"]))
             model.clip_range = (-float(meta["latent_clip"]), float(meta["latent_clip"]))
         return model
 
@@ -247,18 +223,18 @@ class DiffusionModel:
 
         ``sampler``: ``"ddim"`` (Song et al. eq. 12, ``steps`` steps, noise ``eta``: 0 deterministic, 1 DDPM-like),
         ``"ddpm"`` (Ho et al. Algorithm 2, all T steps); a flow's ``"euler"`` or ``"heun"``; ``"dpmpp_2m"``,
-        ``"dpmpp_2m_sde"`` or an ε-network's ``"heun"`` (EDM's) from :mod:`mnistdiff.solvers`, whose points
-        ``spacing`` places (``"karras"``, the default, or ``"linspace"``); ``None``: the first of :attr:`samplers`.
-        ``labels``: a digit, or one per sample (N,), for a class-conditional model, guided with weight ``guidance`` w
-        (ε̃ = ε(∅) + w·(ε(y) − ε(∅)); 0 ignores the label, 1 is the conditional model). ``guide``: a worse version of
-        this model (:meth:`check_guide`), which autoguides it with weight ``guidance`` (Karras et al. 2024: ε̃ = ε_guide
-        + w·(ε − ε_guide); default ``DEFAULT_AUTOGUIDANCE``). ``guidance_interval`` = (σ_lo, σ_hi]: either guidance only
-        at noise levels σ_lo < σ ≤ σ_hi (σ = √((1 − ᾱ_t)/ᾱ_t); ``math.inf`` for no upper end), the model alone elsewhere
-        (Kynkäänniemi et al. 2024); ``None``: with a guide ``DEFAULT_AUTOGUIDANCE_INTERVAL``, else every step
-        (``(0, math.inf)``: every step, always). ``seed`` makes the draw reproducible (bit for bit on
-        a CPU). ``precision``: ``fp32``, ``fp32_cl``, ``bf16``, ``bf16_cl`` or ``auto`` (measured); default
-        :attr:`precision`; ``compile``: ``torch.compile`` the network. ``frames`` (``return_intermediates``) are the
-        first batch's ``[(t, x_t), …]``, decoded. Old spellings (``mode``, ``ddim_steps``, ``fast``) warn."""
+        ``"dpmpp_2m_sde"`` or an ε-network's ``"heun"`` (EDM's) from :mod:`mnistdiff.solvers`, whose points ``spacing``
+        places (``"karras"``, the default, or ``"linspace"``); ``None``: the first of :attr:`samplers`. ``labels``: a
+        digit, or one per sample (N,), for a class-conditional model, guided with weight ``guidance`` w (ε̃ = ε(∅) +
+        w·(ε(y) − ε(∅)); 0 ignores the label, 1 is the conditional model). ``guide``: a worse version of this model
+        (:meth:`check_guide`), which autoguides it with weight ``guidance`` (Karras et al. 2024: ε̃ = ε_guide + w·(ε −
+        ε_guide); default ``DEFAULT_AUTOGUIDANCE``). ``guidance_interval`` = (σ_lo, σ_hi]: either guidance only at noise
+        levels σ_lo < σ ≤ σ_hi (σ = √((1 − ᾱ_t)/ᾱ_t); ``math.inf`` for no upper end), the model alone elsewhere
+        (Kynkäänniemi et al. 2024); ``None``: with a guide ``DEFAULT_AUTOGUIDANCE_INTERVAL``, else every step (``(0,
+        math.inf)``: every step, always). ``seed`` makes the draw reproducible (bit for bit on a CPU). ``precision``:
+        ``fp32``, ``fp32_cl``, ``bf16``, ``bf16_cl`` or ``auto`` (measured); default :attr:`precision`; ``compile``:
+        ``torch.compile`` the network. ``frames`` (``return_intermediates``) are the first batch's ``[(t, x_t), …]``,
+        decoded. Old spellings (``mode``, ``ddim_steps``, ``fast``) warn."""
         if old:
             sampler, steps, precision, compile = old_spellings(old, sampler, steps, precision, compile)
         device = torch.device(device) if device is not None else next(self.unet.parameters()).device
@@ -266,27 +242,31 @@ class DiffusionModel:
                  "guidance_interval": guidance_interval}
         chosen = {**self.sampling_defaults(sampler, guide is not None), **{k: v for k, v in given.items()
                                                                           if v is not None}}
-        sampler, steps, eta, guidance, guidance_interval = (chosen.get(k) for k in given)
+        sampler, steps, eta, guidance = (chosen[k] for k in ("sampler", "steps", "eta", "guidance"))
+        guidance_interval = chosen.get("guidance_interval")  # only a guide has a default one
         y = self.check_request(num_samples, sampler, steps, eta, labels, guidance, batch_size, precision or "fp32",
                                spacing, guide, guidance_interval)
-        timesteps = None
-        if self.distillation:  # the student is the guided model: one conditional call per step, on its own grid
-            timesteps, guidance = list(self.distillation["timesteps"]), 1.0
+        student = self.distillation  # the guided model itself: one conditional call per step, on its own grid
+        timesteps, guidance = (list(student["timesteps"]), 1.0) if student else (None, guidance)
         asked, precision = precision, precision or self.precision
         if precision == "auto":
             self.measure_precision(device)
             precision = self.precision
-        decode = None
-        if self.codec is not None:
-            decoding = self.decode_precision if asked in (None, "auto") else asked
-            decode = functools.partial(self.codec.decode, precision=decoding)
-            self.codec.vae.to(device)
         return generate(self.unet, self.schedule, num_samples, shape=self.sample_shape, sampler=sampler, steps=steps,
-                        eta=eta, seed=seed, device=device, batch_size=batch_size, decode=decode,
+                        eta=eta, seed=seed, device=device, batch_size=batch_size, decode=self._decoder(asked, device),
                         return_intermediates=return_intermediates, progress=progress, precision=precision,
                         compile=compile, clip_range=self.clip_range, labels=y, guidance=guidance, timesteps=timesteps,
                         spacing=spacing, karras=self.karras_range, guide=None if guide is None else guide.unet,
                         guidance_interval=guidance_interval)
+
+    def _decoder(self, asked: str | None, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """A latent model's VAE decoder on ``device``, in the precision ``asked`` (none or ``auto``: its measured
+        :attr:`decode_precision`); ``None`` for a pixel model."""
+        if self.codec is None:
+            return None
+        self.codec.vae.to(device)
+        decoding = self.decode_precision if asked in (None, "auto") else asked
+        return functools.partial(self.codec.decode, precision=decoding)
 
     def check_guide(self, guide: DiffusionModel, labels: torch.Tensor | None = None) -> None:
         """A guide for autoguidance sees what this model sees (kind, sample shape, noise schedule, latent space), and
@@ -410,18 +390,3 @@ class DiffusionModel:
         self.meta["precision_remembered_in"] = str(choices_file()) if known else None
         self.meta["sampling_speeds"] = speeds
         return speeds
-
-
-def _matching_vae(path: str | Path, meta: dict[str, Any], vae: str | Path | VAE | None,
-                  device: str | torch.device) -> VAE:
-    """The VAE a latent model was trained on: loaded if a path, and its weights' hash must be the one recorded."""
-    if vae is None:
-        raise CheckpointError(f"{path} is a latent {meta['kind']} model: pass the VAE it was trained on "
-                              "(DiffusionModel.load(path, vae=...); on the command line, the VAE checkpoint first)")
-    if not isinstance(vae, VAE):
-        vae = load_vae(vae, device)
-    found = getattr(vae, "meta", {}).get("weights_sha256")
-    if meta.get("vae_weights_sha256") and found != meta["vae_weights_sha256"]:
-        raise CheckpointError(f"{path} was trained on a different VAE than the one given (their weights' SHA-256 "
-                              "differ): pass the VAE checkpoint it was trained with")
-    return vae.to(device).eval()

@@ -49,8 +49,9 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from mnistdiff.config import LATENT_KINDS
+from mnistdiff.config import LATENT_KINDS, VAE_KIND, VAERunConfig, from_dict, to_dict
 from mnistdiff.files import PACKAGE_DIR, FileWriteError, atomic_write_bytes
+from mnistdiff.vae import VAE
 
 __all__ = [
     "FORMAT_VERSION",
@@ -62,6 +63,10 @@ __all__ = [
     "read_model_meta",
     "load_model_file",
     "git_commit",
+    "load_vae",
+    "save_vae",
+    "load_weights",
+    "matching_vae",
 ]
 
 FORMAT_VERSION = 2
@@ -314,3 +319,44 @@ def load_model_file(
         raise CheckpointIntegrityError(f"model file {path} is corrupt: its weights do not match the hash in its "
                                        "header; use another copy or retrain")
     return {k: t.to(device) for k, t in tensors.items()}, meta
+
+
+# ----------------------------------------------------------------------------- a VAE file, and a latent model's VAE
+
+
+def load_vae(path: str | Path, device: str | torch.device = "cpu") -> VAE:
+    """The VAE saved at ``path`` (verified; eval mode on ``device``); its run config and provenance in ``vae.meta``."""
+    tensors, meta = load_model_file(path, kind=VAE_KIND, device=device)
+    cfg = from_dict(VAERunConfig, meta["config"])
+    vae = VAE(cfg.vae)
+    load_weights(vae, tensors, path)
+    vae.meta = meta
+    return vae.to(device).eval()
+
+
+def save_vae(vae: VAE, path: str | Path, cfg: VAERunConfig, **provenance: Any) -> Path:
+    """Write ``vae`` and its run config (and ``provenance``: seconds, metrics, …) as one model file."""
+    return save_model_file(path, vae.state_dict(), {**provenance, "kind": VAE_KIND, "config": to_dict(cfg)})
+
+
+def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``tensors`` into ``module``, or a :class:`CheckpointError` naming ``path`` where they do not fit."""
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit the architecture its header describes: {err}") from err
+
+
+def matching_vae(path: str | Path, meta: dict[str, Any], vae: str | Path | VAE | None,
+                  device: str | torch.device) -> VAE:
+    """The VAE a latent model was trained on: loaded if a path, and its weights' hash must be the one recorded."""
+    if vae is None:
+        raise CheckpointError(f"{path} is a latent {meta['kind']} model: pass the VAE it was trained on "
+                              "(DiffusionModel.load(path, vae=...); on the command line, the VAE checkpoint first)")
+    if not isinstance(vae, VAE):
+        vae = load_vae(vae, device)
+    found = getattr(vae, "meta", {}).get("weights_sha256")
+    if meta.get("vae_weights_sha256") and found != meta["vae_weights_sha256"]:
+        raise CheckpointError(f"{path} was trained on a different VAE than the one given (their weights' SHA-256 "
+                              "differ): pass the VAE checkpoint it was trained with")
+    return vae.to(device).eval()

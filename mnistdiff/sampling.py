@@ -238,7 +238,8 @@ def generate(model: torch.nn.Module, sched: NoiseSchedule | None, num_samples: i
     batch_size = batch_size or (2048 if device.type == "cuda" else 256)
     gen = torch.Generator(device=device).manual_seed(seed)
     network = _fast_network(model, device, precision, compile, chunk)
-    times = None if guidance_interval is None else tuple(network_time(sched, s) for s in guidance_interval)
+    times = None if guidance_interval is None else (network_time(sched, guidance_interval[0]),
+                                                    network_time(sched, guidance_interval[1]))
     guided = None if guide is None else AutoGuidedDenoiser(network, _fast_network(guide, device, precision, compile,
                                                                                   chunk), guidance, times)
     if precision != "fp32" or compile:  # batches as equal as possible, e.g. 10,000 → 5 × 2,000
@@ -284,6 +285,11 @@ def _sample_loop(net: Denoiser, sched: NoiseSchedule | None, shape: tuple[int, .
     if sampler == "ddpm":
         return p_sample_loop(net, sched, shape, **kw)
     return ddim_sample_loop(net, sched, shape, ddim_steps=steps, eta=eta, timesteps=timesteps, **kw)
+
+
+def interval_record(interval: tuple[float, float]) -> list[float | None]:
+    """A guidance interval (σ_lo, σ_hi) as a JSON record holds it, which has no inf: null is no upper end."""
+    return [None if math.isinf(s) else s for s in interval]
 
 
 def save_npz(path: str | Path, images: torch.Tensor, **meta: Any) -> Path:

@@ -110,7 +110,7 @@ class VAE(nn.Module):
     """Encoder + decoder. ``encode(x)`` → :class:`DiagonalGaussian`; ``decode(z)`` → (B, C, 32, 32).
 
     ``meta``: what a loaded VAE's file records (its run config, training time, metrics; see
-    :func:`mnistdiff.model.load_vae`).
+    :func:`mnistdiff.modelfile.load_vae`).
     """
 
     def __init__(self, config: VAEConfig | None = None) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mnistdiff.config import TrainConfig, VAEConfig, VAERunConfig
-from mnistdiff.model import load_vae
+from mnistdiff.modelfile import load_vae
 from mnistdiff.training.adversarial import PatchCritic, VAEWithCritic, adversarial_vae_loss, hinge_critic_loss
 from mnistdiff.training.loop import TrainingInterrupted
 from mnistdiff.training.pipelines import train_vae

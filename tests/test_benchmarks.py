@@ -173,7 +173,7 @@ def test_time_to_quality_scores_a_vae_snapshot_by_its_reconstructions_of_the_flo
 
     from mnistdiff.config import VAEConfig, VAERunConfig
     from mnistdiff.data import load_mnist
-    from mnistdiff.model import save_vae
+    from mnistdiff.modelfile import save_vae
     from mnistdiff.vae import VAE
 
     spec = importlib.util.spec_from_file_location("ttq", REPO / "benchmarks" / "time_to_quality.py")
@@ -265,7 +265,8 @@ def _tiny_cldm(tmp_path) -> tuple:
 
     from mnistdiff.config import CLDMRunConfig, DiffusionConfig, UNetConfig, VAEConfig, VAERunConfig
     from mnistdiff.latent import LatentCodec
-    from mnistdiff.model import DiffusionModel, load_vae, save_vae
+    from mnistdiff.model import DiffusionModel
+    from mnistdiff.modelfile import load_vae, save_vae
     from mnistdiff.schedules import NoiseSchedule
     from mnistdiff.unet import UNet
     from mnistdiff.vae import VAE
@@ -490,7 +491,7 @@ def test_seed_spread_scores_a_vae_by_its_reconstructions_of_each_seeds_floor_dig
     on vae.reconstruct of those digits, and sampler options are refused."""
     from mnistdiff.data import load_mnist
     from mnistdiff.evaluation.metrics import distribution_metrics, evaluate
-    from mnistdiff.model import load_vae
+    from mnistdiff.modelfile import load_vae
 
     spread = _script("seed_spread")
     _, vae_path = _tiny_cldm(tmp_path)

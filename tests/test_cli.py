@@ -41,8 +41,7 @@ from mnistdiff.config import (
     VAERunConfig,
 )
 from mnistdiff.course.profiles import FULL, SMOKE
-from mnistdiff.model import load_vae
-from mnistdiff.modelfile import read_model_meta, weights_sha256
+from mnistdiff.modelfile import load_vae, read_model_meta, weights_sha256
 
 pytestmark = pytest.mark.slow
 

@@ -536,7 +536,8 @@ def test_convert_refuses_what_is_not_a_model(tmp_path, vae_pair):
 def test_a_diffusion_model_saves_and_loads_as_one_file_and_samples_the_same(tmp_path):
     """DiffusionModel.save → DiffusionModel.load: the same weights, config and provenance, the same samples bit for
     bit; a latent model needs the VAE it was trained on, and refuses another one."""
-    from mnistdiff.model import DiffusionModel, load_vae, save_vae
+    from mnistdiff.model import DiffusionModel
+    from mnistdiff.modelfile import load_vae, save_vae
 
     torch.manual_seed(0)
     cfg = DDPMRunConfig(unet=UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(), num_heads=1,

@@ -38,8 +38,8 @@ from mnistdiff.course.profiles import BOOK, SMOKE
 from mnistdiff.evaluation.guidance import balanced_labels, label_accuracy, sampler_run
 from mnistdiff.evaluation.metrics import class_statistics, classifier_features
 from mnistdiff.files import repo_root
-from mnistdiff.model import DiffusionModel, load_vae
-from mnistdiff.modelfile import load_model_file, read_model_meta
+from mnistdiff.model import DiffusionModel
+from mnistdiff.modelfile import load_model_file, load_vae, read_model_meta
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.unet import UNet
 

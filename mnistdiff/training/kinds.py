@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from mnistdiff.config import RUN_CONFIGS, CLDMRunConfig, DDPMRunConfig, FlowRunConfig, LDMRunConfig, VAERunConfig
-from mnistdiff.model import DiffusionModel, load_vae
+from mnistdiff.model import DiffusionModel
+from mnistdiff.modelfile import load_vae
 from mnistdiff.training.loop import TrainResult
 from mnistdiff.training.pipelines import train_cldm, train_ddpm, train_flow, train_ldm, train_vae
 from mnistdiff.vae import VAE

@@ -3,7 +3,7 @@
 ``train_ddpm``, ``train_vae``, ``train_ldm``, ``train_cldm`` and ``train_flow`` build a
 :class:`~mnistdiff.training.loop.TrainTask` from a run config and hand it to :func:`~mnistdiff.training.loop.fit`,
 which writes the trained model as one file (``checkpoints/model.safetensors``);
-:meth:`mnistdiff.model.DiffusionModel.load` and :func:`mnistdiff.model.load_vae` read it back.
+:meth:`mnistdiff.model.DiffusionModel.load` and :func:`mnistdiff.modelfile.load_vae` read it back.
 :mod:`mnistdiff.training.kinds` lists them, one entry per model kind.
 """
 
@@ -29,8 +29,7 @@ from mnistdiff.ddpm import PIXEL_RANGE, ClipRange, diffusion_loss, eps_network, 
 from mnistdiff.flows import flow_matching_loss, sample_time
 from mnistdiff.guidance import balanced_labels, drop_labels
 from mnistdiff.latent import LatentCodec, compute_latent_scale, encode_dataset, scaled_sample
-from mnistdiff.model import load_vae
-from mnistdiff.modelfile import CheckpointError
+from mnistdiff.modelfile import CheckpointError, load_vae
 from mnistdiff.sampling import generate
 from mnistdiff.schedules import NoiseSchedule
 from mnistdiff.training.adversarial import PatchCritic, VAEWithCritic, adversarial_vae_loss
