@@ -109,7 +109,8 @@ class DiffusionModel:
     def nfe(self, sampler: str, steps: int, guide: bool = False) -> int:
         """Network calls per sample of ``sample(sampler=sampler, steps=steps)``: T for DDPM's sampler, 2·steps − 1
         for Heun (a flow's and EDM's), else ``steps`` (classifier-free guidance doubles the batch, not the calls);
-        twice that with a ``guide`` (autoguidance: two networks, a call of each)."""
+        twice that with a ``guide`` (autoguidance: two networks, a call of each; with a ``guidance_interval``, the
+        guide's calls only at the steps inside it)."""
         if sampler == "ddpm" and self.schedule is not None:
             calls = self.schedule.num_timesteps
         elif sampler == "heun":
@@ -230,11 +231,11 @@ class DiffusionModel:
         (:meth:`check_guide`), which autoguides it with weight ``guidance`` (Karras et al. 2024: ε̃ = ε_guide + w·(ε −
         ε_guide); default ``DEFAULT_AUTOGUIDANCE``). ``guidance_interval`` = (σ_lo, σ_hi]: either guidance only at noise
         levels σ_lo < σ ≤ σ_hi (σ = √((1 − ᾱ_t)/ᾱ_t); ``math.inf`` for no upper end), the model alone elsewhere
-        (Kynkäänniemi et al. 2024); ``None``: with a guide ``DEFAULT_AUTOGUIDANCE_INTERVAL``, else every step (``(0,
-        math.inf)``: every step, always). ``seed`` makes the draw reproducible (bit for bit on a CPU). ``precision``:
-        ``fp32``, ``fp32_cl``, ``bf16``, ``bf16_cl`` or ``auto`` (measured); default :attr:`precision`; ``compile``:
-        ``torch.compile`` the network. ``frames`` (``return_intermediates``) are the first batch's ``[(t, x_t), …]``,
-        decoded. Old spellings (``mode``, ``ddim_steps``, ``fast``) warn."""
+        (Kynkäänniemi et al. 2024); ``None``: with a guide ``DEFAULT_AUTOGUIDANCE_INTERVAL``, else every step;
+        ``(0, math.inf)``: every step, always. ``seed`` makes the draw reproducible (bit for bit on a CPU).
+        ``precision``: ``fp32``, ``fp32_cl``, ``bf16``, ``bf16_cl`` or ``auto`` (measured); default :attr:`precision`;
+        ``compile``: ``torch.compile`` the network. ``frames`` (``return_intermediates``) are the first batch's ``[(t,
+        x_t), …]``, decoded. Old spellings (``mode``, ``ddim_steps``, ``fast``) warn."""
         if old:
             sampler, steps, precision, compile = old_spellings(old, sampler, steps, precision, compile)
         device = torch.device(device) if device is not None else next(self.unet.parameters()).device

@@ -229,7 +229,7 @@ def generate(model: torch.nn.Module, sched: NoiseSchedule | None, num_samples: i
     (:data:`MEASURED_PRECISIONS`; ``"fp32"``: as trained) and ``compile`` run the network through :class:`FastDenoiser`;
     ``chunk``, on a CPU, in pieces of each batch where faster (:class:`ChunkedDenoiser`: the same samples, bit for bit).
     ``labels`` (N,) ask a class-conditional model for those classes (:data:`~mnistdiff.unet.NULL_LABEL`: none), guided
-    with weight ``guidance`` (:class:`~mnistdiff.guidance. GuidedDenoiser`); ``guide``, a worse ε-network of the same
+    with weight ``guidance`` (:class:`~mnistdiff.guidance.GuidedDenoiser`); ``guide``, a worse ε-network of the same
     schedule, autoguides ``model`` with that weight instead (:class:`~mnistdiff.guidance.AutoGuidedDenoiser`); either
     only at noise levels σ in ``guidance_interval`` = (σ_lo, σ_hi] (σ = √((1 − ᾱ_t)/ᾱ_t), a flow's t/(1 − t)), if given.
     ``timesteps``: DDIM's own list instead of ``steps`` evenly spaced ones (a student's grid); ``spacing``, ``karras``
