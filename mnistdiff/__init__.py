@@ -65,8 +65,8 @@ _EXPORTS: dict[str, str] = {
         "PathPoint", "convert", "euler_step", "flow_matching_loss", "flow_nfe", "flow_sample_loop", "flow_timesteps",
         "heun_step", "interpolate", "sample_time", "straight_path", "velocity", "velocity_target"
     ], "mnistdiff.flows"),
-    **dict.fromkeys(["AutoGuidedDenoiser", "GuidedDenoiser", "autoguided_eps", "drop_labels", "guided_eps",
-                     "in_interval"], "mnistdiff.guidance"),
+    **dict.fromkeys(["AutoGuidedDenoiser", "GuidedDenoiser", "autoguided_eps", "drop_labels", "guided_eps"],
+                    "mnistdiff.guidance"),
     **dict.fromkeys(["LatentCodec", "compute_latent_scale", "encode_dataset"], "mnistdiff.latent"),
     **dict.fromkeys(["DiffusionModel"], "mnistdiff.model"),
     **dict.fromkeys(["load_vae"], "mnistdiff.modelfile"),
