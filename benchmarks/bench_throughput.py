@@ -529,6 +529,25 @@ class Bench:
         e.update(status="ok", ms_per_update=round(1000 * seconds / n, 4), tensors=tensors, updates=n)
         del ema, model
 
+    def measure_peak(self, e: dict[str, Any]) -> None:
+        """The device's dense matmul rate in ``e["dtype"]``: the ceiling a convolution-bound step can approach
+        (a training step's achieved TFLOP/s over it says how much is left to gain in the kernels)."""
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[e["dtype"]]
+        n = 64 if self.s.quick else 2048
+        gen = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(n, n, generator=gen).to(self.device, dtype) for _ in range(2))
+        for _ in range(2):
+            a @ b
+        sync(self.device)
+        reps, t0 = 0, time.perf_counter()
+        while reps < 3 or time.perf_counter() - t0 < self.s.min_seconds:
+            a @ b
+            reps += 1
+        sync(self.device)
+        seconds = time.perf_counter() - t0
+        e.update(status="ok", tflops=sig(2 * n**3 * reps / seconds / 1e12), size=n, reps=reps,
+                 timed_seconds=sig(seconds))
+
     def measure_course(self, e: dict[str, Any]) -> None:
         from mnistdiff.course.runner import run_course
 
@@ -605,6 +624,8 @@ class Bench:
                     e = train(model, fast_train)
                     e.update(name=f"train/{model}/{fast_train}/b{bs}/package", batch_size=bs)
                     ranked.append((3, e))
+        for dtype in ("fp32", "bf16"):
+            ranked.append((0, {"name": f"peak/matmul/{dtype}", "kind": "peak", "model": None, "dtype": dtype}))
         if not a.no_ema and "ours" in models:
             ranked.append((0, {"name": "ema/ours/package", "kind": "ema", "model": "ours", "step": "package"}))
         if a.course:
@@ -659,6 +680,14 @@ class Bench:
         if twin_eager:
             twin = twin_eager[0]["images_per_second"]
         out["train_ours_best_over_diffusers_fp32_eager"] = round(ours / twin, 2) if ours and twin else None
+        twin_best = out["best_train_diffusers_images_per_second"]
+        out["train_ours_best_over_diffusers_best"] = round(ours / twin_best, 2) if ours and twin_best else None
+        peaks = {e["dtype"]: e["tflops"] for e in ok if e["kind"] == "peak"}
+        for model in MODELS:  # the best step's achieved TFLOP/s over the matmul rate of its dtype
+            b = best("train", model)
+            peak = peaks.get("bf16" if b and b["mode"].startswith("bf16") else "fp32")
+            out[f"best_train_{model}_share_of_peak"] = (
+                round(b["achieved_tflops"] / peak, 3) if b and b.get("achieved_tflops") and peak else None)
         on_gpu = self.device.type == "cuda" and not self.s.quick
         bt, bs = out["best_train_ours_images_per_second"], out["best_sample_ours_images_per_second"]
         out["meets_train_target"] = (bt >= TARGETS["train_images_per_second"]) if (on_gpu and bt) else None
@@ -670,6 +699,8 @@ class Bench:
         for e in self.entries:
             ips = e.get("images_per_second")
             extra = f"{ips:>10.1f}" if isinstance(ips, (int, float)) else f"{'':>10}"
+            if e["kind"] == "peak" and "tflops" in e:
+                extra = f"{e['tflops']:>6.3f}TF/s"
             if e["kind"] == "ema" and "ms_per_update" in e:
                 extra = f"{e['ms_per_update']:>8.3f}ms"
             comp = e.get("compile_seconds")
@@ -692,6 +723,8 @@ def describe(e: dict[str, Any]) -> str:
     if e["kind"] == "sample":
         return (f"{e['name']}: {e['images_per_second']:.1f} images/s ({e['num_images']} images in "
                 f"{e['timed_seconds']:.2f} s, compile {e['compile_seconds']:.1f} s)")
+    if e["kind"] == "peak":
+        return f"{e['name']}: {e['tflops']:.3f} TFLOP/s ({e['size']}² matmul, {e['reps']} times)"
     if e["kind"] == "ema":
         return f"{e['name']}: {e['ms_per_update']:.3f} ms per EMA update ({e['tensors']} tensors)"
     if e["kind"] == "course":

@@ -62,6 +62,7 @@ def test_every_mode_of_both_models_is_planned(run):
         for mode in SAMPLE_MODES:
             assert f"sample/{model}/{mode}/ddim50/generate" in names
     assert "ema/ours/package" in names
+    assert {"peak/matmul/fp32", "peak/matmul/bf16"} <= names
 
 
 def test_every_figure_is_measured_or_skipped_with_a_reason(run):
@@ -76,6 +77,8 @@ def test_every_figure_is_measured_or_skipped_with_a_reason(run):
             assert e["timed_seconds"] > 0 and e["compile_seconds"] >= 0, e
         elif e["kind"] == "ema":
             assert e["ms_per_update"] > 0 and e["tensors"] > 0, e
+        elif e["kind"] == "peak":
+            assert e["tflops"] > 0 and e["reps"] >= 3 and e["timed_seconds"] > 0, e
 
 
 def test_cpu_measures_the_eager_modes_of_our_unet_and_skips_compiled_ones(run):
@@ -133,6 +136,11 @@ def test_summary_reference_and_targets(run):
     assert doc["targets"]["sample_ddim50_images_per_second"] == 5_000
     assert doc["models"]["ours"]["class"] == "mnistdiff.unet.UNet"
     assert doc["models"]["ours"]["forward_gflops_per_image"] > 0
+    # the best step's share of the matmul rate of its dtype: its achieved TFLOP/s over that peak entry's
+    peaks = {e["dtype"]: e["tflops"] for e in doc["results"] if e["kind"] == "peak"}
+    best = next(e for e in doc["results"] if e["name"] == summ["best_train_ours_name"])
+    peak = peaks["bf16" if best["mode"].startswith("bf16") else "fp32"]
+    assert summ["best_train_ours_share_of_peak"] == pytest.approx(best["achieved_tflops"] / peak, abs=1e-3)
 
 
 def test_every_printed_figure_carries_the_device_name(run):

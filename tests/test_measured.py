@@ -4,6 +4,7 @@ results directory: the numbers come through, and an absent file reads "not measu
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -12,6 +13,7 @@ from mnistdiff.course.measured import (
     autoguided_spreads,
     book_result,
     guidance_label,
+    interval_label,
     paired_spreads,
     paired_spreads_table,
     time_to_quality_table,
@@ -113,6 +115,14 @@ def test_guidance_labels_name_the_weight_and_the_interval():
     assert guidance_label({**guided, "guidance_interval": [0.33, None]}) == "autoguided, w = 1.5, σ > 0.33"
     assert guidance_label({**guided, "guidance_interval": [0.3, 5.0]}) == "autoguided, w = 1.5, 0.3 < σ ≤ 5"
     assert guidance_label({**guided, "guidance_interval": [0.0, None]}) == "autoguided, w = 1.5"
+
+
+def test_an_interval_reads_alike_as_the_package_takes_it_and_as_a_record_holds_it():
+    assert interval_label(None) is None and interval_label((0.0, math.inf)) is None
+    assert interval_label([0, None]) is None
+    assert interval_label((0.33, math.inf)) == interval_label([0.33, None]) == "σ > 0.33"
+    assert interval_label((0.3, 5.0)) == interval_label([0.3, 5.0]) == "0.3 < σ ≤ 5"
+    assert interval_label((0.0, 5.0)) == "0 < σ ≤ 5"
 
 
 def test_autoguided_spreads_gather_every_guided_file_of_these_models_and_sampler(tmp_path, monkeypatch):

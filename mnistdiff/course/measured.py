@@ -7,13 +7,14 @@ these functions instead of assembling paths and schemas itself, and says "not me
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mnistdiff.evaluation.report import results_dir
 
 __all__ = ["book_result", "paired_spreads", "paired_spreads_table", "autoguided_spreads", "guidance_label",
-           "time_to_quality_table", "not_measured", "NOT_MEASURED"]
+           "interval_label", "time_to_quality_table", "not_measured", "NOT_MEASURED"]
 
 
 def not_measured(script: str) -> str:
@@ -87,16 +88,24 @@ def paired_spreads(files: Mapping[str, str], weights_sha256: str, guide_sha256: 
             "sampling": {label: d["sampling"] for label, d in docs.items()}}
 
 
+def interval_label(interval: Sequence[float | None] | None) -> str | None:
+    """A guidance interval in words: "σ > 0.33", or "0.1 < σ ≤ 2" where it has an upper end; ``None`` where it is
+    every step. ``interval`` as the package takes it, (σ_lo, σ_hi) with inf for no upper end, or as a record holds it
+    (null for no upper end); ``None`` is every step."""
+    lo, hi = interval or (0, None)
+    top = None if hi is None or math.isinf(hi) else hi
+    if not lo and top is None:
+        return None
+    return f"σ > {lo:g}" if top is None else f"{lo:g} < σ ≤ {top:g}"
+
+
 def guidance_label(sampling: Mapping[str, Any]) -> str:
     """How a seed-spread file's draws were guided, from its ``sampling`` record: "unguided", "autoguided, w = 1.5",
-    or with a guidance interval "autoguided, w = 1.5, σ > 0.33" (σ_lo < σ ≤ σ_hi where it has an upper end)."""
+    or with a guidance interval "autoguided, w = 1.5, σ > 0.33" (:func:`interval_label`)."""
     if "guide" not in sampling:
         return "unguided"
-    label = f"autoguided, w = {sampling['guidance']:g}"
-    lo, hi = sampling.get("guidance_interval") or (0, None)
-    if lo or hi is not None:
-        label += f", σ > {lo:g}" if hi is None else f", {lo:g} < σ ≤ {hi:g}"
-    return label
+    where = interval_label(sampling.get("guidance_interval"))
+    return f"autoguided, w = {sampling['guidance']:g}" + (f", {where}" if where else "")
 
 
 def autoguided_spreads(unguided: str, kind: str, sampler: str, weights_sha256: str, guide_sha256: str
