@@ -21,7 +21,7 @@ from torch import nn
 
 from mnistdiff.config import UNetConfig
 
-__all__ = ["timestep_embedding", "ResBlock", "AttentionBlock", "UNet", "count_parameters", "NULL_LABEL"]
+__all__ = ["timestep_embedding", "attention", "ResBlock", "AttentionBlock", "UNet", "count_parameters", "NULL_LABEL"]
 
 #: The label ∅ ("no label"): a class-conditional UNet given it predicts the unconditional ε_θ(x_t, t, ∅).
 NULL_LABEL = -1
@@ -71,11 +71,24 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(QKᵀ/√d)V (Vaswani et al. 2017, eq. 1): q, k, v (B, heads, N, d) → (B, heads, N, d).
+
+    ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU, and in float32 on a CPU); in
+    bfloat16 on a CPU the product written out, with the softmax in float32: at the book UNet's shapes its forward and
+    backward pass took a fifth of the fused CPU kernel's time on an AMD EPYC (``benchmarks/README.md``, "The
+    training step on an AMD EPYC").
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        weights = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, heads, N, N)
+        return weights.softmax(-1, dtype=torch.float32).to(v.dtype) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over the H·W positions, with a residual connection.
 
-    (B, C, H, W) → (B, C, H, W); softmax(QKᵀ/√d)V via ``F.scaled_dot_product_attention``
-    (flash / memory-efficient kernels on a GPU).
+    (B, C, H, W) → (B, C, H, W); softmax(QKᵀ/√d)V by :func:`attention`.
     """
 
     def __init__(self, channels: int, num_heads: int, groups: int) -> None:
@@ -92,7 +105,7 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
         # (B, heads, HW, d), contiguous: SDPA's fast CPU kernels need it (non-contiguous falls back to a slow path)
         q, k, v = (qkv[:, i].transpose(-1, -2).contiguous() for i in range(3))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         out = out.transpose(-1, -2).reshape(b, c, h, w)
         return x + self.proj(out)
 
