@@ -299,7 +299,8 @@ print(f"FiLM adds (d_e + 1)·C_out = {extra:,} parameters to a block and starts 
 # \qquad \mathrm{out} = x + W_o\,\mathrm{Attention}(Q, K, V).
 # $$
 #
-# The package calls PyTorch's fused `scaled_dot_product_attention`; here it is with explicit
+# The package calls PyTorch's fused `scaled_dot_product_attention` (in bfloat16 on a CPU it writes
+# the product out, which is faster there: `mnistdiff.unet.attention`); here it is with explicit
 # matrices:
 
 

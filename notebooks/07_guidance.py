@@ -951,7 +951,7 @@ print(f"faint pixels unguided: {faint_share(plain):.0%}; in {len(test.images):,}
 
 # %% tags=["remove-input"]
 from mnistdiff import DEFAULT_AUTOGUIDANCE_INTERVAL
-from mnistdiff.course.measured import autoguided_spreads, paired_spreads_table
+from mnistdiff.course.measured import autoguided_spreads, interval_label, paired_spreads_table, seed_difference
 
 
 def spreads_of(sampler: str, steps: int) -> dict | None:
@@ -966,14 +966,6 @@ def spread_heading(paired: dict) -> str:
     how, seeds = paired["sampling"]["unguided"], paired["seeds"]
     return (f"{sampler_label(how['sampler'], how['steps'])}, η = {how['eta']:g}, n = {paired['n']:,} per seed, the "
             f"mean of seeds {seeds[0]}-{seeds[-1]}; each FID over the mean real-vs-real floor of the same seeds")
-
-
-def where_guided(interval: tuple[float, float] | None = DEFAULT_AUTOGUIDANCE_INTERVAL) -> str:
-    """An interval of noise levels in words."""
-    lo, hi = interval or EVERY_STEP
-    if lo == 0 and math.isinf(hi):
-        return "at every step"
-    return f"at σ > {lo:g}" if math.isinf(hi) else f"at {lo:g} < σ ≤ {hi:g}"
 
 
 def narrowing(paired: dict) -> str:
@@ -993,7 +985,8 @@ def narrowing(paired: dict) -> str:
 
 
 def interval_reading(paired: dict) -> str:
-    """Each guidance limited to an interval against the best guided at every step, on average in both spaces."""
+    """Each guidance limited to an interval against the best guided at every step, seed by seed in both spaces
+    ("level" where two standard errors of the mean difference cover zero)."""
     rows, how = paired["rows"], paired["sampling"]
     every = [label for label in rows if label != "unguided" and not how[label].get("guidance_interval")]
     said = []
@@ -1001,9 +994,13 @@ def interval_reading(paired: dict) -> str:
         if not every:
             break
         other = min(every, key=lambda e: max(rows[e][k] / rows[e][f"floor_{k}"] for k in ("fid", "fid_resnet")))
-        words = ["lower" if rows[label][k] < rows[other][k] else "higher" for k in ("fid", "fid_resnet")]
-        said.append(f" Against *{other}*, *{label}* is {words[0]} in the classifier's space and {words[1]} in the "
-                    "ResNet's, on average.")
+        words = []
+        for key, space in (("fid", "classifier's"), ("fid_resnet", "ResNet's")):
+            d = seed_difference(paired, label, other, key)
+            mean = f"{d['mean']:+.3f}".replace("-", "−")
+            words.append(f"{d['word']} in the {space} space ({mean} ± {d['se']:.3f}, lower at {d['lower']} of "
+                         f"{d['seeds']} seeds)")
+        said.append(f" Seed by seed against *{other}*, *{label}* is {words[0]} and {words[1]}.")
     return "".join(said)
 
 
@@ -1016,7 +1013,9 @@ def verdict(paired: dict) -> str:
     both = [label for label in guided if all(rows[label][k] < plain_row[k] for k in ("fid", "fid_resnet"))]
     best = min(guided, key=lambda label: max(ratio[label]))
     worst = [rows[best][f"worst_{k}"] for k in ("fid", "fid_resnet")]
-    said = (f"Lower than unguided in both spaces on average: {' and '.join(f'*{label}*' for label in both)}" if both else
+    named = [f"*{label}*" for label in both]
+    listed = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+    said = (f"Lower than unguided in both spaces on average: {listed}" if both else
             "No guidance measured here is lower than unguided in both spaces on average")
     return (f"{said}. The best guided row, **{best}**, is {ratio[best][0]:.2f}× / {ratio[best][1]:.2f}× the floor "
             f"(classifier / ResNet) on average and at most {worst[0]:.2f}× / {worst[1]:.2f}× at any of the "
@@ -1024,13 +1023,15 @@ def verdict(paired: dict) -> str:
 
 
 paired = spreads_of("ddim", 50)
+default_where = interval_label(DEFAULT_AUTOGUIDANCE_INTERVAL)
 if paired is None:
     autoguide_text = not_measured("seed_spread")
 else:
     autoguide_text = (f"{spread_heading(paired)}:\n\n{paired_spreads_table(paired)}\n\nRead the two spaces apart, as "
                       f"chapter 6 taught: {verdict(paired)}{interval_reading(paired)} Where a guide "
                       f"is given and nothing else, the package "
-                      f"guides with w = {DEFAULT_AUTOGUIDANCE:g} (`DEFAULT_AUTOGUIDANCE`) {where_guided()} "
+                      f"guides with w = {DEFAULT_AUTOGUIDANCE:g} (`DEFAULT_AUTOGUIDANCE`) "
+                      f"{f'at {default_where}' if default_where else 'at every step'} "
                       "(`DEFAULT_AUTOGUIDANCE_INTERVAL`).")
 Markdown(autoguide_text)
 

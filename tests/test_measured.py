@@ -16,6 +16,7 @@ from mnistdiff.course.measured import (
     interval_label,
     paired_spreads,
     paired_spreads_table,
+    seed_difference,
     time_to_quality_table,
 )
 
@@ -95,6 +96,23 @@ def test_paired_spreads_refuse_other_weights(tmp_path, monkeypatch):
                                                  "guided.json": {**_spread("m", {0: (1.0, 1.0)}, guide="g"), "n": 500}})
     with pytest.raises(ValueError, match="different n"):
         paired_spreads(files, "m", "g")
+
+
+def test_a_seed_difference_is_level_where_two_standard_errors_cover_zero(tmp_path, monkeypatch):
+    import statistics
+
+    base = _spread("m", {0: (0.50, 0.30), 1: (0.40, 0.20), 2: (0.45, 0.25)})
+    near = _spread("m", {0: (0.49, 0.20), 1: (0.42, 0.11), 2: (0.44, 0.14)}, guide="g")
+    _results(tmp_path, monkeypatch, {"base.json": base, "near.json": near})
+    paired = paired_spreads({"plain": "base.json", "near": "near.json"}, "m", "g")
+    assert paired["rows"]["near"]["seeds_fid"] == [0.49, 0.42, 0.44]
+    cl, res = (seed_difference(paired, "near", "plain", k) for k in ("fid", "fid_resnet"))
+    diffs = [-0.01, 0.02, -0.01]  # classifier: 0.49 - 0.50, 0.42 - 0.40, 0.44 - 0.45
+    assert cl["mean"] == pytest.approx(statistics.mean(diffs))
+    assert cl["se"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(3))
+    assert (cl["lower"], cl["seeds"], cl["word"]) == (2, 3, "level")
+    assert res["mean"] == pytest.approx(-0.1) and res["word"] == "lower" and res["lower"] == 3
+    assert seed_difference(paired, "plain", "near", "fid_resnet")["word"] == "higher"
 
 
 def test_the_paired_table_puts_each_fid_over_its_floor(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from typing import Any
 from mnistdiff.evaluation.report import results_dir
 
 __all__ = ["book_result", "paired_spreads", "paired_spreads_table", "autoguided_spreads", "guidance_label",
-           "interval_label", "time_to_quality_table", "not_measured", "NOT_MEASURED"]
+           "interval_label", "seed_difference", "time_to_quality_table", "not_measured", "NOT_MEASURED"]
 
 
 def not_measured(script: str) -> str:
@@ -54,10 +54,10 @@ def paired_spreads(files: Mapping[str, str], weights_sha256: str, guide_sha256: 
     """``benchmarks/seed_spread.py`` files (label → name in ``results/book/``; the first is the baseline) of one model,
     compared on the seeds they all drew: ``{"seeds", "n", "sampling": {label: how it drew}, "rows": {label: {key: mean,
     "floor_<fid key>": mean floor, "lower_<fid key>": seeds where the FID is below the baseline's, "worst_<fid key>":
-    the largest FID over its own seed's floor}}}`` for FID, precision and recall in both spaces. ``None`` where a file
-    is absent, or drew other weights than ``weights_sha256`` (an autoguided one: other guide weights than
-    ``guide_sha256``): not measured for these models. Files of different ``n`` are refused (``ValueError``): their FIDs
-    are not comparable."""
+    the largest FID over its own seed's floor, "seeds_<fid key>": the FID at each seed}}}`` for FID, precision and
+    recall in both spaces. ``None`` where a file is absent, or drew other weights than ``weights_sha256`` (an
+    autoguided one: other guide weights than ``guide_sha256``): not measured for these models. Files of different
+    ``n`` are refused (``ValueError``): their FIDs are not comparable."""
     from mnistdiff.evaluation.classifier import FEATURE_SPACES
     from mnistdiff.evaluation.metrics import space_key
 
@@ -83,9 +83,24 @@ def paired_spreads(files: Mapping[str, str], weights_sha256: str, guide_sha256: 
         row |= {f"floor_{k}": sum(floors[s][k] for s in seeds) / len(seeds) for k in fid_keys}
         row |= {f"lower_{k}": sum(draws[s][k] < base[s][k] for s in seeds) for k in fid_keys}
         row |= {f"worst_{k}": max(draws[s][k] / floors[s][k] for s in seeds) for k in fid_keys}
+        row |= {f"seeds_{k}": [draws[s][k] for s in seeds] for k in fid_keys}
         rows[label] = row
     return {"seeds": seeds, "n": next(iter(docs.values()))["n"], "rows": rows,
             "sampling": {label: d["sampling"] for label, d in docs.items()}}
+
+
+def seed_difference(paired: Mapping[str, Any], label: str, other: str, key: str) -> dict[str, float]:
+    """``label``'s FID ``key`` (``fid``, ``fid_resnet``) minus ``other``'s, seed by seed over :func:`paired_spreads`'
+    seeds: ``{"mean", "se"`` (the standard error of the mean, sd/√n), ``"lower"`` (seeds where ``label``'s is lower),
+    ``"seeds"}``, and ``"word"``: "lower" or "higher" where the mean is more than two standard errors from 0, else
+    "level" (the seed alone could have made it)."""
+    a, b = paired["rows"][label][f"seeds_{key}"], paired["rows"][other][f"seeds_{key}"]
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5 if n > 1 else math.inf
+    word = "level" if abs(mean) <= 2 * se else "lower" if mean < 0 else "higher"
+    return {"mean": mean, "se": se, "lower": sum(d < 0 for d in diffs), "seeds": n, "word": word}
 
 
 def interval_label(interval: Sequence[float | None] | None) -> str | None:
