@@ -76,7 +76,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
     ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU, and in float32 on a CPU); in
     bfloat16 on a CPU the product written out, with the softmax in float32: at the book UNet's shapes its forward and
-    backward pass took a fifth of the fused CPU kernel's time on an AMD EPYC (``benchmarks/README.md``, "The
+    backward pass took less than a fifth of the fused CPU kernel's time on an AMD EPYC (``benchmarks/README.md``, "The
     training step on an AMD EPYC").
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:

@@ -89,7 +89,7 @@ def paired_spreads(files: Mapping[str, str], weights_sha256: str, guide_sha256: 
             "sampling": {label: d["sampling"] for label, d in docs.items()}}
 
 
-def seed_difference(paired: Mapping[str, Any], label: str, other: str, key: str) -> dict[str, float]:
+def seed_difference(paired: Mapping[str, Any], label: str, other: str, key: str) -> dict[str, Any]:
     """``label``'s FID ``key`` (``fid``, ``fid_resnet``) minus ``other``'s, seed by seed over :func:`paired_spreads`'
     seeds: ``{"mean", "se"`` (the standard error of the mean, sd/√n), ``"lower"`` (seeds where ``label``'s is lower),
     ``"seeds"}``, and ``"word"``: "lower" or "higher" where the mean is more than two standard errors from 0, else
