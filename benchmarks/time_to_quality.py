@@ -4,16 +4,19 @@
     python -m mnistdiff train ddpm --profile book --snapshot_every 1 --out runs/   # keeps snapshots/epoch_NNN
     python benchmarks/time_to_quality.py runs/<stamp>-ddpm --n 500         # → results/book/time_to_quality.json
 
-Each snapshot (a model file that records the seconds trained so far) draws ``n`` digits (seed 0) with ``--sampler``
-(DDIM by default, issue 22's reference, at ``--steps`` 50 and ``--eta`` η = ``DEFAULT_ETA``; ``--sampler default``:
-each model's own default sampler at its default steps, as ``python -m mnistdiff sample`` draws), which are scored by
+Each snapshot (a model file that records the seconds trained so far) draws ``n`` digits (``--seed``, 0 by default)
+with ``--sampler`` (DDIM by default, issue 22's reference, at ``--steps`` 50 and ``--eta`` η = ``DEFAULT_ETA``;
+``--sampler default``: each model's own default sampler at its default steps, as ``python -m mnistdiff sample``
+draws), which are scored by
 :func:`mnistdiff.evaluation.metrics.evaluate` in both feature spaces, beside the real floor at the same ``n``
 (:func:`~mnistdiff.evaluation.metrics.real_floor`). The file is rewritten after each snapshot, so a run cut short
 keeps what it measured and a rerun skips the snapshots already scored at that ``n``. The CPU is named in the
 file and on every line; time nothing while another job shares the cores.
 
 ``--guide GUIDE [--guidance W]`` autoguides every snapshot by a worse model of the same kind (Karras et al. 2024;
-``DiffusionModel.sample(guide=…)``); the guide's training seconds count with each snapshot's.
+``DiffusionModel.sample(guide=…)``); the guide's training seconds count with each snapshot's. A guide that is one of
+the run's own earlier snapshots costs nothing more (its seconds are inside every later snapshot's): then only the
+snapshots after it are scored.
 
 The target of issue 22: FID within ``--target`` (2) times the floor, precision and recall ≥ 0.80, in both spaces,
 and every class within ±3 points of 10 %; the script prints the first snapshot that meets it and its training minutes.
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mnistdiff.config import DEFAULT_AUTOGUIDANCE, DEFAULT_ETA, DEFAULT_STEPS, VAE_KIND  # noqa: E402
+from mnistdiff.config import DEFAULT_ETA, DEFAULT_STEPS, VAE_KIND  # noqa: E402
 from mnistdiff.devices import device_name  # noqa: E402
 from mnistdiff.evaluation.classifier import FEATURE_SPACES  # noqa: E402
 from mnistdiff.evaluation.metrics import distribution_metrics, evaluate, floor_images, real_floor, space_key  # noqa: E402
@@ -66,35 +69,41 @@ def meets(row: dict, floor: dict, target: float, pr_min: float = PR_MIN, class_m
 
 def draw(path: Path, n: int, steps: int | None, device: str, eta: float = DEFAULT_ETA,
          vae: Path | None = None, sampler: str = "ddim", guide: DiffusionModel | None = None,
-         guidance: float | None = None, guidance_interval: tuple[float, float] | None = None
+         guidance: float | None = None, guidance_interval: tuple[float, float] | None = None, seed: int = 0
          ) -> tuple[torch.Tensor, dict]:
-    """``n`` images from the snapshot at ``path`` and its metadata: a diffusion model's samples by ``sampler`` (seed 0;
-    ``"default"``: the model's own sampler and steps; a latent model decoded by ``vae``, the VAE it was trained on;
-    autoguided by ``guide`` with weight ``guidance`` in ``guidance_interval`` where one is given), or a VAE's
-    reconstructions of the floor's ``n`` training digits (:func:`real_floor`'s subset, seed 0)."""
+    """``n`` images from the snapshot at ``path`` and its metadata: a diffusion model's samples by ``sampler`` (from
+    ``seed``; ``"default"``: the model's own sampler and steps; a latent model decoded by ``vae``, the VAE it was
+    trained on; autoguided by ``guide`` with weight ``guidance`` in ``guidance_interval`` where one is given), or a
+    VAE's reconstructions of the floor's ``n`` training digits (:func:`real_floor`'s subset at ``seed``)."""
     if read_model_meta(path)["kind"] == VAE_KIND:
         vae = load_vae(path, device=device)
-        return vae.reconstruct(floor_images(n, seed=0).to(device)).cpu(), vae.meta
+        return vae.reconstruct(floor_images(n, seed=seed).to(device)).cpu(), vae.meta
     model = DiffusionModel.load(path, vae=vae, device=device)
     chosen = model.sampling_defaults(None if sampler == "default" else sampler)
-    images = model.sample(n, sampler=chosen["sampler"], steps=steps or chosen["steps"], eta=eta, seed=0,
+    images = model.sample(n, sampler=chosen["sampler"], steps=steps or chosen["steps"], eta=eta, seed=seed,
                           device=device, guide=guide, guidance=guidance, guidance_interval=guidance_interval).images
     return images, model.meta
 
 
 def score_snapshot(path: Path, n: int, steps: int | None, device: str, eta: float = DEFAULT_ETA,
                    vae: Path | None = None, sampler: str = "ddim", guide: DiffusionModel | None = None,
-                   guidance: float | None = None, guidance_interval: tuple[float, float] | None = None) -> dict:
-    """One snapshot's epoch, training seconds (with a ``guide``, its own too: ``guide_seconds``), sampling seconds and
-    metrics at ``n`` samples."""
+                   guidance: float | None = None, guidance_interval: tuple[float, float] | None = None,
+                   own_guide: bool = False, seed: int = 0) -> dict:
+    """One snapshot's epoch, training seconds (with a ``guide``, its own too: ``guide_seconds``, unless it is an
+    ``own_guide``, an earlier snapshot of the same run), sampling seconds and metrics at ``n`` samples."""
     t0 = time.perf_counter()
-    images, meta = draw(path, n, steps, device, eta, vae, sampler, guide, guidance, guidance_interval)
+    images, meta = draw(path, n, steps, device, eta, vae, sampler, guide, guidance, guidance_interval, seed)
     sampling = time.perf_counter() - t0
-    m = evaluate(images, seed=0, device=device, include_memorisation=False)
-    guide_seconds = {} if guide is None else {"guide_seconds": guide.meta["seconds"]}
+    m = evaluate(images, seed=seed, device=device, include_memorisation=False)
+    guide_seconds = {} if guide is None or own_guide else {"guide_seconds": guide.meta["seconds"]}
     return {"snapshot": path.name, "epoch": meta.get("epoch"), "training_seconds": meta["seconds"], **guide_seconds,
             "sampling_seconds": round(sampling, 1), **distribution_metrics(m),
             "class_max_deviation": m["class_max_deviation"]}
+
+
+def own_snapshot(guide: DiffusionModel, snaps: list[Path]) -> bool:
+    """Whether ``guide`` is one of ``snaps`` (the same weights): an earlier snapshot of the run it guides."""
+    return any(read_model_meta(s)["weights_sha256"] == guide.meta["weights_sha256"] for s in snaps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None,
                    help=f"network steps (default: {DEFAULT_STEPS} for DDIM, the model's own for 'default')")
     p.add_argument("--eta", type=float, default=DEFAULT_ETA, help="DDIM's η, and the SDE solvers' (default: the CLI's)")
+    p.add_argument("--seed", type=int, default=0, help="the draws' seed, and the real floor's")
     p.add_argument("--target", type=float, default=2.0, help="FID target as a multiple of the floor")
     p.add_argument("--profile", default="book", help="results/<profile>/ gets the file")
     p.add_argument("--out", type=Path, default=None, help="default results/<profile>/time_to_quality.json")
@@ -131,28 +141,34 @@ def main(argv: list[str] | None = None) -> int:
     interval = None if guide is None else (tuple(args.guidance_interval) if args.guidance_interval else
                                            guide.sampling_defaults(guide=True)["guidance_interval"])
     guided = None if guide is None else {"file": str(args.guide), "weights_sha256": guide.meta["weights_sha256"],
-                                         "guidance": DEFAULT_AUTOGUIDANCE if args.guidance is None else args.guidance}
+                                         "guidance": guide.sampling_defaults(guide=True)["guidance"]
+                                         if args.guidance is None else args.guidance}
     if interval is not None:
         guided["guidance_interval"] = interval_record(interval)
+    own = guide is not None and own_snapshot(guide, snaps)
+    if own:
+        guided["own_snapshot"] = True  # its seconds are inside every later snapshot's; the earlier ones are not scored
+        snaps = [s for s in snaps if read_model_meta(s)["seconds"] > guide.meta["seconds"]]
     same = (old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps
             and old.get("eta", DEFAULT_ETA) == args.eta and old.get("sampler", "ddim") == args.sampler
-            and old.get("guide") == guided)
+            and old.get("guide") == guided and old.get("seed", 0) == args.seed)
     rows = {r["snapshot"]: r for r in old.get("snapshots", [])} if same else {}
-    floor = real_floor(args.n, seed=0, device=args.device, include_memorisation=False)
+    floor = real_floor(args.n, seed=args.seed, device=args.device, include_memorisation=False)
     cpu = device_name(args.device)
     print(f"{cpu}; n = {args.n}, {args.sampler}-{args.steps or 'default'}, η = {args.eta:g}; floor " + ", ".join(
         f"{s}: FID {floor[space_key('fid', s)]:.3f}" for s in FEATURE_SPACES))
     for snap in snaps:
         if snap.name not in rows:
             rows[snap.name] = score_snapshot(snap, args.n, args.steps, args.device, args.eta, args.vae, args.sampler,
-                                             guide, args.guidance, interval)
+                                             guide, guided and guided["guidance"], interval, own, args.seed)
         r = rows[snap.name]
         ratios = "  ".join(f"{s}: FID {r[space_key('fid', s)] / floor[space_key('fid', s)]:5.1f}× floor, "
                            f"P {r[space_key('precision', s)]:.3f} R {r[space_key('recall', s)]:.3f}"
                            for s in FEATURE_SPACES)
         print(f"{snap.name}: {trained(r) / 60:6.1f} min  {ratios}", flush=True)
         first = next((x for x in sorted(rows.values(), key=trained) if meets(x, floor, args.target)), None)
-        doc = {"run": str(args.run), "device": cpu, "n": args.n, "sampler": args.sampler, "steps": args.steps,
+        doc = {"run": str(args.run), "device": cpu, "n": args.n, "seed": args.seed, "sampler": args.sampler,
+               "steps": args.steps,
                "eta": args.eta, **({"guide": guided} if guided else {}),
                "target": f"FID ≤ {args.target:g} × floor, precision and recall ≥ {PR_MIN:.2f}, in both feature "
                          f"spaces; every class within ±{CLASS_MAX * 100:g} points of 10 %",

@@ -13,7 +13,9 @@ so ε_θ(x_t, t, y) and ε_θ(x_t, t, ∅) are one network (Ho & Salimans 2022).
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,8 @@ from torch import nn
 
 from mnistdiff.config import UNetConfig
 
-__all__ = ["timestep_embedding", "attention", "ResBlock", "AttentionBlock", "UNet", "count_parameters", "NULL_LABEL"]
+__all__ = ["timestep_embedding", "attention", "attention_kernel", "ATTENTION_KERNELS", "ResBlock", "AttentionBlock",
+           "UNet", "count_parameters", "NULL_LABEL"]
 
 #: The label ∅ ("no label"): a class-conditional UNet given it predicts the unconditional ε_θ(x_t, t, ∅).
 NULL_LABEL = -1
@@ -71,18 +74,64 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+#: The two ways :func:`attention` computes, in the order a tie prefers: PyTorch's fused kernel, and the product
+#: written out with its softmax in float32.
+ATTENTION_KERNELS = ("sdpa", "written")
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str | None = None) -> torch.Tensor:
     """softmax(QKᵀ/√d)V (Vaswani et al. 2017, eq. 1): q, k, v (B, heads, N, d) → (B, heads, N, d).
 
-    ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU, and in float32 on a CPU); in
-    bfloat16 on a CPU the product written out, with the softmax in float32: at the book UNet's shapes its forward and
-    backward pass took less than a fifth of the fused CPU kernel's time on an AMD EPYC (``benchmarks/README.md``, "The
-    training step on an AMD EPYC").
+    ``kernel="sdpa"``: ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU);
+    ``"written"``: the product written out, the softmax in float32. ``None`` chooses: SDPA, except in bfloat16 on a
+    CPU, where :func:`attention_kernel` times both once per machine and shape: on an AMD EPYC the fused kernel's
+    forward and backward pass took three to six times as long at the book UNet's shapes (``benchmarks/README.md``,
+    "The training step on an AMD EPYC").
     """
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+    if kernel is None:
+        on_cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
+        kernel = attention_kernel(tuple(q.shape), torch.is_grad_enabled()) if on_cpu_bf16 else "sdpa"
+    if kernel == "written":
         weights = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, heads, N, N)
         return weights.softmax(-1, dtype=torch.float32).to(v.dtype) @ v
     return F.scaled_dot_product_attention(q, k, v)
+
+
+@functools.cache
+def attention_kernel(shape: tuple[int, ...], backward: bool) -> str:
+    """The faster of :data:`ATTENTION_KERNELS` for bfloat16 q, k, v of ``shape`` (B, heads, N, d) on this CPU, timed
+    with (``backward``) or without the backward pass, and remembered per machine and shape, so a bf16 run draws the
+    same bits each time (:func:`mnistdiff.devices.remembered`: a near-tie keeps SDPA). Under
+    ``torch.compile``'s tracing it times nothing and takes SDPA."""
+    if torch.compiler.is_compiling():
+        return "sdpa"
+    from mnistdiff.devices import clear_winner, remembered
+
+    def measure() -> tuple[str, dict[str, float]]:
+        speeds = _time_kernels(shape, backward)
+        return clear_winner(speeds), speeds
+
+    what = f"bf16 attention, {'forward and backward' if backward else 'forward'}, (B, heads, N, d) {shape}"
+    return remembered(what, "cpu", measure)[0]
+
+
+def _time_kernels(shape: tuple[int, ...], backward: bool, repeats: int = 5) -> dict[str, float]:
+    """Calls per second of each of :data:`ATTENTION_KERNELS` on random bfloat16 q, k, v of ``shape`` (the best of
+    ``repeats`` after one untimed call; the global RNG untouched)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=gen).bfloat16().requires_grad_(backward) for _ in range(3))
+    speeds = {}
+    with torch.enable_grad() if backward else torch.no_grad():
+        for kernel in ATTENTION_KERNELS:
+            best = math.inf
+            for i in range(repeats + 1):
+                t0 = time.perf_counter()
+                out = attention(q, k, v, kernel=kernel)
+                if backward:
+                    out.float().sum().backward()
+                best = min(best, time.perf_counter() - t0) if i else best
+            speeds[kernel] = round(1 / best, 1)
+    return speeds
 
 
 class AttentionBlock(nn.Module):

@@ -299,9 +299,9 @@ print(f"FiLM adds (d_e + 1)·C_out = {extra:,} parameters to a block and starts 
 # \qquad \mathrm{out} = x + W_o\,\mathrm{Attention}(Q, K, V).
 # $$
 #
-# The package calls PyTorch's fused `scaled_dot_product_attention` (in bfloat16 on a CPU it writes
-# the product out, which is faster there: `mnistdiff.unet.attention`); here it is with explicit
-# matrices:
+# The package calls PyTorch's fused `scaled_dot_product_attention` (in bfloat16 on a CPU it first
+# times it against the product written out, once per machine and shape, and keeps the faster:
+# `mnistdiff.unet.attention`); here it is with explicit matrices:
 
 
 # %%

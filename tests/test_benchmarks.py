@@ -238,6 +238,38 @@ def test_time_to_quality_autoguides_and_counts_the_guides_training(tmp_path):
     assert ttq.trained({"training_seconds": 3.0}) == 3.0
 
 
+def test_time_to_quality_an_own_snapshot_as_guide_adds_no_seconds(tmp_path):
+    """A guide that is one of the run's own snapshots (the same weights) adds no seconds to the later snapshots' (they
+    hold its training already) and guides only those; a guide trained apart adds its seconds to every snapshot's."""
+    import json
+
+    import torch
+
+    from mnistdiff.model import DiffusionModel
+
+    ttq = _script("time_to_quality")
+    model = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
+    early = model.save(tmp_path / "run" / "epoch_001.safetensors", seconds=2.0)
+    with torch.no_grad():
+        for p in model.network.parameters():
+            p.add_(0.05)
+    later = model.save(tmp_path / "run" / "epoch_002.safetensors", seconds=4.0)
+    with torch.no_grad():
+        for p in model.network.parameters():
+            p.sub_(0.1)
+    apart = model.save(tmp_path / "apart.safetensors", seconds=3.0)  # trained apart: other weights
+    assert ttq.own_snapshot(DiffusionModel.load(early), [early, later])
+    assert not ttq.own_snapshot(DiffusionModel.load(early), [later])
+    for guide, scored, seconds in ((early, ["epoch_002.safetensors"], [4.0]),
+                                   (apart, ["epoch_001.safetensors", "epoch_002.safetensors"], [5.0, 7.0])):
+        out = tmp_path / f"{guide.stem}.json"
+        ttq.main([str(tmp_path / "run"), "--n", "4", "--steps", "2", "--guide", str(guide), "--out", str(out)])
+        doc = json.loads(out.read_text())
+        assert [r["snapshot"] for r in doc["snapshots"]] == scored
+        assert [ttq.trained(r) for r in doc["snapshots"]] == seconds
+        assert doc["guide"].get("own_snapshot", False) == (guide == early)
+
+
 def _script(name: str):
     import importlib.util
 

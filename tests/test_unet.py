@@ -3,6 +3,7 @@ numerical stability and the sinusoidal embedding (golden values from the formula
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,7 +14,16 @@ from torch import nn
 
 from conftest import randomize_zero_params
 from mnistdiff.config import ConfigError, UNetConfig
-from mnistdiff.unet import AttentionBlock, ResBlock, UNet, attention, count_parameters, timestep_embedding
+from mnistdiff.unet import (
+    ATTENTION_KERNELS,
+    AttentionBlock,
+    ResBlock,
+    UNet,
+    attention,
+    attention_kernel,
+    count_parameters,
+    timestep_embedding,
+)
 
 PIXEL = dict(in_channels=1, image_size=32)
 LATENT = dict(in_channels=2, image_size=4)
@@ -353,9 +363,11 @@ def test_attention_block_matches_manual_softmax():
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_attention_in_each_dtype_against_float64_with_its_gradients():
-    """:func:`attention` in float32 (the fused kernel) and in bfloat16 on a CPU (the product written out, the softmax
-    in float32) against softmax(QKᵀ/√d)V in float64, values and gradients; float32 is the fused kernel bit for bit."""
+@pytest.mark.parametrize("kernel", ATTENTION_KERNELS)
+def test_attention_in_each_dtype_against_float64_with_its_gradients(kernel):
+    """:func:`attention` by each kernel (the fused one, the product written out with its softmax in float32), in
+    float32 and bfloat16, against softmax(QKᵀ/√d)V in float64, values and gradients; the fused kernel in float32 is
+    SDPA bit for bit."""
     gen = torch.Generator().manual_seed(0)
     q, k, v, g = (torch.randn(3, 2, 16, 6, generator=gen, dtype=torch.float64) for _ in range(4))
 
@@ -367,7 +379,7 @@ def test_attention_in_each_dtype_against_float64_with_its_gradients():
     expected, expected_grads = reference(q, k, v), [t.grad for t in leaves]
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
         leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
-        out = attention(*leaves)
+        out = attention(*leaves, kernel=kernel)
         out.backward(g.to(dtype))
         assert out.dtype == dtype
         torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
@@ -375,6 +387,37 @@ def test_attention_in_each_dtype_against_float64_with_its_gradients():
             torch.testing.assert_close(got.double(), want, rtol=tol, atol=2 * tol)
     q32, k32, v32 = (t.float() for t in (q, k, v))
     assert torch.equal(attention(q32, k32, v32), F.scaled_dot_product_attention(q32, k32, v32))
+
+
+def test_attention_kernel_is_timed_once_per_machine_and_shape_then_remembered(tmp_path, monkeypatch):
+    """In bfloat16 on a CPU :func:`attention` takes the kernel :func:`attention_kernel` timed, which is written to the
+    remembered choices (both timings, keyed by pass and shape) and read back from there: a file
+    that names the other kernel is obeyed (counted by SDPA's calls). float32 never times: it is SDPA."""
+    from mnistdiff.devices import CACHE_ENV, choices_file
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    attention_kernel.cache_clear()
+    q = torch.randn(2, 2, 16, 4).bfloat16()
+    with torch.no_grad():
+        attention(q, q, q)
+    (key, entry), = json.loads(choices_file().read_text()).items()
+    assert key.startswith("bf16 attention, forward, (B, heads, N, d) (2, 2, 16, 4) | ")
+    assert set(entry["timings"]) == set(ATTENTION_KERNELS) and entry["choice"] in ATTENTION_KERNELS
+
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a: calls.append(1) or real_sdpa(*a))
+    for choice, sdpa_calls in (("written", 0), ("sdpa", 1)):
+        choices_file().write_text(json.dumps({key: {**entry, "choice": choice}}))
+        attention_kernel.cache_clear()
+        calls.clear()
+        with torch.no_grad():
+            attention(q, q, q)
+        assert len(calls) == sdpa_calls, choice
+    attention_kernel.cache_clear()
+    attention(q.float(), q.float(), q.float())
+    assert len(calls) == 2 and len(json.loads(choices_file().read_text())) == 1
+    attention_kernel.cache_clear()
 
 
 def test_attention_block_trains_alike_in_bfloat16_and_float32():

@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mnistdiff.evaluation.nfe_sweep import paired_difference
 from mnistdiff.evaluation.report import results_dir
 
 __all__ = ["book_result", "paired_spreads", "paired_spreads_table", "autoguided_spreads", "guidance_label",
@@ -91,16 +92,12 @@ def paired_spreads(files: Mapping[str, str], weights_sha256: str, guide_sha256: 
 
 def seed_difference(paired: Mapping[str, Any], label: str, other: str, key: str) -> dict[str, Any]:
     """``label``'s FID ``key`` (``fid``, ``fid_resnet``) minus ``other``'s, seed by seed over :func:`paired_spreads`'
-    seeds: ``{"mean", "se"`` (the standard error of the mean, sd/√n), ``"lower"`` (seeds where ``label``'s is lower),
-    ``"seeds"}``, and ``"word"``: "lower" or "higher" where the mean is more than two standard errors from 0, else
+    seeds: :func:`~mnistdiff.evaluation.nfe_sweep.paired_difference`'s ``{"mean", "se", "lower", "seeds"}`` and
+    ``"word"``: "lower" or "higher" where the mean is more than two standard errors from 0, else
     "level" (the seed alone could have made it)."""
-    a, b = paired["rows"][label][f"seeds_{key}"], paired["rows"][other][f"seeds_{key}"]
-    diffs = [x - y for x, y in zip(a, b, strict=True)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5 if n > 1 else math.inf
-    word = "level" if abs(mean) <= 2 * se else "lower" if mean < 0 else "higher"
-    return {"mean": mean, "se": se, "lower": sum(d < 0 for d in diffs), "seeds": n, "word": word}
+    d = paired_difference(paired["rows"][label][f"seeds_{key}"], paired["rows"][other][f"seeds_{key}"])
+    word = "level" if abs(d["mean"]) <= 2 * d["se"] else "lower" if d["mean"] < 0 else "higher"
+    return {**d, "word": word}
 
 
 def interval_label(interval: Sequence[float | None] | None) -> str | None:

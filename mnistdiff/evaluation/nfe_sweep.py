@@ -20,7 +20,8 @@ from mnistdiff.evaluation.metrics import space_key
 
 __all__ = ["SAMPLER_NAMES", "sampler_label", "NOT_MEASURED", "REFERENCE", "sweep_report", "curve_label", "sweep_curves",
            "plot_sweep", "sweep_table", "reference_key", "fewest_calls", "equal_quality_table", "select",
-           "best_per_nfe", "head_to_head", "head_to_head_table", "karras_table", "compare_over_seeds"]
+           "best_per_nfe", "head_to_head", "head_to_head_table", "karras_table", "compare_over_seeds",
+           "paired_difference"]
 
 #: How the book names each sampler.
 SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "dpmpp_2m_sde": "DPM-Solver++(2M) SDE", "heun": "Heun",
@@ -258,9 +259,15 @@ def compare_over_seeds(ours: Mapping[str, Any], ref: Mapping[str, Any], key: str
     a, b = ({d["seed"]: d[key] for d in doc["draws"]} for doc in (ours, ref))
     if sorted(a) != sorted(b):
         raise ValueError(f"not drawn from the same seeds: {sorted(a)} and {sorted(b)} (draw the rest: seed_spread.py)")
-    diffs = [a[s] - b[s] for s in sorted(a)]
-    mean = statistics.fmean(diffs)
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
-    verdict = "ahead" if mean <= 0 else "level" if mean <= se else "behind"
-    return {"ratio": statistics.fmean(a.values()) / statistics.fmean(b.values()), "diff": mean, "se": se,
+    d = paired_difference([a[s] for s in sorted(a)], [b[s] for s in sorted(a)])
+    verdict = "ahead" if d["mean"] <= 0 else "level" if d["mean"] <= d["se"] else "behind"
+    return {"ratio": statistics.fmean(a.values()) / statistics.fmean(b.values()), "diff": d["mean"], "se": d["se"],
             "verdict": verdict}
+
+
+def paired_difference(ours: Sequence[float], ref: Sequence[float]) -> dict[str, Any]:
+    """Two scores drawn at the same seeds, in the same order, compared seed by seed: ``{"mean"`` (of ours − ref),
+    ``"se"`` (its standard error, sd/√n; inf for one seed), ``"lower"`` (seeds where ours is lower), ``"seeds"}``."""
+    diffs = [x - y for x, y in zip(ours, ref, strict=True)]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
+    return {"mean": statistics.fmean(diffs), "se": se, "lower": sum(x < 0 for x in diffs), "seeds": len(diffs)}
