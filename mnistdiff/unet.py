@@ -13,7 +13,6 @@ so ε_θ(x_t, t, y) and ε_θ(x_t, t, ∅) are one network (Ho & Salimans 2022).
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 
@@ -23,8 +22,8 @@ from torch import nn
 
 from mnistdiff.config import UNetConfig
 
-__all__ = ["timestep_embedding", "attention", "attention_kernel", "ATTENTION_KERNELS", "ResBlock", "AttentionBlock",
-           "UNet", "count_parameters", "NULL_LABEL"]
+__all__ = ["timestep_embedding", "attention", "attention_kernel", "ATTENTION_KERNELS", "ATTENTION_CHOICES", "ResBlock",
+           "AttentionBlock", "UNet", "count_parameters", "NULL_LABEL"]
 
 #: The label ∅ ("no label"): a class-conditional UNet given it predicts the unconditional ε_θ(x_t, t, ∅).
 NULL_LABEL = -1
@@ -97,14 +96,24 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str | N
     return F.scaled_dot_product_attention(q, k, v)
 
 
-@functools.cache
+#: The kernels :func:`attention_kernel` chose in this process, by (shape, backward).
+ATTENTION_CHOICES: dict[tuple[tuple[int, ...], bool], str] = {}
+
+
 def attention_kernel(shape: tuple[int, ...], backward: bool) -> str:
     """The faster of :data:`ATTENTION_KERNELS` for bfloat16 q, k, v of ``shape`` (B, heads, N, d) on this CPU, timed
     with (``backward``) or without the backward pass, and remembered per machine and shape, so a bf16 run draws the
-    same bits each time (:func:`mnistdiff.devices.remembered`: a near-tie keeps SDPA). Under
-    ``torch.compile``'s tracing it times nothing and takes SDPA."""
-    if torch.compiler.is_compiling():
-        return "sdpa"
+    same bits each time (:func:`mnistdiff.devices.remembered`: a near-tie keeps SDPA). Chosen once per process
+    (:data:`ATTENTION_CHOICES`); ``torch.compile`` runs the choosing outside its graph, once."""
+    key = (shape, backward)
+    if key not in ATTENTION_CHOICES:
+        ATTENTION_CHOICES[key] = _remembered_kernel(shape, backward)
+    return ATTENTION_CHOICES[key]
+
+
+@torch.compiler.disable
+def _remembered_kernel(shape: tuple[int, ...], backward: bool) -> str:
+    """:func:`attention_kernel`'s choice as this machine remembers it, timed (:func:`_time_kernels`) the first time."""
     from mnistdiff.devices import clear_winner, remembered
 
     def measure() -> tuple[str, dict[str, float]]:

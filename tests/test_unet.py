@@ -15,12 +15,12 @@ from torch import nn
 from conftest import randomize_zero_params
 from mnistdiff.config import ConfigError, UNetConfig
 from mnistdiff.unet import (
+    ATTENTION_CHOICES,
     ATTENTION_KERNELS,
     AttentionBlock,
     ResBlock,
     UNet,
     attention,
-    attention_kernel,
     count_parameters,
     timestep_embedding,
 )
@@ -396,7 +396,7 @@ def test_attention_kernel_is_timed_once_per_machine_and_shape_then_remembered(tm
     from mnistdiff.devices import CACHE_ENV, choices_file
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    attention_kernel.cache_clear()
+    ATTENTION_CHOICES.clear()
     q = torch.randn(2, 2, 16, 4).bfloat16()
     with torch.no_grad():
         attention(q, q, q)
@@ -409,15 +409,36 @@ def test_attention_kernel_is_timed_once_per_machine_and_shape_then_remembered(tm
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a: calls.append(1) or real_sdpa(*a))
     for choice, sdpa_calls in (("written", 0), ("sdpa", 1)):
         choices_file().write_text(json.dumps({key: {**entry, "choice": choice}}))
-        attention_kernel.cache_clear()
+        ATTENTION_CHOICES.clear()
         calls.clear()
         with torch.no_grad():
             attention(q, q, q)
         assert len(calls) == sdpa_calls, choice
-    attention_kernel.cache_clear()
+    ATTENTION_CHOICES.clear()
     attention(q.float(), q.float(), q.float())
     assert len(calls) == 2 and len(json.loads(choices_file().read_text())) == 1
-    attention_kernel.cache_clear()
+    ATTENTION_CHOICES.clear()
+
+
+def test_attention_kernel_is_chosen_under_torch_compile_too(tmp_path, monkeypatch):
+    """A compiled block in bfloat16 chooses its kernel as an eager one does (outside the graph: timed, remembered),
+    where a traced forward that could not time would take SDPA unasked."""
+    from mnistdiff.devices import CACHE_ENV, choices_file
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    ATTENTION_CHOICES.clear()
+    torch.manual_seed(0)
+    blk = AttentionBlock(16, num_heads=4, groups=4)
+    nn.init.normal_(blk.proj.weight, std=0.2)
+    x = torch.randn(2, 16, 4, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        compiled = torch.compile(blk)(x).float()
+        (key, choice), = ATTENTION_CHOICES.items()
+        assert key == ((2, 4, 16, 4), False) and choice in ATTENTION_KERNELS
+        (entry,) = json.loads(choices_file().read_text()).values()
+    assert entry["choice"] == choice and set(entry["timings"]) == set(ATTENTION_KERNELS)
+    assert compiled.shape == x.shape
+    ATTENTION_CHOICES.clear()
 
 
 def test_attention_block_trains_alike_in_bfloat16_and_float32():
