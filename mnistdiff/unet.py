@@ -89,11 +89,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str | N
     """
     if kernel is None:
         on_cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
-        kernel = attention_kernel(tuple(q.shape), torch.is_grad_enabled()) if on_cpu_bf16 else "sdpa"
+        kernel = attention_kernel(tuple(q.shape), q.requires_grad) if on_cpu_bf16 else "sdpa"
     if kernel == "written":
         weights = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, heads, N, N)
         return weights.softmax(-1, dtype=torch.float32).to(v.dtype) @ v
-    return F.scaled_dot_product_attention(q, k, v)
+    if kernel == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v)
+    raise ValueError(f"attention kernel {kernel!r}: use one of {ATTENTION_KERNELS}, or None to choose")
 
 
 #: The kernels :func:`attention_kernel` chose in this process, by (shape, backward).
@@ -102,9 +104,9 @@ ATTENTION_CHOICES: dict[tuple[tuple[int, ...], bool], str] = {}
 
 def attention_kernel(shape: tuple[int, ...], backward: bool) -> str:
     """The faster of :data:`ATTENTION_KERNELS` for bfloat16 q, k, v of ``shape`` (B, heads, N, d) on this CPU, timed
-    with (``backward``) or without the backward pass, and remembered per machine and shape, so a bf16 run draws the
-    same bits each time (:func:`mnistdiff.devices.remembered`: a near-tie keeps SDPA). Chosen once per process
-    (:data:`ATTENTION_CHOICES`); ``torch.compile`` runs the choosing outside its graph, once."""
+    with (``backward``: q needs a gradient) or without the backward pass, and remembered per machine and shape, so a
+    bf16 run draws the same bits each time (:func:`mnistdiff.devices.remembered`: a near-tie keeps SDPA). Chosen once
+    per process (:data:`ATTENTION_CHOICES`); ``torch.compile`` runs the choosing outside its graph, once."""
     key = (shape, backward)
     if key not in ATTENTION_CHOICES:
         ATTENTION_CHOICES[key] = _remembered_kernel(shape, backward)

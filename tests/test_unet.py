@@ -387,6 +387,8 @@ def test_attention_in_each_dtype_against_float64_with_its_gradients(kernel):
             torch.testing.assert_close(got.double(), want, rtol=tol, atol=2 * tol)
     q32, k32, v32 = (t.float() for t in (q, k, v))
     assert torch.equal(attention(q32, k32, v32), F.scaled_dot_product_attention(q32, k32, v32))
+    with pytest.raises(ValueError, match="use one of"):
+        attention(q32, k32, v32, kernel="fused")
 
 
 def test_attention_kernel_is_timed_once_per_machine_and_shape_then_remembered(tmp_path, monkeypatch):
@@ -403,6 +405,10 @@ def test_attention_kernel_is_timed_once_per_machine_and_shape_then_remembered(tm
     (key, entry), = json.loads(choices_file().read_text()).items()
     assert key.startswith("bf16 attention, forward, (B, heads, N, d) (2, 2, 16, 4) | ")
     assert set(entry["timings"]) == set(ATTENTION_KERNELS) and entry["choice"] in ATTENTION_KERNELS
+    leaf = q.clone().requires_grad_(True)
+    attention(leaf, leaf, leaf)  # a q that needs its gradient is timed forward and backward, apart
+    assert any(k.startswith("bf16 attention, forward and backward, (B, heads, N, d) (2, 2, 16, 4) | ")
+               for k in json.loads(choices_file().read_text()))
 
     calls = []
     real_sdpa = F.scaled_dot_product_attention
