@@ -113,7 +113,7 @@ def attention_kernel(shape: tuple[int, ...], backward: bool) -> str:
     return ATTENTION_CHOICES[key]
 
 
-@torch.compiler.disable
+@torch._disable_dynamo  # torch.compiler.disable, but importing torch._dynamo (1.3 s) only when first called
 def _remembered_kernel(shape: tuple[int, ...], backward: bool) -> str:
     """:func:`attention_kernel`'s choice as this machine remembers it, timed (:func:`_time_kernels`) the first time."""
     from mnistdiff.devices import clear_winner, remembered

@@ -60,3 +60,9 @@ def test_every_exported_name_resolves():
     missing = [name for name in mnistdiff.__all__ if not hasattr(mnistdiff, name)]  # a value may be None
     assert missing == []
     assert set(mnistdiff.__all__) <= set(dir(mnistdiff))
+
+
+def test_the_core_loads_no_compiler():
+    """``torch._dynamo`` (about 1.3 s to import) loads only where something compiles or the attention kernel is first
+    chosen, not with the core."""
+    assert "torch._dynamo" not in loaded_after("\n".join(f"import mnistdiff.{name}" for name in CORE))
