@@ -21,6 +21,11 @@ snapshots after it are scored.
 The target of issue 22: FID within ``--target`` (2) times the floor, precision and recall ≥ 0.80, in both spaces,
 and every class within ±3 points of 10 %; the script prints the first snapshot that meets it and its training minutes.
 
+    python benchmarks/time_to_quality.py pool results/book/time_to_quality_<run>_seed*.json
+
+pools the files of one run scored at several seeds (``--seed``), as ``seed_spread.py`` does: the FID of the mean
+against the mean floor, every seed's precision, recall and class balance (:func:`pooled`).
+
 A latent model's snapshots are decoded by ``--vae`` (the VAE it was trained on). A VAE's snapshots
 (``train vae --snapshot_every``) are scored by their reconstructions of the floor's own ``n`` training digits,
 the best a latent model on that VAE can emit (issue 22's VAE target: ``--target 1.5``).
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -106,7 +112,58 @@ def own_snapshot(guide: DiffusionModel, snaps: list[Path]) -> bool:
     return any(read_model_meta(s)["weights_sha256"] == guide.meta["weights_sha256"] for s in snaps)
 
 
+def pooled(docs: list[dict]) -> tuple[dict, list[dict]]:
+    """Files of this script for one run scored at several seeds, pooled as ``seed_spread.py`` pools: the floor's and
+    each snapshot's FID averaged over the seeds in each space, its precision and recall the lowest of any seed, its
+    class deviation the largest; so :func:`meets` on a pooled row asks the FID of the mean and every seed's precision,
+    recall and balance. Returns ``(floor, rows)``, rows in order of training time. Raises ``ValueError`` if the files
+    differ in run, n, sampler, steps, η or guide, or repeat a seed."""
+    same = ("run", "n", "sampler", "steps", "eta", "guide")
+    if len({json.dumps([d.get(k) for k in same]) for d in docs}) != 1:
+        raise ValueError(f"pool files of one run scored alike (the same {', '.join(same)}), at several seeds")
+    seeds = [d.get("seed", 0) for d in docs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed appears twice: {seeds}")
+    fids = [space_key("fid", s) for s in FEATURE_SPACES]
+    floor = {k: statistics.fmean(d["floor"][k] for d in docs) for k in fids}
+    by_name = [{r["snapshot"]: r for r in d["snapshots"]} for d in docs]
+    rows = []
+    for name in (n for n in by_name[0] if all(n in b for b in by_name)):
+        scored = [b[name] for b in by_name]
+        row = {**scored[0], "seeds": seeds, "class_max_deviation": max(r["class_max_deviation"] for r in scored)}
+        for s in FEATURE_SPACES:
+            row[space_key("fid", s)] = statistics.fmean(r[space_key("fid", s)] for r in scored)
+            for k in ("precision", "recall"):
+                row[space_key(k, s)] = min(r[space_key(k, s)] for r in scored)
+        rows.append(row)
+    return floor, sorted(rows, key=trained)
+
+
+def pool_main(argv: list[str]) -> int:
+    """``time_to_quality.py pool FILE...``: :func:`pooled`, printed, and the first snapshot that meets the target."""
+    p = argparse.ArgumentParser(prog="time_to_quality.py pool", description=pooled.__doc__)
+    p.add_argument("files", type=Path, nargs="+", help="this script's files for one run, one per seed")
+    p.add_argument("--target", type=float, default=2.0, help="FID target as a multiple of the pooled floor")
+    args = p.parse_args(argv)
+    try:
+        floor, rows = pooled([json.loads(f.read_text()) for f in args.files])
+    except ValueError as err:
+        p.error(str(err))
+    for r in rows:
+        print(f"{r['snapshot']}: {trained(r) / 60:6.1f} min  " + "  ".join(
+            f"{s}: FID {r[space_key('fid', s)] / floor[space_key('fid', s)]:.2f}× pooled floor, lowest P "
+            f"{r[space_key('precision', s)]:.3f} R {r[space_key('recall', s)]:.3f}" for s in FEATURE_SPACES)
+            + f"  classes within {r['class_max_deviation'] * 100:.1f} points, seeds {r['seeds']}")
+    first = next((r for r in rows if meets(r, floor, args.target)), None)
+    print("first snapshot meeting the target over the seeds: "
+          + (f"{first['snapshot']}, {trained(first) / 60:.1f} min" if first else "none"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pool"]:
+        return pool_main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path,
                    help="a training run's folder (with snapshots/), or a folder of epoch_NNN.safetensors")

@@ -174,6 +174,32 @@ def test_time_to_quality_target_needs_every_space_and_class_balance():
         assert not ttq.meets({**row, key: bad}, floor, 2.0), key
 
 
+def test_time_to_quality_pools_seeds_as_the_fid_of_the_mean_and_every_seeds_precision():
+    """Pooled over seeds: FIDs and floors averaged per space (by hand below), precision and recall the lowest seed's,
+    class balance the worst seed's; a snapshot met at one seed alone is not met pooled. Files of another run, or the
+    same seed twice, are refused."""
+    ttq = _script("time_to_quality")
+
+    def doc(seed, floor, fid, precision, run="r"):
+        row = {"snapshot": "epoch_010.safetensors", "training_seconds": 600.0, "fid": fid, "fid_resnet": fid / 2,
+               "precision": precision, "recall": 0.9, "precision_resnet": 0.85, "recall_resnet": 0.88,
+               "class_max_deviation": 0.01 + seed / 100}
+        return {"run": run, "n": 4, "sampler": "default", "steps": None, "eta": 1.0, "seed": seed,
+                "floor": {"fid": floor, "fid_resnet": floor / 2}, "snapshots": [row]}
+
+    low_floor, high_floor = doc(1, 0.18, 0.5, 0.81), doc(0, 0.3, 0.5, 0.83)
+    assert ttq.meets(high_floor["snapshots"][0], high_floor["floor"], 2.0)  # 0.5 / 0.3 = 1.67x at this seed alone
+    floor, (row,) = ttq.pooled([high_floor, low_floor])
+    assert floor == pytest.approx({"fid": 0.24, "fid_resnet": 0.12})
+    assert row["fid"] == 0.5 and row["precision"] == 0.81 and row["class_max_deviation"] == 0.02
+    assert not ttq.meets(row, floor, 2.0)  # 0.5 / 0.24 = 2.08x in each space
+    assert ttq.meets(row, floor, 2.1)
+    assert not ttq.meets(ttq.pooled([high_floor, doc(1, 0.18, 0.3, 0.79)])[1][0], floor, 3.0)  # seed 1's precision
+    for bad in ([high_floor, doc(1, 0.2, 0.5, 0.81, run="other")], [high_floor, doc(0, 0.2, 0.5, 0.81)]):
+        with pytest.raises(ValueError):
+            ttq.pooled(bad)
+
+
 def test_time_to_quality_scores_a_vae_snapshot_by_its_reconstructions_of_the_floor_digits(tmp_path):
     import importlib.util
 
