@@ -130,7 +130,9 @@ def pooled(docs: list[dict]) -> tuple[dict, list[dict]]:
     rows = []
     for name in (n for n in by_name[0] if all(n in b for b in by_name)):
         scored = [b[name] for b in by_name]
-        row = {**scored[0], "seeds": seeds, "class_max_deviation": max(r["class_max_deviation"] for r in scored)}
+        kept = ("snapshot", "epoch", "training_seconds", "guide_seconds")  # the same at every seed; nothing else
+        row = {k: scored[0][k] for k in kept if k in scored[0]}
+        row.update(seeds=seeds, class_max_deviation=max(r["class_max_deviation"] for r in scored))
         for s in FEATURE_SPACES:
             row[space_key("fid", s)] = statistics.fmean(r[space_key("fid", s)] for r in scored)
             for k in ("precision", "recall"):
