@@ -66,7 +66,7 @@ from torch import nn  # noqa: E402
 from mnistdiff.config import TrainConfig, UNetConfig, to_dict  # noqa: E402
 from mnistdiff.course.profiles import FULL, PROFILES  # noqa: E402
 from mnistdiff.data import load_mnist  # noqa: E402
-from mnistdiff.devices import choices_file, device_name  # noqa: E402
+from mnistdiff.devices import device_name, remembered_choices  # noqa: E402
 from mnistdiff.files import atomic_write_text  # noqa: E402
 from mnistdiff.sampling import FastDenoiser, generate  # noqa: E402
 from mnistdiff.schedules import NoiseSchedule  # noqa: E402
@@ -356,7 +356,7 @@ class Bench:
 
     def write(self) -> None:
         self.doc["total_seconds"] = round(self.elapsed(), 2)
-        self.doc["attention_kernels"] = attention_choices(self.device_name)
+        self.doc["attention_kernels"] = remembered_choices("bf16 attention", self.device)  # what bf16 steps ran
         self.doc["summary"] = self.summary()
         self.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out, json.dumps(self.doc, indent=2) + "\n")
@@ -707,15 +707,6 @@ class Bench:
             comp = e.get("compile_seconds")
             comp_s = f"{comp:>10.1f}" if isinstance(comp, (int, float)) else f"{'':>10}"
             print(f"{e['name']:<52} {e['status']:<8} {extra} {comp_s}  {e['device_name']}")
-
-
-def attention_choices(name: str) -> dict[str, Any]:
-    """The bf16 attention kernels this machine (``name``) timed and remembered (``mnistdiff.unet.attention_kernel``),
-    with their timings (calls/s), by pass and shape: which way the bf16 steps above computed attention."""
-    path = choices_file()
-    known = json.loads(path.read_text()) if path.is_file() else {}
-    return {key.split(" | ")[0]: entry for key, entry in known.items()
-            if key.startswith("bf16 attention") and f" | {name} | " in key}
 
 
 def sig(x: float, digits: int = 4) -> float:

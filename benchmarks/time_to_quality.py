@@ -107,9 +107,10 @@ def score_snapshot(path: Path, n: int, steps: int | None, device: str, eta: floa
             "class_max_deviation": m["class_max_deviation"]}
 
 
-def own_snapshot(guide: DiffusionModel, snaps: list[Path]) -> bool:
-    """Whether ``guide`` is one of ``snaps`` (the same weights): an earlier snapshot of the run it guides."""
-    return any(read_model_meta(s)["weights_sha256"] == guide.meta["weights_sha256"] for s in snaps)
+def own_snapshot(guide: DiffusionModel, metas: list[dict]) -> bool:
+    """Whether ``guide`` has the weights of one of the snapshots whose headers are ``metas``: an earlier snapshot of
+    the run it guides."""
+    return any(m["weights_sha256"] == guide.meta["weights_sha256"] for m in metas)
 
 
 def pooled(docs: list[dict]) -> tuple[dict, list[dict]]:
@@ -199,15 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     guide = None if args.guide is None else DiffusionModel.load(args.guide, vae=args.vae, device=args.device)
     interval = None if guide is None else (tuple(args.guidance_interval) if args.guidance_interval else
                                            guide.sampling_defaults(guide=True)["guidance_interval"])
+    weight = None if guide is None else (guide.sampling_defaults(guide=True)["guidance"] if args.guidance is None
+                                         else args.guidance)
     guided = None if guide is None else {"file": str(args.guide), "weights_sha256": guide.meta["weights_sha256"],
-                                         "guidance": guide.sampling_defaults(guide=True)["guidance"]
-                                         if args.guidance is None else args.guidance}
+                                         "guidance": weight}
     if interval is not None:
         guided["guidance_interval"] = interval_record(interval)
-    own = guide is not None and own_snapshot(guide, snaps)
+    metas = {snap: read_model_meta(snap) for snap in snaps}
+    own = guide is not None and own_snapshot(guide, list(metas.values()))
     if own:
         guided["own_snapshot"] = True  # its seconds are inside every later snapshot's; the earlier ones are not scored
-        snaps = [s for s in snaps if read_model_meta(s)["seconds"] > guide.meta["seconds"]]
+        snaps = [snap for snap in snaps if metas[snap]["seconds"] > guide.meta["seconds"]]
     same = (old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps
             and old.get("eta", DEFAULT_ETA) == args.eta and old.get("sampler", "ddim") == args.sampler
             and old.get("guide") == guided and old.get("seed", 0) == args.seed)
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     for snap in snaps:
         if snap.name not in rows:
             rows[snap.name] = score_snapshot(snap, args.n, args.steps, args.device, args.eta, args.vae, args.sampler,
-                                             guide, guided and guided["guidance"], interval, own, args.seed)
+                                             guide, weight, interval, own, args.seed)
         r = rows[snap.name]
         ratios = "  ".join(f"{s}: FID {r[space_key('fid', s)] / floor[space_key('fid', s)]:5.1f}× floor, "
                            f"P {r[space_key('precision', s)]:.3f} R {r[space_key('recall', s)]:.3f}"

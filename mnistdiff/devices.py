@@ -23,7 +23,7 @@ import torch
 from mnistdiff.files import FileWriteError, atomic_write_json
 
 __all__ = ["default_device", "resolve_device", "cpu_name", "device_name", "device_info", "clear_winner", "remembered",
-           "CACHE_ENV", "TIE_MARGIN"]
+           "CACHE_ENV", "TIE_MARGIN", "remembered_choices"]
 
 #: Where :func:`remembered` keeps its choices: ``$MNISTDIFF_CACHE/choices.json``, else ``~/.cache/mnistdiff/``.
 CACHE_ENV = "MNISTDIFF_CACHE"
@@ -104,13 +104,29 @@ def choices_file() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mnistdiff") / "choices.json"
 
 
+def _choice_key(what: str, device: torch.device | str) -> str:
+    """Where :func:`remembered` files ``what`` for this machine: ``device``'s name and torch's version complete it."""
+    return f"{what} | {device_name(device)} | torch {torch.__version__}"
+
+
+def remembered_choices(prefix: str, device: torch.device | str) -> dict[str, Any]:
+    """The choices :func:`remembered` holds for this machine (``device``) whose ``what`` starts with ``prefix``:
+    ``{what: {"choice", "timings"}}`` ({} where nothing is remembered or the file is unreadable)."""
+    try:
+        known = json.loads(choices_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    tail = _choice_key("", device)
+    return {key[: -len(tail)]: entry for key, entry in known.items() if key.startswith(prefix) and key.endswith(tail)}
+
+
 def remembered(what: str, device: torch.device | str, measure: Callable[[], tuple[str, dict[str, float]]]
                ) -> tuple[str, dict[str, float], bool]:
     """``measure()``'s choice and timings for ``what`` on this machine (``device``'s :func:`device_name` and torch's
     version complete the key), measured the first time and read back from :func:`choices_file` after. Returns
     ``(choice, timings, remembered)``. Delete the file (its path is printed with the choice) to measure again; an
     unreadable file is measured over, an unwritable one leaves the choice unremembered, each with a warning."""
-    key = f"{what} | {device_name(device)} | torch {torch.__version__}"
+    key = _choice_key(what, device)
     path = choices_file()
     known: dict[str, Any] = {}
     if path.is_file():

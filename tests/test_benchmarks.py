@@ -272,6 +272,7 @@ def test_time_to_quality_an_own_snapshot_as_guide_adds_no_seconds(tmp_path):
     import torch
 
     from mnistdiff.model import DiffusionModel
+    from mnistdiff.modelfile import read_model_meta
 
     ttq = _script("time_to_quality")
     model = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
@@ -284,8 +285,8 @@ def test_time_to_quality_an_own_snapshot_as_guide_adds_no_seconds(tmp_path):
         for p in model.network.parameters():
             p.sub_(0.1)
     apart = model.save(tmp_path / "apart.safetensors", seconds=3.0)  # trained apart: other weights
-    assert ttq.own_snapshot(DiffusionModel.load(early), [early, later])
-    assert not ttq.own_snapshot(DiffusionModel.load(early), [later])
+    assert ttq.own_snapshot(DiffusionModel.load(early), [read_model_meta(early), read_model_meta(later)])
+    assert not ttq.own_snapshot(DiffusionModel.load(early), [read_model_meta(later)])
     for guide, scored, seconds in ((early, ["epoch_002.safetensors"], [4.0]),
                                    (apart, ["epoch_001.safetensors", "epoch_002.safetensors"], [5.0, 7.0])):
         out = tmp_path / f"{guide.stem}.json"

@@ -427,6 +427,26 @@ def test_timings_take_turns_and_keep_each_candidates_fastest_call():
     assert 0.002 <= seconds["bursty"] < 0.01 <= seconds["steady"] < 0.06
 
 
+def test_remembered_choices_lists_this_machines_by_prefix(tmp_path, monkeypatch):
+    """devices.remembered_choices gives back what remembered filed for this machine and this torch, by the start of
+    its ``what``; another machine's entry and another prefix are left out; no file is no choices."""
+    import json
+
+    import torch
+
+    from mnistdiff.devices import CACHE_ENV, choices_file, remembered, remembered_choices
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    assert remembered_choices("bf16 attention", "cpu") == {}
+    remembered("bf16 attention, forward, (1, 2)", "cpu", lambda: ("written", {"sdpa": 1.0, "written": 2.0}))
+    remembered("training precision of X", "cpu", lambda: ("fp32", {"fp32": 1.0}))
+    known = json.loads(choices_file().read_text())
+    other = f"bf16 attention, forward, (1, 2) | GPU: some other card | torch {torch.__version__}"
+    choices_file().write_text(json.dumps({**known, other: {"choice": "sdpa", "timings": {}}}))
+    assert remembered_choices("bf16 attention", "cpu") == {
+        "bf16 attention, forward, (1, 2)": {"choice": "written", "timings": {"sdpa": 1.0, "written": 2.0}}}
+
+
 def test_a_measured_choice_is_remembered_per_machine_and_read_back(tmp_path, monkeypatch):
     """devices.remembered measures once for a key on this machine, then reads the file back (the same choice, so the
     same bits, however the next timing would come out); another key measures; an unreadable file is measured over
