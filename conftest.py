@@ -36,6 +36,15 @@ if "MNISTDIFF_RESULTS_DIR" not in os.environ:
     os.environ["MNISTDIFF_RESULTS_DIR"] = str(_copy)
     atexit.register(shutil.rmtree, _copy.parent, True)
 
+# The speed choices the package times and remembers per machine (precision, the attention kernel;
+# :func:`mnistdiff.devices.remembered`) go to a folder of this run's, never the user's ``~/.cache``: timings taken
+# while the tests share the cores must not become a real run's choice. Set here, before anything starts, so that the
+# notebook kernels nbval starts inherit it too (the fixture below gives each test function a folder of its own).
+if not os.environ.get("MNISTDIFF_TEST_RUN"):  # the first pytest process; its workers and kernels inherit
+    os.environ["MNISTDIFF_CACHE"] = tempfile.mkdtemp(prefix="mnistdiff-choices-")
+    os.environ["MNISTDIFF_TEST_RUN"] = "1"
+    atexit.register(shutil.rmtree, os.environ["MNISTDIFF_CACHE"], True)
+
 
 @pytest.fixture(autouse=True)
 def _fresh_choices(tmp_path_factory, monkeypatch):

@@ -237,7 +237,7 @@ def min_snr_weight(sched: NoiseSchedule, t: torch.Tensor, gamma: float, predicti
     For v-prediction ‖v − v̂‖² = (SNR_t + 1) ‖x_0 − x̂_0‖², so w_t = min(SNR_t, γ) / (SNR_t + 1): the same
     weight on the x_0 error, hence the same objective, in the other parameterisation.
     """
-    snr = (sched.sqrt_alphas_cumprod[t] / sched.sqrt_one_minus_alphas_cumprod[t]).double() ** 2
+    snr = sched.log_snr()[t].exp()
     return (snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)).float()
 
 
@@ -247,17 +247,17 @@ def sample_timesteps(sched: NoiseSchedule, n: int, how: str = "uniform", generat
 
     ``uniform``: over 0, …, T−1 (Ho et al. Algorithm 1). ``logit_normal``: the noise levels of the flow's
     logit-normal times (Esser et al. 2024): its time s = sigmoid(m), m ~ N(0, 1), puts x_s = (1 − s)·x_0 + s·ε at
-    log-SNR λ = 2·log((1 − s)/s) = −2m, so λ ~ N(0, 4); each λ goes to the timestep whose λ_t = log(ᾱ_t/(1 − ᾱ_t))
-    is nearest. Against uniform t on the cosine schedule (λ spread as sech(λ/2)/2π, a standard deviation of π), more
-    of each batch lands at middle noise and less at the two ends.
+    log-SNR λ = 2·log((1 − s)/s) = −2m, so λ ~ N(0, 4); each λ goes to the timestep whose
+    λ_t = log(ᾱ_t/(1 − ᾱ_t)) (:meth:`NoiseSchedule.log_snr`) is nearest. Against uniform t on the cosine schedule
+    (λ spread as sech(λ/2)/2π, a standard deviation of π), more of each batch lands at middle noise and less at the
+    two ends.
     """
     if how == "uniform":
         return torch.randint(0, sched.num_timesteps, (n,), generator=generator, device=device)
     if how != "logit_normal":
         raise ValueError(f"time sampling is one of {', '.join(TIME_SAMPLINGS)}, got {how!r}")
     lam = 2.0 * torch.randn(n, generator=generator, device=device, dtype=torch.float64)
-    lam_t = 2.0 * (sched.sqrt_alphas_cumprod.double() / sched.sqrt_one_minus_alphas_cumprod.double()).log()
-    return (lam[:, None] - lam_t.to(lam.device)[None, :]).abs().argmin(dim=1)
+    return (lam[:, None] - sched.log_snr().to(lam.device)[None, :]).abs().argmin(dim=1)
 
 
 def diffusion_loss(

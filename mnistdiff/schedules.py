@@ -108,6 +108,14 @@ class NoiseSchedule:
     def from_config(cls, cfg) -> NoiseSchedule:  # cfg: DiffusionConfig
         return cls.make(cfg.schedule, cfg.timesteps)
 
+    def log_snr(self) -> torch.Tensor:
+        """λ_t = log SNR_t = log(ᾱ_t / (1 − ᾱ_t)), float64 ``(T,)``: +∞-ward at t = 0 (the data), −∞-ward at T − 1.
+
+        The one place the loss weighting (:func:`mnistdiff.ddpm.min_snr_weight`) and the time sampling
+        (:func:`mnistdiff.ddpm.sample_timesteps`) read the signal-to-noise ratio from; computed from the stored roots.
+        """
+        return 2.0 * (self.sqrt_alphas_cumprod.double() / self.sqrt_one_minus_alphas_cumprod.double()).log()
+
     def to(self, device: torch.device | str) -> NoiseSchedule:
         return NoiseSchedule(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 

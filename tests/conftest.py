@@ -48,17 +48,6 @@ def ref_alpha_bar(kind: str, T: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session", autouse=True)
-def remembered_choices_of_the_tests(tmp_path_factory):
-    """The choices the package times and remembers per machine (precision, the attention kernel) go to a folder of
-    this test session's, so that timings taken while the tests share the cores never become a real run's choice."""
-    from mnistdiff.devices import CACHE_ENV
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("mnistdiff_cache")))
-        yield
-
-
 @pytest.fixture
 def seed_everything():
     torch.manual_seed(0)

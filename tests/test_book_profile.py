@@ -447,6 +447,33 @@ def test_remembered_choices_lists_this_machines_by_prefix(tmp_path, monkeypatch)
         "bf16 attention, forward, (1, 2)": {"choice": "written", "timings": {"sdpa": 1.0, "written": 2.0}}}
 
 
+def test_the_test_run_keeps_its_speed_choices_out_of_the_users_cache(tmp_path):
+    """The repository's conftest points $MNISTDIFF_CACHE at a folder of the run's before anything starts (nbval's
+    kernels inherit the environment; a fixture would reach only test functions): loaded as pytest loads it, with the
+    reader's own cache set, a process it starts files its choices elsewhere, and the folder goes when the run ends."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("MNISTDIFF_TEST_RUN", "MNISTDIFF_RESULTS_DIR")}
+    env["MNISTDIFF_CACHE"] = str(tmp_path / "users")
+    child = "from mnistdiff.devices import choices_file; print(choices_file())"
+    script = ("import conftest, os, subprocess, sys\n"
+              "folder = os.environ['MNISTDIFF_CACHE']\n"
+              "print(folder)\n"
+              "print(os.path.isdir(folder))\n"
+              f"seen = subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True)\n"
+              "print(seen.stdout.strip())\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                         check=True)
+    folder, existed, seen = out.stdout.split("\n")[:3]
+    assert existed == "True" and Path(seen) == Path(folder) / "choices.json"
+    assert not Path(folder).is_relative_to(tmp_path) and not Path(folder).is_relative_to(Path.home())
+    assert not Path(folder).exists()
+
+
 def test_a_measured_choice_is_remembered_per_machine_and_read_back(tmp_path, monkeypatch):
     """devices.remembered measures once for a key on this machine, then reads the file back (the same choice, so the
     same bits, however the next timing would come out); another key measures; an unreadable file is measured over

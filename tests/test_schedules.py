@@ -208,3 +208,15 @@ def test_reference_closed_form_helper_agrees():
     """Guard for the test helper itself: f(0) = cos²(s/(1+s)·π/2)."""
     assert ref_cosine_f(0, 1000) == pytest.approx(math.cos(0.008 / 1.008 * math.pi / 2) ** 2)
     assert ref_cosine_f(1000, 1000) == pytest.approx(0.0, abs=1e-30)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_log_snr_against_the_closed_form(kind):
+    """λ_t = log(ᾱ_t / (1 − ᾱ_t)) in float64 against numpy's from the independent reference ᾱ_t (to the float32 the
+    schedule stores its roots in); decreasing in t, as the image gives way to noise."""
+    sched = NoiseSchedule.make(kind, 1000)
+    ab = ref_alpha_bar(kind, 1000)
+    lam = sched.log_snr()
+    assert lam.dtype == torch.float64 and lam.shape == (1000,)
+    np.testing.assert_allclose(lam.numpy(), np.log(ab) - np.log1p(-ab), rtol=1e-5, atol=1e-5)
+    assert bool((lam[1:] < lam[:-1]).all())
