@@ -16,7 +16,8 @@ file and on every line; time nothing while another job shares the cores.
 ``--guide GUIDE [--guidance W]`` autoguides every snapshot by a worse model of the same kind (Karras et al. 2024;
 ``DiffusionModel.sample(guide=…)``); the guide's training seconds count with each snapshot's. A guide that is one of
 the run's own earlier snapshots costs nothing more (its seconds are inside every later snapshot's): then only the
-snapshots after it are scored.
+snapshots after it are scored. ``--snapshots epoch_008 …`` scores only those named (choosing a guidance weight on a
+held-out seed, say, at the one snapshot that matters).
 
 The target of issue 22: FID within ``--target`` (2) times the floor, precision and recall ≥ 0.80, in both spaces,
 and every class within ±3 points of 10 %; the script prints the first snapshot that meets it and its training minutes.
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guide", type=Path, default=None,
                    help="autoguide every snapshot by this worse model (its training time counts too)")
     p.add_argument("--guidance", type=float, default=None, help="the autoguidance weight (default: the package's)")
+    p.add_argument("--snapshots", nargs="+", default=None, metavar="NAME",
+                   help="score only these snapshots (epoch_008 or epoch_008.safetensors; default: every one)")
     p.add_argument("--guidance_interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
                    help="autoguide only at noise levels SIGMA_LO < sigma <= SIGMA_HI (default: the package's)")
     args = p.parse_args(argv)
@@ -211,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     if own:
         guided["own_snapshot"] = True  # its seconds are inside every later snapshot's; the earlier ones are not scored
         snaps = [snap for snap in snaps if metas[snap]["seconds"] > guide.meta["seconds"]]
+    if args.snapshots:
+        wanted = {name.removesuffix(".safetensors") for name in args.snapshots}
+        if wanted - {snap.stem for snap in snaps}:
+            p.error(f"no snapshot {', '.join(sorted(wanted - {snap.stem for snap in snaps}))} to score in {folder} "
+                    f"(scorable: {', '.join(snap.stem for snap in snaps)})")
+        snaps = [snap for snap in snaps if snap.stem in wanted]
     same = (old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps
             and old.get("eta", DEFAULT_ETA) == args.eta and old.get("sampler", "ddim") == args.sampler
             and old.get("guide") == guided and old.get("seed", 0) == args.seed)

@@ -297,6 +297,33 @@ def test_time_to_quality_an_own_snapshot_as_guide_adds_no_seconds(tmp_path):
         assert doc["guide"].get("own_snapshot", False) == (guide == early)
 
 
+def test_time_to_quality_scores_only_the_snapshots_named(tmp_path, capsys):
+    """``--snapshots``: only the named snapshots are drawn and scored (with or without the suffix); a name the run
+    does not hold is refused before any drawing, with the names it does hold."""
+    import json
+
+    import torch
+
+    from mnistdiff.model import DiffusionModel
+
+    ttq = _script("time_to_quality")
+    model = DiffusionModel.load(_tiny_model(tmp_path, "ddpm"))
+    for epoch in (1, 2, 3):
+        with torch.no_grad():
+            for p in model.network.parameters():
+                p.add_(0.01)
+        model.save(tmp_path / "run" / f"epoch_{epoch:03d}.safetensors", seconds=float(epoch))
+    out = tmp_path / "some.json"
+    ttq.main([str(tmp_path / "run"), "--n", "4", "--steps", "2", "--snapshots", "epoch_003", "epoch_001.safetensors",
+              "--out", str(out)])
+    assert [r["snapshot"] for r in json.loads(out.read_text())["snapshots"]] == ["epoch_001.safetensors",
+                                                                                "epoch_003.safetensors"]
+    with pytest.raises(SystemExit) as stop:
+        ttq.main([str(tmp_path / "run"), "--n", "4", "--snapshots", "epoch_009", "--out", str(tmp_path / "no.json")])
+    assert stop.value.code == 2 and not (tmp_path / "no.json").exists()
+    assert "no snapshot epoch_009" in capsys.readouterr().err
+
+
 def _script(name: str):
     import importlib.util
 
