@@ -27,6 +27,10 @@ and every class within ±3 points of 10 %; the script prints the first snapshot 
 pools the files of one run scored at several seeds (``--seed``), as ``seed_spread.py`` does: the FID of the mean
 against the mean floor, every seed's precision, recall and class balance (:func:`pooled`).
 
+    python benchmarks/time_to_quality.py choose epoch_008 results/book/time_to_quality_wsel_<run>_w*_seed10.json
+
+chooses an autoguidance weight from files scored at one held-out seed, one per weight (:func:`chosen_weight`).
+
 A latent model's snapshots are decoded by ``--vae`` (the VAE it was trained on). A VAE's snapshots
 (``train vae --snapshot_every``) are scored by their reconstructions of the floor's own ``n`` training digits,
 the best a latent model on that VAE can emit (issue 22's VAE target: ``--target 1.5``).
@@ -143,6 +147,40 @@ def pooled(docs: list[dict]) -> tuple[dict, list[dict]]:
     return floor, sorted(rows, key=trained)
 
 
+def chosen_weight(docs: list[dict], snapshot: str) -> float:
+    """The autoguidance weight that files of this script, one per weight, all at one seed (a held-out one: not a
+    seed that is reported), choose for ``snapshot``: the weight whose row has precision and recall ≥ ``PR_MIN`` in
+    every space and the smallest worse-space FID ratio to the floor; where none has, the one whose lowest precision is
+    highest. The rule the 8-epoch time-to-quality run's w = 2 was chosen by (benchmarks/README.md). Raises
+    ``ValueError`` if the files differ in seed or repeat a weight."""
+    if len({d.get("seed", 0) for d in docs}) != 1 or len({d["guide"]["guidance"] for d in docs}) != len(docs):
+        raise ValueError("choose among files at one seed, one per autoguidance weight")
+    snapshot = snapshot.removesuffix(".safetensors")
+
+    def rank(doc: dict) -> tuple[bool, float]:
+        row = next((r for r in doc["snapshots"] if r["snapshot"].removesuffix(".safetensors") == snapshot), None)
+        if row is None:
+            raise ValueError(f"a file holds no row for {snapshot}")
+        ok = all(row[space_key(k, s)] >= PR_MIN for k in ("precision", "recall") for s in FEATURE_SPACES)
+        worst = max(row[space_key("fid", s)] / doc["floor"][space_key("fid", s)] for s in FEATURE_SPACES)
+        return ok, -worst if ok else min(row[space_key("precision", s)] for s in FEATURE_SPACES)
+
+    return max(docs, key=rank)["guide"]["guidance"]
+
+
+def choose_main(argv: list[str]) -> int:
+    """``time_to_quality.py choose SNAPSHOT FILE...``: :func:`chosen_weight`, printed."""
+    p = argparse.ArgumentParser(prog="time_to_quality.py choose", description=chosen_weight.__doc__)
+    p.add_argument("snapshot", help="the snapshot to choose for, e.g. epoch_008")
+    p.add_argument("files", type=Path, nargs="+", help="this script's files at one held-out seed, one per weight")
+    args = p.parse_args(argv)
+    try:
+        print(f"chosen weight: {chosen_weight([json.loads(f.read_text()) for f in args.files], args.snapshot):g}")
+    except ValueError as err:
+        p.error(str(err))
+    return 0
+
+
 def pool_main(argv: list[str]) -> int:
     """``time_to_quality.py pool FILE...``: :func:`pooled`, printed, and the first snapshot that meets the target."""
     p = argparse.ArgumentParser(prog="time_to_quality.py pool", description=pooled.__doc__)
@@ -168,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["pool"]:
         return pool_main(argv[1:])
+    if argv[:1] == ["choose"]:
+        return choose_main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path,
                    help="a training run's folder (with snapshots/), or a folder of epoch_NNN.safetensors")

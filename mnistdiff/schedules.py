@@ -109,7 +109,8 @@ class NoiseSchedule:
         return cls.make(cfg.schedule, cfg.timesteps)
 
     def log_snr(self) -> torch.Tensor:
-        """λ_t = log SNR_t = log(ᾱ_t / (1 − ᾱ_t)), float64 ``(T,)``: +∞-ward at t = 0 (the data), −∞-ward at T − 1.
+        """λ_t = log SNR_t = log(ᾱ_t / (1 − ᾱ_t)), float64 ``(T,)``, falling from its largest at t = 0
+        (nearly the data) to its smallest at T − 1 (nearly pure noise).
 
         The one place the loss weighting (:func:`mnistdiff.ddpm.min_snr_weight`) and the time sampling
         (:func:`mnistdiff.ddpm.sample_timesteps`) read the signal-to-noise ratio from; computed from the stored roots.

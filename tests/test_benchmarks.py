@@ -324,6 +324,30 @@ def test_time_to_quality_scores_only_the_snapshots_named(tmp_path, capsys):
     assert "no snapshot epoch_009" in capsys.readouterr().err
 
 
+def test_time_to_quality_chooses_the_weight_by_the_rule_fixed_before_the_draws():
+    """``chosen_weight``: among files at one held-out seed, the weight meeting precision and recall ≥ 0.80 in both
+    spaces with the smallest worse-space FID ratio (hand values below); none meeting: the highest lowest precision;
+    files at two seeds, a repeated weight or a missing snapshot are refused."""
+    ttq = _script("time_to_quality")
+    floor = {"fid": 0.2, "fid_resnet": 0.1}
+
+    def doc(w, fid, fid_r, p, p_r, seed=10):
+        row = {"snapshot": "epoch_008.safetensors", "fid": fid, "fid_resnet": fid_r, "precision": p,
+               "precision_resnet": p_r, "recall": 0.9, "recall_resnet": 0.9}
+        return {"seed": seed, "guide": {"guidance": w}, "floor": floor, "snapshots": [row]}
+
+    a = doc(1.5, 0.30, 0.12, 0.79, 0.85)  # the best ratios (1.5×, 1.2×) but precision 0.79
+    b = doc(2.0, 0.34, 0.20, 0.81, 0.82)  # meets P and R; worse space 2.0×
+    c = doc(2.5, 0.36, 0.19, 0.83, 0.84)  # meets P and R; worse space 1.9×: chosen
+    assert ttq.chosen_weight([a, b, c], "epoch_008") == 2.5
+    assert ttq.chosen_weight([a, b], "epoch_008.safetensors") == 2.0
+    assert ttq.chosen_weight([a, doc(3.0, 0.3, 0.1, 0.70, 0.95)], "epoch_008") == 1.5  # lowest P 0.79 > 0.70
+    for bad, snap in (([a, doc(2.0, 0.3, 0.1, 0.8, 0.8, seed=3)], "epoch_008"), ([a, a], "epoch_008"),
+                      ([a, b], "epoch_010")):
+        with pytest.raises(ValueError):
+            ttq.chosen_weight(bad, snap)
+
+
 def _script(name: str):
     import importlib.util
 
