@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import statistics
 import sys
 import time
@@ -161,7 +162,7 @@ def chosen_weight(docs: list[dict], snapshot: str) -> float:
         row = next((r for r in doc["snapshots"] if r["snapshot"].removesuffix(".safetensors") == snapshot), None)
         if row is None:
             raise ValueError(f"a file holds no row for {snapshot}")
-        ok = all(row[space_key(k, s)] >= PR_MIN for k in ("precision", "recall") for s in FEATURE_SPACES)
+        ok = meets(row, doc["floor"], math.inf, class_max=math.inf)  # precision and recall only
         worst = max(row[space_key("fid", s)] / doc["floor"][space_key("fid", s)] for s in FEATURE_SPACES)
         return ok, -worst if ok else min(row[space_key("precision", s)] for s in FEATURE_SPACES)
 
@@ -256,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         snaps = [snap for snap in snaps if metas[snap]["seconds"] > guide.meta["seconds"]]
     if args.snapshots:
         wanted = {name.removesuffix(".safetensors") for name in args.snapshots}
-        if wanted - {snap.stem for snap in snaps}:
-            p.error(f"no snapshot {', '.join(sorted(wanted - {snap.stem for snap in snaps}))} to score in {folder} "
+        if unknown := wanted - {snap.stem for snap in snaps}:
+            p.error(f"no snapshot {', '.join(sorted(unknown))} to score in {folder} "
                     f"(scorable: {', '.join(snap.stem for snap in snaps)})")
         snaps = [snap for snap in snaps if snap.stem in wanted]
     same = (old.get("run") == str(args.run) and old.get("n") == args.n and old.get("steps") == args.steps

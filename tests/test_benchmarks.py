@@ -333,7 +333,8 @@ def test_time_to_quality_chooses_the_weight_by_the_rule_fixed_before_the_draws()
 
     def doc(w, fid, fid_r, p, p_r, seed=10):
         row = {"snapshot": "epoch_008.safetensors", "fid": fid, "fid_resnet": fid_r, "precision": p,
-               "precision_resnet": p_r, "recall": 0.9, "recall_resnet": 0.9}
+               "precision_resnet": p_r, "recall": 0.9, "recall_resnet": 0.9,
+               "class_max_deviation": 0.05}  # outside ±3 points: the rule weighs precision and recall only
         return {"seed": seed, "guide": {"guidance": w}, "floor": floor, "snapshots": [row]}
 
     a = doc(1.5, 0.30, 0.12, 0.79, 0.85)  # the best ratios (1.5×, 1.2×) but precision 0.79
